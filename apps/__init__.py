@@ -1,0 +1,1 @@
+"""Entry points: the `phalanx` CLI, the scenario runner, real drivers and benchmarks."""

@@ -1,0 +1,113 @@
+"""The `phalanx` command line (typer). Every user error is one line on stderr and exit code 2."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from phalanx.sim.scenario import ScenarioError, load_scenario
+from phalanx.sim.topology import TopologyError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Decentralized, Byzantine-fault-tolerant training: simulate, run, measure.")
+bench_app = typer.Typer(no_args_is_help=True, help="Benchmarks that write JSON results.")
+app.add_typer(bench_app, name="bench")
+
+err = Console(stderr=True)
+out = Console()
+
+
+def fail(message: str) -> typer.Exit:
+    err.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    return typer.Exit(2)
+
+
+def print_summary(result: object) -> None:
+    from phalanx.apps.results import RunResult
+
+    assert isinstance(result, RunResult)
+    s = result.summary
+    table = Table(title=f"{s['scenario']} (seed {s['seed']}, {s['mode']})", show_header=False)
+    shown = ["nodes", "f", "rounds_planned", "min_rounds_committed", "distinct_final_hashes",
+             "final_model_hash", "final_eval_loss", "final_eval_accuracy", "forks",
+             "synced_commits", "sim_seconds", "wall_seconds", "messages_delivered",
+             "messages_dropped", "dropped_by_reason", "messages_per_round", "rejected_by_reason",
+             "sim_events_per_wall_second", "peak_memory_mb"]
+    for key in shown:
+        if key in s:
+            value = s[key]
+            text = f"{value:.4g}" if isinstance(value, float) else str(value)
+            table.add_row(key, text)
+    out.print(table)
+    if result.out:
+        out.print(f"outputs in {result.out}/ (rounds.parquet, events.parquet, "
+                  f"scenario.resolved.yaml, summary.json, run.png)")
+    for failure in result.failures:
+        err.print(f"[bold red]expect failed:[/] {failure}", highlight=False, soft_wrap=True)
+    if not result.failures and result.scenario.expect.model_dump(exclude_none=True):
+        out.print("[green]all expectations hold[/]")
+
+
+@app.command()
+def run(
+    scenario: Annotated[Path, typer.Argument(help="scenario YAML file")],
+    seed: Annotated[int | None, typer.Option(help="override the scenario's seed")] = None,
+    out_dir: Annotated[Path | None, typer.Option("--out", help="output folder "
+                                                 "(default: runs/<scenario name>)")] = None,
+    real: Annotated[bool, typer.Option("--real", help="run the nodes as OS processes over "
+                                       "TCP on loopback instead of simulating them")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="no progress output")] = False,
+) -> None:
+    """Run a scenario; exit code 1 when an `expect:` assertion fails."""
+    from phalanx.apps.runner import run_scenario
+
+    try:
+        loaded = load_scenario(scenario, seed)
+        target = out_dir or Path("runs") / (loaded.name + ("-real" if real else ""))
+        result = run_scenario(loaded, out=target, real=real, progress=not quiet)
+    except (ScenarioError, TopologyError) as e:
+        raise fail(str(e)) from None
+    print_summary(result)
+    if result.failures:
+        raise typer.Exit(1)
+
+
+@app.command()
+def validate(scenario: Annotated[Path, typer.Argument(help="scenario YAML file")]) -> None:
+    """Check a scenario file and print it with every default filled in."""
+    try:
+        loaded = load_scenario(scenario)
+    except ScenarioError as e:
+        raise fail(str(e)) from None
+    out.print(loaded.resolved_yaml(), highlight=False)
+
+
+@bench_app.command("sim")
+def bench_sim(
+    nodes: Annotated[str, typer.Option(help="comma-separated node counts")] = "100,1000",
+    rounds: Annotated[int, typer.Option(help="rounds per run")] = 2,
+    out_file: Annotated[Path, typer.Option("--out", help="JSON result file")] = Path(
+        "benchmarks/out/sim.json"),
+) -> None:
+    """Simulated events per wall second: phalanx vs a bare-SimPy run of the same traffic."""
+    from phalanx.apps.bench_sim import run_bench
+
+    try:
+        counts = [int(x) for x in nodes.split(",") if x.strip()]
+    except ValueError:
+        raise fail(f"--nodes: expected comma-separated integers (got {nodes!r})") from None
+    if not counts or min(counts) < 4:
+        raise fail(f"--nodes: each count must be at least 4 (got {nodes!r})")
+    run_bench(counts, rounds, out_file, out)
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,149 @@
+"""Result tables of a run, the `expect:` checks, and the files written to the output folder.
+
+The simulator and the real TCP driver both produce commit rows (one per node and round); this
+module turns them into the same `rounds` table, evaluates the held-out metrics once per distinct
+model, checks the scenario's expectations and writes Parquet, YAML, JSON and a PNG.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import polars as pl
+
+from phalanx.engine.workloads import Workload
+from phalanx.sim.scenario import Scenario
+
+ROUND_SCHEMA = {
+    "round": pl.Int32, "node": pl.Int32, "time": pl.Float64, "view": pl.Int32,
+    "contributors": pl.Int32, "train_loss": pl.Float64, "model_hash": pl.Utf8,
+    "via_sync": pl.Boolean, "fork": pl.Boolean, "bytes_sent": pl.Int64, "byzantine": pl.Boolean,
+}
+
+
+@dataclass
+class RunResult:
+    scenario: Scenario
+    rounds: pl.DataFrame  # one row per (node, committed round)
+    events: pl.DataFrame  # every delivered/dropped message and fault (empty for --real)
+    summary: dict[str, Any]
+    failures: list[str] = field(default_factory=list)
+    out: Path | None = None
+
+    @property
+    def ok(self) -> bool:
+        return not self.failures
+
+    def final_hashes(self, honest_only: bool = True) -> dict[int, str]:
+        """Each node's model hash after its last committed round."""
+        df = self.rounds.filter(~pl.col("byzantine")) if honest_only else self.rounds
+        last = df.sort("round").group_by("node", maintain_order=True).last().sort("node")
+        return dict(zip(last["node"].to_list(), last["model_hash"].to_list(), strict=True))
+
+
+def rounds_table(rows: list[dict[str, Any]], workload: Workload, params: dict[str, np.ndarray],
+                 eval_every: int, last_round: int) -> pl.DataFrame:
+    """Commit rows plus held-out metrics, evaluated once per distinct model hash."""
+    df = pl.DataFrame(rows, schema=ROUND_SCHEMA, orient="row") if rows else pl.DataFrame(
+        schema=ROUND_SCHEMA)
+    df = df.sort(["round", "node"])
+    cache: dict[str, dict[str, float]] = {}
+    evals: list[dict[str, float]] = []
+    for rnd, h in zip(df["round"].to_list(), df["model_hash"].to_list(), strict=True):
+        if (rnd + 1) % eval_every and rnd != last_round:
+            evals.append({})
+            continue
+        if h not in cache:
+            cache[h] = workload.evaluate(params[h])
+        evals.append(cache[h])
+    keys = sorted({k for e in evals for k in e})
+    return df.with_columns([
+        pl.Series(f"eval_{k}", [e.get(k) for e in evals], dtype=pl.Float64) for k in keys])
+
+
+def round_latencies(rounds: pl.DataFrame) -> pl.DataFrame:
+    """Per round: when the first node committed it, and the time since the previous round."""
+    first = rounds.group_by("round").agg(pl.col("time").min().alias("first_commit")).sort("round")
+    return first.with_columns(
+        pl.col("first_commit").diff().fill_null(pl.col("first_commit")).alias("latency"))
+
+
+def check_expectations(scenario: Scenario, rounds: pl.DataFrame,
+                       summary: dict[str, Any]) -> list[str]:
+    exp, failures = scenario.expect, []
+    honest = rounds.filter(~pl.col("byzantine"))
+    if exp.honest_hashes_equal:
+        per_round = honest.group_by("round").agg(pl.col("model_hash").n_unique().alias("k"))
+        split = per_round.filter(pl.col("k") > 1)["round"].sort().to_list()
+        if split:
+            failures.append(f"honest_hashes_equal: honest nodes hold different models after "
+                            f"rounds {split[:10]}")
+        if summary["distinct_final_hashes"] > 1:
+            failures.append(f"honest_hashes_equal: {summary['distinct_final_hashes']} distinct "
+                            f"final model hashes among honest nodes")
+    if exp.rounds_committed_at_least is not None:
+        got = summary["min_rounds_committed"]
+        if got < exp.rounds_committed_at_least:
+            failures.append(f"rounds_committed_at_least: some honest node committed only {got} "
+                            f"rounds (< {exp.rounds_committed_at_least})")
+    for key, limit, worse in (("final_loss_below", exp.final_loss_below, "loss"),
+                              ("final_accuracy_above", exp.final_accuracy_above, "accuracy")):
+        if limit is None:
+            continue
+        value = summary.get(f"final_eval_{worse}")
+        bad = value is None or (value >= limit if worse == "loss" else value <= limit)
+        if bad:
+            failures.append(f"{key}: final eval {worse} {value} (wanted "
+                            f"{'<' if worse == 'loss' else '>'} {limit})")
+    if exp.forks_at_most is not None and summary["forks"] > exp.forks_at_most:
+        failures.append(f"forks_at_most: {summary['forks']} forked commits "
+                        f"(> {exp.forks_at_most})")
+    if exp.dropped_messages_at_least is not None:
+        dropped = summary.get("messages_dropped", 0)
+        if dropped < exp.dropped_messages_at_least:
+            failures.append(f"dropped_messages_at_least: {dropped} dropped "
+                            f"(< {exp.dropped_messages_at_least})")
+    return failures
+
+
+def summarize(scenario: Scenario, rounds: pl.DataFrame, extra: dict[str, Any]) -> dict[str, Any]:
+    honest = rounds.filter(~pl.col("byzantine"))
+    last = honest.sort("round").group_by("node").last()
+    final_hashes = last["model_hash"].unique().to_list()
+    summary: dict[str, Any] = {
+        "scenario": scenario.name,
+        "seed": scenario.seed,
+        "nodes": scenario.nodes.count,
+        "f": scenario.f,
+        "rounds_planned": scenario.training.rounds,
+        "min_rounds_committed": int(
+            honest.group_by("node").len()["len"].min() or 0) if len(honest) else 0,
+        "distinct_final_hashes": len(final_hashes),
+        "final_model_hash": final_hashes[0] if len(final_hashes) == 1 else None,
+        "forks": int(rounds["fork"].sum()),
+        "synced_commits": int(rounds["via_sync"].sum()),
+    }
+    final = honest.filter(pl.col("round") == honest["round"].max()) if len(honest) else honest
+    for col in ("eval_loss", "eval_accuracy"):
+        if col in final.columns and final[col].drop_nulls().len():
+            # worst honest node: a divergent minority must not hide behind the majority
+            worst = final[col].max() if col == "eval_loss" else final[col].min()
+            summary[f"final_{col}"] = float(worst)  # type: ignore[arg-type]
+    summary.update(extra)
+    return summary
+
+
+def write_outputs(out: Path, result: RunResult) -> None:
+    from phalanx.apps.plot import plot_run
+
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "scenario.resolved.yaml").write_text(result.scenario.resolved_yaml())
+    result.events.write_parquet(out / "events.parquet")
+    result.rounds.write_parquet(out / "rounds.parquet")
+    summary = {**result.summary, "failures": result.failures}
+    (out / "summary.json").write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n")
+    plot_run(result.rounds, out / "run.png", result.scenario.name)

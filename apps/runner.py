@@ -1,0 +1,140 @@
+"""`phalanx run`: run a scenario in the simulator (or over real TCP) and collect its results."""
+
+from __future__ import annotations
+
+import resource
+import sys
+from pathlib import Path
+from typing import Any
+
+import torch
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from phalanx.apps.results import (
+    RunResult,
+    check_expectations,
+    rounds_table,
+    summarize,
+    write_outputs,
+)
+from phalanx.engine.events import RoundCommitted
+from phalanx.net.messages import KINDS
+from phalanx.sim.scenario import Scenario, load_scenario
+from phalanx.sim.world import SimWorld
+
+
+def peak_memory_mb() -> float:
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS
+    return rss / (1024 * 1024) if sys.platform == "darwin" else rss / 1024
+
+
+def commit_row(metric: RoundCommitted, time: float, bytes_sent: int, byzantine: bool
+               ) -> dict[str, Any]:
+    return {"round": metric.round, "node": metric.node, "time": time, "view": metric.view,
+            "contributors": metric.contributors, "train_loss": metric.train_loss,
+            "model_hash": metric.model_hash.hex(), "via_sync": metric.via_sync,
+            "fork": metric.fork, "bytes_sent": bytes_sent, "byzantine": byzantine}
+
+
+class RoundPrinter:
+    """Progress bar plus one table line per round once every honest node has committed it."""
+
+    def __init__(self, scenario: Scenario, console: Console, enabled: bool) -> None:
+        self.enabled, self.console = enabled, console
+        self.honest = scenario.nodes.count - len(scenario.byzantine_nodes())
+        self.total = scenario.training.rounds
+        self._seen: dict[int, list[tuple[float, float, str]]] = {}
+        self._printed = -1
+        self.progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(),
+                                 MofNCompleteColumn(), TextColumn("sim t={task.fields[t]:.2f}s"),
+                                 TimeElapsedColumn(), console=console, disable=not enabled)
+        self.task = self.progress.add_task("rounds", total=self.total, t=0.0)
+
+    def __enter__(self) -> RoundPrinter:
+        self.progress.__enter__()
+        if self.enabled:
+            self.console.print(f"{'round':>5}  {'sim time':>9}  {'nodes':>5}  {'train loss':>10}"
+                               f"  {'models':>6}")
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.flush(final=True)
+        self.progress.__exit__(*exc)
+
+    def commit(self, metric: RoundCommitted, time: float) -> None:
+        rows = self._seen.setdefault(metric.round, [])
+        rows.append((time, metric.train_loss, metric.model_hash.hex()[:8]))
+        if metric.round == self._printed + 1 and len(rows) >= self.honest:
+            self.flush()
+
+    def flush(self, final: bool = False) -> None:
+        while self._printed + 1 in self._seen:
+            rows = self._seen[self._printed + 1]
+            if len(rows) < self.honest and not final:
+                return
+            self._printed += 1
+            hashes = sorted({h for *_, h in rows})
+            if self.enabled:
+                self.console.print(
+                    f"{self._printed:>5}  {max(t for t, *_ in rows):>9.3f}  {len(rows):>5}  "
+                    f"{sum(loss for _, loss, _ in rows) / len(rows):>10.4f}  "
+                    f"{len(hashes):>6}" + ("  [red]differ[/]" if len(hashes) > 1 else ""))
+            self.progress.update(self.task, completed=self._printed + 1,
+                                 t=max(t for t, *_ in rows))
+
+
+def run_sim(scenario: Scenario, printer: RoundPrinter) -> RunResult:
+    world = SimWorld(scenario, on_commit=printer.commit)
+    with printer:
+        stats = world.run()
+    byz = scenario.byzantine_nodes()
+    rows = [commit_row(m, t, world.hosts[m.node].bytes_sent.get(m.round, 0), m.node in byz)
+            for m, t in world.commits]
+    params = {h.hex(): p for h, p in world.params_by_hash.items()}
+    rounds = rounds_table(rows, world.workload, params, scenario.training.eval_every,
+                          scenario.training.rounds - 1)
+    log = world.log
+    committed_rounds = max(1, rounds["round"].n_unique()) if len(rounds) else 1
+    extra = {
+        "mode": "sim",
+        "sim_seconds": stats.sim_seconds,
+        "wall_seconds": stats.wall_seconds,
+        "sim_events": stats.events,
+        "sim_events_per_wall_second": stats.events / max(stats.wall_seconds, 1e-9),
+        "messages_delivered": log.delivered,
+        "messages_dropped": log.dropped,
+        "dropped_by_reason": dict(sorted(log.dropped_by_reason.items())),
+        "messages_per_round": (log.delivered + log.dropped) / committed_rounds,
+        "rejected_by_reason": dict(sorted(world.rejections.items())),
+        "verify_cache_hits": world.verify_cache.hits,
+        "verify_cache_misses": world.verify_cache.misses,
+        "peak_memory_mb": peak_memory_mb(),
+    }
+    summary = summarize(scenario, rounds, extra)
+    events = log.frame({k: cls.__name__ for k, cls in KINDS.items()})
+    return RunResult(scenario, rounds, events, summary)
+
+
+def run_scenario(scenario: str | Path | Scenario, *, seed: int | None = None,
+                 out: str | Path | None = None, real: bool = False, progress: bool = False,
+                 console: Console | None = None) -> RunResult:
+    """Run one scenario; write its outputs to `out` when given; never exits the process."""
+    if not isinstance(scenario, Scenario):
+        scenario = load_scenario(scenario, seed)
+    elif seed is not None:
+        scenario = scenario.model_copy(update={"seed": seed})
+    torch.set_num_threads(1)  # bit-identical gradients in every process (and fair CI timing)
+    console = console or Console(stderr=True)
+    printer = RoundPrinter(scenario, console, progress)
+    if real:
+        from phalanx.apps.real import run_real
+
+        result = run_real(scenario, printer)
+    else:
+        result = run_sim(scenario, printer)
+    result.failures = check_expectations(scenario, result.rounds, result.summary)
+    if out is not None:
+        result.out = Path(out)
+        write_outputs(result.out, result)
+    return result

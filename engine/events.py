@@ -1,0 +1,136 @@
+"""The vocabulary between a Node and its driver: events in, actions out (the sans-IO seam).
+
+A driver (SimPy in `sim/`, asyncio TCP in `apps/`) turns the world into events, feeds them to
+`Node.handle(event, now)`, and carries out the returned actions. Nothing here touches I/O.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from phalanx.net.messages import RoundRecord
+
+
+class Job(Protocol):
+    """Pure compute a node asks its driver to run (really, in both worlds)."""
+
+    round: int
+    cost: float  # work in units of one gradient step; the simulator turns it into time
+
+    def run(self) -> Any: ...
+
+
+# ---- events -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Started:
+    """The node (re)starts; `disk` is what it persisted before, empty on a fresh start."""
+
+    disk: Mapping[str, bytes | RoundRecord] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class Received:
+    frame: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class TimerFired:
+    name: str
+
+
+@dataclass(frozen=True, slots=True)
+class ComputeDone:
+    job: Job
+    result: Any
+
+
+Event = Started | Received | TimerFired | ComputeDone
+
+
+# ---- actions ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Send:
+    peer: int
+    frame: bytes
+    kind: int  # message kind and round ride along so drivers can account without decoding
+    round: int
+
+
+@dataclass(frozen=True, slots=True)
+class Broadcast:
+    frame: bytes
+    kind: int
+    round: int
+
+
+@dataclass(frozen=True, slots=True)
+class SetTimer:
+    """Arm (or re-arm, replacing the previous one) the timer called `name`."""
+
+    name: str
+    delay: float
+
+
+@dataclass(frozen=True, slots=True)
+class CancelTimer:
+    name: str
+
+
+@dataclass(frozen=True, slots=True)
+class Compute:
+    job: Job
+
+
+@dataclass(frozen=True, slots=True)
+class Persist:
+    """Write `value` under `key` on the node's durable storage (survives a crash with disk)."""
+
+    key: str
+    value: bytes | RoundRecord
+
+
+@dataclass(frozen=True, slots=True)
+class Emit:
+    metric: Metric
+
+
+Action = Send | Broadcast | SetTimer | CancelTimer | Compute | Persist | Emit
+
+
+# ---- metrics a node emits -----------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class RoundCommitted:
+    node: int
+    round: int
+    view: int
+    contributors: int
+    train_loss: float
+    model_hash: bytes
+    via_sync: bool
+    fork: bool  # some gradient in the set was computed on another model: divergence detected
+    params: Any = field(repr=False, compare=False)  # the model after the round (never mutated)
+
+
+@dataclass(frozen=True, slots=True)
+class Rejected:
+    node: int
+    reason: str
+    sender: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class Finished:
+    node: int
+    rounds: int
+    model_hash: bytes
+
+
+Metric = RoundCommitted | Rejected | Finished

@@ -1,0 +1,410 @@
+"""The sans-IO Node: `handle(event, now) -> list[Action]`.
+
+A round (this is the crash-fault round; the BFT consensus issue replaces steps 2-3 with voting):
+
+1. every node computes a gradient on its shard and broadcasts it signed;
+2. the round's leader, `members[(round + view) % n]`, waits until it holds every member's
+   gradient, or until its gather timeout with at least a quorum (3·k > 2·n), and broadcasts a
+   signed proposal: the set of (sender, digest) it will aggregate;
+3. every node that holds the proposal and all gradients in it aggregates them in sender order,
+   applies the same optimizer step and records the model hash. A node without a proposal after
+   the view timeout moves to the next view (next leader) and re-sends its gradient;
+4. a node that learns it is behind (messages from later rounds, or silence) asks a peer for the
+   signed round records it missed, checks every signature and digest, and replays them.
+
+Without a voting phase two views of one round can both be applied by different nodes when a
+proposal reaches only some of them; such a fork is detected (gradients computed on another
+model) and reported, and it is what the consensus issue removes.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+
+import msgpack
+import numpy as np
+
+from phalanx.engine.aggregate import make_aggregator
+from phalanx.engine.byzantine import Behaviour
+from phalanx.engine.events import (
+    Action,
+    Broadcast,
+    Compute,
+    ComputeDone,
+    Emit,
+    Event,
+    Finished,
+    Persist,
+    Received,
+    Rejected,
+    RoundCommitted,
+    Send,
+    SetTimer,
+    Started,
+    TimerFired,
+)
+from phalanx.engine.optim import MomentumSGD
+from phalanx.engine.workloads import GradientJob, GradientResult, Workload
+from phalanx.net.crypto import Identity, sha256
+from phalanx.net.envelope import Envelope, seal
+from phalanx.net.errors import DecodeError
+from phalanx.net.messages import (
+    Gradient,
+    Message,
+    Proposal,
+    RoundRecord,
+    SyncRequest,
+    SyncResponse,
+)
+from phalanx.net.replay import ReplayGuard
+
+Opener = Callable[[bytes], Envelope]
+
+
+def quorum(n: int) -> int:
+    """Smallest k with 3·k > 2·n (integer arithmetic: ceil(2n/3) is one short when 3 | n)."""
+    return 2 * n // 3 + 1
+
+
+@dataclass(frozen=True, slots=True)
+class NodeConfig:
+    node_id: int
+    members: tuple[int, ...]
+    rounds: int
+    lr: float
+    momentum: float
+    round_timeout: float  # how long a leader waits for all gradients before settling for a quorum
+    view_timeout: float  # how long a node waits for a proposal before trying the next leader
+    aggregator: str = "mean"
+    sync_batch: int = 16  # round records per sync response
+    future_rounds: int = 2  # gradients buffered ahead of the node's own round
+
+
+class Node:
+    def __init__(self, config: NodeConfig, identity: Identity, workload: Workload,
+                 opener: Opener, behaviour: Behaviour | None = None) -> None:
+        self.config = config
+        self.id = config.node_id
+        self.members = config.members
+        self.n = len(config.members)
+        self.quorum = quorum(self.n)
+        self.identity = identity
+        self.workload = workload
+        self.open = opener
+        self.behaviour = behaviour or Behaviour()
+        self.aggregate = make_aggregator(config.aggregator)
+        self.optimizer = MomentumSGD(config.lr, config.momentum)
+        self.guard = ReplayGuard()
+        self.rejections: Counter[str] = Counter()
+        self.history: list[RoundRecord] = []
+        self.round = 0
+        self.view = 0
+        self.finished = False
+        self.seq = 0
+        self.now = 0.0
+        self.params = workload.init_params()
+        self.velocity = np.zeros_like(self.params)
+        self.model_hash = sha256(self.params.tobytes())
+        self._grads: dict[int, dict[int, Envelope]] = {}
+        self._proposals: dict[int, Envelope] = {}  # first valid proposal seen per round
+        self._proposed = False
+        self._gather_expired = False
+        self._own_result: GradientResult | None = None
+        self._sync_until = -1.0
+        self._poll = 0
+        self._out: list[Action] = []
+
+    # ---- the one entry point ------------------------------------------------------------
+
+    def handle(self, event: Event, now: float) -> list[Action]:
+        self.now, self._out = now, []
+        match event:
+            case Received(frame):
+                self._on_frame(frame)
+            case TimerFired(name):
+                self._on_timer(name)
+            case ComputeDone(job, result):
+                self._on_computed(job, result)
+            case Started(disk):
+                self._restore(disk)
+                self._start_round()
+        return self.behaviour.outgoing(self._out, self.round)
+
+    # ---- helpers ----------------------------------------------------------------------------
+
+    def leader(self, round: int, view: int) -> int:
+        return self.members[(round + view) % self.n]
+
+    def _seal(self, message: Message) -> bytes:
+        self.seq = max(self.seq + 1, int(self.now * 1_000_000) << 8)  # time-based: survives restarts
+        return seal(self.identity, self.id, self.seq, message)
+
+    def _broadcast(self, message: Message) -> bytes:
+        frame = self._seal(message)
+        self._out.append(Broadcast(frame, type(message).KIND, message.round))
+        return frame
+
+    def _send(self, peer: int, message: Message) -> None:
+        self._out.append(Send(peer, self._seal(message), type(message).KIND, message.round))
+
+    def _reject(self, reason: str, sender: int | None) -> None:
+        self.rejections[reason] += 1
+        self._out.append(Emit(Rejected(self.id, reason, sender)))
+
+    # ---- durable state ---------------------------------------------------------------------
+
+    def _checkpoint(self) -> bytes:
+        return msgpack.packb([self.round, self.model_hash, self.params.tobytes(),
+                              self.velocity.tobytes()])
+
+    def _restore(self, disk: Mapping[str, bytes | RoundRecord]) -> None:
+        blob = disk.get("checkpoint")
+        if not isinstance(blob, bytes):
+            return
+        round_, model_hash, params, velocity = msgpack.unpackb(blob)
+        self.round, self.model_hash = round_, model_hash
+        self.params = np.frombuffer(params, dtype=np.float32).copy()
+        self.velocity = np.frombuffer(velocity, dtype=np.float32).copy()
+        records = [disk.get(f"log/{r}") for r in range(round_)]
+        self.history = [r for r in records if isinstance(r, RoundRecord)]
+
+    # ---- rounds ------------------------------------------------------------------------------
+
+    def _start_round(self) -> None:
+        if self.round >= self.config.rounds:
+            if not self.finished:
+                self.finished = True
+                self._out.append(Emit(Finished(self.id, self.round, self.model_hash)))
+            return
+        self.view, self._proposed, self._gather_expired = 0, False, False
+        self._own_result = None
+        self._out.append(Compute(GradientJob(self.workload, self.id, self.round, self.params)))
+        self._arm_view_timer()
+        if self.leader(self.round, 0) == self.id:
+            self._out.append(SetTimer(f"gather:{self.round}", self.config.round_timeout))
+
+    def _arm_view_timer(self) -> None:
+        self._out.append(SetTimer(f"view:{self.round}:{self.view}", self.config.view_timeout))
+
+    def _on_computed(self, job: object, result: GradientResult) -> None:
+        if not isinstance(job, GradientJob) or job.round != self.round or self.finished:
+            return  # stale: the node moved on (e.g. by sync) while it computed
+        self._own_result = result
+        self._send_own_gradient()
+        self._progress()
+
+    def _send_own_gradient(self) -> None:
+        r = self._own_result
+        if r is None:
+            return
+        frame = self._broadcast(Gradient(self.round, self.model_hash, r.loss, r.samples, r.values))
+        self._grads.setdefault(self.round, {})[self.id] = self.open(frame)
+
+    def _on_timer(self, name: str) -> None:
+        kind, _, rest = name.partition(":")
+        if self.finished:
+            return
+        if kind == "gather" and int(rest) == self.round:
+            self._gather_expired = True
+            self._progress()
+        elif kind == "view" and rest == f"{self.round}:{self.view}":
+            self._view_timeout()
+
+    def _view_timeout(self) -> None:
+        proposal = self._proposals.get(self.round)
+        if proposal is not None:  # we have the set but not every gradient in it: fetch them
+            self._request_sync(proposal.sender, force=True)
+            self._arm_view_timer()
+            return
+        self.view += 1
+        self._gather_expired = True  # a later leader settles for a quorum: everyone has waited
+        self._send_own_gradient()  # re-send with a fresh sequence number (loss, new leader)
+        self._arm_view_timer()
+        self._poll_for_sync()
+        self._progress()
+
+    def _progress(self) -> None:
+        while not self.finished:
+            if self.leader(self.round, self.view) == self.id and not self._proposed:
+                self._maybe_propose()
+            proposal = self._proposals.get(self.round)
+            if proposal is None:
+                return
+            have = self._grads.get(self.round, {})
+            p: Proposal = proposal.message  # type: ignore[assignment]
+            envs = [have.get(s) for s in p.senders]
+            if any(e is None or e.digest != d for e, d in zip(envs, p.digests, strict=True)):
+                return
+            self._commit(proposal, envs, via_sync=False)  # type: ignore[arg-type]
+            self._start_round()
+
+    def _maybe_propose(self) -> None:
+        have = {s: e for s, e in self._grads.get(self.round, {}).items()
+                if e.message.base_hash == self.model_hash}  # type: ignore[union-attr]
+        if self.id not in have:
+            return
+        if len(have) < self.n and not (self._gather_expired and len(have) >= self.quorum):
+            return
+        senders = tuple(sorted(have))
+        proposal = Proposal(self.round, self.view, senders, tuple(have[s].digest for s in senders))
+        self._proposals[self.round] = self.open(self._broadcast(proposal))
+        self._proposed = True
+
+    def _commit(self, proposal: Envelope, envs: list[Envelope], via_sync: bool) -> None:
+        grads: list[Gradient] = [e.message for e in envs]  # type: ignore[misc]
+        fork = any(g.base_hash != self.model_hash for g in grads)
+        update = self.aggregate([g.values for g in grads])
+        self.params, self.velocity = self.optimizer.step(self.params, self.velocity, update)
+        self.model_hash = sha256(self.params.tobytes())
+        record = RoundRecord(self.round, proposal.frame, tuple(e.frame for e in envs))
+        self.history.append(record)
+        self._out.append(Persist(f"log/{self.round}", record))
+        view = proposal.message.view  # type: ignore[union-attr]
+        loss = float(np.mean([g.loss for g in grads]))
+        self._out.append(Emit(RoundCommitted(self.id, self.round, view, len(grads), loss,
+                                             self.model_hash, via_sync, fork, self.params)))
+        self._grads.pop(self.round, None)
+        self._proposals.pop(self.round, None)
+        self.round += 1
+        self._out.append(Persist("checkpoint", self._checkpoint()))
+
+    # ---- incoming messages -------------------------------------------------------------------
+
+    def _on_frame(self, frame: bytes) -> None:
+        try:
+            env = self.open(frame)
+        except DecodeError as err:
+            self._reject(err.reason, None)
+            return
+        if env.sender == self.id or env.sender not in self.members:
+            self._reject("not_member", env.sender)
+            return
+        if not self.guard.check(env.sender, env.seq):
+            self._reject("replay", env.sender)
+            return
+        match env.message:
+            case Gradient():
+                self._on_gradient(env)
+            case Proposal():
+                self._on_proposal(env)
+            case SyncRequest():
+                self._on_sync_request(env)
+            case SyncResponse():
+                self._on_sync_response(env)
+
+    def _gradient_problem(self, g: Gradient) -> str | None:
+        v = g.values
+        if v.dtype != np.float32 or v.shape != self.params.shape:
+            return "bad_gradient_shape"
+        if not (np.isfinite(v).all() and np.isfinite(g.loss)) or g.samples <= 0:
+            return "bad_gradient_values"
+        return None
+
+    def _on_gradient(self, env: Envelope) -> None:
+        g: Gradient = env.message  # type: ignore[assignment]
+        if g.round < self.round or self.finished:
+            return  # stale: that round is settled here
+        if g.round > self.round + self.config.future_rounds:
+            self._request_sync(env.sender)
+            return
+        problem = self._gradient_problem(g)
+        if problem:
+            self._reject(problem, env.sender)
+            return
+        held = self._grads.setdefault(g.round, {})
+        previous = held.get(env.sender)
+        if previous is not None and previous.digest != env.digest and previous.seq > env.seq:
+            return  # an older copy arriving late; keep the newest
+        held[env.sender] = env
+        if g.round > self.round + 1:
+            self._request_sync(env.sender)  # the sender has committed rounds we have not
+        self._progress()
+
+    def _proposal_problem(self, env: Envelope) -> str | None:
+        p: Proposal = env.message  # type: ignore[assignment]
+        if env.sender != self.leader(p.round, p.view):
+            return "proposal_not_leader"
+        if len(p.senders) != len(p.digests) or len(p.senders) < self.quorum:
+            return "proposal_too_small"
+        if list(p.senders) != sorted(set(p.senders)) or not set(p.senders) <= set(self.members):
+            return "proposal_bad_senders"
+        return None
+
+    def _on_proposal(self, env: Envelope) -> None:
+        p: Proposal = env.message  # type: ignore[assignment]
+        if p.round < self.round or self.finished:
+            return
+        problem = self._proposal_problem(env)
+        if problem:
+            self._reject(problem, env.sender)
+            return
+        self._proposals.setdefault(p.round, env)
+        if p.round > self.round:
+            self._request_sync(env.sender)  # its leader committed our round already
+        self._progress()
+
+    # ---- state sync ---------------------------------------------------------------------------
+
+    def _request_sync(self, peer: int, force: bool = False) -> None:
+        if self.finished or (self.now < self._sync_until and not force):
+            return
+        self._sync_until = self.now + self.config.view_timeout
+        self._send(peer, SyncRequest(self.round, self.round, self.config.sync_batch))
+
+    def _poll_for_sync(self) -> None:
+        """Silence may mean everyone else moved on: ask the next peer in turn for records."""
+        peers = [m for m in self.members if m != self.id]
+        if peers:
+            self._poll = (self._poll + 1) % len(peers)
+            self._request_sync(peers[self._poll])
+
+    def _on_sync_request(self, env: Envelope) -> None:
+        req: SyncRequest = env.message  # type: ignore[assignment]
+        if req.from_round < 0 or req.count <= 0:
+            self._reject("bad_sync_request", env.sender)
+            return
+        count = min(req.count, self.config.sync_batch)
+        records = tuple(self.history[req.from_round : req.from_round + count])
+        if records:
+            self._send(env.sender, SyncResponse(self.round, records))
+
+    def _verify_record(self, record: RoundRecord) -> tuple[Envelope, list[Envelope]] | str:
+        """Check a replayed round: leader-signed proposal, signed gradients matching its set."""
+        try:
+            proposal = self.open(record.proposal)
+            grads = [self.open(f) for f in record.gradients]
+        except DecodeError as err:
+            return f"sync_{err.reason}"
+        p = proposal.message
+        if not isinstance(p, Proposal) or p.round != record.round or self._proposal_problem(
+                proposal):
+            return "sync_bad_proposal"
+        if len(grads) != len(p.senders):
+            return "sync_bad_set"
+        for env, sender, digest in zip(grads, p.senders, p.digests, strict=True):
+            g = env.message
+            if (not isinstance(g, Gradient) or env.sender != sender or env.digest != digest
+                    or g.round != record.round or self._gradient_problem(g)):
+                return "sync_bad_set"
+        return proposal, grads
+
+    def _on_sync_response(self, env: Envelope) -> None:
+        resp: SyncResponse = env.message  # type: ignore[assignment]
+        self._sync_until = -1.0
+        applied = 0
+        for record in resp.records:
+            if self.finished or record.round != self.round:
+                continue
+            checked = self._verify_record(record)
+            if isinstance(checked, str):
+                self._reject(checked, env.sender)
+                return
+            self._commit(*checked, via_sync=True)
+            applied += 1
+        if applied:
+            self._start_round()
+            if applied == len(resp.records) and resp.round > self.round:
+                self._request_sync(env.sender)
+            self._progress()

@@ -1,0 +1,357 @@
+"""The scenario file: one YAML document describes a whole run (pydantic schema, strict).
+
+Every model forbids unknown fields and every error becomes one line naming the field path, the
+problem and the value given (`ScenarioError`). `Scenario.resolved_yaml()` echoes the config with
+every default filled in, so a result folder always says exactly what ran.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+NodeId = Annotated[int, Field(ge=0)]
+Seconds = Annotated[float, Field(ge=0)]
+Probability = Annotated[float, Field(ge=0, le=1)]
+
+
+class ScenarioError(ValueError):
+    """A scenario that cannot run; `str()` is one line naming the field and what is allowed."""
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+# ---- nodes, topology, links ----------------------------------------------------------------
+
+
+class NodesSpec(Strict):
+    count: Annotated[int, Field(ge=1, le=100_000)]
+    speed: Annotated[float, Field(gt=0)] = 1.0  # relative compute speed of every node
+    speeds: dict[NodeId, Annotated[float, Field(gt=0)]] = {}  # per-node overrides
+
+
+class CompleteTopology(Strict):
+    kind: Literal["complete"] = "complete"
+
+
+class RingTopology(Strict):
+    kind: Literal["ring"]
+
+
+class RandomRegularTopology(Strict):
+    kind: Literal["random_regular"]
+    degree: Annotated[int, Field(ge=2)] = 4
+
+
+class WattsStrogatzTopology(Strict):
+    kind: Literal["watts_strogatz"]
+    k: Annotated[int, Field(ge=2)] = 4
+    p: Probability = 0.1
+
+
+class BarabasiAlbertTopology(Strict):
+    kind: Literal["barabasi_albert"]
+    m: Annotated[int, Field(ge=1)] = 2
+
+
+class GeoClustersTopology(Strict):
+    kind: Literal["geo_clusters"]
+    clusters: Annotated[int, Field(ge=1)] = 3
+    intra_latency: Seconds = 0.002
+    inter_latency: Seconds = 0.05
+
+
+Topology = Annotated[
+    CompleteTopology | RingTopology | RandomRegularTopology | WattsStrogatzTopology
+    | BarabasiAlbertTopology | GeoClustersTopology,
+    Field(discriminator="kind"),
+]
+
+
+class LinksSpec(Strict):
+    latency: Seconds = 0.005  # one-way propagation per hop (geo_clusters sets its own)
+    jitter: Seconds = 0.001
+    jitter_dist: Literal["uniform", "normal", "exponential"] = "uniform"
+    bandwidth: Annotated[float, Field(gt=0)] | None = 1e9  # bits/s per link; null = infinite
+    loss: Probability = 0.0
+    duplicate: Probability = 0.0
+    reorder: Probability = 0.0
+    reorder_delay: Seconds = 0.01
+
+
+# ---- workload and training -----------------------------------------------------------------
+
+
+class LinearWorkload(Strict):
+    kind: Literal["linear"]
+    dim: Annotated[int, Field(ge=1, le=1_000_000)] = 16
+    samples_per_node: Annotated[int, Field(ge=1)] = 256
+    noise: Annotated[float, Field(ge=0)] = 0.1
+    eval_samples: Annotated[int, Field(ge=1)] = 1000
+
+
+class MlpWorkload(Strict):
+    kind: Literal["mlp"]
+    features: Annotated[int, Field(ge=1)] = 16
+    classes: Annotated[int, Field(ge=2)] = 4
+    hidden: Annotated[int, Field(ge=1)] = 32
+    samples_per_node: Annotated[int, Field(ge=1)] = 512
+    label_noise: Probability = 0.05
+    eval_samples: Annotated[int, Field(ge=1)] = 2000
+
+
+Workload = Annotated[LinearWorkload | MlpWorkload, Field(discriminator="kind")]
+
+
+class TrainingSpec(Strict):
+    rounds: Annotated[int, Field(ge=1)]
+    lr: Annotated[float, Field(gt=0)] = 0.05
+    momentum: Annotated[float, Field(ge=0, lt=1)] = 0.9
+    batch: Annotated[int, Field(ge=1)] = 32
+    aggregator: Literal["mean"] = "mean"
+    step_time: Seconds = 0.05  # simulated seconds per gradient step at speed 1.0
+    round_timeout: Annotated[float, Field(gt=0)] = 1.0  # leader: wait for all, then a quorum
+    view_timeout: Annotated[float, Field(gt=0)] = 3.0  # others: wait this long for a proposal
+    eval_every: Annotated[int, Field(ge=1)] = 1
+    max_time: Annotated[float, Field(gt=0)] | None = None  # simulated-time cap; default derived
+
+    @model_validator(mode="after")
+    def _timeouts(self) -> TrainingSpec:
+        if self.view_timeout <= self.round_timeout:
+            raise ValueError(
+                f"view_timeout ({self.view_timeout}) must exceed round_timeout "
+                f"({self.round_timeout}): followers must outwait the leader's gather")
+        return self
+
+
+class ByzantineSpec(Strict):
+    nodes: list[NodeId]
+    behaviour: Literal["honest", "silent"]
+    from_round: Annotated[int, Field(ge=0)] = 0
+
+
+# ---- faults --------------------------------------------------------------------------------
+
+
+class FaultBase(Strict):
+    at: Seconds | None = None  # simulated time at which the fault starts ...
+    at_round: Annotated[int, Field(ge=0)] | None = None  # ... or when a node first commits it
+    duration: Annotated[float, Field(gt=0)] | None = None  # seconds until healed; null = never
+
+    @model_validator(mode="after")
+    def _one_trigger(self) -> FaultBase:
+        if (self.at is None) == (self.at_round is None):
+            raise ValueError("give exactly one of 'at' (seconds) or 'at_round'")
+        return self
+
+    def nodes_involved(self) -> set[int]:
+        return set()
+
+
+class CrashFault(FaultBase):
+    kind: Literal["crash"]
+    nodes: Annotated[list[NodeId], Field(min_length=1)]
+    keep_disk: bool = True  # restart from the node's checkpoint and log, or from nothing
+
+    def nodes_involved(self) -> set[int]:
+        return set(self.nodes)
+
+
+class PartitionFault(FaultBase):
+    """Clean split: nodes in different groups cannot talk (unlisted nodes form one more group)."""
+
+    kind: Literal["partition"]
+    groups: Annotated[list[list[NodeId]], Field(min_length=1)]
+
+    def nodes_involved(self) -> set[int]:
+        return {n for g in self.groups for n in g}
+
+
+class IsolateFault(FaultBase):
+    kind: Literal["isolate"]
+    nodes: Annotated[list[NodeId], Field(min_length=1)]
+
+    def nodes_involved(self) -> set[int]:
+        return set(self.nodes)
+
+
+class OneWayFault(FaultBase):
+    """Traffic from `source` to `target` is dropped; the other direction still flows."""
+
+    kind: Literal["one_way"]
+    source: Annotated[list[NodeId], Field(min_length=1)]
+    target: Annotated[list[NodeId], Field(min_length=1)]
+
+    def nodes_involved(self) -> set[int]:
+        return set(self.source) | set(self.target)
+
+
+class BridgeFault(FaultBase):
+    """Two sides cut apart; the nodes in neither side (the bridge) still reach both."""
+
+    kind: Literal["bridge"]
+    sides: Annotated[list[list[NodeId]], Field(min_length=2, max_length=2)]
+
+    def nodes_involved(self) -> set[int]:
+        return {n for g in self.sides for n in g}
+
+
+class DegradeFault(FaultBase):
+    """Extra latency and loss on every link touching `nodes` (all links when omitted)."""
+
+    kind: Literal["degrade"]
+    nodes: list[NodeId] | None = None
+    extra_latency: Seconds = 0.0
+    loss: Probability = 0.0
+
+    def nodes_involved(self) -> set[int]:
+        return set(self.nodes or [])
+
+
+class SlowFault(FaultBase):
+    kind: Literal["slow"]
+    nodes: Annotated[list[NodeId], Field(min_length=1)]
+    factor: Annotated[float, Field(gt=1)] = 10.0  # compute takes this many times longer
+
+    def nodes_involved(self) -> set[int]:
+        return set(self.nodes)
+
+
+Fault = Annotated[
+    CrashFault | PartitionFault | IsolateFault | OneWayFault | BridgeFault | DegradeFault
+    | SlowFault,
+    Field(discriminator="kind"),
+]
+
+
+class NemesisSpec(Strict):
+    """Seeded random faults: every `interval` seconds one fault of a random kind, never more
+    than `max_faulty` nodes faulty at once (default: f)."""
+
+    kinds: Annotated[
+        list[Literal["crash", "isolate", "partition", "slow", "degrade"]], Field(min_length=1)]
+    interval: Annotated[float, Field(gt=0)] = 5.0
+    duration: Annotated[float, Field(gt=0)] = 2.0
+    start: Seconds = 1.0
+    stop: Seconds | None = None
+    max_faulty: Annotated[int, Field(ge=1)] | None = None
+    keep_disk: bool = True
+
+
+# ---- expectations, real mode, the scenario -------------------------------------------------
+
+
+class ExpectSpec(Strict):
+    final_loss_below: float | None = None
+    final_accuracy_above: Probability | None = None
+    honest_hashes_equal: bool | None = None
+    rounds_committed_at_least: Annotated[int, Field(ge=0)] | None = None
+    forks_at_most: Annotated[int, Field(ge=0)] | None = None
+    dropped_messages_at_least: Annotated[int, Field(ge=0)] | None = None
+
+
+class RealSpec(Strict):
+    """Settings for `--real`: wall-clock timeouts replace the simulated ones."""
+
+    host: str = "127.0.0.1"
+    base_port: Annotated[int, Field(ge=0, le=65535)] = 0  # 0: pick free ports
+    round_timeout: Annotated[float, Field(gt=0)] = 5.0
+    view_timeout: Annotated[float, Field(gt=0)] = 15.0
+    deadline: Annotated[float, Field(gt=0)] = 300.0  # whole run, wall seconds
+
+
+class Scenario(Strict):
+    name: str
+    description: str = ""
+    seed: int = 0
+    nodes: NodesSpec
+    topology: Topology = CompleteTopology()
+    links: LinksSpec = LinksSpec()
+    workload: Workload
+    training: TrainingSpec
+    byzantine: list[ByzantineSpec] = []
+    faults: list[Fault] = []
+    nemesis: NemesisSpec | None = None
+    expect: ExpectSpec = ExpectSpec()
+    record: Literal["all", "drops", "none"] = "all"  # which message events go to events.parquet
+    real: RealSpec = RealSpec()
+    unsafe: bool = False  # allow more than f Byzantine/faulty nodes (to show what breaks)
+
+    @property
+    def f(self) -> int:
+        """Faults tolerated: the largest f with n >= 3f + 1."""
+        return (self.nodes.count - 1) // 3
+
+    def byzantine_nodes(self) -> set[int]:
+        return {n for b in self.byzantine for n in b.nodes}
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Scenario:
+        n = self.nodes.count
+
+        def check_ids(where: str, ids: set[int]) -> None:
+            bad = sorted(i for i in ids if i >= n)
+            if bad:
+                raise ValueError(f"{where}: node ids {bad} out of range 0..{n - 1}")
+
+        check_ids("nodes.speeds", set(self.nodes.speeds))
+        for i, b in enumerate(self.byzantine):
+            check_ids(f"byzantine.{i}.nodes", set(b.nodes))
+        for i, fault in enumerate(self.faults):
+            check_ids(f"faults.{i}", fault.nodes_involved())
+        byz = len(self.byzantine_nodes())
+        if byz > self.f and not self.unsafe:
+            raise ValueError(
+                f"byzantine: {byz} Byzantine nodes but n={n} tolerates f={self.f} "
+                f"(n >= 3f+1); set 'unsafe: true' to run it anyway")
+        if self.nemesis and (self.nemesis.max_faulty or 0) > self.f and not self.unsafe:
+            raise ValueError(f"nemesis.max_faulty: {self.nemesis.max_faulty} exceeds f={self.f}")
+        return self
+
+    def resolved_yaml(self) -> str:
+        return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
+
+
+# ---- loading ---------------------------------------------------------------------------------
+
+
+def _describe(error: dict[str, Any]) -> str:
+    loc = ".".join(str(p) for p in error["loc"] if not str(p).startswith("function-after"))
+    msg = error["msg"].removeprefix("Value error, ")
+    value = error.get("input")
+    shown = "" if isinstance(value, dict | list) or error["type"] == "missing" else (
+        f" (got {value!r})")
+    return f"{loc}: {msg}{shown}" if loc else f"{msg}"
+
+
+def parse_scenario(data: Any, source: str = "scenario") -> Scenario:
+    if not isinstance(data, dict):
+        raise ScenarioError(f"{source}: expected a mapping of fields at the top level")
+    try:
+        return Scenario.model_validate(data)
+    except ValidationError as err:
+        errors = err.errors()
+        more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
+        raise ScenarioError(f"{source}: {_describe(errors[0])}{more}") from None
+
+
+def load_scenario(path: str | Path, seed: int | None = None) -> Scenario:
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as err:
+        raise ScenarioError(f"{path}: cannot read scenario ({err.strerror})") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f"line {mark.line + 1}: " if mark else ""
+        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+        raise ScenarioError(f"{path}: {where}invalid YAML ({problem})") from None
+    scenario = parse_scenario(data, str(path))
+    return scenario.model_copy(update={"seed": seed}) if seed is not None else scenario

@@ -1,0 +1,284 @@
+"""The SimPy driver: hosts the sans-IO Nodes and carries out their actions in simulated time.
+
+Frames travel hop by hop along static shortest-latency routes; each hop goes through a link
+model (serialization FIFO, latency, jitter, loss, duplication, reordering) and the partition
+rules. Compute jobs really run (the math is real) but take modelled time: step_time x cost /
+speed. All randomness comes from named streams of the scenario seed, and SimPy orders equal-time
+events by insertion, so a run is a pure function of (scenario, seed).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import simpy
+
+from phalanx.engine.byzantine import make_behaviour
+from phalanx.engine.events import (
+    Action,
+    Broadcast,
+    CancelTimer,
+    Compute,
+    ComputeDone,
+    Emit,
+    Event,
+    Finished,
+    Persist,
+    Received,
+    Rejected,
+    RoundCommitted,
+    Send,
+    SetTimer,
+    Started,
+    TimerFired,
+)
+from phalanx.engine.node import Node, NodeConfig
+from phalanx.engine.rng import RngStreams
+from phalanx.engine.workloads import Workload, make_workload
+from phalanx.net.crypto import Identity, VerifyCache
+from phalanx.net.envelope import FrameOpener
+from phalanx.sim.eventlog import EventLog
+from phalanx.sim.faults import FaultInjector
+from phalanx.sim.links import LinkParams, Network
+from phalanx.sim.scenario import Scenario
+from phalanx.sim.topology import Routes, build_topology
+
+
+def workload_for(scenario: Scenario, rngs: RngStreams) -> Workload:
+    params = scenario.workload.model_dump(exclude={"kind"})
+    params["batch"] = scenario.training.batch
+    return make_workload(scenario.workload.kind, params, scenario.nodes.count, rngs)
+
+
+def node_config(scenario: Scenario, node: int, round_timeout: float | None = None,
+                view_timeout: float | None = None) -> NodeConfig:
+    t = scenario.training
+    return NodeConfig(node_id=node, members=tuple(range(scenario.nodes.count)), rounds=t.rounds,
+                      lr=t.lr, momentum=t.momentum, aggregator=t.aggregator,
+                      round_timeout=round_timeout or t.round_timeout,
+                      view_timeout=view_timeout or t.view_timeout)
+
+
+def build_graph_routes(scenario: Scenario, rngs: RngStreams) -> Routes:
+    topo = scenario.topology.model_dump(exclude={"kind"})
+    graph = build_topology(scenario.topology.kind, scenario.nodes.count, rngs.seed("topology"),
+                           latency=scenario.links.latency, **topo)
+    return Routes(graph)
+
+
+@dataclass
+class SimStats:
+    events: int = 0  # callbacks scheduled on the SimPy queue (hops, timers, compute, faults)
+    wall_seconds: float = 0.0
+    sim_seconds: float = 0.0
+
+
+class Host:
+    """One simulated machine: a Node, its disk, its timers and its compute queue."""
+
+    def __init__(self, world: SimWorld, node_id: int) -> None:
+        self.world = world
+        self.id = node_id
+        self.node: Node | None = None
+        self.up = False
+        self.disk: dict[str, Any] = {}
+        self.incarnation = 0
+        self.speed = world.scenario.nodes.speeds.get(node_id, world.scenario.nodes.speed)
+        self.slowdown = 1.0
+        self.compute_free_at = 0.0
+        self.timers: dict[str, int] = {}
+        self.finished = False
+        self.bytes_sent: dict[int, int] = {}  # round -> bytes this node put on the wire for it
+
+    def start(self) -> None:
+        w = self.world
+        byz = w.byzantine.get(self.id)
+        behaviour = make_behaviour(byz[0], byz[1]) if byz else None
+        self.node = Node(node_config(w.scenario, self.id), w.identities[self.id], w.workload,
+                         w.opener, behaviour)
+        self.up, self.finished = True, False
+        self.feed(Started(dict(self.disk)))
+
+    def crash(self) -> None:
+        if not self.up:
+            return
+        self.up, self.node = False, None
+        self.incarnation += 1  # orphan every timer and compute result of the old process
+        self.timers.clear()
+        self.world.log.node_event(self.world.now, "crash", "", self.id)
+        self.world.check_done()
+
+    def restart(self, keep_disk: bool) -> None:
+        if self.up:
+            return
+        if not keep_disk:
+            self.disk.clear()
+        self.world.log.node_event(self.world.now, "restart", f"keep_disk={keep_disk}", self.id)
+        self.start()
+
+    def feed(self, event: Event) -> None:
+        if self.node is not None:
+            self.execute(self.node.handle(event, self.world.now))
+
+    def execute(self, actions: list[Action]) -> None:
+        w = self.world
+        for action in actions:
+            match action:
+                case Broadcast(frame, kind, rnd):
+                    for peer in w.members:
+                        if peer != self.id:
+                            w.send(self.id, peer, frame, kind, rnd)
+                    self._account(rnd, len(frame) * (len(w.members) - 1))
+                case Send(peer, frame, kind, rnd):
+                    w.send(self.id, peer, frame, kind, rnd)
+                    self._account(rnd, len(frame))
+                case SetTimer(name, delay):
+                    token = self.timers[name] = w.stats.events
+                    w.call_later(delay, self._timer, name, token, self.incarnation)
+                case CancelTimer(name):
+                    self.timers.pop(name, None)
+                case Compute(job):
+                    start = max(w.now, self.compute_free_at)
+                    self.compute_free_at = start + (
+                        w.scenario.training.step_time * job.cost * self.slowdown / self.speed)
+                    result = job.run()
+                    w.call_at(self.compute_free_at, self._computed, job, result,
+                              self.incarnation)
+                case Persist(key, value):
+                    self.disk[key] = value
+                case Emit(metric):
+                    w.on_metric(self, metric)
+
+    def _account(self, rnd: int, size: int) -> None:
+        self.bytes_sent[rnd] = self.bytes_sent.get(rnd, 0) + size
+
+    def _timer(self, name: str, token: int, incarnation: int) -> None:
+        if incarnation == self.incarnation and self.timers.get(name) == token:
+            del self.timers[name]
+            self.feed(TimerFired(name))
+
+    def _computed(self, job: Any, result: Any, incarnation: int) -> None:
+        if incarnation == self.incarnation:
+            self.feed(ComputeDone(job, result))
+
+
+class SimWorld:
+    def __init__(self, scenario: Scenario,
+                 on_commit: Callable[[RoundCommitted, float], None] | None = None) -> None:
+        self.scenario = scenario
+        self.rngs = RngStreams(scenario.seed)
+        self.env = simpy.Environment()
+        self.stats = SimStats()
+        self.log = EventLog(scenario.record)
+        self.routes = build_graph_routes(scenario, self.rngs)
+        links = scenario.links
+        self.network = Network(self.routes, LinkParams(
+            latency=links.latency, jitter=links.jitter, jitter_dist=links.jitter_dist,
+            bandwidth=links.bandwidth, loss=links.loss, duplicate=links.duplicate,
+            reorder=links.reorder, reorder_delay=links.reorder_delay))
+        self.link_rng = self.rngs.stream("links")
+        n = scenario.nodes.count
+        self.members = range(n)
+        self.identities = [Identity.derive(scenario.seed, i) for i in range(n)]
+        self.verify_cache = VerifyCache()
+        keyring = {i: ident.public_key for i, ident in enumerate(self.identities)}
+        # decoding and verifying a frame is a pure function of its bytes: memoize it across the
+        # simulated nodes (a forged frame has other bytes, so it is still checked and rejected)
+        self.opener = FrameOpener(keyring, verify=self.verify_cache.verify)
+        self.workload = workload_for(scenario, self.rngs)
+        self.byzantine = {node: (b.behaviour, b.from_round)
+                          for b in scenario.byzantine for node in b.nodes}
+        self.hosts = [Host(self, i) for i in range(n)]
+        self.faults = FaultInjector(self)
+        self.on_commit = on_commit
+        self.commits: list[tuple[RoundCommitted, float]] = []
+        self.rejections: dict[str, int] = {}
+        self.params_by_hash: dict[bytes, np.ndarray] = {}
+        self._first_commit: set[int] = set()
+        self._done = self.env.event()
+
+    @property
+    def now(self) -> float:
+        return self.env.now
+
+    def call_later(self, delay: float, fn: Callable[..., None], *args: Any) -> None:
+        self.stats.events += 1
+        self.env.timeout(delay).callbacks.append(lambda _: fn(*args))
+
+    def call_at(self, at: float, fn: Callable[..., None], *args: Any) -> None:
+        self.call_later(max(0.0, at - self.env.now), fn, *args)
+
+    # ---- the wire ----------------------------------------------------------------------------
+
+    def send(self, src: int, dst: int, frame: bytes, kind: int, rnd: int) -> None:
+        self._hop(src, src, dst, frame, kind, rnd, self.env.now)
+
+    def _hop(self, at: int, src: int, dst: int, frame: bytes, kind: int, rnd: int,
+             sent: float) -> None:
+        now = self.env.now
+        if at == dst:
+            host = self.hosts[dst]
+            if host.up:
+                self.log.deliver(now, src, dst, kind, rnd, len(frame), now - sent)
+                host.feed(Received(frame))
+            else:
+                self.log.drop(now, src, dst, kind, rnd, len(frame), now - sent, "node_down")
+            return
+        if at != src and not self.hosts[at].up:
+            self.log.drop(now, src, dst, kind, rnd, len(frame), now - sent, "relay_down")
+            return
+        nxt = self.routes.next_hop(at, dst)
+        if self.faults.rules and self.faults.blocked(at, nxt):
+            self.log.drop(now, src, dst, kind, rnd, len(frame), now - sent, "partition")
+            return
+        arrivals = self.network.link(at, nxt).transmit(now, len(frame), self.link_rng)
+        if not arrivals:
+            self.log.drop(now, src, dst, kind, rnd, len(frame), now - sent, "loss")
+        for t in arrivals:
+            self.call_later(t - now, self._hop, nxt, src, dst, frame, kind, rnd, sent)
+
+    # ---- metrics from the nodes ------------------------------------------------------------
+
+    def on_metric(self, host: Host, metric: Any) -> None:
+        match metric:
+            case RoundCommitted():
+                self.params_by_hash.setdefault(metric.model_hash, metric.params)
+                self.commits.append((metric, self.now))
+                if self.on_commit:
+                    self.on_commit(metric, self.now)
+                if metric.round not in self._first_commit:
+                    self._first_commit.add(metric.round)
+                    self.faults.on_commit(metric.round)
+            case Rejected(reason=reason):
+                self.rejections[reason] = self.rejections.get(reason, 0) + 1
+            case Finished():
+                host.finished = True
+                self.check_done()
+
+    def check_done(self) -> None:
+        if self.faults.pending_restarts == 0 and all(h.finished for h in self.hosts if h.up):
+            if not self._done.triggered:
+                self._done.succeed()
+
+    # ---- running -------------------------------------------------------------------------------
+
+    def default_max_time(self) -> float:
+        t = self.scenario.training
+        fault_end = max((f.at or 0.0) + (f.duration or 0.0) for f in [*self.scenario.faults]
+                        ) if self.scenario.faults else 0.0
+        return fault_end + t.rounds * (4 * t.view_timeout + t.step_time) + 10 * t.view_timeout
+
+    def run(self) -> SimStats:
+        max_time = self.scenario.training.max_time or self.default_max_time()
+        self.faults.schedule(list(self.scenario.faults), self.scenario.nemesis)
+        for host in self.hosts:
+            host.start()
+        wall = time.perf_counter()
+        self.env.run(until=simpy.AnyOf(self.env, [self._done, self.env.timeout(max_time)]))
+        self.stats.wall_seconds = time.perf_counter() - wall
+        self.stats.sim_seconds = self.env.now
+        return self.stats
