@@ -3,7 +3,8 @@
 A round (this is the crash-fault round; the BFT consensus issue replaces steps 2-3 with voting):
 
 1. every node computes a gradient on its shard and broadcasts it signed;
-2. the round's leader, `members[(round + view) % n]`, waits until it holds every member's
+2. the round's leader, `members[(round + view) % n]` (the view carries over from round to round,
+   so a leader that timed out is skipped until the rotation comes back to it), waits until it holds every member's
    gradient, or until its gather timeout with at least a quorum (3·k > 2·n), and broadcasts a
    signed proposal: the set of (sender, digest) it will aggregate;
 3. every node that holds the proposal and all gradients in it aggregates them in sender order,
@@ -178,11 +179,11 @@ class Node:
                 self.finished = True
                 self._out.append(Emit(Finished(self.id, self.round, self.model_hash)))
             return
-        self.view, self._proposed, self._gather_expired = 0, False, False
+        self._proposed, self._gather_expired = False, False
         self._own_result = None
         self._out.append(Compute(GradientJob(self.workload, self.id, self.round, self.params)))
         self._arm_view_timer()
-        if self.leader(self.round, 0) == self.id:
+        if self.leader(self.round, self.view) == self.id:
             self._out.append(SetTimer(f"gather:{self.round}", self.config.round_timeout))
 
     def _arm_view_timer(self) -> None:
@@ -261,7 +262,7 @@ class Node:
         record = RoundRecord(self.round, proposal.frame, tuple(e.frame for e in envs))
         self.history.append(record)
         self._out.append(Persist(f"log/{self.round}", record))
-        view = proposal.message.view  # type: ignore[union-attr]
+        view = self.view = proposal.message.view  # type: ignore[union-attr]
         loss = float(np.mean([g.loss for g in grads]))
         self._out.append(Emit(RoundCommitted(self.id, self.round, view, len(grads), loss,
                                              self.model_hash, via_sync, fork, self.params)))

@@ -23,21 +23,21 @@ from .merkle import HASH_SIZE, merkle_root
 from .messages import KINDS, Message
 
 VERSION = 1
-SIGNATURE_SIZE = 64
 
 _DOMAIN = b"phalanx/env/v1"
 # Signed header, fixed width and big-endian so the byte string is injective:
 # version u8 | kind u16 | sender i64 | round i64 | seq u64, then the 32-byte digest.
 _HEADER = struct.Struct(">BHqqQ")
-_I64 = (-(2**63), 2**63 - 1)
+# What the signed header can hold; out-of-range frames are "malformed". Version and kind need
+# no bound: anything but a known value is rejected by its own check.
 _RANGES = {
-    "version": (0, 2**8 - 1),
-    "kind": (0, 2**16 - 1),
-    "sender": _I64,
-    "round": _I64,
+    "sender": (-(2**63), 2**63 - 1),
+    "round": (-(2**63), 2**63 - 1),
     "seq": (0, 2**64 - 1),
 }
+_INT_FIELDS = ("version", "kind", "sender", "round", "seq")
 
+# (public_key, signed_bytes, signature) -> bool; only an exact True accepts.
 Verify = Callable[[bytes, bytes, bytes], bool]
 
 
@@ -111,9 +111,10 @@ def seal(identity: Identity, sender: int, seq: int, message: Message) -> bytes:
 def _header_error(fields: list[object]) -> str | None:
     if len(fields) != 8:
         return f"expected 8 fields, got {len(fields)}"
-    for (name, (lo, hi)), value in zip(_RANGES.items(), fields[:5], strict=True):
+    for name, value in zip(_INT_FIELDS, fields[:5], strict=True):
         if type(value) is not int:
             return f"{name} must be an int, got {type(value).__name__}"
+        lo, hi = _RANGES.get(name, (value, value))
         if not lo <= value <= hi:
             return f"{name}={value} out of range [{lo}, {hi}]"
     for name, value in zip(("digest", "signature", "payload"), fields[5:], strict=True):

@@ -244,3 +244,16 @@ def test_decode_error_contract() -> None:
     assert (again.reason, again.detail) == (e.reason, e.detail)
     with pytest.raises(ValueError):
         DecodeError("nope", "")
+
+
+def test_net_imports_no_higher_layer() -> None:
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, phalanx.net.envelope, phalanx.net.replay;"
+        "bad = [m for m in sys.modules if m.split('.')[:2] in"
+        " (['phalanx', 'engine'], ['phalanx', 'sim'], ['phalanx', 'apps'])];"
+        "assert not bad, bad"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)

@@ -133,6 +133,9 @@ FRAME = seal(IDS[1], 1, 99, grad())
         (0, 2, "bad_version"),
         (1, 2, "bad_signature"),  # another valid kind: the signature no longer matches
         (1, 77, "unknown_kind"),
+        (1, 2**40, "unknown_kind"),
+        (0, 300, "bad_version"),
+        (2, 2**63, "malformed"),
         (2, 2, "bad_signature"),  # claims to be another known sender
         (2, 1000, "unknown_sender"),
         (3, 6, "bad_signature"),

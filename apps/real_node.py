@@ -1,0 +1,195 @@
+"""One real node process: the same sans-IO Node, driven by asyncio, TCP and the wall clock.
+
+Started by `phalanx run --real` (apps.real) as `python -m phalanx.apps.real_node ...`. Its disk
+is a folder (checkpoint + one file per committed round); its results are a JSON file of commit
+rows and an .npz of the models it committed, read back by the launcher.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import signal
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from phalanx.engine.events import (
+    Action,
+    Broadcast,
+    CancelTimer,
+    Compute,
+    ComputeDone,
+    Emit,
+    Event,
+    Finished,
+    Persist,
+    Received,
+    Rejected,
+    RoundCommitted,
+    Send,
+    SetTimer,
+    Started,
+    TimerFired,
+)
+from phalanx.engine.node import Node
+from phalanx.engine.rng import RngStreams
+from phalanx.net.codec import decode_payload, encode_payload
+from phalanx.net.crypto import Identity
+from phalanx.net.envelope import open_frame
+from phalanx.net.messages import RoundRecord, SyncResponse
+from phalanx.net.tcp import TcpTransport
+from phalanx.sim.scenario import load_scenario
+from phalanx.sim.world import node_config, workload_for
+
+
+class FolderDisk:
+    """The node's durable storage: a checkpoint file and one encoded record per round."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        (root / "log").mkdir(parents=True, exist_ok=True)
+
+    def write(self, key: str, value: bytes | RoundRecord) -> None:
+        if isinstance(value, RoundRecord):
+            value = encode_payload(SyncResponse(value.round, (value,)))
+        path = self.root / f"{key}.bin"
+        tmp = path.with_suffix(".tmp")
+        tmp.write_bytes(value)
+        os.replace(tmp, path)  # atomic: a crash leaves the old or the new file, never half
+
+    def read_all(self) -> dict[str, bytes | RoundRecord]:
+        disk: dict[str, bytes | RoundRecord] = {}
+        checkpoint = self.root / "checkpoint.bin"
+        if checkpoint.exists():
+            disk["checkpoint"] = checkpoint.read_bytes()
+        for path in sorted((self.root / "log").glob("*.bin")):
+            response = decode_payload(SyncResponse.KIND, path.read_bytes())
+            record = response.records[0]  # type: ignore[union-attr]
+            disk[f"log/{record.round}"] = record
+        return disk
+
+
+class AsyncHost:
+    def __init__(self, node: Node, transport: TcpTransport, disk: FolderDisk,
+                 peers: list[int]) -> None:
+        self.node, self.transport, self.disk, self.peers = node, transport, disk, peers
+        self.loop = asyncio.get_running_loop()
+        self.timers: dict[str, asyncio.TimerHandle] = {}
+        self.commits: list[dict[str, Any]] = []
+        self.params: dict[str, np.ndarray] = {}
+        self.rejections: dict[str, int] = {}
+        self.bytes_sent: dict[int, int] = {}
+        self.finished = asyncio.Event()
+
+    def feed(self, event: Event) -> None:
+        self.execute(self.node.handle(event, time.time()))
+
+    def execute(self, actions: list[Action]) -> None:
+        for action in actions:
+            match action:
+                case Broadcast(frame, _, rnd):
+                    for peer in self.peers:
+                        self.transport.send(peer, frame)
+                    self.bytes_sent[rnd] = self.bytes_sent.get(rnd, 0) + len(frame) * len(
+                        self.peers)
+                case Send(peer, frame, _, rnd):
+                    self.transport.send(peer, frame)
+                    self.bytes_sent[rnd] = self.bytes_sent.get(rnd, 0) + len(frame)
+                case SetTimer(name, delay):
+                    if name in self.timers:
+                        self.timers[name].cancel()
+                    self.timers[name] = self.loop.call_later(delay, self._fire, name)
+                case CancelTimer(name):
+                    handle = self.timers.pop(name, None)
+                    if handle:
+                        handle.cancel()
+                case Compute(job):
+                    result = job.run()  # small jobs: run inline, deliver on the next loop turn
+                    self.loop.call_soon(self.feed, ComputeDone(job, result))
+                case Persist(key, value):
+                    self.disk.write(key, value)
+                case Emit(metric):
+                    self._metric(metric)
+
+    def _fire(self, name: str) -> None:
+        self.timers.pop(name, None)
+        self.feed(TimerFired(name))
+
+    def _metric(self, metric: object) -> None:
+        match metric:
+            case RoundCommitted():
+                h = metric.model_hash.hex()
+                self.params.setdefault(h, metric.params)
+                self.commits.append({
+                    "round": metric.round, "node": metric.node, "time": time.time(),
+                    "view": metric.view, "contributors": metric.contributors,
+                    "train_loss": metric.train_loss, "model_hash": h,
+                    "via_sync": metric.via_sync, "fork": metric.fork})
+            case Rejected(reason=reason):
+                self.rejections[reason] = self.rejections.get(reason, 0) + 1
+            case Finished():
+                self.finished.set()
+
+
+async def serve(args: argparse.Namespace) -> None:
+    scenario = load_scenario(args.scenario)
+    node_id, out = args.node, Path(args.out)
+    ports = [int(p) for p in args.ports.split(",")]
+    addresses = {i: (scenario.real.host, p) for i, p in enumerate(ports)}
+    rngs = RngStreams(scenario.seed)
+    keyring = {i: Identity.derive(scenario.seed, i).public_key for i in addresses}
+
+    def opener(frame: bytes) -> Any:
+        return open_frame(frame, keyring)
+
+    config = node_config(scenario, node_id, scenario.real.round_timeout,
+                         scenario.real.view_timeout)
+    node = Node(config, Identity.derive(scenario.seed, node_id), workload_for(scenario, rngs),
+                opener)
+    disk = FolderDisk(out / f"disk-{node_id}")
+    host: AsyncHost | None = None
+
+    def on_frame(frame: bytes) -> None:
+        if host is not None:
+            host.feed(Received(frame))
+
+    transport = TcpTransport(node_id, addresses, on_frame)
+    await transport.start()
+    host = AsyncHost(node, transport, disk, [i for i in addresses if i != node_id])
+    stop = asyncio.Event()
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
+    host.feed(Started(disk.read_all()))
+    await host.finished.wait()
+    for row in host.commits:
+        row["bytes_sent"] = host.bytes_sent.get(row["round"], 0)
+    np.savez(out / f"params-{node_id}.npz", **host.params)
+    result = {"node": node_id, "commits": host.commits, "rejections": host.rejections,
+              "transport_bytes_sent": transport.bytes_sent,
+              "queue_drops": transport.dropped_full}
+    tmp = out / f"result-{node_id}.tmp"
+    tmp.write_text(json.dumps(result))
+    os.replace(tmp, out / f"result-{node_id}.json")  # the launcher never sees half a file
+    await stop.wait()  # keep serving sync requests until the launcher says everyone is done
+    await transport.close()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description="one phalanx node over TCP (launched by "
+                                     "`phalanx run --real`)")
+    parser.add_argument("--scenario", required=True)
+    parser.add_argument("--node", type=int, required=True)
+    parser.add_argument("--ports", required=True, help="comma-separated port per node id")
+    parser.add_argument("--out", required=True)
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    asyncio.run(serve(args))
+
+
+if __name__ == "__main__":
+    main()
