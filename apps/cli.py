@@ -69,8 +69,10 @@ def run(
         loaded = load_scenario(scenario, seed)
         target = out_dir or Path("runs") / (loaded.name + ("-real" if real else ""))
         result = run_scenario(loaded, out=target, real=real, progress=not quiet)
-    except (ScenarioError, TopologyError) as e:
+    except ScenarioError as e:
         raise fail(str(e)) from None
+    except TopologyError as e:
+        raise fail(f"{scenario}: topology: {e}") from None
     print_summary(result)
     if result.failures:
         raise typer.Exit(1)
@@ -78,11 +80,17 @@ def run(
 
 @app.command()
 def validate(scenario: Annotated[Path, typer.Argument(help="scenario YAML file")]) -> None:
-    """Check a scenario file and print it with every default filled in."""
+    """Check a scenario file (schema and topology) and print it with every default filled in."""
+    from phalanx.engine.rng import RngStreams
+    from phalanx.sim.world import build_graph_routes
+
     try:
         loaded = load_scenario(scenario)
+        build_graph_routes(loaded, RngStreams(loaded.seed))
     except ScenarioError as e:
         raise fail(str(e)) from None
+    except TopologyError as e:
+        raise fail(f"{scenario}: topology: {e}") from None
     out.print(loaded.resolved_yaml(), highlight=False)
 
 

@@ -20,6 +20,7 @@ model) and reported, and it is what the consensus issue removes.
 
 from __future__ import annotations
 
+import math
 from collections import Counter
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -89,6 +90,7 @@ class Node:
         self.config = config
         self.id = config.node_id
         self.members = config.members
+        self._member_set = frozenset(config.members)
         self.n = len(config.members)
         self.quorum = quorum(self.n)
         self.identity = identity
@@ -157,15 +159,15 @@ class Node:
     # ---- durable state ---------------------------------------------------------------------
 
     def _checkpoint(self) -> bytes:
-        return msgpack.packb([self.round, self.model_hash, self.params.tobytes(),
+        return msgpack.packb([self.round, self.view, self.model_hash, self.params.tobytes(),
                               self.velocity.tobytes()])
 
     def _restore(self, disk: Mapping[str, bytes | RoundRecord]) -> None:
         blob = disk.get("checkpoint")
         if not isinstance(blob, bytes):
             return
-        round_, model_hash, params, velocity = msgpack.unpackb(blob)
-        self.round, self.model_hash = round_, model_hash
+        round_, view, model_hash, params, velocity = msgpack.unpackb(blob)
+        self.round, self.view, self.model_hash = round_, view, model_hash
         self.params = np.frombuffer(params, dtype=np.float32).copy()
         self.velocity = np.frombuffer(velocity, dtype=np.float32).copy()
         records = [disk.get(f"log/{r}") for r in range(round_)]
@@ -279,7 +281,7 @@ class Node:
         except DecodeError as err:
             self._reject(err.reason, None)
             return
-        if env.sender == self.id or env.sender not in self.members:
+        if env.sender == self.id or env.sender not in self._member_set:
             self._reject("not_member", env.sender)
             return
         if not self.guard.check(env.sender, env.seq):
@@ -299,7 +301,9 @@ class Node:
         v = g.values
         if v.dtype != np.float32 or v.shape != self.params.shape:
             return "bad_gradient_shape"
-        if not (np.isfinite(v).all() and np.isfinite(g.loss)) or g.samples <= 0:
+        # a float64 sum of float32 values cannot overflow, so it is finite iff every value is
+        if not (math.isfinite(v.sum(dtype=np.float64)) and math.isfinite(g.loss)) or (
+                g.samples <= 0):
             return "bad_gradient_values"
         return None
 
@@ -329,7 +333,8 @@ class Node:
             return "proposal_not_leader"
         if len(p.senders) != len(p.digests) or len(p.senders) < self.quorum:
             return "proposal_too_small"
-        if list(p.senders) != sorted(set(p.senders)) or not set(p.senders) <= set(self.members):
+        if list(p.senders) != sorted(set(p.senders)) or not self._member_set.issuperset(
+                p.senders):
             return "proposal_bad_senders"
         return None
 
@@ -341,10 +346,11 @@ class Node:
         if problem:
             self._reject(problem, env.sender)
             return
-        self._proposals.setdefault(p.round, env)
         if p.round > self.round:
             self._request_sync(env.sender)  # its leader committed our round already
-        self._progress()
+        if p.round <= self.round + self.config.future_rounds:  # bounded: no memory for far rounds
+            self._proposals.setdefault(p.round, env)
+            self._progress()
 
     # ---- state sync ---------------------------------------------------------------------------
 

@@ -21,6 +21,10 @@ Probability = Annotated[float, Field(ge=0, le=1)]
 class ScenarioError(ValueError):
     """A scenario that cannot run; `str()` is one line naming the field and what is allowed."""
 
+    def __init__(self, message: str) -> None:
+        # user text (a key, a tag, a path) may hold line breaks: escape them to stay one line
+        super().__init__(message.replace("\r", "\\r").replace("\n", "\\n"))
+
 
 class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -346,6 +350,9 @@ def load_scenario(path: str | Path, seed: int | None = None) -> Scenario:
         text = path.read_text()
     except OSError as err:
         raise ScenarioError(f"{path}: cannot read scenario ({err.strerror})") from None
+    except UnicodeDecodeError as err:
+        raise ScenarioError(
+            f"{path}: cannot read scenario (not UTF-8 text: byte {err.start})") from None
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as err:

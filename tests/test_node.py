@@ -1,0 +1,758 @@
+"""The sans-IO Node driven by hand: a tiny deterministic message pump, no simulator.
+
+The pump keeps one FIFO queue of (destination, event). Compute actions really run their job and
+queue a ComputeDone for the node; Broadcast/Send queue Received(frame) for the peers (unless a
+drop rule says otherwise); SetTimer arms a timer with a deadline on the pump's clock, fired only
+when a test asks (by hand, or `advance()` for the earliest one); Persist writes to the node's
+disk dict; Emit collects metrics per node.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from functools import partial
+
+import numpy as np
+import pytest
+
+from phalanx.engine.events import (
+    Action,
+    Broadcast,
+    CancelTimer,
+    Compute,
+    ComputeDone,
+    Emit,
+    Event,
+    Finished,
+    Persist,
+    Received,
+    Rejected,
+    RoundCommitted,
+    Send,
+    SetTimer,
+    Started,
+    TimerFired,
+)
+from phalanx.engine.node import Node, NodeConfig, quorum
+from phalanx.engine.rng import RngStreams
+from phalanx.engine.workloads.linear import LinearRegression
+from phalanx.net.crypto import Identity, sha256
+from phalanx.net.envelope import open_frame, seal
+from phalanx.net.messages import (
+    Gradient,
+    Message,
+    Proposal,
+    RoundRecord,
+    SyncRequest,
+    SyncResponse,
+)
+
+SEED = 7
+N = 4
+DIM = 4
+MEMBERS = tuple(range(N))
+IDS = [Identity.derive(SEED, i) for i in MEMBERS]
+KEYRING = {i: ident.public_key for i, ident in enumerate(IDS)}
+OPEN = partial(open_frame, keyring=KEYRING)
+WORKLOAD = LinearRegression(n_nodes=N, rngs=RngStreams(SEED), dim=DIM)
+ZERO_HASH = sha256(np.zeros(DIM, dtype=np.float32).tobytes())
+
+
+def make_config(node_id: int, rounds: int = 5, **kw: object) -> NodeConfig:
+    base: dict[str, object] = dict(
+        node_id=node_id,
+        members=MEMBERS,
+        rounds=rounds,
+        lr=0.1,
+        momentum=0.9,
+        round_timeout=1.0,
+        view_timeout=4.0,
+    )
+    base.update(kw)
+    return NodeConfig(**base)  # type: ignore[arg-type]
+
+
+def make_node(node_id: int, rounds: int = 5, **kw: object) -> Node:
+    return Node(make_config(node_id, rounds, **kw), IDS[node_id], WORKLOAD, OPEN)
+
+
+_seq = iter(range(10**15, 10**16))
+
+
+def forge(sender: int, message: Message, identity: Identity | None = None) -> bytes:
+    """A frame from `sender` (signed by its own key unless `identity` says otherwise), with a
+    sequence number far from anything the nodes themselves use."""
+    return seal(identity or IDS[sender], sender, next(_seq), message)
+
+
+# ---- the pump -------------------------------------------------------------------------------
+
+Drop = Callable[[int, int, int, int], bool]  # (src, dst, kind, round) -> drop?
+
+
+@dataclass
+class Pump:
+    nodes: dict[int, Node]
+    drop: Drop = lambda src, dst, kind, rnd: False
+    now: float = 0.0
+    queue: deque[tuple[int, Event]] = field(default_factory=deque)
+    timers: dict[int, dict[str, float]] = field(default_factory=dict)
+    metrics: dict[int, list[object]] = field(default_factory=dict)
+    disks: dict[int, dict[str, bytes | RoundRecord]] = field(default_factory=dict)
+    sent: list[tuple[int, int, bytes]] = field(default_factory=list)  # (src, dst, frame)
+    steps: int = 0
+
+    def __post_init__(self) -> None:
+        for i in self.nodes:
+            self.timers.setdefault(i, {})
+            self.metrics.setdefault(i, [])
+            self.disks.setdefault(i, {})
+
+    # -- feeding ---------------------------------------------------------------------------
+    def feed(self, node: int, event: Event) -> list[Action]:
+        actions = self.nodes[node].handle(event, self.now)
+        assert isinstance(actions, list)
+        self.execute(node, actions)
+        return actions
+
+    def execute(self, src: int, actions: list[Action]) -> None:
+        for action in actions:
+            match action:
+                case Broadcast(frame, kind, rnd):
+                    for dst in self.nodes:
+                        if dst != src:
+                            self._deliver(src, dst, frame, kind, rnd)
+                case Send(peer, frame, kind, rnd):
+                    self._deliver(src, peer, frame, kind, rnd)
+                case SetTimer(name, delay):
+                    self.timers[src][name] = self.now + delay
+                case CancelTimer(name):
+                    self.timers[src].pop(name, None)
+                case Compute(job):
+                    self.queue.append((src, ComputeDone(job, job.run())))
+                case Persist(key, value):
+                    self.disks[src][key] = value
+                case Emit(metric):
+                    self.metrics[src].append(metric)
+                case _:
+                    raise AssertionError(f"unknown action {action!r}")
+
+    def _deliver(self, src: int, dst: int, frame: bytes, kind: int, rnd: int) -> None:
+        if dst in self.nodes and not self.drop(src, dst, kind, rnd):
+            self.sent.append((src, dst, frame))
+            self.queue.append((dst, Received(frame)))
+
+    def start(self, disks: dict[int, dict[str, bytes | RoundRecord]] | None = None) -> None:
+        for i in self.nodes:
+            self.feed(i, Started(dict((disks or {}).get(i, {}))))
+
+    def run(self, until: Callable[[], bool] | None = None, max_steps: int = 20_000) -> None:
+        """Deliver queued events until the queue is empty (or `until()` holds)."""
+        while self.queue:
+            if until is not None and until():
+                return
+            self.steps += 1
+            assert self.steps < max_steps, "pump does not settle"
+            dst, event = self.queue.popleft()
+            self.feed(dst, event)
+
+    # -- timers ----------------------------------------------------------------------------
+    def fire(self, node: int, name: str) -> list[Action]:
+        assert name in self.timers[node], f"{name} is not armed at node {node}"
+        del self.timers[node][name]
+        return self.feed(node, TimerFired(name))
+
+    def advance(self, only: tuple[int, ...] | None = None) -> bool:
+        """Move the clock to the earliest armed timer (of an unfinished node, of `only` if
+        given) and fire it."""
+        armed = [
+            (at, i, name)
+            for i, ts in self.timers.items()
+            for name, at in ts.items()
+            if not self.nodes[i].finished and (only is None or i in only)
+        ]
+        if not armed:
+            return False
+        at, i, name = min(armed)
+        self.now = max(self.now, at)
+        self.fire(i, name)
+        return True
+
+    def run_to_end(self, nodes: tuple[int, ...] | None = None, max_timers: int = 200) -> None:
+        """Run, firing timers whenever the queue is empty, until `nodes` have all finished."""
+        watch = nodes if nodes is not None else tuple(self.nodes)
+        for _ in range(max_timers):
+            self.run()
+            if all(self.nodes[i].finished for i in watch):
+                return
+            if not self.advance():
+                break
+        raise AssertionError(f"not finished: rounds {[self.nodes[i].round for i in watch]}")
+
+    # -- what came out ---------------------------------------------------------------------
+    def commits(self, node: int) -> list[RoundCommitted]:
+        return [m for m in self.metrics[node] if isinstance(m, RoundCommitted)]
+
+    def rejected(self, node: int) -> list[Rejected]:
+        return [m for m in self.metrics[node] if isinstance(m, Rejected)]
+
+    def finished(self, node: int) -> list[Finished]:
+        return [m for m in self.metrics[node] if isinstance(m, Finished)]
+
+
+def cluster(rounds: int = 5, drop: Drop | None = None, **kw: object) -> Pump:
+    nodes = {i: make_node(i, rounds, **kw) for i in MEMBERS}
+    return Pump(nodes, drop) if drop else Pump(nodes)
+
+
+def rejections_of(actions: list[Action]) -> list[Rejected]:
+    return [a.metric for a in actions if isinstance(a, Emit) and isinstance(a.metric, Rejected)]
+
+
+# ---- 1. fault-free -----------------------------------------------------------------------------
+
+
+def test_fault_free_rounds_commit_identically_and_finish() -> None:
+    pump = cluster(rounds=5)
+    pump.start()
+    pump.run()
+    hashes: dict[int, set[bytes]] = {}
+    for i in MEMBERS:
+        commits = pump.commits(i)
+        assert [c.round for c in commits] == [0, 1, 2, 3, 4]
+        for c in commits:
+            assert (c.view, c.contributors, c.via_sync, c.fork) == (0, 4, False, False)
+            hashes.setdefault(c.round, set()).add(c.model_hash)
+        assert pump.metrics[i][-1] == Finished(i, 5, pump.nodes[i].model_hash)
+        assert len(pump.finished(i)) == 1
+        assert pump.rejected(i) == [] and not pump.nodes[i].rejections
+    assert all(len(h) == 1 for h in hashes.values())
+    assert len({h for hs in hashes.values() for h in hs}) == 5  # the model really moves
+    # no timer was needed: every leader held all four gradients
+    assert pump.now == 0.0
+
+
+def test_fault_free_training_reduces_loss() -> None:
+    pump = cluster(rounds=5)
+    pump.start()
+    pump.run()
+    losses = [c.train_loss for c in pump.commits(0)]
+    assert losses[-1] < losses[0]
+    params = pump.commits(0)[-1].params
+    assert WORKLOAD.evaluate(params)["loss"] < WORKLOAD.evaluate(WORKLOAD.init_params())["loss"]
+
+
+def test_fault_free_is_deterministic() -> None:
+    runs = []
+    for _ in range(2):
+        pump = cluster(rounds=3)
+        pump.start()
+        pump.run()
+        runs.append([(c.round, c.model_hash) for c in pump.commits(2)])
+    assert runs[0] == runs[1]
+
+
+@pytest.mark.parametrize("n", range(1, 40))
+def test_quorum_is_smallest_k_with_3k_above_2n(n: int) -> None:
+    smallest = next(k for k in range(n + 2) if 3 * k > 2 * n)
+    assert quorum(n) == smallest
+
+
+def test_quorum_known_values() -> None:
+    assert [quorum(n) for n in range(4, 14)] == [3, 4, 5, 5, 6, 7, 7, 8, 9, 9]
+    assert quorum(6) == 5 and quorum(9) == 7
+    assert make_node(0).quorum == 3
+
+
+# ---- 2. rejections ----------------------------------------------------------------------------
+
+
+def _gradient(
+    rnd: int = 0,
+    values: np.ndarray | None = None,
+    loss: float = 0.5,
+    samples: int = 8,
+    base: bytes = ZERO_HASH,
+) -> Gradient:
+    if values is None:
+        values = np.ones(DIM, dtype=np.float32)
+    return Gradient(rnd, base, loss, samples, values)
+
+
+def _bad_frames(target: int) -> list[tuple[str, int | None, bytes]]:
+    """(expected reason, expected sender, frame) for a node at round 0, view 0 (leader: 0)."""
+    assert target != 0
+    other = next(i for i in MEMBERS if i not in (0, target))
+    stranger = Identity.derive(SEED + 1, other)  # a key that is not in the keyring
+    good = forge(other, _gradient())
+    flipped = bytearray(good)
+    # the signature is the 64 bytes right before the payload's bin header; find it by value
+    env = OPEN(good)
+    pos = good.index(env.signature)
+    flipped[pos + 10] ^= 0x01
+    digests = (sha256(b"a"), sha256(b"b"), sha256(b"c"))
+    return [
+        ("bad_signature", None, forge(other, _gradient(), identity=stranger)),
+        ("bad_signature", None, bytes(flipped)),
+        ("malformed", None, b"\x00garbage\xff" * 3),
+        ("malformed", None, b""),
+        ("not_member", target, forge(target, _gradient())),
+        ("bad_gradient_shape", other, forge(other, _gradient(values=np.ones(DIM + 1, np.float32)))),
+        ("bad_gradient_shape", other, forge(other, _gradient(values=np.ones(DIM, np.float64)))),
+        ("bad_gradient_shape", other, forge(other, _gradient(values=np.ones((2, 2), np.float32)))),
+        (
+            "bad_gradient_values",
+            other,
+            forge(other, _gradient(values=np.array([1, np.nan, 0, 0], np.float32))),
+        ),
+        (
+            "bad_gradient_values",
+            other,
+            forge(other, _gradient(values=np.array([1, np.inf, 0, 0], np.float32))),
+        ),
+        ("bad_gradient_values", other, forge(other, _gradient(loss=float("nan")))),
+        ("bad_gradient_values", other, forge(other, _gradient(samples=0))),
+        # round 0, view 0: the leader is node 0, so `other` proposing for view 0 is an impostor
+        ("proposal_not_leader", other, forge(other, Proposal(0, 0, (1, 2, 3), digests))),
+        ("proposal_too_small", 0, forge(0, Proposal(0, 0, (1, 2), digests[:2]))),
+        ("proposal_too_small", 0, forge(0, Proposal(0, 0, (1, 2, 3), digests[:2]))),
+        ("proposal_bad_senders", 0, forge(0, Proposal(0, 0, (3, 2, 1), digests))),
+        ("proposal_bad_senders", 0, forge(0, Proposal(0, 0, (1, 2, 7), digests))),
+        ("bad_sync_request", other, forge(other, SyncRequest(0, -1, 4))),
+        ("bad_sync_request", other, forge(other, SyncRequest(0, 0, 0))),
+    ]
+
+
+def test_each_bad_frame_is_rejected_with_its_reason() -> None:
+    target = 1
+    for reason, sender, frame in _bad_frames(target):
+        node = make_node(target)
+        node.handle(Started(), 0.0)
+        actions = node.handle(Received(frame), 0.0)
+        assert rejections_of(actions) == [Rejected(target, reason, sender)], reason
+        assert node.rejections == {reason: 1}
+        assert node.round == 0 and node._proposals == {}
+        assert not any(isinstance(a, Send | Broadcast | Persist) for a in actions)
+
+
+def test_replayed_frame_is_rejected_the_second_time() -> None:
+    node = make_node(1)
+    node.handle(Started(), 0.0)
+    frame = forge(2, _gradient())
+    assert rejections_of(node.handle(Received(frame), 0.0)) == []
+    assert rejections_of(node.handle(Received(frame), 0.0)) == [Rejected(1, "replay", 2)]
+    assert node.rejections == {"replay": 1}
+    # same content, fresh sequence number: not a replay
+    assert rejections_of(node.handle(Received(forge(2, _gradient())), 0.0)) == []
+
+
+def test_rejections_do_not_disturb_the_round() -> None:
+    """Every kind of bad frame hits node 1 before and during round 0; it still commits rounds 0
+    and 1 exactly like the others, and the counters add up."""
+    target = 1
+    pump = cluster(rounds=2)
+    bad = _bad_frames(target)
+    replayed = forge(2, SyncRequest(0, 0, 1))  # valid once, then replayed
+    pump.start()
+    for _, _, frame in bad[: len(bad) // 2]:
+        pump.feed(target, Received(frame))
+    pump.feed(target, Received(replayed))
+    # mid-round: the leader has committed round 0, its proposal is still on the way to node 1
+    pump.run(until=lambda: pump.nodes[0].round == 1)
+    assert pump.nodes[target].round == 0
+    for _, _, frame in bad[len(bad) // 2 :]:
+        pump.feed(target, Received(frame))
+    pump.feed(target, Received(replayed))
+    pump.run()
+
+    expected: dict[str, int] = {"replay": 1}
+    for reason, _, _ in bad:
+        expected[reason] = expected.get(reason, 0) + 1
+    assert dict(pump.nodes[target].rejections) == expected
+    emitted: dict[str, int] = {}
+    for r in pump.rejected(target):
+        emitted[r.reason] = emitted.get(r.reason, 0) + 1
+    assert emitted == expected
+    for i in MEMBERS:
+        if i != target:
+            assert not pump.nodes[i].rejections
+    ref = [(c.round, c.model_hash, c.contributors) for c in pump.commits(0)]
+    assert [(c.round, c.model_hash, c.contributors) for c in pump.commits(target)] == ref
+    assert [r for r, _, _ in ref] == [0, 1]
+    assert all(pump.nodes[i].finished for i in MEMBERS)
+
+
+def test_bad_frames_after_commit_then_next_round_still_commits() -> None:
+    pump = cluster(rounds=3)
+    pump.start()
+    pump.run(until=lambda: pump.nodes[1].round == 1)
+    assert pump.nodes[1].round == 1
+    # bad frames addressed at round 1 (the round node 1 is in now)
+    digests = (sha256(b"a"), sha256(b"b"), sha256(b"c"))
+    h = pump.nodes[1].model_hash
+    for reason, frame in [
+        ("bad_gradient_values", forge(2, _gradient(1, np.full(DIM, np.nan, np.float32), base=h))),
+        ("bad_gradient_shape", forge(3, _gradient(1, np.ones(1, np.float32), base=h))),
+        ("proposal_not_leader", forge(3, Proposal(1, 0, (0, 1, 2), digests))),  # leader: 1
+        ("not_member", forge(1, _gradient(1, base=h))),
+    ]:
+        before = pump.nodes[1].rejections[reason]
+        actions = pump.feed(1, Received(frame))
+        assert [r.reason for r in rejections_of(actions)] == [reason]
+        assert pump.nodes[1].rejections[reason] == before + 1
+    pump.run()
+    ref = [c.model_hash for c in pump.commits(0)]
+    assert len(ref) == 3
+    for i in MEMBERS:
+        assert [c.model_hash for c in pump.commits(i)] == ref
+        assert pump.nodes[i].finished
+
+
+def test_stale_frames_are_ignored_silently() -> None:
+    pump = cluster(rounds=2)
+    pump.start()
+    pump.run(until=lambda: pump.nodes[1].round == 1)
+    actions = pump.feed(1, Received(forge(2, _gradient(0, np.full(DIM, np.nan, np.float32)))))
+    assert actions == []
+    actions = pump.feed(1, Received(forge(3, Proposal(0, 0, (0, 1, 2), (ZERO_HASH,) * 3))))
+    assert actions == []
+    assert not pump.nodes[1].rejections
+
+
+# ---- 3. state sync -----------------------------------------------------------------------------
+
+
+def _isolate_node3_until_round3(src: int, dst: int, kind: int, rnd: int) -> bool:
+    return dst == 3 and rnd <= 2
+
+
+def test_lagging_node_syncs_and_converges() -> None:
+    pump = cluster(rounds=5, drop=_isolate_node3_until_round3)
+    pump.start()
+    caught_up = lambda: all(pump.nodes[i].round >= 3 for i in (0, 1, 2))  # noqa: E731
+    pump.run(until=caught_up)
+    # rounds 0..2 commit without node 3 hearing anything (its round-0 gradient got out); the
+    # leaders of rounds 1 and 2 settle for a quorum when their gather timers fire. Node 3's own
+    # timers stay put, so it cannot go polling for records on its own.
+    for _ in range(50):
+        if caught_up():
+            break
+        pump.advance(only=(0, 1, 2))
+        pump.run(until=caught_up)
+    assert [pump.nodes[i].round for i in MEMBERS] == [3, 3, 3, 0]
+    assert pump.commits(3) == []
+    # the round-3 gradients reach node 3; it is 3 rounds behind and asks the first sender
+    # for the records it missed, once (rate-limited), and gets them
+    sent_before = len(pump.sent)
+    pump.run()
+    to_3 = [(s, OPEN(f).message) for s, d, f in pump.sent[sent_before:] if d == 3]
+    from_3 = [(d, OPEN(f).message) for s, d, f in pump.sent[sent_before:] if s == 3]
+    first_sender, first = to_3[0]
+    assert isinstance(first, Gradient) and first.round == 3
+    requests = [(d, m) for d, m in from_3 if isinstance(m, SyncRequest)]
+    assert requests == [(first_sender, SyncRequest(0, 0, 16))]
+    responses = [m for s, m in to_3 if isinstance(m, SyncResponse)]
+    assert [[r.round for r in m.records] for m in responses] == [[0, 1, 2]]
+    synced = [c for c in pump.commits(3) if c.via_sync]
+    assert [c.round for c in synced] == [0, 1, 2]
+    ref = {c.round: c.model_hash for c in pump.commits(0)}
+    assert all(c.model_hash == ref[c.round] for c in synced)
+    pump.run_to_end()
+    final = {pump.nodes[i].model_hash for i in MEMBERS}
+    assert len(final) == 1
+    for i in MEMBERS:
+        assert [c.round for c in pump.commits(i)] == [0, 1, 2, 3, 4]
+        assert pump.finished(i)[0].model_hash == pump.nodes[i].model_hash
+        assert not any(c.fork for c in pump.commits(i))
+    assert not pump.nodes[3].rejections
+
+
+def test_sync_request_is_answered_from_history() -> None:
+    pump = cluster(rounds=3)
+    pump.start()
+    pump.run()
+    node = pump.nodes[2]
+    actions = node.handle(Received(forge(1, SyncRequest(0, 1, 99))), 1.0)
+    (send,) = actions
+    assert isinstance(send, Send) and send.peer == 1
+    resp = OPEN(send.frame).message
+    assert isinstance(resp, SyncResponse) and resp.round == 3
+    assert [r.round for r in resp.records] == [1, 2]
+    assert resp.records == tuple(node.history[1:])
+    # nothing to send past the end of the history
+    assert node.handle(Received(forge(1, SyncRequest(0, 3, 4))), 1.0) == []
+
+
+def test_sync_requests_are_rate_limited() -> None:
+    node = make_node(3)
+    node.handle(Started(), 0.0)
+
+    def requests(actions: list[Action]) -> list[tuple[int, SyncRequest]]:
+        return [(a.peer, OPEN(a.frame).message) for a in actions if isinstance(a, Send)]  # type: ignore[misc]
+
+    far = _gradient(5, base=sha256(b"elsewhere"))
+    assert requests(node.handle(Received(forge(0, far)), 1.0)) == [(0, SyncRequest(0, 0, 16))]
+    # more evidence within one view timeout (4.0) asks nobody else
+    assert requests(node.handle(Received(forge(1, far)), 2.0)) == []
+    assert requests(node.handle(Received(forge(2, _gradient(2))), 4.9)) == []
+    # once it has passed, the next sign of lagging asks again
+    assert requests(node.handle(Received(forge(2, far)), 5.1)) == [(2, SyncRequest(0, 0, 16))]
+    assert node.round == 0 and not node.rejections
+
+
+def _record_and_fresh_node() -> tuple[RoundRecord, Pump, Node]:
+    pump = cluster(rounds=1)
+    pump.start()
+    pump.run()
+    (record,) = pump.nodes[0].history
+    fresh = make_node(3, rounds=1)
+    fresh.handle(Started(), 0.0)
+    return record, pump, fresh
+
+
+def _respond(sender: int, *records: RoundRecord) -> bytes:
+    return forge(sender, SyncResponse(1, tuple(records)))
+
+
+def test_valid_sync_record_is_applied() -> None:
+    record, pump, fresh = _record_and_fresh_node()
+    actions = fresh.handle(Received(_respond(1, record)), 0.0)
+    commits = [
+        a.metric for a in actions if isinstance(a, Emit) and isinstance(a.metric, RoundCommitted)
+    ]
+    assert [(c.round, c.via_sync, c.model_hash) for c in commits] == [
+        (0, True, pump.nodes[0].model_hash)
+    ]
+    assert fresh.round == 1 and fresh.finished
+    assert Persist("log/0", record) in actions
+
+
+def _tampered_records(record: RoundRecord) -> list[tuple[str, RoundRecord]]:
+    proposal: Proposal = OPEN(record.proposal).message  # type: ignore[assignment]
+    grads = list(record.gradients)
+    g1 = OPEN(grads[1])
+    other: Gradient = g1.message  # type: ignore[assignment]
+    # valid signature by the right sender, but other values: its digest is not in the proposal
+    resigned = forge(
+        g1.sender,
+        Gradient(
+            other.round, other.base_hash, other.loss, other.samples, other.values + np.float32(1)
+        ),
+    )
+    swapped = [*grads]
+    swapped[1] = grads[2]  # a genuine gradient frame, but by a different sender
+    leader = OPEN(record.proposal).sender
+    impostor = (leader + 1) % N
+    fake_proposal = forge(impostor, Proposal(0, proposal.view, proposal.senders, proposal.digests))
+    nan_grad = forge(
+        g1.sender,
+        Gradient(
+            other.round,
+            other.base_hash,
+            other.loss,
+            other.samples,
+            np.full(DIM, np.nan, np.float32),
+        ),
+    )
+    flipped = bytearray(grads[0])
+    flipped[-1] ^= 0xFF
+    return [
+        ("sync_bad_set", RoundRecord(0, record.proposal, (grads[0], resigned, *grads[2:]))),
+        ("sync_bad_set", RoundRecord(0, record.proposal, tuple(swapped))),
+        ("sync_bad_set", RoundRecord(0, record.proposal, tuple(grads[:-1]))),
+        ("sync_bad_set", RoundRecord(0, record.proposal, (grads[0], nan_grad, *grads[2:]))),
+        ("sync_bad_set", RoundRecord(0, record.proposal, (record.proposal, *grads[1:]))),
+        ("sync_bad_proposal", RoundRecord(0, fake_proposal, record.gradients)),
+        ("sync_bad_proposal", RoundRecord(0, grads[0], record.gradients)),
+        ("sync_bad_digest", RoundRecord(0, record.proposal, (bytes(flipped), *grads[1:]))),
+        ("sync_malformed", RoundRecord(0, b"junk", record.gradients)),
+    ]
+
+
+def test_tampered_sync_records_are_rejected_and_node_does_not_advance() -> None:
+    record, pump, _ = _record_and_fresh_node()
+    assert len(record.gradients) == 4
+    for reason, bad in _tampered_records(record):
+        fresh = make_node(3)
+        fresh.handle(Started(), 0.0)
+        actions = fresh.handle(Received(_respond(1, bad)), 0.0)
+        assert rejections_of(actions) == [Rejected(3, reason, 1)], reason
+        assert fresh.rejections == {reason: 1}
+        assert fresh.round == 0 and fresh.history == [] and fresh.model_hash == ZERO_HASH
+        assert not any(isinstance(a, Persist) for a in actions)
+        # the genuine record still applies afterwards
+        fresh.handle(Received(_respond(2, record)), 0.0)
+        assert fresh.round == 1 and fresh.model_hash == pump.nodes[0].model_hash
+
+
+def test_sync_stops_at_the_first_bad_record() -> None:
+    pump = cluster(rounds=3)
+    pump.start()
+    pump.run()
+    r0, r1, r2 = pump.nodes[0].history
+    bad_r1 = RoundRecord(1, r1.proposal, tuple(reversed(r1.gradients)))
+    fresh = make_node(3, rounds=3)
+    fresh.handle(Started(), 0.0)
+    fresh.handle(Received(_respond(0, r0, bad_r1, r2)), 0.0)
+    assert fresh.round == 1 and fresh.rejections == {"sync_bad_set": 1}
+    assert fresh.model_hash == pump.commits(0)[0].model_hash
+
+
+def test_sync_records_for_other_rounds_are_skipped() -> None:
+    pump = cluster(rounds=3)
+    pump.start()
+    pump.run()
+    r0, r1, r2 = pump.nodes[0].history
+    fresh = make_node(3, rounds=3)
+    fresh.handle(Started(), 0.0)
+    assert fresh.handle(Received(_respond(0, r1, r2)), 0.0) == []  # nothing for round 0
+    assert fresh.round == 0 and not fresh.rejections
+    fresh.handle(Received(_respond(0, r2, r0, r1)), 0.0)  # r2 skipped, then 0 and 1 applied
+    assert fresh.round == 2
+    assert fresh.model_hash == pump.commits(0)[1].model_hash
+
+
+# ---- 4. restart from disk -----------------------------------------------------------------------
+
+
+def test_restart_from_disk_restores_round_and_model() -> None:
+    pump = cluster(rounds=5)
+    pump.start()
+    pump.run(until=lambda: pump.nodes[2].round == 3)
+    before = pump.nodes[2]
+    assert before.round == 3
+    disk = dict(pump.disks[2])
+    assert set(disk) == {"checkpoint", "log/0", "log/1", "log/2"}
+    reborn = make_node(2)
+    reborn.handle(Started(disk), pump.now + 1.0)
+    assert reborn.round == before.round
+    assert reborn.model_hash == before.model_hash
+    assert reborn.params.tobytes() == before.params.tobytes()
+    assert reborn.velocity.tobytes() == before.velocity.tobytes()
+    assert reborn.history == before.history
+    assert reborn.model_hash == sha256(reborn.params.tobytes())
+
+
+def test_restart_mid_run_rejoins_and_finishes_identically() -> None:
+    pump = cluster(rounds=5)
+    pump.start()
+    pump.run(until=lambda: pump.nodes[2].round == 3)
+    # crash node 2: its in-flight events and timers are lost; it comes back a second later
+    pump.queue = deque((d, e) for d, e in pump.queue if d != 2)
+    pump.timers[2].clear()
+    pump.now += 1.0
+    pump.nodes[2] = make_node(2)
+    pump.feed(2, Started(dict(pump.disks[2])))
+    assert pump.nodes[2].round == 3
+    pump.run_to_end()
+    final = {pump.nodes[i].model_hash for i in MEMBERS}
+    assert len(final) == 1
+    assert [c.round for c in pump.commits(2)] == [0, 1, 2, 3, 4]
+
+
+def test_restart_with_empty_disk_starts_at_round_zero() -> None:
+    node = make_node(1)
+    actions = node.handle(Started({}), 5.0)
+    assert node.round == 0 and node.model_hash == ZERO_HASH and node.history == []
+    (compute,) = [a for a in actions if isinstance(a, Compute)]
+    assert compute.job.round == 0
+    assert SetTimer("view:0:0", 4.0) in actions
+
+
+def test_restart_after_finishing_reports_finished_again() -> None:
+    pump = cluster(rounds=2)
+    pump.start()
+    pump.run()
+    reborn = make_node(0, rounds=2)
+    actions = reborn.handle(Started(dict(pump.disks[0])), 10.0)
+    assert actions == [Emit(Finished(0, 2, pump.nodes[0].model_hash))]
+    assert reborn.finished
+
+
+# ---- 5. view change ----------------------------------------------------------------------------
+
+
+def _silence_node0(src: int, dst: int, kind: int, rnd: int) -> bool:
+    return src == 0
+
+
+def test_view_change_when_leader_is_silent() -> None:
+    pump = cluster(rounds=3, drop=_silence_node0)
+    pump.start()
+    pump.run()
+    for i in (1, 2, 3):
+        assert pump.nodes[i].round == 0 and pump.commits(i) == []
+        assert "view:0:0" in pump.timers[i]
+    pump.now = 4.0
+    for i in (1, 2, 3):
+        pump.fire(i, "view:0:0")
+        assert pump.nodes[i].view == 1
+    pump.run()
+    leader = pump.nodes[1]
+    assert leader.leader(0, 1) == 1
+    for i in (1, 2, 3):
+        (c,) = pump.commits(i)
+        assert (c.round, c.view, c.contributors, c.via_sync) == (0, 1, 3, False)
+    assert len({pump.commits(i)[0].model_hash for i in (1, 2, 3)}) == 1
+    # the proposal came from node 1 and listed the three live nodes
+    proposals = [OPEN(f) for s, _, f in pump.sent if isinstance(OPEN(f).message, Proposal)]
+    assert {p.sender for p in proposals} == {1}
+    assert {p.message.senders for p in proposals} == {(1, 2, 3)}  # type: ignore[union-attr]
+    # the view carries over; with node 0 still silent the rest keep committing to the end
+    pump.run_to_end(nodes=(1, 2, 3))
+    hashes = {pump.nodes[i].model_hash for i in (1, 2, 3)}
+    assert len(hashes) == 1
+    for i in (1, 2, 3):
+        assert [c.round for c in pump.commits(i)] == [0, 1, 2]
+        assert all(c.contributors == 3 for c in pump.commits(i))
+
+
+def test_leader_settles_for_quorum_after_gather_timeout() -> None:
+    # node 3 is silent; round 0's leader (node 0) waits for all four, then its gather timer
+    pump = cluster(rounds=1, drop=lambda src, dst, kind, rnd: src == 3)
+    pump.start()
+    pump.run()
+    assert pump.nodes[0].round == 0 and not pump.nodes[0]._proposed
+    pump.now = 1.0
+    pump.fire(0, "gather:0")
+    pump.run()
+    for i in (0, 1, 2):
+        (c,) = pump.commits(i)
+        assert (c.round, c.view, c.contributors) == (0, 0, 3)
+
+
+def test_gather_timeout_without_quorum_does_not_propose() -> None:
+    pump = cluster(rounds=1, drop=lambda src, dst, kind, rnd: src in (2, 3))
+    pump.start()
+    pump.run()
+    pump.fire(0, "gather:0")
+    pump.run()
+    assert not pump.nodes[0]._proposed and pump.commits(0) == []
+
+
+def test_stale_timers_are_ignored() -> None:
+    pump = cluster(rounds=2)
+    pump.start()
+    pump.run()
+    for i in MEMBERS:
+        assert pump.nodes[i].handle(TimerFired("view:0:0"), 9.0) == []
+    node = make_node(1)
+    node.handle(Started(), 0.0)
+    assert node.handle(TimerFired("view:0:5"), 1.0) == []
+    assert node.handle(TimerFired("gather:3"), 1.0) == []
+    assert node.view == 0
+
+
+# ---- known weaknesses --------------------------------------------------------------------------
+
+
+def test_future_proposals_are_bounded() -> None:
+    node = make_node(1, rounds=10**9)
+    node.handle(Started(), 0.0)
+    digests = (sha256(b"a"), sha256(b"b"), sha256(b"c"))
+    for r in range(10, 210):
+        view = (2 - r) % N  # make node 2 the leader of (r, view)
+        node.handle(Received(forge(2, Proposal(r, view, (0, 1, 2), digests))), 0.0)
+    assert len(node._proposals) <= node.config.future_rounds + 1
