@@ -8,8 +8,8 @@ import matplotlib
 
 matplotlib.use("Agg")  # headless: runs write files, never open windows
 
-import matplotlib.pyplot as plt  # noqa: E402
-import polars as pl  # noqa: E402
+import matplotlib.pyplot as plt
+import polars as pl
 
 
 def plot_run(rounds: pl.DataFrame, path: Path, title: str) -> None:

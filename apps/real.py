@@ -81,8 +81,9 @@ def run_real(scenario: Scenario, printer: Any) -> RunResult:
         printer.commit(_Commit(row), row["time"])
     printer.flush(final=True)
     workload = workload_for(scenario, RngStreams(scenario.seed))
+    rollbacks = [(node, rnd, t - start) for r in results for node, rnd, t in r["rollbacks"]]
     rounds = rounds_table(rows, workload, params, scenario.training.eval_every,
-                          scenario.training.rounds - 1)
+                          scenario.training.rounds - 1, rollbacks)
     rejections: dict[str, int] = {}
     for r in results:
         for reason, count in r["rejections"].items():

@@ -31,6 +31,7 @@ from phalanx.engine.events import (
     Persist,
     Received,
     Rejected,
+    RolledBack,
     RoundCommitted,
     Send,
     SetTimer,
@@ -84,6 +85,7 @@ class AsyncHost:
         self.commits: list[dict[str, Any]] = []
         self.params: dict[str, np.ndarray] = {}
         self.rejections: dict[str, int] = {}
+        self.rollbacks: list[tuple[int, int, float]] = []
         self.bytes_sent: dict[int, int] = {}
         self.finished = asyncio.Event()
 
@@ -133,6 +135,8 @@ class AsyncHost:
                     "via_sync": metric.via_sync, "fork": metric.fork})
             case Rejected(reason=reason):
                 self.rejections[reason] = self.rejections.get(reason, 0) + 1
+            case RolledBack():
+                self.rollbacks.append((metric.node, metric.round, time.time()))
             case Finished():
                 self.finished.set()
 
@@ -170,6 +174,7 @@ async def serve(args: argparse.Namespace) -> None:
         row["bytes_sent"] = host.bytes_sent.get(row["round"], 0)
     np.savez(out / f"params-{node_id}.npz", **host.params)
     result = {"node": node_id, "commits": host.commits, "rejections": host.rejections,
+              "rollbacks": host.rollbacks,
               "transport_bytes_sent": transport.bytes_sent,
               "queue_drops": transport.dropped_full}
     tmp = out / f"result-{node_id}.tmp"

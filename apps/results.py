@@ -23,6 +23,7 @@ ROUND_SCHEMA = {
     "contributors": pl.Int32, "train_loss": pl.Float64, "model_hash": pl.Utf8,
     "via_sync": pl.Boolean, "fork": pl.Boolean, "bytes_sent": pl.Int64, "byzantine": pl.Boolean,
 }
+Rollback = tuple[int, int, float]  # (node, first round undone, time)
 
 
 @dataclass
@@ -40,17 +41,24 @@ class RunResult:
 
     def final_hashes(self, honest_only: bool = True) -> dict[int, str]:
         """Each node's model hash after its last committed round."""
-        df = self.rounds.filter(~pl.col("byzantine")) if honest_only else self.rounds
-        last = df.sort("round").group_by("node", maintain_order=True).last().sort("node")
+        df = standing(self.rounds, honest_only)
+        last = df.sort("round", "time").group_by("node", maintain_order=True).last().sort("node")
         return dict(zip(last["node"].to_list(), last["model_hash"].to_list(), strict=True))
 
 
 def rounds_table(rows: list[dict[str, Any]], workload: Workload, params: dict[str, np.ndarray],
-                 eval_every: int, last_round: int) -> pl.DataFrame:
-    """Commit rows plus held-out metrics, evaluated once per distinct model hash."""
+                 eval_every: int, last_round: int, rollbacks: list[Rollback]) -> pl.DataFrame:
+    """Commit rows plus held-out metrics, evaluated once per distinct model hash.
+
+    A commit that its node later undid (it found itself on a minority fork and rolled back) is
+    kept, marked `superseded`, so forks stay visible while the checks look at what stands."""
     df = pl.DataFrame(rows, schema=ROUND_SCHEMA, orient="row") if rows else pl.DataFrame(
         schema=ROUND_SCHEMA)
-    df = df.sort(["round", "node"])
+    undone = pl.lit(False)
+    for node, first, when in rollbacks:
+        undone = undone | ((pl.col("node") == node) & (pl.col("round") >= first)
+                           & (pl.col("time") <= when))
+    df = df.with_columns(undone.alias("superseded")).sort(["round", "node", "time"])
     cache: dict[str, dict[str, float]] = {}
     evals: list[dict[str, float]] = []
     for rnd, h in zip(df["round"].to_list(), df["model_hash"].to_list(), strict=True):
@@ -65,6 +73,12 @@ def rounds_table(rows: list[dict[str, Any]], workload: Workload, params: dict[st
         pl.Series(f"eval_{k}", [e.get(k) for e in evals], dtype=pl.Float64) for k in keys])
 
 
+def standing(rounds: pl.DataFrame, honest_only: bool = True) -> pl.DataFrame:
+    """The commits that stand: not undone by a rollback, and (by default) honest nodes only."""
+    keep = ~pl.col("superseded") & (~pl.col("byzantine") if honest_only else pl.lit(True))
+    return rounds.filter(keep)
+
+
 def round_latencies(rounds: pl.DataFrame) -> pl.DataFrame:
     """Per round: when the first node committed it, and the time since the previous round."""
     first = rounds.group_by("round").agg(pl.col("time").min().alias("first_commit")).sort("round")
@@ -75,7 +89,7 @@ def round_latencies(rounds: pl.DataFrame) -> pl.DataFrame:
 def check_expectations(scenario: Scenario, rounds: pl.DataFrame,
                        summary: dict[str, Any]) -> list[str]:
     exp, failures = scenario.expect, []
-    honest = rounds.filter(~pl.col("byzantine"))
+    honest = standing(rounds)
     if exp.honest_hashes_equal:
         per_round = honest.group_by("round").agg(pl.col("model_hash").n_unique().alias("k"))
         split = per_round.filter(pl.col("k") > 1)["round"].sort().to_list()
@@ -111,8 +125,8 @@ def check_expectations(scenario: Scenario, rounds: pl.DataFrame,
 
 
 def summarize(scenario: Scenario, rounds: pl.DataFrame, extra: dict[str, Any]) -> dict[str, Any]:
-    honest = rounds.filter(~pl.col("byzantine"))
-    last = honest.sort("round").group_by("node").last()
+    honest = standing(rounds)
+    last = honest.sort("round", "time").group_by("node").last()
     final_hashes = last["model_hash"].unique().to_list()
     summary: dict[str, Any] = {
         "scenario": scenario.name,
@@ -125,6 +139,7 @@ def summarize(scenario: Scenario, rounds: pl.DataFrame, extra: dict[str, Any]) -
         "distinct_final_hashes": len(final_hashes),
         "final_model_hash": final_hashes[0] if len(final_hashes) == 1 else None,
         "forks": int(rounds["fork"].sum()),
+        "rolled_back_commits": int(rounds["superseded"].sum()),
         "synced_commits": int(rounds["via_sync"].sum()),
     }
     final = honest.filter(pl.col("round") == honest["round"].max()) if len(honest) else honest

@@ -93,7 +93,7 @@ def run_sim(scenario: Scenario, printer: RoundPrinter) -> RunResult:
             for m, t in world.commits]
     params = {h.hex(): p for h, p in world.params_by_hash.items()}
     rounds = rounds_table(rows, world.workload, params, scenario.training.eval_every,
-                          scenario.training.rounds - 1)
+                          scenario.training.rounds - 1, world.rollbacks)
     log = world.log
     committed_rounds = max(1, rounds["round"].n_unique()) if len(rounds) else 1
     extra = {

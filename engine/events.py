@@ -127,10 +127,18 @@ class Rejected:
 
 
 @dataclass(frozen=True, slots=True)
+class RolledBack:
+    """The node found itself on a minority fork and undid its rounds from `round` on."""
+
+    node: int
+    round: int
+
+
+@dataclass(frozen=True, slots=True)
 class Finished:
     node: int
     rounds: int
     model_hash: bytes
 
 
-Metric = RoundCommitted | Rejected | Finished
+Metric = RoundCommitted | Rejected | RolledBack | Finished

@@ -13,9 +13,11 @@ A round (this is the crash-fault round; the BFT consensus issue replaces steps 2
 4. a node that learns it is behind (messages from later rounds, or silence) asks a peer for the
    signed round records it missed, checks every signature and digest, and replays them.
 
-Without a voting phase two views of one round can both be applied by different nodes when a
-proposal reaches only some of them; such a fork is detected (gradients computed on another
-model) and reported, and it is what the consensus issue removes.
+Without a voting phase two views of one round can both be applied by different nodes when
+proposals of two views race. Such a fork is detected (gradients computed on another model are
+flagged), and a node that sees a quorum of gradients built on a model other than its own rolls
+back its last `rollback_rounds` rounds and replays the quorum's records. Deeper forks, or forks
+where no side holds a quorum, are not healed here: that is what the consensus issue removes.
 """
 
 from __future__ import annotations
@@ -41,6 +43,7 @@ from phalanx.engine.events import (
     Persist,
     Received,
     Rejected,
+    RolledBack,
     RoundCommitted,
     Send,
     SetTimer,
@@ -82,6 +85,7 @@ class NodeConfig:
     aggregator: str = "mean"
     sync_batch: int = 16  # round records per sync response
     future_rounds: int = 2  # gradients buffered ahead of the node's own round
+    rollback_rounds: int = 4  # how deep a fork this node can heal by rolling back
 
 
 class Node:
@@ -112,6 +116,8 @@ class Node:
         self.model_hash = sha256(self.params.tobytes())
         self._grads: dict[int, dict[int, Envelope]] = {}
         self._proposals: dict[int, Envelope] = {}  # first valid proposal seen per round
+        # state before each of the last rounds, for rolling back a fork (never mutated in place)
+        self._snapshots: dict[int, tuple[np.ndarray, np.ndarray, bytes]] = {}
         self._proposed = False
         self._gather_expired = False
         self._own_result: GradientResult | None = None
@@ -257,6 +263,8 @@ class Node:
 
     def _commit(self, proposal: Envelope, envs: list[Envelope], via_sync: bool) -> None:
         grads: list[Gradient] = [e.message for e in envs]  # type: ignore[misc]
+        self._snapshots[self.round] = (self.params, self.velocity, self.model_hash)
+        self._snapshots.pop(self.round - self.config.rollback_rounds, None)
         fork = any(g.base_hash != self.model_hash for g in grads)
         update = self.aggregate([g.values for g in grads])
         self.params, self.velocity = self.optimizer.step(self.params, self.velocity, update)
@@ -325,7 +333,26 @@ class Node:
         held[env.sender] = env
         if g.round > self.round + 1:
             self._request_sync(env.sender)  # the sender has committed rounds we have not
+        elif g.round == self.round and g.base_hash != self.model_hash:
+            self._check_fork(held)
         self._progress()
+
+    def _check_fork(self, held: dict[int, Envelope]) -> None:
+        """A quorum of signed gradients built on one model that is not ours proves that a quorum
+        committed the previous round differently (two views' proposals raced): roll back the
+        last rounds and replay them from the records of a node on the quorum's model."""
+        bases = Counter(e.message.base_hash for e in held.values())  # type: ignore[union-attr]
+        base, count = bases.most_common(1)[0]
+        if base == self.model_hash or count < self.quorum or not self._snapshots:
+            return
+        oldest = min(self._snapshots)
+        self.round, (self.params, self.velocity, self.model_hash) = oldest, self._snapshots[oldest]
+        del self.history[oldest:]
+        self._snapshots.clear()
+        self._out.append(Emit(RolledBack(self.id, oldest)))
+        self._arm_view_timer()  # if the sync answer is lost, the view timeout polls again
+        source = min(s for s, e in held.items() if e.message.base_hash == base)  # type: ignore[union-attr]
+        self._request_sync(source, force=True)
 
     def _proposal_problem(self, env: Envelope) -> str | None:
         p: Proposal = env.message  # type: ignore[assignment]

@@ -31,6 +31,7 @@ from phalanx.engine.events import (
     Persist,
     Received,
     Rejected,
+    RolledBack,
     RoundCommitted,
     Send,
     SetTimer,
@@ -219,6 +220,7 @@ class SimWorld:
         self.on_commit = on_commit
         self.commits: list[tuple[RoundCommitted, float]] = []
         self.rejections: dict[str, int] = {}
+        self.rollbacks: list[tuple[int, int, float]] = []  # (node, from round, time)
         self.params_by_hash: dict[bytes, np.ndarray] = {}
         self._first_commit: set[int] = set()
         self._done = self.env.event()
@@ -321,14 +323,16 @@ class SimWorld:
                     self.faults.on_commit(metric.round)
             case Rejected(reason=reason):
                 self.rejections[reason] = self.rejections.get(reason, 0) + 1
+            case RolledBack():
+                self.rollbacks.append((metric.node, metric.round, self.now))
             case Finished():
                 host.finished = True
                 self.check_done()
 
     def check_done(self) -> None:
-        if self.faults.pending_restarts == 0 and all(h.finished for h in self.hosts if h.up):
-            if not self._done.triggered:
-                self._done.succeed()
+        everyone_done = all(h.finished for h in self.hosts if h.up)
+        if self.faults.pending_restarts == 0 and everyone_done and not self._done.triggered:
+            self._done.succeed()
 
     # ---- running -------------------------------------------------------------------------------
 

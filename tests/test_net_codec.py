@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+
 from phalanx.net.codec import DEFAULT_LIMITS, DTYPES, Limits, decode_payload, encode_payload
 from phalanx.net.errors import REASONS, DecodeError
 from phalanx.net.messages import (

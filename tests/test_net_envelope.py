@@ -11,6 +11,7 @@ from pathlib import Path
 import msgpack
 import numpy as np
 import pytest
+
 from phalanx.net.codec import Limits, encode_payload
 from phalanx.net.crypto import Identity, VerifyCache, sha256, verify_signature
 from phalanx.net.envelope import VERSION, Envelope, FrameOpener, open_frame, seal, signed_bytes

@@ -9,6 +9,7 @@ import msgpack
 import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
+
 from phalanx.net.codec import Limits, decode_payload, encode_payload
 from phalanx.net.crypto import Identity, sha256
 from phalanx.net.envelope import Envelope, open_frame, seal, signed_bytes

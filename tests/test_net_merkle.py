@@ -8,6 +8,7 @@ import os
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+
 from phalanx.net.merkle import (
     CHUNK_SIZE,
     chunk_count,

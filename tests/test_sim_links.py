@@ -7,6 +7,7 @@ from typing import Literal
 
 import numpy as np
 import pytest
+
 from phalanx.sim.links import Degradation, Link, LinkParams, Network
 from phalanx.sim.topology import Routes, TopologyError, build_topology
 

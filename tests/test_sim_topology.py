@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+
 from phalanx.sim.topology import KINDS, Routes, TopologyError, build_topology
 
 PARAMS: dict[str, dict[str, Any]] = {
