@@ -7,8 +7,8 @@ from typing import Any
 
 import polars as pl
 
-from phalanx.apps.runner import run_sim
 from phalanx.apps.results import RunResult
+from phalanx.apps.runner import run_sim
 from phalanx.engine.events import Broadcast
 from phalanx.net.envelope import seal
 from phalanx.net.messages import Gradient
@@ -30,8 +30,9 @@ def scenario(faults: list[dict[str, Any]] | None = None, **changes: Any) -> dict
 
 
 def run(data: dict[str, Any]) -> RunResult:
-    from phalanx.apps.runner import RoundPrinter
     from rich.console import Console
+
+    from phalanx.apps.runner import RoundPrinter
 
     s = parse_scenario(data)
     return run_sim(s, RoundPrinter(s, Console(quiet=True), enabled=False))
