@@ -243,6 +243,8 @@ class Node:
                 return
             have = self._grads.get(self.round, {})
             p: Proposal = proposal.message  # type: ignore[assignment]
+            if len(have) < len(p.senders):
+                return  # cannot be complete yet: skip the O(n) scan on every early arrival
             envs = [have.get(s) for s in p.senders]
             if any(e is None or e.digest != d for e, d in zip(envs, p.digests, strict=True)):
                 return
@@ -250,7 +252,10 @@ class Node:
             self._start_round()
 
     def _maybe_propose(self) -> None:
-        have = {s: e for s, e in self._grads.get(self.round, {}).items()
+        held = self._grads.get(self.round, {})
+        if len(held) < (self.quorum if self._gather_expired else self.n):
+            return  # cheap exit before the O(n) filter below
+        have = {s: e for s, e in held.items()
                 if e.message.base_hash == self.model_hash}  # type: ignore[union-attr]
         if self.id not in have:
             return
