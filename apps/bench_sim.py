@@ -119,7 +119,7 @@ def bench_one(nodes: int, rounds: int) -> dict[str, Any]:
     gc.collect()
     world = SimWorld(scenario)
     stats = world.run()
-    committed = min(sum(1 for m, _ in world.commits if m.node == i) for i in range(nodes))
+    committed = min(sum(1 for m, _ in world.metrics.commits if m.node == i) for i in range(nodes))
     phalanx = {"events": stats.events, "wall_seconds": stats.wall_seconds,
                "events_per_second": stats.events / stats.wall_seconds,
                "sim_seconds": stats.sim_seconds, "rounds_committed": committed,

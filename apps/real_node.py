@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from phalanx.apps.runner import commit_row
 from phalanx.engine.events import (
     Action,
     Broadcast,
@@ -28,16 +29,15 @@ from phalanx.engine.events import (
     Emit,
     Event,
     Finished,
+    Metric,
     Persist,
     Received,
-    Rejected,
-    RolledBack,
-    RoundCommitted,
     Send,
     SetTimer,
     Started,
     TimerFired,
 )
+from phalanx.engine.metrics import MetricLog
 from phalanx.engine.node import Node
 from phalanx.engine.rng import RngStreams
 from phalanx.net.codec import decode_payload, encode_payload
@@ -82,10 +82,7 @@ class AsyncHost:
         self.node, self.transport, self.disk, self.peers = node, transport, disk, peers
         self.loop = asyncio.get_running_loop()
         self.timers: dict[str, asyncio.TimerHandle] = {}
-        self.commits: list[dict[str, Any]] = []
-        self.params: dict[str, np.ndarray] = {}
-        self.rejections: dict[str, int] = {}
-        self.rollbacks: list[tuple[int, int, float]] = []
+        self.metrics = MetricLog()
         self.bytes_sent: dict[int, int] = {}
         self.finished = asyncio.Event()
 
@@ -123,22 +120,16 @@ class AsyncHost:
         self.timers.pop(name, None)
         self.feed(TimerFired(name))
 
-    def _metric(self, metric: object) -> None:
-        match metric:
-            case RoundCommitted():
-                h = metric.model_hash.hex()
-                self.params.setdefault(h, metric.params)
-                self.commits.append({
-                    "round": metric.round, "node": metric.node, "time": time.time(),
-                    "view": metric.view, "contributors": metric.contributors,
-                    "train_loss": metric.train_loss, "model_hash": h,
-                    "via_sync": metric.via_sync, "fork": metric.fork})
-            case Rejected(reason=reason):
-                self.rejections[reason] = self.rejections.get(reason, 0) + 1
-            case RolledBack():
-                self.rollbacks.append((metric.node, metric.round, time.time()))
-            case Finished():
-                self.finished.set()
+    def _metric(self, metric: Metric) -> None:
+        self.metrics.record(metric, time.time())
+        if isinstance(metric, Finished):
+            self.finished.set()
+
+    def results(self) -> dict[str, Any]:
+        commits = [commit_row(m, t, self.bytes_sent.get(m.round, 0), False)
+                   for m, t in self.metrics.commits]
+        return {"commits": commits, "rejections": dict(self.metrics.rejections),
+                "rollbacks": self.metrics.rollbacks}
 
 
 async def serve(args: argparse.Namespace) -> None:
@@ -170,11 +161,8 @@ async def serve(args: argparse.Namespace) -> None:
     asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
     host.feed(Started(disk.read_all()))
     await host.finished.wait()
-    for row in host.commits:
-        row["bytes_sent"] = host.bytes_sent.get(row["round"], 0)
-    np.savez(out / f"params-{node_id}.npz", **host.params)
-    result = {"node": node_id, "commits": host.commits, "rejections": host.rejections,
-              "rollbacks": host.rollbacks,
+    np.savez(out / f"params-{node_id}.npz", **{h.hex(): p for h, p in host.metrics.params.items()})
+    result = {"node": node_id, **host.results(),
               "transport_bytes_sent": transport.bytes_sent,
               "queue_drops": transport.dropped_full}
     tmp = out / f"result-{node_id}.tmp"

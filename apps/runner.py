@@ -89,11 +89,12 @@ def run_sim(scenario: Scenario, printer: RoundPrinter) -> RunResult:
     with printer:
         stats = world.run()
     byz = scenario.byzantine_nodes()
+    metrics = world.metrics
     rows = [commit_row(m, t, world.hosts[m.node].bytes_sent.get(m.round, 0), m.node in byz)
-            for m, t in world.commits]
-    params = {h.hex(): p for h, p in world.params_by_hash.items()}
+            for m, t in metrics.commits]
+    params = {h.hex(): p for h, p in metrics.params.items()}
     rounds = rounds_table(rows, world.workload, params, scenario.training.eval_every,
-                          scenario.training.rounds - 1, world.rollbacks)
+                          scenario.training.rounds - 1, metrics.rollbacks)
     log = world.log
     committed_rounds = max(1, rounds["round"].n_unique()) if len(rounds) else 1
     extra = {
@@ -106,7 +107,7 @@ def run_sim(scenario: Scenario, printer: RoundPrinter) -> RunResult:
         "messages_dropped": log.dropped,
         "dropped_by_reason": dict(sorted(log.dropped_by_reason.items())),
         "messages_per_round": (log.delivered + log.dropped) / committed_rounds,
-        "rejected_by_reason": dict(sorted(world.rejections.items())),
+        "rejected_by_reason": dict(sorted(metrics.rejections.items())),
         "verify_cache_hits": world.verify_cache.hits,
         "verify_cache_misses": world.verify_cache.misses,
         "peak_memory_mb": peak_memory_mb(),

@@ -28,16 +28,16 @@ from phalanx.engine.events import (
     Emit,
     Event,
     Finished,
+    Metric,
     Persist,
     Received,
-    Rejected,
-    RolledBack,
     RoundCommitted,
     Send,
     SetTimer,
     Started,
     TimerFired,
 )
+from phalanx.engine.metrics import MetricLog
 from phalanx.engine.node import Node, NodeConfig
 from phalanx.engine.rng import RngStreams
 from phalanx.engine.workloads import Workload, make_workload
@@ -218,10 +218,7 @@ class SimWorld:
         self.hosts = [Host(self, i) for i in range(n)]
         self.faults = FaultInjector(self)
         self.on_commit = on_commit
-        self.commits: list[tuple[RoundCommitted, float]] = []
-        self.rejections: dict[str, int] = {}
-        self.rollbacks: list[tuple[int, int, float]] = []  # (node, from round, time)
-        self.params_by_hash: dict[bytes, np.ndarray] = {}
+        self.metrics = MetricLog()
         self._first_commit: set[int] = set()
         self._done = self.env.event()
 
@@ -311,20 +308,15 @@ class SimWorld:
 
     # ---- metrics from the nodes ------------------------------------------------------------
 
-    def on_metric(self, host: Host, metric: Any) -> None:
+    def on_metric(self, host: Host, metric: Metric) -> None:
+        self.metrics.record(metric, self.now)
         match metric:
             case RoundCommitted():
-                self.params_by_hash.setdefault(metric.model_hash, metric.params)
-                self.commits.append((metric, self.now))
                 if self.on_commit:
                     self.on_commit(metric, self.now)
                 if metric.round not in self._first_commit:
                     self._first_commit.add(metric.round)
                     self.faults.on_commit(metric.round)
-            case Rejected(reason=reason):
-                self.rejections[reason] = self.rejections.get(reason, 0) + 1
-            case RolledBack():
-                self.rollbacks.append((metric.node, metric.round, self.now))
             case Finished():
                 host.finished = True
                 self.check_done()

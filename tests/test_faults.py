@@ -119,7 +119,7 @@ def test_forged_frames_in_the_simulation_are_rejected() -> None:
     for frame in (forged, bytes(tampered)):
         world.call_at(0.001, world.hosts[0].execute, [Broadcast(frame, Gradient.KIND, 0)])
     world.run()
-    assert world.rejections["bad_signature"] == 6
-    assert world.rejections["bad_digest"] == 6
+    assert world.metrics.rejections["bad_signature"] == 6
+    assert world.metrics.rejections["bad_digest"] == 6
     hashes = {h.node.model_hash for h in world.hosts if h.node}
     assert len(hashes) == 1
