@@ -1,30 +1,19 @@
-"""The sans-IO Node driven by hand: a tiny deterministic message pump, no simulator.
-
-The pump keeps one FIFO queue of (destination, event). Compute actions really run their job and
-queue a ComputeDone for the node; Broadcast/Send queue Received(frame) for the peers (unless a
-drop rule says otherwise); SetTimer arms a timer with a deadline on the pump's clock, fired only
-when a test asks (by hand, or `advance()` for the earliest one); Persist writes to the node's
-disk dict; Emit collects metrics per node.
-"""
+"""The sans-IO Node driven by hand through the deterministic message pump of `nodekit`, no
+simulator."""
 
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Callable
-from dataclasses import dataclass, field
-from functools import partial
 
 import numpy as np
 import pytest
+from nodekit import DIM, MEMBERS, ZERO_HASH, Kit, N, Pump, rejections_of
 
 from phalanx.engine.events import (
     Action,
     Broadcast,
-    CancelTimer,
     Compute,
-    ComputeDone,
     Emit,
-    Event,
     Finished,
     Persist,
     Received,
@@ -35,14 +24,10 @@ from phalanx.engine.events import (
     Started,
     TimerFired,
 )
-from phalanx.engine.node import Node, NodeConfig, quorum
-from phalanx.engine.rng import RngStreams
-from phalanx.engine.workloads.linear import LinearRegression
+from phalanx.engine.node import Node, quorum
 from phalanx.net.crypto import Identity, sha256
-from phalanx.net.envelope import open_frame, seal
 from phalanx.net.messages import (
     Gradient,
-    Message,
     Proposal,
     RoundRecord,
     SyncRequest,
@@ -50,165 +35,9 @@ from phalanx.net.messages import (
 )
 
 SEED = 7
-N = 4
-DIM = 4
-MEMBERS = tuple(range(N))
-IDS = [Identity.derive(SEED, i) for i in MEMBERS]
-KEYRING = {i: ident.public_key for i, ident in enumerate(IDS)}
-OPEN = partial(open_frame, keyring=KEYRING)
-WORKLOAD = LinearRegression(n_nodes=N, rngs=RngStreams(SEED), dim=DIM)
-ZERO_HASH = sha256(np.zeros(DIM, dtype=np.float32).tobytes())
-
-
-def make_config(node_id: int, rounds: int = 5, **kw: object) -> NodeConfig:
-    base: dict[str, object] = dict(
-        node_id=node_id,
-        members=MEMBERS,
-        rounds=rounds,
-        lr=0.1,
-        momentum=0.9,
-        round_timeout=1.0,
-        view_timeout=4.0,
-    )
-    base.update(kw)
-    return NodeConfig(**base)  # type: ignore[arg-type]
-
-
-def make_node(node_id: int, rounds: int = 5, **kw: object) -> Node:
-    return Node(make_config(node_id, rounds, **kw), IDS[node_id], WORKLOAD, OPEN)
-
-
-_seq = iter(range(10**15, 10**16))
-
-
-def forge(sender: int, message: Message, identity: Identity | None = None) -> bytes:
-    """A frame from `sender` (signed by its own key unless `identity` says otherwise), with a
-    sequence number far from anything the nodes themselves use."""
-    return seal(identity or IDS[sender], sender, next(_seq), message)
-
-
-# ---- the pump -------------------------------------------------------------------------------
-
-Drop = Callable[[int, int, int, int], bool]  # (src, dst, kind, round) -> drop?
-
-
-@dataclass
-class Pump:
-    nodes: dict[int, Node]
-    drop: Drop = lambda src, dst, kind, rnd: False
-    now: float = 0.0
-    queue: deque[tuple[int, Event]] = field(default_factory=deque)
-    timers: dict[int, dict[str, float]] = field(default_factory=dict)
-    metrics: dict[int, list[object]] = field(default_factory=dict)
-    disks: dict[int, dict[str, bytes | RoundRecord]] = field(default_factory=dict)
-    sent: list[tuple[int, int, bytes]] = field(default_factory=list)  # (src, dst, frame)
-    steps: int = 0
-
-    def __post_init__(self) -> None:
-        for i in self.nodes:
-            self.timers.setdefault(i, {})
-            self.metrics.setdefault(i, [])
-            self.disks.setdefault(i, {})
-
-    # -- feeding ---------------------------------------------------------------------------
-    def feed(self, node: int, event: Event) -> list[Action]:
-        actions = self.nodes[node].handle(event, self.now)
-        assert isinstance(actions, list)
-        self.execute(node, actions)
-        return actions
-
-    def execute(self, src: int, actions: list[Action]) -> None:
-        for action in actions:
-            match action:
-                case Broadcast(frame, kind, rnd):
-                    for dst in self.nodes:
-                        if dst != src:
-                            self._deliver(src, dst, frame, kind, rnd)
-                case Send(peer, frame, kind, rnd):
-                    self._deliver(src, peer, frame, kind, rnd)
-                case SetTimer(name, delay):
-                    self.timers[src][name] = self.now + delay
-                case CancelTimer(name):
-                    self.timers[src].pop(name, None)
-                case Compute(job):
-                    self.queue.append((src, ComputeDone(job, job.run())))
-                case Persist(key, value):
-                    self.disks[src][key] = value
-                case Emit(metric):
-                    self.metrics[src].append(metric)
-                case _:
-                    raise AssertionError(f"unknown action {action!r}")
-
-    def _deliver(self, src: int, dst: int, frame: bytes, kind: int, rnd: int) -> None:
-        if dst in self.nodes and not self.drop(src, dst, kind, rnd):
-            self.sent.append((src, dst, frame))
-            self.queue.append((dst, Received(frame)))
-
-    def start(self, disks: dict[int, dict[str, bytes | RoundRecord]] | None = None) -> None:
-        for i in self.nodes:
-            self.feed(i, Started(dict((disks or {}).get(i, {}))))
-
-    def run(self, until: Callable[[], bool] | None = None, max_steps: int = 20_000) -> None:
-        """Deliver queued events until the queue is empty (or `until()` holds)."""
-        while self.queue:
-            if until is not None and until():
-                return
-            self.steps += 1
-            assert self.steps < max_steps, "pump does not settle"
-            dst, event = self.queue.popleft()
-            self.feed(dst, event)
-
-    # -- timers ----------------------------------------------------------------------------
-    def fire(self, node: int, name: str) -> list[Action]:
-        assert name in self.timers[node], f"{name} is not armed at node {node}"
-        del self.timers[node][name]
-        return self.feed(node, TimerFired(name))
-
-    def advance(self, only: tuple[int, ...] | None = None) -> bool:
-        """Move the clock to the earliest armed timer (of an unfinished node, of `only` if
-        given) and fire it."""
-        armed = [
-            (at, i, name)
-            for i, ts in self.timers.items()
-            for name, at in ts.items()
-            if not self.nodes[i].finished and (only is None or i in only)
-        ]
-        if not armed:
-            return False
-        at, i, name = min(armed)
-        self.now = max(self.now, at)
-        self.fire(i, name)
-        return True
-
-    def run_to_end(self, nodes: tuple[int, ...] | None = None, max_timers: int = 200) -> None:
-        """Run, firing timers whenever the queue is empty, until `nodes` have all finished."""
-        watch = nodes if nodes is not None else tuple(self.nodes)
-        for _ in range(max_timers):
-            self.run()
-            if all(self.nodes[i].finished for i in watch):
-                return
-            if not self.advance():
-                break
-        raise AssertionError(f"not finished: rounds {[self.nodes[i].round for i in watch]}")
-
-    # -- what came out ---------------------------------------------------------------------
-    def commits(self, node: int) -> list[RoundCommitted]:
-        return [m for m in self.metrics[node] if isinstance(m, RoundCommitted)]
-
-    def rejected(self, node: int) -> list[Rejected]:
-        return [m for m in self.metrics[node] if isinstance(m, Rejected)]
-
-    def finished(self, node: int) -> list[Finished]:
-        return [m for m in self.metrics[node] if isinstance(m, Finished)]
-
-
-def cluster(rounds: int = 5, drop: Drop | None = None, **kw: object) -> Pump:
-    nodes = {i: make_node(i, rounds, **kw) for i in MEMBERS}
-    return Pump(nodes, drop) if drop else Pump(nodes)
-
-
-def rejections_of(actions: list[Action]) -> list[Rejected]:
-    return [a.metric for a in actions if isinstance(a, Emit) and isinstance(a.metric, Rejected)]
+KIT = Kit(SEED)
+OPEN, WORKLOAD = KIT.open, KIT.workload
+make_node, forge, cluster = KIT.node, KIT.forge, KIT.cluster
 
 
 # ---- 1. fault-free -----------------------------------------------------------------------------

@@ -3,8 +3,6 @@ actions and never raises; frames that do not open are counted under the opener's
 
 from __future__ import annotations
 
-import itertools
-from functools import partial
 from typing import Any
 
 import msgpack
@@ -12,13 +10,13 @@ import numpy as np
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
+from nodekit import DIM, MEMBERS, ZERO_HASH, Kit, N, rejections_of
 
 from phalanx.engine.events import (
     Action,
     Broadcast,
     CancelTimer,
     Compute,
-    ComputeDone,
     Emit,
     Persist,
     Received,
@@ -28,12 +26,9 @@ from phalanx.engine.events import (
     SetTimer,
     Started,
 )
-from phalanx.engine.node import Node, NodeConfig
-from phalanx.engine.rng import RngStreams
-from phalanx.engine.workloads.linear import LinearRegression
+from phalanx.engine.node import Node
 from phalanx.net.codec import DTYPES
-from phalanx.net.crypto import Identity, sha256
-from phalanx.net.envelope import open_frame, seal
+from phalanx.net.crypto import sha256
 from phalanx.net.errors import REASONS, DecodeError
 from phalanx.net.messages import (
     Gradient,
@@ -50,59 +45,25 @@ FUZZ = settings(
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
 )
 SEED = 11
-N = 4
-DIM = 4
-MEMBERS = tuple(range(N))
-IDS = [Identity.derive(SEED, i) for i in MEMBERS]
-KEYRING = {i: ident.public_key for i, ident in enumerate(IDS)}
-OPEN = partial(open_frame, keyring=KEYRING)
-WORKLOAD = LinearRegression(n_nodes=N, rngs=RngStreams(SEED), dim=DIM)
+KIT = Kit(SEED)
+OPEN = KIT.open
 ACTIONS = (Send, Broadcast, SetTimer, CancelTimer, Compute, Persist, Emit)
-_seq = itertools.count(10**15)
-
-
-def config(node_id: int, rounds: int = 6) -> NodeConfig:
-    return NodeConfig(
-        node_id=node_id,
-        members=MEMBERS,
-        rounds=rounds,
-        lr=0.1,
-        momentum=0.9,
-        round_timeout=1.0,
-        view_timeout=4.0,
-    )
-
-
-def sign(sender: int, message: Message) -> bytes:
-    return seal(IDS[sender], sender, next(_seq), message)
+sign = KIT.forge
 
 
 def _history() -> tuple[dict[str, Any], list[bytes]]:
-    """Run 3 fault-free rounds by hand; return node 0's disk and every frame that was sent."""
-    nodes = {i: Node(config(i, rounds=3), IDS[i], WORKLOAD, OPEN) for i in MEMBERS}
-    disk: dict[str, Any] = {}
-    frames: list[bytes] = []
-    queue: list[tuple[int, Any]] = [(i, Started()) for i in MEMBERS]
-    while queue:
-        dst, event = queue.pop(0)
-        for a in nodes[dst].handle(event, 0.0):
-            match a:
-                case Compute(job):
-                    queue.append((dst, ComputeDone(job, job.run())))
-                case Broadcast(frame):
-                    frames.append(frame)
-                    queue += [(p, Received(frame)) for p in MEMBERS if p != dst]
-                case Send(peer, frame):
-                    frames.append(frame)
-                    queue.append((peer, Received(frame)))
-                case Persist(key, value) if dst == 0:
-                    disk[key] = value
-    assert all(n.finished for n in nodes.values())
+    """Run 3 fault-free rounds through the pump; return node 0's disk and every frame that was
+    sent (each once, in the order they went out)."""
+    pump = KIT.cluster(rounds=3)
+    pump.start()
+    pump.run()
+    assert all(n.finished for n in pump.nodes.values())
+    frames = list(dict.fromkeys(frame for _, _, frame in pump.sent))
     # a sync round-trip, so valid SyncRequest/SyncResponse frames are in the pool too
     request = sign(1, SyncRequest(0, 0, 3))
-    (reply,) = nodes[0].handle(Received(request), 0.0)
+    (reply,) = pump.nodes[0].handle(Received(request), 0.0)
     assert isinstance(reply, Send)
-    return disk, [*frames, request, reply.frame]
+    return dict(pump.disks[0]), [*frames, request, reply.frame]
 
 
 DISK, VALID_FRAMES = _history()
@@ -116,7 +77,7 @@ def pick(pool: list[Any]) -> st.SearchStrategy[Any]:
 
 def make_node(node_id: int, seasoned: bool) -> Node:
     """A node at round 0 (fresh) or at round 3 with three rounds of history (restarted)."""
-    node = Node(config(node_id), IDS[node_id], WORKLOAD, OPEN)
+    node = KIT.node(node_id, rounds=6)
     node.handle(Started(dict(DISK) if seasoned else {}), 0.0)
     assert node.round == (3 if seasoned else 0)
     return node
@@ -128,7 +89,7 @@ def deliver(node: Node, frame: bytes, now: float = 1.0) -> list[Action]:
     actions = node.handle(Received(frame), now)
     assert isinstance(actions, list)
     assert all(isinstance(a, ACTIONS) for a in actions)
-    rejected = [a.metric for a in actions if isinstance(a, Emit) and isinstance(a.metric, Rejected)]
+    rejected = rejections_of(actions)
     assert sum(node.rejections.values()) - before == len(rejected)
     for r in rejected:
         assert r.node == node.id and node.rejections[r.reason] >= 1
@@ -205,11 +166,7 @@ def test_genuine_frames_in_any_order_never_raise(node: Node, frames: list[bytes]
     for frame in frames:
         actions = deliver(node, frame)
         sender = OPEN(frame).sender
-        reasons = [
-            a.metric.reason
-            for a in actions
-            if isinstance(a, Emit) and isinstance(a.metric, Rejected)
-        ]
+        reasons = [r.reason for r in rejections_of(actions)]
         if sender == node.id:
             assert reasons == ["not_member"]
         elif frame in seen:
@@ -287,7 +244,7 @@ def coherent_round(draw: st.DrawFn) -> tuple[int, list[bytes]]:
     target = draw(st.sampled_from(MEMBERS))
     others = [m for m in MEMBERS if m != target]
     senders = sorted(draw(st.lists(st.sampled_from(others), min_size=3, max_size=3, unique=True)))
-    base = sha256(np.zeros(DIM, np.float32).tobytes())
+    base = ZERO_HASH
     values = hnp.arrays(
         np.float32, (DIM,), elements=st.floats(allow_nan=False, allow_infinity=False, width=32)
     )
