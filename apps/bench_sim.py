@@ -26,7 +26,7 @@ from rich.table import Table
 from phalanx.apps.runner import peak_memory_mb
 from phalanx.engine.rng import RngStreams
 from phalanx.sim.scenario import Scenario, parse_scenario
-from phalanx.sim.world import SimWorld, build_graph_routes
+from phalanx.sim.world import SimWorld, build_graph_routes, gc_paused
 
 
 def bench_scenario(nodes: int, rounds: int) -> Scenario:
@@ -105,7 +105,8 @@ class BareSim:
         for node in range(self.n):
             self.start_round(node)
         wall = time.perf_counter()
-        self.env.run()
+        with gc_paused():  # the same collector policy as the simulator it is compared with
+            self.env.run()
         wall = time.perf_counter() - wall
         assert all(r == self.rounds for r in self.round), "bare baseline did not finish"
         return {"events": self.events, "wall_seconds": wall,

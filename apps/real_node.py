@@ -148,18 +148,24 @@ async def serve(args: argparse.Namespace) -> None:
     node = Node(config, Identity.derive(scenario.seed, node_id), workload_for(scenario, rngs),
                 opener)
     disk = FolderDisk(out / f"disk-{node_id}")
-    host: AsyncHost | None = None
+    early: list[bytes] | None = []  # frames that arrive before this node has started
 
     def on_frame(frame: bytes) -> None:
-        if host is not None:
+        if early is not None:
+            early.append(frame)
+        else:
             host.feed(Received(frame))
 
     transport = TcpTransport(node_id, addresses, on_frame)
-    await transport.start()
     host = AsyncHost(node, transport, disk, [i for i in addresses if i != node_id])
     stop = asyncio.Event()
     asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
+    await transport.start()
+    await transport.wait_for_peers(scenario.real.deadline)
     host.feed(Started(disk.read_all()))
+    backlog, early = early, None
+    for frame in backlog:
+        host.feed(Received(frame))
     await host.finished.wait()
     np.savez(out / f"params-{node_id}.npz", **{h.hex(): p for h, p in host.metrics.params.items()})
     result = {"node": node_id, **host.results(),

@@ -51,6 +51,8 @@ class TcpTransport:
         self.bytes_sent = 0
         self._server: asyncio.Server | None = None
         self._tasks: list[asyncio.Task[None]] = []
+        self._reached: set[int] = set()
+        self._all_reached = asyncio.Event()
 
     async def start(self) -> None:
         host, port = self.addresses[self.id]
@@ -59,6 +61,13 @@ class TcpTransport:
             if peer != self.id:
                 self.queues[peer] = asyncio.Queue(QUEUE_FRAMES)
                 self._tasks.append(asyncio.create_task(self._sender(peer)))
+
+    async def wait_for_peers(self, timeout: float) -> None:
+        """Return once every peer has accepted a connection (all are listening): a start barrier
+        so no node begins its first round while a peer is still loading."""
+        if len(self.addresses) == 1:
+            return
+        await asyncio.wait_for(self._all_reached.wait(), timeout)
 
     def send(self, peer: int, frame: bytes) -> None:
         try:
@@ -86,6 +95,9 @@ class TcpTransport:
             except OSError:
                 await asyncio.sleep(self.dial_retry)  # peer not listening yet: keep dialing
                 continue
+            self._reached.add(peer)
+            if len(self._reached) == len(self.addresses) - 1:
+                self._all_reached.set()
             try:
                 while True:
                     frame = await queue.get()
