@@ -163,3 +163,21 @@ def test_silent_byzantine_node_is_tolerated() -> None:
     assert result.ok, result.failures
     honest = result.rounds.filter(~pl.col("byzantine"))
     assert (honest["contributors"] == 6).all()  # node 3's gradient never arrives
+
+
+def test_runs_do_not_depend_on_the_process_hash_salt(tmp_path: Path) -> None:
+    """Two processes with different str/bytes hash salts write byte-identical event logs."""
+    import os
+    import subprocess
+    import sys
+
+    digests = set()
+    for salt in ("0", "12345"):
+        out = tmp_path / salt
+        env = {**os.environ, "PYTHONHASHSEED": salt}
+        subprocess.run([sys.executable, "-m", "phalanx.apps.cli", "run",
+                        str(SCENARIOS / "crash_restart.yaml"), "--out", str(out), "-q"],
+                       env=env, check=True, capture_output=True)
+        digests.add((out / "events.parquet").read_bytes())
+        digests.add((out / "rounds.parquet").read_bytes())
+    assert len(digests) == 2  # one events file, one rounds file, each identical across salts
