@@ -18,6 +18,7 @@ from phalanx.engine.events import (
     Persist,
     Received,
     Rejected,
+    RolledBack,
     RoundCommitted,
     Send,
     SetTimer,
@@ -585,3 +586,25 @@ def test_future_proposals_are_bounded() -> None:
         view = (2 - r) % N  # make node 2 the leader of (r, view)
         node.handle(Received(forge(2, Proposal(r, view, (0, 1, 2), digests))), 0.0)
     assert len(node._proposals) <= node.config.future_rounds + 1
+
+
+def test_node_on_a_minority_fork_rolls_back_and_replays_the_quorum() -> None:
+    # node 3 never sees round 0's real proposal; a validly signed view-1 proposal over three
+    # gradients reaches it instead, so it commits another round 0 than the other three
+    pump = cluster(rounds=3, drop=lambda src, dst, kind, rnd: (
+        dst == 3 and kind == Proposal.KIND and rnd == 0))
+    pump.start()
+    forked = pump.nodes[3]
+    pump.run(until=lambda: len(forked._grads.get(0, {})) == N)
+    held = forked._grads[0]
+    digests = tuple(held[s].digest for s in (0, 1, 2))
+    pump.feed(3, Received(KIT.forge(1, Proposal(0, 1, (0, 1, 2), digests))))
+    (fork,) = pump.commits(3)
+    assert fork.contributors == 3
+    pump.run_to_end()
+    rolled = [m for m in pump.metrics[3] if isinstance(m, RolledBack)]
+    assert [(m.node, m.round) for m in rolled] == [(3, 0)]
+    replayed = [c for c in pump.commits(3) if c.round == 0][-1]
+    assert replayed.via_sync and replayed.contributors == N
+    assert len({pump.nodes[i].model_hash for i in MEMBERS}) == 1
+    assert [c.round for c in pump.commits(3)] == [0, 0, 1, 2]
