@@ -11,6 +11,7 @@ the share of raw SimPy speed that phalanx keeps.
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import json
 import platform
@@ -101,11 +102,11 @@ class BareSim:
             self.round[node] += 1
             self.start_round(node)
 
-    def run(self) -> dict[str, float]:
+    def run(self, pause_gc: bool = True) -> dict[str, float]:
         for node in range(self.n):
             self.start_round(node)
         wall = time.perf_counter()
-        with gc_paused():  # the same collector policy as the simulator it is compared with
+        with gc_paused() if pause_gc else contextlib.nullcontext():
             self.env.run()
         wall = time.perf_counter() - wall
         assert all(r == self.rounds for r in self.round), "bare baseline did not finish"
@@ -116,7 +117,9 @@ class BareSim:
 def bench_one(nodes: int, rounds: int) -> dict[str, Any]:
     scenario = bench_scenario(nodes, rounds)
     gc.collect()
-    bare = BareSim(scenario).run()
+    bare = BareSim(scenario).run()  # the collector paused, as phalanx runs: the fair baseline
+    gc.collect()
+    bare_default_gc = BareSim(scenario).run(pause_gc=False)  # SimPy as most scripts run it
     gc.collect()
     world = SimWorld(scenario)
     stats = world.run()
@@ -127,8 +130,10 @@ def bench_one(nodes: int, rounds: int) -> dict[str, Any]:
                "messages_delivered": world.log.delivered,
                "messages_per_round": world.log.delivered / max(committed, 1)}
     return {"nodes": nodes, "rounds": rounds, "topology": scenario.topology.kind,
-            "phalanx": phalanx, "bare_simpy": bare,
-            "ratio": phalanx["events_per_second"] / bare["events_per_second"]}
+            "phalanx": phalanx, "bare_simpy": bare, "bare_simpy_default_gc": bare_default_gc,
+            "ratio": phalanx["events_per_second"] / bare["events_per_second"],
+            "ratio_vs_default_gc": (phalanx["events_per_second"]
+                                    / bare_default_gc["events_per_second"])}
 
 
 def run_bench(counts: list[int], rounds: int, out_file: Path, console: Console) -> dict[str, Any]:
@@ -146,14 +151,16 @@ def run_bench(counts: list[int], rounds: int, out_file: Path, console: Console) 
     }
     out_file.parent.mkdir(parents=True, exist_ok=True)
     out_file.write_text(json.dumps(report, indent=2) + "\n")
-    table = Table(title="simulated events per wall second (same traffic, same run)")
-    for col in ("nodes", "rounds", "phalanx ev/s", "bare SimPy ev/s", "phalanx/bare",
-                "phalanx wall s", "msgs/round"):
+    table = Table(title=f"simulated events per wall second, {rounds} rounds (same traffic, "
+                  "same run; bare = plain SimPy with the collector paused like phalanx)")
+    for col in ("nodes", "phalanx ev/s", "bare ev/s", "phalanx/bare", "bare ev/s (gc on)",
+                "phalanx/bare (gc on)", "phalanx wall s", "msgs/round"):
         table.add_column(col, justify="right")
     for r in results:
-        p, b = r["phalanx"], r["bare_simpy"]
-        table.add_row(str(r["nodes"]), str(r["rounds"]), f"{p['events_per_second']:,.0f}",
+        p, b, d = r["phalanx"], r["bare_simpy"], r["bare_simpy_default_gc"]
+        table.add_row(str(r["nodes"]), f"{p['events_per_second']:,.0f}",
                       f"{b['events_per_second']:,.0f}", f"{r['ratio']:.2f}",
+                      f"{d['events_per_second']:,.0f}", f"{r['ratio_vs_default_gc']:.2f}",
                       f"{p['wall_seconds']:.1f}", f"{p['messages_per_round']:,.0f}")
     console.print(table)
     console.print(f"written to {out_file}")
