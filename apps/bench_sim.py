@@ -2,8 +2,8 @@
 
 Both sides simulate the same rounds on the same topology: every node computes for `step_time`,
 broadcasts one frame down its shortest-path tree (one event per tree edge), the round's leader
-broadcasts a proposal once it holds every gradient, and a node starts the next round once it
-holds the proposal and every gradient. The bare side does nothing else (no link model, no
+broadcasts a proposal once it holds every gradient, a node starts the next round once it holds
+the proposal and every gradient, and a node that finished broadcasts its head. The bare side does nothing else (no link model, no
 signatures, no decoding, no node logic); phalanx does all of it for real. Events are counted the
 same way on both sides (one per scheduled callback), so the ratio of events per wall second is
 the share of raw SimPy speed that phalanx keeps.
@@ -76,16 +76,18 @@ class BareSim:
 
     def computed(self, node: int, rnd: int) -> None:
         self.got[rnd][node] += 1
-        self.relay(node, node, rnd, False)
+        self.relay(node, node, rnd, "gradient")
         self.check(node, rnd)
 
-    def relay(self, at: int, src: int, rnd: int, proposal: bool) -> None:
+    def relay(self, at: int, src: int, rnd: int, kind: str) -> None:
         for child in self.children[src][at]:
-            self.later(self.latency[(at, child)], self.arrive, child, src, rnd, proposal)
+            self.later(self.latency[(at, child)], self.arrive, child, src, rnd, kind)
 
-    def arrive(self, at: int, src: int, rnd: int, proposal: bool) -> None:
-        self.relay(at, src, rnd, proposal)
-        if proposal:
+    def arrive(self, at: int, src: int, rnd: int, kind: str) -> None:
+        self.relay(at, src, rnd, kind)
+        if kind == "head":
+            return
+        if kind == "proposal":
             self.proposal[rnd][at] = True
         else:
             self.got[rnd][at] += 1
@@ -97,10 +99,12 @@ class BareSim:
         leader = rnd % self.n
         if node == leader and not self.proposal[rnd][node]:
             self.proposal[rnd][node] = True
-            self.relay(node, node, rnd, True)
+            self.relay(node, node, rnd, "proposal")
         if self.proposal[rnd][node]:
             self.round[node] += 1
             self.start_round(node)
+            if self.round[node] == self.rounds:
+                self.relay(node, node, rnd, "head")  # the finished node announces its head
 
     def run(self, pause_gc: bool = True) -> dict[str, float]:
         for node in range(self.n):
@@ -123,7 +127,7 @@ def bench_one(nodes: int, rounds: int) -> dict[str, Any]:
     gc.collect()
     world = SimWorld(scenario)
     stats = world.run()
-    committed = min(sum(1 for m, _ in world.metrics.commits if m.node == i) for i in range(nodes))
+    committed = min(sum(1 for m, *_ in world.metrics.commits if m.node == i) for i in range(nodes))
     phalanx = {"events": stats.events, "wall_seconds": stats.wall_seconds,
                "events_per_second": stats.events / stats.wall_seconds,
                "sim_seconds": stats.sim_seconds, "rounds_committed": committed,

@@ -81,7 +81,7 @@ def run_real(scenario: Scenario, printer: Any) -> RunResult:
         printer.commit(_Commit(row), row["time"])
     printer.flush(final=True)
     workload = workload_for(scenario, RngStreams(scenario.seed))
-    rollbacks = [(node, rnd, t - start) for r in results for node, rnd, t in r["rollbacks"]]
+    rollbacks = [tuple(rb) for r in results for rb in r["rollbacks"]]  # orders are per node
     rounds = rounds_table(rows, workload, params, scenario.training.eval_every,
                           scenario.training.rounds - 1, rollbacks)
     rejections: dict[str, int] = {}

@@ -126,8 +126,8 @@ class AsyncHost:
             self.finished.set()
 
     def results(self) -> dict[str, Any]:
-        commits = [commit_row(m, t, self.bytes_sent.get(m.round, 0), False)
-                   for m, t in self.metrics.commits]
+        commits = [commit_row(m, t, order, self.bytes_sent.get(m.round, 0), False)
+                   for m, t, order in self.metrics.commits]
         return {"commits": commits, "rejections": dict(self.metrics.rejections),
                 "rollbacks": self.metrics.rollbacks}
 

@@ -29,9 +29,9 @@ def peak_memory_mb() -> float:
     return rss / (1024 * 1024) if sys.platform == "darwin" else rss / 1024
 
 
-def commit_row(metric: RoundCommitted, time: float, bytes_sent: int, byzantine: bool
-               ) -> dict[str, Any]:
-    return {"round": metric.round, "node": metric.node, "time": time, "view": metric.view,
+def commit_row(metric: RoundCommitted, time: float, order: int, bytes_sent: int,
+               byzantine: bool) -> dict[str, Any]:
+    return {"round": metric.round, "order": order, "node": metric.node, "time": time, "view": metric.view,
             "contributors": metric.contributors, "train_loss": metric.train_loss,
             "model_hash": metric.model_hash.hex(), "via_sync": metric.via_sync,
             "fork": metric.fork, "bytes_sent": bytes_sent, "byzantine": byzantine}
@@ -90,8 +90,8 @@ def run_sim(scenario: Scenario, printer: RoundPrinter) -> RunResult:
         stats = world.run()
     byz = scenario.byzantine_nodes()
     metrics = world.metrics
-    rows = [commit_row(m, t, world.hosts[m.node].bytes_sent.get(m.round, 0), m.node in byz)
-            for m, t in metrics.commits]
+    rows = [commit_row(m, t, order, world.hosts[m.node].bytes_sent.get(m.round, 0),
+                       m.node in byz) for m, t, order in metrics.commits]
     params = {h.hex(): p for h, p in metrics.params.items()}
     rounds = rounds_table(rows, world.workload, params, scenario.training.eval_every,
                           scenario.training.rounds - 1, metrics.rollbacks)
@@ -112,7 +112,7 @@ def run_sim(scenario: Scenario, printer: RoundPrinter) -> RunResult:
         "verify_cache_misses": world.verify_cache.misses,
         "peak_memory_mb": peak_memory_mb(),
     }
-    summary = summarize(scenario, rounds, extra)
+    summary = summarize(scenario, rounds, extra, {h.id for h in world.hosts if not h.up})
     events = log.frame({k: cls.__name__ for k, cls in KINDS.items()})
     return RunResult(scenario, rounds, events, summary)
 

@@ -14,20 +14,24 @@ class MetricLog:
     copy of every committed model keyed by hash, for evaluation after the run."""
 
     def __init__(self) -> None:
-        self.commits: list[tuple[RoundCommitted, float]] = []
+        # (metric, time seen, order): `order` counts every metric recorded, so a rollback can
+        # tell the commits it undid from the ones it made, even within one simulated instant
+        self.commits: list[tuple[RoundCommitted, float, int]] = []
         self.rejections: Counter[str] = Counter()
-        self.rollbacks: list[tuple[int, int, float]] = []  # (node, first round undone, time)
+        self.rollbacks: list[tuple[int, int, int]] = []  # (node, first round undone, order)
         self.params: dict[bytes, np.ndarray] = {}
         self.finished: set[int] = set()
+        self.recorded = 0
 
     def record(self, metric: Metric, now: float) -> None:
+        self.recorded += 1
         match metric:
             case RoundCommitted():
                 self.params.setdefault(metric.model_hash, metric.params)
-                self.commits.append((metric, now))
+                self.commits.append((metric, now, self.recorded))
             case Rejected(reason=reason):
                 self.rejections[reason] += 1
             case RolledBack(node=node, round=round):
-                self.rollbacks.append((node, round, now))
+                self.rollbacks.append((node, round, self.recorded))
             case Finished(node=node):
                 self.finished.add(node)

@@ -13,11 +13,14 @@ A round (this is the crash-fault round; the BFT consensus issue replaces steps 2
 4. a node that learns it is behind (messages from later rounds, or silence) asks a peer for the
    signed round records it missed, checks every signature and digest, and replays them.
 
-Without a voting phase two views of one round can both be applied by different nodes when
-proposals of two views race. Such a fork is detected (gradients computed on another model are
-flagged), and a node that sees a quorum of gradients built on a model other than its own rolls
-back its last `rollback_rounds` rounds and replays the quorum's records. Deeper forks, or forks
-where no side holds a quorum, are not healed here: that is what the consensus issue removes.
+Without a voting phase, proposals of two views of one round can race and different nodes can
+apply different ones: a fork. It is detected when a node receives a gradient built on a model
+other than its own, or a finished peer's `Head` naming another proposal for a round. The node
+then fetches the peer's recent records, finds the first round where the histories part, and
+applies a fork choice every node computes the same way (later view wins, digest breaks ties):
+the losing side rolls back (up to `rollback_rounds` rounds) and replays the winner's records.
+Forks heal eventually rather than never happening, and deeper forks are only reported:
+removing them is the job of the consensus issue's voting phase.
 """
 
 from __future__ import annotations
@@ -57,6 +60,7 @@ from phalanx.net.envelope import Envelope, seal
 from phalanx.net.errors import DecodeError
 from phalanx.net.messages import (
     Gradient,
+    Head,
     Message,
     Proposal,
     RoundRecord,
@@ -85,7 +89,7 @@ class NodeConfig:
     aggregator: str = "mean"
     sync_batch: int = 16  # round records per sync response
     future_rounds: int = 2  # gradients buffered ahead of the node's own round
-    rollback_rounds: int = 4  # how deep a fork this node can heal by rolling back
+    rollback_rounds: int = 8  # how deep a fork this node can heal by rolling back
 
 
 class Node:
@@ -122,6 +126,7 @@ class Node:
         self._gather_expired = False
         self._own_result: GradientResult | None = None
         self._sync_until = -1.0
+        self._sync_peer: int | None = None
         self._poll = 0
         self._out: list[Action] = []
 
@@ -186,6 +191,10 @@ class Node:
             if not self.finished:
                 self.finished = True
                 self._out.append(Emit(Finished(self.id, self.round, self.model_hash)))
+                if self.history:
+                    last = self.open(self.history[-1].proposal)
+                    self._broadcast(Head(self.round - 1, last.message.view,  # type: ignore[union-attr]
+                                         last.digest))
             return
         self._proposed, self._gather_expired = False, False
         self._own_result = None
@@ -200,6 +209,11 @@ class Node:
     def _on_computed(self, job: object, result: GradientResult) -> None:
         if not isinstance(job, GradientJob) or job.round != self.round or self.finished:
             return  # stale: the node moved on (e.g. by sync) while it computed
+        problem = self._gradient_problem(Gradient(self.round, self.model_hash, result.loss,
+                                                  result.samples, result.values))
+        if problem:  # e.g. a diverged model: never send what every peer would reject
+            self._reject(f"own_{problem}", self.id)
+            return
         self._own_result = result
         self._send_own_gradient()
         self._progress()
@@ -222,9 +236,8 @@ class Node:
             self._view_timeout()
 
     def _view_timeout(self) -> None:
-        proposal = self._proposals.get(self.round)
-        if proposal is not None:  # we have the set but not every gradient in it: fetch them
-            self._request_sync(proposal.sender, force=True)
+        if self.round in self._proposals:  # we have the set but not every gradient in it:
+            self._poll_for_sync(force=True)  # fetch the round from the next peer in turn
             self._arm_view_timer()
             return
         self.view += 1
@@ -309,6 +322,8 @@ class Node:
                 self._on_sync_request(env)
             case SyncResponse():
                 self._on_sync_response(env)
+            case Head():
+                self._on_head(env)
 
     def _gradient_problem(self, g: Gradient) -> str | None:
         v = g.values
@@ -339,25 +354,10 @@ class Node:
         if g.round > self.round + 1:
             self._request_sync(env.sender)  # the sender has committed rounds we have not
         elif g.round == self.round and g.base_hash != self.model_hash:
-            self._check_fork(held)
+            # built on another model: the sender applied another set in an earlier round;
+            # fetch its recent records and let the fork choice decide who adopts whose
+            self._request_sync(env.sender, self.round - self.config.rollback_rounds)
         self._progress()
-
-    def _check_fork(self, held: dict[int, Envelope]) -> None:
-        """A quorum of signed gradients built on one model that is not ours proves that a quorum
-        committed the previous round differently (two views' proposals raced): roll back the
-        last rounds and replay them from the records of a node on the quorum's model."""
-        bases = Counter(e.message.base_hash for e in held.values())  # type: ignore[union-attr]
-        base, count = bases.most_common(1)[0]
-        if base == self.model_hash or count < self.quorum or not self._snapshots:
-            return
-        oldest = min(self._snapshots)
-        self.round, (self.params, self.velocity, self.model_hash) = oldest, self._snapshots[oldest]
-        del self.history[oldest:]
-        self._snapshots.clear()
-        self._out.append(Emit(RolledBack(self.id, oldest)))
-        self._arm_view_timer()  # if the sync answer is lost, the view timeout polls again
-        source = min(s for s, e in held.items() if e.message.base_hash == base)  # type: ignore[union-attr]
-        self._request_sync(source, force=True)
 
     def _proposal_problem(self, env: Envelope) -> str | None:
         p: Proposal = env.message  # type: ignore[assignment]
@@ -386,18 +386,23 @@ class Node:
 
     # ---- state sync ---------------------------------------------------------------------------
 
-    def _request_sync(self, peer: int, force: bool = False) -> None:
-        if self.finished or (self.now < self._sync_until and not force):
-            return
-        self._sync_until = self.now + self.config.view_timeout
-        self._send(peer, SyncRequest(self.round, self.round, self.config.sync_batch))
+    def _request_sync(self, peer: int, from_round: int | None = None,
+                      force: bool = False) -> None:
+        """Ask `peer` for its records from `from_round` (default: ours). One unforced request
+        is outstanding at a time; a forced one goes out regardless and blocks nothing."""
+        if not force:
+            if self.now < self._sync_until:
+                return
+            self._sync_until, self._sync_peer = self.now + self.config.round_timeout, peer
+        start = self.round if from_round is None else max(0, from_round)
+        self._send(peer, SyncRequest(self.round, start, self.config.sync_batch))
 
-    def _poll_for_sync(self) -> None:
+    def _poll_for_sync(self, force: bool = False) -> None:
         """Silence may mean everyone else moved on: ask the next peer in turn for records."""
         peers = [m for m in self.members if m != self.id]
         if peers:
             self._poll = (self._poll + 1) % len(peers)
-            self._request_sync(peers[self._poll])
+            self._request_sync(peers[self._poll], force=force)
 
     def _on_sync_request(self, env: Envelope) -> None:
         req: SyncRequest = env.message  # type: ignore[assignment]
@@ -406,8 +411,8 @@ class Node:
             return
         count = min(req.count, self.config.sync_batch)
         records = tuple(self.history[req.from_round : req.from_round + count])
-        if records:
-            self._send(env.sender, SyncResponse(self.round, records))
+        # answer even with nothing: the asker learns our round and stops waiting on us
+        self._send(env.sender, SyncResponse(self.round, records))
 
     def _verify_record(self, record: RoundRecord) -> tuple[Envelope, list[Envelope]] | str:
         """Check a replayed round: leader-signed proposal, signed gradients matching its set."""
@@ -429,17 +434,42 @@ class Node:
                 return "sync_bad_set"
         return proposal, grads
 
+    @staticmethod
+    def _prefer(a: Envelope, b: Envelope) -> bool:
+        """Fork choice between two proposals applied for one round: the later view wins, and
+        the digest breaks ties; every node ranks any two proposals the same way."""
+        return (a.message.view, a.digest) > (b.message.view, b.digest)  # type: ignore[union-attr]
+
+    def _rollback(self, round: int) -> None:
+        self.params, self.velocity, self.model_hash = self._snapshots[round]
+        for r in [r for r in self._snapshots if r >= round]:
+            del self._snapshots[r]
+        del self.history[round:]
+        self.round, self.finished = round, False
+        self._out.append(Emit(RolledBack(self.id, round)))
+
     def _on_sync_response(self, env: Envelope) -> None:
         resp: SyncResponse = env.message  # type: ignore[assignment]
-        self._sync_until = -1.0
+        if env.sender == self._sync_peer:
+            self._sync_until = -1.0
         applied = 0
         for record in resp.records:
-            if self.finished or record.round != self.round:
-                continue
+            if not 0 <= record.round <= min(self.round, self.config.rounds - 1):
+                continue  # not next in line here (records are normally consecutive)
+            ours = self.history[record.round] if record.round < len(self.history) else None
+            if ours is not None and ours.proposal == record.proposal:
+                continue  # the same round on both sides
             checked = self._verify_record(record)
             if isinstance(checked, str):
                 self._reject(checked, env.sender)
-                return
+                break
+            if ours is not None:  # the two histories part here: adopt theirs if it ranks higher
+                if not self._prefer(checked[0], self.open(ours.proposal)):
+                    break  # ours wins; the peer adopts it when it hears from us
+                if record.round not in self._snapshots:
+                    self._reject("fork_too_deep", env.sender)
+                    break
+                self._rollback(record.round)
             self._commit(*checked, via_sync=True)
             applied += 1
         if applied:
@@ -447,3 +477,17 @@ class Node:
             if applied == len(resp.records) and resp.round > self.round:
                 self._request_sync(env.sender)
             self._progress()
+
+    def _on_head(self, env: Envelope) -> None:
+        head: Head = env.message  # type: ignore[assignment]
+        if head.round < 0 or head.view < 0:
+            self._reject("bad_head", env.sender)
+            return
+        if head.round >= len(self.history):
+            if head.round > self.round:  # (the round in progress: its proposal is on its way)
+                self._request_sync(env.sender)  # it has committed rounds we have not
+            return
+        ours = self.open(self.history[head.round].proposal)
+        if head.proposal != ours.digest and (head.view, head.proposal) > (
+                ours.message.view, ours.digest):  # type: ignore[union-attr]
+            self._request_sync(env.sender, head.round - self.config.rollback_rounds + 1)

@@ -71,9 +71,20 @@ class SyncResponse:
     records: tuple[RoundRecord, ...]
 
 
-Message: TypeAlias = Gradient | Proposal | SyncRequest | SyncResponse
+@dataclass(frozen=True, slots=True)
+class Head:
+    """A node's last committed round, announced when it finishes: the view and digest of the
+    proposal it applied, so peers that applied another one for that round can tell."""
 
-_TOP_LEVEL: tuple[type[Message], ...] = (Gradient, Proposal, SyncRequest, SyncResponse)
+    KIND: ClassVar[int] = 5
+    round: int
+    view: int
+    proposal: Hash32
+
+
+Message: TypeAlias = Gradient | Proposal | SyncRequest | SyncResponse | Head
+
+_TOP_LEVEL: tuple[type[Message], ...] = (Gradient, Proposal, SyncRequest, SyncResponse, Head)
 
 
 def _registry(classes: tuple[type[Message], ...]) -> dict[int, type[Message]]:

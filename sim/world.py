@@ -240,6 +240,8 @@ class SimWorld:
         self.metrics = MetricLog()
         self._first_commit: set[int] = set()
         self._done = self.env.event()
+        self._stop_pending = False
+        self._last_activity = 0.0
 
     @property
     def now(self) -> float:
@@ -329,6 +331,7 @@ class SimWorld:
 
     def on_metric(self, host: Host, metric: Metric) -> None:
         self.metrics.record(metric, self.now)
+        self._last_activity = self.now
         match metric:
             case RoundCommitted():
                 if self.on_commit:
@@ -341,9 +344,26 @@ class SimWorld:
                 self.check_done()
 
     def check_done(self) -> None:
-        everyone_done = all(h.finished for h in self.hosts if h.up)
-        if self.faults.pending_restarts == 0 and everyone_done and not self._done.triggered:
+        """Once every running honest node has finished, let the run settle (final heads, fork
+        repairs, syncs) for one view timeout without any commit before stopping it."""
+        if self._everyone_done() and not self._stop_pending:
+            self._stop_pending = True
+            self.call_later(self.scenario.training.view_timeout, self._maybe_stop)
+
+    def _everyone_done(self) -> bool:
+        return self.faults.pending_restarts == 0 and all(
+            h.finished for h in self.hosts if h.up and h.id not in self.byzantine)
+
+    def _maybe_stop(self) -> None:
+        self._stop_pending = False
+        if not self._everyone_done() or self._done.triggered:
+            return
+        quiet_since = self._last_activity + self.scenario.training.view_timeout
+        if self.now >= quiet_since:
             self._done.succeed()
+        else:
+            self._stop_pending = True
+            self.call_at(quiet_since, self._maybe_stop)
 
     # ---- running -------------------------------------------------------------------------------
 

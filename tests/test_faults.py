@@ -72,10 +72,6 @@ def test_isolated_node_hears_nothing_then_catches_up() -> None:
     mine = result.rounds.filter(pl.col("node") == 4)
     assert mine.filter(pl.col("time").is_between(0.3, 1.7)).is_empty()
     assert mine["via_sync"].any()
-    # rejoining, node 4 led a view its peers had already left; the two proposals raced, node 4
-    # found a quorum of gradients built on another model, rolled back and replayed their rounds
-    undone = result.rounds.filter(pl.col("superseded"))
-    assert undone.height > 0 and set(undone["node"].to_list()) == {4}
     assert len(set(result.final_hashes().values())) == 1
 
 
@@ -94,7 +90,8 @@ def test_slow_node_stretches_rounds() -> None:
     slow = run(scenario([{"kind": "slow", "at": 0.0, "duration": 100.0, "nodes": [0, 1, 2],
                           "factor": 10}]))
     # three slow nodes leave 4 fast ones, short of a quorum (5 of 7): rounds wait for them
-    assert slow.summary["sim_seconds"] > 5 * base.summary["sim_seconds"]
+    last_commit = lambda r: r.rounds["time"].max()  # noqa: E731
+    assert last_commit(slow) > 5 * last_commit(base)
     assert len(set(slow.final_hashes().values())) == 1
 
 

@@ -13,6 +13,7 @@ from phalanx.net.errors import REASONS, DecodeError
 from phalanx.net.messages import (
     KINDS,
     Gradient,
+    Head,
     Proposal,
     RoundRecord,
     SyncRequest,
@@ -118,8 +119,16 @@ def test_sync_messages_roundtrip() -> None:
         assert roundtrip(resp) == resp
 
 
+def test_head_roundtrip_and_hash_length() -> None:
+    head = Head(7, 2, b"h" * 32)
+    assert roundtrip(head) == head
+    with pytest.raises(DecodeError) as err:
+        decode_payload(Head.KIND, msgpack.packb([7, 2, b"short"]))
+    assert err.value.reason == "bad_payload"
+
+
 def test_every_kind_is_covered() -> None:
-    assert set(KINDS) == {1, 2, 3, 4}
+    assert set(KINDS) == {1, 2, 3, 4, 5}
     assert all(kind == cls.KIND for kind, cls in KINDS.items())
 
 
@@ -206,7 +215,7 @@ def test_garbage_payloads(payload: bytes) -> None:
 
 
 def test_unknown_kind_and_non_bytes() -> None:
-    for kind in (0, 5, -1, True, "1"):
+    for kind in (0, 99, -1, True, "1"):
         with pytest.raises(DecodeError) as err:
             decode_payload(kind, msgpack.packb([1, 2, 3]))  # type: ignore[arg-type]
         assert err.value.reason == "unknown_kind"

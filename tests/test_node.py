@@ -29,6 +29,7 @@ from phalanx.engine.node import Node, quorum
 from phalanx.net.crypto import Identity, sha256
 from phalanx.net.messages import (
     Gradient,
+    Head,
     Proposal,
     RoundRecord,
     SyncRequest,
@@ -311,8 +312,10 @@ def test_sync_request_is_answered_from_history() -> None:
     assert isinstance(resp, SyncResponse) and resp.round == 3
     assert [r.round for r in resp.records] == [1, 2]
     assert resp.records == tuple(node.history[1:])
-    # nothing to send past the end of the history
-    assert node.handle(Received(forge(1, SyncRequest(0, 3, 4))), 1.0) == []
+    # past the end of the history: an empty answer, so the asker stops waiting on us
+    (send,) = node.handle(Received(forge(1, SyncRequest(0, 3, 4))), 1.0)
+    empty = OPEN(send.frame).message  # type: ignore[union-attr]
+    assert isinstance(empty, SyncResponse) and empty.records == () and empty.round == 3
 
 
 def test_sync_requests_are_rate_limited() -> None:
@@ -324,11 +327,11 @@ def test_sync_requests_are_rate_limited() -> None:
 
     far = _gradient(5, base=sha256(b"elsewhere"))
     assert requests(node.handle(Received(forge(0, far)), 1.0)) == [(0, SyncRequest(0, 0, 16))]
-    # more evidence within one view timeout (4.0) asks nobody else
-    assert requests(node.handle(Received(forge(1, far)), 2.0)) == []
-    assert requests(node.handle(Received(forge(2, _gradient(2))), 4.9)) == []
+    # more evidence within one round timeout (1.0) asks nobody else
+    assert requests(node.handle(Received(forge(1, far)), 1.5)) == []
+    assert requests(node.handle(Received(forge(2, _gradient(2))), 1.9)) == []
     # once it has passed, the next sign of lagging asks again
-    assert requests(node.handle(Received(forge(2, far)), 5.1)) == [(2, SyncRequest(0, 0, 16))]
+    assert requests(node.handle(Received(forge(2, far)), 2.1)) == [(2, SyncRequest(0, 0, 16))]
     assert node.round == 0 and not node.rejections
 
 
@@ -496,8 +499,13 @@ def test_restart_after_finishing_reports_finished_again() -> None:
     pump.start()
     pump.run()
     reborn = make_node(0, rounds=2)
-    actions = reborn.handle(Started(dict(pump.disks[0])), 10.0)
-    assert actions == [Emit(Finished(0, 2, pump.nodes[0].model_hash))]
+    finished, head = reborn.handle(Started(dict(pump.disks[0])), 10.0)
+    assert finished == Emit(Finished(0, 2, pump.nodes[0].model_hash))
+    # it announces its last round so that a peer on another fork of it can tell
+    assert isinstance(head, Broadcast)
+    announced = OPEN(head.frame).message
+    assert isinstance(announced, Head) and announced.round == 1
+    assert announced.proposal == OPEN(reborn.history[-1].proposal).digest
     assert reborn.finished
 
 
@@ -588,9 +596,9 @@ def test_future_proposals_are_bounded() -> None:
     assert len(node._proposals) <= node.config.future_rounds + 1
 
 
-def test_node_on_a_minority_fork_rolls_back_and_replays_the_quorum() -> None:
-    # node 3 never sees round 0's real proposal; a validly signed view-1 proposal over three
-    # gradients reaches it instead, so it commits another round 0 than the other three
+def test_forked_nodes_converge_on_the_later_view() -> None:
+    # node 3 never sees round 0's real proposal (view 0); a validly signed view-1 proposal over
+    # three gradients reaches it instead, so it commits another round 0 than the other three
     pump = cluster(rounds=3, drop=lambda src, dst, kind, rnd: (
         dst == 3 and kind == Proposal.KIND and rnd == 0))
     pump.start()
@@ -600,11 +608,15 @@ def test_node_on_a_minority_fork_rolls_back_and_replays_the_quorum() -> None:
     digests = tuple(held[s].digest for s in (0, 1, 2))
     pump.feed(3, Received(KIT.forge(1, Proposal(0, 1, (0, 1, 2), digests))))
     (fork,) = pump.commits(3)
-    assert fork.contributors == 3
+    assert (fork.view, fork.contributors) == (1, 3)
     pump.run_to_end()
-    rolled = [m for m in pump.metrics[3] if isinstance(m, RolledBack)]
-    assert [(m.node, m.round) for m in rolled] == [(3, 0)]
-    replayed = [c for c in pump.commits(3) if c.round == 0][-1]
-    assert replayed.via_sync and replayed.contributors == N
+    # the fork choice ranks the later view first: the three view-0 nodes roll back round 0
+    # and replay node 3's record, whatever order the messages came in
+    rolled = {i: [(m.node, m.round) for m in pump.metrics[i] if isinstance(m, RolledBack)]
+              for i in MEMBERS}
+    assert rolled == {0: [(0, 0)], 1: [(1, 0)], 2: [(2, 0)], 3: []}
+    for i in MEMBERS:
+        first = [c for c in pump.commits(i) if c.round == 0][-1]
+        assert (first.view, first.contributors) == (1, 3)
+        assert [c.round for c in pump.commits(i)][-2:] == [1, 2]
     assert len({pump.nodes[i].model_hash for i in MEMBERS}) == 1
-    assert [c.round for c in pump.commits(3)] == [0, 0, 1, 2]
