@@ -63,6 +63,7 @@ def run(
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="no progress output")] = False,
 ) -> None:
     """Run a scenario; exit code 1 when an `expect:` assertion fails."""
+    from phalanx.apps.real import RealRunError
     from phalanx.apps.runner import run_scenario
 
     try:
@@ -73,6 +74,10 @@ def run(
         raise fail(str(e)) from None
     except TopologyError as e:
         raise fail(f"{scenario}: topology: {e}") from None
+    except RealRunError as e:
+        raise fail(f"{scenario}: --real: {e}") from None
+    except OSError as e:  # e.g. --out names a file, or a folder we may not write
+        raise fail(f"cannot write outputs to {e.filename or target}: {e.strerror}") from None
     print_summary(result)
     if result.failures:
         raise typer.Exit(1)

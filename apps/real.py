@@ -26,6 +26,10 @@ from phalanx.sim.scenario import Scenario, ScenarioError
 from phalanx.sim.world import workload_for
 
 
+class RealRunError(RuntimeError):
+    """A real run that could not complete; the message is one line."""
+
+
 def free_ports(count: int, host: str) -> list[int]:
     sockets = [socket.socket() for _ in range(count)]
     try:
@@ -109,10 +113,11 @@ def _wait(procs: list[subprocess.Popen[bytes]], work: Path, n: int,
     while not all(f.exists() for f in files):
         for i, p in enumerate(procs):
             if p.poll() is not None and not files[i].exists():
-                tail = (work / f"node-{i}.log").read_text(errors="replace")[-2000:]
-                raise RuntimeError(f"real node {i} exited with code {p.returncode}:\n{tail}")
+                lines = (work / f"node-{i}.log").read_text(errors="replace").strip().splitlines()
+                last = lines[-1] if lines else "no output"
+                raise RealRunError(f"node {i} exited with code {p.returncode}: {last}")
         if time.time() > deadline:
-            raise TimeoutError(f"real run did not finish within the deadline; "
-                               f"finished: {[f.name for f in files if f.exists()]}")
+            done = [i for i, f in enumerate(files) if f.exists()]
+            raise RealRunError(f"not finished within real.deadline; finished nodes: {done}")
         time.sleep(0.05)
     return [json.loads(f.read_text()) for f in files]

@@ -20,7 +20,7 @@ from phalanx.apps.results import (
 )
 from phalanx.engine.events import RoundCommitted
 from phalanx.net.messages import KINDS
-from phalanx.sim.scenario import Scenario, load_scenario
+from phalanx.sim.scenario import Scenario, load_scenario, with_seed
 from phalanx.sim.world import SimWorld
 
 
@@ -124,7 +124,7 @@ def run_scenario(scenario: str | Path | Scenario, *, seed: int | None = None,
     if not isinstance(scenario, Scenario):
         scenario = load_scenario(scenario, seed)
     elif seed is not None:
-        scenario = scenario.model_copy(update={"seed": seed})
+        scenario = with_seed(scenario, seed)
     torch.set_num_threads(1)  # bit-identical gradients in every process (and fair CI timing)
     console = console or Console(stderr=True)
     printer = RoundPrinter(scenario, console, progress)

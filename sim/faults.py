@@ -55,7 +55,7 @@ class FaultInjector:
         self.rules: list[Rule] = []
         self.pending_restarts = 0
         self._by_round: dict[int, list[Fault]] = {}
-        self._faulty: dict[int, int] = {}  # node -> number of active faults on it (nemesis budget)
+        self._faulty: dict[int, int] = {}  # node -> faults in force on it (the nemesis budget)
 
     # ---- scheduling ---------------------------------------------------------------------------
 
@@ -111,12 +111,19 @@ class FaultInjector:
                 def heal() -> None:
                     for node in nodes:
                         world.hosts[node].slowdown /= factor
+        involved = sorted(fault.nodes_involved())
+        for node in involved:  # counted against the nemesis budget until healed
+            self._faulty[node] = self._faulty.get(node, 0) + 1
         if fault.duration is not None:
-            world.call_at(world.now + fault.duration, self._heal, label, heal)
+            world.call_at(world.now + fault.duration, self._heal, label, heal, involved)
 
-    def _heal(self, label: str, heal: Callable[[], None]) -> None:
+    def _heal(self, label: str, heal: Callable[[], None], involved: list[int]) -> None:
         self.world.log.node_event(self.world.now, "heal", label)
         heal()
+        for node in involved:
+            self._faulty[node] -= 1
+            if not self._faulty[node]:
+                del self._faulty[node]
 
     @staticmethod
     def _rule(fault: PartitionFault | IsolateFault | OneWayFault | BridgeFault) -> Rule:
@@ -142,24 +149,16 @@ class FaultInjector:
             return
         world.call_at(world.now + spec.interval, self._nemesis_tick, spec)
         rng = world.rngs.stream("nemesis", round(world.now * 1e6))
-        budget = (spec.max_faulty or world.scenario.f) - len(self._faulty)
-        candidates = [h.id for h in world.hosts if h.id not in self._faulty and h.up]
+        # Byzantine nodes and every fault still in force (timeline ones too) use up the budget
+        faulty = set(self._faulty) | set(world.byzantine)
+        budget = (spec.max_faulty or world.scenario.f) - len(faulty)
+        candidates = [h.id for h in world.hosts if h.id not in faulty and h.up]
         if budget <= 0 or not candidates:
             return
         kind = spec.kinds[int(rng.integers(len(spec.kinds)))]
         count = int(rng.integers(1, min(budget, len(candidates)) + 1))
         targets = sorted(int(t) for t in rng.choice(candidates, count, replace=False))
-        fault = self._nemesis_fault(kind, targets, spec)
-        for node in targets:
-            self._faulty[node] = self._faulty.get(node, 0) + 1
-        self.apply(fault)
-        world.call_at(world.now + spec.duration, self._release, targets)
-
-    def _release(self, targets: list[int]) -> None:
-        for node in targets:
-            self._faulty[node] -= 1
-            if not self._faulty[node]:
-                del self._faulty[node]
+        self.apply(self._nemesis_fault(kind, targets, spec))
 
     def _nemesis_fault(self, kind: str, targets: list[int], spec: NemesisSpec) -> Fault:
         now, d = self.world.now, spec.duration

@@ -11,7 +11,14 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    model_validator,
+)
 
 NodeId = Annotated[int, Field(ge=0)]
 Seconds = Annotated[float, Field(ge=0)]
@@ -27,7 +34,8 @@ class ScenarioError(ValueError):
 
 
 class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # no inf/nan anywhere: a scenario of infinite bandwidth says `null`, not `.inf`
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 # ---- nodes, topology, links ----------------------------------------------------------------
@@ -166,11 +174,21 @@ class CrashFault(FaultBase):
         return set(self.nodes)
 
 
+def _disjoint(groups: list[list[int]]) -> list[list[int]]:
+    seen: set[int] = set()
+    for group in groups:
+        twice = seen & set(group) or {n for n in group if group.count(n) > 1}
+        if twice:
+            raise ValueError(f"node ids {sorted(twice)} appear in more than one place")
+        seen |= set(group)
+    return groups
+
+
 class PartitionFault(FaultBase):
     """Clean split: nodes in different groups cannot talk (unlisted nodes form one more group)."""
 
     kind: Literal["partition"]
-    groups: Annotated[list[list[NodeId]], Field(min_length=1)]
+    groups: Annotated[list[list[NodeId]], Field(min_length=1), AfterValidator(_disjoint)]
 
     def nodes_involved(self) -> set[int]:
         return {n for g in self.groups for n in g}
@@ -199,7 +217,8 @@ class BridgeFault(FaultBase):
     """Two sides cut apart; the nodes in neither side (the bridge) still reach both."""
 
     kind: Literal["bridge"]
-    sides: Annotated[list[list[NodeId]], Field(min_length=2, max_length=2)]
+    sides: Annotated[list[list[NodeId]], Field(min_length=2, max_length=2),
+                     AfterValidator(_disjoint)]
 
     def nodes_involved(self) -> set[int]:
         return {n for g in self.sides for n in g}
@@ -272,7 +291,7 @@ class RealSpec(Strict):
 class Scenario(Strict):
     name: str
     description: str = ""
-    seed: int = 0
+    seed: Annotated[int, Field(ge=0, lt=2**63)] = 0
     nodes: NodesSpec
     topology: Topology = CompleteTopology()
     links: LinksSpec = LinksSpec()
@@ -313,6 +332,9 @@ class Scenario(Strict):
             raise ValueError(
                 f"byzantine: {byz} Byzantine nodes but n={n} tolerates f={self.f} "
                 f"(n >= 3f+1); set 'unsafe: true' to run it anyway")
+        if self.real.base_port and self.real.base_port + n - 1 > 65535:
+            raise ValueError(f"real.base_port: {self.real.base_port} + {n} nodes runs past "
+                             f"port 65535")
         if self.nemesis and (self.nemesis.max_faulty or 0) > self.f and not self.unsafe:
             raise ValueError(f"nemesis.max_faulty: {self.nemesis.max_faulty} exceeds f={self.f}")
         return self
@@ -360,5 +382,11 @@ def load_scenario(path: str | Path, seed: int | None = None) -> Scenario:
         where = f"line {mark.line + 1}: " if mark else ""
         problem = getattr(err, "problem", None) or str(err).splitlines()[0]
         raise ScenarioError(f"{path}: {where}invalid YAML ({problem})") from None
-    scenario = parse_scenario(data, str(path))
-    return scenario.model_copy(update={"seed": seed}) if seed is not None else scenario
+    if seed is not None and isinstance(data, dict):
+        data = {**data, "seed": seed}  # validated like the file's own seed
+    return parse_scenario(data, str(path))
+
+
+def with_seed(scenario: Scenario, seed: int) -> Scenario:
+    """The same scenario under another seed, validated."""
+    return parse_scenario({**scenario.model_dump(mode="json"), "seed": seed}, scenario.name)

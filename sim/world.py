@@ -134,6 +134,7 @@ class Host:
         self.compute_free_at = 0.0
         self.timers: dict[str, int] = {}
         self.finished = False
+        self.holds = 0
         self.bytes_sent: dict[int, int] = {}  # round -> bytes this node put on the wire for it
 
     def start(self) -> None:
@@ -146,6 +147,7 @@ class Host:
         self.feed(Started(dict(self.disk)))
 
     def crash(self) -> None:
+        self.holds += 1  # overlapping crash faults: back up only when the last one heals
         if not self.up:
             return
         self.up, self.node = False, None
@@ -155,7 +157,8 @@ class Host:
         self.world.check_done()
 
     def restart(self, keep_disk: bool) -> None:
-        if self.up:
+        self.holds -= 1
+        if self.up or self.holds > 0:
             return
         if not keep_disk:
             self.disk.clear()

@@ -209,3 +209,17 @@ def test_validate_rejects_unbuildable_topology(tmp_path: Path) -> None:
     result = invoke("validate", path)
     assert result.exit_code == 2
     assert "degree" in one_error_line(result.stderr)
+
+
+def test_run_errors_outside_the_schema_are_one_line(tmp_path: Path) -> None:
+    path = write(tmp_path, TINY)
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    cases = [(("run", path, "--out", blocker, "-q"), "cannot write outputs"),
+             (("run", path, "--seed", "-1", "-q"), "seed"),
+             (("run", write(tmp_path, TINY + "real: {deadline: 0.2}\n", "r.yaml"), "--real",
+               "-q", "--out", tmp_path / "o"), "real.deadline")]
+    for args, words in cases:
+        result = invoke(*args)
+        assert result.exit_code == 2, (args, result.output)
+        assert words in one_error_line(result.stderr)

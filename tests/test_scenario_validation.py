@@ -139,6 +139,18 @@ CASES: list[tuple[str, dict[str, Any], str, list[str]]] = [
     ("unknown_key_with_newline", {**copy.deepcopy(BASE), "bad\nkey": 1}, r"bad\\nkey\b", []),
     ("topology_kind_with_newline", variant(topology={"kind": "st\nar"}), r"topology\b",
      TOPOLOGY_KINDS),
+    ("seed_negative", variant(seed=-5), r"seed\b.*-5", []),
+    ("seed_past_64_bits", variant(seed=10**24), r"seed\b", []),
+    ("bandwidth_infinite", variant(links__bandwidth=float("inf")), r"links\.bandwidth\b.*finite",
+     []),
+    ("lr_nan", variant(training__lr=float("nan")), r"training\.lr\b", []),
+    ("partition_node_twice", variant(faults=[{"kind": "partition", "at": 1.0,
+                                              "groups": [[0, 1], [1, 2]]}]),
+     r"faults\.0\.(partition\.)?groups\b.*\[1\]", []),
+    ("bridge_sides_overlap", variant(faults=[{"kind": "bridge", "at": 1.0,
+                                              "sides": [[0, 1], [1, 2]]}]),
+     r"faults\.0\.(bridge\.)?sides\b", []),
+    ("real_ports_past_65535", variant(real={"base_port": 65534}), r"real\.base_port\b", []),
 ]
 
 
