@@ -127,6 +127,7 @@ class Node:
         self._own_result: GradientResult | None = None
         self._sync_until = -1.0
         self._sync_peer: int | None = None
+        self._early_heads: dict[int, Envelope] = {}  # peers' heads for rounds not yet ours
         self._poll = 0
         self._out: list[Action] = []
 
@@ -194,7 +195,10 @@ class Node:
                 if self.history:
                     last = self.open(self.history[-1].proposal)
                     self._broadcast(Head(self.round - 1, last.message.view,  # type: ignore[union-attr]
-                                         last.digest))
+                                         last.digest, self.model_hash))
+                early, self._early_heads = self._early_heads, {}
+                for env in early.values():
+                    self._on_head(env)
             return
         self._proposed, self._gather_expired = False, False
         self._own_result = None
@@ -298,6 +302,8 @@ class Node:
         self._proposals.pop(self.round, None)
         self.round += 1
         self._out.append(Persist("checkpoint", self._checkpoint()))
+        if fork:  # the set was built on another model: find where our histories part
+            self._request_sync(proposal.sender, self.round - self.config.rollback_rounds)
 
     # ---- incoming messages -------------------------------------------------------------------
 
@@ -486,8 +492,14 @@ class Node:
         if head.round >= len(self.history):
             if head.round > self.round:  # (the round in progress: its proposal is on its way)
                 self._request_sync(env.sender)  # it has committed rounds we have not
+            self._early_heads[env.sender] = env  # compare once we have committed that round
             return
         ours = self.open(self.history[head.round].proposal)
-        if head.proposal != ours.digest and (head.view, head.proposal) > (
-                ours.message.view, ours.digest):  # type: ignore[union-attr]
-            self._request_sync(env.sender, head.round - self.config.rollback_rounds + 1)
+        theirs_later = head.proposal != ours.digest and (head.view, head.proposal) > (
+            ours.message.view, ours.digest)  # type: ignore[union-attr]
+        same_round_other_model = (head.round == len(self.history) - 1
+                                  and head.model_hash != self.model_hash)
+        if theirs_later or same_round_other_model:  # the histories part at or before that round
+            # forced: heads come once, so every peer's head that disagrees gets its own probe
+            self._request_sync(env.sender, head.round - self.config.rollback_rounds + 1,
+                               force=True)

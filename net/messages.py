@@ -74,12 +74,13 @@ class SyncResponse:
 @dataclass(frozen=True, slots=True)
 class Head:
     """A node's last committed round, announced when it finishes: the view and digest of the
-    proposal it applied, so peers that applied another one for that round can tell."""
+    proposal it applied and the model it ended on, so a peer on another fork can tell."""
 
     KIND: ClassVar[int] = 5
     round: int
     view: int
     proposal: Hash32
+    model_hash: Hash32
 
 
 Message: TypeAlias = Gradient | Proposal | SyncRequest | SyncResponse | Head

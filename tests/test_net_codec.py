@@ -120,10 +120,10 @@ def test_sync_messages_roundtrip() -> None:
 
 
 def test_head_roundtrip_and_hash_length() -> None:
-    head = Head(7, 2, b"h" * 32)
+    head = Head(7, 2, b"h" * 32, b"m" * 32)
     assert roundtrip(head) == head
     with pytest.raises(DecodeError) as err:
-        decode_payload(Head.KIND, msgpack.packb([7, 2, b"short"]))
+        decode_payload(Head.KIND, msgpack.packb([7, 2, b"short", b"m" * 32]))
     assert err.value.reason == "bad_payload"
 
 
