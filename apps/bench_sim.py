@@ -3,10 +3,10 @@
 Both sides simulate the same rounds on the same topology: every node computes for `step_time`,
 broadcasts one frame down its shortest-path tree (one event per tree edge), the round's leader
 broadcasts a proposal once it holds every gradient, a node starts the next round once it holds
-the proposal and every gradient, and a node that finished broadcasts its head. The bare side does nothing else (no link model, no
-signatures, no decoding, no node logic); phalanx does all of it for real. Events are counted the
-same way on both sides (one per scheduled callback), so the ratio of events per wall second is
-the share of raw SimPy speed that phalanx keeps.
+the proposal and every gradient, and a node that finished broadcasts its head. The bare side
+does nothing else (no link model, no signatures, no decoding, no node logic); phalanx does all
+of it for real. Events are counted the same way on both sides (one per scheduled callback), so
+the ratio of events per wall second is the share of raw SimPy speed that phalanx keeps.
 """
 
 from __future__ import annotations

@@ -32,7 +32,8 @@ def print_summary(result: object) -> None:
     assert isinstance(result, RunResult)
     s = result.summary
     table = Table(title=f"{s['scenario']} (seed {s['seed']}, {s['mode']})", show_header=False)
-    shown = ["nodes", "f", "rounds_planned", "min_rounds_committed", "distinct_final_hashes", "lagging_nodes",
+    shown = ["nodes", "f", "rounds_planned", "min_rounds_committed", "distinct_final_hashes",
+             "lagging_nodes", "down_at_end",
              "final_model_hash", "final_eval_loss", "final_eval_accuracy", "forks",
              "synced_commits", "sim_seconds", "wall_seconds", "messages_delivered",
              "messages_dropped", "dropped_by_reason", "messages_per_round", "rejected_by_reason",

@@ -31,7 +31,8 @@ def peak_memory_mb() -> float:
 
 def commit_row(metric: RoundCommitted, time: float, order: int, bytes_sent: int,
                byzantine: bool) -> dict[str, Any]:
-    return {"round": metric.round, "order": order, "node": metric.node, "time": time, "view": metric.view,
+    return {"round": metric.round, "order": order, "node": metric.node, "time": time,
+            "view": metric.view,
             "contributors": metric.contributors, "train_loss": metric.train_loss,
             "model_hash": metric.model_hash.hex(), "via_sync": metric.via_sync,
             "fork": metric.fork, "bytes_sent": bytes_sent, "byzantine": byzantine}

@@ -3,15 +3,16 @@
 A round (this is the crash-fault round; the BFT consensus issue replaces steps 2-3 with voting):
 
 1. every node computes a gradient on its shard and broadcasts it signed;
-2. the round's leader, `members[(round + view) % n]` (the view carries over from round to round,
-   so a leader that timed out is skipped until the rotation comes back to it), waits until it holds every member's
+2. the round's leader, `members[(round + view) % n]`, waits until it holds every member's
    gradient, or until its gather timeout with at least a quorum (3·k > 2·n), and broadcasts a
-   signed proposal: the set of (sender, digest) it will aggregate;
+   signed proposal: the set of (sender, digest) it will aggregate. The view carries over from
+   round to round, so a leader that timed out is skipped until the rotation comes back to it;
 3. every node that holds the proposal and all gradients in it aggregates them in sender order,
    applies the same optimizer step and records the model hash. A node without a proposal after
    the view timeout moves to the next view (next leader) and re-sends its gradient;
 4. a node that learns it is behind (messages from later rounds, or silence) asks a peer for the
-   signed round records it missed, checks every signature and digest, and replays them.
+   signed round records it missed, checks every signature and digest, and replays them;
+5. a node that has committed every round announces its `Head` (last round, proposal, model).
 
 Without a voting phase, proposals of two views of one round can race and different nodes can
 apply different ones: a fork. It is detected when a node receives a gradient built on a model
@@ -153,7 +154,8 @@ class Node:
         return self.members[(round + view) % self.n]
 
     def _seal(self, message: Message) -> bytes:
-        self.seq = max(self.seq + 1, int(self.now * 1_000_000) << 8)  # time-based: survives restarts
+        # time-based, so a restarted node (with or without its disk) never reuses a number
+        self.seq = max(self.seq + 1, int(self.now * 1_000_000) << 8)
         return seal(self.identity, self.id, self.seq, message)
 
     def _broadcast(self, message: Message) -> bytes:
@@ -194,8 +196,8 @@ class Node:
                 self._out.append(Emit(Finished(self.id, self.round, self.model_hash)))
                 if self.history:
                     last = self.open(self.history[-1].proposal)
-                    self._broadcast(Head(self.round - 1, last.message.view,  # type: ignore[union-attr]
-                                         last.digest, self.model_hash))
+                    view: int = last.message.view  # type: ignore[union-attr]
+                    self._broadcast(Head(self.round - 1, view, last.digest, self.model_hash))
                 early, self._early_heads = self._early_heads, {}
                 for env in early.values():
                     self._on_head(env)

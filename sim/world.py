@@ -283,29 +283,20 @@ class SimWorld:
         overlay's relay), so a sparse overlay carries n - 1 copies, not n - 1 routed unicasts.
         A relay that is down, a cut or a lost frame loses the copy for the whole subtree."""
         now = self.env.now
-        size = len(frame)
         if at != src:
-            host = self.hosts[at]
-            if not host.up:
-                self.log.drop(now, src, at, kind, rnd, size, now - sent, "node_down")
+            if not self.hosts[at].up:
+                self.log.drop(now, src, at, kind, rnd, len(frame), now - sent, "node_down")
                 return
-            self.log.deliver(now, src, at, kind, rnd, size, now - sent)
+            self.log.deliver(now, src, at, kind, rnd, len(frame), now - sent)
         for child in self._tree(src)[at]:
-            if self.faults.rules and self.faults.blocked(at, child):
-                self.log.drop(now, src, child, kind, rnd, size, now - sent, "partition")
-                continue
-            arrivals = self.network.link(at, child).transmit(now, size, self.link_rng)
-            if not arrivals:
-                self.log.drop(now, src, child, kind, rnd, size, now - sent, "loss")
-            for t in arrivals:
-                self.stats.events += 1
-                self.env.schedule(_Call(self._relay, (child, src, frame, kind, rnd, sent)),  # type: ignore[arg-type]
-                                  NORMAL, t - now)
+            self._cross(at, child, src, child, frame, kind, rnd, sent,
+                        self._relay, (child, src, frame, kind, rnd, sent))
         if at != src:
             self.hosts[at].feed(Received(frame))
 
     def _hop(self, at: int, src: int, dst: int, frame: bytes, kind: int, rnd: int,
              sent: float) -> None:
+        """A unicast frame, forwarded hop by hop along the static route to `dst`."""
         now = self.env.now
         if at == dst:
             host = self.hosts[dst]
@@ -319,6 +310,14 @@ class SimWorld:
             self.log.drop(now, src, dst, kind, rnd, len(frame), now - sent, "relay_down")
             return
         nxt = self._next_hop[at][dst]
+        self._cross(at, nxt, src, dst, frame, kind, rnd, sent,
+                    self._hop, (nxt, src, dst, frame, kind, rnd, sent))
+
+    def _cross(self, at: int, nxt: int, src: int, dst: int, frame: bytes, kind: int, rnd: int,
+               sent: float, then: Callable[..., None], args: tuple[Any, ...]) -> None:
+        """Put the frame on link at -> nxt (unless a cut blocks it) and call `then(*args)` at
+        each arrival; `dst` is only what the event log records as the destination."""
+        now = self.env.now
         if self.faults.rules and self.faults.blocked(at, nxt):
             self.log.drop(now, src, dst, kind, rnd, len(frame), now - sent, "partition")
             return
@@ -327,8 +326,7 @@ class SimWorld:
             self.log.drop(now, src, dst, kind, rnd, len(frame), now - sent, "loss")
         for t in arrivals:
             self.stats.events += 1
-            self.env.schedule(_Call(self._hop, (nxt, src, dst, frame, kind, rnd, sent)),  # type: ignore[arg-type]
-                              NORMAL, t - now)
+            self.env.schedule(_Call(then, args), NORMAL, t - now)  # type: ignore[arg-type]
 
     # ---- metrics from the nodes ------------------------------------------------------------
 
