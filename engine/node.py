@@ -19,9 +19,9 @@ apply different ones: a fork. It is detected when a node receives a gradient bui
 other than its own, or a finished peer's `Head` naming another proposal for a round. The node
 then fetches the peer's recent records, finds the first round where the histories part, and
 applies a fork choice every node computes the same way (later view wins, digest breaks ties):
-the losing side rolls back (up to `rollback_rounds` rounds) and replays the winner's records.
-Forks heal eventually rather than never happening, and deeper forks are only reported:
-removing them is the job of the consensus issue's voting phase.
+the losing side rolls back (from a recent snapshot, or by replaying its own verified records
+from the initial model) and replays the winner's records. Forks heal eventually rather than
+never happening: removing them is the job of the consensus issue's voting phase.
 """
 
 from __future__ import annotations
@@ -90,7 +90,7 @@ class NodeConfig:
     aggregator: str = "mean"
     sync_batch: int = 16  # round records per sync response
     future_rounds: int = 2  # gradients buffered ahead of the node's own round
-    rollback_rounds: int = 8  # how deep a fork this node can heal by rolling back
+    rollback_rounds: int = 8  # recent states kept for cheap rollbacks; older ones are replayed
 
 
 class Node:
@@ -448,8 +448,21 @@ class Node:
         the digest breaks ties; every node ranks any two proposals the same way."""
         return (a.message.view, a.digest) > (b.message.view, b.digest)  # type: ignore[union-attr]
 
+    def _state_before(self, round: int) -> tuple[np.ndarray, np.ndarray, bytes]:
+        """The model before `round`: a recent snapshot, or else (after a restart, or for an old
+        round) recomputed from the initial model through our own verified records."""
+        if round in self._snapshots:
+            return self._snapshots[round]
+        params = self.workload.init_params()
+        velocity = np.zeros_like(params)
+        for record in self.history[:round]:
+            envs = [self.open(f) for f in record.gradients]
+            update = self.aggregate([e.message.values for e in envs])  # type: ignore[union-attr]
+            params, velocity = self.optimizer.step(params, velocity, update)
+        return params, velocity, sha256(params.tobytes())
+
     def _rollback(self, round: int) -> None:
-        self.params, self.velocity, self.model_hash = self._snapshots[round]
+        self.params, self.velocity, self.model_hash = self._state_before(round)
         for r in [r for r in self._snapshots if r >= round]:
             del self._snapshots[r]
         del self.history[round:]
@@ -474,8 +487,12 @@ class Node:
             if ours is not None:  # the two histories part here: adopt theirs if it ranks higher
                 if not self._prefer(checked[0], self.open(ours.proposal)):
                     break  # ours wins; the peer adopts it when it hears from us
-                if record.round not in self._snapshots:
-                    self._reject("fork_too_deep", env.sender)
+                before = self._state_before(record.round)[2]
+                bases = {e.message.base_hash for e in checked[1]}  # type: ignore[union-attr]
+                if before not in bases:
+                    # their round was built on another model: we part earlier; look further back
+                    self._request_sync(env.sender, record.round - self.config.rollback_rounds,
+                                       force=True)
                     break
                 self._rollback(record.round)
             self._commit(*checked, via_sync=True)
