@@ -26,6 +26,7 @@ never happening: removing them is the job of the consensus issue's voting phase.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections import Counter
 from collections.abc import Callable, Mapping
@@ -71,6 +72,14 @@ from phalanx.net.messages import (
 from phalanx.net.replay import ReplayGuard
 
 Opener = Callable[[bytes], Envelope]
+
+
+@functools.lru_cache(maxsize=4096)  # pure; shared by the nodes of one simulation
+def set_digest(proposal: Proposal) -> bytes:
+    """What a round aggregated (senders and gradient digests), whichever view proposed it and
+    whichever signed copy of each gradient was kept."""
+    return sha256(b"".join(s.to_bytes(8, "big", signed=True) + d
+                           for s, d in zip(proposal.senders, proposal.digests, strict=True)))
 
 
 def quorum(n: int) -> int:
@@ -129,6 +138,7 @@ class Node:
         self._sync_until = -1.0
         self._sync_peer: int | None = None
         self._early_heads: dict[int, Envelope] = {}  # peers' heads for rounds not yet ours
+        self._disputes: dict[int, Envelope] = {}  # peers' heads that disagree with ours
         self._poll = 0
         self._out: list[Action] = []
 
@@ -195,9 +205,7 @@ class Node:
                 self.finished = True
                 self._out.append(Emit(Finished(self.id, self.round, self.model_hash)))
                 if self.history:
-                    last = self.open(self.history[-1].proposal)
-                    view: int = last.message.view  # type: ignore[union-attr]
-                    self._broadcast(Head(self.round - 1, view, last.digest, self.model_hash))
+                    self._broadcast(self._head())
                 early, self._early_heads = self._early_heads, {}
                 for env in early.values():
                     self._on_head(env)
@@ -233,6 +241,11 @@ class Node:
 
     def _on_timer(self, name: str) -> None:
         kind, _, rest = name.partition(":")
+        if kind == "settle":  # retry the heads we disagreed with (probes can be lost too)
+            disputes, self._disputes = self._disputes, {}
+            for env in disputes.values():
+                self._on_head(env)
+            return
         if self.finished:
             return
         if kind == "gather" and int(rest) == self.round:
@@ -442,11 +455,20 @@ class Node:
                 return "sync_bad_set"
         return proposal, grads
 
-    @staticmethod
-    def _prefer(a: Envelope, b: Envelope) -> bool:
-        """Fork choice between two proposals applied for one round: the later view wins, and
-        the digest breaks ties; every node ranks any two proposals the same way."""
-        return (a.message.view, a.digest) > (b.message.view, b.digest)  # type: ignore[union-attr]
+    def _rank(self, record: RoundRecord) -> tuple[int, bytes]:
+        """Fork choice between two records of one round: the later view wins, and the digest
+        of the gradient set breaks ties; every node ranks any two records the same way."""
+        proposal: Proposal = self.open(record.proposal).message  # type: ignore[assignment]
+        return proposal.view, set_digest(proposal)
+
+    def _same_set(self, ours: RoundRecord, theirs: RoundRecord) -> bool:
+        if ours.proposal == theirs.proposal:
+            return True
+        try:
+            proposal = self.open(theirs.proposal).message
+        except DecodeError:
+            return False  # not ours; verification rejects it with its reason
+        return isinstance(proposal, Proposal) and set_digest(proposal) == self._rank(ours)[1]
 
     def _state_before(self, round: int) -> tuple[np.ndarray, np.ndarray, bytes]:
         """The model before `round`: a recent snapshot, or else (after a restart, or for an old
@@ -478,14 +500,14 @@ class Node:
             if not 0 <= record.round <= min(self.round, self.config.rounds - 1):
                 continue  # not next in line here (records are normally consecutive)
             ours = self.history[record.round] if record.round < len(self.history) else None
-            if ours is not None and ours.proposal == record.proposal:
-                continue  # the same round on both sides
+            if ours is not None and self._same_set(ours, record):
+                continue  # the same round on both sides (maybe proposed in two views)
             checked = self._verify_record(record)
             if isinstance(checked, str):
                 self._reject(checked, env.sender)
                 break
             if ours is not None:  # the two histories part here: adopt theirs if it ranks higher
-                if not self._prefer(checked[0], self.open(ours.proposal)):
+                if self._rank(record) < self._rank(ours):
                     break  # ours wins; the peer adopts it when it hears from us
                 before = self._state_before(record.round)[2]
                 bases = {e.message.base_hash for e in checked[1]}  # type: ignore[union-attr]
@@ -513,12 +535,21 @@ class Node:
                 self._request_sync(env.sender)  # it has committed rounds we have not
             self._early_heads[env.sender] = env  # compare once we have committed that round
             return
-        ours = self.open(self.history[head.round].proposal)
-        theirs_later = head.proposal != ours.digest and (head.view, head.proposal) > (
-            ours.message.view, ours.digest)  # type: ignore[union-attr]
-        same_round_other_model = (head.round == len(self.history) - 1
-                                  and head.model_hash != self.model_hash)
-        if theirs_later or same_round_other_model:  # the histories part at or before that round
-            # forced: heads come once, so every peer's head that disagrees gets its own probe
+        ours = self._rank(self.history[head.round])
+        if head.set_digest == ours[1]:  # the same round: a different model means an earlier split
+            disagree = head.round == len(self.history) - 1 and head.model_hash != self.model_hash
+        else:
+            disagree = (head.view, head.set_digest) > ours
+        if disagree:  # the histories part at or before that round
+            # forced: heads come once, so every peer's head that disagrees gets its own probe,
+            # retried until the disagreement is gone
             self._request_sync(env.sender, head.round - self.config.rollback_rounds + 1,
                                force=True)
+            self._disputes[env.sender] = env
+            self._out.append(SetTimer("settle", self.config.round_timeout))
+        elif head.set_digest != ours[1] and self.finished:
+            self._send(env.sender, self._head())  # ours ranks higher: make sure they know
+
+    def _head(self) -> Head:
+        view, digest = self._rank(self.history[-1])
+        return Head(len(self.history) - 1, view, digest, self.model_hash)

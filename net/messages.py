@@ -73,13 +73,14 @@ class SyncResponse:
 
 @dataclass(frozen=True, slots=True)
 class Head:
-    """A node's last committed round, announced when it finishes: the view and digest of the
-    proposal it applied and the model it ended on, so a peer on another fork can tell."""
+    """A node's last committed round, announced when it finishes: the view of the proposal it
+    applied, a digest of the gradient set and the model it ended on, so that a peer on another
+    fork can tell."""
 
     KIND: ClassVar[int] = 5
     round: int
     view: int
-    proposal: Hash32
+    set_digest: Hash32
     model_hash: Hash32
 
 

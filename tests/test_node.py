@@ -25,7 +25,7 @@ from phalanx.engine.events import (
     Started,
     TimerFired,
 )
-from phalanx.engine.node import Node, quorum
+from phalanx.engine.node import Node, quorum, set_digest
 from phalanx.net.crypto import Identity, sha256
 from phalanx.net.messages import (
     Gradient,
@@ -505,7 +505,8 @@ def test_restart_after_finishing_reports_finished_again() -> None:
     assert isinstance(head, Broadcast)
     announced = OPEN(head.frame).message
     assert isinstance(announced, Head) and announced.round == 1
-    assert announced.proposal == OPEN(reborn.history[-1].proposal).digest
+    assert announced.set_digest == set_digest(OPEN(reborn.history[-1].proposal).message)
+    assert announced.model_hash == reborn.model_hash
     assert reborn.finished
 
 
