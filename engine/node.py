@@ -100,6 +100,7 @@ class NodeConfig:
     sync_batch: int = 16  # round records per sync response
     future_rounds: int = 2  # gradients buffered ahead of the node's own round
     rollback_rounds: int = 8  # recent states kept for cheap rollbacks; older ones are replayed
+    dispute_retries: int = 20  # probes of a peer whose head disagrees, before giving up
 
 
 class Node:
@@ -139,6 +140,8 @@ class Node:
         self._sync_peer: int | None = None
         self._early_heads: dict[int, Envelope] = {}  # peers' heads for rounds not yet ours
         self._disputes: dict[int, Envelope] = {}  # peers' heads that disagree with ours
+        self._dispute_tries: Counter[int] = Counter()  # probes per peer, bounded
+        self._ranks: dict[int, tuple[int, bytes]] = {}  # fork-choice rank of our own rounds
         self._poll = 0
         self._out: list[Action] = []
 
@@ -458,8 +461,14 @@ class Node:
     def _rank(self, record: RoundRecord) -> tuple[int, bytes]:
         """Fork choice between two records of one round: the later view wins, and the digest
         of the gradient set breaks ties; every node ranks any two records the same way."""
+        mine = record.round < len(self.history) and self.history[record.round] is record
+        if mine and record.round in self._ranks:
+            return self._ranks[record.round]  # every peer's head is compared with our last round
         proposal: Proposal = self.open(record.proposal).message  # type: ignore[assignment]
-        return proposal.view, set_digest(proposal)
+        rank = proposal.view, set_digest(proposal)
+        if mine:
+            self._ranks[record.round] = rank
+        return rank
 
     def _same_set(self, ours: RoundRecord, theirs: RoundRecord) -> bool:
         if ours.proposal == theirs.proposal:
@@ -485,6 +494,8 @@ class Node:
 
     def _rollback(self, round: int) -> None:
         self.params, self.velocity, self.model_hash = self._state_before(round)
+        for r in [r for r in self._ranks if r >= round]:
+            del self._ranks[r]
         for r in [r for r in self._snapshots if r >= round]:
             del self._snapshots[r]
         del self.history[round:]
@@ -545,8 +556,10 @@ class Node:
             # retried until the disagreement is gone
             self._request_sync(env.sender, head.round - self.config.rollback_rounds + 1,
                                force=True)
-            self._disputes[env.sender] = env
-            self._out.append(SetTimer("settle", self.config.round_timeout))
+            self._dispute_tries[env.sender] += 1
+            if self._dispute_tries[env.sender] <= self.config.dispute_retries:
+                self._disputes[env.sender] = env
+                self._out.append(SetTimer("settle", self.config.round_timeout))
         elif head.set_digest != ours[1] and self.finished:
             self._send(env.sender, self._head())  # ours ranks higher: make sure they know
 
