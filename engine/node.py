@@ -15,10 +15,11 @@ A round (this is the crash-fault round; the BFT consensus issue replaces steps 2
 5. a node that has committed every round announces its `Head` (last round, proposal, model).
 
 Without a voting phase, proposals of two views of one round can race and different nodes can
-apply different ones: a fork. It is detected when a node receives a gradient built on a model
-other than its own, or a finished peer's `Head` naming another proposal for a round. The node
-then fetches the peer's recent records, finds the first round where the histories part, and
-applies a fork choice every node computes the same way (later view wins, digest breaks ties):
+apply different ones: a fork. A node never applies a set built on a model other than its own;
+it detects the fork there, from a gradient built on another model, or from a finished peer's
+`Head` naming another set or model. It then fetches the peer's recent records, finds the first
+round where the histories part, and applies a fork choice every node computes the same way
+(the later view wins, the digest of the gradient set breaks ties):
 the losing side rolls back (from a recent snapshot, or by replaying its own verified records
 from the initial model) and replays the winner's records. Forks heal eventually rather than
 never happening: removing them is the job of the consensus issue's voting phase.
@@ -142,8 +143,14 @@ class Node:
         self._disputes: dict[int, Envelope] = {}  # peers' heads that disagree with ours
         self._dispute_tries: Counter[int] = Counter()  # probes per peer, bounded
         self._ranks: dict[int, tuple[int, bytes]] = {}  # fork-choice rank of our own rounds
+        self._fork_round = -1  # the round in which we last found our model disagreeing
         self._poll = 0
         self._out: list[Action] = []
+
+    @property
+    def settled(self) -> bool:
+        """Finished, and no peer's head left to reconcile with (a driver may stop now)."""
+        return self.finished and not self._disputes
 
     # ---- the one entry point ------------------------------------------------------------
 
@@ -283,8 +290,24 @@ class Node:
             envs = [have.get(s) for s in p.senders]
             if any(e is None or e.digest != d for e, d in zip(envs, p.digests, strict=True)):
                 return
+            if self._bases(envs) != {self.model_hash}:  # type: ignore[arg-type]
+                self._fork_detected(proposal.sender)  # never apply a set built on another model
+                return
             self._commit(proposal, envs, via_sync=False)  # type: ignore[arg-type]
             self._start_round()
+
+    @staticmethod
+    def _bases(envs: list[Envelope]) -> set[bytes]:
+        return {e.message.base_hash for e in envs}  # type: ignore[union-attr]
+
+    def _fork_detected(self, peer: int) -> None:
+        """The set we are asked to apply was built on another model than ours: our histories
+        part somewhere. Fetch the peer's recent records once per round; the fork choice in
+        `_on_sync_response` decides who adopts whose rounds."""
+        if self._fork_round != self.round:
+            self._fork_round = self.round
+            self._reject("fork_detected", peer)
+            self._request_sync(peer, self.round - self.config.rollback_rounds, force=True)
 
     def _maybe_propose(self) -> None:
         held = self._grads.get(self.round, {})
@@ -305,7 +328,7 @@ class Node:
         grads: list[Gradient] = [e.message for e in envs]  # type: ignore[misc]
         self._snapshots[self.round] = (self.params, self.velocity, self.model_hash)
         self._snapshots.pop(self.round - self.config.rollback_rounds, None)
-        fork = any(g.base_hash != self.model_hash for g in grads)
+        fork = self._fork_round == self.round  # a fork was found (and resolved) this round
         update = self.aggregate([g.values for g in grads])
         self.params, self.velocity = self.optimizer.step(self.params, self.velocity, update)
         self.model_hash = sha256(self.params.tobytes())
@@ -320,8 +343,6 @@ class Node:
         self._proposals.pop(self.round, None)
         self.round += 1
         self._out.append(Persist("checkpoint", self._checkpoint()))
-        if fork:  # the set was built on another model: find where our histories part
-            self._request_sync(proposal.sender, self.round - self.config.rollback_rounds)
 
     # ---- incoming messages -------------------------------------------------------------------
 
@@ -517,16 +538,18 @@ class Node:
             if isinstance(checked, str):
                 self._reject(checked, env.sender)
                 break
-            if ours is not None:  # the two histories part here: adopt theirs if it ranks higher
-                if self._rank(record) < self._rank(ours):
-                    break  # ours wins; the peer adopts it when it hears from us
-                before = self._state_before(record.round)[2]
-                bases = {e.message.base_hash for e in checked[1]}  # type: ignore[union-attr]
-                if before not in bases:
-                    # their round was built on another model: we part earlier; look further back
-                    self._request_sync(env.sender, record.round - self.config.rollback_rounds,
-                                       force=True)
-                    break
+            if ours is not None and self._rank(record) < self._rank(ours):
+                self._send(env.sender, self._head())  # ours wins: the peer comes to fetch it
+                break
+            before = self._state_before(record.round)[2] if ours else self.model_hash
+            if self._bases(checked[1]) != {before}:
+                # their round was built on another model: we part before any round this
+                # answer holds; look further back (no earlier round: nothing to fix here)
+                first = resp.records[0].round
+                if first > 0:
+                    self._request_sync(env.sender, first - self.config.sync_batch, force=True)
+                break
+            if ours is not None:  # the histories part here and theirs ranks higher: adopt it
                 self._rollback(record.round)
             self._commit(*checked, via_sync=True)
             applied += 1
@@ -560,7 +583,7 @@ class Node:
             if self._dispute_tries[env.sender] <= self.config.dispute_retries:
                 self._disputes[env.sender] = env
                 self._out.append(SetTimer("settle", self.config.round_timeout))
-        elif head.set_digest != ours[1] and self.finished:
+        elif head.set_digest != ours[1]:
             self._send(env.sender, self._head())  # ours ranks higher: make sure they know
 
     def _head(self) -> Head:

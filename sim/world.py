@@ -346,20 +346,25 @@ class SimWorld:
 
     def check_done(self) -> None:
         """Once every running honest node has finished, let the run settle (final heads, fork
-        repairs, syncs) for one view timeout without any commit before stopping it."""
-        if self._everyone_done() and not self._stop_pending:
+        repairs, syncs): stop after one view timeout with no commit and no open dispute."""
+        if self._everyone_finished() and not self._stop_pending:
             self._stop_pending = True
             self.call_later(self.scenario.training.view_timeout, self._maybe_stop)
 
-    def _everyone_done(self) -> bool:
-        return self.faults.pending_restarts == 0 and all(
-            h.finished for h in self.hosts if h.up and h.id not in self.byzantine)
+    def _running_honest(self) -> list[Host]:
+        return [h for h in self.hosts if h.up and h.id not in self.byzantine]
+
+    def _everyone_finished(self) -> bool:
+        return self.faults.pending_restarts == 0 and all(h.finished
+                                                          for h in self._running_honest())
 
     def _maybe_stop(self) -> None:
         self._stop_pending = False
-        if not self._everyone_done() or self._done.triggered:
-            return
+        if not self._everyone_finished() or self._done.triggered:
+            return  # a node that finishes again calls check_done
         quiet_since = self._last_activity + self.scenario.training.view_timeout
+        if not all(h.node is not None and h.node.settled for h in self._running_honest()):
+            quiet_since = max(quiet_since, self.now + self.scenario.training.view_timeout)
         if self.now >= quiet_since:
             self._done.succeed()
         else:

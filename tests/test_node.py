@@ -621,3 +621,20 @@ def test_forked_nodes_converge_on_the_later_view() -> None:
         assert (first.view, first.contributors) == (1, 3)
         assert [c.round for c in pump.commits(i)][-2:] == [1, 2]
     assert len({pump.nodes[i].model_hash for i in MEMBERS}) == 1
+
+
+def test_a_set_built_on_another_model_is_never_applied() -> None:
+    # node 3 holds a valid, leader-signed proposal whose gradients were all computed on some
+    # other model: applying it would fork; it refuses, reports it and asks the leader's records
+    node = make_node(3)
+    node.handle(Started(), 0.0)
+    other = sha256(b"a model node 3 never had")
+    frames = [forge(s, _gradient(0, base=other)) for s in (0, 1, 2)]
+    digests = tuple(OPEN(f).digest for f in frames)
+    actions = []
+    for frame in [*frames, forge(0, Proposal(0, 0, (0, 1, 2), digests))]:
+        actions += node.handle(Received(frame), 0.5)
+    assert node.round == 0 and node.history == []
+    assert node.rejections["fork_detected"] == 1
+    asks = [OPEN(a.frame).message for a in actions if isinstance(a, Send)]
+    assert any(isinstance(m, SyncRequest) for m in asks)
