@@ -83,6 +83,9 @@ def set_digest(proposal: Proposal) -> bytes:
                            for s, d in zip(proposal.senders, proposal.digests, strict=True)))
 
 
+MAX_VIEW = 2**31  # views past this are refused: they would overflow the wire format later
+
+
 def quorum(n: int) -> int:
     """Smallest k with 3·k > 2·n (integer arithmetic: ceil(2n/3) is one short when 3 | n)."""
     return 2 * n // 3 + 1
@@ -102,6 +105,7 @@ class NodeConfig:
     future_rounds: int = 2  # gradients buffered ahead of the node's own round
     rollback_rounds: int = 8  # recent states kept for cheap rollbacks; older ones are replayed
     dispute_retries: int = 20  # probes of a peer whose head disagrees, before giving up
+    head_resends: int = 3  # resends of our head to peers that have not matched it
 
 
 class Node:
@@ -144,13 +148,19 @@ class Node:
         self._dispute_tries: Counter[int] = Counter()  # probes per peer, bounded
         self._ranks: dict[int, tuple[int, bytes]] = {}  # fork-choice rank of our own rounds
         self._fork_round = -1  # the round in which we last found our model disagreeing
+        self._stuck_on: Envelope | None = None  # a proposal we timed out on once
+        self._agreed: set[int] = set()  # peers whose head matches ours
+        self._head_resends = 0
         self._poll = 0
         self._out: list[Action] = []
 
     @property
     def settled(self) -> bool:
-        """Finished, and no peer's head left to reconcile with (a driver may stop now)."""
-        return self.finished and not self._disputes
+        """Finished, no peer's head left to reconcile with, and our head matched by every peer
+        or resent as often as allowed (a driver may stop now)."""
+        done_resending = (self._head_resends >= self.config.head_resends
+                          or len(self._agreed) == self.n - 1)
+        return self.finished and not self._disputes and done_resending
 
     # ---- the one entry point ------------------------------------------------------------
 
@@ -216,6 +226,8 @@ class Node:
                 self._out.append(Emit(Finished(self.id, self.round, self.model_hash)))
                 if self.history:
                     self._broadcast(self._head())
+                    self._head_resends = 0
+                    self._out.append(SetTimer("rehead", self.config.view_timeout))
                 early, self._early_heads = self._early_heads, {}
                 for env in early.values():
                     self._on_head(env)
@@ -251,6 +263,9 @@ class Node:
 
     def _on_timer(self, name: str) -> None:
         kind, _, rest = name.partition(":")
+        if kind == "rehead":
+            self._resend_head()
+            return
         if kind == "settle":  # retry the heads we disagreed with (probes can be lost too)
             disputes, self._disputes = self._disputes, {}
             for env in disputes.values():
@@ -265,10 +280,17 @@ class Node:
             self._view_timeout()
 
     def _view_timeout(self) -> None:
-        if self.round in self._proposals:  # we have the set but not every gradient in it:
-            self._poll_for_sync(force=True)  # fetch the round from the next peer in turn
+        proposal = self._proposals.get(self.round)
+        if proposal is not None and self._stuck_on is not proposal:
+            # we have the set but not every gradient in it: fetch the round from the next peer
+            # in turn, and re-send ours in case the set names it
+            self._stuck_on = proposal
+            self._send_own_gradient()
+            self._poll_for_sync(force=True)
             self._arm_view_timer()
             return
+        if proposal is not None:  # a second timeout: its gradients are gone (e.g. replaced
+            del self._proposals[self.round]  # after a rollback); move on to the next view
         self.view += 1
         self._gather_expired = True  # a later leader settles for a quorum: everyone has waited
         self._send_own_gradient()  # re-send with a fresh sequence number (loss, new leader)
@@ -406,6 +428,8 @@ class Node:
 
     def _proposal_problem(self, env: Envelope) -> str | None:
         p: Proposal = env.message  # type: ignore[assignment]
+        if not 0 <= p.view < MAX_VIEW:
+            return "proposal_bad_view"
         if env.sender != self.leader(p.round, p.view):
             return "proposal_not_leader"
         if len(p.senders) != len(p.digests) or len(p.senders) < self.quorum:
@@ -520,7 +544,11 @@ class Node:
         for r in [r for r in self._snapshots if r >= round]:
             del self._snapshots[r]
         del self.history[round:]
+        for table in (self._proposals, self._grads):  # what we held for the abandoned fork
+            for r in [r for r in table if r >= round]:
+                del table[r]
         self.round, self.finished = round, False
+        self._agreed.clear()
         self._out.append(Emit(RolledBack(self.id, round)))
 
     def _on_sync_response(self, env: Envelope) -> None:
@@ -538,9 +566,6 @@ class Node:
             if isinstance(checked, str):
                 self._reject(checked, env.sender)
                 break
-            if ours is not None and self._rank(record) < self._rank(ours):
-                self._send(env.sender, self._head())  # ours wins: the peer comes to fetch it
-                break
             before = self._state_before(record.round)[2] if ours else self.model_hash
             if self._bases(checked[1]) != {before}:
                 # their round was built on another model: we part before any round this
@@ -549,7 +574,10 @@ class Node:
                 if first > 0:
                     self._request_sync(env.sender, first - self.config.sync_batch, force=True)
                 break
-            if ours is not None:  # the histories part here and theirs ranks higher: adopt it
+            if ours is not None:  # the histories part at this round: rank the two
+                if self._rank(record) < self._rank(ours):
+                    self._send(env.sender, self._head(record.round))  # ours wins: they fetch it
+                    break
                 self._rollback(record.round)
             self._commit(*checked, via_sync=True)
             applied += 1
@@ -561,7 +589,7 @@ class Node:
 
     def _on_head(self, env: Envelope) -> None:
         head: Head = env.message  # type: ignore[assignment]
-        if head.round < 0 or head.view < 0:
+        if head.round < 0 or not 0 <= head.view < MAX_VIEW:
             self._reject("bad_head", env.sender)
             return
         if head.round >= len(self.history):
@@ -575,17 +603,38 @@ class Node:
         else:
             disagree = (head.view, head.set_digest) > ours
         if disagree:  # the histories part at or before that round
-            # forced: heads come once, so every peer's head that disagrees gets its own probe,
-            # retried until the disagreement is gone
-            self._request_sync(env.sender, head.round - self.config.rollback_rounds + 1,
-                               force=True)
+            # forced, so every peer's head that disagrees gets its own probe; retried on the
+            # settle timer, a bounded number of times per peer
             self._dispute_tries[env.sender] += 1
             if self._dispute_tries[env.sender] <= self.config.dispute_retries:
+                self._request_sync(env.sender, head.round - self.config.rollback_rounds + 1,
+                                   force=True)
                 self._disputes[env.sender] = env
                 self._out.append(SetTimer("settle", self.config.round_timeout))
         elif head.set_digest != ours[1]:
-            self._send(env.sender, self._head())  # ours ranks higher: make sure they know
+            self._send(env.sender, self._head(head.round))  # ours ranks higher: they should know
+        elif head.round == len(self.history) - 1:  # the same last round and model: agreed
+            self._agreed.add(env.sender)
+            self._dispute_tries.pop(env.sender, None)
 
-    def _head(self) -> Head:
-        view, digest = self._rank(self.history[-1])
-        return Head(len(self.history) - 1, view, digest, self.model_hash)
+    def _resend_head(self) -> None:
+        """Heads can be lost (or cut off by a partition): send ours again, with backoff, to
+        every peer whose head has not yet matched it."""
+        if not self.finished or not self.history:
+            return
+        missing = [m for m in self.members if m != self.id and m not in self._agreed]
+        if missing and self._head_resends < self.config.head_resends:
+            self._head_resends += 1
+            head = self._head()
+            for peer in missing:
+                self._send(peer, head)
+            delay = self.config.view_timeout * 2**self._head_resends
+            self._out.append(SetTimer("rehead", delay))
+
+    def _head(self, round: int | None = None) -> Head:
+        """Our record of `round` (default: the last): its rank and the model right after it."""
+        last = len(self.history) - 1
+        round = last if round is None else round
+        view, digest = self._rank(self.history[round])
+        after = self.model_hash if round == last else self._state_before(round + 1)[2]
+        return Head(round, view, digest, after)

@@ -499,7 +499,8 @@ def test_restart_after_finishing_reports_finished_again() -> None:
     pump.start()
     pump.run()
     reborn = make_node(0, rounds=2)
-    finished, head = reborn.handle(Started(dict(pump.disks[0])), 10.0)
+    finished, head, resend = reborn.handle(Started(dict(pump.disks[0])), 10.0)
+    assert isinstance(resend, SetTimer) and resend.name == "rehead"  # until peers match it
     assert finished == Emit(Finished(0, 2, pump.nodes[0].model_hash))
     # it announces its last round so that a peer on another fork of it can tell
     assert isinstance(head, Broadcast)
