@@ -166,9 +166,10 @@ class Node:
 
     def handle(self, event: Event, now: float) -> list[Action]:
         self.now, self._out = now, []
+        if type(event) is Received:  # one per delivered frame: skip the pattern match
+            self._on_frame(event.frame)
+            return self.behaviour.outgoing(self._out, self.round)
         match event:
-            case Received(frame):
-                self._on_frame(frame)
             case TimerFired(name):
                 self._on_timer(name)
             case ComputeDone(job, result):
@@ -245,8 +246,8 @@ class Node:
     def _on_computed(self, job: object, result: GradientResult) -> None:
         if not isinstance(job, GradientJob) or job.round != self.round or self.finished:
             return  # stale: the node moved on (e.g. by sync) while it computed
-        problem = self._gradient_problem(Gradient(self.round, self.model_hash, result.loss,
-                                                  result.samples, result.values))
+        problem = self._check_gradient(Gradient(self.round, self.model_hash, result.loss,
+                                                result.samples, result.values))
         if problem:  # e.g. a diverged model: never send what every peer would reject
             self._reject(f"own_{problem}", self.id)
             return
@@ -392,7 +393,16 @@ class Node:
             case Head():
                 self._on_head(env)
 
-    def _gradient_problem(self, g: Gradient) -> str | None:
+    def _gradient_problem(self, env: Envelope) -> str | None:
+        # a pure function of the message and the model's shape: memoized on the envelope, so
+        # nodes sharing a memoizing opener check each broadcast gradient once
+        key = ("gradient_problem", self.params.shape)
+        facts = env.facts
+        if key not in facts:
+            facts[key] = self._check_gradient(env.message)  # type: ignore[arg-type]
+        return facts[key]  # type: ignore[no-any-return]
+
+    def _check_gradient(self, g: Gradient) -> str | None:
         v = g.values
         if v.dtype != np.float32 or v.shape != self.params.shape:
             return "bad_gradient_shape"
@@ -409,7 +419,7 @@ class Node:
         if g.round > self.round + self.config.future_rounds:
             self._request_sync(env.sender)
             return
-        problem = self._gradient_problem(g)
+        problem = self._gradient_problem(env)
         if problem:
             self._reject(problem, env.sender)
             return
@@ -499,7 +509,7 @@ class Node:
         for env, sender, digest in zip(grads, p.senders, p.digests, strict=True):
             g = env.message
             if (not isinstance(g, Gradient) or env.sender != sender or env.digest != digest
-                    or g.round != record.round or self._gradient_problem(g)):
+                    or g.round != record.round or self._gradient_problem(env)):
                 return "sync_bad_set"
         return proposal, grads
 

@@ -9,10 +9,10 @@ that array), which makes the frame bytes a unique name for the envelope.
 from __future__ import annotations
 
 import struct
-from collections import OrderedDict
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from types import MappingProxyType
+from typing import Any
 
 import msgpack
 
@@ -51,6 +51,9 @@ class Envelope:
     signature: bytes
     message: Message
     frame: bytes  # the exact bytes received, for relaying and for RoundRecord
+    # Facts derived from the message by pure functions (say, whether a tensor is finite),
+    # computed once on first use: a memoizing opener shares them between the nodes it serves.
+    facts: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
 
 def signed_bytes(kind: int, sender: int, round: int, seq: int, digest: bytes) -> bytes:
@@ -215,7 +218,9 @@ class FrameOpener:
         self.misses = 0
         # Value: the envelope, or (reason, detail) of the rejection; a fresh DecodeError is
         # raised on each hit so tracebacks do not pile up on one shared exception object.
-        self._cache: OrderedDict[bytes, Envelope | tuple[str, str]] = OrderedDict()
+        # Evicted oldest first (a dict keeps insertion order): a broadcast frame is looked up
+        # by every node within a few simulated hops, so recency adds nothing worth its cost.
+        self._cache: dict[bytes, Envelope | tuple[str, str]] = {}
 
     def __call__(self, frame: bytes) -> Envelope:
         if not isinstance(frame, bytes):
@@ -225,7 +230,6 @@ class FrameOpener:
         cached = self._cache.get(frame)
         if cached is not None:
             self.hits += 1
-            self._cache.move_to_end(frame)
         else:
             self.misses += 1
             try:
@@ -234,7 +238,7 @@ class FrameOpener:
                 cached = (e.reason, e.detail)
             self._cache[frame] = cached
             if len(self._cache) > self.maxsize:
-                self._cache.popitem(last=False)
+                del self._cache[next(iter(self._cache))]
         if isinstance(cached, Envelope):
             return cached
         raise DecodeError(*cached)

@@ -17,7 +17,7 @@ class _Window:
     def __init__(self) -> None:
         self.seen: set[int] = set()
         self.heap: list[int] = []  # min-heap of `seen`, to find what to evict
-        self.floor: int | None = None
+        self.floor = -1  # sequence numbers are u64: -1 means nothing was evicted yet
 
 
 class ReplayGuard:
@@ -32,21 +32,23 @@ class ReplayGuard:
         w = self._senders.get(sender)
         if w is None:
             w = self._senders[sender] = _Window()
-        if seq in w.seen or (w.floor is not None and seq <= w.floor):
+        seen = w.seen
+        if seq <= w.floor or seq in seen:
             return False
-        w.seen.add(seq)
-        heapq.heappush(w.heap, seq)
-        if len(w.heap) > self.window:
+        seen.add(seq)
+        heap = w.heap
+        heapq.heappush(heap, seq)
+        if len(heap) > self.window:
             # Evicting the smallest keeps the floor monotone: every seq above it is retained.
-            oldest = heapq.heappop(w.heap)
-            w.seen.discard(oldest)
+            oldest = heapq.heappop(heap)
+            seen.discard(oldest)
             w.floor = oldest
         return True
 
     def floor(self, sender: int) -> int | None:
         """Highest evicted seq of `sender` (seqs <= it are rejected), None while none was."""
         w = self._senders.get(sender)
-        return None if w is None else w.floor
+        return None if w is None or w.floor < 0 else w.floor
 
     def retained(self, sender: int) -> int:
         """How many seqs of `sender` are remembered (at most `window`)."""

@@ -9,7 +9,7 @@ SimPy: the driver asks a link when a frame arrives and schedules that itself.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Literal
 
@@ -17,7 +17,7 @@ import numpy as np
 
 from .topology import Routes
 
-__all__ = ["Degradation", "Link", "LinkParams", "Network"]
+__all__ = ["Degradation", "Draws", "Link", "LinkParams", "Network"]
 
 JitterDist = Literal["uniform", "normal", "exponential"]
 _JITTER_DISTS = ("uniform", "normal", "exponential")
@@ -77,12 +77,34 @@ class Degradation:
         return f"Degradation(extra_latency={self.extra_latency}, extra_loss={self.extra_loss})"
 
 
+class Draws:
+    """Buffered scalar draws from one numpy Generator, in blocks.
+
+    A scalar numpy draw costs about as much as the rest of a hop's link model; drawing blocks
+    and handing out Python floats keeps the stream a pure function of the seed (each kind of
+    draw has its own block, refilled from the generator in the order the run consumes them).
+    """
+
+    __slots__ = ("exponential", "normal", "uniform")
+
+    def __init__(self, rng: np.random.Generator, block: int = 4096) -> None:
+        self.uniform: Callable[[], float] = _blocks(lambda: rng.random(block)).__next__
+        self.normal: Callable[[], float] = _blocks(lambda: rng.standard_normal(block)).__next__
+        self.exponential: Callable[[], float] = _blocks(
+            lambda: rng.standard_exponential(block)).__next__
+
+
+def _blocks(draw: Callable[[], np.ndarray]) -> Iterator[float]:
+    while True:
+        yield from draw().tolist()
+
+
 class Link:
     """Directed link u -> v.
 
-    `transmit` makes the same rng calls for every frame given the params (loss draw always; the
-    duplicate, jitter and reorder draws whenever those params are non-zero, for both copies), so
-    whether a frame is lost or duplicated never shifts the random stream of later frames.
+    `transmit` draws a loss sample whenever the loss probability is non-zero, and duplicate,
+    jitter and reorder samples whenever those params are non-zero (for both copies), so whether
+    a frame is lost or duplicated never shifts the random stream of later frames.
     """
 
     __slots__ = (
@@ -101,6 +123,8 @@ class Link:
         "extra_loss",
         "frames_lost",
         "frames_sent",
+        "latency",
+        "loss_probability",
         "params",
         "u",
         "v",
@@ -119,6 +143,8 @@ class Link:
         self.busy_until = 0.0
         self.extra_latency = 0.0
         self.extra_loss = 0.0
+        self.latency = latency  # base + extra, kept summed for transmit()
+        self.loss_probability = min(1.0, params.loss)
         self.frames_sent = 0
         self.frames_lost = 0
         self.bytes_sent = 0
@@ -137,10 +163,6 @@ class Link:
             f"Link({self.u}->{self.v}, base_latency={self.base_latency}, "
             f"extra_latency={self.extra_latency}, extra_loss={self.extra_loss})"
         )
-
-    @property
-    def loss_probability(self) -> float:
-        return min(1.0, self._loss + self.extra_loss)
 
     def add_degradation(self, extra_latency: float = 0.0, extra_loss: float = 0.0) -> Degradation:
         """Add latency (s) and loss probability on top of the current state; returns the token."""
@@ -170,39 +192,43 @@ class Link:
         # Re-summed rather than subtracted so removing every fault restores exactly 0.0.
         self.extra_latency = math.fsum(d.extra_latency for d in self._degradations)
         self.extra_loss = min(1.0, math.fsum(d.extra_loss for d in self._degradations))
+        self.latency = self.base_latency + self.extra_latency
+        self.loss_probability = min(1.0, self._loss + self.extra_loss)
 
-    def _draw_delay(self, rng: np.random.Generator) -> float:
+    def _draw_delay(self, draws: Draws) -> float:
         delay = 0.0
         if self._jitter > 0.0:
             kind = self._jitter_kind
             if kind == 0:
-                delay = rng.random() * self._jitter
+                delay = draws.uniform() * self._jitter
             elif kind == 1:
-                delay = abs(rng.standard_normal()) * self._jitter
+                delay = abs(draws.normal()) * self._jitter
             else:
-                delay = rng.standard_exponential() * self._jitter
-        if self._reorder > 0.0 and rng.random() < self._reorder:
+                delay = draws.exponential() * self._jitter
+        if self._reorder > 0.0 and draws.uniform() < self._reorder:
             delay += self._reorder_delay
         return delay
 
-    def transmit(self, now: float, size_bytes: int, rng: np.random.Generator) -> tuple[float, ...]:
+    def transmit(self, now: float, size_bytes: int, draws: Draws) -> tuple[float, ...]:
         """Send one frame at time `now`; return its arrival time(s) at v.
 
         () if lost, (t,) normally, (t, t_dup) if duplicated (the copy has its own jitter and
         reorder draw, so it may arrive first). The frame queues behind earlier frames for
         size_bytes * 8 / bandwidth seconds of transmission; lost frames still use the link.
         """
-        start = now if now > self.busy_until else self.busy_until
-        done = start + size_bytes * self._secs_per_byte
+        busy = self.busy_until
+        done = (now if now > busy else busy) + size_bytes * self._secs_per_byte
         self.busy_until = done
         self.frames_sent += 1
         self.bytes_sent += size_bytes
 
-        lost = rng.random() < self._loss + self.extra_loss
-        duplicated = self._dup > 0.0 and rng.random() < self._dup
-        base = done + self.base_latency + self.extra_latency
-        first = base + self._draw_delay(rng)
-        second = base + self._draw_delay(rng) if self._dup > 0.0 else first
+        p_loss = self.loss_probability
+        lost = p_loss > 0.0 and draws.uniform() < p_loss
+        dup = self._dup
+        duplicated = dup > 0.0 and draws.uniform() < dup
+        base = done + self.latency
+        first = base + self._draw_delay(draws) if self._jitter or self._reorder else base
+        second = base + self._draw_delay(draws) if dup > 0.0 else first
         if lost:
             self.frames_lost += 1
             return ()

@@ -47,7 +47,7 @@ from phalanx.net.crypto import Identity, VerifyCache
 from phalanx.net.envelope import FrameOpener
 from phalanx.sim.eventlog import EventLog
 from phalanx.sim.faults import FaultInjector
-from phalanx.sim.links import LinkParams, Network
+from phalanx.sim.links import Draws, Link, LinkParams, Network
 from phalanx.sim.scenario import Scenario
 from phalanx.sim.topology import Routes, build_topology
 
@@ -167,7 +167,9 @@ class Host:
 
     def feed(self, event: Event) -> None:
         if self.node is not None:
-            self.execute(self.node.handle(event, self.world.now))
+            actions = self.node.handle(event, self.world.now)
+            if actions:
+                self.execute(actions)
 
     def execute(self, actions: list[Action]) -> None:
         w = self.world
@@ -219,13 +221,13 @@ class SimWorld:
         self.log = EventLog(scenario.record)
         self.routes = build_graph_routes(scenario, self.rngs)
         self._next_hop: list[list[int]] = self.routes.next_hop_table.tolist()  # fast lookups
-        self._trees: dict[int, list[tuple[int, ...]]] = {}
+        self._trees: dict[int, list[tuple[tuple[int, ...], tuple[Link, ...]]]] = {}
         links = scenario.links
         self.network = Network(self.routes, LinkParams(
             latency=links.latency, jitter=links.jitter, jitter_dist=links.jitter_dist,
             bandwidth=links.bandwidth, loss=links.loss, duplicate=links.duplicate,
             reorder=links.reorder, reorder_delay=links.reorder_delay))
-        self.link_rng = self.rngs.stream("links")
+        self.link_draws = Draws(self.rngs.stream("links"))
         n = scenario.nodes.count
         self.members = range(n)
         self.identities = [Identity.derive(scenario.seed, i) for i in range(n)]
@@ -265,8 +267,9 @@ class SimWorld:
     def broadcast(self, src: int, frame: bytes, kind: int, rnd: int) -> None:
         self._relay(src, src, frame, kind, rnd, self.env.now)
 
-    def _tree(self, root: int) -> list[tuple[int, ...]]:
-        """Children of every node in the shortest-path tree rooted at `root`."""
+    def _tree(self, root: int) -> list[tuple[tuple[int, ...], tuple[Link, ...]]]:
+        """Children of every node in the shortest-path tree rooted at `root`, with the links
+        that reach them."""
         kids = self._trees.get(root)
         if kids is None:
             parent = self.routes.next_hop_table[:, root]  # each node's next hop toward root
@@ -274,25 +277,42 @@ class SimWorld:
             for v in np.argsort(parent, kind="stable").tolist():
                 if v != root:
                     lists[int(parent[v])].append(v)
-            kids = self._trees[root] = [tuple(k) for k in lists]
+            link = self.network.link
+            kids = self._trees[root] = [(tuple(k), tuple(link(u, v) for v in k))
+                                        for u, k in enumerate(lists)]
         return kids
 
     def _relay(self, at: int, src: int, frame: bytes, kind: int, rnd: int, sent: float) -> None:
         """A broadcast travels once over each edge of the sender's shortest-path tree: every
         node on it receives the frame and its transport forwards it to its children (a P2P
         overlay's relay), so a sparse overlay carries n - 1 copies, not n - 1 routed unicasts.
-        A relay that is down, a cut or a lost frame loses the copy for the whole subtree."""
+        A relay that is down, a cut or a lost frame loses the copy for the whole subtree.
+
+        The simulator's hottest function, so the link step is inlined rather than shared."""
         now = self.env.now
+        host = self.hosts[at]
         if at != src:
-            if not self.hosts[at].up:
+            if not host.up:
                 self.log.drop(now, src, at, kind, rnd, len(frame), now - sent, "node_down")
                 return
             self.log.deliver(now, src, at, kind, rnd, len(frame), now - sent)
-        for child in self._tree(src)[at]:
-            self._cross(at, child, src, child, frame, kind, rnd, sent,
-                        self._relay, (child, src, frame, kind, rnd, sent))
+        children, links = self._tree(src)[at]
+        if children:
+            size, draws, rules = len(frame), self.link_draws, self.faults.rules
+            schedule, relay = self.env.schedule, self._relay
+            for child, link in zip(children, links, strict=True):
+                if rules and self.faults.blocked(at, child):
+                    self.log.drop(now, src, child, kind, rnd, size, now - sent, "partition")
+                    continue
+                arrivals = link.transmit(now, size, draws)
+                if not arrivals:
+                    self.log.drop(now, src, child, kind, rnd, size, now - sent, "loss")
+                for t in arrivals:
+                    self.stats.events += 1
+                    schedule(_Call(relay, (child, src, frame, kind, rnd, sent)),  # type: ignore[arg-type]
+                             NORMAL, t - now)
         if at != src:
-            self.hosts[at].feed(Received(frame))
+            host.feed(Received(frame))
 
     def _hop(self, at: int, src: int, dst: int, frame: bytes, kind: int, rnd: int,
              sent: float) -> None:
@@ -310,23 +330,14 @@ class SimWorld:
             self.log.drop(now, src, dst, kind, rnd, len(frame), now - sent, "relay_down")
             return
         nxt = self._next_hop[at][dst]
-        self._cross(at, nxt, src, dst, frame, kind, rnd, sent,
-                    self._hop, (nxt, src, dst, frame, kind, rnd, sent))
-
-    def _cross(self, at: int, nxt: int, src: int, dst: int, frame: bytes, kind: int, rnd: int,
-               sent: float, then: Callable[..., None], args: tuple[Any, ...]) -> None:
-        """Put the frame on link at -> nxt (unless a cut blocks it) and call `then(*args)` at
-        each arrival; `dst` is only what the event log records as the destination."""
-        now = self.env.now
         if self.faults.rules and self.faults.blocked(at, nxt):
             self.log.drop(now, src, dst, kind, rnd, len(frame), now - sent, "partition")
             return
-        arrivals = self.network.link(at, nxt).transmit(now, len(frame), self.link_rng)
+        arrivals = self.network.link(at, nxt).transmit(now, len(frame), self.link_draws)
         if not arrivals:
             self.log.drop(now, src, dst, kind, rnd, len(frame), now - sent, "loss")
         for t in arrivals:
-            self.stats.events += 1
-            self.env.schedule(_Call(then, args), NORMAL, t - now)  # type: ignore[arg-type]
+            self.call_later(t - now, self._hop, nxt, src, dst, frame, kind, rnd, sent)
 
     # ---- metrics from the nodes ------------------------------------------------------------
 

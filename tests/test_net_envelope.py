@@ -343,7 +343,7 @@ def test_frame_opener_caches_envelopes_and_errors() -> None:
     assert errors[0] is not errors[1]  # fresh exception per call
     assert (opener.hits, opener.misses) == (3, 2)
 
-    for seq in range(3):  # evicts FRAME (least recently used)
+    for seq in range(3):  # evicts FRAME (the oldest entry)
         opener(seal(IDS[0], 0, seq, SyncRequest(1, 0, 0)))
     assert len(opener) == 3
     opener(FRAME)

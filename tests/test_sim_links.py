@@ -8,15 +8,15 @@ from typing import Literal
 import numpy as np
 import pytest
 
-from phalanx.sim.links import Degradation, Link, LinkParams, Network
+from phalanx.sim.links import Degradation, Draws, Link, LinkParams, Network
 from phalanx.sim.topology import Routes, TopologyError, build_topology
 
 MB = 1_000_000
 JitterDist = Literal["uniform", "normal", "exponential"]
 
 
-def rng(seed: int = 0) -> np.random.Generator:
-    return np.random.default_rng(seed)
+def rng(seed: int = 0) -> Draws:
+    return Draws(np.random.default_rng(seed))
 
 
 def test_fifo_serialization_queues_large_frames() -> None:
@@ -168,15 +168,15 @@ def test_reproducible_with_same_seed() -> None:
 
 
 def test_rng_draws_do_not_depend_on_outcomes() -> None:
-    # A fully lossy link makes exactly as many draws as a clean one with the same params, so a
-    # fault on one link never shifts the random stream seen by the rest of the run.
+    # A fully lossy link makes exactly as many draws as a lossy-by-chance one with the same
+    # params, so whether frames are lost never shifts the random stream of the rest of the run.
     clean, lossy = Link(0, 1, NOISY), Link(0, 1, NOISY)
     lossy.add_degradation(extra_loss=1.0, extra_latency=1.0)
     r1, r2 = rng(11), rng(11)
     for i in range(300):
         clean.transmit(float(i), 100, r1)
         assert lossy.transmit(float(i), 100, r2) == ()
-    assert r1.random() == r2.random()
+    assert r1.uniform() == r2.uniform()
 
 
 def network(**params: float) -> Network:
@@ -234,3 +234,11 @@ def test_network_degrade_all_reaches_future_links() -> None:
     assert late.extra_loss == 0.5
     net.restore(pair)
     assert late.extra_loss == 0.0
+
+
+def test_draws_are_buffered_but_follow_the_seed() -> None:
+    a, b = rng(3), rng(3)
+    first = [a.uniform() for _ in range(5000)]  # crosses a block boundary
+    assert first == [b.uniform() for _ in range(5000)]
+    assert all(0.0 <= u < 1.0 for u in first) and first != [rng(4).uniform() for _ in range(5000)]
+    assert a.exponential() > 0.0 and isinstance(a.normal(), float)
