@@ -2,8 +2,9 @@
 
 Both sides simulate the same rounds on the same topology: every node computes for `step_time`,
 broadcasts one frame down its shortest-path tree (one event per tree edge), the round's leader
-broadcasts a proposal once it holds every gradient, a node starts the next round once it holds
-the proposal and every gradient, and a node that finished broadcasts its head. The bare side
+broadcasts a proposal once it holds every gradient, a node broadcasts a prepare vote once it
+holds the proposal and every gradient, a commit vote on a quorum of prepares, and starts the
+next round on a quorum of commits. The bare side
 does nothing else (no link model, no signatures, no decoding, no node logic); phalanx does all
 of it for real. Events are counted the same way on both sides (one per scheduled callback), so
 the ratio of events per wall second is the share of raw SimPy speed that phalanx keeps.
@@ -62,8 +63,13 @@ class BareSim:
         self.latency = {(u, v): routes.edge_latency(u, v) for u, v in routes.edges()}
         self.env = simpy.Environment()
         self.events = 0
+        self.quorum = 2 * self.n // 3 + 1
         self.got = [[0] * self.n for _ in range(self.rounds)]
         self.proposal = [[False] * self.n for _ in range(self.rounds)]
+        self.votes = {phase: [[0] * self.n for _ in range(self.rounds)]
+                      for phase in ("prepare", "commit")}
+        self.voted = {phase: [[False] * self.n for _ in range(self.rounds)]
+                      for phase in ("prepare", "commit")}
         self.round = [0] * self.n
 
     def later(self, delay: float, fn: Any, *args: Any) -> None:
@@ -85,13 +91,18 @@ class BareSim:
 
     def arrive(self, at: int, src: int, rnd: int, kind: str) -> None:
         self.relay(at, src, rnd, kind)
-        if kind == "head":
-            return
         if kind == "proposal":
             self.proposal[rnd][at] = True
+        elif kind in self.votes:
+            self.votes[kind][rnd][at] += 1
         else:
             self.got[rnd][at] += 1
         self.check(at, rnd)
+
+    def vote(self, node: int, rnd: int, phase: str) -> None:
+        self.voted[phase][rnd][node] = True
+        self.votes[phase][rnd][node] += 1
+        self.relay(node, node, rnd, phase)
 
     def check(self, node: int, rnd: int) -> None:
         if rnd != self.round[node] or self.got[rnd][node] < self.n:
@@ -100,11 +111,15 @@ class BareSim:
         if node == leader and not self.proposal[rnd][node]:
             self.proposal[rnd][node] = True
             self.relay(node, node, rnd, "proposal")
-        if self.proposal[rnd][node]:
+        if not self.proposal[rnd][node]:
+            return
+        if not self.voted["prepare"][rnd][node]:
+            self.vote(node, rnd, "prepare")
+        if self.votes["prepare"][rnd][node] >= self.quorum and not self.voted["commit"][rnd][node]:
+            self.vote(node, rnd, "commit")
+        if self.votes["commit"][rnd][node] >= self.quorum:
             self.round[node] += 1
             self.start_round(node)
-            if self.round[node] == self.rounds:
-                self.relay(node, node, rnd, "head")  # the finished node announces its head
 
     def run(self, pause_gc: bool = True) -> dict[str, float]:
         for node in range(self.n):

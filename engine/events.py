@@ -30,6 +30,8 @@ class Started:
     """The node (re)starts; `disk` is what it persisted before, empty on a fresh start."""
 
     disk: Mapping[str, bytes | RoundRecord] = field(default_factory=dict)
+    restarted: bool = False  # a restart (not a first start): with an empty disk, the node
+    # cannot know what it signed before, so it abstains from voting until it commits a round
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,10 +130,30 @@ class Rejected:
 
 @dataclass(frozen=True, slots=True)
 class RolledBack:
-    """The node found itself on a minority fork and undid its rounds from `round` on."""
+    """`node` undid its rounds from `round` on. The BFT round never forks among honest nodes,
+    so its node never emits this; the result tables keep the column for drivers that would."""
 
     node: int
     round: int
+
+
+@dataclass(frozen=True, slots=True)
+class Excluded:
+    """`node` verified a proof that `offender` equivocated and excludes it from now on."""
+
+    node: int
+    offender: int
+    round: int
+    proof: bytes  # the signed Evidence frame, kept in the log
+
+
+@dataclass(frozen=True, slots=True)
+class ViewChanged:
+    """`node` moved to `view` of `round` (a timeout, or f + 1 peers already had)."""
+
+    node: int
+    round: int
+    view: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -141,4 +163,4 @@ class Finished:
     model_hash: bytes
 
 
-Metric = RoundCommitted | Rejected | RolledBack | Finished
+Metric = RoundCommitted | Rejected | RolledBack | Excluded | ViewChanged | Finished

@@ -6,12 +6,21 @@ from collections import Counter
 
 import numpy as np
 
-from phalanx.engine.events import Finished, Metric, Rejected, RolledBack, RoundCommitted
+from phalanx.engine.events import (
+    Excluded,
+    Finished,
+    Metric,
+    Rejected,
+    RolledBack,
+    RoundCommitted,
+    ViewChanged,
+)
 
 
 class MetricLog:
-    """Commits (with the time the driver saw them), rejections by reason, rollbacks, and one
-    copy of every committed model keyed by hash, for evaluation after the run."""
+    """Commits (with the time the driver saw them), rejections by reason, rollbacks,
+    exclusions of equivocating peers, view changes, and one copy of every committed model keyed
+    by hash, for evaluation after the run."""
 
     def __init__(self) -> None:
         # (metric, time seen, order): `order` counts every metric recorded, so a rollback can
@@ -21,6 +30,8 @@ class MetricLog:
         self.rollbacks: list[tuple[int, int, int]] = []  # (node, first round undone, order)
         self.params: dict[bytes, np.ndarray] = {}
         self.finished: set[int] = set()
+        self.exclusions: list[tuple[Excluded, float]] = []
+        self.view_changes: list[tuple[ViewChanged, float]] = []
         self.recorded = 0
 
     def record(self, metric: Metric, now: float) -> None:
@@ -35,3 +46,7 @@ class MetricLog:
                 self.rollbacks.append((node, round, self.recorded))
             case Finished(node=node):
                 self.finished.add(node)
+            case Excluded():
+                self.exclusions.append((metric, now))
+            case ViewChanged():
+                self.view_changes.append((metric, now))

@@ -1,28 +1,35 @@
 """The sans-IO Node: `handle(event, now) -> list[Action]`.
 
-A round (this is the crash-fault round; the BFT consensus issue replaces steps 2-3 with voting):
+A round, with n members of which f < n/3 may be Byzantine, quorum q = 2n//3 + 1 (= n - f):
 
 1. every node computes a gradient on its shard and broadcasts it signed;
-2. the round's leader, `members[(round + view) % n]`, waits until it holds every member's
-   gradient, or until its gather timeout with at least a quorum (3·k > 2·n), and broadcasts a
-   signed proposal: the set of (sender, digest) it will aggregate. The view carries over from
-   round to round, so a leader that timed out is skipped until the rotation comes back to it;
-3. every node that holds the proposal and all gradients in it aggregates them in sender order,
-   applies the same optimizer step and records the model hash. A node without a proposal after
-   the view timeout moves to the next view (next leader) and re-sends its gradient;
-4. a node that learns it is behind (messages from later rounds, or silence) asks a peer for the
-   signed round records it missed, checks every signature and digest, and replays them;
-5. a node that has committed every round announces its `Head` (last round, proposal, model).
+2. the leader of (round, view), `members[(round + view) % n]`, proposes a set of gradient
+   digests: in the round's first view (the view the previous round committed in, so a leader
+   that timed out is skipped) every member's once it holds them all, or at least q of them
+   after its gather timeout; in a later view, once q members moved to that view, the set of
+   the highest prepare certificate it knows (with the certificate as justification) or else a
+   fresh set;
+3. PREPARE: a node votes for the view's proposal only if it holds every gradient in the set,
+   each validated (signature, round, shape, finite values, norm) and computed on its own model,
+   and its lock allows it: a node locked on another set votes only for a proposal justified by
+   a prepare certificate from a view at or above its lock's;
+4. COMMIT: on q prepare votes of its view a node locks on the set, computes the aggregate and
+   the optimizer step, and votes COMMIT with the resulting model hash;
+5. on q commit votes for one (view, set, model) a node applies the set (the same bit-exact
+   aggregate gives the same hash) and logs the round with its commit certificate;
+6. a node whose view times out moves to the next view and broadcasts a ViewChange carrying its
+   highest prepare certificate; f + 1 peers ahead pull a node forward to their view.
 
-Without a voting phase, proposals of two views of one round can race and different nodes can
-apply different ones: a fork. A node never applies a set built on a model other than its own;
-it detects the fork there, from a gradient built on another model, or from a finished peer's
-`Head` naming another set or model. It then fetches the peer's recent records, finds the first
-round where the histories part, and applies a fork choice every node computes the same way
-(the later view wins, the digest of the gradient set breaks ties):
-the losing side rolls back (from a recent snapshot, or by replaying its own verified records
-from the initial model) and replays the winner's records. Forks heal eventually rather than
-never happening: removing them is the job of the consensus issue's voting phase.
+Safety (two commit certificates of a round name one set and model): q commit votes mean more
+than n/3 honest nodes locked on the set; a prepare certificate for another set in a later view
+needs one of them, which votes for it only if shown a prepare certificate for it from a view at
+or above its lock, and by induction there is none. Liveness comes from the view changes: the
+locks travel with them, so a later honest leader proposes the set every locked node accepts.
+
+Nodes that fall behind fetch the committed rounds (proposal, gradients and commit certificate,
+all signed frames) and replay them after checking every signature, the certificate and the
+resulting hash. Two signed messages of one sender for one slot are evidence of equivocation:
+the evidence is broadcast, every honest node verifies it and excludes the sender.
 """
 
 from __future__ import annotations
@@ -38,6 +45,15 @@ import numpy as np
 
 from phalanx.engine.aggregate import make_aggregator
 from phalanx.engine.byzantine import Behaviour
+from phalanx.engine.consensus import (
+    Certificate,
+    VoteBook,
+    check_certificate,
+    conflicting,
+    max_faulty,
+    quorum,
+    slot_of,
+)
 from phalanx.engine.events import (
     Action,
     Broadcast,
@@ -45,16 +61,17 @@ from phalanx.engine.events import (
     ComputeDone,
     Emit,
     Event,
+    Excluded,
     Finished,
     Persist,
     Received,
     Rejected,
-    RolledBack,
     RoundCommitted,
     Send,
     SetTimer,
     Started,
     TimerFired,
+    ViewChanged,
 )
 from phalanx.engine.optim import MomentumSGD
 from phalanx.engine.workloads import GradientJob, GradientResult, Workload
@@ -62,33 +79,35 @@ from phalanx.net.crypto import Identity, sha256
 from phalanx.net.envelope import Envelope, seal
 from phalanx.net.errors import DecodeError
 from phalanx.net.messages import (
+    COMMIT,
+    PREPARE,
+    Evidence,
     Gradient,
-    Head,
     Message,
     Proposal,
     RoundRecord,
     SyncRequest,
     SyncResponse,
+    ViewChange,
+    Vote,
 )
 from phalanx.net.replay import ReplayGuard
 
 Opener = Callable[[bytes], Envelope]
+Result = tuple[np.ndarray, np.ndarray, bytes]  # params, velocity, model hash after a round
+PROPOSE = 0  # the leader's slot in `_voted`, beside the PREPARE and COMMIT votes
+
+__all__ = ["MAX_VIEW", "Node", "NodeConfig", "quorum", "set_digest"]
 
 
 @functools.lru_cache(maxsize=4096)  # pure; shared by the nodes of one simulation
 def set_digest(proposal: Proposal) -> bytes:
-    """What a round aggregated (senders and gradient digests), whichever view proposed it and
-    whichever signed copy of each gradient was kept."""
+    """What a round aggregates (senders and gradient digests), whichever view proposed it."""
     return sha256(b"".join(s.to_bytes(8, "big", signed=True) + d
                            for s, d in zip(proposal.senders, proposal.digests, strict=True)))
 
 
 MAX_VIEW = 2**31  # views past this are refused: they would overflow the wire format later
-
-
-def quorum(n: int) -> int:
-    """Smallest k with 3·k > 2·n (integer arithmetic: ceil(2n/3) is one short when 3 | n)."""
-    return 2 * n // 3 + 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,13 +118,11 @@ class NodeConfig:
     lr: float
     momentum: float
     round_timeout: float  # how long a leader waits for all gradients before settling for a quorum
-    view_timeout: float  # how long a node waits for a proposal before trying the next leader
+    view_timeout: float  # how long a node waits in a view before moving to the next
     aggregator: str = "mean"
+    max_gradient_norm: float | None = None  # gradients with a larger L2 norm are invalid
     sync_batch: int = 16  # round records per sync response
-    future_rounds: int = 2  # gradients buffered ahead of the node's own round
-    rollback_rounds: int = 8  # recent states kept for cheap rollbacks; older ones are replayed
-    dispute_retries: int = 20  # probes of a peer whose head disagrees, before giving up
-    head_resends: int = 3  # resends of our head to peers that have not matched it
+    future_rounds: int = 2  # messages buffered ahead of the node's own round
 
 
 class Node:
@@ -117,6 +134,7 @@ class Node:
         self._member_set = frozenset(config.members)
         self.n = len(config.members)
         self.quorum = quorum(self.n)
+        self.f = max_faulty(self.n)
         self.identity = identity
         self.workload = workload
         self.open = opener
@@ -134,33 +152,32 @@ class Node:
         self.params = workload.init_params()
         self.velocity = np.zeros_like(self.params)
         self.model_hash = sha256(self.params.tobytes())
-        self._grads: dict[int, dict[int, Envelope]] = {}
-        self._proposals: dict[int, Envelope] = {}  # first valid proposal seen per round
-        # state before each of the last rounds, for rolling back a fork (never mutated in place)
-        self._snapshots: dict[int, tuple[np.ndarray, np.ndarray, bytes]] = {}
-        self._proposed = False
+        self.excluded: dict[int, bytes] = {}  # peer -> the Evidence frame that excluded it
+        self.reputation: dict[int, float] = {m: 1.0 for m in config.members if m != self.id}
+        self._grads: dict[int, dict[int, Envelope]] = {}  # round -> sender -> gradient
+        self._proposals: dict[tuple[int, int], Envelope] = {}  # (round, view) -> proposal
+        self._sets: dict[bytes, Envelope] = {}  # set digest -> a proposal naming it (this round)
+        self._books: dict[int, VoteBook] = {}  # round -> votes
+        self._slots: dict[tuple[int, ...], Envelope] = {}  # first gradient/proposal per slot
+        self._voted: set[tuple[int, int, int]] = set()  # (round, view, phase) we signed in
+        self._lock: Certificate | None = None  # prepare certificate we committed-voted on
+        self._valid: Certificate | None = None  # highest prepare certificate seen this round
+        self._moved: dict[int, int] = {}  # peer -> highest view of this round it moved to
+        self._results: dict[bytes, Result] = {}  # set digest -> outcome of applying it
         self._gather_expired = False
+        self._first_view = 0  # the view the current round started in
         self._own_result: GradientResult | None = None
+        self._abstain = False  # restarted without our disk: we may have voted before
         self._sync_until = -1.0
         self._sync_peer: int | None = None
-        self._early_heads: dict[int, Envelope] = {}  # peers' heads for rounds not yet ours
-        self._disputes: dict[int, Envelope] = {}  # peers' heads that disagree with ours
-        self._dispute_tries: Counter[int] = Counter()  # probes per peer, bounded
-        self._ranks: dict[int, tuple[int, bytes]] = {}  # fork-choice rank of our own rounds
-        self._fork_round = -1  # the round in which we last found our model disagreeing
-        self._stuck_on: Envelope | None = None  # a proposal we timed out on once
-        self._agreed: set[int] = set()  # peers whose head matches ours
-        self._head_resends = 0
+        self._helped: set[tuple[int, int]] = set()  # (peer, round) we sent records unasked
         self._poll = 0
         self._out: list[Action] = []
 
     @property
     def settled(self) -> bool:
-        """Finished, no peer's head left to reconcile with, and our head matched by every peer
-        or resent as often as allowed (a driver may stop now)."""
-        done_resending = (self._head_resends >= self.config.head_resends
-                          or len(self._agreed) == self.n - 1)
-        return self.finished and not self._disputes and done_resending
+        """Finished: a driver may stop once every running honest node is."""
+        return self.finished
 
     # ---- the one entry point ------------------------------------------------------------
 
@@ -174,8 +191,8 @@ class Node:
                 self._on_timer(name)
             case ComputeDone(job, result):
                 self._on_computed(job, result)
-            case Started(disk):
-                self._restore(disk)
+            case Started(disk, restarted):
+                self._restore(disk, restarted)
                 self._start_round()
         return self.behaviour.outgoing(self._out, self.round)
 
@@ -199,6 +216,8 @@ class Node:
 
     def _reject(self, reason: str, sender: int | None) -> None:
         self.rejections[reason] += 1
+        if sender in self.reputation:
+            self.reputation[sender] = max(0.0, self.reputation[sender] - 0.05)
         self._out.append(Emit(Rejected(self.id, reason, sender)))
 
     # ---- durable state ---------------------------------------------------------------------
@@ -207,16 +226,19 @@ class Node:
         return msgpack.packb([self.round, self.view, self.model_hash, self.params.tobytes(),
                               self.velocity.tobytes()])
 
-    def _restore(self, disk: Mapping[str, bytes | RoundRecord]) -> None:
+    def _restore(self, disk: Mapping[str, bytes | RoundRecord], restarted: bool) -> None:
         blob = disk.get("checkpoint")
-        if not isinstance(blob, bytes):
-            return
-        round_, view, model_hash, params, velocity = msgpack.unpackb(blob)
-        self.round, self.view, self.model_hash = round_, view, model_hash
-        self.params = np.frombuffer(params, dtype=np.float32).copy()
-        self.velocity = np.frombuffer(velocity, dtype=np.float32).copy()
-        records = [disk.get(f"log/{r}") for r in range(round_)]
-        self.history = [r for r in records if isinstance(r, RoundRecord)]
+        if isinstance(blob, bytes):
+            round_, view, model_hash, params, velocity = msgpack.unpackb(blob)
+            self.round, self.view, self.model_hash = round_, view, model_hash
+            self.params = np.frombuffer(params, dtype=np.float32).copy()
+            self.velocity = np.frombuffer(velocity, dtype=np.float32).copy()
+            records = [disk.get(f"log/{r}") for r in range(round_)]
+            self.history = [r for r in records if isinstance(r, RoundRecord)]
+        votes = disk.get("votes")
+        if isinstance(votes, bytes):  # what we signed in the round we were in: never re-sign
+            self._voted = {tuple(v) for v in msgpack.unpackb(votes)}  # type: ignore[misc]
+        self._abstain = restarted and not isinstance(votes, bytes)
 
     # ---- rounds ------------------------------------------------------------------------------
 
@@ -225,20 +247,27 @@ class Node:
             if not self.finished:
                 self.finished = True
                 self._out.append(Emit(Finished(self.id, self.round, self.model_hash)))
-                if self.history:
-                    self._broadcast(self._head())
-                    self._head_resends = 0
-                    self._out.append(SetTimer("rehead", self.config.view_timeout))
-                early, self._early_heads = self._early_heads, {}
-                for env in early.values():
-                    self._on_head(env)
             return
-        self._proposed, self._gather_expired = False, False
-        self._own_result = None
-        self._out.append(Compute(GradientJob(self.workload, self.id, self.round, self.params)))
+        r = self.round
+        # the view carries over from the round's commit: a leader that timed out is skipped
+        # until the rotation comes back to it
+        self._first_view = self.view
+        self._lock, self._valid = None, None
+        self._moved, self._results = {}, {}
+        self._gather_expired, self._own_result = False, None
+        self._sets = {digest: env for digest, env in self._sets.items() if env.round == r}
+        for table in (self._grads, self._books):
+            for old in [k for k in table if k < r]:
+                del table[old]
+        for key in [k for k in self._proposals if k[0] < r]:
+            del self._proposals[key]
+        for key in [k for k in self._slots if k[2] < r]:
+            del self._slots[key]
+        self._out.append(Compute(GradientJob(self.workload, self.id, r, self.params)))
         self._arm_view_timer()
-        if self.leader(self.round, self.view) == self.id:
-            self._out.append(SetTimer(f"gather:{self.round}", self.config.round_timeout))
+        if self.leader(r, self.view) == self.id:
+            self._out.append(SetTimer(f"gather:{r}", self.config.round_timeout))
+        self._advance()
 
     def _arm_view_timer(self) -> None:
         self._out.append(SetTimer(f"view:{self.round}:{self.view}", self.config.view_timeout))
@@ -253,119 +282,230 @@ class Node:
             return
         self._own_result = result
         self._send_own_gradient()
-        self._progress()
+        self._advance()
 
     def _send_own_gradient(self) -> None:
         r = self._own_result
         if r is None:
             return
         frame = self._broadcast(Gradient(self.round, self.model_hash, r.loss, r.samples, r.values))
-        self._grads.setdefault(self.round, {})[self.id] = self.open(frame)
+        self._grads.setdefault(self.round, {}).setdefault(self.id, self.open(frame))
 
     def _on_timer(self, name: str) -> None:
         kind, _, rest = name.partition(":")
-        if kind == "rehead":
-            self._resend_head()
-            return
-        if kind == "settle":  # retry the heads we disagreed with (probes can be lost too)
-            disputes, self._disputes = self._disputes, {}
-            for env in disputes.values():
-                self._on_head(env)
-            return
         if self.finished:
             return
         if kind == "gather" and int(rest) == self.round:
             self._gather_expired = True
-            self._progress()
+            self._advance()
         elif kind == "view" and rest == f"{self.round}:{self.view}":
-            self._view_timeout()
+            self._enter_view(self.view + 1)
+            self._poll_for_sync()  # silence may also mean everyone else moved on
 
-    def _view_timeout(self) -> None:
-        proposal = self._proposals.get(self.round)
-        if proposal is not None and self._stuck_on is not proposal:
-            # we have the set but not every gradient in it: fetch the round from the next peer
-            # in turn, and re-send ours in case the set names it
-            self._stuck_on = proposal
-            self._send_own_gradient()
-            self._poll_for_sync(force=True)
-            self._arm_view_timer()
-            return
-        if proposal is not None:  # a second timeout: its gradients are gone (e.g. replaced
-            del self._proposals[self.round]  # after a rollback); move on to the next view
-        self.view += 1
+    def _enter_view(self, view: int) -> None:
+        """Leave the views below `view`: tell everyone, with our highest prepare certificate."""
+        self.view = view
         self._gather_expired = True  # a later leader settles for a quorum: everyone has waited
-        self._send_own_gradient()  # re-send with a fresh sequence number (loss, new leader)
+        self._moved[self.id] = view
+        best = self._best_certificate()
+        proposal = self._sets.get(best.set_digest) if best else None
+        self._broadcast(ViewChange(self.round, view, best.frames if best else (),
+                                   proposal.frame if proposal else b""))
+        self._out.append(Emit(ViewChanged(self.id, self.round, view)))
+        self._send_own_gradient()  # re-sent with a fresh sequence number (loss, new leader)
         self._arm_view_timer()
-        self._poll_for_sync()
-        self._progress()
+        self._advance()
 
-    def _progress(self) -> None:
+    def _best_certificate(self) -> Certificate | None:
+        if self._valid is None or (self._lock is not None and self._lock.view > self._valid.view):
+            return self._lock
+        return self._valid
+
+    # ---- the round's progress ----------------------------------------------------------------
+
+    def _advance(self) -> None:
+        """Do whatever the current round's state allows: propose, vote, decide."""
         while not self.finished:
-            if self.leader(self.round, self.view) == self.id and not self._proposed:
-                self._maybe_propose()
-            proposal = self._proposals.get(self.round)
-            if proposal is None:
+            round_before = self.round
+            self._maybe_propose()
+            self._maybe_prepare()
+            self._maybe_commit_vote()
+            self._maybe_decide()
+            if self.round == round_before:
                 return
-            have = self._grads.get(self.round, {})
-            p: Proposal = proposal.message  # type: ignore[assignment]
-            if len(have) < len(p.senders):
-                return  # cannot be complete yet: skip the O(n) scan on every early arrival
-            envs = [have.get(s) for s in p.senders]
-            if any(e is None or e.digest != d for e, d in zip(envs, p.digests, strict=True)):
-                return
-            if self._bases(envs) != {self.model_hash}:  # type: ignore[arg-type]
-                self._fork_detected(proposal.sender)  # never apply a set built on another model
-                return
-            self._commit(proposal, envs, via_sync=False)  # type: ignore[arg-type]
-            self._start_round()
 
-    @staticmethod
-    def _bases(envs: list[Envelope]) -> set[bytes]:
-        return {e.message.base_hash for e in envs}  # type: ignore[union-attr]
-
-    def _fork_detected(self, peer: int) -> None:
-        """The set we are asked to apply was built on another model than ours: our histories
-        part somewhere. Fetch the peer's recent records once per round; the fork choice in
-        `_on_sync_response` decides who adopts whose rounds."""
-        if self._fork_round != self.round:
-            self._fork_round = self.round
-            self._reject("fork_detected", peer)
-            self._request_sync(peer, self.round - self.config.rollback_rounds, force=True)
+    def _usable(self, round: int) -> dict[int, Envelope]:
+        """Gradients of `round` we could put in a set: built on our model, sender not excluded."""
+        return {s: e for s, e in self._grads.get(round, {}).items()
+                if s not in self.excluded
+                and e.message.base_hash == self.model_hash}  # type: ignore[union-attr]
 
     def _maybe_propose(self) -> None:
-        held = self._grads.get(self.round, {})
-        if len(held) < (self.quorum if self._gather_expired else self.n):
-            return  # cheap exit before the O(n) filter below
-        have = {s: e for s, e in held.items()
-                if e.message.base_hash == self.model_hash}  # type: ignore[union-attr]
-        if self.id not in have:
+        r, v = self.round, self.view
+        if self.leader(r, v) != self.id or (r, v, PROPOSE) in self._voted or self._abstain:
             return
-        if len(have) < self.n and not (self._gather_expired and len(have) >= self.quorum):
-            return
-        senders = tuple(sorted(have))
-        proposal = Proposal(self.round, self.view, senders, tuple(have[s].digest for s in senders))
-        self._proposals[self.round] = self.open(self._broadcast(proposal))
-        self._proposed = True
+        if v == self._first_view:
+            held = self._grads.get(r, {})
+            if len(held) < (self.quorum if self._gather_expired else self.n - len(self.excluded)):
+                return  # cheap exit before the O(n) filter below
+            have = self._usable(r)
+            if self.id not in have or len(have) < self.quorum or (
+                    not self._gather_expired and len(have) < self.n - len(self.excluded)):
+                return
+            proposal = Proposal(r, v, tuple(sorted(have)),
+                                tuple(have[s].digest for s in sorted(have)))
+        else:
+            if sum(1 for w in self._moved.values() if w >= v) < self.quorum:
+                return  # wait until a quorum left the old views: their locks come with them
+            best = self._best_certificate()
+            earlier = self._sets.get(best.set_digest) if best else None
+            if best is not None and earlier is not None:
+                p: Proposal = earlier.message  # type: ignore[assignment]
+                proposal = Proposal(r, v, p.senders, p.digests, best.frames)
+            else:
+                have = self._usable(r)
+                if len(have) < self.quorum:
+                    return
+                proposal = Proposal(r, v, tuple(sorted(have)),
+                                    tuple(have[s].digest for s in sorted(have)))
+        self._sign_once(v, PROPOSE)
+        self._accept_proposal(self.open(self._broadcast(proposal)))
 
-    def _commit(self, proposal: Envelope, envs: list[Envelope], via_sync: bool) -> None:
+    def _set_gradients(self, proposal: Proposal) -> list[Envelope] | None:
+        """The gradients a set names, if we hold every one and each was built on our model."""
+        held = self._grads.get(proposal.round, {})
+        envs = []
+        for s, d in zip(proposal.senders, proposal.digests, strict=True):
+            e = held.get(s)
+            if e is None or e.digest != d or e.message.base_hash != self.model_hash:  # type: ignore[union-attr]
+                return None
+            envs.append(e)
+        return envs
+
+    def _maybe_prepare(self) -> None:
+        r, v = self.round, self.view
+        env = self._proposals.get((r, v))
+        if env is None or (r, v, PREPARE) in self._voted or self._abstain:
+            return
+        p: Proposal = env.message  # type: ignore[assignment]
+        digest = set_digest(p)
+        if self._lock is not None and self._lock.set_digest != digest:
+            justified = self._justification(p)
+            if justified is None or justified.view < self._lock.view:
+                return  # locked on another set: only a later certificate releases us
+        if any(s in self.excluded for s in p.senders):
+            return
+        if self._set_gradients(p) is None:
+            return  # re-checked as gradients arrive
+        self._vote(v, PREPARE, digest, self.model_hash)
+
+    def _justification(self, p: Proposal) -> Certificate | None:
+        if not p.justify:
+            return None
+        cert = check_certificate(p.justify, self.open, self._member_set, p.round, PREPARE)
+        return cert if isinstance(cert, Certificate) else None
+
+    def _maybe_commit_vote(self) -> None:
+        r, v = self.round, self.view
+        book = self._books.get(r)
+        if book is None or (r, v, COMMIT) in self._voted or self._abstain:
+            return
+        for key in book.keys(PREPARE):
+            if key[0] != v or key[3] != self.model_hash:
+                continue
+            cert = book.certificate(key)
+            if cert is None:
+                continue
+            result = self._result(cert.set_digest)
+            if result is None:
+                return  # we lack the proposal or a gradient: wait for them
+            self._lock = cert
+            self._note_certificate(cert)
+            self._vote(v, COMMIT, cert.set_digest, result[2])
+            return
+
+    def _maybe_decide(self) -> None:
+        book = self._books.get(self.round)
+        if book is None:
+            return
+        for key in book.keys(COMMIT):
+            cert = book.certificate(key)
+            if cert is None:
+                continue
+            result = self._result(cert.set_digest)
+            if result is None:
+                self._request_sync(self._voters(cert)[0])  # decided without us: fetch it
+                return
+            if result[2] != cert.model_hash:
+                self._reject("commit_model_mismatch", None)
+                self._request_sync(self._voters(cert)[0])
+                return
+            proposal = self._sets[cert.set_digest]
+            self._commit(proposal, self._set_gradients(proposal.message) or [], cert,  # type: ignore[arg-type]
+                         via_sync=False)
+            return
+
+    def _voters(self, cert: Certificate) -> list[int]:
+        return [self.open(f).sender for f in cert.frames if self.open(f).sender != self.id] or [
+            m for m in self.members if m != self.id]
+
+    def _result(self, digest: bytes) -> Result | None:
+        """Our model after applying the set `digest` (memoized per round), if we can."""
+        if digest not in self._results:
+            proposal = self._sets.get(digest)
+            envs = None if proposal is None else self._set_gradients(
+                proposal.message)  # type: ignore[arg-type]
+            if envs is None:
+                return None
+            self._results[digest] = self._apply(envs)
+        return self._results[digest]
+
+    def _apply(self, envs: list[Envelope]) -> Result:
+        update = self.aggregate([e.message.values for e in envs])  # type: ignore[union-attr]
+        params, velocity = self.optimizer.step(self.params, self.velocity, update)
+        return params, velocity, sha256(params.tobytes())
+
+    def _sign_once(self, view: int, phase: int) -> None:
+        """Remember (and persist, before anything is sent) that we signed in this slot: a
+        restart with this disk never signs a second, different message for it."""
+        self._voted.add((self.round, view, phase))
+        self._out.append(Persist("votes", msgpack.packb(sorted(self._voted))))
+
+    def _vote(self, view: int, phase: int, digest: bytes, model_hash: bytes) -> None:
+        self._sign_once(view, phase)
+        frame = self._broadcast(Vote(self.round, view, phase, digest, model_hash))
+        self._book(self.round).add(self.open(frame))
+
+    def _book(self, round: int) -> VoteBook:
+        book = self._books.get(round)
+        if book is None:
+            book = self._books[round] = VoteBook(round, self.n)
+        return book
+
+    def _note_certificate(self, cert: Certificate) -> None:
+        if self._valid is None or cert.view > self._valid.view:
+            self._valid = cert
+
+    def _commit(self, proposal: Envelope, envs: list[Envelope], cert: Certificate,
+                via_sync: bool) -> None:
         grads: list[Gradient] = [e.message for e in envs]  # type: ignore[misc]
-        self._snapshots[self.round] = (self.params, self.velocity, self.model_hash)
-        self._snapshots.pop(self.round - self.config.rollback_rounds, None)
-        fork = self._fork_round == self.round  # a fork was found (and resolved) this round
-        update = self.aggregate([g.values for g in grads])
-        self.params, self.velocity = self.optimizer.step(self.params, self.velocity, update)
-        self.model_hash = sha256(self.params.tobytes())
-        record = RoundRecord(self.round, proposal.frame, tuple(e.frame for e in envs))
+        self.params, self.velocity, self.model_hash = self._results[cert.set_digest]
+        record = RoundRecord(self.round, proposal.frame, tuple(e.frame for e in envs), cert.frames)
         self.history.append(record)
         self._out.append(Persist(f"log/{self.round}", record))
-        view = self.view = proposal.message.view  # type: ignore[union-attr]
         loss = float(np.mean([g.loss for g in grads]))
-        self._out.append(Emit(RoundCommitted(self.id, self.round, view, len(grads), loss,
-                                             self.model_hash, via_sync, fork, self.params)))
-        self._grads.pop(self.round, None)
-        self._proposals.pop(self.round, None)
-        self.round += 1
+        self._out.append(Emit(RoundCommitted(self.id, self.round, cert.view, len(grads), loss,
+                                             self.model_hash, via_sync, False, self.params)))
+        included = {e.sender for e in envs}
+        for peer in self.reputation:
+            if peer not in self.excluded:  # moving average of "its gradient made the round"
+                self.reputation[peer] = 0.9 * self.reputation[peer] + 0.1 * (peer in included)
+        self.round, self.view = self.round + 1, cert.view
+        self._abstain = False
+        self._voted = {v for v in self._voted if v[0] >= self.round}
+        self._out.append(Persist("votes", msgpack.packb(sorted(self._voted))))
         self._out.append(Persist("checkpoint", self._checkpoint()))
+        self._start_round()
 
     # ---- incoming messages -------------------------------------------------------------------
 
@@ -384,19 +524,23 @@ class Node:
         match env.message:
             case Gradient():
                 self._on_gradient(env)
+            case Vote():
+                self._on_vote(env)
             case Proposal():
                 self._on_proposal(env)
+            case ViewChange():
+                self._on_view_change(env)
             case SyncRequest():
                 self._on_sync_request(env)
             case SyncResponse():
                 self._on_sync_response(env)
-            case Head():
-                self._on_head(env)
+            case Evidence():
+                self._on_evidence(env)
 
     def _gradient_problem(self, env: Envelope) -> str | None:
         # a pure function of the message and the model's shape: memoized on the envelope, so
         # nodes sharing a memoizing opener check each broadcast gradient once
-        key = ("gradient_problem", self.params.shape)
+        key = ("gradient_problem", self.params.shape, self.config.max_gradient_norm)
         facts = env.facts
         if key not in facts:
             facts[key] = self._check_gradient(env.message)  # type: ignore[arg-type]
@@ -410,11 +554,25 @@ class Node:
         if not (math.isfinite(v.sum(dtype=np.float64)) and math.isfinite(g.loss)) or (
                 g.samples <= 0):
             return "bad_gradient_values"
+        bound = self.config.max_gradient_norm
+        if bound is not None and math.sqrt(float(np.square(v, dtype=np.float64).sum())) > bound:
+            return "gradient_norm_too_large"
         return None
+
+    def _is_equivocation(self, env: Envelope) -> bool:
+        """File the first gradient/proposal of each slot; a different one proves equivocation."""
+        slot = slot_of(env)
+        if slot is None:
+            return False
+        first = self._slots.setdefault(slot, env)
+        if conflicting(first, env):
+            self._accuse(first, env)
+            return True
+        return False
 
     def _on_gradient(self, env: Envelope) -> None:
         g: Gradient = env.message  # type: ignore[assignment]
-        if g.round < self.round or self.finished:
+        if g.round < self.round or self.finished or env.sender in self.excluded:
             return  # stale: that round is settled here
         if g.round > self.round + self.config.future_rounds:
             self._request_sync(env.sender)
@@ -423,18 +581,15 @@ class Node:
         if problem:
             self._reject(problem, env.sender)
             return
-        held = self._grads.setdefault(g.round, {})
-        previous = held.get(env.sender)
-        if previous is not None and previous.digest != env.digest and previous.seq > env.seq:
-            return  # an older copy arriving late; keep the newest
-        held[env.sender] = env
+        if self._is_equivocation(env):
+            return
+        self._grads.setdefault(g.round, {}).setdefault(env.sender, env)
         if g.round > self.round + 1:
             self._request_sync(env.sender)  # the sender has committed rounds we have not
-        elif g.round == self.round and g.base_hash != self.model_hash:
-            # built on another model: the sender applied another set in an earlier round;
-            # fetch its recent records and let the fork choice decide who adopts whose
-            self._request_sync(env.sender, self.round - self.config.rollback_rounds)
-        self._progress()
+        elif g.round == self.round:
+            if g.base_hash != self.model_hash:
+                self._reject("gradient_other_model", env.sender)
+            self._advance()
 
     def _proposal_problem(self, env: Envelope) -> str | None:
         p: Proposal = env.message  # type: ignore[assignment]
@@ -447,21 +602,135 @@ class Node:
         if list(p.senders) != sorted(set(p.senders)) or not self._member_set.issuperset(
                 p.senders):
             return "proposal_bad_senders"
+        if p.justify:
+            cert = check_certificate(p.justify, self.open, self._member_set, p.round, PREPARE)
+            if isinstance(cert, str):
+                return f"proposal_{cert}"
+            if cert.view >= p.view or cert.set_digest != set_digest(p):
+                return "proposal_bad_justification"
         return None
 
     def _on_proposal(self, env: Envelope) -> None:
         p: Proposal = env.message  # type: ignore[assignment]
-        if p.round < self.round or self.finished:
+        if p.round < self.round or self.finished or env.sender in self.excluded:
             return
         problem = self._proposal_problem(env)
         if problem:
             self._reject(problem, env.sender)
             return
+        if self._is_equivocation(env):
+            return
         if p.round > self.round:
-            self._request_sync(env.sender)  # its leader committed our round already
+            self._request_sync(env.sender)  # its leader is in a later round: we are behind
         if p.round <= self.round + self.config.future_rounds:  # bounded: no memory for far rounds
-            self._proposals.setdefault(p.round, env)
-            self._progress()
+            self._accept_proposal(env)
+
+    def _accept_proposal(self, env: Envelope) -> None:
+        p: Proposal = env.message  # type: ignore[assignment]
+        self._proposals.setdefault((p.round, p.view), env)
+        if p.round == self.round:
+            self._sets.setdefault(set_digest(p), env)
+            justified = self._justification(p)
+            if justified is not None:
+                self._note_certificate(justified)
+            self._advance()
+        else:
+            self._sets.setdefault(set_digest(p), env)
+
+    def _on_vote(self, env: Envelope) -> None:
+        v: Vote = env.message  # type: ignore[assignment]
+        if v.round < self.round or env.sender in self.excluded:
+            return
+        if not 0 <= v.view < MAX_VIEW or v.phase not in (PREPARE, COMMIT):
+            self._reject("bad_vote", env.sender)
+            return
+        if v.round > self.round + self.config.future_rounds:
+            self._request_sync(env.sender)
+            return
+        earlier = self._book(v.round).add(env)
+        if earlier is not None:
+            self._accuse(earlier, env)
+            return
+        if v.round == self.round:
+            self._advance()
+
+    def _on_view_change(self, env: Envelope) -> None:
+        vc: ViewChange = env.message  # type: ignore[assignment]
+        if not 0 < vc.view < MAX_VIEW:
+            self._reject("bad_view_change", env.sender)
+            return
+        if vc.round < self.round:  # the sender is stuck in a round we committed: help it
+            if (env.sender, vc.round) not in self._helped:
+                self._helped.add((env.sender, vc.round))
+                self._send_records(env.sender, vc.round)
+            return
+        if vc.round > self.round or self.finished:
+            if vc.round > self.round:
+                self._request_sync(env.sender)
+            return
+        if vc.lock:
+            self._learn_lock(env, vc)
+        if vc.view > self._moved.get(env.sender, 0):
+            self._moved[env.sender] = vc.view
+        ahead = sorted((w for s, w in self._moved.items() if s != self.id and w > self.view),
+                       reverse=True)
+        if len(ahead) > self.f:  # f + 1 peers moved past us: at least one honest did
+            self._enter_view(ahead[self.f])
+        else:
+            self._advance()
+
+    def _learn_lock(self, env: Envelope, vc: ViewChange) -> None:
+        cert = check_certificate(vc.lock, self.open, self._member_set, vc.round, PREPARE)
+        if isinstance(cert, str):
+            self._reject(f"view_change_{cert}", env.sender)
+            return
+        try:
+            proposal = self.open(vc.proposal)
+        except DecodeError as err:
+            self._reject(f"view_change_{err.reason}", env.sender)
+            return
+        p = proposal.message
+        if (not isinstance(p, Proposal) or p.round != vc.round or self._proposal_problem(proposal)
+                or set_digest(p) != cert.set_digest or cert.view >= vc.view):
+            self._reject("view_change_bad_lock", env.sender)
+            return
+        self._sets.setdefault(cert.set_digest, proposal)
+        if cert.model_hash == self.model_hash:
+            self._note_certificate(cert)
+
+    # ---- accountability ----------------------------------------------------------------------
+
+    def _accuse(self, first: Envelope, second: Envelope) -> None:
+        frame = self._broadcast(Evidence(self.round, first.frame, second.frame))
+        self._exclude(first.sender, frame)
+
+    def _on_evidence(self, env: Envelope) -> None:
+        ev: Evidence = env.message  # type: ignore[assignment]
+        try:
+            first, second = self.open(ev.first), self.open(ev.second)
+        except DecodeError:
+            self._reject("bad_evidence", env.sender)
+            return
+        if not conflicting(first, second) or first.sender not in self._member_set:
+            self._reject("bad_evidence", env.sender)
+            return
+        if first.sender in self.excluded or first.sender == self.id:
+            return
+        # pass it on under our own signature: every honest node gets the proof even if the
+        # accuser sent it to some peers only
+        self._exclude(first.sender, self._broadcast(Evidence(self.round, ev.first, ev.second)))
+
+    def _exclude(self, offender: int, proof: bytes) -> None:
+        if offender in self.excluded:
+            return
+        self.excluded[offender] = proof
+        self.reputation[offender] = 0.0
+        self._out.append(Persist(f"evidence/{offender}", proof))
+        self._out.append(Emit(Excluded(self.id, offender, self.round, proof)))
+        for book in self._books.values():
+            book.drop_sender(offender)
+        for held in self._grads.values():
+            held.pop(offender, None)
 
     # ---- state sync ---------------------------------------------------------------------------
 
@@ -476,25 +745,30 @@ class Node:
         start = self.round if from_round is None else max(0, from_round)
         self._send(peer, SyncRequest(self.round, start, self.config.sync_batch))
 
-    def _poll_for_sync(self, force: bool = False) -> None:
+    def _poll_for_sync(self) -> None:
         """Silence may mean everyone else moved on: ask the next peer in turn for records."""
-        peers = [m for m in self.members if m != self.id]
+        peers = [m for m in self.members if m != self.id and m not in self.excluded]
         if peers:
             self._poll = (self._poll + 1) % len(peers)
-            self._request_sync(peers[self._poll], force=force)
+            self._request_sync(peers[self._poll])
 
     def _on_sync_request(self, env: Envelope) -> None:
         req: SyncRequest = env.message  # type: ignore[assignment]
         if req.from_round < 0 or req.count <= 0:
             self._reject("bad_sync_request", env.sender)
             return
-        count = min(req.count, self.config.sync_batch)
-        records = tuple(self.history[req.from_round : req.from_round + count])
         # answer even with nothing: the asker learns our round and stops waiting on us
-        self._send(env.sender, SyncResponse(self.round, records))
+        self._send_records(env.sender, req.from_round, req.count)
 
-    def _verify_record(self, record: RoundRecord) -> tuple[Envelope, list[Envelope]] | str:
-        """Check a replayed round: leader-signed proposal, signed gradients matching its set."""
+    def _send_records(self, peer: int, from_round: int, count: int | None = None) -> None:
+        count = min(count or self.config.sync_batch, self.config.sync_batch)
+        records = tuple(self.history[from_round : from_round + count])
+        self._send(peer, SyncResponse(self.round, records))
+
+    def _verify_record(self, record: RoundRecord) -> tuple[Envelope, list[Envelope],
+                                                             Certificate] | str:
+        """Check a replayed round: a leader-signed proposal, signed gradients matching its set,
+        built on our model, and a commit certificate for that set."""
         try:
             proposal = self.open(record.proposal)
             grads = [self.open(f) for f in record.gradients]
@@ -511,55 +785,15 @@ class Node:
             if (not isinstance(g, Gradient) or env.sender != sender or env.digest != digest
                     or g.round != record.round or self._gradient_problem(env)):
                 return "sync_bad_set"
-        return proposal, grads
-
-    def _rank(self, record: RoundRecord) -> tuple[int, bytes]:
-        """Fork choice between two records of one round: the later view wins, and the digest
-        of the gradient set breaks ties; every node ranks any two records the same way."""
-        mine = record.round < len(self.history) and self.history[record.round] is record
-        if mine and record.round in self._ranks:
-            return self._ranks[record.round]  # every peer's head is compared with our last round
-        proposal: Proposal = self.open(record.proposal).message  # type: ignore[assignment]
-        rank = proposal.view, set_digest(proposal)
-        if mine:
-            self._ranks[record.round] = rank
-        return rank
-
-    def _same_set(self, ours: RoundRecord, theirs: RoundRecord) -> bool:
-        if ours.proposal == theirs.proposal:
-            return True
-        try:
-            proposal = self.open(theirs.proposal).message
-        except DecodeError:
-            return False  # not ours; verification rejects it with its reason
-        return isinstance(proposal, Proposal) and set_digest(proposal) == self._rank(ours)[1]
-
-    def _state_before(self, round: int) -> tuple[np.ndarray, np.ndarray, bytes]:
-        """The model before `round`: a recent snapshot, or else (after a restart, or for an old
-        round) recomputed from the initial model through our own verified records."""
-        if round in self._snapshots:
-            return self._snapshots[round]
-        params = self.workload.init_params()
-        velocity = np.zeros_like(params)
-        for record in self.history[:round]:
-            envs = [self.open(f) for f in record.gradients]
-            update = self.aggregate([e.message.values for e in envs])  # type: ignore[union-attr]
-            params, velocity = self.optimizer.step(params, velocity, update)
-        return params, velocity, sha256(params.tobytes())
-
-    def _rollback(self, round: int) -> None:
-        self.params, self.velocity, self.model_hash = self._state_before(round)
-        for r in [r for r in self._ranks if r >= round]:
-            del self._ranks[r]
-        for r in [r for r in self._snapshots if r >= round]:
-            del self._snapshots[r]
-        del self.history[round:]
-        for table in (self._proposals, self._grads):  # what we held for the abandoned fork
-            for r in [r for r in table if r >= round]:
-                del table[r]
-        self.round, self.finished = round, False
-        self._agreed.clear()
-        self._out.append(Emit(RolledBack(self.id, round)))
+            if g.base_hash != self.model_hash:
+                return "sync_other_model"
+        cert = check_certificate(record.certificate, self.open, self._member_set, record.round,
+                                 COMMIT)
+        if isinstance(cert, str):
+            return f"sync_{cert}"
+        if cert.set_digest != set_digest(p):
+            return "sync_certificate_other_set"
+        return proposal, grads, cert
 
     def _on_sync_response(self, env: Envelope) -> None:
         resp: SyncResponse = env.message  # type: ignore[assignment]
@@ -567,84 +801,19 @@ class Node:
             self._sync_until = -1.0
         applied = 0
         for record in resp.records:
-            if not 0 <= record.round <= min(self.round, self.config.rounds - 1):
+            if record.round != self.round or self.finished:
                 continue  # not next in line here (records are normally consecutive)
-            ours = self.history[record.round] if record.round < len(self.history) else None
-            if ours is not None and self._same_set(ours, record):
-                continue  # the same round on both sides (maybe proposed in two views)
             checked = self._verify_record(record)
             if isinstance(checked, str):
                 self._reject(checked, env.sender)
                 break
-            before = self._state_before(record.round)[2] if ours else self.model_hash
-            if self._bases(checked[1]) != {before}:
-                # their round was built on another model: we part before any round this
-                # answer holds; look further back (no earlier round: nothing to fix here)
-                first = resp.records[0].round
-                if first > 0:
-                    self._request_sync(env.sender, first - self.config.sync_batch, force=True)
+            proposal, grads, cert = checked
+            self._sets[cert.set_digest] = proposal
+            result = self._results[cert.set_digest] = self._apply(grads)
+            if result[2] != cert.model_hash:
+                self._reject("sync_bad_result", env.sender)
                 break
-            if ours is not None:  # the histories part at this round: rank the two
-                if self._rank(record) < self._rank(ours):
-                    self._send(env.sender, self._head(record.round))  # ours wins: they fetch it
-                    break
-                self._rollback(record.round)
-            self._commit(*checked, via_sync=True)
+            self._commit(proposal, grads, cert, via_sync=True)
             applied += 1
-        if applied:
-            self._start_round()
-            if applied == len(resp.records) and resp.round > self.round:
-                self._request_sync(env.sender)
-            self._progress()
-
-    def _on_head(self, env: Envelope) -> None:
-        head: Head = env.message  # type: ignore[assignment]
-        if head.round < 0 or not 0 <= head.view < MAX_VIEW:
-            self._reject("bad_head", env.sender)
-            return
-        if head.round >= len(self.history):
-            if head.round > self.round:  # (the round in progress: its proposal is on its way)
-                self._request_sync(env.sender)  # it has committed rounds we have not
-            self._early_heads[env.sender] = env  # compare once we have committed that round
-            return
-        ours = self._rank(self.history[head.round])
-        if head.set_digest == ours[1]:  # the same round: a different model means an earlier split
-            disagree = head.round == len(self.history) - 1 and head.model_hash != self.model_hash
-        else:
-            disagree = (head.view, head.set_digest) > ours
-        if disagree:  # the histories part at or before that round
-            # forced, so every peer's head that disagrees gets its own probe; retried on the
-            # settle timer, a bounded number of times per peer
-            self._dispute_tries[env.sender] += 1
-            if self._dispute_tries[env.sender] <= self.config.dispute_retries:
-                self._request_sync(env.sender, head.round - self.config.rollback_rounds + 1,
-                                   force=True)
-                self._disputes[env.sender] = env
-                self._out.append(SetTimer("settle", self.config.round_timeout))
-        elif head.set_digest != ours[1]:
-            self._send(env.sender, self._head(head.round))  # ours ranks higher: they should know
-        elif head.round == len(self.history) - 1:  # the same last round and model: agreed
-            self._agreed.add(env.sender)
-            self._dispute_tries.pop(env.sender, None)
-
-    def _resend_head(self) -> None:
-        """Heads can be lost (or cut off by a partition): send ours again, with backoff, to
-        every peer whose head has not yet matched it."""
-        if not self.finished or not self.history:
-            return
-        missing = [m for m in self.members if m != self.id and m not in self._agreed]
-        if missing and self._head_resends < self.config.head_resends:
-            self._head_resends += 1
-            head = self._head()
-            for peer in missing:
-                self._send(peer, head)
-            delay = self.config.view_timeout * 2**self._head_resends
-            self._out.append(SetTimer("rehead", delay))
-
-    def _head(self, round: int | None = None) -> Head:
-        """Our record of `round` (default: the last): its rank and the model right after it."""
-        last = len(self.history) - 1
-        round = last if round is None else round
-        view, digest = self._rank(self.history[round])
-        after = self.model_hash if round == last else self._state_before(round + 1)[2]
-        return Head(round, view, digest, after)
+        if applied and applied == len(resp.records) and resp.round > self.round:
+            self._request_sync(env.sender, force=True)

@@ -38,11 +38,16 @@ class Gradient:
 
 @dataclass(frozen=True, slots=True)
 class Proposal:
+    """The leader's set for (round, view). `justify` is empty for a fresh set, or the signed
+    prepare votes of a quorum for this same set in an earlier view (a prepare certificate):
+    the proof that lets nodes locked on it, or on an older set, vote for it again."""
+
     KIND: ClassVar[int] = 2
     round: int
     view: int
     senders: tuple[int, ...]
     digests: tuple[Hash32, ...]
+    justify: tuple[bytes, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,13 +60,16 @@ class SyncRequest:
 
 @dataclass(frozen=True, slots=True)
 class RoundRecord:
-    """One committed round inside a SyncResponse; never sent on its own (no KIND). The frames
-    are the original signed envelopes, so the receiver re-verifies them instead of trusting
-    the responder."""
+    """One committed round, as logged and as sent inside a SyncResponse (no KIND: never sent on
+    its own). The frames are the original signed envelopes, so the receiver re-verifies them
+    instead of trusting the responder: the leader's proposal, the gradients it names, and the
+    commit certificate (a quorum of signed commit votes over round, set digest and the model
+    hash after the round)."""
 
     round: int
     proposal: bytes
     gradients: tuple[bytes, ...]
+    certificate: tuple[bytes, ...]
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,22 +79,52 @@ class SyncResponse:
     records: tuple[RoundRecord, ...]
 
 
-@dataclass(frozen=True, slots=True)
-class Head:
-    """A node's last committed round, announced when it finishes: the view of the proposal it
-    applied, a digest of the gradient set and the model it ended on, so that a peer on another
-    fork can tell."""
+PREPARE, COMMIT = 1, 2
 
-    KIND: ClassVar[int] = 5
+
+@dataclass(frozen=True, slots=True)
+class Vote:
+    """A signed vote of one phase. PREPARE: `model_hash` is the model the set is applied to;
+    COMMIT: the model after applying it (what a commit certificate vouches for)."""
+
+    KIND: ClassVar[int] = 6
     round: int
     view: int
+    phase: int
     set_digest: Hash32
     model_hash: Hash32
 
 
-Message: TypeAlias = Gradient | Proposal | SyncRequest | SyncResponse | Head
+@dataclass(frozen=True, slots=True)
+class ViewChange:
+    """The sender gave up on the views of `round` below `view`. `lock` is the highest prepare
+    certificate it knows for the round (signed vote frames, empty if none) and `proposal` the
+    leader-signed proposal of that set (empty if none), so the next leader and every peer learn
+    of a set that may have committed somewhere and can propose it again."""
 
-_TOP_LEVEL: tuple[type[Message], ...] = (Gradient, Proposal, SyncRequest, SyncResponse, Head)
+    KIND: ClassVar[int] = 7
+    round: int
+    view: int
+    lock: tuple[bytes, ...]
+    proposal: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Evidence:
+    """Proof of equivocation: two frames signed by one sender for the same slot (a gradient of
+    a round, a proposal of a view, a vote of a phase) with different contents."""
+
+    KIND: ClassVar[int] = 8
+    round: int
+    first: bytes
+    second: bytes
+
+
+Message: TypeAlias = Gradient | Proposal | SyncRequest | SyncResponse | Vote | ViewChange | Evidence
+
+# KIND 5 (Head, the fork announcements of the crash-fault protocol) is retired, never reused.
+_TOP_LEVEL: tuple[type[Message], ...] = (Gradient, Proposal, SyncRequest, SyncResponse, Vote,
+                                         ViewChange, Evidence)
 
 
 def _registry(classes: tuple[type[Message], ...]) -> dict[int, type[Message]]:

@@ -137,14 +137,14 @@ class Host:
         self.holds = 0
         self.bytes_sent: dict[int, int] = {}  # round -> bytes this node put on the wire for it
 
-    def start(self) -> None:
+    def start(self, restarted: bool = False) -> None:
         w = self.world
         byz = w.byzantine.get(self.id)
         behaviour = make_behaviour(byz[0], byz[1]) if byz else None
         self.node = Node(node_config(w.scenario, self.id), w.identities[self.id], w.workload,
                          w.opener, behaviour)
         self.up, self.finished = True, False
-        self.feed(Started(dict(self.disk)))
+        self.feed(Started(dict(self.disk), restarted))
 
     def crash(self) -> None:
         self.holds += 1  # overlapping crash faults: back up only when the last one heals
@@ -163,7 +163,7 @@ class Host:
         if not keep_disk:
             self.disk.clear()
         self.world.log.node_event(self.world.now, "restart", f"keep_disk={keep_disk}", self.id)
-        self.start()
+        self.start(restarted=True)
 
     def feed(self, event: Event) -> None:
         if self.node is not None:

@@ -82,6 +82,6 @@ def test_bench_sim_writes_json_with_ratio(tmp_path: Path) -> None:
     assert saved == report
     (row,) = saved["results"]
     assert row["phalanx"]["rounds_committed"] == 2
-    # per round: every gradient to 11 peers and the proposal; once per run: every node's head
-    assert row["phalanx"]["messages_per_round"] == 12 * 11 + 11 + 12 * 11 / 2
+    # per round: every gradient to 11 peers, the proposal, and every node's two votes
+    assert row["phalanx"]["messages_per_round"] == 12 * 11 + 11 + 2 * 12 * 11
     assert row["bare_simpy"]["events"] > 0 and row["ratio"] > 0

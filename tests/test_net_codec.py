@@ -11,13 +11,16 @@ from hypothesis import strategies as st
 from phalanx.net.codec import DEFAULT_LIMITS, DTYPES, Limits, decode_payload, encode_payload
 from phalanx.net.errors import REASONS, DecodeError
 from phalanx.net.messages import (
+    COMMIT,
     KINDS,
+    Evidence,
     Gradient,
-    Head,
     Proposal,
     RoundRecord,
     SyncRequest,
     SyncResponse,
+    ViewChange,
+    Vote,
 )
 
 H = bytes(range(32))
@@ -114,21 +117,26 @@ def test_proposal_roundtrip(rnd: int, view: int, senders: list[int], digests: li
 def test_sync_messages_roundtrip() -> None:
     req = SyncRequest(9, 3, 5)
     assert roundtrip(req) == req
-    records = tuple(RoundRecord(r, b"p" * r, tuple(b"g" * i for i in range(r))) for r in range(4))
+    records = tuple(RoundRecord(r, b"p" * r, tuple(b"g" * i for i in range(r)), (b"c",) * r)
+                    for r in range(4))
     for resp in (SyncResponse(9, records), SyncResponse(0, ())):
         assert roundtrip(resp) == resp
 
 
-def test_head_roundtrip_and_hash_length() -> None:
-    head = Head(7, 2, b"h" * 32, b"m" * 32)
-    assert roundtrip(head) == head
+def test_consensus_messages_roundtrip_and_hash_length() -> None:
+    vote = Vote(7, 2, COMMIT, b"h" * 32, b"m" * 32)
+    assert roundtrip(vote) == vote
     with pytest.raises(DecodeError) as err:
-        decode_payload(Head.KIND, msgpack.packb([7, 2, b"short", b"m" * 32]))
+        decode_payload(Vote.KIND, msgpack.packb([7, 2, COMMIT, b"short", b"m" * 32]))
     assert err.value.reason == "bad_payload"
+    for msg in (ViewChange(3, 1, (b"v1", b"v2"), b"p"), ViewChange(3, 1, (), b""),
+                Evidence(4, b"first", b"second"),
+                Proposal(2, 1, (0, 1, 2), (b"a" * 32,) * 3, (b"vote",) * 3)):
+        assert roundtrip(msg) == msg
 
 
 def test_every_kind_is_covered() -> None:
-    assert set(KINDS) == {1, 2, 3, 4, 5}
+    assert set(KINDS) == {1, 2, 3, 4, 6, 7, 8}  # 5 (Head) is retired
     assert all(kind == cls.KIND for kind, cls in KINDS.items())
 
 
@@ -177,9 +185,9 @@ def test_gradient_rejections(obj: object, needle: str) -> None:
 
 
 def test_nested_rejections_name_the_path() -> None:
-    assert "digests[1]" in bad(Proposal.KIND, [1, 0, [1, 2], [H, H[:5]]])
-    assert "senders[0]: expected int, got bool" in bad(Proposal.KIND, [1, 0, [True], []])
-    assert "records[0].gradients[1]" in bad(SyncResponse.KIND, [1, [[1, b"", [b"", 3]]]])
+    assert "digests[1]" in bad(Proposal.KIND, [1, 0, [1, 2], [H, H[:5]], []])
+    assert "senders[0]: expected int, got bool" in bad(Proposal.KIND, [1, 0, [True], [], []])
+    assert "records[0].gradients[1]" in bad(SyncResponse.KIND, [1, [[1, b"", [b"", 3], []]]])
     assert "records[0]" in bad(SyncResponse.KIND, [1, [[1, b""]]])
     assert "from_round" in bad(SyncRequest.KIND, [1, 2.0, 3])
 
@@ -188,7 +196,7 @@ def test_limits_are_enforced() -> None:
     small = Limits(max_elements=5, max_items=3, max_dims=2, dtypes=frozenset({"float32"}))
     assert "max_elements" in bad(Gradient.KIND, [1, H, 0.0, 1, GOOD_T], small)
     assert "not allowed" in bad(Gradient.KIND, [1, H, 0.0, 1, ["int8", [1], b"\x00"]], small)
-    assert "max_items" in bad(Proposal.KIND, [1, 0, [1, 2, 3, 4], []], small)
+    assert "max_items" in bad(Proposal.KIND, [1, 0, [1, 2, 3, 4], [], []], small)
     assert "at most 2 dims" in bad(
         Gradient.KIND, [1, H, 0.0, 1, ["float32", [1] * 3, b"\0" * 4]], small
     )
@@ -226,7 +234,7 @@ def test_unknown_kind_and_non_bytes() -> None:
 
 def test_encode_rejects_what_would_not_decode() -> None:
     with pytest.raises(TypeError):
-        encode_payload(RoundRecord(1, b"", ()))  # type: ignore[arg-type]
+        encode_payload(RoundRecord(1, b"", (), ()))  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="values: dtype complex64"):
         encode_payload(Gradient(1, H, 0.0, 1, np.zeros(2, np.complex64)))
     with pytest.raises(ValueError, match="samples: expected int, got bool"):

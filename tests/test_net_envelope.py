@@ -69,7 +69,7 @@ def test_seal_open_roundtrip_every_kind() -> None:
         grad(),
         Proposal(5, 1, (0, 1, 2), (H, H, sha256(b"x"))),
         SyncRequest(5, 0, 10),
-        SyncResponse(5, (RoundRecord(3, inner, (inner,)),)),
+        SyncResponse(5, (RoundRecord(3, inner, (inner,), ()),)),
     ]
     for seq, msg in enumerate(msgs):
         frame = seal(IDS[2], 2, seq, msg)
@@ -92,7 +92,7 @@ def test_gradient_content_survives() -> None:
 def test_nested_round_record_frames_roundtrip() -> None:
     proposal = seal(IDS[0], 0, 10, Proposal(3, 0, (1, 2), (H, H)))
     grads = tuple(seal(IDS[i], i, 11, grad(3)) for i in (1, 2))
-    resp = SyncResponse(4, (RoundRecord(3, proposal, grads), RoundRecord(2, b"", ())))
+    resp = SyncResponse(4, (RoundRecord(3, proposal, grads, ()), RoundRecord(2, b"", (), ())))
     env = open_frame(seal(IDS[3], 3, 12, resp), KEYRING)
     assert env.message == resp
     record = env.message.records[0]  # type: ignore[union-attr]
@@ -111,7 +111,7 @@ def test_extreme_header_values() -> None:
     with pytest.raises(ValueError, match="sender"):
         seal(IDS[0], 2**63, 0, SyncRequest(1, 0, 0))
     with pytest.raises(TypeError):
-        seal(IDS[0], 0, 0, RoundRecord(1, b"", ()))  # type: ignore[arg-type]
+        seal(IDS[0], 0, 0, RoundRecord(1, b"", (), ()))  # type: ignore[arg-type]
 
 
 def test_signed_bytes_layout() -> None:

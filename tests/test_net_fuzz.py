@@ -29,7 +29,7 @@ MESSAGES = [
     Gradient(3, H, float("nan"), 0, np.array([True, False])),
     Proposal(3, 1, (0, 1, 2), (H, sha256(b"a"), sha256(b"b"))),
     SyncRequest(3, 0, 16),
-    SyncResponse(3, (RoundRecord(1, _inner, (_inner, b"")),)),
+    SyncResponse(3, (RoundRecord(1, _inner, (_inner, b""), (_inner,)),)),
 ]
 FRAMES = [seal(IDS[1], 1, 100 + i, m) for i, m in enumerate(MESSAGES)]
 PAYLOADS = [(type(m).KIND, encode_payload(m)) for m in MESSAGES]
