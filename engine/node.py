@@ -43,7 +43,7 @@ from dataclasses import dataclass
 import msgpack
 import numpy as np
 
-from phalanx.engine.aggregate import make_aggregator
+from phalanx.engine.aggregate import AggregationContext, make_aggregator, min_inputs
 from phalanx.engine.byzantine import Behaviour
 from phalanx.engine.consensus import (
     Certificate,
@@ -94,7 +94,8 @@ from phalanx.net.messages import (
 from phalanx.net.replay import ReplayGuard
 
 Opener = Callable[[bytes], Envelope]
-Result = tuple[np.ndarray, np.ndarray, bytes]  # params, velocity, model hash after a round
+Result = tuple[np.ndarray, np.ndarray, bytes, np.ndarray]  # params, velocity, model hash and
+# the aggregate (the next round's centre for centered clipping) after a round
 PROPOSE = 0  # the leader's slot in `_voted`, beside the PREPARE and COMMIT votes
 
 __all__ = ["MAX_VIEW", "Node", "NodeConfig", "quorum", "set_digest"]
@@ -120,6 +121,8 @@ class NodeConfig:
     round_timeout: float  # how long a leader waits for all gradients before settling for a quorum
     view_timeout: float  # how long a node waits in a view before moving to the next
     aggregator: str = "mean"
+    aggregator_params: tuple[tuple[str, float | int | str], ...] = ()
+    pre_aggregation: tuple[str, ...] = ()  # e.g. ("nnm",) or ("bucketing",), applied in order
     max_gradient_norm: float | None = None  # gradients with a larger L2 norm are invalid
     sync_batch: int = 16  # round records per sync response
     future_rounds: int = 2  # messages buffered ahead of the node's own round
@@ -139,7 +142,12 @@ class Node:
         self.workload = workload
         self.open = opener
         self.behaviour = behaviour or Behaviour()
-        self.aggregate = make_aggregator(config.aggregator)
+        self.aggregate = make_aggregator(config.aggregator, f=self.f,
+                                         pre=config.pre_aggregation,
+                                         **dict(config.aggregator_params))
+        # the smallest set a round may agree on: a quorum, or more if the rule needs more
+        # (Krum needs 2f + 3 inputs: above n - f when n < 3f + 3... then f silent peers stall it)
+        self.min_set = max(self.quorum, min_inputs(self.aggregate, self.f, self.n) or self.n)
         self.optimizer = MomentumSGD(config.lr, config.momentum)
         self.guard = ReplayGuard()
         self.rejections: Counter[str] = Counter()
@@ -152,6 +160,7 @@ class Node:
         self.params = workload.init_params()
         self.velocity = np.zeros_like(self.params)
         self.model_hash = sha256(self.params.tobytes())
+        self.last_update = np.zeros_like(self.params)  # the last committed aggregate
         self.excluded: dict[int, bytes] = {}  # peer -> the Evidence frame that excluded it
         self.reputation: dict[int, float] = {m: 1.0 for m in config.members if m != self.id}
         self._grads: dict[int, dict[int, Envelope]] = {}  # round -> sender -> gradient
@@ -185,7 +194,7 @@ class Node:
         self.now, self._out = now, []
         if type(event) is Received:  # one per delivered frame: skip the pattern match
             self._on_frame(event.frame)
-            return self.behaviour.outgoing(self._out, self.round)
+            return self.behaviour.outgoing(self._out, self)
         match event:
             case TimerFired(name):
                 self._on_timer(name)
@@ -194,25 +203,26 @@ class Node:
             case Started(disk, restarted):
                 self._restore(disk, restarted)
                 self._start_round()
-        return self.behaviour.outgoing(self._out, self.round)
+        return self.behaviour.outgoing(self._out, self)
 
     # ---- helpers ----------------------------------------------------------------------------
 
     def leader(self, round: int, view: int) -> int:
         return self.members[(round + view) % self.n]
 
-    def _seal(self, message: Message) -> bytes:
+    def sign(self, message: Message) -> bytes:
+        """Seal `message` in an envelope signed by this node, with a fresh sequence number."""
         # time-based, so a restarted node (with or without its disk) never reuses a number
         self.seq = max(self.seq + 1, int(self.now * 1_000_000) << 8)
         return seal(self.identity, self.id, self.seq, message)
 
     def _broadcast(self, message: Message) -> bytes:
-        frame = self._seal(message)
+        frame = self.sign(message)
         self._out.append(Broadcast(frame, type(message).KIND, message.round))
         return frame
 
     def _send(self, peer: int, message: Message) -> None:
-        self._out.append(Send(peer, self._seal(message), type(message).KIND, message.round))
+        self._out.append(Send(peer, self.sign(message), type(message).KIND, message.round))
 
     def _reject(self, reason: str, sender: int | None) -> None:
         self.rejections[reason] += 1
@@ -224,21 +234,29 @@ class Node:
 
     def _checkpoint(self) -> bytes:
         return msgpack.packb([self.round, self.view, self.model_hash, self.params.tobytes(),
-                              self.velocity.tobytes()])
+                              self.velocity.tobytes(), self.last_update.tobytes()])
 
     def _restore(self, disk: Mapping[str, bytes | RoundRecord], restarted: bool) -> None:
         blob = disk.get("checkpoint")
         if isinstance(blob, bytes):
-            round_, view, model_hash, params, velocity = msgpack.unpackb(blob)
+            round_, view, model_hash, params, velocity, update = msgpack.unpackb(blob)
             self.round, self.view, self.model_hash = round_, view, model_hash
             self.params = np.frombuffer(params, dtype=np.float32).copy()
             self.velocity = np.frombuffer(velocity, dtype=np.float32).copy()
+            self.last_update = np.frombuffer(update, dtype=np.float32).copy()
             records = [disk.get(f"log/{r}") for r in range(round_)]
             self.history = [r for r in records if isinstance(r, RoundRecord)]
         votes = disk.get("votes")
         if isinstance(votes, bytes):  # what we signed in the round we were in: never re-sign
             self._voted = {tuple(v) for v in msgpack.unpackb(votes)}  # type: ignore[misc]
         self._abstain = restarted and not isinstance(votes, bytes)
+        lock = disk.get("lock")
+        if isinstance(lock, bytes):  # the prepare certificate we commit-voted on, kept as
+            round_, frames, proposal = msgpack.unpackb(lock)  # carefully as our votes
+            cert = check_certificate(tuple(frames), self.open, self._member_set, round_, PREPARE)
+            if round_ == self.round and isinstance(cert, Certificate):
+                self._lock = cert  # `_start_round` keeps a lock of the round it starts
+                self._sets[cert.set_digest] = self.open(proposal)
 
     # ---- rounds ------------------------------------------------------------------------------
 
@@ -252,7 +270,9 @@ class Node:
         # the view carries over from the round's commit: a leader that timed out is skipped
         # until the rotation comes back to it
         self._first_view = self.view
-        self._lock, self._valid = None, None
+        if self._lock is not None and self._lock.round != r:
+            self._lock = None
+        self._valid = self._lock
         self._moved, self._results = {}, {}
         self._gather_expired, self._own_result = False, None
         self._sets = {digest: env for digest, env in self._sets.items() if env.round == r}
@@ -334,6 +354,15 @@ class Node:
             if self.round == round_before:
                 return
 
+    def gradients(self, round: int) -> dict[int, Envelope]:
+        """The gradients of `round` held so far, by sender (read-only use)."""
+        return self._grads.get(round, {})
+
+    def adopt_gradient(self, env: Envelope) -> None:
+        """Hold `env` (signed by us) as our gradient of its round: a Byzantine behaviour that
+        replaced what we broadcast keeps the node's own view consistent with it."""
+        self._grads.setdefault(env.round, {})[self.id] = env
+
     def _usable(self, round: int) -> dict[int, Envelope]:
         """Gradients of `round` we could put in a set: built on our model, sender not excluded."""
         return {s: e for s, e in self._grads.get(round, {}).items()
@@ -346,10 +375,10 @@ class Node:
             return
         if v == self._first_view:
             held = self._grads.get(r, {})
-            if len(held) < (self.quorum if self._gather_expired else self.n - len(self.excluded)):
+            if len(held) < (self.min_set if self._gather_expired else self.n - len(self.excluded)):
                 return  # cheap exit before the O(n) filter below
             have = self._usable(r)
-            if self.id not in have or len(have) < self.quorum or (
+            if self.id not in have or len(have) < self.min_set or (
                     not self._gather_expired and len(have) < self.n - len(self.excluded)):
                 return
             proposal = Proposal(r, v, tuple(sorted(have)),
@@ -364,7 +393,7 @@ class Node:
                 proposal = Proposal(r, v, p.senders, p.digests, best.frames)
             else:
                 have = self._usable(r)
-                if len(have) < self.quorum:
+                if len(have) < self.min_set:
                     return
                 proposal = Proposal(r, v, tuple(sorted(have)),
                                     tuple(have[s].digest for s in sorted(have)))
@@ -393,8 +422,9 @@ class Node:
             justified = self._justification(p)
             if justified is None or justified.view < self._lock.view:
                 return  # locked on another set: only a later certificate releases us
-        if any(s in self.excluded for s in p.senders):
-            return
+        if not p.justify and any(s in self.excluded for s in p.senders):
+            return  # a fresh set with an offender's gradient; a justified one a quorum
+            # prepared (maybe committed somewhere) must stay electable, or its locks never free
         if self._set_gradients(p) is None:
             return  # re-checked as gradients arrive
         self._vote(v, PREPARE, digest, self.model_hash)
@@ -420,6 +450,8 @@ class Node:
             if result is None:
                 return  # we lack the proposal or a gradient: wait for them
             self._lock = cert
+            self._out.append(Persist("lock", msgpack.packb(  # before the vote goes out
+                [r, list(cert.frames), self._sets[cert.set_digest].frame])))
             self._note_certificate(cert)
             self._vote(v, COMMIT, cert.set_digest, result[2])
             return
@@ -457,13 +489,15 @@ class Node:
                 proposal.message)  # type: ignore[arg-type]
             if envs is None:
                 return None
-            self._results[digest] = self._apply(envs)
+            self._results[digest] = self._apply(envs, digest)
         return self._results[digest]
 
-    def _apply(self, envs: list[Envelope]) -> Result:
-        update = self.aggregate([e.message.values for e in envs])  # type: ignore[union-attr]
+    def _apply(self, envs: list[Envelope], digest: bytes) -> Result:
+        # the context is the same on every honest node: f, a seed from the set, the last update
+        ctx = AggregationContext(self.f, int.from_bytes(digest[:8], "big") >> 1, self.last_update)
+        update = self.aggregate([e.message.values for e in envs], ctx)  # type: ignore[union-attr]
         params, velocity = self.optimizer.step(self.params, self.velocity, update)
-        return params, velocity, sha256(params.tobytes())
+        return params, velocity, sha256(params.tobytes()), update
 
     def _sign_once(self, view: int, phase: int) -> None:
         """Remember (and persist, before anything is sent) that we signed in this slot: a
@@ -489,7 +523,8 @@ class Node:
     def _commit(self, proposal: Envelope, envs: list[Envelope], cert: Certificate,
                 via_sync: bool) -> None:
         grads: list[Gradient] = [e.message for e in envs]  # type: ignore[misc]
-        self.params, self.velocity, self.model_hash = self._results[cert.set_digest]
+        self.params, self.velocity, self.model_hash, self.last_update = self._results[
+            cert.set_digest]
         record = RoundRecord(self.round, proposal.frame, tuple(e.frame for e in envs), cert.frames)
         self.history.append(record)
         self._out.append(Persist(f"log/{self.round}", record))
@@ -597,7 +632,7 @@ class Node:
             return "proposal_bad_view"
         if env.sender != self.leader(p.round, p.view):
             return "proposal_not_leader"
-        if len(p.senders) != len(p.digests) or len(p.senders) < self.quorum:
+        if len(p.senders) != len(p.digests) or len(p.senders) < self.min_set:
             return "proposal_too_small"
         if list(p.senders) != sorted(set(p.senders)) or not self._member_set.issuperset(
                 p.senders):
@@ -729,8 +764,9 @@ class Node:
         self._out.append(Emit(Excluded(self.id, offender, self.round, proof)))
         for book in self._books.values():
             book.drop_sender(offender)
-        for held in self._grads.values():
-            held.pop(offender, None)
+        # its gradients already held stay: a set naming one may be certified already, and
+        # then every node must apply (and log) it; `_usable` and `_maybe_prepare` keep the
+        # offender out of new sets, `_on_gradient` ignores its later gradients
 
     # ---- state sync ---------------------------------------------------------------------------
 
@@ -809,7 +845,7 @@ class Node:
                 break
             proposal, grads, cert = checked
             self._sets[cert.set_digest] = proposal
-            result = self._results[cert.set_digest] = self._apply(grads)
+            result = self._results[cert.set_digest] = self._apply(grads, cert.set_digest)
             if result[2] != cert.model_hash:
                 self._reject("sync_bad_result", env.sender)
                 break

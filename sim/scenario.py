@@ -115,9 +115,31 @@ class MlpWorkload(Strict):
     samples_per_node: Annotated[int, Field(ge=1)] = 512
     label_noise: Probability = 0.05
     eval_samples: Annotated[int, Field(ge=1)] = 2000
+    skew: Probability = 0.0  # non-IID: share of a node's shard drawn from its home class
 
 
 Workload = Annotated[LinearWorkload | MlpWorkload, Field(discriminator="kind")]
+
+
+class AggregatorSpec(Strict):
+    """A robust rule with its parameters and pre-aggregation steps; a bare name also works
+    (`aggregator: krum`)."""
+
+    kind: str = "mean"
+    pre: list[str] = []  # pre-aggregation steps applied in order: bucketing, nnm
+    params: dict[str, float | int | str] = {}
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_name(cls, data: Any) -> Any:
+        return {"kind": data} if isinstance(data, str) else data
+
+    @model_validator(mode="after")
+    def _buildable(self) -> AggregatorSpec:
+        from phalanx.engine.aggregate import make_aggregator
+
+        make_aggregator(self.kind, 0, tuple(self.pre), **self.params)
+        return self
 
 
 class TrainingSpec(Strict):
@@ -125,7 +147,8 @@ class TrainingSpec(Strict):
     lr: Annotated[float, Field(gt=0)] = 0.05
     momentum: Annotated[float, Field(ge=0, lt=1)] = 0.9
     batch: Annotated[int, Field(ge=1)] = 32
-    aggregator: Literal["mean"] = "mean"
+    aggregator: AggregatorSpec = AggregatorSpec()
+    max_gradient_norm: Annotated[float, Field(gt=0)] | None = None  # larger gradients: invalid
     step_time: Seconds = 0.05  # simulated seconds per gradient step at speed 1.0
     round_timeout: Annotated[float, Field(gt=0)] = 1.0  # leader: wait for all, then a quorum
     view_timeout: Annotated[float, Field(gt=0)] = 3.0  # others: wait this long for a proposal
@@ -141,10 +164,26 @@ class TrainingSpec(Strict):
         return self
 
 
+def _known_behaviour(name: str) -> str:
+    from phalanx.engine.byzantine import BEHAVIOURS
+
+    if name not in BEHAVIOURS:
+        raise ValueError(f"unknown behaviour {name!r}; allowed: {', '.join(sorted(BEHAVIOURS))}")
+    return name
+
+
 class ByzantineSpec(Strict):
     nodes: list[NodeId]
-    behaviour: Literal["honest", "silent"]
+    behaviour: Annotated[str, AfterValidator(_known_behaviour)]
     from_round: Annotated[int, Field(ge=0)] = 0
+    params: dict[str, float | int | str | bool] = {}  # the behaviour's own, e.g. {epsilon: 100}
+
+    @model_validator(mode="after")
+    def _params_fit(self) -> ByzantineSpec:
+        from phalanx.engine.byzantine import make_behaviour
+
+        make_behaviour(self.behaviour, self.from_round, frozenset(self.nodes), 0, **self.params)
+        return self
 
 
 # ---- faults --------------------------------------------------------------------------------
@@ -313,6 +352,18 @@ class Scenario(Strict):
     def byzantine_nodes(self) -> set[int]:
         return {n for b in self.byzantine for n in b.nodes}
 
+    def _aggregator_fits(self, n: int) -> None:
+        """The rule must work on all n gradients (sets smaller than it needs are never
+        proposed); refuse it now rather than fail inside a node mid-run."""
+        from phalanx.engine.aggregate import make_aggregator, min_inputs
+
+        spec = self.training.aggregator
+        rule = make_aggregator(spec.kind, self.f, tuple(spec.pre), **spec.params)
+        if min_inputs(rule, self.f, n) is None:
+            raise ValueError(f"training.aggregator: {spec.kind} with pre-aggregation "
+                             f"{spec.pre or 'none'} cannot aggregate even all n={n} gradients "
+                             f"with f={self.f}")
+
     @model_validator(mode="after")
     def _consistent(self) -> Scenario:
         n = self.nodes.count
@@ -332,6 +383,7 @@ class Scenario(Strict):
             raise ValueError(
                 f"byzantine: {byz} Byzantine nodes but n={n} tolerates f={self.f} "
                 f"(n >= 3f+1); set 'unsafe: true' to run it anyway")
+        self._aggregator_fits(n)
         if self.real.base_port and self.real.base_port + n - 1 > 65535:
             raise ValueError(f"real.base_port: {self.real.base_port} + {n} nodes runs past "
                              f"port 65535")

@@ -62,7 +62,10 @@ def node_config(scenario: Scenario, node: int, round_timeout: float | None = Non
                 view_timeout: float | None = None) -> NodeConfig:
     t = scenario.training
     return NodeConfig(node_id=node, members=tuple(range(scenario.nodes.count)), rounds=t.rounds,
-                      lr=t.lr, momentum=t.momentum, aggregator=t.aggregator,
+                      lr=t.lr, momentum=t.momentum, aggregator=t.aggregator.kind,
+                      aggregator_params=tuple(sorted(t.aggregator.params.items())),
+                      pre_aggregation=tuple(t.aggregator.pre),
+                      max_gradient_norm=t.max_gradient_norm,
                       round_timeout=round_timeout or t.round_timeout,
                       view_timeout=view_timeout or t.view_timeout)
 
@@ -139,8 +142,9 @@ class Host:
 
     def start(self, restarted: bool = False) -> None:
         w = self.world
-        byz = w.byzantine.get(self.id)
-        behaviour = make_behaviour(byz[0], byz[1]) if byz else None
+        spec = w.byzantine.get(self.id)
+        behaviour = make_behaviour(spec.behaviour, spec.from_round, w.colluders,
+                                   w.rngs.seed("byzantine"), **spec.params) if spec else None
         self.node = Node(node_config(w.scenario, self.id), w.identities[self.id], w.workload,
                          w.opener, behaviour)
         self.up, self.finished = True, False
@@ -237,8 +241,8 @@ class SimWorld:
         # simulated nodes (a forged frame has other bytes, so it is still checked and rejected)
         self.opener = FrameOpener(keyring, verify=self.verify_cache.verify)
         self.workload = workload_for(scenario, self.rngs)
-        self.byzantine = {node: (b.behaviour, b.from_round)
-                          for b in scenario.byzantine for node in b.nodes}
+        self.byzantine = {node: b for b in scenario.byzantine for node in b.nodes}
+        self.colluders = frozenset(self.byzantine)
         self.hosts = [Host(self, i) for i in range(n)]
         self.faults = FaultInjector(self)
         self.on_commit = on_commit

@@ -1,40 +1,55 @@
-"""Aggregation of the agreed set of gradients into one update.
+"""Deterministic Byzantine-robust aggregation of the agreed set of gradients.
 
-The seam for robust aggregation: every rule takes the gradients of the agreed set ordered by
-sender id and must be bit-exact (fixed reduction order) so that any node can recompute a
-committed aggregate. This issue ships the plain mean; robust rules plug in here.
+One class per rule, all called the same way (:class:`Aggregator`)::
+
+    rule = make_aggregator("krum", pre=[("bucketing", {"s": 2})])
+    update = rule(gradients, AggregationContext(f=2, seed=round_seed, previous=last_update))
+
+Inputs are 1-D float arrays of equal length ordered by sender id; the result is float32.
+Every rule computes in float64 with a fixed reduction order (no BLAS, no threads, no
+library-chosen summation order; see :mod:`._numeric`), so any node recomputes a committed
+aggregate bit for bit.
+
+Rules (``AGGREGATORS``): mean, median, trimmed_mean, krum, multi_krum, geometric_median,
+centered_clipping. Pre-aggregation steps (``PRE_AGGREGATORS``), wrapping any rule:
+bucketing, nnm.
+
+Sender order: median, trimmed mean, Krum, Multi-Krum and NNM give the same bytes for any order
+of the senders when no two values/scores/distances tie (ties go to the lower sender index);
+mean, geometric median and centered clipping sum in sender order, so reordering can change the
+last bit; bucketing with a fixed seed permutes positions, so reordering changes the buckets
+(it is invariant only in distribution over seeds). The node always passes sender-id order.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Protocol
+from .base import AggregationContext, Aggregator, PreAggregator
+from .bucketing import Bucketing
+from .centered_clipping import CenteredClipping
+from .geometric_median import GeometricMedian
+from .krum import Krum, MultiKrum
+from .mean import Mean
+from .median import Median
+from .nnm import NNM
+from .registry import AGGREGATORS, PRE_AGGREGATORS, make_aggregator, min_inputs, parameters
+from .trimmed_mean import TrimmedMean
 
-import numpy as np
-
-
-class Aggregator(Protocol):
-    name: str
-
-    def __call__(self, gradients: Sequence[np.ndarray]) -> np.ndarray: ...
-
-
-class Mean:
-    """Coordinate-wise arithmetic mean, summed in float64 in sender order, returned as float32."""
-
-    name = "mean"
-
-    def __call__(self, gradients: Sequence[np.ndarray]) -> np.ndarray:
-        total = np.zeros(gradients[0].shape, dtype=np.float64)
-        for g in gradients:  # explicit left-to-right order: no pairwise/threaded reduction
-            total += g
-        return (total / len(gradients)).astype(np.float32)
-
-
-AGGREGATORS: dict[str, type[Aggregator]] = {"mean": Mean}
-
-
-def make_aggregator(name: str) -> Aggregator:
-    if name not in AGGREGATORS:
-        raise ValueError(f"unknown aggregator {name!r}; known: {', '.join(sorted(AGGREGATORS))}")
-    return AGGREGATORS[name]()
+__all__ = [
+    "AGGREGATORS",
+    "NNM",
+    "PRE_AGGREGATORS",
+    "AggregationContext",
+    "Aggregator",
+    "Bucketing",
+    "CenteredClipping",
+    "GeometricMedian",
+    "Krum",
+    "Mean",
+    "Median",
+    "MultiKrum",
+    "PreAggregator",
+    "TrimmedMean",
+    "make_aggregator",
+    "min_inputs",
+    "parameters",
+]

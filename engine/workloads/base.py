@@ -28,7 +28,10 @@ class Workload(ABC):
     def init_params(self) -> np.ndarray: ...
 
     @abstractmethod
-    def gradient(self, params: np.ndarray, node: int, round: int) -> GradientResult: ...
+    def gradient(self, params: np.ndarray, node: int, round: int,
+                 poisoned: bool = False) -> GradientResult:
+        """Node `node`'s gradient for `round`; `poisoned` flips the batch's labels (the
+        data-poisoning attack of a Byzantine node)."""
 
     @abstractmethod
     def evaluate(self, params: np.ndarray) -> dict[str, float]:
@@ -44,6 +47,7 @@ class GradientJob:
     round: int
     params: np.ndarray
     cost: float = 1.0
+    poisoned: bool = False  # labels flipped: see Workload.gradient
 
     def run(self) -> GradientResult:
-        return self.workload.gradient(self.params, self.node, self.round)
+        return self.workload.gradient(self.params, self.node, self.round, self.poisoned)

@@ -34,10 +34,11 @@ class LinearRegression(Workload):
     def init_params(self) -> np.ndarray:
         return np.zeros(self.dim, dtype=np.float32)
 
-    def gradient(self, params: np.ndarray, node: int, round: int) -> GradientResult:
+    def gradient(self, params: np.ndarray, node: int, round: int,
+                 poisoned: bool = False) -> GradientResult:
         x, y = self._shard(node)
         idx = self.rngs.stream("batch", node, round).choice(len(y), self.batch, replace=False)
-        xb, yb = x[idx], y[idx]
+        xb, yb = x[idx], (-y[idx] if poisoned else y[idx])  # poisoned: the targets negated
         residual = xb @ params.astype(np.float64) - yb
         grad = xb.T @ residual / len(yb)
         return GradientResult(grad.astype(np.float32), float(0.5 * np.mean(residual**2)), len(yb))

@@ -1,0 +1,103 @@
+"""Gradient attacks as behaviours: the node sends a crafted vector instead of its gradient.
+
+The node computes its honest gradient as usual; the behaviour holds it back and, once the honest
+gradients of the round have arrived (for attacks that use them: the omniscient, colluding
+threat model of the papers) or `wait` simulated seconds have passed, broadcasts the attack's
+vector in its place, signed. The crafted gradient is kept per round, so re-sends (after a view
+change) repeat it rather than equivocate. Label flipping poisons the node's data instead.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import Any
+
+import numpy as np
+
+from phalanx.engine.byzantine.attacks import GRADIENT_ATTACKS, AttackContext, make_attack
+from phalanx.engine.byzantine.base import Behaviour, NodeView
+from phalanx.engine.events import Action, Broadcast, Compute
+from phalanx.engine.workloads import GradientJob
+from phalanx.net.messages import Gradient
+
+
+class GradientAttackBehaviour(Behaviour):
+    """Send `attack(own, honest, ctx)` instead of the honest gradient."""
+
+    attack_name = ""
+    params = ("wait",)
+
+    def __init__(self, from_round: int = 0, colluders: frozenset[int] = frozenset(),
+                 seed: int = 0, **params: Any) -> None:
+        wait = float(params.pop("wait", 1.0))
+        attack_params = {k: params.pop(k) for k in list(params)
+                         if k in _attack_fields(self.attack_name)}
+        super().__init__(from_round, colluders, seed, **params)
+        if not wait >= 0:
+            raise ValueError(f"behaviour {self.name!r}: wait must be >= 0 seconds (got {wait})")
+        self.wait = wait
+        self.attack = make_attack(self.attack_name, **attack_params)
+        self._held: dict[int, tuple[Gradient, float]] = {}  # round -> (honest gradient, since)
+        self._crafted: dict[int, Gradient] = {}
+
+    def rewrite(self, actions: list[Action], node: NodeView) -> list[Action]:
+        out: list[Action] = []
+        for action in actions:
+            if isinstance(action, Broadcast) and action.kind == Gradient.KIND:
+                g: Gradient = node.open(action.frame).message  # type: ignore[assignment]
+                if g.round in self._crafted:
+                    out.append(self._send(node, self._crafted[g.round]))
+                else:
+                    self._held.setdefault(g.round, (g, node.now))
+                continue
+            out.append(action)
+        for rnd, (g, since) in list(self._held.items()):
+            honest = [e.message.values for s, e in sorted(node.gradients(rnd).items())  # type: ignore[union-attr]
+                      if s not in self.colluders]
+            complete = len(honest) >= node.n - len(self.colluders)
+            if self.attack.needs_honest and not complete and node.now < since + self.wait:
+                continue
+            del self._held[rnd]
+            rng = np.random.default_rng([self.seed, node.id, rnd])
+            ctx = AttackContext(node.n, len(self.colluders), rnd, rng)
+            crafted = replace(g, values=self.attack(g.values, honest, ctx))
+            self._crafted[rnd] = crafted
+            sent = self._send(node, crafted)
+            node.adopt_gradient(node.open(sent.frame))  # so its own proposals name this one
+            out.append(sent)
+        return out
+
+    @staticmethod
+    def _send(node: NodeView, g: Gradient) -> Broadcast:
+        return Broadcast(node.sign(g), Gradient.KIND, g.round)
+
+
+def _attack_fields(name: str) -> set[str]:
+    from dataclasses import fields, is_dataclass
+
+    cls = GRADIENT_ATTACKS[name]
+    if not is_dataclass(cls):
+        return set()
+    return {f.name for f in fields(cls) if f.init and not f.name.startswith("_")}
+
+
+def gradient_behaviours() -> dict[str, type[Behaviour]]:
+    """One behaviour class per gradient attack, named after it."""
+    out: dict[str, type[Behaviour]] = {}
+    for name in GRADIENT_ATTACKS:
+        fields_ = tuple(sorted(_attack_fields(name)))
+        out[name] = type(f"Attack_{name}", (GradientAttackBehaviour,),
+                         {"name": name, "attack_name": name, "params": ("wait", *fields_)})
+    return out
+
+
+class LabelFlip(Behaviour):
+    """Data poisoning: the node trains on flipped labels (Fang et al. 2020 and earlier work
+    use it as the weakest, data-level attack) and sends that gradient honestly."""
+
+    name = "label_flip"
+
+    def rewrite(self, actions: list[Action], node: NodeView) -> list[Action]:
+        return [Compute(replace(a.job, poisoned=True))
+                if isinstance(a, Compute) and isinstance(a.job, GradientJob) else a
+                for a in actions]
