@@ -35,7 +35,7 @@ def print_summary(result: object) -> None:
     shown = ["nodes", "f", "rounds_planned", "min_rounds_committed", "distinct_final_hashes",
              "lagging_nodes", "down_at_end",
              "final_model_hash", "final_eval_loss", "final_eval_accuracy", "forks",
-             "synced_commits", "sim_seconds", "wall_seconds", "messages_delivered",
+             "synced_commits", "exclusions", "view_changes", "sim_seconds", "wall_seconds", "messages_delivered",
              "messages_dropped", "dropped_by_reason", "messages_per_round", "rejected_by_reason",
              "sim_events_per_wall_second", "peak_memory_mb"]
     for key in shown:
@@ -81,6 +81,45 @@ def run(
         raise fail(f"cannot write outputs to {e.filename or target}: {e.strerror}") from None
     print_summary(result)
     if result.failures:
+        raise typer.Exit(1)
+
+
+@app.command()
+def sweep(
+    scenario: Annotated[Path, typer.Argument(help="scenario YAML file")],
+    seeds: Annotated[int, typer.Option(help="how many seeds to run")] = 100,
+    start: Annotated[int, typer.Option(help="first seed")] = 0,
+    workers: Annotated[int | None, typer.Option(help="worker processes "
+                                                "(default: one per CPU)")] = None,
+    out_dir: Annotated[Path | None, typer.Option("--out", help="output folder "
+                                                 "(default: runs/<scenario name>-sweep)")] = None,
+    save_failures: Annotated[Path | None, typer.Option(
+        "--save-failures", help="write <name>-seed<S>.yaml here for each failing seed")] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="no progress bar")] = False,
+) -> None:
+    """Run a scenario over many seeds in parallel and check the invariants (safety, agreement,
+    liveness, nothing lost) of every run; exit code 1 when any is violated. Every failing
+    seed replays with `phalanx run SCENARIO --seed S`."""
+    from phalanx.apps.sweep import SweepError, print_report
+    from phalanx.apps.sweep import sweep as run_sweep
+
+    if seeds < 1:
+        raise fail(f"--seeds: must be at least 1 (got {seeds})")
+    if start < 0:
+        raise fail(f"--start: must be at least 0 (got {start})")
+    if workers is not None and workers < 1:
+        raise fail(f"--workers: must be at least 1 (got {workers})")
+    try:
+        report = run_sweep(scenario, range(start, start + seeds), workers, out_dir,
+                           save_failures=save_failures, progress=not quiet, console=err)
+    except (ScenarioError, SweepError) as e:
+        raise fail(str(e)) from None
+    except TopologyError as e:
+        raise fail(f"{scenario}: topology: {e}") from None
+    except OSError as e:  # e.g. --out names a file, or a folder we may not write
+        raise fail(f"cannot write outputs to {e.filename or out_dir}: {e.strerror}") from None
+    print_report(report, out)
+    if not report.ok:
         raise typer.Exit(1)
 
 

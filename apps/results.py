@@ -116,6 +116,18 @@ def check_expectations(scenario: Scenario, rounds: pl.DataFrame,
     if exp.forks_at_most is not None and summary["forks"] > exp.forks_at_most:
         failures.append(f"forks_at_most: {summary['forks']} forked commits "
                         f"(> {exp.forks_at_most})")
+    if exp.excluded is not None:
+        got = sorted(int(k) for k, v in summary.get("exclusions", {}).items()
+                     if v["by_all_honest"])
+        if got != sorted(exp.excluded):
+            failures.append(f"excluded: nodes {got} are excluded by every honest node "
+                            f"(wanted {sorted(exp.excluded)})")
+    if exp.excluded_within_rounds is not None:
+        for offender, v in summary.get("exclusions", {}).items():
+            if v["rounds_to_exclude"] > exp.excluded_within_rounds:
+                failures.append(f"excluded_within_rounds: node {offender} was excluded "
+                                f"{v['rounds_to_exclude']} rounds after the first exclusion "
+                                f"(> {exp.excluded_within_rounds})")
     if exp.dropped_messages_at_least is not None:
         dropped = summary.get("messages_dropped", 0)
         if dropped < exp.dropped_messages_at_least:

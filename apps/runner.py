@@ -19,6 +19,7 @@ from phalanx.apps.results import (
     write_outputs,
 )
 from phalanx.engine.events import RoundCommitted
+from phalanx.engine.metrics import MetricLog
 from phalanx.net.messages import KINDS
 from phalanx.sim.scenario import Scenario, load_scenario, with_seed
 from phalanx.sim.world import SimWorld
@@ -85,6 +86,20 @@ class RoundPrinter:
                                  t=max(t for t, *_ in rows))
 
 
+def exclusions(scenario: Scenario, metrics: MetricLog, running: set[int]) -> dict[str, Any]:
+    """Per excluded node: which honest nodes excluded it, in which rounds, and whether every
+    running honest node did."""
+    honest = running - scenario.byzantine_nodes()
+    by: dict[int, dict[int, int]] = {}
+    for m, _ in metrics.exclusions:
+        if m.node in honest:
+            by.setdefault(m.offender, {}).setdefault(m.node, m.round)
+    return {str(offender): {"by": sorted(nodes), "by_all_honest": set(nodes) >= honest,
+                            "first_round": min(nodes.values()),
+                            "rounds_to_exclude": max(nodes.values()) - min(nodes.values())}
+            for offender, nodes in sorted(by.items())}
+
+
 def run_sim(scenario: Scenario, printer: RoundPrinter) -> RunResult:
     world = SimWorld(scenario, on_commit=printer.commit)
     with printer:
@@ -109,6 +124,8 @@ def run_sim(scenario: Scenario, printer: RoundPrinter) -> RunResult:
         "dropped_by_reason": dict(sorted(log.dropped_by_reason.items())),
         "messages_per_round": (log.delivered + log.dropped) / committed_rounds,
         "rejected_by_reason": dict(sorted(metrics.rejections.items())),
+        "exclusions": exclusions(scenario, metrics, {h.id for h in world.hosts if h.up}),
+        "view_changes": len(metrics.view_changes),
         "verify_cache_hits": world.verify_cache.hits,
         "verify_cache_misses": world.verify_cache.misses,
         "peak_memory_mb": peak_memory_mb(),

@@ -82,6 +82,8 @@ from phalanx.net.messages import (
     COMMIT,
     PREPARE,
     Evidence,
+    Fetch,
+    Frames,
     Gradient,
     Message,
     Proposal,
@@ -290,7 +292,10 @@ class Node:
         self._advance()
 
     def _arm_view_timer(self) -> None:
-        self._out.append(SetTimer(f"view:{self.round}:{self.view}", self.config.view_timeout))
+        # an excluded leader's view is skipped at once: every honest node holds the proof
+        excluded = self.leader(self.round, self.view) in self.excluded
+        self._out.append(SetTimer(f"view:{self.round}:{self.view}",
+                                  0.0 if excluded else self.config.view_timeout))
 
     def _on_computed(self, job: object, result: GradientResult) -> None:
         if not isinstance(job, GradientJob) or job.round != self.round or self.finished:
@@ -571,6 +576,10 @@ class Node:
                 self._on_sync_response(env)
             case Evidence():
                 self._on_evidence(env)
+            case Fetch():
+                self._on_fetch(env)
+            case Frames():
+                self._on_frames(env)
 
     def _gradient_problem(self, env: Envelope) -> str | None:
         # a pure function of the message and the model's shape: memoized on the envelope, so
@@ -607,8 +616,17 @@ class Node:
 
     def _on_gradient(self, env: Envelope) -> None:
         g: Gradient = env.message  # type: ignore[assignment]
-        if g.round < self.round or self.finished or env.sender in self.excluded:
+        if g.round < self.round or self.finished:
             return  # stale: that round is settled here
+        if env.sender in self.excluded:  # ignored, unless a set we know names it: a justified
+            # set (prepared by a quorum before the exclusion) needs it to be voted for again
+            named = ((env.sender, env.digest) in zip(s.message.senders,  # type: ignore[union-attr]
+                                                     s.message.digests, strict=True)  # type: ignore[union-attr]
+                     for s in self._sets.values() if s.round == g.round)
+            if g.round == self.round and not self._gradient_problem(env) and any(named):
+                self._grads.setdefault(g.round, {})[env.sender] = env
+                self._advance()
+            return
         if g.round > self.round + self.config.future_rounds:
             self._request_sync(env.sender)
             return
@@ -668,6 +686,7 @@ class Node:
             justified = self._justification(p)
             if justified is not None:
                 self._note_certificate(justified)
+            self._fetch_missing(env)
             self._advance()
         else:
             self._sets.setdefault(set_digest(p), env)
@@ -732,6 +751,41 @@ class Node:
         self._sets.setdefault(cert.set_digest, proposal)
         if cert.model_hash == self.model_hash:
             self._note_certificate(cert)
+
+    def _fetch_missing(self, proposal: Envelope) -> None:
+        """Ask the proposer for the gradients it names that we lack or hold in another version
+        (lost on the way, or its sender equivocated: then we get a proof of it)."""
+        p: Proposal = proposal.message  # type: ignore[assignment]
+        if proposal.sender == self.id:
+            return
+        held = self._grads.get(p.round, {})
+        missing = tuple(s for s, d in zip(p.senders, p.digests, strict=True)
+                        if s != self.id and (s not in held or held[s].digest != d))
+        if missing:
+            self._send(proposal.sender, Fetch(p.round, missing))
+
+    def _on_fetch(self, env: Envelope) -> None:
+        req: Fetch = env.message  # type: ignore[assignment]
+        held = self._grads.get(req.round, {})
+        frames = tuple(held[s].frame for s in dict.fromkeys(req.senders) if s in held)
+        if frames:
+            self._send(env.sender, Frames(req.round, frames))
+
+    def _on_frames(self, env: Envelope) -> None:
+        """Relayed gradients: each is checked as if its sender had sent it to us (signature,
+        validity, equivocation), except the replay window, which is per direct sender."""
+        resp: Frames = env.message  # type: ignore[assignment]
+        for frame in resp.frames[: self.n]:
+            try:
+                inner = self.open(frame)
+            except DecodeError as err:
+                self._reject(f"relayed_{err.reason}", env.sender)
+                return
+            if not isinstance(inner.message, Gradient) or inner.sender not in self._member_set:
+                self._reject("relayed_not_gradient", env.sender)
+                return
+            if inner.sender != self.id:
+                self._on_gradient(inner)
 
     # ---- accountability ----------------------------------------------------------------------
 

@@ -120,11 +120,31 @@ class Evidence:
     second: bytes
 
 
-Message: TypeAlias = Gradient | Proposal | SyncRequest | SyncResponse | Vote | ViewChange | Evidence
+@dataclass(frozen=True, slots=True)
+class Fetch:
+    """Asks a peer for the gradients of `round` it holds from `senders` (a node that holds a
+    proposal but not every gradient it names: lost, or the sender told it something else)."""
+
+    KIND: ClassVar[int] = 9
+    round: int
+    senders: tuple[int, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Frames:
+    """The answer to a Fetch: original signed gradient frames, re-verified by the receiver."""
+
+    KIND: ClassVar[int] = 10
+    round: int
+    frames: tuple[bytes, ...]
+
+
+Message: TypeAlias = (Gradient | Proposal | SyncRequest | SyncResponse | Vote | ViewChange
+                      | Evidence | Fetch | Frames)
 
 # KIND 5 (Head, the fork announcements of the crash-fault protocol) is retired, never reused.
 _TOP_LEVEL: tuple[type[Message], ...] = (Gradient, Proposal, SyncRequest, SyncResponse, Vote,
-                                         ViewChange, Evidence)
+                                         ViewChange, Evidence, Fetch, Frames)
 
 
 def _registry(classes: tuple[type[Message], ...]) -> dict[int, type[Message]]:

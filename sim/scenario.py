@@ -315,6 +315,9 @@ class ExpectSpec(Strict):
     rounds_committed_at_least: Annotated[int, Field(ge=0)] | None = None
     forks_at_most: Annotated[int, Field(ge=0)] | None = None
     dropped_messages_at_least: Annotated[int, Field(ge=0)] | None = None
+    # exactly these nodes end excluded (for equivocation) by every running honest node
+    excluded: list[NodeId] | None = None
+    excluded_within_rounds: Annotated[int, Field(ge=0)] | None = None  # of its first offence
 
 
 class RealSpec(Strict):

@@ -14,6 +14,8 @@ from phalanx.net.messages import (
     COMMIT,
     KINDS,
     Evidence,
+    Fetch,
+    Frames,
     Gradient,
     Proposal,
     RoundRecord,
@@ -130,13 +132,13 @@ def test_consensus_messages_roundtrip_and_hash_length() -> None:
         decode_payload(Vote.KIND, msgpack.packb([7, 2, COMMIT, b"short", b"m" * 32]))
     assert err.value.reason == "bad_payload"
     for msg in (ViewChange(3, 1, (b"v1", b"v2"), b"p"), ViewChange(3, 1, (), b""),
-                Evidence(4, b"first", b"second"),
+                Evidence(4, b"first", b"second"), Fetch(4, (0, 2)), Frames(4, (b"g1", b"g2")),
                 Proposal(2, 1, (0, 1, 2), (b"a" * 32,) * 3, (b"vote",) * 3)):
         assert roundtrip(msg) == msg
 
 
 def test_every_kind_is_covered() -> None:
-    assert set(KINDS) == {1, 2, 3, 4, 6, 7, 8}  # 5 (Head) is retired
+    assert set(KINDS) == {1, 2, 3, 4, 6, 7, 8, 9, 10}  # 5 (Head) is retired
     assert all(kind == cls.KIND for kind, cls in KINDS.items())
 
 

@@ -116,21 +116,28 @@ class BadSignature(Behaviour):
 
 
 class Replay(Behaviour):
-    """Re-sends frames it sent in earlier rounds along with everything new."""
+    """On entering each round, re-sends the frames it broadcast in the round before (old
+    gradients, votes and proposals, byte for byte: the replay window must drop them)."""
 
     name = "replay"
 
     def __init__(self, from_round: int = 0, colluders: frozenset[int] = frozenset(),
                  seed: int = 0, **params: Any) -> None:
         super().__init__(from_round, colluders, seed, **params)
-        self._old: list[Broadcast] = []
+        self._sent: dict[int, list[Broadcast]] = {}  # round -> what it broadcast in it
+        self._replayed: set[int] = set()
 
     def outgoing(self, actions: list[Action], node: NodeView) -> list[Action]:
-        fresh = [a for a in actions if isinstance(a, Broadcast)]
-        if self.active(node.round):
-            stale = [a for a in self._old if a.round < node.round][-4:]
-            actions = actions + stale
-        self._old = (self._old + fresh)[-64:]
+        for a in actions:
+            if isinstance(a, Broadcast):
+                self._sent.setdefault(a.round, []).append(a)
+        previous = node.round - 1
+        if self.active(node.round) and previous in self._sent and (
+                previous not in self._replayed):
+            self._replayed.add(previous)
+            actions = actions + self._sent.pop(previous)
+        for old in [r for r in self._sent if r < previous]:
+            del self._sent[old]
         return actions
 
 
