@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated
 
+import polars as pl
 import typer
 from rich.console import Console
 from rich.table import Table
@@ -149,13 +150,73 @@ def bench_sim(
     """Simulated events per wall second: phalanx vs a bare-SimPy run of the same traffic."""
     from phalanx.apps.bench_sim import run_bench
 
+    run_bench(_counts("--nodes", nodes, 4), rounds, out_file, out)
+
+
+def _counts(option: str, value: str, least: int) -> list[int]:
     try:
-        counts = [int(x) for x in nodes.split(",") if x.strip()]
+        counts = [int(x) for x in value.split(",") if x.strip()]
     except ValueError:
-        raise fail(f"--nodes: expected comma-separated integers (got {nodes!r})") from None
-    if not counts or min(counts) < 4:
-        raise fail(f"--nodes: each count must be at least 4 (got {nodes!r})")
-    run_bench(counts, rounds, out_file, out)
+        raise fail(f"{option}: expected comma-separated integers (got {value!r})") from None
+    if not counts or min(counts) < least:
+        raise fail(f"{option}: each count must be at least {least} (got {value!r})")
+    return counts
+
+
+@bench_app.command("consensus")
+def bench_consensus(
+    nodes: Annotated[str, typer.Option(help="comma-separated node counts")] = "4,16,64,100,128",
+    rounds: Annotated[int, typer.Option(help="rounds per run (at least 2)")] = 5,
+    out_file: Annotated[Path, typer.Option("--out", help="JSON result file")] = Path(
+        "benchmarks/out/consensus.json"),
+) -> None:
+    """Simulated commit latency per round and messages/bytes per round as n grows."""
+    from phalanx.apps.bench_consensus import run_bench
+
+    if rounds < 2:
+        raise fail(f"--rounds: at least 2 rounds are needed to time one (got {rounds})")
+    run_bench(_counts("--nodes", nodes, 4), rounds, out_file, out)
+
+
+@app.command()
+def matrix(
+    spec: Annotated[Path, typer.Argument(help="matrix YAML file, e.g. "
+                                         "scenarios/byzantine/matrix.yaml")],
+    group: Annotated[list[str] | None, typer.Option(help="run only these groups")] = None,
+    workers: Annotated[int | None, typer.Option(help="worker processes "
+                                                "(default: one per CPU)")] = None,
+    out_dir: Annotated[Path | None, typer.Option("--out", help="output folder (default: "
+                                                 "runs/<matrix name>)")] = None,
+    write: Annotated[Path | None, typer.Option(help="also write every cell as a scenario "
+                                               "file here")] = None,
+) -> None:
+    """Run an attacks x aggregators x topologies matrix; write matrix.parquet and matrix.md.
+    Exit code 1 when a cell breaks safety, liveness or its expectations."""
+    from phalanx.apps.matrix import load_matrix, markdown, run_matrix, table, write_table
+
+    if workers is not None and workers < 1:
+        raise fail(f"--workers: must be at least 1 (got {workers})")
+    try:
+        mspec, cells = load_matrix(spec)
+    except ScenarioError as e:
+        raise fail(str(e)) from None
+    known = {c.group for c in cells}
+    for g in group or []:
+        if g not in known:
+            raise fail(f"--group: no group {g!r} in {spec} (groups: {', '.join(sorted(known))})")
+    cells = [c for c in cells if not group or c.group in group]
+    if write is not None:
+        write.mkdir(parents=True, exist_ok=True)
+        for c in cells:
+            (write / f"{c.scenario.name}.yaml").write_text(c.scenario.resolved_yaml())
+    out.print(f"matrix {mspec.name}: {len(cells)} cells ...")
+    df = table(run_matrix(cells, workers))
+    target = out_dir or Path("runs") / mspec.name
+    write_table(df, target, mspec.name)
+    out.print(markdown(df, mspec.name))
+    out.print(f"written to {target}/matrix.parquet and matrix.md")
+    if df.filter(pl.col("failures").list.len() > 0).height:
+        raise typer.Exit(1)
 
 
 def main() -> None:

@@ -30,8 +30,10 @@ class Started:
     """The node (re)starts; `disk` is what it persisted before, empty on a fresh start."""
 
     disk: Mapping[str, bytes | RoundRecord] = field(default_factory=dict)
-    restarted: bool = False  # a restart (not a first start): with an empty disk, the node
-    # cannot know what it signed before, so it abstains from voting until it commits a round
+    # a restart whose disk was lost: the node cannot know what it signed before, so it abstains
+    # from voting until it commits a round (an empty disk that survived means it signed nothing:
+    # votes are persisted before they are sent)
+    lost_disk: bool = False
 
 
 @dataclass(frozen=True, slots=True)

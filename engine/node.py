@@ -111,6 +111,7 @@ def set_digest(proposal: Proposal) -> bytes:
 
 
 MAX_VIEW = 2**31  # views past this are refused: they would overflow the wire format later
+VIEWS_AHEAD = 64  # votes for views further ahead of ours are dropped (we would catch up by sync)
 
 
 @dataclass(frozen=True, slots=True)
@@ -202,8 +203,8 @@ class Node:
                 self._on_timer(name)
             case ComputeDone(job, result):
                 self._on_computed(job, result)
-            case Started(disk, restarted):
-                self._restore(disk, restarted)
+            case Started(disk, lost_disk):
+                self._restore(disk, lost_disk)
                 self._start_round()
         return self.behaviour.outgoing(self._out, self)
 
@@ -238,7 +239,7 @@ class Node:
         return msgpack.packb([self.round, self.view, self.model_hash, self.params.tobytes(),
                               self.velocity.tobytes(), self.last_update.tobytes()])
 
-    def _restore(self, disk: Mapping[str, bytes | RoundRecord], restarted: bool) -> None:
+    def _restore(self, disk: Mapping[str, bytes | RoundRecord], lost_disk: bool) -> None:
         blob = disk.get("checkpoint")
         if isinstance(blob, bytes):
             round_, view, model_hash, params, velocity, update = msgpack.unpackb(blob)
@@ -251,7 +252,7 @@ class Node:
         votes = disk.get("votes")
         if isinstance(votes, bytes):  # what we signed in the round we were in: never re-sign
             self._voted = {tuple(v) for v in msgpack.unpackb(votes)}  # type: ignore[misc]
-        self._abstain = restarted and not isinstance(votes, bytes)
+        self._abstain = lost_disk
         lock = disk.get("lock")
         if isinstance(lock, bytes):  # the prepare certificate we commit-voted on, kept as
             round_, frames, proposal = msgpack.unpackb(lock)  # carefully as our votes
@@ -701,6 +702,8 @@ class Node:
         if v.round > self.round + self.config.future_rounds:
             self._request_sync(env.sender)
             return
+        if v.view > self.view + VIEWS_AHEAD:
+            return  # bounded memory: a Byzantine voter cannot fill a book with far views
         earlier = self._book(v.round).add(env)
         if earlier is not None:
             self._accuse(earlier, env)

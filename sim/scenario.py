@@ -401,7 +401,7 @@ class Scenario(Strict):
 # ---- loading ---------------------------------------------------------------------------------
 
 
-def _describe(error: dict[str, Any]) -> str:
+def describe_error(error: dict[str, Any]) -> str:
     loc = ".".join(str(p) for p in error["loc"] if not str(p).startswith("function-after"))
     msg = error["msg"].removeprefix("Value error, ")
     value = error.get("input")
@@ -418,7 +418,7 @@ def parse_scenario(data: Any, source: str = "scenario") -> Scenario:
     except ValidationError as err:
         errors = err.errors()
         more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
-        raise ScenarioError(f"{source}: {_describe(errors[0])}{more}") from None
+        raise ScenarioError(f"{source}: {describe_error(errors[0])}{more}") from None
 
 
 def load_scenario(path: str | Path, seed: int | None = None) -> Scenario:

@@ -140,7 +140,7 @@ class Host:
         self.holds = 0
         self.bytes_sent: dict[int, int] = {}  # round -> bytes this node put on the wire for it
 
-    def start(self, restarted: bool = False) -> None:
+    def start(self, lost_disk: bool = False) -> None:
         w = self.world
         spec = w.byzantine.get(self.id)
         behaviour = make_behaviour(spec.behaviour, spec.from_round, w.colluders,
@@ -148,7 +148,7 @@ class Host:
         self.node = Node(node_config(w.scenario, self.id), w.identities[self.id], w.workload,
                          w.opener, behaviour)
         self.up, self.finished = True, False
-        self.feed(Started(dict(self.disk), restarted))
+        self.feed(Started(dict(self.disk), lost_disk))
 
     def crash(self) -> None:
         self.holds += 1  # overlapping crash faults: back up only when the last one heals
@@ -167,7 +167,7 @@ class Host:
         if not keep_disk:
             self.disk.clear()
         self.world.log.node_event(self.world.now, "restart", f"keep_disk={keep_disk}", self.id)
-        self.start(restarted=True)
+        self.start(lost_disk=not keep_disk)
 
     def feed(self, event: Event) -> None:
         if self.node is not None:

@@ -7,8 +7,12 @@ harness's asserts get pytest's rewriting, like the test modules' own.
 
 from __future__ import annotations
 
+import json
+import os
+import shutil
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -17,3 +21,55 @@ if _TESTS not in sys.path:
     sys.path.insert(0, _TESTS)
 
 pytest.register_assert_rewrite("nodekit")
+
+
+# ---- the Byzantine matrix's summary table -------------------------------------------------
+# Each cell test (tests/test_byzantine_matrix.py, spread over xdist workers) drops its row in a
+# folder of its own session (so concurrent pytest runs do not mix); the controlling process
+# gathers the rows into one table when the session ends.
+
+MATRIX_OUT = Path(__file__).resolve().parent.parent / "runs" / "byzantine-matrix"
+
+
+def _is_controller(config: pytest.Config) -> bool:
+    return not hasattr(config, "workerinput")
+
+
+class _HandRowsToWorkers:
+    """xdist's hook, registered only when xdist is there (pytest refuses unknown hooks)."""
+
+    @staticmethod
+    def pytest_configure_node(node: Any) -> None:
+        node.workerinput["matrix_rows"] = str(node.config.stash[_ROWS])
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    if _is_controller(config):
+        config.stash[_ROWS] = MATRIX_OUT / f"cells-{os.getpid()}"
+        if config.pluginmanager.hasplugin("xdist"):
+            config.pluginmanager.register(_HandRowsToWorkers())
+
+
+@pytest.fixture
+def matrix_rows(request: pytest.FixtureRequest) -> Path:
+    config = request.config
+    if _is_controller(config):
+        return config.stash[_ROWS]
+    return Path(config.workerinput["matrix_rows"])  # type: ignore[attr-defined]
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    if not _is_controller(session.config):
+        return
+    rows_dir = session.config.stash.get(_ROWS, None)
+    if rows_dir is None or not rows_dir.exists():
+        return
+    from phalanx.apps.matrix import table, write_table
+
+    rows = [json.loads(p.read_text()) for p in sorted(rows_dir.glob("*.json"))]
+    shutil.rmtree(rows_dir, ignore_errors=True)
+    if rows:
+        write_table(table(rows), MATRIX_OUT, f"Byzantine matrix ({len(rows)} cells, pytest)")
+
+
+_ROWS = pytest.StashKey[Path]()

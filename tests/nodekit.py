@@ -1,12 +1,16 @@
-"""Shared harness for the Node tests (`test_node.py`, `test_node_fuzz.py`): a four-member
-cluster's constants, a `Kit` holding everything tied to one seed (identities, keyring, opener,
-workload, frame forging, node factory), and `Pump`, a tiny deterministic message pump.
+"""Shared harness for the Node tests (`test_node.py`, `test_node_fuzz.py`,
+`test_consensus.py`): a four-member cluster's constants, a `Kit` holding everything tied to one
+seed (identities, keyring, opener, workload, frame forging, node factory), and `Pump`, a tiny
+deterministic message pump.
 
 The pump keeps one FIFO queue of (destination, event). Compute actions really run their job and
-queue a ComputeDone for the node; Broadcast/Send queue Received(frame) for the peers (unless a
-drop rule says otherwise); SetTimer arms a timer with a deadline on the pump's clock, fired only
-when a test asks (by hand, or `advance()` for the earliest one); Persist writes to the node's
-disk dict; Emit collects metrics per node.
+queue a ComputeDone for the node; Broadcast/Send queue Received(frame) for the peers, unless the
+`drop` rule (on the header: src, dst, kind, round) says otherwise, and after the `rewrite` hook
+(on the frame, per destination: deliver nothing, the frame, or other frames, e.g. forged ones);
+SetTimer arms a timer with a deadline on the pump's clock, fired only when a test asks (by hand,
+or `advance()` for the earliest one); Persist writes to the node's disk dict; Emit collects
+metrics per node. `crash`/`restart` model a process dying (its queued events and timers lost)
+and coming back with or without its disk.
 
 `conftest.py` puts this folder on `sys.path` (importlib mode does not) and has pytest rewrite the
 asserts here as it does in the test modules.
@@ -16,7 +20,7 @@ from __future__ import annotations
 
 import itertools
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from functools import partial
 
@@ -30,6 +34,7 @@ from phalanx.engine.events import (
     ComputeDone,
     Emit,
     Event,
+    Excluded,
     Finished,
     Persist,
     Received,
@@ -39,13 +44,14 @@ from phalanx.engine.events import (
     SetTimer,
     Started,
     TimerFired,
+    ViewChanged,
 )
 from phalanx.engine.node import Node, NodeConfig
 from phalanx.engine.rng import RngStreams
 from phalanx.engine.workloads.linear import LinearRegression
 from phalanx.net.crypto import Identity, sha256
-from phalanx.net.envelope import open_frame, seal
-from phalanx.net.messages import Message, RoundRecord
+from phalanx.net.envelope import Envelope, open_frame, seal
+from phalanx.net.messages import Message, RoundRecord, Vote
 
 N = 4
 DIM = 4
@@ -74,18 +80,22 @@ def rejections_of(actions: list[Action]) -> list[Rejected]:
 # ---- the pump -------------------------------------------------------------------------------
 
 Drop = Callable[[int, int, int, int], bool]  # (src, dst, kind, round) -> drop?
+Rewrite = Callable[[int, int, bytes], Iterable[bytes]]  # (src, dst, frame) -> frames to deliver
 
 
 @dataclass
 class Pump:
     nodes: dict[int, Node]
     drop: Drop = lambda src, dst, kind, rnd: False
+    rewrite: Rewrite | None = None
+    open: Callable[[bytes], Envelope] | None = None  # for `sent_by`
     now: float = 0.0
     queue: deque[tuple[int, Event]] = field(default_factory=deque)
     timers: dict[int, dict[str, float]] = field(default_factory=dict)
     metrics: dict[int, list[object]] = field(default_factory=dict)
     disks: dict[int, dict[str, bytes | RoundRecord]] = field(default_factory=dict)
     sent: list[tuple[int, int, bytes]] = field(default_factory=list)  # (src, dst, frame)
+    log: list[tuple[int, Action]] = field(default_factory=list)  # every action, in order
     steps: int = 0
 
     def __post_init__(self) -> None:
@@ -98,6 +108,7 @@ class Pump:
     def feed(self, node: int, event: Event) -> list[Action]:
         actions = self.nodes[node].handle(event, self.now)
         assert isinstance(actions, list)
+        self.log.extend((node, a) for a in actions)
         self.execute(node, actions)
         return actions
 
@@ -124,13 +135,28 @@ class Pump:
                     raise AssertionError(f"unknown action {action!r}")
 
     def _deliver(self, src: int, dst: int, frame: bytes, kind: int, rnd: int) -> None:
-        if dst in self.nodes and not self.drop(src, dst, kind, rnd):
-            self.sent.append((src, dst, frame))
-            self.queue.append((dst, Received(frame)))
+        if dst not in self.nodes or self.drop(src, dst, kind, rnd):
+            return
+        for out in (self.rewrite(src, dst, frame) if self.rewrite else (frame,)):
+            self.sent.append((src, dst, out))
+            self.queue.append((dst, Received(out)))
 
     def start(self, disks: dict[int, dict[str, bytes | RoundRecord]] | None = None) -> None:
         for i in self.nodes:
             self.feed(i, Started(dict((disks or {}).get(i, {}))))
+
+    def crash(self, node: int) -> None:
+        """The process dies: its queued events and armed timers are lost (its disk is not)."""
+        self.queue = deque((d, e) for d, e in self.queue if d != node)
+        self.timers[node].clear()
+
+    def restart(self, node: int, fresh: Node, keep_disk: bool = True) -> list[Action]:
+        """`fresh` takes `node`'s place, started as a restart with its disk or an empty one."""
+        self.crash(node)
+        self.nodes[node] = fresh
+        if not keep_disk:
+            self.disks[node] = {}
+        return self.feed(node, Started(dict(self.disks[node]), lost_disk=not keep_disk))
 
     def run(self, until: Callable[[], bool] | None = None, max_steps: int = 20_000) -> None:
         """Deliver queued events until the queue is empty (or `until()` holds)."""
@@ -185,6 +211,36 @@ class Pump:
     def finished(self, node: int) -> list[Finished]:
         return [m for m in self.metrics[node] if isinstance(m, Finished)]
 
+    def excluded(self, node: int) -> list[Excluded]:
+        return [m for m in self.metrics[node] if isinstance(m, Excluded)]
+
+    def view_changes(self, node: int) -> list[ViewChanged]:
+        return [m for m in self.metrics[node] if isinstance(m, ViewChanged)]
+
+    def sent_by(self, node: int, kind: type | None = None, since: int = 0) -> list[Envelope]:
+        """What `node` sent (from `self.sent[since:]`), each frame once, opened; only messages
+        of type `kind` if given."""
+        assert self.open is not None, "the pump needs an opener"
+        frames = dict.fromkeys(f for s, _, f in self.sent[since:] if s == node)
+        envs = [self.open(f) for f in frames]
+        return [e for e in envs if kind is None or isinstance(e.message, kind)]
+
+    def signed_by(self, node: int, kind: type | None = None, since: int = 0) -> list[Envelope]:
+        """What `node` signed and sent (Broadcast/Send actions in `self.log[since:]`, whether
+        or not a rule let them through), opened; only messages of type `kind` if given."""
+        assert self.open is not None, "the pump needs an opener"
+        envs = [self.open(a.frame) for i, a in self.log[since:]
+                if i == node and isinstance(a, Broadcast | Send)]
+        return [e for e in envs if kind is None or isinstance(e.message, kind)]
+
+    def votes_by(self, node: int) -> dict[tuple[int, int, int], set[bytes]]:
+        """(round, view, phase) -> the digests of the votes `node` signed for that slot."""
+        slots: dict[tuple[int, int, int], set[bytes]] = {}
+        for env in self.signed_by(node, Vote):
+            v: Vote = env.message  # type: ignore[assignment]
+            slots.setdefault((v.round, v.view, v.phase), set()).add(env.digest)
+        return slots
+
 
 # ---- one seed's cluster ----------------------------------------------------------------------
 
@@ -209,6 +265,21 @@ class Kit:
         a sequence number far from anything the nodes themselves use."""
         return seal(identity or self.ids[sender], sender, next(self._seq), message)
 
-    def cluster(self, rounds: int = 5, drop: Drop | None = None, **kw: object) -> Pump:
+    def cluster(self, rounds: int = 5, drop: Drop | None = None,
+                rewrite: Rewrite | None = None, **kw: object) -> Pump:
         nodes = {i: self.node(i, rounds, **kw) for i in MEMBERS}
-        return Pump(nodes, drop) if drop else Pump(nodes)
+        pump = Pump(nodes, rewrite=rewrite, open=self.open)
+        if drop is not None:
+            pump.drop = drop
+        return pump
+
+    def unless(self, pred: Callable[[int, int, Envelope], bool]) -> Rewrite:
+        """A rewrite hook that drops the frames for which `pred(src, dst, envelope)` holds."""
+        def rewrite(src: int, dst: int, frame: bytes) -> list[bytes]:
+            return [] if pred(src, dst, self.open(frame)) else [frame]
+        return rewrite
+
+    def vote(self, sender: int, round: int, view: int, phase: int, set_digest: bytes,
+             model_hash: bytes, identity: Identity | None = None) -> bytes:
+        """A vote frame signed by `sender` (or by `identity`)."""
+        return self.forge(sender, Vote(round, view, phase, set_digest, model_hash), identity)

@@ -10,7 +10,7 @@ import numpy as np
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
-from nodekit import DIM, MEMBERS, ZERO_HASH, Kit, N, rejections_of
+from nodekit import DIM, MEMBERS, ZERO_HASH, Kit, rejections_of
 
 from phalanx.engine.events import (
     Action,
@@ -26,17 +26,22 @@ from phalanx.engine.events import (
     SetTimer,
     Started,
 )
-from phalanx.engine.node import Node
+from phalanx.engine.node import Node, set_digest
 from phalanx.net.codec import DTYPES
 from phalanx.net.crypto import sha256
 from phalanx.net.errors import REASONS, DecodeError
 from phalanx.net.messages import (
+    COMMIT,
+    PREPARE,
+    Evidence,
     Gradient,
     Message,
     Proposal,
     RoundRecord,
     SyncRequest,
     SyncResponse,
+    ViewChange,
+    Vote,
 )
 
 FUZZ = settings(
@@ -193,6 +198,17 @@ def _gradients() -> st.SearchStrategy[Gradient]:
     return st.builds(Gradient, rounds, hashes, st.floats(), big, arrays)
 
 
+frame_bytes = pick(VALID_FRAMES) | st.binary(max_size=64) | mutated()
+frame_tuples = st.lists(frame_bytes, max_size=5).map(tuple)
+VOTE_FRAMES = [f for f in VALID_FRAMES if isinstance(OPEN(f).message, Vote)]
+# frames that may make a certificate: genuine votes of one round and phase, or anything
+certificates = st.one_of(
+    frame_tuples,
+    st.lists(pick(VOTE_FRAMES), max_size=5).map(tuple),
+    pick(RECORDS).map(lambda r: r.certificate),
+)
+
+
 def _proposals() -> st.SearchStrategy[Proposal]:
     return st.builds(
         Proposal,
@@ -200,6 +216,7 @@ def _proposals() -> st.SearchStrategy[Proposal]:
         big,
         st.lists(st.one_of(st.sampled_from(MEMBERS), big), max_size=6).map(tuple),
         st.lists(hashes, max_size=6).map(tuple),
+        st.just(()) | certificates,
     )
 
 
@@ -207,14 +224,18 @@ def _sync_requests() -> st.SearchStrategy[SyncRequest]:
     return st.builds(SyncRequest, rounds, big, big)
 
 
-frame_bytes = pick(VALID_FRAMES) | st.binary(max_size=64) | mutated()
 records = st.one_of(
     pick(RECORDS),
-    st.builds(RoundRecord, rounds, frame_bytes, st.lists(frame_bytes, max_size=5).map(tuple)),
+    st.builds(RoundRecord, rounds, frame_bytes, frame_tuples, certificates),
     st.builds(
-        lambda r, g: RoundRecord(r.round, r.proposal, g),
+        lambda r, g: RoundRecord(r.round, r.proposal, g, r.certificate),
         pick(RECORDS),
-        st.lists(frame_bytes, max_size=5).map(tuple),
+        frame_tuples,
+    ),
+    st.builds(
+        lambda r, c: RoundRecord(r.round, r.proposal, r.gradients, c),
+        pick(RECORDS),
+        certificates,
     ),
 )
 
@@ -223,7 +244,20 @@ def _sync_responses() -> st.SearchStrategy[SyncResponse]:
     return st.builds(SyncResponse, rounds, st.lists(records, max_size=4).map(tuple))
 
 
-messages = st.one_of(_gradients(), _proposals(), _sync_requests(), _sync_responses())
+def _votes() -> st.SearchStrategy[Vote]:
+    return st.builds(Vote, rounds, big, st.sampled_from([PREPARE, COMMIT]) | big, hashes, hashes)
+
+
+def _view_changes() -> st.SearchStrategy[ViewChange]:
+    return st.builds(ViewChange, rounds, big, certificates, frame_bytes | st.just(b""))
+
+
+def _evidence() -> st.SearchStrategy[Evidence]:
+    return st.builds(Evidence, rounds, frame_bytes, frame_bytes)
+
+
+messages = st.one_of(_gradients(), _proposals(), _sync_requests(), _sync_responses(), _votes(),
+                     _view_changes(), _evidence())
 
 
 @FUZZ
@@ -238,13 +272,12 @@ def test_signed_hostile_messages_never_raise(node: Node, batch: list[tuple[int, 
 
 
 @st.composite
-def coherent_round(draw: st.DrawFn) -> tuple[int, list[bytes]]:
-    """Well-formed gradients from a quorum of members (values anywhere in float32's finite
-    range) plus a proposal by the leader of the view it names, listing their real digests."""
-    target = draw(st.sampled_from(MEMBERS))
-    others = [m for m in MEMBERS if m != target]
-    senders = sorted(draw(st.lists(st.sampled_from(others), min_size=3, max_size=3, unique=True)))
-    base = ZERO_HASH
+def coherent_round(draw: st.DrawFn) -> tuple[int, list[bytes], tuple[int, ...]]:
+    """Well-formed gradients of the three other members (values anywhere in float32's finite
+    range), round 0's proposal of them by its leader (node 0, view 0) and PREPARE votes for it
+    by two of them, in any order; plus the two members that will vote COMMIT."""
+    target = draw(st.sampled_from(MEMBERS[1:]))
+    senders = tuple(m for m in MEMBERS if m != target)
     values = hnp.arrays(
         np.float32, (DIM,), elements=st.floats(allow_nan=False, allow_infinity=False, width=32)
     )
@@ -253,7 +286,7 @@ def coherent_round(draw: st.DrawFn) -> tuple[int, list[bytes]]:
             s,
             Gradient(
                 0,
-                base,  # a set built on another model is a fork, refused (tested in test_node)
+                ZERO_HASH,  # a set built on another model is never voted for (test_node)
                 draw(st.floats(-1e300, 1e300)),
                 draw(st.integers(1, 10**6)),
                 draw(values),
@@ -261,28 +294,40 @@ def coherent_round(draw: st.DrawFn) -> tuple[int, list[bytes]]:
         )
         for s in senders
     ]
-    proposer = draw(st.sampled_from(others))
-    view = (proposer - 0) % N + N * draw(st.integers(0, 3))
-    digests = tuple(OPEN(f).digest for f in frames)
-    proposal = sign(proposer, Proposal(0, view, tuple(senders), digests))
-    order = draw(st.permutations([*frames, proposal]))
-    return target, list(order)
+    proposal = Proposal(0, 0, senders, tuple(OPEN(f).digest for f in frames))
+    digest = set_digest(proposal)
+    preparers = draw(st.permutations(senders))[:2]
+    prepares = [sign(s, Vote(0, 0, PREPARE, digest, ZERO_HASH)) for s in preparers]
+    order = draw(st.permutations([*frames, sign(0, proposal), *prepares]))
+    committers = tuple(draw(st.permutations(senders))[:2])
+    return target, list(order), committers
 
 
 @FUZZ
 @given(case=coherent_round())
 def test_adversarial_but_wellformed_round_commits_without_raising(
-    case: tuple[int, list[bytes]],
+    case: tuple[int, list[bytes], tuple[int, ...]],
 ) -> None:
-    target, frames = case
+    target, frames, committers = case
     node = make_node(target, seasoned=False)
-    commits: list[RoundCommitted] = []
+    actions: list[Action] = []
     with np.errstate(all="ignore"):
         for frame in frames:
-            for a in deliver(node, frame):
-                if isinstance(a, Emit) and isinstance(a.metric, RoundCommitted):
-                    commits.append(a.metric)
+            actions += deliver(node, frame)
+        votes = [OPEN(a.frame).message for a in actions
+                 if isinstance(a, Broadcast) and a.kind == Vote.KIND]
+        assert [v.phase for v in votes] == [PREPARE, COMMIT]  # type: ignore[union-attr]
+        mine = votes[1]
+        assert isinstance(mine, Vote) and node.round == 0
+        for s in committers:
+            actions += deliver(node, sign(s, Vote(0, 0, COMMIT, mine.set_digest,
+                                                  mine.model_hash)))
+    commits = [a.metric for a in actions
+               if isinstance(a, Emit) and isinstance(a.metric, RoundCommitted)]
     assert [c.round for c in commits] == [0]
     assert node.round == 1 and commits[0].contributors == 3
     assert node.model_hash == sha256(node.params.tobytes()) == commits[0].model_hash
+    assert commits[0].model_hash == mine.model_hash
     assert not node.rejections
+    (record,) = node.history
+    assert record.certificate and len(record.certificate) == node.quorum

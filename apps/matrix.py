@@ -1,0 +1,229 @@
+"""The Byzantine-tolerance matrix: attacks × aggregators × topologies over base scenarios.
+
+A matrix file names groups; each group takes a base scenario file and expands into one cell
+per (topology, attack, aggregator). A cell is the base with the topology swapped in, the attack
+given to the group's Byzantine nodes and the aggregator set; its expectations are the base's
+`expect:` plus the attack's own (e.g. `excluded:` for equivocation). Every cell is a complete
+scenario, so `phalanx matrix FILE --write DIR` can dump it as a YAML file that `phalanx run`
+replays on its own.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterable
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+import yaml
+from pydantic import Field, ValidationError
+
+from phalanx.sim.scenario import Scenario, ScenarioError, Strict, describe_error, parse_scenario
+
+
+class AttackSpec(Strict):
+    behaviour: str
+    params: dict[str, float | int | str | bool] = Field(default_factory=dict)
+    # added to the base's expectations in this attack's cells
+    expect: dict[str, Any] = Field(default_factory=dict)
+
+
+class GroupSpec(Strict):
+    name: str
+    base: str  # scenario file, relative to the matrix file
+    byzantine_nodes: list[int]
+    topologies: list[dict[str, Any]] = Field(default_factory=lambda: [{"kind": "complete"}])
+    attacks: list[str]  # names from the matrix's `attacks:` table; "none" = attack-free
+    aggregators: list[str | dict[str, Any]]
+
+
+class MatrixSpec(Strict):
+    name: str
+    description: str = ""
+    attacks: dict[str, AttackSpec]
+    groups: list[GroupSpec]
+
+
+@dataclass(frozen=True)
+class Cell:
+    group: str
+    topology: str
+    attack: str
+    aggregator: str
+    scenario: Scenario
+
+    @property
+    def id(self) -> str:
+        return f"{self.group}/{self.topology}/{self.attack}/{self.aggregator}"
+
+
+def aggregator_label(spec: str | dict[str, Any]) -> str:
+    if isinstance(spec, str):
+        return spec
+    label = "+".join([spec.get("kind", "mean"), *spec.get("pre", [])])
+    params = spec.get("params", {})
+    return label + "".join(f",{k}={v}" for k, v in sorted(params.items()))
+
+
+def topology_label(topo: dict[str, Any]) -> str:
+    extra = "".join(f"-{v}" for k, v in sorted(topo.items()) if k != "kind")
+    return topo["kind"] + extra
+
+
+def load_matrix(path: str | Path) -> tuple[MatrixSpec, list[Cell]]:
+    """Parse a matrix file and expand it; ScenarioError (one line) on any bad field."""
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError) as err:
+        raise ScenarioError(f"{path}: cannot read matrix ({err})") from None
+    try:
+        spec = MatrixSpec.model_validate(raw)
+    except ValidationError as err:
+        raise ScenarioError(f"{path}: {describe_error(err.errors()[0])}") from None
+    cells = []
+    for group in spec.groups:
+        base_path = path.parent / group.base
+        try:
+            base = yaml.safe_load(base_path.read_text())
+        except (OSError, yaml.YAMLError) as err:
+            raise ScenarioError(f"{path}: group {group.name}: cannot read {base_path} ({err})"
+                                ) from None
+        for attack in group.attacks:
+            if attack != "none" and attack not in spec.attacks:
+                raise ScenarioError(f"{path}: group {group.name}: attack {attack!r} is not in "
+                                    f"the attacks table ({', '.join(sorted(spec.attacks))})")
+        for topo in group.topologies:
+            for attack in group.attacks:
+                for agg in group.aggregators:
+                    cells.append(_cell(spec, group, base, topo, attack, agg, path))
+    return spec, cells
+
+
+def _cell(spec: MatrixSpec, group: GroupSpec, base: dict[str, Any], topo: dict[str, Any],
+          attack: str, agg: str | dict[str, Any], path: Path) -> Cell:
+    data = json.loads(json.dumps(base))  # a deep copy
+    label = f"{group.name}-{topology_label(topo)}-{attack}-{aggregator_label(agg)}"
+    data["name"] = label
+    data["topology"] = topo
+    data.setdefault("training", {})["aggregator"] = agg
+    expect = dict(data.get("expect", {}))
+    if attack != "none":
+        a = spec.attacks[attack]
+        data["byzantine"] = [{"nodes": group.byzantine_nodes, "behaviour": a.behaviour,
+                              "params": a.params}]
+        expect.update(a.expect)
+    data["expect"] = expect
+    scenario = parse_scenario(data, f"{path} ({label})")
+    return Cell(group.name, topology_label(topo), attack, aggregator_label(agg), scenario)
+
+
+def honest_split_rounds(rounds: pl.DataFrame) -> list[int]:
+    """Rounds in which honest commits (every one ever made) name more than one model."""
+    honest = rounds.filter(~pl.col("byzantine"))
+    if not len(honest):
+        return []
+    per_round = honest.group_by("round").agg(pl.col("model_hash").n_unique().alias("k"))
+    return sorted(per_round.filter(pl.col("k") > 1)["round"].to_list())
+
+
+def run_cell(cell: Cell) -> dict[str, Any]:
+    """Run one cell; a row of the matrix table (never raises: a crash is a failed row)."""
+    from phalanx.apps.runner import run_scenario
+
+    row: dict[str, Any] = {"group": cell.group, "topology": cell.topology,
+                           "attack": cell.attack, "aggregator": cell.aggregator,
+                           "n": cell.scenario.nodes.count, "f": cell.scenario.f}
+    try:
+        result = run_scenario(cell.scenario)
+    except Exception as err:  # reported in the table, not raised: one cell never hides others
+        return {**row, "failures": [f"crashed: {type(err).__name__}: {err}"],
+                "safety_violations": [], "rounds_committed": 0}
+    s = result.summary
+    split = honest_split_rounds(result.rounds)
+    failures = list(result.failures)
+    if split:
+        failures.append(f"safety: honest nodes committed different models in rounds {split}")
+    return {**row,
+            "final_accuracy": s.get("final_eval_accuracy"),
+            "final_loss": s.get("final_eval_loss"),
+            "rounds_committed": s["min_rounds_committed"],
+            "distinct_final_hashes": s["distinct_final_hashes"],
+            "safety_violations": split,
+            "excluded": sorted(int(k) for k, v in s.get("exclusions", {}).items()
+                               if v["by_all_honest"]),
+            "view_changes": s.get("view_changes", 0),
+            "sim_seconds": s["sim_seconds"],
+            "failures": failures}
+
+
+def run_matrix(cells: Iterable[Cell], workers: int | None = None) -> list[dict[str, Any]]:
+    cells = list(cells)
+    workers = workers or os.cpu_count() or 1
+    if workers == 1:
+        return [run_cell(c) for c in cells]
+    with ProcessPoolExecutor(workers) as pool:
+        return list(pool.map(run_cell, cells))
+
+
+def table(rows: list[dict[str, Any]]) -> pl.DataFrame:
+    """The rows with each cell's attack-free baseline (same group, topology, aggregator) and
+    the accuracy it lost to the attack."""
+    df = pl.DataFrame(rows, infer_schema_length=None)
+    for col, dtype in (("final_accuracy", pl.Float64), ("final_loss", pl.Float64)):
+        if col not in df.columns:
+            df = df.with_columns(pl.lit(None, dtype).alias(col))
+    base = (df.filter(pl.col("attack") == "none")
+            .select("group", "topology", "aggregator",
+                    pl.col("final_accuracy").alias("baseline_accuracy"),
+                    pl.col("final_loss").alias("baseline_loss")))
+    # the attack-free mean: the reference every robust rule is compared with
+    free = (df.filter((pl.col("attack") == "none") & (pl.col("aggregator") == "mean"))
+            .select("group", "topology", pl.col("final_accuracy").alias("attack_free_accuracy")))
+    return (df.join(base, on=["group", "topology", "aggregator"], how="left")
+            .join(free, on=["group", "topology"], how="left")
+            .with_columns((pl.col("attack_free_accuracy") - pl.col("final_accuracy"))
+                          .alias("accuracy_lost"))
+            .sort("group", "topology", "attack", "aggregator"))
+
+
+def markdown(df: pl.DataFrame, title: str) -> str:
+    """One accuracy grid (attacks × aggregators) per group and topology, then the failures."""
+    lines = [f"# {title}", ""]
+    for (group, topo), part in df.group_by(["group", "topology"], maintain_order=True):
+        aggs = part["aggregator"].unique(maintain_order=True).to_list()
+        lines += [f"## {group}, {topo} (n={part['n'][0]}, f={part['f'][0]})", "",
+                  "final accuracy (worst honest node); loss where the workload has no "
+                  "accuracy", "",
+                  "| attack | " + " | ".join(aggs) + " |",
+                  "|---|" + "---:|" * len(aggs)]
+        for attack, rows in part.group_by("attack", maintain_order=True):
+            cells = []
+            for agg in aggs:
+                r = rows.filter(pl.col("aggregator") == agg)
+                if not len(r):
+                    cells.append("")
+                    continue
+                acc, loss = r["final_accuracy"][0], r["final_loss"][0]
+                mark = " ✗" if len(r["failures"][0]) else ""
+                cells.append((f"{acc:.3f}" if acc is not None else
+                              f"{loss:.4g}" if loss is not None else "—") + mark)
+            lines.append(f"| {attack[0] if isinstance(attack, tuple) else attack} | "
+                         + " | ".join(cells) + " |")
+        lines.append("")
+    failed = df.filter(pl.col("failures").list.len() > 0)
+    lines += [f"{len(df)} cells, {len(failed)} with failed expectations (✗)", ""]
+    for r in failed.iter_rows(named=True):
+        lines.append(f"- {r['group']}/{r['topology']}/{r['attack']}/{r['aggregator']}: "
+                     + "; ".join(r["failures"]))
+    return "\n".join(lines) + "\n"
+
+
+def write_table(df: pl.DataFrame, out: Path, title: str) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    df.write_parquet(out / "matrix.parquet")
+    (out / "matrix.md").write_text(markdown(df, title))
