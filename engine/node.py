@@ -178,11 +178,13 @@ class Node:
         self._results: dict[bytes, Result] = {}  # set digest -> outcome of applying it
         self._gather_expired = False
         self._first_view = 0  # the view the current round started in
+        self._views_tried = 0  # view changes in the current round (the view timer grows)
         self._own_result: GradientResult | None = None
         self._abstain = False  # restarted without our disk: we may have voted before
         self._sync_until = -1.0
         self._sync_peer: int | None = None
         self._helped: set[tuple[int, int]] = set()  # (peer, round) we sent records unasked
+        self._probed: set[tuple[int, int]] = set()  # (peer, round) we asked for a fork check
         self._poll = 0
         self._out: list[Action] = []
 
@@ -276,7 +278,7 @@ class Node:
         if self._lock is not None and self._lock.round != r:
             self._lock = None
         self._valid = self._lock
-        self._moved, self._results = {}, {}
+        self._moved, self._results, self._views_tried = {}, {}, 0
         self._gather_expired, self._own_result = False, None
         self._sets = {digest: env for digest, env in self._sets.items() if env.round == r}
         for table in (self._grads, self._books):
@@ -293,10 +295,13 @@ class Node:
         self._advance()
 
     def _arm_view_timer(self) -> None:
-        # an excluded leader's view is skipped at once: every honest node holds the proof
+        # An excluded leader's view is skipped at once: every honest node holds the proof.
+        # Otherwise the wait grows with each view change of the round (as Tendermint's does):
+        # nodes whose timers run out of step by almost a whole view, fewer than f + 1 of them
+        # ahead, would otherwise never share a view long enough to reach a quorum.
         excluded = self.leader(self.round, self.view) in self.excluded
-        self._out.append(SetTimer(f"view:{self.round}:{self.view}",
-                                  0.0 if excluded else self.config.view_timeout))
+        delay = self.config.view_timeout * (1.0 + 0.5 * self._views_tried)
+        self._out.append(SetTimer(f"view:{self.round}:{self.view}", 0.0 if excluded else delay))
 
     def _on_computed(self, job: object, result: GradientResult) -> None:
         if not isinstance(job, GradientJob) or job.round != self.round or self.finished:
@@ -331,6 +336,7 @@ class Node:
     def _enter_view(self, view: int) -> None:
         """Leave the views below `view`: tell everyone, with our highest prepare certificate."""
         self.view = view
+        self._views_tried += 1
         self._gather_expired = True  # a later leader settles for a quorum: everyone has waited
         self._moved[self.id] = view
         best = self._best_certificate()
@@ -643,6 +649,7 @@ class Node:
         elif g.round == self.round:
             if g.base_hash != self.model_hash:
                 self._reject("gradient_other_model", env.sender)
+                self._probe_fork(env.sender)
             self._advance()
 
     def _proposal_problem(self, env: Envelope) -> str | None:
@@ -792,6 +799,39 @@ class Node:
 
     # ---- accountability ----------------------------------------------------------------------
 
+    def _probe_fork(self, peer: int) -> None:
+        """A peer in our round built its gradient on another model: either it lies, or two
+        commit certificates exist for our last round (more than f Byzantine signers). Fetch its
+        record of that round once, to compare certificates."""
+        if self.round > 0 and (peer, self.round) not in self._probed:
+            self._probed.add((peer, self.round))
+            self._send(peer, SyncRequest(self.round, self.round - 1, 1))
+
+    def _compare_records(self, ours: RoundRecord, theirs: RoundRecord, peer: int) -> None:
+        """Two commit certificates for one round naming different outcomes cannot both come
+        from honest quorums unless more than f signers equivocated. Every signer of two
+        different votes for the same (round, view, phase) is accused with the pair as proof, so
+        a fork beyond the fault bound is never silent. (Certificates from different views need
+        the prepare votes to assign blame; they are reported as a fork only.)"""
+        if ours.certificate == theirs.certificate:
+            return
+        cert = check_certificate(theirs.certificate, self.open, self._member_set, theirs.round,
+                                 COMMIT)
+        if isinstance(cert, str):
+            self._reject(f"sync_{cert}", peer)
+            return
+        mine = [self.open(f) for f in ours.certificate]
+        first: Vote = mine[0].message  # type: ignore[assignment]
+        if (first.set_digest, first.model_hash) == (cert.set_digest, cert.model_hash):
+            return  # the same outcome, certified by another quorum (or view)
+        self._reject("fork_detected", peer)
+        by_signer = {e.sender: e for e in mine}
+        for frame in theirs.certificate:
+            other = self.open(frame)
+            ours_vote = by_signer.get(other.sender)
+            if ours_vote is not None and conflicting(ours_vote, other):
+                self._accuse(ours_vote, other)
+
     def _accuse(self, first: Envelope, second: Envelope) -> None:
         frame = self._broadcast(Evidence(self.round, first.frame, second.frame))
         self._exclude(first.sender, frame)
@@ -813,7 +853,7 @@ class Node:
         self._exclude(first.sender, self._broadcast(Evidence(self.round, ev.first, ev.second)))
 
     def _exclude(self, offender: int, proof: bytes) -> None:
-        if offender in self.excluded:
+        if offender in self.excluded or offender == self.id:
             return
         self.excluded[offender] = proof
         self.reputation[offender] = 0.0
@@ -894,6 +934,9 @@ class Node:
             self._sync_until = -1.0
         applied = 0
         for record in resp.records:
+            if 0 <= record.round < len(self.history):
+                self._compare_records(self.history[record.round], record, env.sender)
+                continue
             if record.round != self.round or self.finished:
                 continue  # not next in line here (records are normally consecutive)
             checked = self._verify_record(record)
