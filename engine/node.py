@@ -178,7 +178,7 @@ class Node:
         self._results: dict[bytes, Result] = {}  # set digest -> outcome of applying it
         self._gather_expired = False
         self._first_view = 0  # the view the current round started in
-        self._views_tried = 0  # view changes in the current round (the view timer grows)
+        self._timer_view = -1  # the view of this round whose timer runs
         self._own_result: GradientResult | None = None
         self._abstain = False  # restarted without our disk: we may have voted before
         self._sync_until = -1.0
@@ -278,7 +278,7 @@ class Node:
         if self._lock is not None and self._lock.round != r:
             self._lock = None
         self._valid = self._lock
-        self._moved, self._results, self._views_tried = {}, {}, 0
+        self._moved, self._results, self._timer_view = {}, {}, -1
         self._gather_expired, self._own_result = False, None
         self._sets = {digest: env for digest, env in self._sets.items() if env.round == r}
         for table in (self._grads, self._books):
@@ -295,13 +295,25 @@ class Node:
         self._advance()
 
     def _arm_view_timer(self) -> None:
-        # An excluded leader's view is skipped at once: every honest node holds the proof.
-        # Otherwise the wait grows with each view change of the round (as Tendermint's does):
-        # nodes whose timers run out of step by almost a whole view, fewer than f + 1 of them
-        # ahead, would otherwise never share a view long enough to reach a quorum.
+        # an excluded leader's view is skipped at once: every honest node holds the proof
+        self._timer_view = self.view
         excluded = self.leader(self.round, self.view) in self.excluded
-        delay = self.config.view_timeout * (1.0 + 0.5 * self._views_tried)
-        self._out.append(SetTimer(f"view:{self.round}:{self.view}", 0.0 if excluded else delay))
+        self._out.append(SetTimer(f"view:{self.round}:{self.view}",
+                                  0.0 if excluded else self.config.view_timeout))
+
+    def _maybe_start_view_timer(self) -> None:
+        """A view's timer starts once a quorum has moved to it (PBFT's rule): a node whose
+        timer ran out early waits there for the others instead of running further ahead.
+        (Found by a sweep: two nodes a view ahead of four, fewer than f + 1 so nobody followed
+        them, never shared a view with a quorum.) Until then it repeats its ViewChange, in
+        case it was lost, and looks for a peer that moved on to later rounds."""
+        if self._timer_view == self.view:
+            return
+        if sum(1 for w in self._moved.values() if w >= self.view) >= self.quorum:
+            self._arm_view_timer()
+        else:
+            self._out.append(SetTimer(f"rejoin:{self.round}:{self.view}",
+                                      self.config.view_timeout))
 
     def _on_computed(self, job: object, result: GradientResult) -> None:
         if not isinstance(job, GradientJob) or job.round != self.round or self.finished:
@@ -332,21 +344,28 @@ class Node:
         elif kind == "view" and rest == f"{self.round}:{self.view}":
             self._enter_view(self.view + 1)
             self._poll_for_sync()  # silence may also mean everyone else moved on
+        elif kind == "rejoin" and rest == f"{self.round}:{self.view}" and (
+                self._timer_view != self.view):
+            self._announce_view()
+            self._poll_for_sync()
+            self._maybe_start_view_timer()
 
     def _enter_view(self, view: int) -> None:
         """Leave the views below `view`: tell everyone, with our highest prepare certificate."""
         self.view = view
-        self._views_tried += 1
         self._gather_expired = True  # a later leader settles for a quorum: everyone has waited
         self._moved[self.id] = view
-        best = self._best_certificate()
-        proposal = self._sets.get(best.set_digest) if best else None
-        self._broadcast(ViewChange(self.round, view, best.frames if best else (),
-                                   proposal.frame if proposal else b""))
+        self._announce_view()
         self._out.append(Emit(ViewChanged(self.id, self.round, view)))
         self._send_own_gradient()  # re-sent with a fresh sequence number (loss, new leader)
-        self._arm_view_timer()
+        self._maybe_start_view_timer()
         self._advance()
+
+    def _announce_view(self) -> None:
+        best = self._best_certificate()
+        proposal = self._sets.get(best.set_digest) if best else None
+        self._broadcast(ViewChange(self.round, self.view, best.frames if best else (),
+                                   proposal.frame if proposal else b""))
 
     def _best_certificate(self) -> Certificate | None:
         if self._valid is None or (self._lock is not None and self._lock.view > self._valid.view):
@@ -741,6 +760,7 @@ class Node:
         if len(ahead) > self.f:  # f + 1 peers moved past us: at least one honest did
             self._enter_view(ahead[self.f])
         else:
+            self._maybe_start_view_timer()
             self._advance()
 
     def _learn_lock(self, env: Envelope, vc: ViewChange) -> None:
