@@ -219,6 +219,31 @@ def matrix(
         raise typer.Exit(1)
 
 
+@app.command()
+def audit(run_dir: Annotated[Path, typer.Argument(help="a run's output folder")]) -> None:
+    """Re-verify every node's SQLite log of a run (signatures, commit certificates, recomputed
+    model hashes) and check that the logs agree; exit code 1 if anything fails."""
+    from phalanx.apps.audit import audit_run
+
+    try:
+        audits, split = audit_run(run_dir)
+    except ScenarioError as e:
+        raise fail(str(e)) from None
+    table = Table(title=f"audit of {run_dir}")
+    for col in ("node", "rounds verified", "model hash", "problem"):
+        table.add_column(col)
+    for a in audits:
+        table.add_row(str(a.node), str(a.rounds), (a.model_hash or "")[:16], a.problem or "")
+    out.print(table)
+    for line in split:
+        err.print(f"[bold red]logs disagree:[/] {line}", highlight=False)
+    bad = [a for a in audits if a.problem]
+    out.print(f"audit: {len(audits)} node logs, {sum(a.rounds for a in audits)} rounds verified, "
+              f"{len(bad)} logs with a bad record, {len(split)} rounds where logs disagree")
+    if bad or split:
+        raise typer.Exit(1)
+
+
 def main() -> None:
     app()
 

@@ -1,8 +1,9 @@
 """One real node process: the same sans-IO Node, driven by asyncio, TCP and the wall clock.
 
 Started by `phalanx run --real` (apps.real) as `python -m phalanx.apps.real_node ...`. Its disk
-is a folder (checkpoint + one file per committed round); its results are a JSON file of commit
-rows and an .npz of the models it committed, read back by the launcher.
+is a SQLite node log (`apps/node_log.py`: committed rounds with their certificates, evidence,
+checkpoint, votes); its results are a JSON file of commit rows and an .npz of the models it
+committed, read back by the launcher.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from phalanx.apps.node_log import NodeLog
 from phalanx.apps.runner import commit_row
 from phalanx.engine.events import (
     Action,
@@ -40,44 +42,15 @@ from phalanx.engine.events import (
 from phalanx.engine.metrics import MetricLog
 from phalanx.engine.node import Node
 from phalanx.engine.rng import RngStreams
-from phalanx.net.codec import decode_payload, encode_payload
 from phalanx.net.crypto import Identity
 from phalanx.net.envelope import open_frame
-from phalanx.net.messages import RoundRecord, SyncResponse
 from phalanx.net.tcp import TcpTransport
 from phalanx.sim.scenario import load_scenario
 from phalanx.sim.world import node_config, workload_for
 
 
-class FolderDisk:
-    """The node's durable storage: a checkpoint file and one encoded record per round."""
-
-    def __init__(self, root: Path) -> None:
-        self.root = root
-        (root / "log").mkdir(parents=True, exist_ok=True)
-
-    def write(self, key: str, value: bytes | RoundRecord) -> None:
-        if isinstance(value, RoundRecord):
-            value = encode_payload(SyncResponse(value.round, (value,)))
-        path = self.root / f"{key}.bin"
-        tmp = path.with_suffix(".tmp")
-        tmp.write_bytes(value)
-        os.replace(tmp, path)  # atomic: a crash leaves the old or the new file, never half
-
-    def read_all(self) -> dict[str, bytes | RoundRecord]:
-        disk: dict[str, bytes | RoundRecord] = {}
-        checkpoint = self.root / "checkpoint.bin"
-        if checkpoint.exists():
-            disk["checkpoint"] = checkpoint.read_bytes()
-        for path in sorted((self.root / "log").glob("*.bin")):
-            response = decode_payload(SyncResponse.KIND, path.read_bytes())
-            record = response.records[0]  # type: ignore[union-attr]
-            disk[f"log/{record.round}"] = record
-        return disk
-
-
 class AsyncHost:
-    def __init__(self, node: Node, transport: TcpTransport, disk: FolderDisk,
+    def __init__(self, node: Node, transport: TcpTransport, disk: NodeLog,
                  peers: list[int]) -> None:
         self.node, self.transport, self.disk, self.peers = node, transport, disk, peers
         self.loop = asyncio.get_running_loop()
@@ -147,7 +120,7 @@ async def serve(args: argparse.Namespace) -> None:
                          scenario.real.view_timeout)
     node = Node(config, Identity.derive(scenario.seed, node_id), workload_for(scenario, rngs),
                 opener)
-    disk = FolderDisk(out / f"disk-{node_id}")
+    disk = NodeLog(out / "nodes" / f"{node_id}.sqlite")
     early: list[bytes] | None = []  # frames that arrive before this node has started
 
     def on_frame(frame: bytes) -> None:

@@ -34,6 +34,8 @@ class RunResult:
     summary: dict[str, Any]
     failures: list[str] = field(default_factory=list)
     out: Path | None = None
+    # each node's durable state at the end (what it persisted), written as nodes/<id>.sqlite
+    disks: dict[int, dict[str, Any]] = field(default_factory=dict, repr=False)
 
     @property
     def ok(self) -> bool:
@@ -185,3 +187,12 @@ def write_outputs(out: Path, result: RunResult) -> None:
     summary = {**result.summary, "failures": result.failures}
     (out / "summary.json").write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n")
     plot_run(result.rounds, out / "run.png", result.scenario.name)
+    if result.disks:
+        from phalanx.apps.node_log import NodeLog
+
+        for node, disk in result.disks.items():
+            path = out / "nodes" / f"{node}.sqlite"
+            path.unlink(missing_ok=True)
+            log = NodeLog(path)
+            log.write_all(disk)
+            log.close()

@@ -918,6 +918,31 @@ class Node:
         records = tuple(self.history[from_round : from_round + count])
         self._send(peer, SyncResponse(self.round, records))
 
+    def replay(self, records: list[RoundRecord]) -> str | None:
+        """Verify and apply committed rounds from round `self.round` on, exactly as state sync
+        does (signatures, the set, the commit certificate, the recomputed model hash): the
+        audit of a node's log. Returns why the first bad record was refused, or None."""
+        self._out = []
+        for record in records:
+            if record.round != self.round:
+                return f"record for round {record.round} where {self.round} was next"
+            problem = self._adopt(record)
+            if problem:
+                return f"round {record.round}: {problem}"
+        return None
+
+    def _adopt(self, record: RoundRecord) -> str | None:
+        checked = self._verify_record(record)
+        if isinstance(checked, str):
+            return checked
+        proposal, grads, cert = checked
+        self._sets[cert.set_digest] = proposal
+        result = self._results[cert.set_digest] = self._apply(grads, cert.set_digest)
+        if result[2] != cert.model_hash:
+            return "sync_bad_result"
+        self._commit(proposal, grads, cert, via_sync=True)
+        return None
+
     def _verify_record(self, record: RoundRecord) -> tuple[Envelope, list[Envelope],
                                                              Certificate] | str:
         """Check a replayed round: a leader-signed proposal, signed gradients matching its set,
@@ -959,17 +984,10 @@ class Node:
                 continue
             if record.round != self.round or self.finished:
                 continue  # not next in line here (records are normally consecutive)
-            checked = self._verify_record(record)
-            if isinstance(checked, str):
-                self._reject(checked, env.sender)
+            problem = self._adopt(record)
+            if problem:
+                self._reject(problem, env.sender)
                 break
-            proposal, grads, cert = checked
-            self._sets[cert.set_digest] = proposal
-            result = self._results[cert.set_digest] = self._apply(grads, cert.set_digest)
-            if result[2] != cert.model_hash:
-                self._reject("sync_bad_result", env.sender)
-                break
-            self._commit(proposal, grads, cert, via_sync=True)
             applied += 1
         if applied and applied == len(resp.records) and resp.round > self.round:
             self._request_sync(env.sender, force=True)

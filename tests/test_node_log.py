@@ -1,0 +1,90 @@
+"""The SQLite node log (what a node persists) and `phalanx audit` (re-verifying the logs)."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+import msgpack
+import pytest
+from typer.testing import CliRunner
+
+import phalanx
+from phalanx.apps.audit import audit_run
+from phalanx.apps.cli import app
+from phalanx.apps.node_log import NodeLog, _decode_record, _encode_record
+from phalanx.net.messages import RoundRecord
+
+SMALL = """
+name: small
+seed: 3
+nodes: {count: 4}
+workload: {kind: linear, dim: 4, samples_per_node: 32, eval_samples: 64}
+training: {rounds: 4, lr: 0.1, momentum: 0.5, step_time: 0.02, round_timeout: 0.3,
+           view_timeout: 1.0}
+"""
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("audit")
+    (root / "small.yaml").write_text(SMALL)
+    result = phalanx.run(root / "small.yaml", out=root / "out")
+    assert result.ok
+    return root / "out"
+
+
+def test_log_round_trips_what_the_node_persisted(run_dir: Path, tmp_path: Path) -> None:
+    log = NodeLog(run_dir / "nodes" / "2.sqlite")
+    disk = log.read_all()
+    assert {"checkpoint", "votes", "log/0", "log/3"} <= set(disk)
+    copy = NodeLog(tmp_path / "copy.sqlite")
+    copy.write_all(disk)
+    assert copy.read_all() == disk
+    rows = log.db.execute("SELECT round, signers FROM rounds ORDER BY round").fetchall()
+    assert [r for r, _ in rows] == [0, 1, 2, 3] and all(s >= 3 for _, s in rows)
+
+
+def test_audit_verifies_every_round_of_every_node(run_dir: Path) -> None:
+    audits, split = audit_run(run_dir)
+    assert [(a.node, a.rounds, a.problem) for a in audits] == [(i, 4, None) for i in range(4)]
+    assert len({a.model_hash for a in audits}) == 1 and split == []
+    result = CliRunner().invoke(app, ["audit", str(run_dir)])
+    assert result.exit_code == 0 and "16 rounds verified" in result.output
+
+
+def _tamper(path: Path, rnd: int, change: str) -> None:
+    db = sqlite3.connect(path)
+    (blob,) = db.execute("SELECT record FROM rounds WHERE round = ?", (rnd,)).fetchone()
+    record = _decode_record(bytes(blob))
+    if change == "certificate":  # one signer short of a quorum
+        record = RoundRecord(record.round, record.proposal, record.gradients,
+                             record.certificate[:2])
+    else:  # a gradient's signed bytes altered: its signature no longer holds
+        frame = msgpack.unpackb(record.gradients[0])
+        frame[6] = bytes([frame[6][0] ^ 1]) + frame[6][1:]
+        record = RoundRecord(record.round, record.proposal,
+                             (msgpack.packb(frame), *record.gradients[1:]), record.certificate)
+    db.execute("UPDATE rounds SET record = ? WHERE round = ?", (_encode_record(record), rnd))
+    db.commit()
+    db.close()
+
+
+@pytest.mark.parametrize(("change", "reason"), [("certificate", "certificate_too_small"),
+                                                ("gradient", "sync_bad_signature")])
+def test_audit_finds_a_tampered_record(run_dir: Path, tmp_path: Path, change: str,
+                                       reason: str) -> None:
+    import shutil
+
+    copy = tmp_path / "run"
+    shutil.copytree(run_dir, copy)
+    _tamper(copy / "nodes" / "1.sqlite", 2, change)
+    audits, _ = audit_run(copy)
+    bad = {a.node: a for a in audits if a.problem}
+    assert set(bad) == {1} and bad[1].rounds == 2 and reason in (bad[1].problem or "")
+    assert CliRunner().invoke(app, ["audit", str(copy)]).exit_code == 1
+
+
+def test_audit_of_a_folder_that_is_not_a_run_is_one_line(tmp_path: Path) -> None:
+    result = CliRunner().invoke(app, ["audit", str(tmp_path)])
+    assert result.exit_code == 2 and "no scenario.resolved.yaml" in result.output
