@@ -27,7 +27,8 @@ STEP_TIME = 0.01
 LINK_LATENCY = 0.05
 
 
-def consensus_scenario(n: int, rounds: int) -> Scenario:
+def consensus_scenario(n: int, rounds: int, silent: int | None = None) -> Scenario:
+    byzantine = [{"nodes": [silent], "behaviour": "silent"}] if silent is not None else []
     return parse_scenario({
         "name": f"consensus-{n}", "seed": 1, "nodes": {"count": n},
         "topology": {"kind": "complete"},
@@ -35,8 +36,30 @@ def consensus_scenario(n: int, rounds: int) -> Scenario:
         "workload": {"kind": "linear", "dim": 256, "samples_per_node": 64},
         "training": {"rounds": rounds, "step_time": STEP_TIME, "round_timeout": 1.0,
                      "view_timeout": 3.0},
-        "record": "none",
+        "record": "none", "byzantine": byzantine,
     }, "bench consensus")
+
+
+def round_periods(result: Any) -> pl.DataFrame:
+    """Per honest node and round after the first: the simulated time since its last commit,
+    with the view the round committed in."""
+    df = result.rounds.filter(~pl.col("byzantine")).sort("node", "round")
+    return (df.with_columns((pl.col("time") - pl.col("time").shift(1).over("node")).alias("gap"))
+            .filter(pl.col("round") > 0))
+
+
+def silent_leader(n: int, rounds: int) -> dict[str, Any]:
+    """Node 1 is silent: the rounds whose first leader it is commit only after a view change.
+    Their latency against the other rounds is what a silent leader costs."""
+    result = run_scenario(consensus_scenario(n, rounds, silent=1))
+    gaps = round_periods(result)
+    changed = gaps.filter(pl.col("view") > pl.col("view").shift(1).over("node"))
+    normal = gaps.filter(pl.col("view") == pl.col("view").shift(1).over("node"))
+    slow, fast = float(changed["gap"].mean()), float(normal["gap"].mean())  # type: ignore[arg-type]
+    return {"nodes": n, "rounds": rounds, "rounds_committed": result.summary[
+        "min_rounds_committed"], "view_change_rounds": changed["round"].n_unique(),
+        "round_seconds_view_change": slow, "round_seconds_normal": fast,
+        "added_seconds": slow - fast, "view_timeout": 3.0}
 
 
 def bench_one(n: int, rounds: int) -> dict[str, Any]:
@@ -61,7 +84,8 @@ def run_bench(sizes: list[int], rounds: int, out_file: Path, console: Console) -
     for n in sizes:
         console.print(f"bench consensus: {n} nodes, {rounds} rounds ...")
         results.append(bench_one(n, rounds))
-    report = {"benchmark": "consensus",
+    silent = silent_leader(16, 2 * 16)
+    report = {"benchmark": "consensus", "silent_leader": silent,
               "date": datetime.now(UTC).isoformat(timespec="seconds"),
               "machine": {"platform": platform.platform(), "python": platform.python_version()},
               "links": {"latency_s": LINK_LATENCY, "jitter_s": 0.002, "bandwidth_bps": 1e9},
@@ -78,5 +102,11 @@ def run_bench(sizes: list[int], rounds: int, out_file: Path, console: Console) -
                       f"{r['round_seconds_max']:.3f}", f"{r['messages_per_round']:,.0f}",
                       f"{r['bytes_per_round'] / 1e6:.2f}", f"{r['wall_seconds']:.1f}")
     console.print(table)
+    console.print(f"silent leader (n=16, node 1 silent, {silent['rounds']} rounds): "
+                  f"{silent['view_change_rounds']} rounds needed a view change and took "
+                  f"{silent['round_seconds_view_change']:.3f} s against "
+                  f"{silent['round_seconds_normal']:.3f} s: +{silent['added_seconds']:.3f} s "
+                  f"(view timeout {silent['view_timeout']} s); "
+                  f"{silent['rounds_committed']} of {silent['rounds']} rounds committed")
     console.print(f"written to {out_file}")
     return report

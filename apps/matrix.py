@@ -39,6 +39,8 @@ class GroupSpec(Strict):
     topologies: list[dict[str, Any]] = Field(default_factory=lambda: [{"kind": "complete"}])
     attacks: list[str]  # names from the matrix's `attacks:` table; "none" = attack-free
     aggregators: list[str | dict[str, Any]]
+    # fields set on the base for this group, a section at a time: {training: {votes: leader}}
+    overrides: dict[str, dict[str, Any]] = Field(default_factory=dict)
 
 
 class MatrixSpec(Strict):
@@ -109,6 +111,8 @@ def _cell(spec: MatrixSpec, group: GroupSpec, base: dict[str, Any], topo: dict[s
     data = json.loads(json.dumps(base))  # a deep copy
     label = f"{group.name}-{topology_label(topo)}-{attack}-{aggregator_label(agg)}"
     data["name"] = label
+    for section, fields in group.overrides.items():
+        data[section] = {**data.get(section, {}), **fields}
     data["topology"] = topo
     data.setdefault("training", {})["aggregator"] = agg
     expect = dict(data.get("expect", {}))
@@ -215,12 +219,61 @@ def markdown(df: pl.DataFrame, title: str) -> str:
             lines.append(f"| {attack[0] if isinstance(attack, tuple) else attack} | "
                          + " | ".join(cells) + " |")
         lines.append("")
+    lines += robustness_markdown(df)
     failed = df.filter(pl.col("failures").list.len() > 0)
     lines += [f"{len(df)} cells, {len(failed)} with failed expectations (✗)", ""]
     for r in failed.iter_rows(named=True):
         lines.append(f"- {r['group']}/{r['topology']}/{r['attack']}/{r['aggregator']}: "
                      + "; ".join(r["failures"]))
     return "\n".join(lines) + "\n"
+
+
+CLASSIC = ("krum", "median", "trimmed_mean")  # the rules ALIE and IPM were designed against
+
+
+def robustness(df: pl.DataFrame) -> pl.DataFrame:
+    """Per (group, topology, attack) with accuracies: the best robust rule (any but the plain
+    mean) and how far it ends below the attack-free mean, what the attack costs the mean, and
+    the worst it costs a classic rule (against that rule's own attack-free run)."""
+    scored = df.filter(pl.col("final_accuracy").is_not_null() & (pl.col("attack") != "none"))
+    rows = []
+    for (group, topo, attack), part in scored.group_by(["group", "topology", "attack"],
+                                                       maintain_order=True):
+        robust = part.filter(pl.col("aggregator") != "mean").sort("final_accuracy",
+                                                                    descending=True)
+        mean = part.filter(pl.col("aggregator") == "mean")
+        classic = part.filter(pl.col("aggregator").is_in(CLASSIC)).with_columns(
+            (pl.col("baseline_accuracy") - pl.col("final_accuracy")).alias("cost"))
+        worst = classic.sort("cost", descending=True)
+        rows.append({
+            "group": group, "topology": topo, "attack": attack,
+            "best_rule": robust["aggregator"][0] if len(robust) else None,
+            "best_accuracy": robust["final_accuracy"][0] if len(robust) else None,
+            "best_gap": robust["accuracy_lost"][0] if len(robust) else None,
+            "mean_lost": mean["accuracy_lost"][0] if len(mean) else None,
+            "worst_classic": worst["aggregator"][0] if len(worst) else None,
+            "worst_classic_cost": worst["cost"][0] if len(worst) else None})
+    return pl.DataFrame(rows, infer_schema_length=None)
+
+
+def _points(v: float | None) -> str:
+    return "" if v is None else f"{100 * v:.1f}"
+
+
+def robustness_markdown(df: pl.DataFrame) -> list[str]:
+    r = robustness(df)
+    if not len(r):
+        return []
+    lines = ["## Robustness: the best rule per attack, and what attacks cost", "",
+             "Accuracy points against the attack-free run with the plain mean (same group and "
+             "topology); a classic rule's cost is against its own attack-free run.", "",
+             "| group | topology | attack | best rule | its accuracy | below attack-free | "
+             "mean loses | worst classic rule | it loses |", "|---|---|---|---|---:|---:|---:|---|---:|"]
+    for x in r.iter_rows(named=True):
+        lines.append(f"| {x['group']} | {x['topology']} | {x['attack']} | {x['best_rule']} | "
+                     f"{x['best_accuracy']:.3f} | {_points(x['best_gap'])} | {_points(x['mean_lost'])} | "
+                     f"{x['worst_classic'] or ''} | {_points(x['worst_classic_cost'])} |")
+    return [*lines, ""]
 
 
 def write_table(df: pl.DataFrame, out: Path, title: str) -> None:

@@ -133,7 +133,7 @@ def run_sim(scenario: Scenario, printer: RoundPrinter) -> RunResult:
     summary = summarize(scenario, rounds, extra, {h.id for h in world.hosts if not h.up})
     events = log.frame({k: cls.__name__ for k, cls in KINDS.items()})
     return RunResult(scenario, rounds, events, summary,
-                     disks={h.id: h.disk for h in world.hosts})
+                     disks={h.id: h.disk for h in world.hosts} if scenario.node_logs else {})
 
 
 def run_scenario(scenario: str | Path | Scenario, *, seed: int | None = None,

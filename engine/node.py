@@ -81,6 +81,7 @@ from phalanx.net.errors import DecodeError
 from phalanx.net.messages import (
     COMMIT,
     PREPARE,
+    Certified,
     Evidence,
     Fetch,
     Frames,
@@ -127,6 +128,9 @@ class NodeConfig:
     aggregator_params: tuple[tuple[str, float | int | str], ...] = ()
     pre_aggregation: tuple[str, ...] = ()  # e.g. ("nnm",) or ("bucketing",), applied in order
     max_gradient_norm: float | None = None  # gradients with a larger L2 norm are invalid
+    # votes go to the view's leader, which broadcasts each quorum it collects (O(n) messages
+    # per phase instead of O(n^2), one more message delay): for large memberships
+    votes_to_leader: bool = False
     sync_batch: int = 16  # round records per sync response
     future_rounds: int = 2  # messages buffered ahead of the node's own round
 
@@ -185,6 +189,7 @@ class Node:
         self._sync_peer: int | None = None
         self._helped: set[tuple[int, int]] = set()  # (peer, round) we sent records unasked
         self._probed: set[tuple[int, int]] = set()  # (peer, round) we asked for a fork check
+        self._certified: set[tuple[int, tuple[int, int, bytes, bytes]]] = set()  # QCs we sent
         self._poll = 0
         self._out: list[Action] = []
 
@@ -538,8 +543,29 @@ class Node:
 
     def _vote(self, view: int, phase: int, digest: bytes, model_hash: bytes) -> None:
         self._sign_once(view, phase)
-        frame = self._broadcast(Vote(self.round, view, phase, digest, model_hash))
+        vote = Vote(self.round, view, phase, digest, model_hash)
+        leader = self.leader(self.round, view)
+        if not self.config.votes_to_leader:
+            frame = self._broadcast(vote)
+        elif leader == self.id:
+            frame = self.sign(vote)
+        else:
+            frame = self.sign(vote)
+            self._out.append(Send(leader, frame, Vote.KIND, self.round))
         self._book(self.round).add(self.open(frame))
+        self._certify(self.round, view, phase, digest, model_hash)
+
+    def _certify(self, round: int, view: int, phase: int, digest: bytes, model: bytes) -> None:
+        """Linear voting: as the view's leader, broadcast each quorum of votes once."""
+        if not self.config.votes_to_leader or self.leader(round, view) != self.id:
+            return
+        key = (view, phase, digest, model)
+        if (round, key) in self._certified:
+            return
+        cert = self._book(round).certificate(key)
+        if cert is not None:
+            self._certified.add((round, key))
+            self._broadcast(Certified(round, phase, cert.frames))
 
     def _book(self, round: int) -> VoteBook:
         book = self._books.get(round)
@@ -606,6 +632,8 @@ class Node:
                 self._on_fetch(env)
             case Frames():
                 self._on_frames(env)
+            case Certified():
+                self._on_certified(env)
 
     def _gradient_problem(self, env: Envelope) -> str | None:
         # a pure function of the message and the model's shape: memoized on the envelope, so
@@ -734,7 +762,29 @@ class Node:
         if earlier is not None:
             self._accuse(earlier, env)
             return
+        self._certify(v.round, v.view, v.phase, v.set_digest, v.model_hash)
         if v.round == self.round:
+            self._advance()
+
+    def _on_certified(self, env: Envelope) -> None:
+        c: Certified = env.message  # type: ignore[assignment]
+        if c.round < self.round or c.round > self.round + self.config.future_rounds:
+            return
+        cert = check_certificate(c.votes, self.open, self._member_set, c.round, c.phase)
+        if isinstance(cert, str):
+            self._reject(cert, env.sender)
+            return
+        if cert.view > self.view + VIEWS_AHEAD:
+            return
+        book = self._book(c.round)
+        for frame in c.votes:
+            vote = self.open(frame)
+            if vote.sender in self.excluded:
+                continue
+            earlier = book.add(vote)
+            if earlier is not None:
+                self._accuse(earlier, vote)
+        if c.round == self.round:
             self._advance()
 
     def _on_view_change(self, env: Envelope) -> None:

@@ -139,12 +139,23 @@ class Frames:
     frames: tuple[bytes, ...]
 
 
+@dataclass(frozen=True, slots=True)
+class Certified:
+    """A quorum of signed votes of one phase, collected by the view's leader when votes go to
+    it rather than to everyone (linear voting, for large n); checked like any certificate."""
+
+    KIND: ClassVar[int] = 11
+    round: int
+    phase: int
+    votes: tuple[bytes, ...]
+
+
 Message: TypeAlias = (Gradient | Proposal | SyncRequest | SyncResponse | Vote | ViewChange
-                      | Evidence | Fetch | Frames)
+                      | Evidence | Fetch | Frames | Certified)
 
 # KIND 5 (Head, the fork announcements of the crash-fault protocol) is retired, never reused.
 _TOP_LEVEL: tuple[type[Message], ...] = (Gradient, Proposal, SyncRequest, SyncResponse, Vote,
-                                         ViewChange, Evidence, Fetch, Frames)
+                                         ViewChange, Evidence, Fetch, Frames, Certified)
 
 
 def _registry(classes: tuple[type[Message], ...]) -> dict[int, type[Message]]:

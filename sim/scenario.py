@@ -149,6 +149,9 @@ class TrainingSpec(Strict):
     batch: Annotated[int, Field(ge=1)] = 32
     aggregator: AggregatorSpec = AggregatorSpec()
     max_gradient_norm: Annotated[float, Field(gt=0)] | None = None  # larger gradients: invalid
+    # "broadcast": every vote to everyone (O(n^2) per phase, fastest for small n); "leader":
+    # votes to the view's leader, which broadcasts each quorum (O(n), for large n)
+    votes: Literal["broadcast", "leader"] = "broadcast"
     step_time: Seconds = 0.05  # simulated seconds per gradient step at speed 1.0
     round_timeout: Annotated[float, Field(gt=0)] = 1.0  # leader: wait for all, then a quorum
     view_timeout: Annotated[float, Field(gt=0)] = 3.0  # others: wait this long for a proposal
@@ -344,6 +347,9 @@ class Scenario(Strict):
     nemesis: NemesisSpec | None = None
     expect: ExpectSpec = ExpectSpec()
     record: Literal["all", "drops", "none"] = "all"  # which message events go to events.parquet
+    # write each node's SQLite log (nodes/<id>.sqlite) with the outputs: every committed round
+    # with its signed gradients, so a 1000-node run would write about 2 GB
+    node_logs: bool = True
     real: RealSpec = RealSpec()
     unsafe: bool = False  # allow more than f Byzantine/faulty nodes (to show what breaks)
 

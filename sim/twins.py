@@ -47,7 +47,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from phalanx.engine.byzantine import make_behaviour
-from phalanx.engine.consensus import max_faulty, slot_of
+from phalanx.engine.consensus import conflicting, max_faulty, slot_of
 from phalanx.engine.events import (
     Action,
     Broadcast,
@@ -225,12 +225,17 @@ class MemberOutcome:
     instance: str
     member: int
     commits: dict[int, tuple[bytes, bytes]]  # round -> (model hash, set digest)
+    views: dict[int, int]  # round -> the view its commit certificate is from
     commit_log: tuple[tuple[int, bytes], ...]  # every RoundCommitted, in order
     exclusions: dict[int, Exclusion]  # offender -> the first exclusion
-    finished: bool
+    finished_at: float | None  # when it emitted Finished (None: never)
     round: int
     view: int
     rejections: dict[str, int]
+
+    @property
+    def finished(self) -> bool:
+        return self.finished_at is not None
 
     @property
     def excluded(self) -> frozenset[int]:
@@ -271,6 +276,9 @@ class TwinsResult:
     events: int
     delivered: int
     dropped: int  # frames a partition cut
+    # offline forensics: member -> two conflicting frames it signed for one slot, found in
+    # the union of the honest members' logs (proposals, gradients and commit certificates)
+    log_evidence: dict[int, tuple[bytes, bytes]] = field(default_factory=dict)
     deliveries: list[Delivery] = field(default_factory=list)
 
     def safety_violations(self) -> list[SafetyViolation]:
@@ -299,6 +307,10 @@ class TwinsResult:
         return {m: miss for m, o in self.honest.items()
                 if (miss := [r for r in want if r not in o.commits])}
 
+    def log_culprits(self) -> frozenset[int]:
+        """The members the honest logs together prove equivocated (offline forensics)."""
+        return frozenset(self.log_evidence)
+
     def culprits(self) -> dict[int, frozenset[int]]:
         """Honest member -> the members it excluded for equivocation."""
         return {m: o.excluded for m, o in self.honest.items()}
@@ -308,13 +320,14 @@ class TwinsResult:
         lines = [self.scenario.describe(), f"ended at t={self.end_time:g} after {self.events} "
                  f"events ({self.delivered} delivered, {self.dropped} cut)"]
         for o in [*self.honest.values(), *self.twins.values()]:
-            commits = " ".join(f"r{r}={h.hex()[:8]}/{d.hex()[:6]}"
+            commits = " ".join(f"r{r}={h.hex()[:8]}/{d.hex()[:6]}@v{o.views.get(r)}"
                                for r, (h, d) in sorted(o.commits.items()))
             excl = " ".join(f"{m}({e.what} @t={e.at:g})"
                             for m, e in sorted(o.exclusions.items()))
-            lines.append(f"  {o.instance:>3}: round {o.round} view {o.view}"
-                         f"{' finished' if o.finished else ''}; commits {commits or '-'}; "
-                         f"excluded {excl or '-'}")
+            done = f" finished@{o.finished_at:g}" if o.finished_at is not None else ""
+            rejected = " ".join(f"{k}x{v}" for k, v in sorted(o.rejections.items()))
+            lines.append(f"  {o.instance:>3}: round {o.round} view {o.view}{done}; commits "
+                         f"{commits or '-'}; excluded {excl or '-'}; rejected {rejected or '-'}")
         return "\n".join(lines)
 
 
@@ -458,20 +471,22 @@ class TwinsRun:
     def outcome(self, inst: str) -> MemberOutcome:
         node, disk = self.nodes[inst], self.disks[inst]
         log: list[tuple[int, bytes]] = []
+        views: dict[int, int] = {}
         exclusions: dict[int, Exclusion] = {}
         rejections: dict[str, int] = {}
-        finished = False
+        finished_at: float | None = None
         for at, metric in self.metrics[inst]:
             match metric:
                 case RoundCommitted():
                     log.append((metric.round, metric.model_hash))
+                    views.setdefault(metric.round, metric.view)
                 case Excluded():
                     if metric.offender not in exclusions:
                         exclusions[metric.offender] = self._exclusion(metric, at)
                 case Rejected():
                     rejections[metric.reason] = rejections.get(metric.reason, 0) + 1
                 case Finished():
-                    finished = True
+                    finished_at = at if finished_at is None else finished_at
         commits: dict[int, tuple[bytes, bytes]] = {}
         for rnd, h in log:
             if rnd in commits:
@@ -483,8 +498,8 @@ class TwinsRun:
                 if isinstance(p, Proposal):
                     digest = set_digest(p)
             commits[rnd] = (h, digest)
-        return MemberOutcome(inst, self.member_of[inst], commits, tuple(log), exclusions,
-                             finished, node.round, node.view, rejections)
+        return MemberOutcome(inst, self.member_of[inst], commits, views, tuple(log), exclusions,
+                             finished_at, node.round, node.view, rejections)
 
     def _exclusion(self, metric: Excluded, at: float) -> Exclusion:
         slot: tuple[int, ...] | None = None
@@ -504,7 +519,27 @@ class TwinsRun:
         honest = {m: self.outcome(self.by_member[m][0]) for m in s.honest}
         twins = {i: self.outcome(i) for m in s.twins for i in self.by_member[m]}
         return TwinsResult(s, honest, twins, self.now, self.events, self.delivered, self.dropped,
-                           self.deliveries)
+                           self.log_evidence(), self.deliveries)
+
+    def log_evidence(self) -> dict[int, tuple[bytes, bytes]]:
+        """Equivocation provable from the honest members' logs alone (what an auditor holding
+        every honest log finds, whether or not any node met the two frames online)."""
+        first: dict[tuple[int, ...], Envelope] = {}
+        found: dict[int, tuple[bytes, bytes]] = {}
+        for inst in self._honest:
+            for key in sorted(k for k in self.disks[inst] if k.startswith("log/")):
+                record = self.disks[inst][key]
+                if not isinstance(record, RoundRecord):
+                    continue
+                for frame in (record.proposal, *record.gradients, *record.certificate):
+                    env = self.opener(frame)
+                    slot = slot_of(env)
+                    if slot is None:
+                        continue
+                    seen = first.setdefault(slot, env)
+                    if conflicting(seen, env) and env.sender not in found:
+                        found[env.sender] = (seen.frame, env.frame)
+        return found
 
 
 def _describe(env: Envelope) -> str:
@@ -528,7 +563,8 @@ def run_twins(scenario: TwinsScenario, record: bool = False) -> TwinsResult:
 
 
 def draw_scenario(n: int, twins: Sequence[int] | int, seed: int, index: int, *,
-                  max_phases: int = 4, unsafe: bool = False, **params: Any) -> TwinsScenario:
+                  max_phases: int = 4, split_twins: float = 0.5, unsafe: bool = False,
+                  **params: Any) -> TwinsScenario:
     """The `index`-th schedule of the enumeration (see `enumerate_scenarios`)."""
     twin_ids = _twin_ids(n, twins)
     if len(twin_ids) > max_faulty(n) and not unsafe:
@@ -556,6 +592,16 @@ def draw_scenario(n: int, twins: Sequence[int] | int, seed: int, index: int, *,
             for k, inst in enumerate(rest):
                 split[k if k < extra else int(rng.integers(0, extra))].add(inst)
             cells += [c for c in split if c]
+        if len(cells) > 1 and rng.random() < split_twins:  # Twins' point: copies apart
+            for m in twin_ids:
+                for home, cell in enumerate(cells):
+                    here = [i for i in names[m] if i in cell]
+                    if len(here) > 1:  # move one copy (not the leader's) elsewhere
+                        mover = next(i for i in reversed(here) if i != first)
+                        away = (home + 1 + int(rng.integers(0, len(cells) - 1))) % len(cells)
+                        cell.discard(mover)
+                        cells[away].add(mover)
+                        break
         phases.append(Phase(t, tuple(frozenset(c) for c in cells), leader))
         t += float(lengths[int(rng.integers(0, len(lengths)))])
     return TwinsScenario(n, twin_ids, tuple(phases), t, seed=seed, unsafe=unsafe, index=index,
@@ -563,14 +609,17 @@ def draw_scenario(n: int, twins: Sequence[int] | int, seed: int, index: int, *,
 
 
 def enumerate_scenarios(n: int, twins: Sequence[int] | int, seed: int, count: int, *,
-                        max_phases: int = 4, unsafe: bool = False,
+                        max_phases: int = 4, split_twins: float = 0.5, unsafe: bool = False,
                         **params: Any) -> list[TwinsScenario]:
     """`count` seeded partition schedules for n members with `twins` twinned (their ids, or
     how many: then the highest ids). Each has 1..`max_phases` phases of 1 to 3 cells, built
     around a drawn leader instance and the instances that share its cell, and heals at the
-    end; `params` are `TwinsScenario` fields (rounds, timeouts, delay, ...)."""
-    return [draw_scenario(n, twins, seed, i, max_phases=max_phases, unsafe=unsafe, **params)
-            for i in range(count)]
+    end. With probability `split_twins` a phase of several cells then moves one copy of each
+    twin that shares a cell with its other copy to another cell (a twin whose copies stay
+    together behaves like one honest node). `params` are `TwinsScenario` fields (rounds,
+    timeouts, delay, ...)."""
+    return [draw_scenario(n, twins, seed, i, max_phases=max_phases, split_twins=split_twins,
+                          unsafe=unsafe, **params) for i in range(count)]
 
 
 def _twin_ids(n: int, twins: Sequence[int] | int) -> tuple[int, ...]:

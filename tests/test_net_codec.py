@@ -13,6 +13,7 @@ from phalanx.net.errors import REASONS, DecodeError
 from phalanx.net.messages import (
     COMMIT,
     KINDS,
+    Certified,
     Evidence,
     Fetch,
     Frames,
@@ -133,12 +134,13 @@ def test_consensus_messages_roundtrip_and_hash_length() -> None:
     assert err.value.reason == "bad_payload"
     for msg in (ViewChange(3, 1, (b"v1", b"v2"), b"p"), ViewChange(3, 1, (), b""),
                 Evidence(4, b"first", b"second"), Fetch(4, (0, 2)), Frames(4, (b"g1", b"g2")),
+                Certified(4, COMMIT, (b"v1", b"v2", b"v3")),
                 Proposal(2, 1, (0, 1, 2), (b"a" * 32,) * 3, (b"vote",) * 3)):
         assert roundtrip(msg) == msg
 
 
 def test_every_kind_is_covered() -> None:
-    assert set(KINDS) == {1, 2, 3, 4, 6, 7, 8, 9, 10}  # 5 (Head) is retired
+    assert set(KINDS) == {1, 2, 3, 4, 6, 7, 8, 9, 10, 11}  # 5 (Head) is retired
     assert all(kind == cls.KIND for kind, cls in KINDS.items())
 
 

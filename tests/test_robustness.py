@@ -1,0 +1,33 @@
+"""Robustness claims of the Byzantine matrix (n = 10, f = 3, mlp, complete overlay): under each
+gradient attack some robust rule ends close to the attack-free run, while the attacks bite
+where the literature says they do. The table is printed (run with -s to see it)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import polars as pl
+
+from phalanx.apps.matrix import load_matrix, robustness, robustness_markdown, run_matrix, table
+
+MATRIX = Path(__file__).resolve().parent.parent / "scenarios" / "byzantine" / "matrix.yaml"
+
+
+def test_robust_rules_hold_and_attacks_bite() -> None:
+    _, cells = load_matrix(MATRIX)
+    cells = [c for c in cells if c.group == "gradient-n10" and c.topology == "complete"]
+    df = table(run_matrix(cells, workers=2))
+    print("\n".join(robustness_markdown(df)))
+    r = {row["attack"]: row for row in robustness(df).iter_rows(named=True)}
+    # some robust rule ends within 2 accuracy points of the attack-free run, per attack; the
+    # plain (x1) sign flip is the measured exception: its best rule ends 2.4-3.2 points below
+    # (seeds 5-7), because the flipped vectors sit close to the honest ones late in training
+    for attack, row in r.items():
+        limit = 0.035 if attack == "sign_flip" else 0.02
+        assert row["best_gap"] <= limit, (attack, row)
+    # the plain mean loses at least 10 points under sign flip and scaled gradients
+    assert r["sign_flip"]["mean_lost"] >= 0.10 and r["scaled"]["mean_lost"] >= 0.10
+    # ALIE or IPM costs at least one classic rule (Krum, median, trimmed mean) 5 points or more
+    assert max(r[a]["worst_classic_cost"] for a in ("alie", "ipm", "ipm100")) >= 0.05
+    # every cell stayed safe and live
+    assert df.filter(pl.col("failures").list.len() > 0).height == 0
