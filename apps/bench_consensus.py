@@ -3,9 +3,10 @@
 Each size runs the same scenario: a complete overlay with 50 ms links (2 ms jitter, 1 Gbit/s),
 the linear workload with 256 parameters (1 KiB gradients), no faults. A round's latency is the
 simulated time between a node's consecutive commits (averaged over nodes and rounds after the
-first); the consensus part is that minus the modelled compute time (`step_time`). The
-original system claimed "sub-second consensus": the target is under one simulated second at
-n = 100.
+first); the consensus part is that minus the modelled compute time (`step_time`). Each size
+runs twice: votes broadcast to everyone (O(n^2) messages per phase) and votes to the view's
+leader, which broadcasts each quorum (O(n), one more message delay per phase). The original
+system claimed "sub-second consensus": the target is under one simulated second at n = 100.
 """
 
 from __future__ import annotations
@@ -27,7 +28,8 @@ STEP_TIME = 0.01
 LINK_LATENCY = 0.05
 
 
-def consensus_scenario(n: int, rounds: int, silent: int | None = None) -> Scenario:
+def consensus_scenario(n: int, rounds: int, silent: int | None = None,
+                       votes: str = "broadcast") -> Scenario:
     byzantine = [{"nodes": [silent], "behaviour": "silent"}] if silent is not None else []
     return parse_scenario({
         "name": f"consensus-{n}", "seed": 1, "nodes": {"count": n},
@@ -35,7 +37,7 @@ def consensus_scenario(n: int, rounds: int, silent: int | None = None) -> Scenar
         "links": {"latency": LINK_LATENCY, "jitter": 0.002, "bandwidth": 1e9},
         "workload": {"kind": "linear", "dim": 256, "samples_per_node": 64},
         "training": {"rounds": rounds, "step_time": STEP_TIME, "round_timeout": 1.0,
-                     "view_timeout": 3.0},
+                     "view_timeout": 3.0, "votes": votes},
         "record": "none", "byzantine": byzantine,
     }, "bench consensus")
 
@@ -62,8 +64,8 @@ def silent_leader(n: int, rounds: int) -> dict[str, Any]:
         "added_seconds": slow - fast, "view_timeout": 3.0}
 
 
-def bench_one(n: int, rounds: int) -> dict[str, Any]:
-    result = run_scenario(consensus_scenario(n, rounds))
+def bench_one(n: int, rounds: int, votes: str) -> dict[str, Any]:
+    result = run_scenario(consensus_scenario(n, rounds, votes=votes))
     df = result.rounds.filter(~pl.col("byzantine")).sort("node", "round")
     gaps = (df.with_columns((pl.col("time") - pl.col("time").shift(1).over("node")).alias("gap"))
             .filter(pl.col("round") > 0)["gap"])
@@ -71,7 +73,7 @@ def bench_one(n: int, rounds: int) -> dict[str, Any]:
     bytes_per_round = float(df.group_by("round").agg(pl.col("bytes_sent").sum())[
         "bytes_sent"].mean())  # type: ignore[arg-type]
     period = float(gaps.mean())  # type: ignore[arg-type]
-    return {"nodes": n, "rounds": rounds, "round_seconds": period,
+    return {"nodes": n, "votes": votes, "rounds": rounds, "round_seconds": period,
             "consensus_seconds": period - STEP_TIME,
             "round_seconds_max": float(gaps.max()),  # type: ignore[arg-type]
             "messages_per_round": s["messages_per_round"],
@@ -82,8 +84,9 @@ def bench_one(n: int, rounds: int) -> dict[str, Any]:
 def run_bench(sizes: list[int], rounds: int, out_file: Path, console: Console) -> dict[str, Any]:
     results = []
     for n in sizes:
-        console.print(f"bench consensus: {n} nodes, {rounds} rounds ...")
-        results.append(bench_one(n, rounds))
+        for votes in ("broadcast", "leader"):
+            console.print(f"bench consensus: {n} nodes, votes: {votes}, {rounds} rounds ...")
+            results.append(bench_one(n, rounds, votes))
     silent = silent_leader(16, 2 * 16)
     report = {"benchmark": "consensus", "silent_leader": silent,
               "date": datetime.now(UTC).isoformat(timespec="seconds"),
@@ -93,12 +96,12 @@ def run_bench(sizes: list[int], rounds: int, out_file: Path, console: Console) -
     out_file.parent.mkdir(parents=True, exist_ok=True)
     out_file.write_text(json.dumps(report, indent=2) + "\n")
     table = Table(title=f"simulated round latency, complete overlay, {LINK_LATENCY * 1000:.0f} ms "
-                  "links (gradient + proposal + prepare + commit)")
-    for col in ("nodes", "round s", "consensus s (minus compute)", "slowest round s",
+                  "links (gradient, proposal, prepare and commit votes)")
+    for col in ("nodes", "votes", "round s", "consensus s (minus compute)", "slowest round s",
                 "messages/round", "MB/round", "wall s"):
         table.add_column(col, justify="right")
     for r in results:
-        table.add_row(str(r["nodes"]), f"{r['round_seconds']:.3f}", f"{r['consensus_seconds']:.3f}",
+        table.add_row(str(r["nodes"]), r["votes"], f"{r['round_seconds']:.3f}", f"{r['consensus_seconds']:.3f}",
                       f"{r['round_seconds_max']:.3f}", f"{r['messages_per_round']:,.0f}",
                       f"{r['bytes_per_round'] / 1e6:.2f}", f"{r['wall_seconds']:.1f}")
     console.print(table)
