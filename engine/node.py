@@ -183,6 +183,7 @@ class Node:
         self._gather_expired = False
         self._first_view = 0  # the view the current round started in
         self._timer_view = -1  # the view of this round whose timer runs
+        self._rejoin_armed: tuple[int, int] | None = None  # (round, view) of the rejoin timer
         self._own_result: GradientResult | None = None
         self._abstain = False  # restarted without our disk: we may have voted before
         self._sync_until = -1.0
@@ -316,7 +317,10 @@ class Node:
             return
         if sum(1 for w in self._moved.values() if w >= self.view) >= self.quorum:
             self._arm_view_timer()
-        else:
+        elif self._rejoin_armed != (self.round, self.view):
+            # armed once per view: re-arming on every ViewChange would let a peer that repeats
+            # its own keep ours from ever firing (found by the Twins tests)
+            self._rejoin_armed = (self.round, self.view)
             self._out.append(SetTimer(f"rejoin:{self.round}:{self.view}",
                                       self.config.view_timeout))
 
@@ -351,6 +355,7 @@ class Node:
             self._poll_for_sync()  # silence may also mean everyone else moved on
         elif kind == "rejoin" and rest == f"{self.round}:{self.view}" and (
                 self._timer_view != self.view):
+            self._rejoin_armed = None
             self._announce_view()
             self._poll_for_sync()
             self._maybe_start_view_timer()
@@ -670,6 +675,11 @@ class Node:
 
     def _on_gradient(self, env: Envelope) -> None:
         g: Gradient = env.message  # type: ignore[assignment]
+        if g.round < self.round and (env.sender, g.round) not in self._helped:
+            # the sender is still in a round we committed (lagging, or on another fork after a
+            # partition healed): send it our records once, so it catches up or finds the fork
+            self._helped.add((env.sender, g.round))
+            self._send_records(env.sender, g.round)
         if g.round < self.round or self.finished:
             return  # stale: that round is settled here
         if env.sender in self.excluded:  # ignored, unless a set we know names it: a justified
@@ -1037,6 +1047,8 @@ class Node:
             problem = self._adopt(record)
             if problem:
                 self._reject(problem, env.sender)
+                if problem == "sync_other_model":  # their round was built on another model
+                    self._probe_fork(env.sender)
                 break
             applied += 1
         if applied and applied == len(resp.records) and resp.round > self.round:

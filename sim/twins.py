@@ -131,6 +131,7 @@ class TwinsScenario:
     lr: float = 0.1
     momentum: float = 0.9
     aggregator: str = "mean"
+    votes: str = "broadcast"  # or "leader": linear voting (training.votes)
     delay: float = 0.01  # every frame, every link
     step_time: float = 0.0  # a gradient step's simulated duration
     round_timeout: float = 0.2
@@ -185,7 +186,8 @@ class TwinsScenario:
             "nodes": {"count": self.n},
             "workload": {"kind": "linear", "dim": self.dim},
             "training": {"rounds": self.rounds, "lr": self.lr, "momentum": self.momentum,
-                         "aggregator": self.aggregator, "step_time": self.step_time,
+                         "aggregator": self.aggregator, "votes": self.votes,
+                         "step_time": self.step_time,
                          "round_timeout": self.round_timeout,
                          "view_timeout": self.view_timeout},
             "byzantine": ([{"nodes": list(self.twins), "behaviour": "honest"}]

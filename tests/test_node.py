@@ -271,12 +271,18 @@ def test_stale_frames_are_ignored_silently() -> None:
     pump.run(until=lambda: pump.nodes[1].round == 1)
     assert pump.nodes[1].round == 1
     for frame in [
-        forge(2, _gradient(0, np.full(DIM, np.nan, np.float32))),
         forge(3, Proposal(0, 0, (0, 1, 2), (ZERO_HASH,) * 3)),
         KIT.vote(2, 0, 0, PREPARE, sha256(b"x"), ZERO_HASH),
         KIT.vote(3, 0, 7, COMMIT, sha256(b"y"), ZERO_HASH),
     ]:
         assert pump.feed(1, Received(frame)) == []
+    # a gradient of a committed round: its sender lags (or forked); it gets our records, once
+    stale = forge(2, _gradient(0, np.full(DIM, np.nan, np.float32)))
+    (answer,) = pump.feed(1, Received(stale))
+    assert isinstance(answer, Send) and answer.peer == 2
+    records = KIT.open(answer.frame).message.records  # type: ignore[union-attr]
+    assert [r.round for r in records] == [0]
+    assert pump.feed(1, Received(forge(2, _gradient(0, np.zeros(DIM, np.float32))))) == []
     assert not pump.nodes[1].rejections
 
 

@@ -34,6 +34,11 @@ SEED = 2022
 ONE_TWIN_SCHEDULES = 300  # per twinned member (two of them): ~600 runs, a few seconds
 TWO_TWIN_SCHEDULES = 200
 ROUNDS = 4
+# A node goes quiet once it finished its rounds, so a fork whose honest members all finished
+# before the partitions healed meets no traffic after the heal: no online mechanism can see it
+# (an audit of the logs can). True makes the two-twins test demand online evidence for those
+# forks too (e.g. once finished nodes announce their head).
+REQUIRE_EVIDENCE_AFTER_EVERYONE_FINISHED = False
 
 
 def cells(*groups: str) -> tuple[frozenset[str], ...]:
@@ -211,6 +216,17 @@ def _fork_kind(result: TwinsResult) -> str:
             f"honest logs prove {sorted(result.log_culprits())}")
 
 
+def _silent(result: TwinsResult) -> bool:
+    """A fork no honest member holds proofs against f + 1 = 2 members for."""
+    return bool(result.safety_violations()) and not any(
+        o.excluded >= set(result.scenario.twins) for o in result.honest.values())
+
+
+def _all_finished_before_heal(result: TwinsResult) -> bool:
+    return all(o.finished_at is not None and o.finished_at <= result.scenario.heal_at
+               for o in result.honest.values())
+
+
 def test_two_twins_either_stay_safe_or_leave_evidence_against_both() -> None:
     """Beyond the bound a fork can happen; it must never be silent: once healed and settled,
     some honest member has excluded both twinned members (f + 1 culprits)."""
@@ -222,10 +238,37 @@ def test_two_twins_either_stay_safe_or_leave_evidence_against_both() -> None:
         if not result.safety_violations():
             continue
         forks.append(result)
-        if not any(o.excluded >= {2, 3} for o in result.honest.values()):
+        if _silent(result) and (REQUIRE_EVIDENCE_AFTER_EVERYONE_FINISHED
+                                or not _all_finished_before_heal(result)):
             silent.append(result)
     assert forks, "no schedule forked: the enumeration does not reach beyond the bound"
     assert not silent, (
         f"{len(silent)} of {len(forks)} forks left no honest member with evidence against both "
         f"twins:\n" + "\n".join(_fork_kind(r) for r in silent)
         + f"\nfirst:\n{silent[0].summary()}")
+
+
+# ---- replays of schedules that found bugs -------------------------------------------------
+
+
+@pytest.mark.parametrize(("twin", "seed", "index", "rounds"), [
+    (0, SEED, 122, 4),  # the twin's copies re-sent ViewChanges in turn, each one re-arming
+    (0, 99, 592, 3),  # the honest members' rejoin timers: none ever fired, nobody re-announced
+    (2, 99, 402, 3),  # its view, and all stalled in a view a quorum had in fact moved to
+])
+def test_replay_liveness_after_heal(twin: int, seed: int, index: int, rounds: int) -> None:
+    result = run_twins(draw_scenario(4, (twin,), seed, index, rounds=rounds))
+    assert not result.safety_violations() and not result.missing_rounds(), result.summary()
+
+
+@pytest.mark.parametrize("index", [
+    63,  # 1 still runs after the heal and gets 0's records of its round, built on another
+    # model ("sync_other_model"), but only a gradient of that kind triggers the fork probe
+    99,  # the same, with 0 running and 1 finished
+    165,  # the fork forms after the heal: 0 commits with the twins' running copies while the
+    # finished side ignores 0's gradients of rounds it already committed (helping 0 catch up
+    # would avoid the fork altogether)
+])
+def test_replay_fork_leaves_evidence(index: int) -> None:
+    result = run_twins(draw_scenario(4, (2, 3), SEED, index, unsafe=True, rounds=ROUNDS))
+    assert not _silent(result), _fork_kind(result) + "\n" + result.summary()
