@@ -11,6 +11,7 @@ replays on its own.
 from __future__ import annotations
 
 import json
+import multiprocessing
 import os
 from collections.abc import Iterable
 from concurrent.futures import ProcessPoolExecutor
@@ -170,7 +171,9 @@ def run_matrix(cells: Iterable[Cell], workers: int | None = None) -> list[dict[s
     workers = workers or os.cpu_count() or 1
     if workers == 1:
         return [run_cell(c) for c in cells]
-    with ProcessPoolExecutor(workers) as pool:
+    # spawned, not forked: polars starts threads on import, and a forked child can inherit a
+    # lock one of them held (a matrix run inside a pytest worker hung that way)
+    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
         return list(pool.map(run_cell, cells))
 
 
@@ -241,15 +244,17 @@ def robustness(df: pl.DataFrame) -> pl.DataFrame:
                                                        maintain_order=True):
         robust = part.filter(pl.col("aggregator") != "mean").sort("final_accuracy",
                                                                     descending=True)
+        if not len(robust):
+            continue  # a group that runs the mean only says nothing about robust rules
         mean = part.filter(pl.col("aggregator") == "mean")
         classic = part.filter(pl.col("aggregator").is_in(CLASSIC)).with_columns(
             (pl.col("baseline_accuracy") - pl.col("final_accuracy")).alias("cost"))
         worst = classic.sort("cost", descending=True)
         rows.append({
             "group": group, "topology": topo, "attack": attack,
-            "best_rule": robust["aggregator"][0] if len(robust) else None,
-            "best_accuracy": robust["final_accuracy"][0] if len(robust) else None,
-            "best_gap": robust["accuracy_lost"][0] if len(robust) else None,
+            "best_rule": robust["aggregator"][0],
+            "best_accuracy": robust["final_accuracy"][0],
+            "best_gap": robust["accuracy_lost"][0],
             "mean_lost": mean["accuracy_lost"][0] if len(mean) else None,
             "worst_classic": worst["aggregator"][0] if len(worst) else None,
             "worst_classic_cost": worst["cost"][0] if len(worst) else None})

@@ -100,6 +100,16 @@ def exclusions(scenario: Scenario, metrics: MetricLog, running: set[int]) -> dic
             for offender, nodes in sorted(by.items())}
 
 
+def reputation(scenario: Scenario, world: SimWorld) -> dict[str, float]:
+    """Each peer's reputation at the end (a moving average of its gradient making the round,
+    lowered by rejected messages, zero once excluded), averaged over the running honest nodes."""
+    judges = [h.node for h in world.hosts
+              if h.node is not None and h.id not in scenario.byzantine_nodes()]
+    peers = range(scenario.nodes.count)
+    return {str(p): round(sum(j.reputation.get(p, 1.0) for j in judges if j.id != p)
+                          / max(1, sum(1 for j in judges if j.id != p)), 3) for p in peers}
+
+
 def run_sim(scenario: Scenario, printer: RoundPrinter) -> RunResult:
     world = SimWorld(scenario, on_commit=printer.commit)
     with printer:
@@ -126,6 +136,7 @@ def run_sim(scenario: Scenario, printer: RoundPrinter) -> RunResult:
         "rejected_by_reason": dict(sorted(metrics.rejections.items())),
         "exclusions": exclusions(scenario, metrics, {h.id for h in world.hosts if h.up}),
         "view_changes": len(metrics.view_changes),
+        "reputation": reputation(scenario, world),
         "verify_cache_hits": world.verify_cache.hits,
         "verify_cache_misses": world.verify_cache.misses,
         "peak_memory_mb": peak_memory_mb(),

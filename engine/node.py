@@ -257,6 +257,11 @@ class Node:
             self.last_update = np.frombuffer(update, dtype=np.float32).copy()
             records = [disk.get(f"log/{r}") for r in range(round_)]
             self.history = [r for r in records if isinstance(r, RoundRecord)]
+        for key, proof in disk.items():  # exclusions survive a restart with the disk
+            if key.startswith("evidence/") and isinstance(proof, bytes):
+                offender = int(key.split("/", 1)[1])
+                self.excluded[offender] = proof
+                self.reputation[offender] = 0.0
         votes = disk.get("votes")
         if isinstance(votes, bytes):  # what we signed in the round we were in: never re-sign
             self._voted = {tuple(v) for v in msgpack.unpackb(votes)}  # type: ignore[misc]

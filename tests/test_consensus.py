@@ -451,6 +451,10 @@ def test_double_voter_is_excluded_by_everyone_and_rounds_commit() -> None:
     # a gradient node 3 sends now is ignored, silently
     late = _gradient_frame(3, round=4, base=pump.nodes[0].model_hash)
     assert pump.nodes[0].handle(Received(late), pump.now) == []
+    # the exclusion survives a restart with the disk (the proof was persisted with it)
+    reborn = KIT.node(0)
+    reborn.handle(Started(dict(pump.disks[0])), pump.now)
+    assert reborn.excluded == pump.nodes[0].excluded and reborn.reputation[3] == 0.0
 
 
 def test_offender_excluded_after_the_others_locked_does_not_block_the_round() -> None:

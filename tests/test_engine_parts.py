@@ -85,3 +85,22 @@ def test_bench_sim_writes_json_with_ratio(tmp_path: Path) -> None:
     # per round: every gradient to 11 peers, the proposal, and every node's two votes
     assert row["phalanx"]["messages_per_round"] == 12 * 11 + 11 + 2 * 12 * 11
     assert row["bare_simpy"]["events"] > 0 and row["ratio"] > 0
+
+
+def test_bench_consensus_reports_latency_traffic_and_a_silent_leader(tmp_path: Path) -> None:
+    from phalanx.apps.bench_consensus import run_bench as run_consensus_bench
+
+    out = tmp_path / "consensus.json"
+    report = run_consensus_bench([4, 7], 3, out, Console(quiet=True))
+    assert json.loads(out.read_text()) == report
+    rows = {(r["nodes"], r["votes"]): r for r in report["results"]}
+    assert set(rows) == {(4, "broadcast"), (4, "leader"), (7, "broadcast"), (7, "leader")}
+    for r in rows.values():
+        assert r["rounds_committed"] == 3
+        # four message delays of 50 ms (five or more with votes to the leader), plus compute
+        assert 0.2 <= r["round_seconds"] < 0.5
+    # votes to the leader: fewer messages than votes to everyone
+    assert rows[(7, "leader")]["messages_per_round"] < rows[(7, "broadcast")]["messages_per_round"]
+    silent = report["silent_leader"]
+    assert silent["rounds_committed"] == silent["rounds"] and silent["view_change_rounds"] >= 1
+    assert silent["added_seconds"] > 1.0  # a view timeout (3 s) minus the gather wait (1 s)
