@@ -11,16 +11,13 @@ system claimed "sub-second consensus": the target is under one simulated second 
 
 from __future__ import annotations
 
-import json
-import platform
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import polars as pl
 from rich.console import Console
-from rich.table import Table
 
+from phalanx.apps.bench_report import results_table, save_report, stamp
 from phalanx.apps.runner import run_scenario
 from phalanx.sim.scenario import Scenario, parse_scenario
 
@@ -88,22 +85,19 @@ def run_bench(sizes: list[int], rounds: int, out_file: Path, console: Console) -
             console.print(f"bench consensus: {n} nodes, votes: {votes}, {rounds} rounds ...")
             results.append(bench_one(n, rounds, votes))
     silent = silent_leader(16, 2 * 16)
-    report = {"benchmark": "consensus", "silent_leader": silent,
-              "date": datetime.now(UTC).isoformat(timespec="seconds"),
-              "machine": {"platform": platform.platform(), "python": platform.python_version()},
+    report = {"benchmark": "consensus", **stamp(), "silent_leader": silent,
               "links": {"latency_s": LINK_LATENCY, "jitter_s": 0.002, "bandwidth_bps": 1e9},
               "step_time_s": STEP_TIME, "results": results}
-    out_file.parent.mkdir(parents=True, exist_ok=True)
-    out_file.write_text(json.dumps(report, indent=2) + "\n")
-    table = Table(title=f"simulated round latency, complete overlay, {LINK_LATENCY * 1000:.0f} ms "
-                  "links (gradient, proposal, prepare and commit votes)")
-    for col in ("nodes", "votes", "round s", "consensus s (minus compute)", "slowest round s",
-                "messages/round", "MB/round", "wall s"):
-        table.add_column(col, justify="right")
-    for r in results:
-        table.add_row(str(r["nodes"]), r["votes"], f"{r['round_seconds']:.3f}", f"{r['consensus_seconds']:.3f}",
-                      f"{r['round_seconds_max']:.3f}", f"{r['messages_per_round']:,.0f}",
-                      f"{r['bytes_per_round'] / 1e6:.2f}", f"{r['wall_seconds']:.1f}")
+    save_report(report, out_file)
+    table = results_table(
+        f"simulated round latency, complete overlay, {LINK_LATENCY * 1000:.0f} ms links "
+        "(gradient, proposal, prepare and commit votes)",
+        ("nodes", "votes", "round s", "consensus s (minus compute)", "slowest round s",
+         "messages/round", "MB/round", "wall s"),
+        [(str(r["nodes"]), r["votes"], f"{r['round_seconds']:.3f}",
+          f"{r['consensus_seconds']:.3f}", f"{r['round_seconds_max']:.3f}",
+          f"{r['messages_per_round']:,.0f}", f"{r['bytes_per_round'] / 1e6:.2f}",
+          f"{r['wall_seconds']:.1f}") for r in results])
     console.print(table)
     console.print(f"silent leader (n=16, node 1 silent, {silent['rounds']} rounds): "
                   f"{silent['view_change_rounds']} rounds needed a view change and took "

@@ -14,17 +14,14 @@ from __future__ import annotations
 
 import contextlib
 import gc
-import json
-import platform
 import time
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import simpy
 from rich.console import Console
-from rich.table import Table
 
+from phalanx.apps.bench_report import results_table, save_report, stamp
 from phalanx.apps.runner import peak_memory_mb
 from phalanx.engine.rng import RngStreams
 from phalanx.sim.scenario import Scenario, parse_scenario
@@ -160,27 +157,19 @@ def run_bench(counts: list[int], rounds: int, out_file: Path, console: Console) 
     for n in counts:
         console.print(f"bench sim: {n} nodes, {rounds} rounds ...")
         results.append(bench_one(n, rounds))
-    report = {
-        "benchmark": "sim",
-        "date": datetime.now(UTC).isoformat(timespec="seconds"),
-        "machine": {"platform": platform.platform(), "processor": platform.processor(),
-                    "python": platform.python_version(), "simpy": simpy.__version__},
-        "peak_memory_mb": peak_memory_mb(),
-        "results": results,
-    }
-    out_file.parent.mkdir(parents=True, exist_ok=True)
-    out_file.write_text(json.dumps(report, indent=2) + "\n")
-    table = Table(title=f"simulated events per wall second, {rounds} rounds (same traffic, "
-                  "same run; bare = plain SimPy with the collector paused like phalanx)")
-    for col in ("nodes", "phalanx ev/s", "bare ev/s", "phalanx/bare", "bare ev/s (gc on)",
-                "phalanx/bare (gc on)", "phalanx wall s", "msgs/round"):
-        table.add_column(col, justify="right")
-    for r in results:
-        p, b, d = r["phalanx"], r["bare_simpy"], r["bare_simpy_default_gc"]
-        table.add_row(str(r["nodes"]), f"{p['events_per_second']:,.0f}",
-                      f"{b['events_per_second']:,.0f}", f"{r['ratio']:.2f}",
-                      f"{d['events_per_second']:,.0f}", f"{r['ratio_vs_default_gc']:.2f}",
-                      f"{p['wall_seconds']:.1f}", f"{p['messages_per_round']:,.0f}")
+    report = {"benchmark": "sim", **stamp(), "simpy": simpy.__version__,
+              "peak_memory_mb": peak_memory_mb(), "results": results}
+    save_report(report, out_file)
+    table = results_table(
+        f"simulated events per wall second, {rounds} rounds (same traffic, same run; bare = "
+        "plain SimPy with the collector paused like phalanx)",
+        ("nodes", "phalanx ev/s", "bare ev/s", "phalanx/bare", "bare ev/s (gc on)",
+         "phalanx/bare (gc on)", "phalanx wall s", "msgs/round"),
+        [(str(r["nodes"]), f"{r['phalanx']['events_per_second']:,.0f}",
+          f"{r['bare_simpy']['events_per_second']:,.0f}", f"{r['ratio']:.2f}",
+          f"{r['bare_simpy_default_gc']['events_per_second']:,.0f}",
+          f"{r['ratio_vs_default_gc']:.2f}", f"{r['phalanx']['wall_seconds']:.1f}",
+          f"{r['phalanx']['messages_per_round']:,.0f}") for r in results])
     console.print(table)
     console.print(f"written to {out_file}")
     return report

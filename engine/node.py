@@ -524,8 +524,9 @@ class Node:
             return
 
     def _voters(self, cert: Certificate) -> list[int]:
-        return [self.open(f).sender for f in cert.frames if self.open(f).sender != self.id] or [
-            m for m in self.members if m != self.id]
+        """Peers that signed `cert` (they have decided the round), else every peer."""
+        signers = [self.open(f).sender for f in cert.frames]
+        return [s for s in signers if s != self.id] or [m for m in self.members if m != self.id]
 
     def _result(self, digest: bytes) -> Result | None:
         """Our model after applying the set `digest` (memoized per round), if we can."""
