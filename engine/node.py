@@ -131,6 +131,9 @@ class NodeConfig:
     # votes go to the view's leader, which broadcasts each quorum it collects (O(n) messages
     # per phase instead of O(n^2), one more message delay): for large memberships
     votes_to_leader: bool = False
+    # honest workers send a momentum of their gradients instead of the gradient itself
+    # (Karimireddy, He, Jaggi 2021: lower variance makes Byzantine vectors stand out)
+    worker_momentum: float = 0.0
     sync_batch: int = 16  # round records per sync response
     future_rounds: int = 2  # messages buffered ahead of the node's own round
 
@@ -168,6 +171,7 @@ class Node:
         self.velocity = np.zeros_like(self.params)
         self.model_hash = sha256(self.params.tobytes())
         self.last_update = np.zeros_like(self.params)  # the last committed aggregate
+        self.worker_momentum = np.zeros_like(self.params)  # what we sent, if it is a momentum
         self.excluded: dict[int, bytes] = {}  # peer -> the Evidence frame that excluded it
         self.reputation: dict[int, float] = {m: 1.0 for m in config.members if m != self.id}
         self._grads: dict[int, dict[int, Envelope]] = {}  # round -> sender -> gradient
@@ -245,16 +249,18 @@ class Node:
 
     def _checkpoint(self) -> bytes:
         return msgpack.packb([self.round, self.view, self.model_hash, self.params.tobytes(),
-                              self.velocity.tobytes(), self.last_update.tobytes()])
+                              self.velocity.tobytes(), self.last_update.tobytes(),
+                              self.worker_momentum.tobytes()])
 
     def _restore(self, disk: Mapping[str, bytes | RoundRecord], lost_disk: bool) -> None:
         blob = disk.get("checkpoint")
         if isinstance(blob, bytes):
-            round_, view, model_hash, params, velocity, update = msgpack.unpackb(blob)
+            round_, view, model_hash, params, velocity, update, momentum = msgpack.unpackb(blob)
             self.round, self.view, self.model_hash = round_, view, model_hash
             self.params = np.frombuffer(params, dtype=np.float32).copy()
             self.velocity = np.frombuffer(velocity, dtype=np.float32).copy()
             self.last_update = np.frombuffer(update, dtype=np.float32).copy()
+            self.worker_momentum = np.frombuffer(momentum, dtype=np.float32).copy()
             records = [disk.get(f"log/{r}") for r in range(round_)]
             self.history = [r for r in records if isinstance(r, RoundRecord)]
         for key, proof in disk.items():  # exclusions survive a restart with the disk
@@ -337,6 +343,11 @@ class Node:
         if problem:  # e.g. a diverged model: never send what every peer would reject
             self._reject(f"own_{problem}", self.id)
             return
+        beta = self.config.worker_momentum
+        if beta > 0.0:
+            mixed = (beta * self.worker_momentum.astype(np.float64)
+                     + (1.0 - beta) * result.values.astype(np.float64))
+            result = GradientResult(mixed.astype(np.float32), result.loss, result.samples)
         self._own_result = result
         self._send_own_gradient()
         self._advance()
@@ -603,6 +614,8 @@ class Node:
         for peer in self.reputation:
             if peer not in self.excluded:  # moving average of "its gradient made the round"
                 self.reputation[peer] = 0.9 * self.reputation[peer] + 0.1 * (peer in included)
+        if self.config.worker_momentum > 0.0 and self._own_result is not None:
+            self.worker_momentum = self._own_result.values  # carried into the next round
         self.round, self.view = self.round + 1, cert.view
         self._abstain = False
         self._voted = {v for v in self._voted if v[0] >= self.round}

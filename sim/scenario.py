@@ -152,6 +152,8 @@ class TrainingSpec(Strict):
     # "broadcast": every vote to everyone (O(n^2) per phase, fastest for small n); "leader":
     # votes to the view's leader, which broadcasts each quorum (O(n), for large n)
     votes: Literal["broadcast", "leader"] = "broadcast"
+    # honest nodes send beta * momentum + (1 - beta) * gradient (worker momentum, 0 = off)
+    worker_momentum: Annotated[float, Field(ge=0, lt=1)] = 0.0
     step_time: Seconds = 0.05  # simulated seconds per gradient step at speed 1.0
     round_timeout: Annotated[float, Field(gt=0)] = 1.0  # leader: wait for all, then a quorum
     view_timeout: Annotated[float, Field(gt=0)] = 3.0  # others: wait this long for a proposal

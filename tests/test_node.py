@@ -729,3 +729,29 @@ def test_a_set_built_on_another_model_is_never_voted_for() -> None:
     assert node.round == 0 and node.history == []
     assert node.rejections == {"gradient_other_model": 3}
     assert not any(isinstance(a, Broadcast) and a.kind == Vote.KIND for a in actions)
+
+
+# ---- worker momentum ---------------------------------------------------------------------------
+
+
+def test_worker_momentum_is_what_a_node_sends_and_survives_a_restart() -> None:
+    beta = 0.9
+    pump = KIT.cluster(rounds=2, worker_momentum=beta)
+    pump.start()
+    pump.run_to_end()
+    sent = [e.message for e in pump.signed_by(0, Gradient)]
+    by_round = {g.round: g for g in sent}  # re-sends repeat the same vector
+    assert sorted(by_round) == [0, 1]
+    node = pump.nodes[0]
+    params0 = KIT.workload.init_params()
+    g0 = KIT.workload.gradient(params0, 0, 0).values
+    m0 = ((1 - beta) * g0.astype(np.float64)).astype(np.float32)
+    assert by_round[0].values.tobytes() == m0.tobytes()
+    after0 = pump.commits(0)[0].params  # the model round 1's gradient is computed on
+    g1 = KIT.workload.gradient(after0, 0, 1).values
+    m1 = (beta * m0.astype(np.float64) + (1 - beta) * g1.astype(np.float64)).astype(np.float32)
+    assert by_round[1].values.tobytes() == m1.tobytes()
+    assert node.worker_momentum.tobytes() == m1.tobytes()
+    reborn = KIT.node(0, rounds=2, worker_momentum=beta)
+    reborn.handle(Started(dict(pump.disks[0])), pump.now)
+    assert reborn.worker_momentum.tobytes() == m1.tobytes()
