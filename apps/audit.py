@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from phalanx.apps.node_log import NodeLog
+from phalanx.engine.consensus import slot_of
 from phalanx.engine.events import Started
 from phalanx.engine.node import Node
 from phalanx.net.crypto import Identity, VerifyCache
@@ -58,10 +59,31 @@ def audit_run(run_dir: Path) -> tuple[list[NodeAudit], list[str]]:
         for record in node.history:
             hashes.setdefault(record.round, {})[node_id] = record.certificate
         audits.append(NodeAudit(node_id, len(node.history), node.model_hash.hex(), problem))
-    split = [f"round {r}: nodes name {len({_outcome(opener, c) for c in certs.values()})} "
-             f"different outcomes" for r, certs in sorted(hashes.items())
-             if len({_outcome(opener, c) for c in certs.values()}) > 1]
+    split = []
+    for r, certs in sorted(hashes.items()):
+        outcomes = {_outcome(opener, c): c for c in certs.values()}
+        if len(outcomes) > 1:
+            culprits = _culprits(opener, list(outcomes.values()))
+            split.append(f"round {r}: nodes name {len(outcomes)} different outcomes; signers of "
+                         f"two votes in one slot: {culprits or 'none (a cross-view fork)'}")
     return audits, split
+
+
+def _culprits(opener: FrameOpener, certificates: list[tuple[bytes, ...]]) -> list[int]:
+    """Members that signed two different votes for one (round, view, phase) across the
+    certificates: the same proof a node accuses with online."""
+    seen: dict[tuple[int, ...], bytes] = {}
+    guilty: set[int] = set()
+    for cert in certificates:
+        for frame in cert:
+            env = opener(frame)
+            slot = slot_of(env)
+            if slot is None:
+                continue
+            first = seen.setdefault(slot, env.digest)
+            if first != env.digest:
+                guilty.add(env.sender)
+    return sorted(guilty)
 
 
 def _outcome(opener: FrameOpener, certificate: tuple[bytes, ...]) -> tuple[bytes, bytes]:

@@ -88,3 +88,22 @@ def test_audit_finds_a_tampered_record(run_dir: Path, tmp_path: Path, change: st
 def test_audit_of_a_folder_that_is_not_a_run_is_one_line(tmp_path: Path) -> None:
     result = CliRunner().invoke(app, ["audit", str(tmp_path)])
     assert result.exit_code == 2 and "no scenario.resolved.yaml" in result.output
+
+
+def test_audit_names_the_signers_of_two_votes_in_one_slot() -> None:
+    """Offline forensics for forks beyond the bound: two commit certificates of one round that
+    name different outcomes share signers; those who signed both are the culprits."""
+    from nodekit import Kit
+
+    from phalanx.apps.audit import _culprits
+    from phalanx.net.envelope import FrameOpener
+    from phalanx.net.messages import COMMIT
+
+    kit = Kit(11)
+    opener = FrameOpener(kit.keyring)
+    a, b, model = b"a" * 32, b"b" * 32, b"m" * 32
+    first = tuple(kit.vote(s, 3, 0, COMMIT, a, model) for s in (0, 2, 3))
+    second = tuple(kit.vote(s, 3, 0, COMMIT, b, model) for s in (1, 2, 3))
+    assert _culprits(opener, [first, second]) == [2, 3]
+    other_view = tuple(kit.vote(s, 3, 1, COMMIT, b, model) for s in (1, 2, 3))
+    assert _culprits(opener, [first, other_view]) == []  # a cross-view fork proves nothing here
