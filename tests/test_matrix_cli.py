@@ -1,0 +1,80 @@
+"""`phalanx matrix`: a tiny matrix end to end, its files, and its one-line errors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import polars as pl
+import pytest
+from typer.testing import CliRunner
+
+from phalanx.apps.cli import app
+from phalanx.sim.scenario import load_scenario
+
+BASE = """
+name: tiny
+seed: 2
+nodes: {count: 4}
+workload: {kind: linear, dim: 4, samples_per_node: 32, eval_samples: 64}
+training: {rounds: 3, lr: 0.1, momentum: 0.5, step_time: 0.02, round_timeout: 0.3,
+           view_timeout: 1.0}
+record: none
+expect: {honest_hashes_equal: true, rounds_committed_at_least: 3}
+"""
+
+MATRIX = """
+name: tiny-matrix
+attacks:
+  silent: {behaviour: silent}
+  double_vote: {behaviour: double_vote, expect: {excluded: [3]}}
+groups:
+  - name: g
+    base: base.yaml
+    byzantine_nodes: [3]
+    attacks: [none, silent, double_vote]
+    aggregators: [mean, median]
+"""
+
+
+@pytest.fixture
+def folder(tmp_path: Path) -> Path:
+    (tmp_path / "base.yaml").write_text(BASE)
+    (tmp_path / "m.yaml").write_text(MATRIX)
+    return tmp_path
+
+
+def test_tiny_matrix_runs_writes_its_table_and_replayable_cells(folder: Path) -> None:
+    result = CliRunner().invoke(app, ["matrix", str(folder / "m.yaml"), "--workers", "1",
+                                      "--out", str(folder / "out"), "--write",
+                                      str(folder / "cells")])
+    assert result.exit_code == 0, result.output
+    df = pl.read_parquet(folder / "out" / "matrix.parquet")
+    assert df.height == 6 and df["failures"].list.len().sum() == 0
+    assert df.filter(pl.col("attack") == "double_vote")["excluded"].to_list() == [[3], [3]]
+    assert "tiny-matrix" in (folder / "out" / "matrix.md").read_text()
+    cells = sorted((folder / "cells").glob("*.yaml"))
+    assert len(cells) == 6
+    assert load_scenario(cells[0]).nodes.count == 4  # every cell is a scenario of its own
+
+
+@pytest.mark.parametrize(("edit", "message"), [
+    (("silent: {behaviour: silent}", "silent: {behaviour: quiet}"), "unknown behaviour 'quiet'"),
+    (("attacks: [none, silent, double_vote]", "attacks: [none, loud]"), "attack 'loud'"),
+    (("base: base.yaml", "base: nowhere.yaml"), "cannot read"),
+    (("aggregators: [mean, median]", "aggregators: [krum]"), "cannot aggregate even all n=4"),
+])
+def test_bad_matrix_is_one_line(folder: Path, edit: tuple[str, str], message: str) -> None:
+    (folder / "m.yaml").write_text(MATRIX.replace(*edit))
+    result = CliRunner().invoke(app, ["matrix", str(folder / "m.yaml"), "--workers", "1"])
+    assert result.exit_code == 2
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert len(lines) == 1 and message in lines[0], result.output
+
+
+def test_a_failing_cell_exits_1(folder: Path) -> None:
+    (folder / "m.yaml").write_text(MATRIX.replace("expect: {excluded: [3]}",
+                                                  "expect: {excluded: [2]}"))
+    result = CliRunner().invoke(app, ["matrix", str(folder / "m.yaml"), "--workers", "1",
+                                      "--out", str(folder / "out")])
+    assert result.exit_code == 1
+    assert "excluded" in (folder / "out" / "matrix.md").read_text()
