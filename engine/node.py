@@ -18,7 +18,13 @@ A round, with n members of which f < n/3 may be Byzantine, quorum q = 2n//3 + 1 
 5. on q commit votes for one (view, set, model) a node applies the set (the same bit-exact
    aggregate gives the same hash) and logs the round with its commit certificate;
 6. a node whose view times out moves to the next view and broadcasts a ViewChange carrying its
-   highest prepare certificate; f + 1 peers ahead pull a node forward to their view.
+   highest prepare certificate; f + 1 peers ahead pull a node forward to their view, and a
+   view's timer starts only once q members moved to it (so out-of-step nodes meet).
+
+Votes go to everyone, or (`votes_to_leader`, for large n) to the view's leader, which broadcasts
+each quorum it collects as a `Certified` message. A node missing a gradient that a proposal
+names fetches it from the proposer. With `worker_momentum`, a node sends a momentum of its
+gradients rather than the gradient itself.
 
 Safety (two commit certificates of a round name one set and model): q commit votes mean more
 than n/3 honest nodes locked on the set; a prepare certificate for another set in a later view
@@ -29,7 +35,9 @@ locks travel with them, so a later honest leader proposes the set every locked n
 Nodes that fall behind fetch the committed rounds (proposal, gradients and commit certificate,
 all signed frames) and replay them after checking every signature, the certificate and the
 resulting hash. Two signed messages of one sender for one slot are evidence of equivocation:
-the evidence is broadcast, every honest node verifies it and excludes the sender.
+the evidence is broadcast, every honest node verifies it and excludes the sender. Beyond the
+fault bound a fork is possible; a node that meets a gradient or record built on another model
+compares commit certificates and accuses every signer of two votes in one slot.
 """
 
 from __future__ import annotations
