@@ -98,9 +98,10 @@ def sweep(
         "--save-failures", help="write <name>-seed<S>.yaml here for each failing seed")] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="no progress bar")] = False,
 ) -> None:
-    """Run a scenario over many seeds in parallel and check the invariants (safety, agreement,
-    liveness, nothing lost) of every run; exit code 1 when any is violated. Every failing
-    seed replays with `phalanx run SCENARIO --seed S`."""
+    """Run a scenario over many seeds in parallel and check every run's invariants.
+
+    Safety, agreement, liveness and nothing lost are checked per seed; exit code 1 when any is
+    violated. Every failing seed replays with `phalanx run SCENARIO --seed S`."""
     from phalanx.apps.sweep import SweepError, print_report
     from phalanx.apps.sweep import sweep as run_sweep
 
@@ -190,8 +191,10 @@ def matrix(
     write: Annotated[Path | None, typer.Option(help="also write every cell as a scenario "
                                                "file here")] = None,
 ) -> None:
-    """Run an attacks x aggregators x topologies matrix; write matrix.parquet and matrix.md.
-    Exit code 1 when a cell breaks safety, liveness or its expectations."""
+    """Run an attacks x aggregators x topologies matrix of scenarios in parallel.
+
+    Writes matrix.parquet and matrix.md; exit code 1 when a cell breaks safety, liveness or its
+    expectations."""
     from phalanx.apps.matrix import load_matrix, markdown, run_matrix, table, write_table
 
     if workers is not None and workers < 1:
@@ -221,8 +224,10 @@ def matrix(
 
 @app.command()
 def audit(run_dir: Annotated[Path, typer.Argument(help="a run's output folder")]) -> None:
-    """Re-verify every node's SQLite log of a run (signatures, commit certificates, recomputed
-    model hashes) and check that the logs agree; exit code 1 if anything fails."""
+    """Re-verify every node's SQLite log of a run and check that the logs agree.
+
+    Signatures, commit certificates and recomputed model hashes are checked as state sync
+    checks them; exit code 1 if anything fails."""
     from phalanx.apps.audit import audit_run
 
     try:
