@@ -17,10 +17,9 @@ from phalanx.apps.node_log import NodeLog
 from phalanx.engine.consensus import slot_of
 from phalanx.engine.events import Started
 from phalanx.engine.node import Node
-from phalanx.net.crypto import Identity, VerifyCache
 from phalanx.net.envelope import FrameOpener
 from phalanx.sim.scenario import ScenarioError, load_scenario
-from phalanx.sim.world import node_config, workload_for
+from phalanx.sim.world import member_keys, node_config, workload_for
 
 
 @dataclass(frozen=True)
@@ -43,17 +42,14 @@ def audit_run(run_dir: Path) -> tuple[list[NodeAudit], list[str]]:
     from phalanx.engine.rng import RngStreams
 
     workload = workload_for(scenario, RngStreams(scenario.seed))
-    n = scenario.nodes.count
-    keyring = {i: Identity.derive(scenario.seed, i).public_key for i in range(n)}
-    opener = FrameOpener(keyring, verify=VerifyCache().verify)
+    identities, opener, _ = member_keys(scenario)
     audits, hashes = [], {}
     for path in logs:
         node_id = int(path.stem)
         log = NodeLog(path)
         records = log.records()
         log.close()
-        node = Node(node_config(scenario, node_id), Identity.derive(scenario.seed, node_id),
-                    workload, opener)
+        node = Node(node_config(scenario, node_id), identities[node_id], workload, opener)
         node.handle(Started(), 0.0)
         problem = node.replay(records)
         for record in node.history:

@@ -70,12 +70,11 @@ from phalanx.engine.events import (
 )
 from phalanx.engine.node import Node, set_digest
 from phalanx.engine.rng import RngStreams
-from phalanx.net.crypto import Identity, VerifyCache
-from phalanx.net.envelope import Envelope, FrameOpener
+from phalanx.net.envelope import Envelope
 from phalanx.net.errors import DecodeError
 from phalanx.net.messages import Evidence, Gradient, Proposal, RoundRecord, Vote
 from phalanx.sim.scenario import Scenario
-from phalanx.sim.world import node_config, workload_for
+from phalanx.sim.world import member_keys, node_config, workload_for
 
 __all__ = [
     "Delivery",
@@ -346,9 +345,7 @@ class TwinsRun:
         self.spec = spec = s.scenario()
         rngs = RngStreams(spec.seed)
         self.workload = workload_for(spec, rngs)
-        self.identities = [Identity.derive(spec.seed, i) for i in range(s.n)]
-        keyring = {i: ident.public_key for i, ident in enumerate(self.identities)}
-        self.opener = FrameOpener(keyring, verify=VerifyCache().verify)
+        self.identities, self.opener, _ = member_keys(spec)
         byzantine = {node: b for b in spec.byzantine for node in b.nodes}
         colluders = frozenset(byzantine)
         self.by_member = s.instances()

@@ -72,6 +72,17 @@ def node_config(scenario: Scenario, node: int, round_timeout: float | None = Non
                       view_timeout=view_timeout or t.view_timeout)
 
 
+def member_keys(scenario: Scenario) -> tuple[list[Identity], FrameOpener, VerifyCache]:
+    """The members' identities (derived from the seed), and a frame opener over their public
+    keys that verifies each signature once (shared by every simulated node of a run)."""
+    identities = [Identity.derive(scenario.seed, i) for i in range(scenario.nodes.count)]
+    cache = VerifyCache()
+    keyring = {i: ident.public_key for i, ident in enumerate(identities)}
+    # decoding and verifying a frame is a pure function of its bytes: memoize it across the
+    # simulated nodes (a forged frame has other bytes, so it is still checked and rejected)
+    return identities, FrameOpener(keyring, verify=cache.verify), cache
+
+
 def build_graph_routes(scenario: Scenario, rngs: RngStreams) -> Routes:
     topo = scenario.topology.model_dump(exclude={"kind"})
     graph = build_topology(scenario.topology.kind, scenario.nodes.count, rngs.seed("topology"),
@@ -236,12 +247,7 @@ class SimWorld:
         self.link_draws = Draws(self.rngs.stream("links"))
         n = scenario.nodes.count
         self.members = range(n)
-        self.identities = [Identity.derive(scenario.seed, i) for i in range(n)]
-        self.verify_cache = VerifyCache()
-        keyring = {i: ident.public_key for i, ident in enumerate(self.identities)}
-        # decoding and verifying a frame is a pure function of its bytes: memoize it across the
-        # simulated nodes (a forged frame has other bytes, so it is still checked and rejected)
-        self.opener = FrameOpener(keyring, verify=self.verify_cache.verify)
+        self.identities, self.opener, self.verify_cache = member_keys(scenario)
         self.workload = workload_for(scenario, self.rngs)
         self.byzantine = {node: b for b in scenario.byzantine for node in b.nodes}
         self.colluders = frozenset(self.byzantine)
