@@ -55,6 +55,7 @@ from phalanx.engine.aggregate import AggregationContext, make_aggregator, min_in
 from phalanx.engine.byzantine import Behaviour
 from phalanx.engine.consensus import (
     Certificate,
+    Key,
     VoteBook,
     check_certificate,
     conflicting,
@@ -160,6 +161,7 @@ class Node:
         self.workload = workload
         self.open = opener
         self.behaviour = behaviour or Behaviour()
+        self._rewrites = behaviour is not None  # an honest node's actions go out untouched
         self.aggregate = make_aggregator(config.aggregator, f=self.f,
                                          pre=config.pre_aggregation,
                                          **dict(config.aggregator_params))
@@ -205,6 +207,11 @@ class Node:
         self._certified: set[tuple[int, tuple[int, int, bytes, bytes]]] = set()  # QCs we sent
         self._poll = 0
         self._out: list[Action] = []
+        self._handlers: dict[type[Message], Callable[[Envelope], None]] = {
+            Gradient: self._on_gradient, Vote: self._on_vote, Proposal: self._on_proposal,
+            ViewChange: self._on_view_change, SyncRequest: self._on_sync_request,
+            SyncResponse: self._on_sync_response, Evidence: self._on_evidence,
+            Fetch: self._on_fetch, Frames: self._on_frames, Certified: self._on_certified}
 
     @property
     def settled(self) -> bool:
@@ -217,7 +224,7 @@ class Node:
         self.now, self._out = now, []
         if type(event) is Received:  # one per delivered frame: skip the pattern match
             self._on_frame(event.frame)
-            return self.behaviour.outgoing(self._out, self)
+            return self.behaviour.outgoing(self._out, self) if self._rewrites else self._out
         match event:
             case TimerFired(name):
                 self._on_timer(name)
@@ -583,19 +590,18 @@ class Node:
             frame = self.sign(vote)
             self._out.append(Send(leader, frame, Vote.KIND, self.round))
         self._book(self.round).add(self.open(frame))
-        self._certify(self.round, view, phase, digest, model_hash)
+        self._certify(self.round, (view, phase, digest, model_hash))
 
-    def _certify(self, round: int, view: int, phase: int, digest: bytes, model: bytes) -> None:
+    def _certify(self, round: int, key: Key) -> None:
         """Linear voting: as the view's leader, broadcast each quorum of votes once."""
-        if not self.config.votes_to_leader or self.leader(round, view) != self.id:
+        if not self.config.votes_to_leader or self.leader(round, key[0]) != self.id:
             return
-        key = (view, phase, digest, model)
         if (round, key) in self._certified:
             return
         cert = self._book(round).certificate(key)
         if cert is not None:
             self._certified.add((round, key))
-            self._broadcast(Certified(round, phase, cert.frames))
+            self._broadcast(Certified(round, key[1], cert.frames))
 
     def _book(self, round: int) -> VoteBook:
         book = self._books.get(round)
@@ -645,27 +651,7 @@ class Node:
         if not self.guard.check(env.sender, env.seq):
             self._reject("replay", env.sender)
             return
-        match env.message:
-            case Gradient():
-                self._on_gradient(env)
-            case Vote():
-                self._on_vote(env)
-            case Proposal():
-                self._on_proposal(env)
-            case ViewChange():
-                self._on_view_change(env)
-            case SyncRequest():
-                self._on_sync_request(env)
-            case SyncResponse():
-                self._on_sync_response(env)
-            case Evidence():
-                self._on_evidence(env)
-            case Fetch():
-                self._on_fetch(env)
-            case Frames():
-                self._on_frames(env)
-            case Certified():
-                self._on_certified(env)
+        self._handlers[type(env.message)](env)
 
     def _gradient_problem(self, env: Envelope) -> str | None:
         # a pure function of the message and the model's shape: memoized on the envelope, so
@@ -695,7 +681,7 @@ class Node:
         if slot is None:
             return False
         first = self._slots.setdefault(slot, env)
-        if conflicting(first, env):
+        if first is not env and conflicting(first, env):
             self._accuse(first, env)
             return True
         return False
@@ -795,11 +781,15 @@ class Node:
             return
         if v.view > self.view + VIEWS_AHEAD:
             return  # bounded memory: a Byzantine voter cannot fill a book with far views
-        earlier = self._book(v.round).add(env)
+        book = self._book(v.round)
+        earlier = book.add(env)
         if earlier is not None:
             self._accuse(earlier, env)
             return
-        self._certify(v.round, v.view, v.phase, v.set_digest, v.model_hash)
+        key = (v.view, v.phase, v.set_digest, v.model_hash)
+        if book.count(key) < book.quorum:
+            return  # no certificate yet: nothing this vote could unlock
+        self._certify(v.round, key)
         if v.round == self.round:
             self._advance()
 

@@ -3,7 +3,7 @@ equivocation evidence. `engine/node.py` composes them into the round (see its do
 
 from phalanx.engine.consensus.evidence import conflicting, slot_of
 from phalanx.engine.consensus.quorum import max_faulty, quorum
-from phalanx.engine.consensus.votes import Certificate, VoteBook, check_certificate
+from phalanx.engine.consensus.votes import Certificate, Key, VoteBook, check_certificate
 
-__all__ = ["Certificate", "VoteBook", "check_certificate", "conflicting", "max_faulty", "quorum",
+__all__ = ["Certificate", "Key", "VoteBook", "check_certificate", "conflicting", "max_faulty", "quorum",
            "slot_of"]
