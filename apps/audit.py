@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from phalanx.apps.node_log import NodeLog
-from phalanx.engine.consensus import slot_of
+from phalanx.engine.consensus import equivocations
 from phalanx.engine.events import Started
 from phalanx.engine.node import Node
 from phalanx.net.envelope import FrameOpener
@@ -68,18 +68,8 @@ def audit_run(run_dir: Path) -> tuple[list[NodeAudit], list[str]]:
 def _culprits(opener: FrameOpener, certificates: list[tuple[bytes, ...]]) -> list[int]:
     """Members that signed two different votes for one (round, view, phase) across the
     certificates: the same proof a node accuses with online."""
-    seen: dict[tuple[int, ...], bytes] = {}
-    guilty: set[int] = set()
-    for cert in certificates:
-        for frame in cert:
-            env = opener(frame)
-            slot = slot_of(env)
-            if slot is None:
-                continue
-            first = seen.setdefault(slot, env.digest)
-            if first != env.digest:
-                guilty.add(env.sender)
-    return sorted(guilty)
+    return sorted({first.sender for first, _ in equivocations(
+        opener(frame) for cert in certificates for frame in cert)})
 
 
 def _outcome(opener: FrameOpener, certificate: tuple[bytes, ...]) -> tuple[bytes, bytes]:

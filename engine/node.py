@@ -42,10 +42,11 @@ compares commit certificates and accuses every signer of two votes in one slot.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
 from collections import Counter
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
 import msgpack
@@ -59,6 +60,7 @@ from phalanx.engine.consensus import (
     VoteBook,
     check_certificate,
     conflicting,
+    equivocations,
     max_faulty,
     quorum,
     slot_of,
@@ -144,6 +146,10 @@ class NodeConfig:
     # (Karimireddy, He, Jaggi 2021: lower variance makes Byzantine vectors stand out)
     worker_momentum: float = 0.0
     sync_batch: int = 16  # round records per sync response
+    # once finished, compare our last commit with one peer's every this many seconds (default
+    # two view timeouts): a fork that completed while a partition cut the members apart is
+    # found once it heals, even if nobody has anything left to send
+    audit_interval: float | None = None
     future_rounds: int = 2  # messages buffered ahead of the node's own round
 
 
@@ -204,6 +210,8 @@ class Node:
         self._sync_peer: int | None = None
         self._helped: set[tuple[int, int]] = set()  # (peer, round) we sent records unasked
         self._probed: set[tuple[int, int]] = set()  # (peer, round) we asked for a fork check
+        self._traced: set[tuple[int, int]] = set()  # (peer, round) a fork we traced back from
+        self._audited = 0  # the last peer the finished node compared heads with
         self._certified: set[tuple[int, tuple[int, int, bytes, bytes]]] = set()  # QCs we sent
         self._poll = 0
         self._out: list[Action] = []
@@ -302,6 +310,7 @@ class Node:
             if not self.finished:
                 self.finished = True
                 self._out.append(Emit(Finished(self.id, self.round, self.model_hash)))
+                self._out.append(SetTimer("audit", self._audit_interval))
             return
         r = self.round
         # the view carries over from the round's commit: a leader that timed out is skipped
@@ -377,6 +386,8 @@ class Node:
     def _on_timer(self, name: str) -> None:
         kind, _, rest = name.partition(":")
         if self.finished:
+            if kind == "audit":
+                self._audit_head()
             return
         if kind == "gather" and int(rest) == self.round:
             self._gather_expired = True
@@ -490,16 +501,18 @@ class Node:
             return
         p: Proposal = env.message  # type: ignore[assignment]
         digest = set_digest(p)
-        if self._lock is not None and self._lock.set_digest != digest:
-            justified = self._justification(p)
-            if justified is None or justified.view < self._lock.view:
-                return  # locked on another set: only a later certificate releases us
+        justified = self._justification(p)
+        if self._lock is not None and self._lock.set_digest != digest and (
+                justified is None or justified.view < self._lock.view):
+            return  # locked on another set: only a later certificate releases us
         if not p.justify and any(s in self.excluded for s in p.senders):
             return  # a fresh set with an offender's gradient; a justified one a quorum
             # prepared (maybe committed somewhere) must stay electable, or its locks never free
         if self._set_gradients(p) is None:
             return  # re-checked as gradients arrive
-        self._vote(v, PREPARE, digest, self.model_hash)
+        cited = max(justified.view if justified else -1,
+                    self._lock.view if self._lock and self._lock.set_digest == digest else -1)
+        self._vote(v, PREPARE, digest, self.model_hash, cited)
 
     def _justification(self, p: Proposal) -> Certificate | None:
         if not p.justify:
@@ -546,7 +559,7 @@ class Node:
                 return
             proposal = self._sets[cert.set_digest]
             self._commit(proposal, self._set_gradients(proposal.message) or [], cert,  # type: ignore[arg-type]
-                         via_sync=False)
+                         self._prepared(cert), via_sync=False)
             return
 
     def _voters(self, cert: Certificate) -> list[int]:
@@ -578,9 +591,10 @@ class Node:
         self._voted.add((self.round, view, phase))
         self._out.append(Persist("votes", msgpack.packb(sorted(self._voted))))
 
-    def _vote(self, view: int, phase: int, digest: bytes, model_hash: bytes) -> None:
+    def _vote(self, view: int, phase: int, digest: bytes, model_hash: bytes,
+              justify_view: int = -1) -> None:
         self._sign_once(view, phase)
-        vote = Vote(self.round, view, phase, digest, model_hash)
+        vote = Vote(self.round, view, phase, digest, model_hash, justify_view)
         leader = self.leader(self.round, view)
         if not self.config.votes_to_leader:
             frame = self._broadcast(vote)
@@ -613,12 +627,24 @@ class Node:
         if self._valid is None or cert.view > self._valid.view:
             self._valid = cert
 
+    def _prepared(self, cert: Certificate) -> tuple[bytes, ...]:
+        """The prepare certificate behind a commit certificate, if we hold it (our lock, or a
+        quorum of prepare votes in our book)."""
+        lock = self._lock
+        if lock is not None and (lock.view, lock.set_digest) == (cert.view, cert.set_digest):
+            return lock.frames
+        book = self._books.get(self.round)
+        prepared = book and book.certificate((cert.view, PREPARE, cert.set_digest,
+                                              self.model_hash))
+        return prepared.frames if prepared else ()
+
     def _commit(self, proposal: Envelope, envs: list[Envelope], cert: Certificate,
-                via_sync: bool) -> None:
+                prepared: tuple[bytes, ...], via_sync: bool) -> None:
         grads: list[Gradient] = [e.message for e in envs]  # type: ignore[misc]
         self.params, self.velocity, self.model_hash, self.last_update = self._results[
             cert.set_digest]
-        record = RoundRecord(self.round, proposal.frame, tuple(e.frame for e in envs), cert.frames)
+        record = RoundRecord(self.round, proposal.frame, tuple(e.frame for e in envs),
+                             cert.frames, prepared)
         self.history.append(record)
         self._out.append(Persist(f"log/{self.round}", record))
         loss = float(np.mean([g.loss for g in grads]))
@@ -908,8 +934,9 @@ class Node:
         """Two commit certificates for one round naming different outcomes cannot both come
         from honest quorums unless more than f signers equivocated. Every signer of two
         different votes for the same (round, view, phase) is accused with the pair as proof, so
-        a fork beyond the fault bound is never silent. (Certificates from different views need
-        the prepare votes to assign blame; they are reported as a fork only.)"""
+        a fork beyond the fault bound is never silent. Certificates from different views need
+        the prepare votes to assign blame; then the records of the rounds before are fetched,
+        because the fork may have begun earlier, in one view."""
         if ours.certificate == theirs.certificate:
             return
         cert = check_certificate(theirs.certificate, self.open, self._member_set, theirs.round,
@@ -922,12 +949,46 @@ class Node:
         if (first.set_digest, first.model_hash) == (cert.set_digest, cert.model_hash):
             return  # the same outcome, certified by another quorum (or view)
         self._reject("fork_detected", peer)
-        by_signer = {e.sender: e for e in mine}
-        for frame in theirs.certificate:
-            other = self.open(frame)
-            ours_vote = by_signer.get(other.sender)
-            if ours_vote is not None and conflicting(ours_vote, other):
-                self._accuse(ours_vote, other)
+        # the records' gradients, proposals and votes side by side: after a fork, the twins of
+        # an equivocator sign different gradients for the rounds that follow
+        accused = False
+        for first_env, second in equivocations(self._evidence_in(ours) + self._evidence_in(theirs)):
+            if first_env.sender not in self.excluded and first_env.sender != self.id:
+                self._accuse(first_env, second)
+                accused = True
+        if not accused and ours.round > 0 and (peer, ours.round) not in self._traced:
+            self._traced.add((peer, ours.round))
+            start = max(0, ours.round - self.config.sync_batch)
+            self._send(peer, SyncRequest(self.round, start, ours.round - start))
+
+    def _evidence_in(self, record: RoundRecord) -> list[Envelope]:
+        """A record's validly signed frames, with the prepare certificate its proposal cites."""
+        envs = self._opened(record.frames())
+        if envs and envs[0].frame == record.proposal and isinstance(envs[0].message, Proposal):
+            envs += self._opened(envs[0].message.justify)
+        return envs
+
+    def _opened(self, frames: Iterable[bytes]) -> list[Envelope]:
+        """The frames that open; a peer's record may hold junk beside its checked certificate,
+        and what is not validly signed cannot be evidence."""
+        envs = []
+        for frame in frames:
+            with contextlib.suppress(DecodeError):
+                envs.append(self.open(frame))
+        return envs
+
+    def _audit_head(self) -> None:
+        """Anti-entropy of a finished node: ask the next peer in turn for its record of our
+        last round; `_on_sync_response` compares it with ours (`_compare_records`)."""
+        self._out.append(SetTimer("audit", self._audit_interval))
+        peers = [m for m in self.members if m != self.id and m not in self.excluded]
+        if peers and self.history:
+            self._audited = (self._audited + 1) % len(peers)
+            self._send(peers[self._audited], SyncRequest(self.round, len(self.history) - 1, 1))
+
+    @property
+    def _audit_interval(self) -> float:
+        return self.config.audit_interval or 2 * self.config.view_timeout
 
     def _accuse(self, first: Envelope, second: Envelope) -> None:
         frame = self._broadcast(Evidence(self.round, first.frame, second.frame))
@@ -1017,7 +1078,7 @@ class Node:
         result = self._results[cert.set_digest] = self._apply(grads, cert.set_digest)
         if result[2] != cert.model_hash:
             return "sync_bad_result"
-        self._commit(proposal, grads, cert, via_sync=True)
+        self._commit(proposal, grads, cert, record.prepared, via_sync=True)
         return None
 
     def _verify_record(self, record: RoundRecord) -> tuple[Envelope, list[Envelope],
@@ -1048,6 +1109,13 @@ class Node:
             return f"sync_{cert}"
         if cert.set_digest != set_digest(p):
             return "sync_certificate_other_set"
+        if record.prepared:
+            prepared = check_certificate(record.prepared, self.open, self._member_set,
+                                         record.round, PREPARE)
+            if isinstance(prepared, str) or (prepared.view, prepared.set_digest,
+                                             prepared.model_hash) != (
+                    cert.view, cert.set_digest, self.model_hash):
+                return "sync_bad_prepared"
         return proposal, grads, cert
 
     def _on_sync_response(self, env: Envelope) -> None:

@@ -70,6 +70,13 @@ class RoundRecord:
     proposal: bytes
     gradients: tuple[bytes, ...]
     certificate: tuple[bytes, ...]
+    # the prepare certificate of the committed set in the commit's view, when the node held it
+    # (empty otherwise): not needed to verify the round, kept as evidence should forks appear
+    prepared: tuple[bytes, ...] = ()
+
+    def frames(self) -> tuple[bytes, ...]:
+        """Every signed frame of the record."""
+        return (self.proposal, *self.gradients, *self.certificate, *self.prepared)
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,7 +92,13 @@ PREPARE, COMMIT = 1, 2
 @dataclass(frozen=True, slots=True)
 class Vote:
     """A signed vote of one phase. PREPARE: `model_hash` is the model the set is applied to;
-    COMMIT: the model after applying it (what a commit certificate vouches for)."""
+    COMMIT: the model after applying it (what a commit certificate vouches for).
+
+    `justify_view` (PREPARE) is the view of the prepare certificate the voter relies on for this
+    set: its lock when the lock names the same set, or the proposal's justification, whichever
+    is later; -1 for none (and for COMMIT votes). It makes a broken lock provable: a member that
+    commit-voted one set in view v and later prepare-voted another set citing a view below v
+    signed both halves of the proof itself."""
 
     KIND: ClassVar[int] = 6
     round: int
@@ -93,6 +106,7 @@ class Vote:
     phase: int
     set_digest: Hash32
     model_hash: Hash32
+    justify_view: int = -1
 
 
 @dataclass(frozen=True, slots=True)

@@ -54,6 +54,7 @@ class FaultInjector:
         self.world = world
         self.rules: list[Rule] = []
         self.pending_restarts = 0
+        self.pending_heals = 0  # cuts with a scheduled end: the run waits for them (see world)
         self._by_round: dict[int, list[Fault]] = {}
         self._faulty: dict[int, int] = {}  # node -> faults in force on it (the nemesis budget)
 
@@ -95,9 +96,12 @@ class FaultInjector:
             case PartitionFault() | IsolateFault() | OneWayFault() | BridgeFault():
                 rule = self._rule(fault)
                 self.rules.append(rule)
+                self.pending_heals += fault.duration is not None
 
                 def heal() -> None:
                     self.rules.remove(rule)
+                    self.pending_heals -= 1
+                    world.on_heal()
             case DegradeFault(nodes=nodes, extra_latency=extra, loss=loss):
                 pairs = None if nodes is None else self._pairs_touching(nodes)
                 token = world.network.degrade(pairs, extra_latency=extra, extra_loss=loss)

@@ -47,7 +47,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from phalanx.engine.byzantine import make_behaviour
-from phalanx.engine.consensus import conflicting, max_faulty, slot_of
+from phalanx.engine.consensus import equivocations, max_faulty, slot_of
 from phalanx.engine.events import (
     Action,
     Broadcast,
@@ -523,21 +523,12 @@ class TwinsRun:
     def log_evidence(self) -> dict[int, tuple[bytes, bytes]]:
         """Equivocation provable from the honest members' logs alone (what an auditor holding
         every honest log finds, whether or not any node met the two frames online)."""
-        first: dict[tuple[int, ...], Envelope] = {}
+        records = [record for inst in self._honest
+                   for key, record in sorted(self.disks[inst].items())
+                   if key.startswith("log/") and isinstance(record, RoundRecord)]
         found: dict[int, tuple[bytes, bytes]] = {}
-        for inst in self._honest:
-            for key in sorted(k for k in self.disks[inst] if k.startswith("log/")):
-                record = self.disks[inst][key]
-                if not isinstance(record, RoundRecord):
-                    continue
-                for frame in (record.proposal, *record.gradients, *record.certificate):
-                    env = self.opener(frame)
-                    slot = slot_of(env)
-                    if slot is None:
-                        continue
-                    seen = first.setdefault(slot, env)
-                    if conflicting(seen, env) and env.sender not in found:
-                        found[env.sender] = (seen.frame, env.frame)
+        for first, second in equivocations(self.opener(f) for r in records for f in r.frames()):
+            found.setdefault(first.sender, (first.frame, second.frame))
         return found
 
 

@@ -367,9 +367,18 @@ class SimWorld:
                 host.finished = True
                 self.check_done()
 
+    def on_heal(self) -> None:
+        """A cut healed: finished nodes find forks by comparing heads (`Node._audit_head`, every
+        two view timeouts by default), so the run settles for two such periods at least."""
+        self._last_activity = max(self._last_activity,
+                                  self.now + 3 * self.scenario.training.view_timeout)
+        self.check_done()
+
     def check_done(self) -> None:
-        """Once every running honest node has finished, let the run settle (final heads, fork
-        repairs, syncs): stop after one view timeout with no commit and no open dispute."""
+        """Once every running honest node has finished and every scheduled crash and cut has
+        healed, let the run settle (final heads compared, evidence, syncs): stop after one
+        view timeout with no commit and no open dispute. Nodes finished on both sides of a
+        cut compare their heads after it heals: a fork beyond the bound shows then."""
         if self._everyone_finished() and not self._stop_pending:
             self._stop_pending = True
             self.call_later(self.scenario.training.view_timeout, self._maybe_stop)
@@ -378,8 +387,8 @@ class SimWorld:
         return [h for h in self.hosts if h.up and h.id not in self.byzantine]
 
     def _everyone_finished(self) -> bool:
-        return self.faults.pending_restarts == 0 and all(h.finished
-                                                          for h in self._running_honest())
+        return (self.faults.pending_restarts == 0 and self.faults.pending_heals == 0
+                and all(h.finished for h in self._running_honest()))
 
     def _maybe_stop(self) -> None:
         self._stop_pending = False

@@ -191,7 +191,7 @@ def test_gradient_rejections(obj: object, needle: str) -> None:
 def test_nested_rejections_name_the_path() -> None:
     assert "digests[1]" in bad(Proposal.KIND, [1, 0, [1, 2], [H, H[:5]], []])
     assert "senders[0]: expected int, got bool" in bad(Proposal.KIND, [1, 0, [True], [], []])
-    assert "records[0].gradients[1]" in bad(SyncResponse.KIND, [1, [[1, b"", [b"", 3], []]]])
+    assert "records[0].gradients[1]" in bad(SyncResponse.KIND, [1, [[1, b"", [b"", 3], [], []]]])
     assert "records[0]" in bad(SyncResponse.KIND, [1, [[1, b""]]])
     assert "from_round" in bad(SyncRequest.KIND, [1, 2.0, 3])
 

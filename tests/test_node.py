@@ -609,7 +609,8 @@ def test_restart_after_finishing_reports_finished_again() -> None:
     pump.run()
     reborn = make_node(0, rounds=2)
     actions = reborn.handle(Started(dict(pump.disks[0])), 10.0)
-    assert actions == [Emit(Finished(0, 2, pump.nodes[0].model_hash))]
+    assert actions == [Emit(Finished(0, 2, pump.nodes[0].model_hash)),
+                       SetTimer("audit", 8.0)]  # and it goes on comparing heads with peers
     assert reborn.finished and reborn.history == pump.nodes[0].history
     # and it still serves its records to a peer that asks
     (send,) = reborn.handle(Received(forge(1, SyncRequest(0, 0, 4))), 10.0)

@@ -38,7 +38,7 @@ ROUNDS = 4
 # before the partitions healed meets no traffic after the heal: no online mechanism can see it
 # (an audit of the logs can). True makes the two-twins test demand online evidence for those
 # forks too (e.g. once finished nodes announce their head).
-REQUIRE_EVIDENCE_AFTER_EVERYONE_FINISHED = False
+REQUIRE_EVIDENCE_AFTER_EVERYONE_FINISHED = True
 
 
 def cells(*groups: str) -> tuple[frozenset[str], ...]:
