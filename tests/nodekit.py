@@ -280,6 +280,8 @@ class Kit:
         return rewrite
 
     def vote(self, sender: int, round: int, view: int, phase: int, set_digest: bytes,
-             model_hash: bytes, identity: Identity | None = None) -> bytes:
+             model_hash: bytes, identity: Identity | None = None,
+             justify_view: int = -1) -> bytes:
         """A vote frame signed by `sender` (or by `identity`)."""
-        return self.forge(sender, Vote(round, view, phase, set_digest, model_hash), identity)
+        return self.forge(sender, Vote(round, view, phase, set_digest, model_hash, justify_view),
+                          identity)

@@ -17,6 +17,7 @@ from phalanx.engine.consensus import (
     VoteBook,
     check_certificate,
     conflicting,
+    equivocations,
     max_faulty,
     quorum,
 )
@@ -42,6 +43,7 @@ from phalanx.net.messages import (
     Evidence,
     Gradient,
     Proposal,
+    RoundRecord,
     SyncRequest,
     SyncResponse,
     ViewChange,
@@ -280,11 +282,14 @@ def test_locked_node_refuses_another_set_without_justification() -> None:
     _to_view(free, 3, 1)
     _feed_gradients(free, 3)
     free.feed(3, Received(_proposal(1, SET_B, free.nodes[3])))
-    assert [(v.view, v.phase) for v in _signed(free, 3, 0)] == [(1, PREPARE)]
-    # and the locked node still prepares its own set, unjustified, in a later view
+    assert [(v.view, v.phase, v.justify_view) for v in _signed(free, 3, 0)] == [
+        (1, PREPARE, -1)]  # it cites no certificate
+    # and the locked node still prepares its own set, unjustified, in a later view, citing its
+    # lock's view
     _to_view(pump, 3, 2)
     pump.feed(3, Received(_proposal(2, SET_A, node)))
-    assert [(v.view, v.phase) for v in _signed(pump, 3, mark)] == [(2, PREPARE)]
+    assert [(v.view, v.phase, v.justify_view) for v in _signed(pump, 3, mark)] == [
+        (2, PREPARE, 0)]
 
 
 @pytest.mark.parametrize(("lock_view", "cert_view", "view", "prepares"),
@@ -300,8 +305,9 @@ def test_locked_node_follows_a_justification_from_its_lock_view_or_later(
     pump.feed(3, Received(_proposal(view, SET_B, node, justify)))
     assert not node.rejections  # the proposal itself is fine either way
     digest_b = set_digest(OPEN(_proposal(view, SET_B, node)).message)  # type: ignore[arg-type]
-    expected = [(view, PREPARE, digest_b)] if prepares else []
-    assert [(v.view, v.phase, v.set_digest) for v in _signed(pump, 3, mark)] == expected
+    expected = [(view, PREPARE, digest_b, cert_view)] if prepares else []
+    assert [(v.view, v.phase, v.set_digest, v.justify_view)
+            for v in _signed(pump, 3, mark)] == expected  # citing the justification's view
 
 
 def test_bad_justifications_are_rejected_with_their_reason() -> None:
@@ -526,6 +532,11 @@ def _evidence_frames() -> dict[str, tuple[bytes, bytes]]:
     flipped = bytearray(b)
     pos = b.index(OPEN(b).signature)
     flipped[pos + 3] ^= 0x01
+    commit_a = KIT.vote(3, 0, 1, COMMIT, D_A, OTHER_MODEL)
+
+    def prepare_b(view: int, cites: int) -> bytes:
+        return KIT.vote(3, 0, view, PREPARE, D_B, ZERO_HASH, justify_view=cites)
+
     return {
         "genuine": (a, b),
         "resigned_by_another": (a, KIT.vote(2, 0, 0, PREPARE, D_B, ZERO_HASH)),
@@ -537,6 +548,20 @@ def _evidence_frames() -> dict[str, tuple[bytes, bytes]]:
         "other_slot": (a, KIT.vote(3, 0, 1, PREPARE, D_B, ZERO_HASH)),
         "not_a_slot": (KIT.forge(3, SyncRequest(0, 0, 1)), KIT.forge(3, SyncRequest(0, 1, 1))),
         "garbage": (a, b"junk"),
+        # a broken lock: COMMIT for A in view 1, then PREPARE for B in view 3 citing view 0
+        "genuine_broken_lock": (commit_a, prepare_b(3, 0)),
+        "genuine_broken_lock_either_order": (prepare_b(2, -1), commit_a),
+        "lock_freed_by_a_certificate_from_its_view": (commit_a, prepare_b(3, 1)),
+        "lock_freed_by_a_later_certificate": (commit_a, prepare_b(3, 2)),
+        "lock_on_the_same_set": (commit_a, KIT.vote(3, 0, 3, PREPARE, D_A, ZERO_HASH,
+                                                    justify_view=-1)),
+        "prepare_before_the_lock": (commit_a, prepare_b(0, -1)),
+        "prepare_in_the_lock_view": (commit_a, prepare_b(1, -1)),
+        "lock_of_another_round": (commit_a, KIT.vote(3, 1, 3, PREPARE, D_B, ZERO_HASH,
+                                                     justify_view=-1)),
+        "lock_of_another_member": (commit_a, KIT.vote(2, 0, 3, PREPARE, D_B, ZERO_HASH,
+                                                      justify_view=-1)),
+        "two_commits": (commit_a, KIT.vote(3, 0, 3, COMMIT, D_B, OTHER_MODEL)),
     }
 
 
@@ -546,7 +571,7 @@ def test_evidence_is_checked_before_anyone_is_excluded(case: str) -> None:
     node = KIT.node(0)
     node.handle(Started(), 0.0)
     actions = node.handle(Received(KIT.forge(1, Evidence(0, first, second))), 1.0)
-    if case == "genuine":
+    if case.startswith("genuine"):
         assert node.excluded == {3: actions[0].frame}  # type: ignore[union-attr]
         relayed = OPEN(actions[0].frame).message  # type: ignore[union-attr]
         assert isinstance(actions[0], Broadcast) and relayed == Evidence(0, first, second)
@@ -850,3 +875,106 @@ def test_lock_travels_with_view_changes_and_the_committed_set_survives() -> None
         assert c.model_hash == a_commit.model_hash
     _check_logged_certificates(pump, MEMBERS)
     _one_vote_per_slot(pump, MEMBERS)
+
+
+# ---- forks beyond the bound: finished nodes compare heads ----------------------------------------
+
+
+def _finished_cluster() -> Pump:
+    pump = KIT.cluster(rounds=2)
+    pump.start()
+    pump.run_to_end()
+    return pump
+
+
+def test_finished_node_compares_its_head_with_every_peer_in_turn() -> None:
+    pump = _finished_cluster()
+    node = pump.nodes[0]
+    assert node.finished and pump.timers[0]["audit"] == pump.now + 8.0  # two view timeouts
+    asked = []
+    for _ in range(3):
+        mark = len(pump.log)
+        pump.fire(0, "audit")
+        (request,) = pump.signed_by(0, SyncRequest, since=mark)
+        assert request.message == SyncRequest(2, 1, 1)  # our last round's record, please
+        asked.append(next(dst for src, dst, f in pump.sent if f == request.frame))
+        assert "audit" in pump.timers[0]  # re-armed
+        pump.run()
+    assert sorted(asked) == [1, 2, 3]
+    assert all(not pump.nodes[i].rejections and not pump.nodes[i].excluded for i in MEMBERS)
+
+
+def _fork_of(record: RoundRecord, view: int, signers: tuple[int, ...],
+             prepared_cites: int | None = None) -> RoundRecord:
+    """A record of the same round for another set, certified in `view` by `signers` (with
+    their prepare certificate citing `prepared_cites`, when given)."""
+    leader = MEMBERS[(record.round + view) % N]
+    proposal = KIT.forge(leader, Proposal(record.round, view, (1, 2, 3), (D_B, D_B, D_B)))
+    commits = tuple(KIT.vote(s, record.round, view, COMMIT, D_B, OTHER_MODEL) for s in signers)
+    prepared = () if prepared_cites is None else tuple(
+        KIT.vote(s, record.round, view, PREPARE, D_B, ZERO_HASH, justify_view=prepared_cites)
+        for s in signers)
+    return RoundRecord(record.round, proposal, (), commits, prepared)
+
+
+def _show(pump: Pump, node: int, record: RoundRecord) -> set[int]:
+    """Feed `node` a peer's answer holding `record`; the members it excluded."""
+    pump.feed(node, Received(KIT.forge(1, SyncResponse(2, (record,)))))
+    return set(pump.nodes[node].excluded)
+
+
+def test_fork_certified_in_one_view_names_every_double_signer() -> None:
+    pump = _finished_cluster()
+    ours = pump.nodes[0].history[-1]
+    view = OPEN(ours.certificate[0]).message.view  # type: ignore[union-attr]
+    signers = {OPEN(f).sender for f in ours.certificate}
+    leader = MEMBERS[(ours.round + view) % N]  # it signed both sides' proposals, too
+    assert _show(pump, 0, _fork_of(ours, view, (1, 2, 3))) == (signers & {1, 2, 3}) | (
+        {leader} - {0})
+    assert pump.nodes[0].rejections["fork_detected"] == 1
+    for ex in pump.excluded(0):  # each with a proof any node checks
+        proof = OPEN(ex.proof).message
+        assert isinstance(proof, Evidence) and conflicting(OPEN(proof.first), OPEN(proof.second))
+
+
+def test_fork_certified_in_a_later_view_names_the_signers_that_broke_their_locks() -> None:
+    pump = _finished_cluster()
+    ours = pump.nodes[0].history[-1]
+    view = OPEN(ours.certificate[0]).message.view  # type: ignore[union-attr]
+    signers = {OPEN(f).sender for f in ours.certificate}
+    # they commit-voted our set in `view`, then prepared another in `view + 1` citing nothing
+    assert _show(pump, 0, _fork_of(ours, view + 1, (1, 2, 3), prepared_cites=-1)) == (
+        signers & {1, 2, 3})
+    for ex in pump.excluded(0):
+        proof = OPEN(ex.proof).message
+        assert isinstance(proof, Evidence)
+        phases = {OPEN(proof.first).message.phase, OPEN(proof.second).message.phase}  # type: ignore[union-attr]
+        assert phases == {PREPARE, COMMIT}
+
+
+def test_fork_without_proof_in_its_round_is_traced_back_and_excludes_nobody() -> None:
+    """Prepare votes citing our commit's view (a certificate we do not hold) prove nothing:
+    nobody is excluded, and the node asks the peer for the rounds before, where the fork may
+    have begun."""
+    pump = _finished_cluster()
+    ours = pump.nodes[0].history[-1]
+    view = OPEN(ours.certificate[0]).message.view  # type: ignore[union-attr]
+    mark = len(pump.log)
+    assert _show(pump, 0, _fork_of(ours, view + 1, (1, 2, 3), prepared_cites=view)) == set()
+    assert pump.nodes[0].rejections == {"fork_detected": 1}
+    (trace,) = pump.signed_by(0, SyncRequest, since=mark)
+    assert trace.message == SyncRequest(2, 0, 1)
+    # an agreeing record of the same round (another quorum, the same outcome) is no fork
+    again = _finished_cluster()
+    same = RoundRecord(ours.round, ours.proposal, ours.gradients, ours.certificate[::-1])
+    assert _show(again, 0, same) == set() and not again.nodes[0].rejections
+
+
+def test_equivocations_yield_each_proof_once() -> None:
+    a, b = KIT.vote(3, 0, 0, PREPARE, D_A, ZERO_HASH), KIT.vote(3, 0, 0, PREPARE, D_B, ZERO_HASH)
+    commit = KIT.vote(2, 0, 1, COMMIT, D_A, OTHER_MODEL)
+    broken = KIT.vote(2, 0, 2, PREPARE, D_B, ZERO_HASH, justify_view=0)
+    kept = KIT.vote(1, 0, 2, PREPARE, D_B, ZERO_HASH, justify_view=1)
+    frames = [a, commit, a, b, kept, broken, commit, KIT.vote(1, 0, 1, COMMIT, D_A, OTHER_MODEL)]
+    pairs = [(x.frame, y.frame) for x, y in equivocations(OPEN(f) for f in frames)]
+    assert pairs == [(a, b), (commit, broken)]

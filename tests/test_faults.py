@@ -120,3 +120,18 @@ def test_forged_frames_in_the_simulation_are_rejected() -> None:
     assert world.metrics.rejections["bad_digest"] == 6
     hashes = {h.node.model_hash for h in world.hosts if h.node}
     assert len(hashes) == 1
+
+
+def test_run_waits_for_a_cut_to_heal_and_finished_nodes_then_compare_heads() -> None:
+    """Everyone finishes while a cut is in force: the run goes on until it heals, and the
+    finished nodes' head audits (SyncRequests) cross the former cut afterwards."""
+    result = run(scenario([{"kind": "partition", "at_round": 19, "duration": 5.0,
+                            "groups": [[0, 1, 2], [3, 4, 5, 6]]}]))
+    ev = result.events
+    (heal_at,) = ev.filter(pl.col("event") == "heal")["time"].to_list()
+    assert result.rounds["time"].max() < heal_at  # everyone finished before the heal
+    audits = ev.filter((pl.col("event") == "deliver") & (pl.col("kind") == "SyncRequest")
+                       & (pl.col("time") > heal_at))
+    across = [(s, d) for s, d in audits.select("src", "dst").iter_rows() if (s < 3) != (d < 3)]
+    assert across, "no head was compared across the healed cut"
+    assert len(set(result.final_hashes().values())) == 1

@@ -413,6 +413,11 @@ def _respond(sender: int, *records: RoundRecord) -> bytes:
 
 def test_valid_sync_record_is_applied() -> None:
     record, pump, fresh = _record_and_fresh_node()
+    prepared = check_certificate(record.prepared, OPEN, frozenset(MEMBERS), 0, PREPARE)
+    assert isinstance(prepared, Certificate)  # the record keeps what the commit rests on
+    committed = OPEN(record.certificate[0]).message
+    assert (prepared.view, prepared.set_digest, prepared.model_hash) == (
+        committed.view, committed.set_digest, ZERO_HASH)  # type: ignore[union-attr]
     actions = fresh.handle(Received(_respond(1, record)), 0.0)
     commits = [
         a.metric for a in actions if isinstance(a, Emit) and isinstance(a.metric, RoundCommitted)
@@ -489,6 +494,12 @@ def _tampered_records(record: RoundRecord, model_after: bytes) -> list[tuple[str
         ("sync_certificate_other_set", with_cert(votes(COMMIT, sha256(b"other"), model_after))),
         # a well-formed certificate for a model the set does not produce
         ("sync_bad_result", with_cert(votes(COMMIT, digest, elsewhere))),
+        # the prepare certificate kept as evidence must be one, for the committed set
+        ("sync_bad_prepared", RoundRecord(0, record.proposal, record.gradients, cert, cert)),
+        ("sync_bad_prepared", RoundRecord(0, record.proposal, record.gradients, cert,
+                                          votes(PREPARE, sha256(b"other"), ZERO_HASH))),
+        ("sync_bad_prepared", RoundRecord(0, record.proposal, record.gradients, cert,
+                                          votes(PREPARE, digest, elsewhere))),
     ]
 
 
