@@ -14,10 +14,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from phalanx.apps.node_log import NodeLog
-from phalanx.engine.consensus import equivocations
+from phalanx.engine.consensus import equivocations, signed_in
 from phalanx.engine.events import Started
 from phalanx.engine.node import Node
 from phalanx.net.envelope import FrameOpener
+from phalanx.net.messages import RoundRecord
 from phalanx.sim.scenario import ScenarioError, load_scenario
 from phalanx.sim.world import member_keys, node_config, workload_for
 
@@ -53,23 +54,23 @@ def audit_run(run_dir: Path) -> tuple[list[NodeAudit], list[str]]:
         node.handle(Started(), 0.0)
         problem = node.replay(records)
         for record in node.history:
-            hashes.setdefault(record.round, {})[node_id] = record.certificate
+            hashes.setdefault(record.round, {})[node_id] = record
         audits.append(NodeAudit(node_id, len(node.history), node.model_hash.hex(), problem))
     split = []
-    for r, certs in sorted(hashes.items()):
-        outcomes = {_outcome(opener, c): c for c in certs.values()}
+    for r, logged in sorted(hashes.items()):
+        outcomes = {_outcome(opener, rec.certificate): rec for rec in logged.values()}
         if len(outcomes) > 1:
             culprits = _culprits(opener, list(outcomes.values()))
-            split.append(f"round {r}: nodes name {len(outcomes)} different outcomes; signers of "
-                         f"two votes in one slot: {culprits or 'none (a cross-view fork)'}")
+            split.append(f"round {r}: nodes name {len(outcomes)} different outcomes; members "
+                         f"proven to equivocate: {culprits or 'none in this round'}")
     return audits, split
 
 
-def _culprits(opener: FrameOpener, certificates: list[tuple[bytes, ...]]) -> list[int]:
-    """Members that signed two different votes for one (round, view, phase) across the
-    certificates: the same proof a node accuses with online."""
+def _culprits(opener: FrameOpener, records: list[RoundRecord]) -> list[int]:
+    """Members the records of one round prove equivocated (two messages in one slot, or a
+    broken lock): the same proofs a node accuses with online."""
     return sorted({first.sender for first, _ in equivocations(
-        opener(frame) for cert in certificates for frame in cert)})
+        env for record in records for env in signed_in(record, opener))})
 
 
 def _outcome(opener: FrameOpener, certificate: tuple[bytes, ...]) -> tuple[bytes, bytes]:

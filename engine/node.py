@@ -42,11 +42,10 @@ compares commit certificates and accuses every signer of two votes in one slot.
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import math
 from collections import Counter
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 import msgpack
@@ -63,6 +62,7 @@ from phalanx.engine.consensus import (
     equivocations,
     max_faulty,
     quorum,
+    signed_in,
     slot_of,
 )
 from phalanx.engine.events import (
@@ -952,7 +952,8 @@ class Node:
         # the records' gradients, proposals and votes side by side: after a fork, the twins of
         # an equivocator sign different gradients for the rounds that follow
         accused = False
-        for first_env, second in equivocations(self._evidence_in(ours) + self._evidence_in(theirs)):
+        for first_env, second in equivocations([*signed_in(ours, self.open),
+                                                 *signed_in(theirs, self.open)]):
             if first_env.sender not in self.excluded and first_env.sender != self.id:
                 self._accuse(first_env, second)
                 accused = True
@@ -960,22 +961,6 @@ class Node:
             self._traced.add((peer, ours.round))
             start = max(0, ours.round - self.config.sync_batch)
             self._send(peer, SyncRequest(self.round, start, ours.round - start))
-
-    def _evidence_in(self, record: RoundRecord) -> list[Envelope]:
-        """A record's validly signed frames, with the prepare certificate its proposal cites."""
-        envs = self._opened(record.frames())
-        if envs and envs[0].frame == record.proposal and isinstance(envs[0].message, Proposal):
-            envs += self._opened(envs[0].message.justify)
-        return envs
-
-    def _opened(self, frames: Iterable[bytes]) -> list[Envelope]:
-        """The frames that open; a peer's record may hold junk beside its checked certificate,
-        and what is not validly signed cannot be evidence."""
-        envs = []
-        for frame in frames:
-            with contextlib.suppress(DecodeError):
-                envs.append(self.open(frame))
-        return envs
 
     def _audit_head(self) -> None:
         """Anti-entropy of a finished node: ask the next peer in turn for its record of our

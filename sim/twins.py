@@ -47,7 +47,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from phalanx.engine.byzantine import make_behaviour
-from phalanx.engine.consensus import equivocations, max_faulty, slot_of
+from phalanx.engine.consensus import equivocations, max_faulty, signed_in, slot_of
 from phalanx.engine.events import (
     Action,
     Broadcast,
@@ -277,8 +277,8 @@ class TwinsResult:
     events: int
     delivered: int
     dropped: int  # frames a partition cut
-    # offline forensics: member -> two conflicting frames it signed for one slot, found in
-    # the union of the honest members' logs (proposals, gradients and commit certificates)
+    # offline forensics: member -> two frames it signed that no honest node signs both of (one
+    # slot twice, or a broken lock), found in the union of the honest members' logs
     log_evidence: dict[int, tuple[bytes, bytes]] = field(default_factory=dict)
     deliveries: list[Delivery] = field(default_factory=list)
 
@@ -527,7 +527,7 @@ class TwinsRun:
                    for key, record in sorted(self.disks[inst].items())
                    if key.startswith("log/") and isinstance(record, RoundRecord)]
         found: dict[int, tuple[bytes, bytes]] = {}
-        for first, second in equivocations(self.opener(f) for r in records for f in r.frames()):
+        for first, second in equivocations(e for r in records for e in signed_in(r, self.opener)):
             found.setdefault(first.sender, (first.frame, second.frame))
         return found
 

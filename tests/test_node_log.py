@@ -90,20 +90,31 @@ def test_audit_of_a_folder_that_is_not_a_run_is_one_line(tmp_path: Path) -> None
     assert result.exit_code == 2 and "no scenario.resolved.yaml" in result.output
 
 
-def test_audit_names_the_signers_of_two_votes_in_one_slot() -> None:
-    """Offline forensics for forks beyond the bound: two commit certificates of one round that
-    name different outcomes share signers; those who signed both are the culprits."""
+def test_audit_names_the_members_the_logs_prove_equivocated() -> None:
+    """Offline forensics for forks beyond the bound: two records of one round that name
+    different outcomes. In one view, those who signed both commit certificates are the
+    culprits; across views, those who commit-voted the earlier set and prepared the later one
+    citing an older justification (a broken lock)."""
     from nodekit import Kit
 
     from phalanx.apps.audit import _culprits
     from phalanx.net.envelope import FrameOpener
-    from phalanx.net.messages import COMMIT
+    from phalanx.net.messages import COMMIT, PREPARE
 
     kit = Kit(11)
     opener = FrameOpener(kit.keyring)
-    a, b, model = b"a" * 32, b"b" * 32, b"m" * 32
-    first = tuple(kit.vote(s, 3, 0, COMMIT, a, model) for s in (0, 2, 3))
-    second = tuple(kit.vote(s, 3, 0, COMMIT, b, model) for s in (1, 2, 3))
-    assert _culprits(opener, [first, second]) == [2, 3]
-    other_view = tuple(kit.vote(s, 3, 1, COMMIT, b, model) for s in (1, 2, 3))
-    assert _culprits(opener, [first, other_view]) == []  # a cross-view fork proves nothing here
+    a, b, model, base = b"a" * 32, b"b" * 32, b"m" * 32, b"z" * 32
+
+    def record(view: int, digest: bytes, signers: tuple[int, ...],
+               cites: int | None = None) -> RoundRecord:
+        commits = tuple(kit.vote(s, 3, view, COMMIT, digest, model) for s in signers)
+        prepared = () if cites is None else tuple(
+            kit.vote(s, 3, view, PREPARE, digest, base, justify_view=cites) for s in signers)
+        return RoundRecord(3, b"", (), commits, prepared)
+
+    first = record(0, a, (0, 2, 3))
+    assert _culprits(opener, [first, record(0, b, (1, 2, 3))]) == [2, 3]
+    assert _culprits(opener, [first, record(1, b, (1, 2, 3), cites=-1)]) == [2, 3]
+    # citing a certificate from view 0 frees the lock: this round alone proves nothing
+    assert _culprits(opener, [first, record(1, b, (1, 2, 3), cites=0)]) == []
+    assert _culprits(opener, [first, record(1, b, (1, 2, 3))]) == []

@@ -4,7 +4,9 @@ identity, on different sides of partitions (`sim/twins.py`).
 - n = 4 with one twin (f = 1): no seeded partition schedule breaks safety among the honest
   members, and after the heal every honest member commits every planned round;
 - n = 4 with two twins (f + 1, `unsafe`): a schedule either stays safe or, once healed and
-  settled, some honest member holds proofs against both twinned members (never a silent fork);
+  settled, some honest member holds proofs against both twinned members (never a silent fork),
+  also when every honest member finished before the heal, and whether the two sides certified
+  the fork in one view (double votes) or in different views (broken locks);
 - the executor itself: delivery follows the partition cells, twins share an identity, a run is
   a pure function of its scenario, and an unpartitioned run gives the plain simulator's hashes.
 
@@ -34,11 +36,6 @@ SEED = 2022
 ONE_TWIN_SCHEDULES = 300  # per twinned member (two of them): ~600 runs, a few seconds
 TWO_TWIN_SCHEDULES = 200
 ROUNDS = 4
-# A node goes quiet once it finished its rounds, so a fork whose honest members all finished
-# before the partitions healed meets no traffic after the heal: no online mechanism can see it
-# (an audit of the logs can). True makes the two-twins test demand online evidence for those
-# forks too (e.g. once finished nodes announce their head).
-REQUIRE_EVIDENCE_AFTER_EVERYONE_FINISHED = True
 
 
 def cells(*groups: str) -> tuple[frozenset[str], ...]:
@@ -222,11 +219,6 @@ def _silent(result: TwinsResult) -> bool:
         o.excluded >= set(result.scenario.twins) for o in result.honest.values())
 
 
-def _all_finished_before_heal(result: TwinsResult) -> bool:
-    return all(o.finished_at is not None and o.finished_at <= result.scenario.heal_at
-               for o in result.honest.values())
-
-
 def test_two_twins_either_stay_safe_or_leave_evidence_against_both() -> None:
     """Beyond the bound a fork can happen; it must never be silent: once healed and settled,
     some honest member has excluded both twinned members (f + 1 culprits)."""
@@ -238,9 +230,9 @@ def test_two_twins_either_stay_safe_or_leave_evidence_against_both() -> None:
         if not result.safety_violations():
             continue
         forks.append(result)
-        if _silent(result) and (REQUIRE_EVIDENCE_AFTER_EVERYONE_FINISHED
-                                or not _all_finished_before_heal(result)):
-            silent.append(result)
+        if _silent(result):  # even when every honest member had finished before the heal:
+            silent.append(result)  # finished nodes compare heads with their peers
+        assert result.log_culprits() >= set(sc.twins), result.summary()  # and offline, too
     assert forks, "no schedule forked: the enumeration does not reach beyond the bound"
     assert not silent, (
         f"{len(silent)} of {len(forks)} forks left no honest member with evidence against both "

@@ -15,10 +15,12 @@ Forensics", CCS 2021, do the same for HotStuff).
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+import contextlib
+from collections.abc import Callable, Iterable, Iterator
 
 from phalanx.net.envelope import Envelope
-from phalanx.net.messages import COMMIT, PREPARE, Gradient, Proposal, Vote
+from phalanx.net.errors import DecodeError
+from phalanx.net.messages import COMMIT, PREPARE, Gradient, Proposal, RoundRecord, Vote
 
 Slot = tuple[int, ...]
 
@@ -77,3 +79,21 @@ def equivocations(envelopes: Iterable[Envelope]) -> Iterator[tuple[Envelope, Env
             for prepare in prepares.get(key, ()):
                 if broke_lock(commit, prepare):
                     yield commit, prepare
+
+
+def signed_in(record: RoundRecord, open: Callable[[bytes], Envelope]) -> list[Envelope]:
+    """A committed round's validly signed frames, with the prepare certificate its proposal
+    cites: what two logs are compared on. A peer's record may hold junk beside its checked
+    certificate; what is not validly signed cannot be evidence, so it is left out."""
+    envs = _opened(record.frames(), open)
+    if envs and envs[0].frame == record.proposal and isinstance(envs[0].message, Proposal):
+        envs += _opened(envs[0].message.justify, open)
+    return envs
+
+
+def _opened(frames: Iterable[bytes], open: Callable[[bytes], Envelope]) -> list[Envelope]:
+    envs = []
+    for frame in frames:
+        with contextlib.suppress(DecodeError):
+            envs.append(open(frame))
+    return envs
