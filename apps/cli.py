@@ -35,7 +35,7 @@ def print_summary(result: object) -> None:
     table = Table(title=f"{s['scenario']} (seed {s['seed']}, {s['mode']})", show_header=False)
     shown = ["nodes", "f", "rounds_planned", "min_rounds_committed", "distinct_final_hashes",
              "lagging_nodes", "down_at_end",
-             "final_model_hash", "final_eval_loss", "final_eval_accuracy", "forks",
+             "final_model_hash", "final_eval_loss", "final_eval_accuracy",
              "synced_commits", "exclusions", "reputation", "view_changes", "sim_seconds", "wall_seconds", "messages_delivered",
              "messages_dropped", "dropped_by_reason", "messages_per_round", "rejected_by_reason",
              "sim_events_per_wall_second", "peak_memory_mb"]

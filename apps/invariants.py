@@ -1,11 +1,11 @@
 """Invariant checks over a run's result tables: what must hold for every seed of a scenario.
 
-Pure functions over the `rounds` table (one row per node and committed round, superseded
-commits included) and the `events` table (crashes and restarts are always recorded), each
+Pure functions over the `rounds` table (one row per node and committed round) and the `events`
+table (crashes and restarts are always recorded), each
 returning a list of `Violation`s with a one-line human detail:
 
-- **safety** (strict): for every round, every commit any honest node ever made (rolled-back
-  ones included) carries one model hash;
+- **safety** (strict): for every round, every commit any honest node ever made carries one
+  model hash;
 - **agreement**: the honest running nodes that ended at the same round hold one final hash;
 - **liveness**: unless the scenario is built to stall, every running honest node committed
   every planned round (or the `expect: rounds_committed_at_least` the scenario asks for);
@@ -15,7 +15,7 @@ returning a list of `Violation`s with a one-line human detail:
 
 Honest means not listed under the scenario's `byzantine:` section. The tables may come from a
 real `RunResult` or be built by hand (tests): only `round`, `node` and `model_hash` are needed;
-`order`, `time`, `superseded` and `byzantine` take neutral defaults when missing.
+`order`, `time` and `byzantine` take neutral defaults when missing.
 """
 
 from __future__ import annotations
@@ -79,7 +79,6 @@ def normalize(rounds: pl.DataFrame) -> pl.DataFrame:
     defaults = {
         "order": pl.int_range(pl.len(), dtype=pl.Int64),
         "time": pl.lit(0.0, dtype=pl.Float64),
-        "superseded": pl.lit(False),
         "byzantine": pl.lit(False),
     }
     add = [expr.alias(name) for name, expr in defaults.items() if name not in rounds.columns]
@@ -88,14 +87,14 @@ def normalize(rounds: pl.DataFrame) -> pl.DataFrame:
 
 
 def honest_rows(rounds: pl.DataFrame, byzantine: Iterable[int] = ()) -> pl.DataFrame:
-    """Every commit of an honest node, superseded ones included."""
+    """Every commit of an honest node."""
     df = normalize(rounds)
     return df.filter(~pl.col("byzantine") & ~pl.col("node").is_in(sorted(set(byzantine))))
 
 
 def heights(rounds: pl.DataFrame, byzantine: Iterable[int] = ()) -> dict[int, int]:
     """Distinct rounds each honest node committed and still stands by (nodes with none absent)."""
-    df = honest_rows(rounds, byzantine).filter(~pl.col("superseded"))
+    df = honest_rows(rounds, byzantine)
     per = df.group_by("node").agg(pl.col("round").n_unique().alias("n"))
     return dict(zip(per["node"].to_list(), per["n"].to_list(), strict=True))
 
@@ -126,21 +125,18 @@ def check_safety(rounds: pl.DataFrame, *, seed: int,
         rows = df.filter(pl.col("round") == rnd)
         by_hash = rows.group_by("model_hash").agg(
             pl.col("node").unique().sort().alias("nodes"),
-            pl.col("superseded").all().alias("undone"),
             pl.col("order").min().alias("first"))
         parts = []
-        for h, nodes, undone in by_hash.sort("first").select(
-                "model_hash", "nodes", "undone").iter_rows():
-            parts.append(f"{h[:8]} (node{'s' if len(nodes) > 1 else ''} {_ids(nodes)}"
-                         f"{', rolled back' if undone else ''})")
+        for h, nodes in by_hash.sort("first").select("model_hash", "nodes").iter_rows():
+            parts.append(f"{h[:8]} (node{'s' if len(nodes) > 1 else ''} {_ids(nodes)})")
         out.append(Violation(seed, "safety", f"round {rnd}: honest nodes committed "
                                              f"{len(parts)} model hashes: {'; '.join(parts)}"))
     return out
 
 
 def final_states(rounds: pl.DataFrame, byzantine: Iterable[int] = ()) -> pl.DataFrame:
-    """Per honest node: its last standing round and the model hash it holds after it."""
-    df = honest_rows(rounds, byzantine).filter(~pl.col("superseded"))
+    """Per honest node: its last round and the model hash it holds after it."""
+    df = honest_rows(rounds, byzantine)
     return (df.sort("round", "order").group_by("node", maintain_order=True).last()
             .select("node", "round", "model_hash").sort("node"))
 
@@ -206,18 +202,17 @@ def check_liveness(rounds: pl.DataFrame, *, seed: int, nodes: int, target: int |
 def check_nothing_lost(rounds: pl.DataFrame, events: pl.DataFrame | None, *, seed: int,
                        byzantine: Iterable[int] = ()) -> list[Violation]:
     """A node that restarts with its disk resumes where it crashed: it never commits again a
-    round it held at the crash (a commit of its current disk life that still stands).
+    round it held at the crash (a commit of its current disk life).
 
-    Commits are counted as they stand, so a node cannot end below what it held unless it
-    re-did those rounds (reported here) or lags (reported by liveness). A restart without its
-    disk starts a new disk life: what came before is not held."""
+    A node cannot end below what it held unless it re-did those rounds (reported here) or lags
+    (reported by liveness). A restart without its disk starts a new disk life: what came before
+    is not held."""
     if events is None or not len(events) or "event" not in events.columns:
         return []
     df = honest_rows(rounds, byzantine)
     byz = set(byzantine) | set(df.filter(pl.col("byzantine"))["node"].to_list())
     life = events.filter(pl.col("event").is_in(["crash", "restart"])).sort(
         "time", maintain_order=True)
-    standing = df.filter(~pl.col("superseded"))
     out: list[Violation] = []
     disk_since: dict[int, float] = {}  # node -> when its current disk life began
     crashed_at: dict[int, float] = {}
@@ -233,7 +228,7 @@ def check_nothing_lost(rounds: pl.DataFrame, events: pl.DataFrame | None, *, see
     for node, since, crash, restart in restarts:
         if node in byz:
             continue
-        mine = standing.filter(pl.col("node") == node)
+        mine = df.filter(pl.col("node") == node)
         held = mine.filter(pl.col("time").is_between(since, crash))["round"].unique().sort()
         if not len(held):
             continue

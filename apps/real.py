@@ -85,9 +85,8 @@ def run_real(scenario: Scenario, printer: Any) -> RunResult:
         printer.commit(_Commit(row), row["time"])
     printer.flush(final=True)
     workload = workload_for(scenario, RngStreams(scenario.seed))
-    rollbacks = [tuple(rb) for r in results for rb in r["rollbacks"]]  # orders are per node
     rounds = rounds_table(rows, workload, params, scenario.training.eval_every,
-                          scenario.training.rounds - 1, rollbacks)
+                          scenario.training.rounds - 1)
     rejections: dict[str, int] = {}
     for r in results:
         for reason, count in r["rejections"].items():

@@ -101,8 +101,7 @@ class AsyncHost:
     def results(self) -> dict[str, Any]:
         commits = [commit_row(m, t, order, self.bytes_sent.get(m.round, 0), False)
                    for m, t, order in self.metrics.commits]
-        return {"commits": commits, "rejections": dict(self.metrics.rejections),
-                "rollbacks": self.metrics.rollbacks}
+        return {"commits": commits, "rejections": dict(self.metrics.rejections)}
 
 
 async def serve(args: argparse.Namespace) -> None:

@@ -21,9 +21,8 @@ from phalanx.sim.scenario import Scenario
 ROUND_SCHEMA = {
     "round": pl.Int32, "order": pl.Int64, "node": pl.Int32, "time": pl.Float64, "view": pl.Int32,
     "contributors": pl.Int32, "train_loss": pl.Float64, "model_hash": pl.Utf8,
-    "via_sync": pl.Boolean, "fork": pl.Boolean, "bytes_sent": pl.Int64, "byzantine": pl.Boolean,
+    "via_sync": pl.Boolean, "bytes_sent": pl.Int64, "byzantine": pl.Boolean,
 }
-Rollback = tuple[int, int, int]  # (node, first round undone, its order among the metrics)
 
 
 @dataclass
@@ -49,18 +48,11 @@ class RunResult:
 
 
 def rounds_table(rows: list[dict[str, Any]], workload: Workload, params: dict[str, np.ndarray],
-                 eval_every: int, last_round: int, rollbacks: list[Rollback]) -> pl.DataFrame:
-    """Commit rows plus held-out metrics, evaluated once per distinct model hash.
-
-    A commit that its node later undid (it found itself on a minority fork and rolled back) is
-    kept, marked `superseded`, so forks stay visible while the checks look at what stands."""
+                 eval_every: int, last_round: int) -> pl.DataFrame:
+    """Commit rows plus held-out metrics, evaluated once per distinct model hash."""
     df = pl.DataFrame(rows, schema=ROUND_SCHEMA, orient="row") if rows else pl.DataFrame(
         schema=ROUND_SCHEMA)
-    undone = pl.lit(False)
-    for node, first, order in rollbacks:
-        undone = undone | ((pl.col("node") == node) & (pl.col("round") >= first)
-                           & (pl.col("order") < order))
-    df = df.with_columns(undone.alias("superseded")).sort(["round", "node", "order"])
+    df = df.sort(["round", "node", "order"])
     cache: dict[str, dict[str, float]] = {}
     evals: list[dict[str, float]] = []
     for rnd, h in zip(df["round"].to_list(), df["model_hash"].to_list(), strict=True):
@@ -76,9 +68,9 @@ def rounds_table(rows: list[dict[str, Any]], workload: Workload, params: dict[st
 
 
 def standing(rounds: pl.DataFrame, honest_only: bool = True) -> pl.DataFrame:
-    """The commits that stand: not undone by a rollback, and (by default) honest nodes only."""
-    keep = ~pl.col("superseded") & (~pl.col("byzantine") if honest_only else pl.lit(True))
-    return rounds.filter(keep)
+    """The commits of honest nodes (of every node with `honest_only=False`). A BFT node never
+    undoes a commit, so every commit stands."""
+    return rounds.filter(~pl.col("byzantine")) if honest_only else rounds
 
 
 def round_latencies(rounds: pl.DataFrame) -> pl.DataFrame:
@@ -115,9 +107,6 @@ def check_expectations(scenario: Scenario, rounds: pl.DataFrame,
         if bad:
             failures.append(f"{key}: final eval {worse} {value} (wanted "
                             f"{'<' if worse == 'loss' else '>'} {limit})")
-    if exp.forks_at_most is not None and summary["forks"] > exp.forks_at_most:
-        failures.append(f"forks_at_most: {summary['forks']} forked commits "
-                        f"(> {exp.forks_at_most})")
     if exp.excluded is not None:
         got = sorted(int(k) for k, v in summary.get("exclusions", {}).items()
                      if v["by_all_honest"])
@@ -164,8 +153,6 @@ def summarize(scenario: Scenario, rounds: pl.DataFrame, extra: dict[str, Any],
         "lagging_nodes": [i for i in honest_ids if committed.get(i, 0) < top + 1],
         "distinct_final_hashes": len(final_hashes),
         "final_model_hash": final_hashes[0] if len(final_hashes) == 1 else None,
-        "forks": int(rounds["fork"].sum()),
-        "rolled_back_commits": int(rounds["superseded"].sum()),
         "synced_commits": int(rounds["via_sync"].sum()),
     }
     for col in ("eval_loss", "eval_accuracy"):

@@ -36,7 +36,7 @@ def commit_row(metric: RoundCommitted, time: float, order: int, bytes_sent: int,
             "view": metric.view,
             "contributors": metric.contributors, "train_loss": metric.train_loss,
             "model_hash": metric.model_hash.hex(), "via_sync": metric.via_sync,
-            "fork": metric.fork, "bytes_sent": bytes_sent, "byzantine": byzantine}
+            "bytes_sent": bytes_sent, "byzantine": byzantine}
 
 
 class RoundPrinter:
@@ -120,7 +120,7 @@ def run_sim(scenario: Scenario, printer: RoundPrinter) -> RunResult:
                        m.node in byz) for m, t, order in metrics.commits]
     params = {h.hex(): p for h, p in metrics.params.items()}
     rounds = rounds_table(rows, world.workload, params, scenario.training.eval_every,
-                          scenario.training.rounds - 1, metrics.rollbacks)
+                          scenario.training.rounds - 1)
     log = world.log
     committed_rounds = max(1, rounds["round"].n_unique()) if len(rounds) else 1
     extra = {

@@ -119,7 +119,6 @@ class RoundCommitted:
     train_loss: float
     model_hash: bytes
     via_sync: bool
-    fork: bool  # some gradient in the set was computed on another model: divergence detected
     params: Any = field(repr=False, compare=False)  # the model after the round (never mutated)
 
 
@@ -128,15 +127,6 @@ class Rejected:
     node: int
     reason: str
     sender: int | None
-
-
-@dataclass(frozen=True, slots=True)
-class RolledBack:
-    """`node` undid its rounds from `round` on. The BFT round never forks among honest nodes,
-    so its node never emits this; the result tables keep the column for drivers that would."""
-
-    node: int
-    round: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -165,4 +155,4 @@ class Finished:
     model_hash: bytes
 
 
-Metric = RoundCommitted | Rejected | RolledBack | Excluded | ViewChanged | Finished
+Metric = RoundCommitted | Rejected | Excluded | ViewChanged | Finished

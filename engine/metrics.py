@@ -11,23 +11,21 @@ from phalanx.engine.events import (
     Finished,
     Metric,
     Rejected,
-    RolledBack,
     RoundCommitted,
     ViewChanged,
 )
 
 
 class MetricLog:
-    """Commits (with the time the driver saw them), rejections by reason, rollbacks,
+    """Commits (with the time the driver saw them), rejections by reason,
     exclusions of equivocating peers, view changes, and one copy of every committed model keyed
     by hash, for evaluation after the run."""
 
     def __init__(self) -> None:
-        # (metric, time seen, order): `order` counts every metric recorded, so a rollback can
-        # tell the commits it undid from the ones it made, even within one simulated instant
+        # (metric, time seen, order): `order` counts every metric recorded, so commits of one
+        # simulated instant keep the order they were made in
         self.commits: list[tuple[RoundCommitted, float, int]] = []
         self.rejections: Counter[str] = Counter()
-        self.rollbacks: list[tuple[int, int, int]] = []  # (node, first round undone, order)
         self.params: dict[bytes, np.ndarray] = {}
         self.finished: set[int] = set()
         self.exclusions: list[tuple[Excluded, float]] = []
@@ -42,8 +40,6 @@ class MetricLog:
                 self.commits.append((metric, now, self.recorded))
             case Rejected(reason=reason):
                 self.rejections[reason] += 1
-            case RolledBack(node=node, round=round):
-                self.rollbacks.append((node, round, self.recorded))
             case Finished(node=node):
                 self.finished.add(node)
             case Excluded():

@@ -35,9 +35,16 @@ locks travel with them, so a later honest leader proposes the set every locked n
 Nodes that fall behind fetch the committed rounds (proposal, gradients and commit certificate,
 all signed frames) and replay them after checking every signature, the certificate and the
 resulting hash. Two signed messages of one sender for one slot are evidence of equivocation:
-the evidence is broadcast, every honest node verifies it and excludes the sender. Beyond the
-fault bound a fork is possible; a node that meets a gradient or record built on another model
-compares commit certificates and accuses every signer of two votes in one slot.
+the evidence is broadcast, every honest node verifies it and excludes the sender.
+
+Beyond the fault bound a fork is possible, and it must never be silent. A node that meets a
+gradient or record built on another model, and every finished node every two view timeouts
+(it asks the next peer in turn for its last round's record), compares the two records of the
+round: their gradients, proposals, commit certificates and the prepare certificates they keep.
+Signers of two messages for one slot are accused; so are members that broke a lock: a commit
+vote for one set in view v beside a prepare vote for another set in a later view that cites a
+justification older than v (prepare votes carry the view of the certificate they rely on). When
+the round holds no proof, the node fetches the rounds before it, where the fork may have begun.
 """
 
 from __future__ import annotations
@@ -649,7 +656,7 @@ class Node:
         self._out.append(Persist(f"log/{self.round}", record))
         loss = float(np.mean([g.loss for g in grads]))
         self._out.append(Emit(RoundCommitted(self.id, self.round, cert.view, len(grads), loss,
-                                             self.model_hash, via_sync, False, self.params)))
+                                             self.model_hash, via_sync, self.params)))
         included = {e.sender for e in envs}
         for peer in self.reputation:
             if peer not in self.excluded:  # moving average of "its gradient made the round"

@@ -318,7 +318,6 @@ class ExpectSpec(Strict):
     final_accuracy_above: Probability | None = None
     honest_hashes_equal: bool | None = None
     rounds_committed_at_least: Annotated[int, Field(ge=0)] | None = None
-    forks_at_most: Annotated[int, Field(ge=0)] | None = None
     dropped_messages_at_least: Annotated[int, Field(ge=0)] | None = None
     # exactly these nodes end excluded (for equivocation) by every running honest node
     excluded: list[NodeId] | None = None

