@@ -41,9 +41,7 @@ def print_summary(result: object) -> None:
              "sim_events_per_wall_second", "peak_memory_mb"]
     for key in shown:
         if key in s:
-            value = s[key]
-            text = f"{value:.4g}" if isinstance(value, float) else str(value)
-            table.add_row(key, text)
+            table.add_row(key, _summary_text(key, s[key]))
     out.print(table)
     if result.out:
         out.print(f"outputs in {result.out}/ (rounds.parquet, events.parquet, "
@@ -52,6 +50,19 @@ def print_summary(result: object) -> None:
         err.print(f"[bold red]expect failed:[/] {failure}", highlight=False, soft_wrap=True)
     if not result.failures and result.scenario.expect.model_dump(exclude_none=True):
         out.print("[green]all expectations hold[/]")
+
+
+SHOWN_PEERS = 8  # reputation lists longer than this show their lowest scores only
+
+
+def _summary_text(key: str, value: object) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    if key == "reputation" and isinstance(value, dict) and len(value) > SHOWN_PEERS:
+        lowest = sorted(value.items(), key=lambda kv: (kv[1], int(kv[0])))[:SHOWN_PEERS]
+        shown = ", ".join(f"{peer}: {score}" for peer, score in lowest)
+        return f"{len(value)} peers; lowest: {shown} (all in summary.json)"
+    return str(value)
 
 
 @app.command()

@@ -223,3 +223,13 @@ def test_run_errors_outside_the_schema_are_one_line(tmp_path: Path) -> None:
         result = invoke(*args)
         assert result.exit_code == 2, (args, result.output)
         assert words in one_error_line(result.stderr)
+
+
+def test_summary_shows_a_long_reputation_list_by_its_lowest_scores() -> None:
+    from phalanx.apps.cli import _summary_text
+
+    scores = {str(p): 1.0 for p in range(1000)} | {"7": 0.0, "12": 0.5}
+    text = _summary_text("reputation", scores)
+    assert text.startswith("1000 peers; lowest: 7: 0.0, 12: 0.5, 0: 1.0") and "\n" not in text
+    assert _summary_text("reputation", {"0": 1.0}) == "{'0': 1.0}"  # short lists in full
+    assert _summary_text("wall_seconds", 1.23456) == "1.235"
