@@ -312,6 +312,7 @@ def test_beam_search_finds_the_exhaustive_best_when_wide_enough() -> None:
     model = model_of(config)
     prompt = torch.tensor([1, 2, 3])
 
+    @torch.no_grad()
     def logprob(continuation: tuple[int, ...]) -> float:
         seq = torch.cat([prompt, torch.tensor(continuation)])[None]
         logp = F.log_softmax(model(seq).logits[0].float(), -1)
