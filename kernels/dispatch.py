@@ -1,0 +1,59 @@
+"""Which implementation of a kernel runs, and a record of every choice made.
+
+- `triton`: compiled Triton on a CUDA device;
+- `triton-interpreted`: the same Triton code run by Triton's interpreter on the CPU
+  (TRITON_INTERPRET=1, set before triton is imported; slow, for tests);
+- `reference`: the plain-torch definition.
+
+PHALANX_KERNELS=reference forces the reference everywhere (e.g. to compare numerics);
+PHALANX_KERNELS=triton makes a missing Triton path an error instead of a fallback.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+from typing import Literal
+
+import torch
+
+Path = Literal["triton", "triton-interpreted", "reference"]
+
+_used: dict[str, tuple[Path, str]] = {}  # kernel -> (path, why), the latest choice
+
+
+class KernelUnavailable(RuntimeError):
+    """PHALANX_KERNELS=triton, but Triton cannot run here."""
+
+
+def interpreted() -> bool:
+    return os.environ.get("TRITON_INTERPRET") == "1"
+
+
+def triton_available() -> bool:
+    return importlib.util.find_spec("triton") is not None
+
+
+def choose(kernel: str, device: torch.device) -> Path:
+    """The path `kernel` takes for tensors on `device`; recorded for `report()`."""
+    forced = os.environ.get("PHALANX_KERNELS", "")
+    path: Path
+    if forced == "reference":
+        path, why = "reference", "PHALANX_KERNELS=reference"
+    elif not triton_available():
+        path, why = "reference", "triton is not installed"
+    elif device.type == "cuda":
+        path, why = "triton", f"CUDA device {torch.cuda.get_device_name(device)}"
+    elif interpreted():
+        path, why = "triton-interpreted", "TRITON_INTERPRET=1 on the CPU"
+    else:
+        path, why = "reference", f"no GPU ({device.type} tensors)"
+    if forced == "triton" and path == "reference":
+        raise KernelUnavailable(f"{kernel}: PHALANX_KERNELS=triton, but {why}")
+    _used[kernel] = (path, why)
+    return path
+
+
+def report() -> dict[str, str]:
+    """Every kernel used so far in this process: "path (why)"."""
+    return {k: f"{path} ({why})" for k, (path, why) in sorted(_used.items())}
