@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from phalanx.engine.model.attention import CausalSelfAttention, KVCache
 from phalanx.engine.model.config import GPTConfig
@@ -56,6 +57,9 @@ class GPT(nn.Module):
         self.head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
         if config.tie_weights:
             self.head.weight = self.embed.weight
+        # recompute each block's activations in backward instead of keeping them: less memory
+        # for about one more forward pass of compute (training only)
+        self.checkpointing = False
         self.apply(self._init)
         # GPT-2's scaled init of the projections into the residual stream
         for name, p in self.named_parameters():
@@ -92,7 +96,10 @@ class GPT(nn.Module):
         positions = torch.arange(start, start + t, device=idx.device)
         x = self.drop(self.embed(idx))
         for layer, block in enumerate(self.blocks):
-            x = block(x, positions, cache, layer)
+            if self.checkpointing and self.training and cache is None:
+                x = checkpoint(block, x, positions, None, layer, use_reentrant=False)
+            else:
+                x = block(x, positions, cache, layer)
         if cache is not None:
             cache.length += t
         logits = self.head(self.norm(x))
