@@ -16,6 +16,15 @@ from typing import Any
 
 import pytest
 
+# Without a GPU, the Triton kernels are tested through Triton's interpreter on the CPU. Triton
+# reads this when it is first imported, so it is set here, before any test module (or the
+# engine, through phalanx.kernels) can import it.
+if "TRITON_INTERPRET" not in os.environ:
+    import torch
+
+    if not torch.cuda.is_available():
+        os.environ["TRITON_INTERPRET"] = "1"
+
 _TESTS = str(Path(__file__).resolve().parent)
 if _TESTS not in sys.path:
     sys.path.insert(0, _TESTS)
