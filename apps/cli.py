@@ -152,6 +152,51 @@ def validate(scenario: Annotated[Path, typer.Argument(help="scenario YAML file")
     out.print(loaded.resolved_yaml(), highlight=False)
 
 
+@app.command()
+def train(
+    config: Annotated[Path, typer.Argument(help="training config YAML (model, data, train)")],
+    data: Annotated[Path | None, typer.Option(
+        help="a text file or folder to train on (sets data.path; synthetic becomes text)")] = None,
+    steps: Annotated[int | None, typer.Option(help="override train.steps")] = None,
+    out_dir: Annotated[Path | None, typer.Option(
+        "--out", help="output folder (default: runs/train/<name>)")] = None,
+    resume: Annotated[bool, typer.Option(help="continue from the output folder's checkpoint")
+                      ] = False,
+    until: Annotated[int | None, typer.Option(
+        help="stop after this step (checkpointed), keeping the full schedule")] = None,
+) -> None:
+    """Train the transformer on one machine: progress, evaluation, samples, checkpoints."""
+    from phalanx.apps.train import run_training
+    from phalanx.apps.train_config import load_train_file
+    from phalanx.engine.model.config import ConfigError
+    from phalanx.engine.model.tokenizer import TokenizerError
+    from phalanx.engine.train.data import DataError
+
+    overrides: dict[str, object] = {}
+    if data is not None:
+        overrides["data.path"] = str(data)
+    if steps is not None:
+        overrides["train.steps"] = steps
+    try:
+        loaded = load_train_file(config, overrides)
+        if data is not None and loaded.data.kind == "synthetic":
+            loaded = load_train_file(config, {**overrides, "data.kind": "text"})
+        target = out_dir or Path("runs") / "train" / loaded.name
+        result = run_training(loaded, target, out, resume=resume, until=until)
+    except ScenarioError as e:
+        raise fail(str(e)) from None
+    except (DataError, TokenizerError, ConfigError, ValueError) as e:
+        raise fail(f"{config}: {e}") from None
+    except OSError as e:
+        raise fail(f"cannot write outputs: {e}") from None
+    s = result.summary
+    out.print(f"final validation loss {s['final_val_loss']:.4f} nats/token"
+              + (f" (entropy rate H = {s['entropy_rate']:.4f}, gap {s['val_minus_entropy_rate']:+.4f})"
+                 if s["entropy_rate"] else "")
+              + f"; {s['tokens_per_second']:,.0f} tokens/s; kernels: {s['kernels'] or 'none'}; "
+              f"outputs in {target}/")
+
+
 @bench_app.command("sim")
 def bench_sim(
     nodes: Annotated[str, typer.Option(help="comma-separated node counts")] = "100,1000",

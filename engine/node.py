@@ -91,7 +91,7 @@ from phalanx.engine.events import (
     TimerFired,
     ViewChanged,
 )
-from phalanx.engine.optim import MomentumSGD
+from phalanx.engine.optim import make_optimizer
 from phalanx.engine.workloads import GradientJob, GradientResult, Workload
 from phalanx.net.crypto import Identity, sha256
 from phalanx.net.envelope import Envelope, seal
@@ -152,6 +152,7 @@ class NodeConfig:
     # honest workers send a momentum of their gradients instead of the gradient itself
     # (Karimireddy, He, Jaggi 2021: lower variance makes Byzantine vectors stand out)
     worker_momentum: float = 0.0
+    optimizer: str = "sgd"  # "sgd" (heavy ball) or "adam" (`momentum` is its beta1)
     sync_batch: int = 16  # round records per sync response
     # once finished, compare our last commit with one peer's every this many seconds (default
     # two view timeouts): a fork that completed while a partition cut the members apart is
@@ -181,7 +182,7 @@ class Node:
         # the smallest set a round may agree on: a quorum, or more if the rule needs more
         # (Krum needs 2f + 3 inputs: above n - f when n < 3f + 3... then f silent peers stall it)
         self.min_set = max(self.quorum, min_inputs(self.aggregate, self.f, self.n) or self.n)
-        self.optimizer = MomentumSGD(config.lr, config.momentum)
+        self.optimizer = make_optimizer(config.optimizer, config.lr, config.momentum)
         self.guard = ReplayGuard()
         self.rejections: Counter[str] = Counter()
         self.history: list[RoundRecord] = []
@@ -191,7 +192,7 @@ class Node:
         self.seq = 0
         self.now = 0.0
         self.params = workload.init_params()
-        self.velocity = np.zeros_like(self.params)
+        self.velocity = self.optimizer.init_state(self.params)  # the optimizer's state
         self.model_hash = sha256(self.params.tobytes())
         self.last_update = np.zeros_like(self.params)  # the last committed aggregate
         self.worker_momentum = np.zeros_like(self.params)  # what we sent, if it is a momentum
@@ -589,7 +590,7 @@ class Node:
         # the context is the same on every honest node: f, a seed from the set, the last update
         ctx = AggregationContext(self.f, int.from_bytes(digest[:8], "big") >> 1, self.last_update)
         update = self.aggregate([e.message.values for e in envs], ctx)  # type: ignore[union-attr]
-        params, velocity = self.optimizer.step(self.params, self.velocity, update)
+        params, velocity = self.optimizer.step(self.params, self.velocity, update, self.round + 1)
         return params, velocity, sha256(params.tobytes()), update
 
     def _sign_once(self, view: int, phase: int) -> None:

@@ -118,7 +118,38 @@ class MlpWorkload(Strict):
     skew: Probability = 0.0  # non-IID: share of a node's shard drawn from its home class
 
 
-Workload = Annotated[LinearWorkload | MlpWorkload, Field(discriminator="kind")]
+class TransformerWorkload(Strict):
+    """A small GPT on the synthetic Markov corpus (engine/workloads/transformer.py)."""
+
+    kind: Literal["transformer"]
+    vocab: Annotated[int, Field(ge=2, le=62)] = 16
+    order: Annotated[int, Field(ge=0, le=4)] = 2
+    concentration: Annotated[float, Field(gt=0)] = 0.3
+    block_size: Annotated[int, Field(ge=2)] = 32
+    n_layer: Annotated[int, Field(ge=1)] = 2
+    n_head: Annotated[int, Field(ge=1)] = 2
+    n_embd: Annotated[int, Field(ge=2)] = 32
+    ffn: Literal["swiglu", "moe"] = "swiglu"
+    n_experts: Annotated[int, Field(ge=1)] = 4
+    top_k: Annotated[int, Field(ge=1)] = 2
+    tokens_per_node: Annotated[int, Field(ge=64)] = 20_000
+    val_tokens: Annotated[int, Field(ge=64)] = 8_192
+
+    @model_validator(mode="after")
+    def _buildable(self) -> TransformerWorkload:
+        from phalanx.engine.model.config import GPTConfig
+
+        GPTConfig(vocab_size=self.vocab, block_size=self.block_size, n_layer=self.n_layer,
+                  n_head=self.n_head, n_embd=self.n_embd, ffn=self.ffn,
+                  n_experts=self.n_experts, top_k=min(self.top_k, self.n_experts))
+        if self.tokens_per_node < self.block_size + 2:
+            raise ValueError(f"tokens_per_node {self.tokens_per_node} cannot fill a window of "
+                             f"block_size {self.block_size} + 1")
+        return self
+
+
+Workload = Annotated[LinearWorkload | MlpWorkload | TransformerWorkload,
+                     Field(discriminator="kind")]
 
 
 class AggregatorSpec(Strict):
@@ -145,7 +176,8 @@ class AggregatorSpec(Strict):
 class TrainingSpec(Strict):
     rounds: Annotated[int, Field(ge=1)]
     lr: Annotated[float, Field(gt=0)] = 0.05
-    momentum: Annotated[float, Field(ge=0, lt=1)] = 0.9
+    momentum: Annotated[float, Field(ge=0, lt=1)] = 0.9  # heavy ball, or Adam's beta1
+    optimizer: Literal["sgd", "adam"] = "sgd"  # the step every node applies to the aggregate
     batch: Annotated[int, Field(ge=1)] = 32
     aggregator: AggregatorSpec = AggregatorSpec()
     max_gradient_norm: Annotated[float, Field(gt=0)] | None = None  # larger gradients: invalid
@@ -428,22 +460,27 @@ def parse_scenario(data: Any, source: str = "scenario") -> Scenario:
         raise ScenarioError(f"{source}: {describe_error(errors[0])}{more}") from None
 
 
-def load_scenario(path: str | Path, seed: int | None = None) -> Scenario:
-    path = Path(path)
+def read_yaml(path: Path, what: str = "scenario") -> Any:
+    """The parsed YAML document at `path`; ScenarioError with one line naming the problem."""
     try:
         text = path.read_text()
     except OSError as err:
-        raise ScenarioError(f"{path}: cannot read scenario ({err.strerror})") from None
+        raise ScenarioError(f"{path}: cannot read {what} ({err.strerror})") from None
     except UnicodeDecodeError as err:
         raise ScenarioError(
-            f"{path}: cannot read scenario (not UTF-8 text: byte {err.start})") from None
+            f"{path}: cannot read {what} (not UTF-8 text: byte {err.start})") from None
     try:
-        data = yaml.safe_load(text)
+        return yaml.safe_load(text)
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f"line {mark.line + 1}: " if mark else ""
         problem = getattr(err, "problem", None) or str(err).splitlines()[0]
         raise ScenarioError(f"{path}: {where}invalid YAML ({problem})") from None
+
+
+def load_scenario(path: str | Path, seed: int | None = None) -> Scenario:
+    path = Path(path)
+    data = read_yaml(path)
     if seed is not None and isinstance(data, dict):
         data = {**data, "seed": seed}  # validated like the file's own seed
     return parse_scenario(data, str(path))

@@ -24,6 +24,8 @@ import torch
 
 from phalanx.engine.model.tokenizer import Tokenizer
 
+Batch = tuple[torch.Tensor, torch.Tensor]  # inputs and targets, (batch, block) each
+
 
 class DataError(ValueError):
     """Input that cannot become training data; the message names where."""
@@ -83,8 +85,7 @@ def prompt_completion_stream(pairs: list[tuple[str, str]], tokenizer: Tokenizer)
     return TokenStream(np.asarray(tokens, dtype=np.int64), np.asarray(loss, dtype=bool))
 
 
-def _windows(stream: TokenStream, starts: np.ndarray,
-             block: int) -> tuple[torch.Tensor, torch.Tensor]:
+def _windows(stream: TokenStream, starts: np.ndarray, block: int) -> Batch:
     index = starts[:, None] + np.arange(block + 1)[None, :]
     chunk = stream.tokens[index]
     x, y = chunk[:, :-1].copy(), chunk[:, 1:].copy()
@@ -94,7 +95,7 @@ def _windows(stream: TokenStream, starts: np.ndarray,
 
 
 def batch_at(stream: TokenStream, seed: int, step: int, micro: int, batch: int,
-             block: int) -> tuple[torch.Tensor, torch.Tensor]:
+             block: int) -> Batch:
     """Inputs and targets (batch, block) for micro-batch `micro` of optimizer step `step`."""
     if len(stream) < block + 2:
         raise DataError(f"{len(stream)} tokens cannot fill a window of {block + 1}")
@@ -104,7 +105,7 @@ def batch_at(stream: TokenStream, seed: int, step: int, micro: int, batch: int,
 
 
 def eval_batches(stream: TokenStream, batch: int, block: int,
-                 max_batches: int | None = None) -> list[tuple[torch.Tensor, torch.Tensor]]:
+                 max_batches: int | None = None) -> list[Batch]:
     """Consecutive non-overlapping windows over a validation stream (every token predicted
     once), grouped in batches: a low-variance estimate of the loss on that stream."""
     count = (len(stream) - 1) // block

@@ -18,11 +18,11 @@ from typing import Literal
 import torch
 
 from phalanx.engine.model.gpt import GPT
+from phalanx.engine.train.data import Batch
 from phalanx.engine.train.optim import SAM
 from phalanx.engine.train.schedule import lr_at
 
 Precision = Literal["fp32", "bf16", "fp16"]
-Batch = tuple[torch.Tensor, torch.Tensor]
 
 
 @dataclass(frozen=True)

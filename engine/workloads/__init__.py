@@ -8,10 +8,12 @@ from phalanx.engine.rng import RngStreams
 from phalanx.engine.workloads.base import GradientJob, GradientResult, Workload
 from phalanx.engine.workloads.linear import LinearRegression
 from phalanx.engine.workloads.mlp import MlpClassifier
+from phalanx.engine.workloads.transformer import TransformerLM
 
 WORKLOADS: dict[str, type[Workload]] = {
     "linear": LinearRegression,
     "mlp": MlpClassifier,
+    "transformer": TransformerLM,
 }
 
 
