@@ -235,6 +235,21 @@ def bench_consensus(
     run_bench(_counts("--nodes", nodes, 4), rounds, out_file, out)
 
 
+@bench_app.command("train")
+def bench_train(
+    steps: Annotated[int, typer.Option(help="steps per timed window")] = 30,
+    repeats: Annotated[int, typer.Option(help="timed windows per side (alternating)")] = 3,
+    out_file: Annotated[Path, typer.Option("--out", help="JSON result file")] = Path(
+        "benchmarks/out/train.json"),
+) -> None:
+    """Training tokens/s of phalanx's step vs a plain PyTorch loop; peak memory."""
+    from phalanx.apps.bench_train import Size, run_bench
+
+    if steps < 1 or repeats < 1:
+        raise fail(f"--steps and --repeats must be at least 1 (got {steps}, {repeats})")
+    run_bench(Size(), steps, repeats, out_file, out)
+
+
 @app.command()
 def matrix(
     spec: Annotated[Path, typer.Argument(help="matrix YAML file, e.g. "

@@ -122,3 +122,21 @@ def test_bench_consensus_reports_latency_traffic_and_a_silent_leader(tmp_path: P
     silent = report["silent_leader"]
     assert silent["rounds_committed"] == silent["rounds"] and silent["view_change_rounds"] >= 1
     assert silent["added_seconds"] > 1.0  # a view timeout (3 s) minus the gather wait (1 s)
+
+
+def test_bench_train_writes_json_with_ratio_and_memory(tmp_path: Path) -> None:
+    from phalanx.apps.bench_train import Size
+    from phalanx.apps.bench_train import run_bench as run_train_bench
+
+    out = tmp_path / "train.json"
+    report = run_train_bench(Size(n_layer=1, n_head=2, n_embd=16, block=8, batch=4), 2, 1, out,
+                             Console(quiet=True))
+    saved = json.loads(out.read_text())
+    assert saved == json.loads(json.dumps(report))
+    assert saved["ratio"] > 0 and len(saved["ratios"]) == 1
+    # the baseline is the same size: SwiGLU at 8d/3 against a GELU MLP at 4d (and no biases)
+    assert abs(saved["phalanx_parameters"] - saved["plain_parameters"]) < 0.1 * saved[
+        "plain_parameters"]
+    assert [(m["checkpointing"], m["micro_batches"]) for m in saved["memory"]] == [
+        (False, 1), (True, 1), (False, 4), (True, 4)]
+    assert all(m["peak_rss_mb"] > 50 for m in saved["memory"])

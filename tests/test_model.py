@@ -90,17 +90,16 @@ def test_rmsnorm_matches_its_definition() -> None:
 
 
 def test_rotary_scores_depend_only_on_the_distance() -> None:
-    rot = Rotary(8)
+    rot = Rotary(8, cached=16)
     q, k = torch.randn(1, 1, 1, 8), torch.randn(1, 1, 1, 8)
 
     def score(i: int, j: int) -> float:
-        qi = rot(q, torch.tensor([i]))
-        kj = rot(k, torch.tensor([j]))
-        return float((qi * kj).sum())
+        return float((rot(q, i) * rot(k, j)).sum())
 
     assert score(3, 1) == pytest.approx(score(10, 8), abs=1e-5)
     assert score(0, 0) == pytest.approx(float((q * k).sum()), abs=1e-6)  # position 0: identity
     assert score(3, 1) != pytest.approx(score(3, 2), abs=1e-3)
+    assert score(40, 5) == pytest.approx(score(36, 1), abs=1e-5)  # past the cached table
 
 
 def test_attention_mask_is_causal_and_windowed() -> None:
@@ -117,8 +116,8 @@ def test_attention_matches_a_naive_implementation_with_gqa() -> None:
     b, t, c, h, kvh, d = 2, 7, 32, 4, 2, 8
     q, k, v = attn.qkv(x).split([c, kvh * d, kvh * d], dim=2)
     pos = torch.arange(t)
-    q = attn.rotary(q.view(b, t, h, d).transpose(1, 2), pos)
-    k = attn.rotary(k.view(b, t, kvh, d).transpose(1, 2), pos)
+    q = attn.rotary(q.view(b, t, h, d).transpose(1, 2))
+    k = attn.rotary(k.view(b, t, kvh, d).transpose(1, 2))
     v = v.view(b, t, kvh, d).transpose(1, 2)
     out = torch.empty(b, h, t, d)
     for head in range(h):

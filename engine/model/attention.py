@@ -49,7 +49,7 @@ class CausalSelfAttention(nn.Module):
         kv_dim = self.kv_heads * self.head_dim
         self.qkv = nn.Linear(config.n_embd, config.n_embd + 2 * kv_dim, bias=config.bias)
         self.proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
-        self.rotary = Rotary(self.head_dim, config.rope_base)
+        self.rotary = Rotary(self.head_dim, config.rope_base, cached=config.block_size)
         self.dropout = config.dropout
         self.resid_dropout = nn.Dropout(config.dropout)
 
@@ -60,12 +60,11 @@ class CausalSelfAttention(nn.Module):
         B, T, C = x.shape
         kv_dim = self.kv_heads * self.head_dim
         q, k, v = self.qkv(x).split([C, kv_dim, kv_dim], dim=2)
-        q = self.rotary(q.view(B, T, self.n_head, self.head_dim).transpose(1, 2), positions)
-        k = self.rotary(k.view(B, T, self.kv_heads, self.head_dim).transpose(1, 2), positions)
+        start = cache.length if cache is not None else 0
+        q = self.rotary(q.view(B, T, self.n_head, self.head_dim).transpose(1, 2), start)
+        k = self.rotary(k.view(B, T, self.kv_heads, self.head_dim).transpose(1, 2), start)
         v = v.view(B, T, self.kv_heads, self.head_dim).transpose(1, 2)
-        start = 0
         if cache is not None:
-            start = cache.length
             cache.keys[layer][:, :, start:start + T] = k
             cache.values[layer][:, :, start:start + T] = v
             k, v = cache.keys[layer][:, :, :start + T], cache.values[layer][:, :, :start + T]
