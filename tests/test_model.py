@@ -352,3 +352,31 @@ def test_saved_model_loads_with_identical_logits_and_tokenizer(tmp_path: object)
     (folder / "model.safetensors").unlink()
     with pytest.raises(ConfigError, match=r"no model\.safetensors"):
         load_model(folder)
+
+
+# ---- the Triton kernels inside the model ---------------------------------------------------------
+
+
+def test_the_model_on_the_triton_kernels_matches_the_torch_path(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """PHALANX_KERNELS=triton runs attention, RMSNorm and SwiGLU through the Triton kernels
+    (interpreted here: conftest sets TRITON_INTERPRET=1 without a GPU); logits and gradients
+    match the default torch path."""
+    from phalanx.kernels import dispatch
+
+    config = small(n_layer=1, n_head=2, n_kv_head=1, n_embd=32, sliding_window=6)
+    idx, targets = tokens(2, 11), tokens(2, 11, seed=4)
+    results = []
+    for mode in ("auto", "triton"):
+        monkeypatch.setenv("PHALANX_KERNELS", mode)
+        model = model_of(config).train()
+        out = model(idx, targets=targets)
+        out.loss.backward()  # type: ignore[union-attr]
+        results.append((out.logits.detach(), [p.grad for p in model.parameters()]))
+    used = dispatch.report()
+    assert all(used[k].startswith("triton-interpreted") for k in ("attention", "rmsnorm",
+                                                                  "swiglu")), used
+    (logits_t, grads_t), (logits_k, grads_k) = results
+    torch.testing.assert_close(logits_k, logits_t, rtol=1e-4, atol=1e-5)
+    for a, b in zip(grads_k, grads_t, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-5)

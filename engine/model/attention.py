@@ -9,6 +9,8 @@ from torch import nn
 
 from phalanx.engine.model.config import GPTConfig
 from phalanx.engine.model.layers import Rotary
+from phalanx.kernels.attention import attention as fused_attention
+from phalanx.kernels.dispatch import choose
 
 
 class KVCache:
@@ -68,10 +70,14 @@ class CausalSelfAttention(nn.Module):
             cache.keys[layer][:, :, start:start + T] = k
             cache.values[layer][:, :, start:start + T] = v
             k, v = cache.keys[layer][:, :, :start + T], cache.values[layer][:, :, :start + T]
+        dropout = self.dropout if self.training else 0.0
+        if dropout == 0.0 and choose("attention", x.device) != "reference":
+            # the Triton kernel: grouped heads read in place, the window and cache offset inside
+            y = fused_attention(q, k, v, self.window)
+            return self.resid_dropout(self.proj(y.transpose(1, 2).contiguous().view(B, T, C)))
         if self.kv_heads != self.n_head:  # each group of query heads reads one key/value head
             repeat = self.n_head // self.kv_heads
             k, v = k.repeat_interleave(repeat, dim=1), v.repeat_interleave(repeat, dim=1)
-        dropout = self.dropout if self.training else 0.0
         if start == 0 and self.window is None:
             y = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout, is_causal=True)
         else:

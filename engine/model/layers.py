@@ -7,6 +7,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from phalanx.engine.model.config import GPTConfig
+from phalanx.kernels.dispatch import choose
+from phalanx.kernels.rmsnorm import rmsnorm
+from phalanx.kernels.swiglu import swiglu
 
 
 class RMSNorm(nn.Module):
@@ -18,7 +21,9 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # torch's fused op; the mean of squares in fp32 whatever the activations' dtype
+        if choose("rmsnorm", x.device) != "reference":
+            return rmsnorm(x, self.weight, self.eps)  # the Triton kernel
+        # the mean of squares in fp32 whatever the activations' dtype
         return F.rms_norm(x.float(), (x.size(-1),), eps=self.eps).type_as(x) * self.weight
 
 
@@ -67,4 +72,6 @@ class SwiGLU(nn.Module):
         self.dropout = nn.Dropout(dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.dropout(self.w2(F.silu(self.w1(x)) * self.w3(x)))
+        a, b = self.w1(x), self.w3(x)
+        gated = swiglu(a, b) if choose("swiglu", x.device) != "reference" else F.silu(a) * b
+        return self.dropout(self.w2(gated))
