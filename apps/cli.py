@@ -250,6 +250,20 @@ def bench_train(
     run_bench(Size(), steps, repeats, out_file, out)
 
 
+@bench_app.command("kernels")
+def bench_kernels(
+    seq: Annotated[int, typer.Option(help="attention sequence length")] = 4096,
+    out_file: Annotated[Path, typer.Option("--out", help="JSON result file")] = Path(
+        "benchmarks/out/kernels.json"),
+) -> None:
+    """Triton kernels on CUDA against torch: time, TFLOP/s or GB/s, device peaks."""
+    from phalanx.apps.bench_kernels import run_bench
+
+    if seq < 16:
+        raise fail(f"--seq: at least 16 (got {seq})")
+    run_bench(seq, out_file, out)
+
+
 @app.command()
 def matrix(
     spec: Annotated[Path, typer.Argument(help="matrix YAML file, e.g. "

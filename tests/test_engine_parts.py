@@ -140,3 +140,16 @@ def test_bench_train_writes_json_with_ratio_and_memory(tmp_path: Path) -> None:
     assert [(m["checkpointing"], m["micro_batches"]) for m in saved["memory"]] == [
         (False, 1), (True, 1), (False, 4), (True, 4)]
     assert all(m["peak_rss_mb"] > 50 for m in saved["memory"])
+
+
+def test_bench_kernels_without_a_gpu_says_so_and_exits_zero(tmp_path: Path) -> None:
+    import torch
+    from typer.testing import CliRunner
+
+    from phalanx.apps.cli import app
+
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is present: the benchmark would run for real")
+    result = CliRunner().invoke(app, ["bench", "kernels", "--out", str(tmp_path / "k.json")])
+    assert result.exit_code == 0 and "no GPU here" in result.output
+    assert not (tmp_path / "k.json").exists()
