@@ -87,6 +87,17 @@ def test_rmsnorm_matches_its_definition() -> None:
         norm.weight.copy_(torch.linspace(0.5, 2.0, 16))
     expected = x / torch.sqrt((x * x).mean(-1, keepdim=True) + 1e-6) * norm.weight
     torch.testing.assert_close(norm(x), expected, rtol=1e-5, atol=1e-6)
+    # its hand-written backward against autograd through the definition
+    x.requires_grad_(True)
+    upstream = torch.randn(3, 5, 16)
+    got = torch.autograd.grad(norm(x), (x, norm.weight), upstream)
+    ref = torch.autograd.grad(x / torch.sqrt((x * x).mean(-1, keepdim=True) + 1e-6)
+                              * norm.weight, (x, norm.weight), upstream)
+    for a, b in zip(got, ref, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    half = norm(x.detach().half())
+    assert half.dtype == torch.float16
+    torch.testing.assert_close(half.float(), expected.detach(), rtol=2e-3, atol=2e-3)
 
 
 def test_rotary_scores_depend_only_on_the_distance() -> None:

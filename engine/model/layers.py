@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -10,6 +12,29 @@ from phalanx.engine.model.config import GPTConfig
 from phalanx.kernels.dispatch import choose
 from phalanx.kernels.rmsnorm import rmsnorm
 from phalanx.kernels.swiglu import swiglu
+
+
+class _RMSNormFunction(torch.autograd.Function):
+    """RMSNorm with a hand-derived backward, in fp32 whatever the activations' dtype:
+    dx = rstd * (g·w − x̂ · mean(g·w · x̂)), dw = Σ g · x̂. On the CPU this is markedly cheaper
+    than autograd through F.rms_norm, which is not a fused op there."""
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+        x32 = x.float()
+        rstd = torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + eps)
+        normed = x32 * rstd
+        ctx.save_for_backward(normed, rstd, weight)
+        return (normed * weight.float()).type_as(x)
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, None]:
+        normed, rstd, weight = ctx.saved_tensors
+        g = grad.float()
+        gw = g * weight.float()
+        dx = rstd * (gw - normed * (gw * normed).mean(-1, keepdim=True))
+        dw = (g * normed).reshape(-1, normed.size(-1)).sum(0)
+        return dx.type_as(grad), dw.type_as(weight), None
 
 
 class RMSNorm(nn.Module):
@@ -23,8 +48,7 @@ class RMSNorm(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if choose("rmsnorm", x.device) != "reference":
             return rmsnorm(x, self.weight, self.eps)  # the Triton kernel
-        # the mean of squares in fp32 whatever the activations' dtype
-        return F.rms_norm(x.float(), (x.size(-1),), eps=self.eps).type_as(x) * self.weight
+        return _RMSNormFunction.apply(x, self.weight, self.eps)  # type: ignore[no-any-return]
 
 
 def make_norm(config: GPTConfig) -> nn.Module:
