@@ -368,14 +368,16 @@ def test_saved_model_loads_with_identical_logits_and_tokenizer(tmp_path: object)
 # ---- the Triton kernels inside the model ---------------------------------------------------------
 
 
+@pytest.mark.parametrize("ffn", ["swiglu", "moe"])
 def test_the_model_on_the_triton_kernels_matches_the_torch_path(
-        monkeypatch: pytest.MonkeyPatch) -> None:
-    """PHALANX_KERNELS=triton runs attention, RMSNorm and SwiGLU through the Triton kernels
-    (interpreted here: conftest sets TRITON_INTERPRET=1 without a GPU); logits and gradients
-    match the default torch path."""
+        monkeypatch: pytest.MonkeyPatch, ffn: str) -> None:
+    """PHALANX_KERNELS=triton runs attention, RMSNorm, SwiGLU and the MoE router through the
+    Triton kernels (interpreted here: conftest sets TRITON_INTERPRET=1 without a GPU); logits
+    and gradients match the default torch path."""
     from phalanx.kernels import dispatch
 
-    config = small(n_layer=1, n_head=2, n_kv_head=1, n_embd=32, sliding_window=6)
+    config = small(n_layer=1, n_head=2, n_kv_head=1, n_embd=32, sliding_window=6, ffn=ffn,
+                   capacity_factor=8.0)
     idx, targets = tokens(2, 11), tokens(2, 11, seed=4)
     results = []
     for mode in ("auto", "triton"):
@@ -385,8 +387,8 @@ def test_the_model_on_the_triton_kernels_matches_the_torch_path(
         out.loss.backward()  # type: ignore[union-attr]
         results.append((out.logits.detach(), [p.grad for p in model.parameters()]))
     used = dispatch.report()
-    assert all(used[k].startswith("triton-interpreted") for k in ("attention", "rmsnorm",
-                                                                  "swiglu")), used
+    kernels = ("attention", "rmsnorm", "moe_router" if ffn == "moe" else "swiglu")
+    assert all(used[k].startswith("triton-interpreted") for k in kernels), used
     (logits_t, grads_t), (logits_k, grads_k) = results
     torch.testing.assert_close(logits_k, logits_t, rtol=1e-4, atol=1e-5)
     for a, b in zip(grads_k, grads_t, strict=True):

@@ -21,6 +21,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from phalanx.engine.model.config import GPTConfig
+from phalanx.kernels.dispatch import choose
+from phalanx.kernels.router import route_topk
 
 
 @dataclass(frozen=True)
@@ -36,9 +38,13 @@ class Routing:
 
 def route(logits: torch.Tensor, k: int, capacity_factor: float) -> Routing:
     n, e = logits.shape
-    probs = logits.float().softmax(dim=-1)
-    top, experts = probs.topk(k, dim=-1)
-    weights = top / top.sum(dim=-1, keepdim=True)
+    if choose("moe_router", logits.device) != "reference":
+        fused = route_topk(logits, k)  # the Triton kernel: softmax, top-k, renormalisation
+        probs, experts, weights = fused.probs, fused.experts, fused.weights
+    else:
+        probs = logits.float().softmax(dim=-1)
+        top, experts = probs.topk(k, dim=-1)
+        weights = top / top.sum(dim=-1, keepdim=True)
     capacity = math.ceil(capacity_factor * k * n / e)
     # queue order: every token's first choice, then every token's second choice, ...
     order = experts.t().reshape(-1)  # (k * N,)
