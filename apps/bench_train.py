@@ -2,10 +2,15 @@
 loop, and peak memory with and without gradient checkpointing and accumulation.
 
 The baseline is the loop anyone would write for a nanoGPT-style model of the same size
-(learned positions, LayerNorm, GELU MLP of width 4d, which has the parameters of a SwiGLU of
-width 8d/3): forward, cross-entropy, backward, clipping at 1 (nanoGPT's default), AdamW step. phalanx runs its own GPT through
-`StepRunner` (schedule, clipping, statistics). Both use one thread and the same batches, and
-alternate in repeated timed windows, so machine noise hits both alike; the ratio is reported.
+(learned positions, LayerNorm, GELU MLP of width 4d): forward, cross-entropy, backward,
+clipping at 1 (nanoGPT's default), AdamW step. phalanx trains its own GPT through `StepRunner`
+(schedule, clipping, statistics) twice over:
+- built with the baseline's architecture (`positions: learned, ffn: gelu, norm: layer`,
+  biases): the same model, so the ratio is what phalanx's engine costs;
+- built with its default architecture (rotary positions, RMSNorm, SwiGLU of width 8d/3, the
+  parameters of the 4d GELU MLP): the ratio adds what that architecture costs on this device.
+All three use one thread and the same batches and take turns step by step in repeated timed
+windows, so machine noise hits them alike.
 
 Peak memory is a process's maximum resident set, which only grows, so each memory
 configuration runs in a fresh process.
@@ -31,7 +36,7 @@ from torch import nn
 from phalanx.apps.bench_report import results_table, save_report, stamp
 from phalanx.engine.model.config import GPTConfig
 from phalanx.engine.model.gpt import GPT
-from phalanx.engine.train.data import Batch, TokenStream, batch_at
+from phalanx.engine.train.data import Batch, TokenStream, split, step_batch
 from phalanx.engine.train.optim import adamw
 from phalanx.engine.train.step import StepConfig, StepRunner
 
@@ -79,14 +84,19 @@ class PlainGPT(nn.Module):
 
 def _batches(s: Size, count: int, micro: int = 1) -> list[list[Batch]]:
     stream = TokenStream(np.random.default_rng(0).integers(0, s.vocab, 200_000))
-    return [[batch_at(stream, 0, i, m, s.batch, s.block) for m in range(micro)]
+    return [split(step_batch(stream, 0, i, s.batch * micro, s.block), s.batch)
             for i in range(count)]
 
 
-def _phalanx(s: Size, checkpointing: bool = False) -> tuple[nn.Module, Any]:
+# GPTConfig fields that give phalanx's GPT the baseline's architecture
+GPT2_ARCH: dict[str, Any] = {"positions": "learned", "ffn": "gelu", "norm": "layer", "bias": True}
+
+
+def _phalanx(s: Size, checkpointing: bool = False,
+             arch: dict[str, Any] | None = None) -> tuple[nn.Module, Any]:
     torch.manual_seed(0)
     model = GPT(GPTConfig(vocab_size=s.vocab, block_size=s.block, n_layer=s.n_layer,
-                          n_head=s.n_head, n_embd=s.n_embd)).train()
+                          n_head=s.n_head, n_embd=s.n_embd, **(arch or {}))).train()
     model.checkpointing = checkpointing
     runner = StepRunner(model, adamw(model, 1e-3, 0.1), StepConfig(lr=1e-3, warmup=10))
     step = iter(range(1 << 30))
@@ -108,32 +118,45 @@ def _plain(s: Size) -> tuple[nn.Module, Any]:
     return model, step
 
 
-def _time(step: Any, batches: list[list[Batch]]) -> float:
-    start = time.perf_counter()
-    for b in batches:
-        step(b)
-    return time.perf_counter() - start
+def _window(steps: list[Any], batches: list[list[Batch]]) -> list[float]:
+    """Seconds each side spends on the window's batches. The sides take turns step by step, in
+    an order that rotates, so that a burst of machine noise lands on all of them alike."""
+    spent = [0.0] * len(steps)
+    for i, batch in enumerate(batches):
+        for j in range(len(steps)):
+            side = (i + j) % len(steps)
+            start = time.perf_counter()
+            steps[side](batch)
+            spent[side] += time.perf_counter() - start
+    return spent
+
+
+def _params(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
 
 
 def throughput(s: Size, steps: int, repeats: int) -> dict[str, Any]:
+    """Tokens per second of each side (median of the windows) and, per phalanx model, the
+    median over windows of its rate divided by the baseline's in the same window."""
     torch.set_num_threads(1)
     batches = _batches(s, steps)
-    (pm, p_step), (bm, b_step) = _phalanx(s), _plain(s)
-    _time(p_step, batches[:3])  # warm up both (allocator, kernels' first calls)
-    _time(b_step, batches[:3])
-    ratios, p_rates, b_rates = [], [], []
+    sides = {"phalanx_gpt2_arch": _phalanx(s, arch=GPT2_ARCH), "phalanx_default": _phalanx(s),
+             "plain": _plain(s)}
+    step_fns = [step for _, step in sides.values()]
+    _window(step_fns, batches[:3])  # warm up (allocator, kernels' first calls)
     tokens = steps * s.batch * s.block
+    rates: dict[str, list[float]] = {name: [] for name in sides}
     for _ in range(repeats):
-        p = tokens / _time(p_step, batches)
-        b = tokens / _time(b_step, batches)
-        ratios.append(p / b)
-        p_rates.append(p)
-        b_rates.append(b)
-    return {"phalanx_parameters": sum(p.numel() for p in pm.parameters()),
-            "plain_parameters": sum(p.numel() for p in bm.parameters()),
-            "phalanx_tokens_per_second": statistics.median(p_rates),
-            "plain_tokens_per_second": statistics.median(b_rates),
-            "ratio": statistics.median(ratios), "ratios": ratios}
+        for name, seconds in zip(sides, _window(step_fns, batches), strict=True):
+            rates[name].append(tokens / seconds)
+    result: dict[str, Any] = {}
+    for name, (model, _) in sides.items():
+        result[name] = {"parameters": _params(model),
+                        "tokens_per_second": statistics.median(rates[name])}
+        if name != "plain":
+            ratios = [a / b for a, b in zip(rates[name], rates["plain"], strict=True)]
+            result[name] |= {"ratio": statistics.median(ratios), "ratios": ratios}
+    return result
 
 
 def _peak_rss(s: Size, checkpointing: bool, micro: int, queue: Any) -> None:
@@ -170,12 +193,16 @@ def run_bench(s: Size, steps: int, repeats: int, out_file: Path,
     report = {"benchmark": "train", **stamp(), "torch": torch.__version__, "size": vars(s),
               "steps": steps, "repeats": repeats, **speed, "memory": memory}
     save_report(report, out_file)
+    plain = speed["plain"]
     console.print(results_table(
         "training step, tokens per second (one thread, same size and batches)",
-        ("phalanx tok/s", "plain PyTorch tok/s", "phalanx/plain", "params (phalanx / plain)"),
-        [(f"{speed['phalanx_tokens_per_second']:,.0f}", f"{speed['plain_tokens_per_second']:,.0f}",
-          f"{speed['ratio']:.3f}",
-          f"{speed['phalanx_parameters']:,} / {speed['plain_parameters']:,}")]))
+        ("phalanx model", "phalanx tok/s", "plain PyTorch tok/s", "phalanx/plain",
+         "params (phalanx / plain)"),
+        [(label, f"{speed[key]['tokens_per_second']:,.0f}",
+          f"{plain['tokens_per_second']:,.0f}", f"{speed[key]['ratio']:.3f}",
+          f"{speed[key]['parameters']:,} / {plain['parameters']:,}")
+         for key, label in (("phalanx_gpt2_arch", "baseline's architecture (engine cost)"),
+                            ("phalanx_default", "default: rotary, RMSNorm, SwiGLU"))]))
     console.print(results_table(
         f"peak memory of a phalanx training process (block {big.block}, batch {big.batch})",
         ("gradient checkpointing", "micro-batches (same tokens per step)", "peak RSS MB"),

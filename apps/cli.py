@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Annotated
 
@@ -12,6 +13,10 @@ from rich.table import Table
 
 from phalanx.sim.scenario import ScenarioError, load_scenario
 from phalanx.sim.topology import TopologyError
+
+# torch's profiler (the trainer's memory probe measures with it) logs each start and stop to
+# stderr unless its level is set above those traces (6) before torch loads
+os.environ.setdefault("KINETO_LOG_LEVEL", "6")
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Decentralized, Byzantine-fault-tolerant training: simulate, run, measure.")

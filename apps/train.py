@@ -9,6 +9,7 @@ small thread pool while the model trains, so resuming needs no loader state.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from collections.abc import Callable, Iterator
@@ -30,11 +31,19 @@ from phalanx.engine.train.data import (
     Batch,
     DataError,
     TokenStream,
-    batch_at,
     eval_batches,
     parse_prompt_completion,
     prompt_completion_stream,
+    step_batch,
     text_stream,
+)
+from phalanx.engine.train.micro_batch import (
+    MB,
+    MicroBatcher,
+    Probe,
+    pass_peak_bytes,
+    probe_micro_batch,
+    state_bytes,
 )
 from phalanx.engine.train.optim import SAM, adamw
 from phalanx.engine.train.step import StepConfig, StepRunner
@@ -89,11 +98,11 @@ def prepare_data(section: DataSection) -> Data:
                 f"{section.path} ({len(text):,} characters, {section.tokenizer} tokens)")
 
 
-def prefetched(make: Callable[[int], list[Batch]], steps: range, depth: int,
-               workers: int) -> Iterator[list[Batch]]:
+def prefetched(make: Callable[[int], Batch], steps: range, depth: int,
+               workers: int) -> Iterator[Batch]:
     """make(step) for each step in order, computed up to `depth` steps ahead in threads."""
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="loader") as pool:
-        ahead: dict[int, Future[list[Batch]]] = {}
+        ahead: dict[int, Future[Batch]] = {}
         for step in steps:
             for s in range(step, min(step + depth, steps.stop)):
                 if s not in ahead:
@@ -106,8 +115,10 @@ def evaluate(model: GPT, batches: list[Batch]) -> float:
     """Mean next-token cross-entropy (nats) over every scored target of `batches`."""
     was_training = model.training
     model.eval()
+    device = next(model.parameters()).device
     total, count = 0.0, 0
     for x, y in batches:
+        x, y = x.to(device), y.to(device)
         logits = model(x).logits.float()
         scored = y != -1
         total += float(torch.nn.functional.cross_entropy(
@@ -118,9 +129,10 @@ def evaluate(model: GPT, batches: list[Batch]) -> float:
 
 
 def sample_text(model: GPT, data: Data, tokens: int, seed: int) -> str:
-    prompt = torch.from_numpy(data.val.tokens[:8].copy())[None]
+    device = next(model.parameters()).device
+    prompt = torch.from_numpy(data.val.tokens[:8].copy())[None].to(device)
     out = generate(model, prompt, tokens, Sampling(temperature=0.8, top_k=40),
-                   torch.Generator().manual_seed(seed))
+                   torch.Generator(device).manual_seed(seed))
     return data.tokenizer.decode(out[0].tolist())
 
 
@@ -137,8 +149,9 @@ def run_training(file: TrainFile, out: Path, console: Console, resume: bool = Fa
     t, m = file.train, file.model
     torch.set_num_threads(t.threads)
     torch.manual_seed(t.seed)
+    device = pick_device(t.device)
     data = prepare_data(file.data)
-    model = GPT(m.gpt(data.tokenizer.vocab_size)).train()
+    model = GPT(m.gpt(data.tokenizer.vocab_size)).to(device).train()
     model.checkpointing = t.checkpointing
     base = adamw(model, t.lr, t.weight_decay, betas=(0.9, t.beta2))
     optimizer = SAM(base, t.sam_rho) if t.optimizer == "sam" else base
@@ -149,27 +162,39 @@ def run_training(file: TrainFile, out: Path, console: Console, resume: bool = Fa
     if resume and (out / "checkpoint.pt").exists():
         start, rows = _restore(out, model, runner)
         console.print(f"resumed at step {start}")
-    block, tokens_per_step = m.block_size, t.batch * m.block_size * t.accumulate
+    block, sequences = m.block_size, t.batch * t.accumulate
+    tokens_per_step = sequences * block
     val_batches = eval_batches(data.val, t.batch, block, t.eval_batches)
     h = data.entropy_rate
     console.print(f"{file.name}: {model.num_params():,} parameters, {data.describe}; "
                   f"{len(data.train):,} train / {len(data.val):,} validation tokens; "
-                  f"{tokens_per_step:,} tokens per step" + (f"; entropy rate H = {h:.4f} "
+                  f"{tokens_per_step:,} tokens per step on {device}" + (f"; entropy rate H = {h:.4f} "
                                                              f"nats/token" if h else ""),
                   soft_wrap=True)
+    probe = None
+    if t.memory_budget_mb is not None:
+        probe = probe_memory(runner, data.train, sequences, block, t.memory_budget_mb,
+                             state_copies=3 if t.optimizer == "sam" else 2)
+        console.print(probe.describe())
+    batcher = MicroBatcher(probe.micro if probe else t.batch, device)
 
-    def make(step: int) -> list[Batch]:
-        return [batch_at(data.train, t.seed, step, micro, t.batch, block)
-                for micro in range(t.accumulate)]
+    def make(step: int) -> Batch:
+        x, y = step_batch(data.train, t.seed, step, sequences, block)
+        return x.to(device, non_blocking=True), y.to(device, non_blocking=True)
 
     stop = min(t.steps, until) if until is not None else t.steps
     wall = time.perf_counter()
     train_seconds, trained = 0.0, 0
     tic = time.perf_counter()
-    for step, batches in zip(range(start, stop),
-                             prefetched(make, range(start, stop), t.prefetch, t.workers),
-                             strict=True):
-        stats = runner.step(batches, step)
+    for step, batch in zip(range(start, stop),
+                           prefetched(make, range(start, stop), t.prefetch, t.workers),
+                           strict=True):
+        shrinks = len(batcher.shrinks)
+        stats = batcher.run(step, batch, lambda micro: runner.step(micro, step))  # noqa: B023
+        if len(batcher.shrinks) > shrinks:
+            _, was, now = batcher.shrinks[-1]
+            console.print(f"step {step + 1}: out of memory with micro-batches of {was}; "
+                          f"split finer, into micro-batches of {now}, and ran again")
         trained += tokens_per_step
         last = step + 1 == stop
         if (step + 1) % t.eval_every == 0 or last:
@@ -198,9 +223,39 @@ def run_training(file: TrainFile, out: Path, console: Console, resume: bool = Fa
         "tokens_per_second": final.get("tokens_per_second"),
         "wall_seconds": time.perf_counter() - wall, "peak_memory_mb": peak_memory_mb(),
         "kernels": dispatch.report(), "sample": sample, "data": data.describe,
+        "device": str(device), "sequences_per_step": sequences, "micro_batch": batcher.micro,
+        "out_of_memory_shrinks": batcher.shrinks,
+        "memory_probe": dataclasses.asdict(probe) if probe else None,
     }
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     return TrainResult(summary, rows)
+
+
+def pick_device(choice: str) -> torch.device:
+    if choice == "cuda" and not torch.cuda.is_available():
+        raise ValueError("train.device is 'cuda' but torch sees no CUDA device")
+    if choice == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(choice)
+
+
+def probe_memory(runner: StepRunner, train: TokenStream, sequences: int, block: int,
+                 budget_mb: float, state_copies: int) -> Probe:
+    """The largest micro-batch whose step fits `budget_mb`, measured with real passes on
+    training windows; the random state is left as it was, so probing changes no result."""
+    device = next(runner.model.parameters()).device
+
+    def measure(n: int) -> int | None:
+        x, y = step_batch(train, 0, 0, n, block)
+        pair = (x.to(device), y.to(device))
+        try:
+            return pass_peak_bytes(lambda: runner.backward_only([pair]), device)
+        finally:
+            runner.optimizer.zero_grad(set_to_none=True)
+
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        return probe_micro_batch(measure, state_bytes(runner.model, state_copies),
+                                 int(budget_mb * MB), sequences)
 
 
 def _save(out: Path, model: GPT, tokenizer: Tokenizer, runner: StepRunner, step: int,

@@ -8,7 +8,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import Field, ValidationError, model_validator
 
-from phalanx.engine.model.config import ConfigError, GPTConfig
+from phalanx.engine.model.config import FFN, ConfigError, GPTConfig, Positions
 from phalanx.sim.scenario import ScenarioError, Strict, describe_error, read_yaml
 
 Positive = Annotated[int, Field(ge=1)]
@@ -26,9 +26,10 @@ class ModelSection(Strict):
     dropout: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.0
     bias: bool = False
     norm: Literal["rms", "layer"] = "rms"
+    positions: Positions = "rotary"
     rope_base: Annotated[float, Field(gt=0)] = 10_000.0
     sliding_window: Positive | None = None
-    ffn: Literal["swiglu", "moe"] = "swiglu"
+    ffn: FFN = "swiglu"
     ffn_hidden: Positive | None = None
     n_experts: Positive = 4
     top_k: Positive = 2
@@ -69,9 +70,16 @@ class DataSection(Strict):
 
 
 class TrainSection(Strict):
+    """A step trains on batch x accumulate sequences, in `accumulate` micro-batches of `batch`;
+    with `memory_budget_mb`, in micro-batches as large as the budget allows (probed before
+    training). On CUDA a step that runs out of memory is split finer and run again."""
+
     steps: Positive = 2000
     batch: Positive = 12
     accumulate: Positive = 1
+    # tensors only (weights, optimizer state, activations), not the interpreter and libraries
+    memory_budget_mb: Annotated[float, Field(gt=0)] | None = None
+    device: Literal["auto", "cpu", "cuda"] = "auto"  # auto: CUDA when there is one
     lr: Annotated[float, Field(gt=0)] = 1e-3
     min_lr: Annotated[float, Field(ge=0)] = 1e-4
     warmup: NonNegative = 100

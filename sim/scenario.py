@@ -20,6 +20,8 @@ from pydantic import (
     model_validator,
 )
 
+from phalanx.engine.model.config import FFN
+
 NodeId = Annotated[int, Field(ge=0)]
 Seconds = Annotated[float, Field(ge=0)]
 Probability = Annotated[float, Field(ge=0, le=1)]
@@ -129,7 +131,7 @@ class TransformerWorkload(Strict):
     n_layer: Annotated[int, Field(ge=1)] = 2
     n_head: Annotated[int, Field(ge=1)] = 2
     n_embd: Annotated[int, Field(ge=2)] = 32
-    ffn: Literal["swiglu", "moe"] = "swiglu"
+    ffn: FFN = "swiglu"
     n_experts: Annotated[int, Field(ge=1)] = 4
     top_k: Annotated[int, Field(ge=1)] = 2
     tokens_per_node: Annotated[int, Field(ge=64)] = 20_000

@@ -133,10 +133,13 @@ def test_bench_train_writes_json_with_ratio_and_memory(tmp_path: Path) -> None:
                              Console(quiet=True))
     saved = json.loads(out.read_text())
     assert saved == json.loads(json.dumps(report))
-    assert saved["ratio"] > 0 and len(saved["ratios"]) == 1
-    # the baseline is the same size: SwiGLU at 8d/3 against a GELU MLP at 4d (and no biases)
-    assert abs(saved["phalanx_parameters"] - saved["plain_parameters"]) < 0.1 * saved[
-        "plain_parameters"]
+    plain = saved["plain"]["parameters"]
+    for side in ("phalanx_gpt2_arch", "phalanx_default"):
+        assert saved[side]["ratio"] > 0 and len(saved[side]["ratios"]) == 1
+    # built with the baseline's architecture, phalanx's GPT is the baseline's model exactly
+    assert saved["phalanx_gpt2_arch"]["parameters"] == plain
+    # by default the same size: SwiGLU at 8d/3 against a GELU MLP at 4d (and no biases)
+    assert abs(saved["phalanx_default"]["parameters"] - plain) < 0.1 * plain
     assert [(m["checkpointing"], m["micro_batches"]) for m in saved["memory"]] == [
         (False, 1), (True, 1), (False, 4), (True, 4)]
     assert all(m["peak_rss_mb"] > 50 for m in saved["memory"])

@@ -44,6 +44,8 @@ VARIANTS = {
     "window": {"sliding_window": 5},
     "layernorm": {"norm": "layer", "bias": True},
     "moe": {"ffn": "moe", "n_experts": 4, "top_k": 2, "capacity_factor": 8.0},
+    # GPT-2's architecture, nanoGPT's layout
+    "gpt2": {"positions": "learned", "ffn": "gelu", "norm": "layer", "bias": True},
 }
 
 
@@ -55,6 +57,7 @@ VARIANTS = {
     ({"n_embd": 12, "n_head": 4}, "head size"), ({"dropout": 1.0}, "dropout"),
     ({"sliding_window": 0}, "sliding_window"), ({"vocab_size": 0}, "vocab_size"),
     ({"norm": "batch"}, "norm"), ({"capacity_factor": 0.0}, "capacity_factor"),
+    ({"positions": "alibi"}, "positions"), ({"ffn": "relu"}, "ffn"),
 ])
 def test_bad_configs_name_the_field(change: dict[str, object], field: str) -> None:
     with pytest.raises(ConfigError, match=field) as err:
@@ -102,7 +105,7 @@ def test_rmsnorm_matches_its_definition() -> None:
 
 def test_rotary_scores_depend_only_on_the_distance() -> None:
     rot = Rotary(8, cached=16)
-    q, k = torch.randn(1, 1, 1, 8), torch.randn(1, 1, 1, 8)
+    q, k = torch.randn(1, 1, 1, 8), torch.randn(1, 1, 1, 8)  # (B, T, heads, head_dim)
 
     def score(i: int, j: int) -> float:
         return float((rot(q, i) * rot(k, j)).sum())
@@ -127,8 +130,8 @@ def test_attention_matches_a_naive_implementation_with_gqa() -> None:
     b, t, c, h, kvh, d = 2, 7, 32, 4, 2, 8
     q, k, v = attn.qkv(x).split([c, kvh * d, kvh * d], dim=2)
     pos = torch.arange(t)
-    q = attn.rotary(q.view(b, t, h, d).transpose(1, 2))
-    k = attn.rotary(k.view(b, t, kvh, d).transpose(1, 2))
+    q = attn.rotary(q.view(b, t, h, d)).transpose(1, 2)
+    k = attn.rotary(k.view(b, t, kvh, d)).transpose(1, 2)
     v = v.view(b, t, kvh, d).transpose(1, 2)
     out = torch.empty(b, h, t, d)
     for head in range(h):
@@ -214,6 +217,23 @@ def test_too_long_a_sequence_is_refused() -> None:
         model_of(small())(tokens(1, 33))
 
 
+def test_learned_positions_end_at_the_block_size_even_through_a_cache() -> None:
+    model = model_of(small(**VARIANTS["gpt2"]))
+    cache = model.new_cache(1, 40)  # rotary positions could go on; a learned table cannot
+    model(tokens(1, 30), cache=cache)
+    with pytest.raises(ValueError, match="learned positions end at block_size 32"):
+        model(tokens(1, 3), cache=cache)
+
+
+def test_gelu_mlp_is_four_wide_and_matches_its_definition() -> None:
+    config = small(ffn="gelu")
+    ffn = model_of(config).blocks[0].ffn
+    assert config.hidden == 4 * 32 and ffn.w1.out_features == 128
+    x = torch.randn(3, 5, 32)
+    expected = ffn.w2(0.5 * ffn.w1(x) * (1 + torch.erf(ffn.w1(x) / math.sqrt(2))))
+    torch.testing.assert_close(ffn(x), expected)
+
+
 # ---- mixture of experts -----------------------------------------------------------------------
 
 
@@ -281,7 +301,7 @@ def test_moe_model_reports_its_aux_loss_and_drops() -> None:
 # ---- generation ----------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("variant", ["mha", "gqa", "window", "moe"])
+@pytest.mark.parametrize("variant", ["mha", "gqa", "window", "moe", "gpt2"])
 def test_cached_and_uncached_generation_agree(variant: str) -> None:
     model = model_of(small(**VARIANTS[variant]))
     prompt = tokens(2, 5)

@@ -16,10 +16,11 @@ from phalanx.engine.model.tokenizer import CharTokenizer
 from phalanx.engine.train.data import (
     DataError,
     TokenStream,
-    batch_at,
     eval_batches,
     parse_prompt_completion,
     prompt_completion_stream,
+    split,
+    step_batch,
 )
 from phalanx.engine.train.optim import SAM, adamw, param_groups
 from phalanx.engine.train.schedule import lr_at
@@ -38,7 +39,7 @@ def tiny(**kw: object) -> GPT:
 
 
 def batches(step: int, micro: int = 1, batch: int = 4) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    return [batch_at(STREAM, 5, step, m, batch, 16) for m in range(micro)]
+    return split(step_batch(STREAM, 5, step, batch * micro, 16), batch)
 
 
 # ---- schedule and optimizers ----------------------------------------------------------------
@@ -97,6 +98,20 @@ def test_accumulating_micro_batches_equals_one_big_batch() -> None:
         r1.step(parts, s)
         r2.step([(torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts]))], s)
     for a, b in zip(split.parameters(), whole.parameters(), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_uneven_micro_batches_weigh_by_their_rows() -> None:
+    """10 sequences as micro-batches of 4, 3 and 3 give the gradient of the 10 at once."""
+    config = StepConfig(lr=1e-2, warmup=1, steps=10, grad_clip=None)
+    uneven, whole = tiny(), tiny()
+    r1 = StepRunner(uneven, torch.optim.SGD(uneven.parameters(), lr=0.1), config)
+    r2 = StepRunner(whole, torch.optim.SGD(whole.parameters(), lr=0.1), config)
+    for s in range(3):
+        batch = step_batch(STREAM, 5, s, 10, 16)
+        a, b = r1.step(split(batch, 4), s), r2.step([batch], s)
+        assert a.loss == pytest.approx(b.loss, rel=1e-5)
+    for a, b in zip(uneven.parameters(), whole.parameters(), strict=True):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
 
 
@@ -174,15 +189,25 @@ def test_resume_is_exact(sam: bool) -> None:
 # ---- data -----------------------------------------------------------------------------------------
 
 
-def test_a_batch_is_a_pure_function_of_seed_step_and_micro_batch() -> None:
-    x, y = batch_at(STREAM, 5, 3, 1, 4, 16)
-    x2, y2 = batch_at(STREAM, 5, 3, 1, 4, 16)
+def test_a_batch_is_a_pure_function_of_seed_and_step() -> None:
+    x, y = step_batch(STREAM, 5, 3, 4, 16)
+    x2, y2 = step_batch(STREAM, 5, 3, 4, 16)
     assert torch.equal(x, x2) and torch.equal(y, y2)
     assert torch.equal(x[:, 1:], y[:, :-1])  # targets are the inputs shifted by one
-    assert not torch.equal(x, batch_at(STREAM, 5, 3, 0, 4, 16)[0])
-    assert not torch.equal(x, batch_at(STREAM, 6, 3, 1, 4, 16)[0])
+    assert not torch.equal(x, step_batch(STREAM, 5, 4, 4, 16)[0])
+    assert not torch.equal(x, step_batch(STREAM, 6, 3, 4, 16)[0])
     with pytest.raises(DataError, match="cannot fill a window"):
-        batch_at(TokenStream(np.arange(10)), 0, 0, 0, 1, 16)
+        step_batch(TokenStream(np.arange(10)), 0, 0, 1, 16)
+
+
+def test_micro_batches_are_even_slices_of_the_step_batch() -> None:
+    x, y = step_batch(STREAM, 5, 3, 10, 16)
+    parts = split((x, y), 4)
+    assert [p[0].size(0) for p in parts] == [4, 3, 3]
+    assert torch.equal(torch.cat([p[0] for p in parts]), x)
+    assert torch.equal(torch.cat([p[1] for p in parts]), y)
+    assert [p[0].size(0) for p in split((x, y), 10)] == [10]
+    assert [p[0].size(0) for p in split((x, y), 1)] == [1] * 10
 
 
 def test_evaluation_windows_predict_every_token_once() -> None:
@@ -202,7 +227,7 @@ def test_prompt_completion_lines_carry_loss_on_the_completion_only() -> None:
     assert text == "I like to cook in the kitchen\nab\n"
     scored = "".join(c for c, keep in zip(text, stream.loss, strict=True) if keep)
     assert scored == "kitchen\nb\n"
-    _, y = batch_at(stream, 0, 0, 0, 2, 8)
+    _, y = step_batch(stream, 0, 0, 2, 8)
     assert (y == -1).any() and (y != -1).any()
     for bad, reason in ((["no bar here"], "data.txt:1: expected 'prompt|completion'"),
                         (["ok|fine", "a|b|c"], "data.txt:2: expected"),

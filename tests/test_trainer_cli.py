@@ -78,6 +78,43 @@ def test_prompt_completion_and_plain_text_files(tmp_path: Path) -> None:
     assert code == 0 and "text.txt" in output, output
 
 
+def test_a_memory_budget_picks_the_micro_batch_and_keeps_the_tokens(tmp_path: Path) -> None:
+    """A budget that fits about 3 of a step's 8 sequences: the trainer probes, splits each step
+    into micro-batches that fit, and trains on the same tokens (the loss matches the run
+    without a budget)."""
+    code, output = train(str(write(tmp_path, TINY)), "--out", str(tmp_path / "whole"))
+    assert code == 0, output
+    from phalanx.engine.train.micro_batch import MB
+    probe = {"train": {**TINY["train"], "memory_budget_mb": 1000}}  # type: ignore[dict-item]
+    code, output = train(str(write(tmp_path, {**TINY, **probe}, "p.yaml")), "--out",
+                         str(tmp_path / "probe"))
+    assert code == 0, output
+    measured = json.loads((tmp_path / "probe" / "summary.json").read_text())["memory_probe"]
+    state, per = measured["state_mb"], measured["per_sequence_mb"]
+    one = measured["measured_mb"]["1"]
+    budget = (state + one + 2.5 * per) * MB / MB  # room for about 3 sequences
+    tight = {"train": {**TINY["train"], "memory_budget_mb": budget}}  # type: ignore[dict-item]
+    code, output = train(str(write(tmp_path, {**TINY, **tight}, "t.yaml")), "--out",
+                         str(tmp_path / "tight"))
+    assert code == 0, output
+    assert "memory budget" in output and "micro-batches of" in output
+    summary = json.loads((tmp_path / "tight" / "summary.json").read_text())
+    assert 2 <= summary["micro_batch"] < 8 and summary["sequences_per_step"] == 8
+    assert summary["memory_probe"]["peak_mb"] <= budget
+    whole = json.loads((tmp_path / "whole" / "summary.json").read_text())
+    assert summary["final_val_loss"] == pytest.approx(whole["final_val_loss"], abs=2e-3)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal on a CPU machine")
+def test_cuda_without_a_gpu_and_a_hopeless_budget_are_one_line_errors(tmp_path: Path) -> None:
+    for change, message in (({"device": "cuda"}, "torch sees no CUDA device"),
+                            ({"memory_budget_mb": 0.02}, "too small for a micro-batch")):
+        data = {**TINY, "train": {**TINY["train"], **change}}  # type: ignore[dict-item]
+        code, output = train(str(write(tmp_path, data)), "--out", str(tmp_path / "bad"))
+        assert code == 2 and message in output, output
+        assert "Traceback" not in output and len(output.strip().splitlines()) <= 2
+
+
 @pytest.mark.parametrize(("change", "message"), [
     ({"train": {"steps": 0}}, "train.steps"),
     ({"model": {"n_embd": 15}}, "n_head"),

@@ -51,7 +51,8 @@ class CausalSelfAttention(nn.Module):
         kv_dim = self.kv_heads * self.head_dim
         self.qkv = nn.Linear(config.n_embd, config.n_embd + 2 * kv_dim, bias=config.bias)
         self.proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
-        self.rotary = Rotary(self.head_dim, config.rope_base, cached=config.block_size)
+        self.rotary = (Rotary(self.head_dim, config.rope_base, cached=config.block_size)
+                       if config.positions == "rotary" else None)
         self.dropout = config.dropout
         self.resid_dropout = nn.Dropout(config.dropout)
 
@@ -61,10 +62,12 @@ class CausalSelfAttention(nn.Module):
         `cache.length` positions already in it."""
         B, T, C = x.shape
         kv_dim = self.kv_heads * self.head_dim
-        q, k, v = self.qkv(x).split([C, kv_dim, kv_dim], dim=2)
         start = cache.length if cache is not None else 0
-        q = self.rotary(q.view(B, T, self.n_head, self.head_dim).transpose(1, 2), start)
-        k = self.rotary(k.view(B, T, self.kv_heads, self.head_dim).transpose(1, 2), start)
+        qk, v = self.qkv(x).split([C + kv_dim, kv_dim], dim=2)
+        qk = qk.view(B, T, self.n_head + self.kv_heads, self.head_dim)
+        if self.rotary is not None:
+            qk = self.rotary(qk, start)  # queries and keys in one multiply
+        q, k = (z.transpose(1, 2) for z in qk.split([self.n_head, self.kv_heads], dim=2))
         v = v.view(B, T, self.kv_heads, self.head_dim).transpose(1, 2)
         if cache is not None:
             cache.keys[layer][:, :, start:start + T] = k

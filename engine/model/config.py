@@ -8,6 +8,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+FFN = Literal["swiglu", "gelu", "moe"]
+Positions = Literal["rotary", "learned"]
+
 
 class ConfigError(ValueError):
     """A model configuration that cannot be built; the message names the field."""
@@ -25,10 +28,13 @@ class GPTConfig:
     bias: bool = False
     norm: Literal["rms", "layer"] = "rms"
     norm_eps: float = 1e-5
+    positions: Positions = "rotary"  # "learned": GPT-2's position embedding table
     rope_base: float = 10_000.0
     sliding_window: int | None = None  # attend to at most this many latest positions (self included)
-    ffn: Literal["swiglu", "moe"] = "swiglu"
-    ffn_hidden: int | None = None  # None: 8/3 of n_embd rounded up to a multiple of 8 (LLaMA's rule)
+    ffn: FFN = "swiglu"  # "gelu": GPT-2's two-matrix MLP
+    # None: 8/3 of n_embd rounded up to a multiple of 8 for SwiGLU and experts (LLaMA's rule,
+    # the parameters of a 4x GELU MLP), 4 n_embd for GELU
+    ffn_hidden: int | None = None
     n_experts: int = 4
     top_k: int = 2
     capacity_factor: float = 1.25  # expert capacity = factor * top_k * tokens / n_experts
@@ -44,7 +50,9 @@ class GPTConfig:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.n_embd % self.n_head:
             raise ConfigError(f"n_embd {self.n_embd} is not a multiple of n_head {self.n_head}")
-        if self.head_dim % 2:
+        if self.positions not in ("rotary", "learned"):
+            raise ConfigError(f"positions must be 'rotary' or 'learned', got {self.positions!r}")
+        if self.positions == "rotary" and self.head_dim % 2:
             raise ConfigError(f"head size {self.head_dim} must be even for rotary positions")
         if self.kv_heads < 1 or self.n_head % self.kv_heads:
             raise ConfigError(f"n_kv_head {self.n_kv_head} must divide n_head {self.n_head}")
@@ -54,8 +62,8 @@ class GPTConfig:
             raise ConfigError(f"sliding_window must be >= 1, got {self.sliding_window}")
         if self.norm not in ("rms", "layer"):
             raise ConfigError(f"norm must be 'rms' or 'layer', got {self.norm!r}")
-        if self.ffn not in ("swiglu", "moe"):
-            raise ConfigError(f"ffn must be 'swiglu' or 'moe', got {self.ffn!r}")
+        if self.ffn not in ("swiglu", "gelu", "moe"):
+            raise ConfigError(f"ffn must be 'swiglu', 'gelu' or 'moe', got {self.ffn!r}")
         if self.top_k > self.n_experts:
             raise ConfigError(f"top_k {self.top_k} exceeds n_experts {self.n_experts}")
         if self.capacity_factor <= 0:
@@ -75,6 +83,8 @@ class GPTConfig:
     def hidden(self) -> int:
         if self.ffn_hidden is not None:
             return self.ffn_hidden
+        if self.ffn == "gelu":
+            return 4 * self.n_embd
         return -(-8 * self.n_embd // 3 // 8) * 8
 
     def to_dict(self) -> dict[str, Any]:

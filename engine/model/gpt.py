@@ -19,7 +19,7 @@ from torch.utils.checkpoint import checkpoint
 
 from phalanx.engine.model.attention import CausalSelfAttention, KVCache
 from phalanx.engine.model.config import GPTConfig
-from phalanx.engine.model.layers import SwiGLU, make_norm
+from phalanx.engine.model.layers import GeluMLP, SwiGLU, make_norm
 from phalanx.engine.model.moe import MoE
 
 
@@ -37,8 +37,12 @@ class Block(nn.Module):
         super().__init__()
         self.norm1, self.norm2 = make_norm(config), make_norm(config)
         self.attn = CausalSelfAttention(config)
-        self.ffn: nn.Module = (MoE(config) if config.ffn == "moe" else
-                               SwiGLU(config.n_embd, config.hidden, config.bias, config.dropout))
+        self.ffn: nn.Module
+        if config.ffn == "moe":
+            self.ffn = MoE(config)
+        else:
+            dense = SwiGLU if config.ffn == "swiglu" else GeluMLP
+            self.ffn = dense(config.n_embd, config.hidden, config.bias, config.dropout)
 
     def forward(self, x: torch.Tensor, positions: torch.Tensor, cache: KVCache | None,
                 layer: int) -> torch.Tensor:
@@ -51,6 +55,8 @@ class GPT(nn.Module):
         super().__init__()
         self.config = config
         self.embed = nn.Embedding(config.vocab_size, config.n_embd)
+        self.positions = (nn.Embedding(config.block_size, config.n_embd)
+                          if config.positions == "learned" else None)
         self.drop = nn.Dropout(config.dropout)
         self.blocks = nn.ModuleList(Block(config) for _ in range(config.n_layer))
         self.norm = make_norm(config)
@@ -93,8 +99,14 @@ class GPT(nn.Module):
             raise ValueError(f"cache holds {cache.max_len} positions; {start} + {t} do not fit")
         if cache is None and t > self.config.block_size:
             raise ValueError(f"sequence of {t} tokens exceeds block_size {self.config.block_size}")
+        if self.positions is not None and start + t > self.config.block_size:
+            raise ValueError(f"learned positions end at block_size {self.config.block_size}; "
+                             f"{start} + {t} go past it")
         positions = torch.arange(start, start + t, device=idx.device)
-        x = self.drop(self.embed(idx))
+        x = self.embed(idx)
+        if self.positions is not None:
+            x = x + self.positions(positions)
+        x = self.drop(x)
         for layer, block in enumerate(self.blocks):
             if self.checkpointing and self.training and cache is None:
                 x = checkpoint(block, x, positions, None, layer, use_reentrant=False)

@@ -76,13 +76,14 @@ class Rotary(nn.Module):
         return torch.polar(torch.ones_like(angles), angles)
 
     def forward(self, x: torch.Tensor, start: int = 0) -> torch.Tensor:
-        """Rotate `x` of shape (B, heads, T, head_dim), whose rows sit at positions start,
-        start + 1, ..."""
-        end = start + x.size(-2)
+        """Rotate `x` of shape (B, T, heads, head_dim), whose rows sit at positions start,
+        start + 1, ... Heads come after positions, as a projection lays them out, so the
+        queries and keys of one projection rotate together in one multiply."""
+        end = start + x.size(1)
         turns = (self.turns[start:end] if end <= self.turns.size(0) else
                  self._table(torch.arange(start, end, device=self.inv_freq.device)))
         pairs = torch.view_as_complex(x.float().reshape(*x.shape[:-1], -1, 2))
-        return torch.view_as_real(pairs * turns).flatten(-2).type_as(x)
+        return torch.view_as_real(pairs * turns[:, None]).flatten(-2).type_as(x)
 
 
 class SwiGLU(nn.Module):
@@ -99,3 +100,16 @@ class SwiGLU(nn.Module):
         a, b = self.w1(x), self.w3(x)
         gated = swiglu(a, b) if choose("swiglu", x.device) != "reference" else F.silu(a) * b
         return self.dropout(self.w2(gated))
+
+
+class GeluMLP(nn.Module):
+    """W2 gelu(W1 x): GPT-2's feed-forward, with the exact (erf) GELU that nanoGPT uses."""
+
+    def __init__(self, dim: int, hidden: int, bias: bool = False, dropout: float = 0.0) -> None:
+        super().__init__()
+        self.w1 = nn.Linear(dim, hidden, bias=bias)
+        self.w2 = nn.Linear(hidden, dim, bias=bias)
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.dropout(self.w2(F.gelu(self.w1(x))))

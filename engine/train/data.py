@@ -1,9 +1,11 @@
 """Token streams and the batches drawn from them.
 
-A batch is a pure function of (stream, seed, step, micro-batch): windows start at offsets drawn
-from a generator seeded with exactly those numbers. So a run resumed at step s sees the very
-batches an uninterrupted run would, with no loader state to save, and a prefetching loader
-may build batches in any order. (Reading files and prefetching threads live in the app that
+A step's batch is a pure function of (stream, seed, step, sequences): windows start at offsets
+drawn from a generator seeded with exactly those numbers. So a run resumed at step s sees the
+very batches an uninterrupted run would, with no loader state to save, and a prefetching
+loader may build batches in any order. The micro-batches of gradient accumulation are slices
+of the step's batch, so however memory forces a step to be split, it trains on the same
+tokens. (Reading files and prefetching threads live in the app that
 drives training; this module does no I/O.)
 
 Sources:
@@ -94,14 +96,23 @@ def _windows(stream: TokenStream, starts: np.ndarray, block: int) -> Batch:
     return torch.from_numpy(x), torch.from_numpy(y)
 
 
-def batch_at(stream: TokenStream, seed: int, step: int, micro: int, batch: int,
-             block: int) -> Batch:
-    """Inputs and targets (batch, block) for micro-batch `micro` of optimizer step `step`."""
+def step_batch(stream: TokenStream, seed: int, step: int, sequences: int, block: int) -> Batch:
+    """Inputs and targets (sequences, block) of optimizer step `step`."""
     if len(stream) < block + 2:
         raise DataError(f"{len(stream)} tokens cannot fill a window of {block + 1}")
-    rng = np.random.default_rng([seed, step, micro])
-    starts = rng.integers(0, len(stream) - block - 1, size=batch)
+    rng = np.random.default_rng([seed, step])
+    starts = rng.integers(0, len(stream) - block - 1, size=sequences)
     return _windows(stream, starts, block)
+
+
+def split(batch: Batch, micro: int) -> list[Batch]:
+    """`batch` in consecutive micro-batches of at most `micro` rows, as even as they can be
+    (10 rows by 4: 4, 3, 3)."""
+    rows = batch[0].size(0)
+    parts = -(-rows // max(micro, 1))
+    sizes = [rows // parts + (i < rows % parts) for i in range(parts)]
+    xs, ys = batch[0].split(sizes), batch[1].split(sizes)
+    return list(zip(xs, ys, strict=True))
 
 
 def eval_batches(stream: TokenStream, batch: int, block: int,

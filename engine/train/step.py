@@ -70,13 +70,18 @@ class StepRunner:
         return torch.autocast(self.device_type, dtype=dtype)
 
     def _accumulate(self, batches: list[Batch]) -> Iterator[tuple[float, float, float, float]]:
+        """Forward and backward of each micro-batch, gradients summing to those of the mean
+        loss over all rows; yields each micro-batch's statistics times its weight."""
+        rows = sum(x.size(0) for x, _ in batches)
         for x, y in batches:
             with self._autocast():
                 out = self.model(x, targets=y)
-            loss = out.loss / len(batches)  # type: ignore[operator]
-            self.scaler.scale(loss).backward()
-            yield (float(out.loss.detach()), float(out.lm_loss.detach()),  # type: ignore[union-attr]
-                   float(out.aux_loss.detach()), out.dropped_fraction)
+            # each micro-batch weighs by its rows, so that uneven splits average like one batch
+            weight = x.size(0) / rows
+            self.scaler.scale(out.loss * weight).backward()  # type: ignore[operator]
+            yield (weight * float(out.loss.detach()),  # type: ignore[union-attr]
+                   weight * float(out.lm_loss.detach()),  # type: ignore[union-attr]
+                   weight * float(out.aux_loss.detach()), weight * out.dropped_fraction)
 
     def step(self, batches: list[Batch], step: int) -> StepStats:
         c = self.config
@@ -100,8 +105,16 @@ class StepRunner:
             self.scaler.step(self.optimizer)
             self.scaler.update()
             skipped = self.scaler.is_enabled() and self.scaler.get_scale() < scale
-        mean = [sum(v[i] for v in per_micro) / len(per_micro) for i in range(4)]
+        mean = [sum(v[i] for v in per_micro) for i in range(4)]  # weighted by rows
         return StepStats(mean[0], mean[1], mean[2], norm, lr, skipped, mean[3])
+
+    def backward_only(self, batches: list[Batch]) -> None:
+        """A step's forward and backward passes without the update, gradients dropped after:
+        what memory probes measure."""
+        self.optimizer.zero_grad(set_to_none=True)
+        for _ in self._accumulate(batches):
+            pass
+        self.optimizer.zero_grad(set_to_none=True)
 
     def _base(self) -> torch.optim.Optimizer:
         return self.optimizer.base if isinstance(self.optimizer, SAM) else self.optimizer
