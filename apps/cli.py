@@ -22,6 +22,9 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
                   help="Decentralized, Byzantine-fault-tolerant training: simulate, run, measure.")
 bench_app = typer.Typer(no_args_is_help=True, help="Benchmarks that write JSON results.")
 app.add_typer(bench_app, name="bench")
+cluster_app = typer.Typer(no_args_is_help=True,
+                          help="A local cluster of real node processes from a scenario.")
+app.add_typer(cluster_app, name="cluster")
 
 err = Console(stderr=True)
 out = Console()
@@ -198,6 +201,8 @@ def train(
     out.print(f"final validation loss {s['final_val_loss']:.4f} nats/token"
               + (f" (entropy rate H = {s['entropy_rate']:.4f}, gap {s['val_minus_entropy_rate']:+.4f})"
                  if s["entropy_rate"] else "")
+              + (f" (reference {s['reference']['val_loss']:.4f}: {s['reference']['source']})"
+                 if s["reference"] else "")
               + f"; {s['tokens_per_second']:,.0f} tokens/s; kernels: {s['kernels'] or 'none'}; "
               f"outputs in {target}/")
 
@@ -337,6 +342,149 @@ def audit(run_dir: Annotated[Path, typer.Argument(help="a run's output folder")]
               f"{len(bad)} logs with a bad record, {len(split)} rounds where logs disagree")
     if bad or split:
         raise typer.Exit(1)
+
+
+@app.command()
+def node(
+    real: Annotated[bool, typer.Option("--real", help="run a real node (required: simulated "
+                                       "nodes run with `phalanx run`)")] = False,
+    scenario: Annotated[Path | None, typer.Option(
+        help="the scenario that defines the training job and its members")] = None,
+    config: Annotated[Path | None, typer.Option(
+        help="node.json with the original keys (node_id, p2p_port, web_port, bootstrap_peers, "
+             "enable_curation, enable_rlhf, enable_web_interface, max_memory_mb, "
+             "max_cpu_threads); options below override it")] = None,
+    node_type: Annotated[str | None, typer.Option(
+        help="full | training | annotation | lightweight")] = None,
+    node_id: Annotated[int | None, typer.Option(help="this node's member id")] = None,
+    p2p_port: Annotated[int | None, typer.Option(help="TCP port for peers")] = None,
+    web_port: Annotated[int | None, typer.Option(help="HTTP status port")] = None,
+    bootstrap: Annotated[str | None, typer.Option(
+        help="comma-separated host:port of peers to reach first")] = None,
+    members: Annotated[Path | None, typer.Option(
+        help="members.json: every member's id, public key and address")] = None,
+    data_dir: Annotated[Path | None, typer.Option(
+        help="folder for the key, the SQLite log and results ({node_id} is replaced)")] = None,
+    transport: Annotated[str, typer.Option(help="tcp | mpi (mpiexec -n N ...)")] = "tcp",
+    encrypt: Annotated[bool, typer.Option(help="encrypt links (TCP)")] = False,
+    no_web: Annotated[bool, typer.Option("--no-web", help="no HTTP status endpoint")] = False,
+    exit_when_finished: Annotated[bool, typer.Option(
+        help="exit `linger` seconds after the last round instead of serving on")] = False,
+    linger: Annotated[float, typer.Option(help="seconds to keep serving peers after the last "
+                                          "round, with --exit-when-finished")] = 5.0,
+) -> None:
+    """Run one production node: TCP (or MPI), its SQLite log, HTTP status, console."""
+    from phalanx.apps.node import plan_node, serve
+    from phalanx.apps.node_settings import load_members, load_node_file
+
+    if not real:
+        raise fail("phalanx node runs a real node: pass --real (simulated nodes run with "
+                   "`phalanx run SCENARIO`)")
+    if transport not in ("tcp", "mpi"):
+        raise fail(f"--transport must be tcp or mpi, got {transport!r}")
+    try:
+        settings = load_node_file(config, {
+            "node_type": node_type, "node_id": node_id, "p2p_port": p2p_port,
+            "web_port": web_port, "data_dir": data_dir,
+            "bootstrap_peers": bootstrap.split(",") if bootstrap else None,
+            "enable_web_interface": False if no_web else None})
+        if scenario is None:
+            raise ScenarioError("--scenario is required: it defines the training job")
+        loaded = load_scenario(scenario)
+        comm = None
+        if transport == "mpi":
+            from mpi4py import MPI
+
+            comm = MPI.COMM_WORLD
+        plan = plan_node(settings, loaded, load_members(members) if members else None,
+                         transport, encrypt, exit_when_finished, linger,  # type: ignore[arg-type]
+                         comm)
+    except ScenarioError as e:
+        raise fail(str(e)) from None
+    try:
+        serve(plan, out)
+    except OSError as e:  # a port in use, a data folder we may not write
+        raise fail(f"node {plan.node_id}: {e.strerror or e}") from None
+
+
+@app.command()
+def keygen(data_dir: Annotated[Path, typer.Argument(help="the node's data folder")]) -> None:
+    """Create the node's key in DATA_DIR/node.key (if absent) and print its public key."""
+    from phalanx.apps.node_settings import node_identity
+
+    try:
+        identity = node_identity(data_dir)
+    except ScenarioError as e:
+        raise fail(str(e)) from None
+    out.print(identity.public_key.hex())
+
+
+ClusterDir = Annotated[Path, typer.Option("--dir", help="the cluster's folder")]
+
+
+@cluster_app.command("up")
+def cluster_up_cmd(
+    scenario: Annotated[Path, typer.Argument(help="scenario YAML file")],
+    folder: ClusterDir = Path("runs/cluster"),
+    encrypt: Annotated[bool, typer.Option(help="encrypt the links")] = False,
+    node: Annotated[int | None, typer.Option(help="start this node only")] = None,
+) -> None:
+    """Start the scenario's nodes (Byzantine ones with their attack); on a folder whose cluster
+    is partly down, restart the missing nodes on their old data."""
+    from phalanx.apps.cluster import ClusterError, cluster_up
+
+    try:
+        nodes = cluster_up(load_scenario(scenario), folder, encrypt, only=node)
+    except (ScenarioError, ClusterError) as e:
+        raise fail(str(e)) from None
+    for n in nodes:
+        out.print(f"node {n.id}: pid {n.pid}, p2p port {n.p2p_port}, status "
+                  f"http://127.0.0.1:{n.web_port}/status, log {n.folder}/node.log")
+
+
+@cluster_app.command("status")
+def cluster_status_cmd(
+    folder: ClusterDir = Path("runs/cluster"),
+    as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = False,
+) -> None:
+    """Each node's process and what its status endpoint says."""
+    import json
+
+    from phalanx.apps.cluster import ClusterError, cluster_status
+
+    try:
+        rows = cluster_status(folder)
+    except ClusterError as e:
+        raise fail(str(e)) from None
+    if as_json:
+        print(json.dumps(rows))
+        return
+    table = Table(title=f"cluster in {folder}")
+    for col in ("node", "pid", "process", "round", "model hash", "peers up", "health"):
+        table.add_column(col)
+    for r in rows:
+        st = r["status"] or {}
+        table.add_row(str(r["node"]), str(r["pid"]), "running" if r["running"] else "down",
+                      str(st.get("round", "-")), st.get("model_hash", "-")[:16],
+                      f"{st['peers_up']}/{len(st['peers'])}" if st else "-",
+                      st["health"]["status"] if st else "-")
+    out.print(table)
+
+
+@cluster_app.command("down")
+def cluster_down_cmd(
+    folder: ClusterDir = Path("runs/cluster"),
+    node: Annotated[int | None, typer.Option(help="stop this node only")] = None,
+    grace: Annotated[float, typer.Option(help="seconds before SIGKILL")] = 15.0,
+) -> None:
+    """Stop the nodes gracefully (SIGTERM: results, log and links flushed)."""
+    from phalanx.apps.cluster import ClusterError, cluster_down
+
+    try:
+        killed = cluster_down(folder, grace, node)
+    except ClusterError as e:
+        raise fail(str(e)) from None
+    out.print("stopped" + (f"; killed after {grace:g} s: {killed}" if killed else ""))
 
 
 def main() -> None:

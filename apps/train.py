@@ -219,6 +219,7 @@ def run_training(file: TrainFile, out: Path, console: Console, resume: bool = Fa
     summary = {
         "name": file.name, "parameters": model.num_params(), "steps": t.steps,
         "final_val_loss": final.get("val_loss"), "entropy_rate": h,
+        "reference": file.reference.model_dump() if file.reference else None,
         "val_minus_entropy_rate": (final["val_loss"] - h) if h and final else None,
         "tokens_per_second": final.get("tokens_per_second"),
         "wall_seconds": time.perf_counter() - wall, "peak_memory_mb": peak_memory_mb(),

@@ -101,8 +101,16 @@ class TrainSection(Strict):
     workers: Positive = 1
 
 
+class Reference(Strict):
+    """A published result for the same configuration, printed beside ours."""
+
+    val_loss: float
+    source: str
+
+
 class TrainFile(Strict):
     name: str = "train"
+    reference: Reference | None = None
     model: ModelSection = ModelSection()
     data: DataSection = DataSection()
     train: TrainSection = TrainSection()

@@ -1,0 +1,197 @@
+"""`phalanx cluster up|down|status`: a local cluster of real node processes from a scenario.
+
+`up` gives every member a data folder with its key (created once), writes `members.json`
+(ids, public keys, addresses) and each node's `node.json`, and starts one
+`python -m phalanx.apps.node --real` process per member, its output in `node-<i>/node.log`.
+Byzantine members of the scenario run its attack for real. `up` on a folder whose cluster is
+partly down restarts only the missing nodes, on their old data: the way back after a crash.
+`status` asks each node's HTTP endpoint; `down` sends SIGTERM (then SIGKILL after a grace
+period).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from phalanx.apps.node_settings import node_identity, write_members
+from phalanx.sim.scenario import Scenario, ScenarioError
+
+CLUSTER_FILE = "cluster.json"
+
+
+class ClusterError(RuntimeError):
+    """A cluster operation that could not be done; the message is one line."""
+
+
+def free_ports(count: int, host: str) -> list[int]:
+    sockets = [socket.socket() for _ in range(count)]
+    try:
+        for s in sockets:
+            s.bind((host, 0))
+        return [s.getsockname()[1] for s in sockets]
+    finally:
+        for s in sockets:
+            s.close()
+
+
+def alive(pid: int) -> bool:
+    """A running process (a zombie, killed but not yet reaped by its parent, is not)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state not in ("Z", "X")
+
+
+@dataclass(frozen=True)
+class NodeProc:
+    id: int
+    pid: int
+    p2p_port: int
+    web_port: int
+    folder: Path
+
+    def status_url(self, host: str) -> str:
+        return f"http://{host}:{self.web_port}/status"
+
+
+def check_runnable(scenario: Scenario) -> None:
+    if scenario.faults or scenario.nemesis:
+        raise ScenarioError(f"{scenario.name}: a real cluster runs without scheduled faults "
+                            "(faults and nemesis are injected by the simulator; kill or "
+                            "partition real nodes from outside)")
+
+
+def _spawn(folder: Path, node: int, extra: list[str]) -> int:
+    node_dir = folder / f"node-{node}"
+    cmd = [sys.executable, "-m", "phalanx.apps.node", "--real",
+           "--scenario", str(folder / "scenario.yaml"), "--config", str(node_dir / "node.json"),
+           "--members", str(folder / "members.json"), *extra]
+    with open(node_dir / "node.log", "ab") as log:
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT,
+                                stdin=subprocess.DEVNULL, start_new_session=True)
+    return proc.pid
+
+
+def read_cluster(folder: Path) -> dict[str, Any]:
+    try:
+        data: dict[str, Any] = json.loads((folder / CLUSTER_FILE).read_text())
+    except FileNotFoundError:
+        raise ClusterError(f"{folder}: no cluster here (phalanx cluster up makes one)") from None
+    except (OSError, json.JSONDecodeError) as err:
+        raise ClusterError(f"{folder / CLUSTER_FILE}: unreadable ({err})") from None
+    return data
+
+
+def _write_cluster(folder: Path, data: dict[str, Any]) -> None:
+    tmp = folder / (CLUSTER_FILE + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2) + "\n")
+    os.replace(tmp, folder / CLUSTER_FILE)
+
+
+def nodes_of(data: dict[str, Any]) -> list[NodeProc]:
+    return [NodeProc(n["id"], n["pid"], n["p2p_port"], n["web_port"], Path(n["folder"]))
+            for n in data["nodes"]]
+
+
+def cluster_up(scenario: Scenario, folder: Path, encrypt: bool = False,
+               exit_when_finished: bool = False, only: int | None = None) -> list[NodeProc]:
+    """Start the cluster's nodes that are not running (all of them the first time)."""
+    check_runnable(scenario)
+    folder = folder.resolve()
+    folder.mkdir(parents=True, exist_ok=True)
+    extra = (["--encrypt"] if encrypt else []) + (
+        ["--exit-when-finished"] if exit_when_finished else [])
+    if (folder / CLUSTER_FILE).exists():
+        data = read_cluster(folder)
+        if data["scenario_name"] != scenario.name:
+            raise ClusterError(f"{folder} holds a cluster of scenario "
+                               f"{data['scenario_name']!r}, not {scenario.name!r}")
+        extra = data["extra"]
+    else:
+        data = _lay_out(scenario, folder, extra)
+    for entry in data["nodes"]:
+        if (only is None or entry["id"] == only) and not alive(entry["pid"]):
+            entry["pid"] = _spawn(folder, entry["id"], extra)
+    _write_cluster(folder, data)
+    return nodes_of(data)
+
+
+def _lay_out(scenario: Scenario, folder: Path, extra: list[str]) -> dict[str, Any]:
+    """Keys, members.json and each node's node.json, for a first start."""
+    n, host = scenario.nodes.count, scenario.real.host
+    ports = ([scenario.real.base_port + i for i in range(2 * n)] if scenario.real.base_port
+             else free_ports(2 * n, host))
+    (folder / "scenario.yaml").write_text(scenario.resolved_yaml())
+    keys = {i: node_identity(folder / f"node-{i}").public_key for i in range(n)}
+    write_members(folder / "members.json", {i: (keys[i], (host, ports[i])) for i in range(n)})
+    nodes = []
+    for i in range(n):
+        node_dir = folder / f"node-{i}"
+        settings = {"node_id": i, "node_type": "full", "p2p_port": ports[i],
+                    "web_port": ports[n + i], "host": host, "data_dir": str(node_dir),
+                    "bootstrap_peers": [f"{host}:{ports[j]}" for j in range(n) if j != i],
+                    "enable_web_interface": True}
+        (node_dir / "node.json").write_text(json.dumps(settings, indent=2) + "\n")
+        nodes.append({"id": i, "pid": 0, "p2p_port": ports[i], "web_port": ports[n + i],
+                      "folder": str(node_dir)})
+    return {"scenario_name": scenario.name, "host": host, "extra": extra, "nodes": nodes}
+
+
+def node_status(node: NodeProc, host: str, timeout: float = 1.0) -> dict[str, Any] | None:
+    """The node's /status, or None when it does not answer."""
+    try:
+        with urllib.request.urlopen(node.status_url(host), timeout=timeout) as response:
+            data: dict[str, Any] = json.loads(response.read())
+            return data
+    except (urllib.error.URLError, OSError, json.JSONDecodeError):
+        return None
+
+
+def cluster_status(folder: Path) -> list[dict[str, Any]]:
+    data = read_cluster(folder)
+    rows = []
+    for node in nodes_of(data):
+        running = alive(node.pid)
+        status = node_status(node, data["host"]) if running else None
+        rows.append({"node": node.id, "pid": node.pid, "running": running,
+                     "answering": status is not None, "status": status})
+    return rows
+
+
+def cluster_down(folder: Path, grace: float = 15.0, only: int | None = None) -> list[int]:
+    """SIGTERM the running nodes, SIGKILL those still up after `grace` seconds; returns the ids
+    that had to be killed."""
+    data = read_cluster(folder)
+    targets = [n for n in nodes_of(data) if (only is None or n.id == only) and alive(n.pid)]
+    for node in targets:
+        os.killpg(node.pid, signal.SIGTERM)  # each node leads its own session
+    deadline = time.time() + grace
+    while time.time() < deadline and any(alive(n.pid) for n in targets):
+        _reap(targets)
+        time.sleep(0.05)
+    killed = [n.id for n in targets if alive(n.pid)]
+    for node in targets:
+        if alive(node.pid):
+            os.killpg(node.pid, signal.SIGKILL)
+    _reap(targets)
+    return killed
+
+
+def _reap(nodes: list[NodeProc]) -> None:
+    """Collect the nodes that exited, when this process started them (else not our child)."""
+    for node in nodes:
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(node.pid, os.WNOHANG)

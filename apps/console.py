@@ -1,0 +1,40 @@
+"""The interactive console of a real node attached to a terminal: `stats`, `peers`, `train`,
+`test`, `help`, `quit`. Each command reads the node's status (the same dictionary the HTTP
+endpoint serves) and answers in a few lines; nothing here changes the protocol's state."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+HELP = ("commands: stats (round, model hash, health), peers (reachability and reputation), "
+        "train (training progress), test (evaluate the current model on the held-out set), "
+        "quit (stop gracefully)")
+
+
+def answer(line: str, status: dict[str, Any], evaluate: Callable[[], dict[str, float]]) -> str:
+    """The console's reply to one line; `quit` is handled by the caller."""
+    command = line.strip().lower()
+    if command == "stats":
+        h = status["health"]
+        return (f"node {status['node_id']} ({status['node_type']}) round {status['round']} "
+                f"view {status['view']} model {status['model_hash'][:16]} | "
+                f"{status['peers_up']}/{len(status['peers'])} peers up | health {h['status']}"
+                + (f" ({'; '.join(h['reasons'])})" if h["reasons"] else ""))
+    if command == "peers":
+        rows = [f"{'peer':>4}  {'up':<5} {'address':<22} {'reputation':>10}  excluded"]
+        for p in status["peers"]:
+            rows.append(f"{p['id']:>4}  {p['up']!s:<5} {p['address']:<22} "
+                        f"{p['reputation']:>10.2f}  {p['excluded']}")
+        return "\n".join(rows)
+    if command == "train":
+        t = status["training"]
+        loss = f"{t['last_train_loss']:.4f}" if t["last_train_loss"] is not None else "-"
+        return (f"committed {t['rounds_committed']} of {t['rounds']} rounds; last train loss "
+                f"{loss}; {'finished' if status['finished'] else 'training'}")
+    if command == "test":
+        metrics = evaluate()
+        return "held-out " + ", ".join(f"{k} {v:.4f}" for k, v in sorted(metrics.items()))
+    if command in ("help", "?", ""):
+        return HELP
+    return f"unknown command {command!r}; {HELP}"

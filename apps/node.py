@@ -1,0 +1,292 @@
+"""`phalanx node --real` (also `python -m phalanx.apps.node --real ...`): one production node.
+
+The very Node the simulator tests, driven by asyncio and the wall clock over TCP (or as an
+MPI rank), with:
+- its key in `<data_dir>/node.key` (created on first start) and the members' keys from
+  `members.json` (or, over MPI, gathered from the job's ranks);
+- its durable state in `<data_dir>/node.sqlite` (commits with certificates, checkpoint,
+  votes), so a killed node restarts where it stopped and fetches what it missed from peers;
+- an HTTP status endpoint (`apps/status.py`) unless the web interface is off;
+- an interactive console when attached to a terminal (`apps/console.py`);
+- graceful shutdown on SIGTERM or SIGINT: results written, the log closed, links closed.
+
+When the node has committed the scenario's last round it writes `result.json` and
+`models.npz` into its data folder and keeps serving peers (state sync) until stopped, or
+exits after `linger` seconds with `--exit-when-finished`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import resource
+import signal
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from rich.console import Console
+
+from phalanx.apps.console import answer
+from phalanx.apps.node_host import AsyncHost
+from phalanx.apps.node_log import NodeLog
+from phalanx.apps.node_settings import (
+    MEMBER_TYPES,
+    NodeFile,
+    node_identity,
+)
+from phalanx.apps.status import health, status_server
+from phalanx.engine.byzantine import make_behaviour
+from phalanx.engine.events import Received, Started
+from phalanx.engine.node import Node
+from phalanx.engine.rng import RngStreams
+from phalanx.net.crypto import Identity
+from phalanx.net.envelope import open_frame
+from phalanx.sim.scenario import Scenario, ScenarioError
+from phalanx.sim.world import node_config, workload_for
+
+TransportKind = Literal["tcp", "mpi"]
+Members = dict[int, tuple[bytes, tuple[str, int]]]
+
+
+@dataclass
+class NodePlan:
+    """Everything a node needs, resolved and checked before its event loop starts."""
+
+    settings: NodeFile
+    scenario: Scenario
+    node_id: int
+    identity: Identity
+    keyring: dict[int, bytes]
+    addresses: dict[int, tuple[str, int]]  # members' p2p listeners (TCP)
+    data_dir: Path
+    transport: TransportKind
+    encrypt: bool
+    exit_when_finished: bool
+    linger: float
+    console: bool
+
+
+def plan_node(settings: NodeFile, scenario: Scenario, members: Members | None,
+              transport: TransportKind, encrypt: bool, exit_when_finished: bool,
+              linger: float, comm: Any = None) -> NodePlan:
+    """Check the settings against the scenario and the members; one-line errors."""
+    if settings.node_type not in MEMBER_TYPES:
+        raise ScenarioError(f"node_type {settings.node_type!r}: only consensus members "
+                            f"({', '.join(MEMBER_TYPES)}) run in this build; annotation and "
+                            f"lightweight nodes come with the curation service")
+    node_id = comm.Get_rank() if comm is not None else settings.node_id
+    if node_id is None:
+        raise ScenarioError("node_id is missing: give --node-id or node_id in the config")
+    if settings.data_dir is None:
+        raise ScenarioError("data_dir is missing: give --data-dir or data_dir in the config")
+    data_dir = Path(str(settings.data_dir).replace("{node_id}", str(node_id)))
+    identity = node_identity(data_dir)
+    n = scenario.nodes.count
+    if members is None:
+        if comm is None:
+            raise ScenarioError("--members is required over TCP (phalanx cluster up writes "
+                                "one; phalanx keygen prints a node's public key)")
+        # MPI: the job's ranks were started together by one operator, so its communicator
+        # is trusted to carry each rank's public key once
+        keys = comm.allgather(identity.public_key)
+        members = {i: (key, ("mpi", i)) for i, key in enumerate(keys)}
+    if len(members) != n:
+        raise ScenarioError(f"members: {len(members)} members but the scenario has n={n}")
+    if node_id not in members:
+        raise ScenarioError(f"node_id {node_id} is not among the members 0..{n - 1}")
+    if members[node_id][0] != identity.public_key:
+        raise ScenarioError(f"{data_dir / 'node.key'}: this key is not member {node_id}'s "
+                            f"public key in the members file")
+    return NodePlan(settings, scenario, node_id, identity,
+                    {i: key for i, (key, _) in members.items()},
+                    {i: address for i, (_, address) in members.items()}, data_dir, transport,
+                    encrypt, exit_when_finished, linger, sys.stdin.isatty())
+
+
+def _rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+class RealNode:
+    """One node's event loop: transport, host, status server, console and shutdown."""
+
+    def __init__(self, plan: NodePlan, out: Console) -> None:
+        self.plan, self.out = plan, out
+        s = plan.scenario
+        spec = next((b for b in s.byzantine if plan.node_id in b.nodes), None)
+        behaviour = (make_behaviour(spec.behaviour, spec.from_round,
+                                    frozenset(s.byzantine_nodes()),
+                                    RngStreams(s.seed).seed("byzantine"), **spec.params)
+                     if spec else None)
+        keyring = plan.keyring
+        self.node = Node(node_config(s, plan.node_id, s.real.round_timeout, s.real.view_timeout),
+                         plan.identity, workload_for(s, RngStreams(s.seed)),
+                         lambda frame: open_frame(frame, keyring), behaviour)
+        self.byzantine = spec is not None
+        self.disk = NodeLog(plan.data_dir / "node.sqlite")
+        self.peers = [i for i in plan.keyring if i != plan.node_id]
+        self.stop = asyncio.Event()
+        self.early: list[bytes] | None = []  # frames that arrive before the node has started
+        self.transport = self._transport()
+        every = s.training.eval_every
+        self.host = AsyncHost(self.node, self.transport, self.disk, self.peers,
+                              keep_model=lambda r: r % every == 0 or r == s.training.rounds - 1)
+
+    def _transport(self) -> Any:
+        p = self.plan
+        if p.transport == "mpi":
+            from mpi4py import MPI
+
+            from phalanx.net.mpi import MpiTransport
+
+            return MpiTransport(MPI.COMM_WORLD, self._on_frame)
+        from phalanx.net.tcp import TcpTransport
+
+        addresses = {**p.addresses, p.node_id: (p.settings.host, p.settings.p2p_port)}
+        return TcpTransport(p.node_id, addresses, self._on_frame, identity=p.identity,
+                            keyring=p.keyring, encrypt=p.encrypt)
+
+    def _on_frame(self, frame: bytes) -> None:
+        if self.early is not None:
+            self.early.append(frame)
+        else:
+            self.host.feed(Received(frame))
+
+    # ---- status ---------------------------------------------------------------------------
+
+    def peer_states(self) -> dict[int, bool]:
+        states = getattr(self.transport, "peer_states", None)
+        return dict(states()) if callable(states) else {p: True for p in self.peers}
+
+    def status(self) -> dict[str, Any]:
+        node, host, s = self.node, self.host, self.plan.scenario
+        up = self.peer_states()
+        since = time.time() - (host.last_commit or host.started)
+        verdict = health(node.finished, since, 3 * s.real.view_timeout,
+                         sum(up.get(p, False) for p in self.peers), node.quorum - 1)
+        limit = self.plan.settings.max_memory_mb
+        if limit is not None and _rss_mb() > limit:
+            verdict["reasons"].append(f"peak memory {_rss_mb():,.0f} MB over max_memory_mb")
+            if verdict["status"] == "ok":
+                verdict["status"] = "degraded"
+        if verdict["status"] == "ok" and not all(up.get(p, False) for p in self.peers):
+            verdict = {"status": "degraded", "reasons": ["some peers are unreachable"]}
+        commits = host.metrics.commits
+        return {
+            "node_id": node.id, "node_type": self.plan.settings.node_type,
+            "byzantine": self.byzantine, "round": node.round, "view": node.view,
+            "model_hash": node.model_hash.hex(), "finished": node.finished,
+            "peers": [{"id": p, "up": up.get(p, False),
+                       "address": "{}:{}".format(*self.plan.addresses[p]),
+                       "reputation": node.reputation.get(p, 0.0),
+                       "excluded": p in node.excluded} for p in self.peers],
+            "peers_up": sum(up.get(p, False) for p in self.peers),
+            "reputation": {str(p): r for p, r in node.reputation.items()},
+            "excluded": sorted(node.excluded), "rejections": dict(node.rejections),
+            "training": {"rounds": s.training.rounds, "rounds_committed": len(commits),
+                         "last_train_loss": commits[-1][0].train_loss if commits else None},
+            "health": verdict, "uptime_seconds": time.time() - host.started,
+            "peak_memory_mb": _rss_mb(),
+            "transport": {"kind": self.plan.transport,
+                          "bytes_sent": getattr(self.transport, "bytes_sent", 0),
+                          "refusals": dict(getattr(self.transport, "refusals", {}))},
+        }
+
+    # ---- the loop -------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self.stop.set)
+        server = None
+        if self.plan.settings.enable_web_interface:
+            server = status_server(self.status, self.plan.settings.host,
+                                   self.plan.settings.web_port)
+            serving = asyncio.create_task(server.serve())
+        await self.transport.start()
+        try:  # a restarted node finds its peers up; a first start waits for them, not forever
+            await self.transport.wait_for_peers(self.plan.scenario.real.deadline)
+        except TimeoutError:
+            self.out.print("not every peer answered; starting with those that did")
+        self.host.feed(Started(self.disk.read_all()))
+        backlog, self.early = self.early or [], None
+        for frame in backlog:
+            self.host.feed(Received(frame))
+        if self.plan.console:
+            loop.add_reader(sys.stdin.fileno(), self._console_line)
+            self.out.print(f"node {self.node.id} running; type help for commands")
+        watcher = asyncio.create_task(self._write_results_when_finished())
+        await self.stop.wait()
+        watcher.cancel()
+        await self._shutdown(server)
+        if server is not None:
+            await serving
+
+    async def _write_results_when_finished(self) -> None:
+        await self.host.finished.wait()
+        self.write_results()
+        if self.plan.exit_when_finished:
+            await asyncio.sleep(self.plan.linger)  # serve laggards' sync requests a while
+            self.stop.set()
+
+    def _console_line(self) -> None:
+        line = sys.stdin.readline()
+        if not line or line.strip().lower() in ("quit", "exit"):
+            self.stop.set()
+            return
+        self.out.print(answer(line, self.status(),
+                              lambda: self.node.workload.evaluate(self.node.params)))
+
+    def write_results(self) -> None:
+        d = self.plan.data_dir
+        np.savez(d / "models.tmp.npz", **self.host.kept_models())
+        os.replace(d / "models.tmp.npz", d / "models.npz")
+        result = {"node": self.node.id, "byzantine": self.byzantine, **self.host.results(),
+                  "finished": self.node.finished, "model_hash": self.node.model_hash.hex(),
+                  "transport_bytes_sent": getattr(self.transport, "bytes_sent", 0),
+                  "queue_drops": getattr(self.transport, "dropped_full", 0),
+                  "refusals": dict(getattr(self.transport, "refusals", {}))}
+        (d / "result.tmp").write_text(json.dumps(result))
+        os.replace(d / "result.tmp", d / "result.json")  # readers never see half a file
+
+    async def _shutdown(self, server: Any) -> None:
+        if self.plan.console:
+            asyncio.get_running_loop().remove_reader(sys.stdin.fileno())
+        self.host.cancel_timers()
+        self.write_results()
+        self.disk.close()  # every write was its own transaction: nothing is pending
+        await self.transport.close()
+        if server is not None:
+            server.should_exit = True
+
+
+def serve(plan: NodePlan, out: Console) -> None:
+    if plan.settings.max_cpu_threads:
+        torch.set_num_threads(plan.settings.max_cpu_threads)
+    else:
+        torch.set_num_threads(1)  # steady on shared machines; raise with max_cpu_threads
+    for flag in ("enable_curation", "enable_rlhf"):
+        if getattr(plan.settings, flag):
+            out.print(f"{flag}: this build has no curation or RLHF service yet; ignored")
+
+    async def main() -> None:
+        await RealNode(plan, out).run()
+
+    asyncio.run(main())
+
+
+def main() -> None:
+    """`python -m phalanx.apps.node --real ...`: the same command as `phalanx node`."""
+    from phalanx.apps.cli import app
+
+    app(["node", *sys.argv[1:]], prog_name="python -m phalanx.apps.node")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,113 @@
+"""The asyncio host of one real node: it feeds the sans-IO Node its events (frames from the
+transport, timers on the wall clock, finished compute jobs) and carries out the actions it
+returns (sends, timers, compute, writes to the SQLite node log, metrics).
+
+The transport is anything with `send(peer, frame)`: TCP (net/tcp.py) or MPI (net/mpi.py).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from typing import Any, Protocol
+
+import numpy as np
+
+from phalanx.apps.node_log import NodeLog
+from phalanx.apps.runner import commit_row
+from phalanx.engine.events import (
+    Action,
+    Broadcast,
+    CancelTimer,
+    Compute,
+    ComputeDone,
+    Emit,
+    Event,
+    Finished,
+    Metric,
+    Persist,
+    RoundCommitted,
+    Send,
+    SetTimer,
+    TimerFired,
+)
+from phalanx.engine.metrics import MetricLog
+from phalanx.engine.node import Node
+
+
+class Transport(Protocol):
+    def send(self, peer: int, frame: bytes) -> None: ...
+
+
+class AsyncHost:
+    """Runs one Node on the running event loop. `keep_model(round)` says which committed
+    models to keep for evaluation after the run (a long run must not keep them all)."""
+
+    def __init__(self, node: Node, transport: Transport, disk: NodeLog, peers: list[int],
+                 keep_model: Callable[[int], bool] = lambda _: True) -> None:
+        self.node, self.transport, self.disk, self.peers = node, transport, disk, peers
+        self.keep_model = keep_model
+        self.loop = asyncio.get_running_loop()
+        self.timers: dict[str, asyncio.TimerHandle] = {}
+        self.metrics = MetricLog()
+        self.bytes_sent: dict[int, int] = {}
+        self.finished = asyncio.Event()
+        self.last_commit: float | None = None  # wall time of the latest commit
+        self.started = time.time()
+
+    def feed(self, event: Event) -> None:
+        self.execute(self.node.handle(event, time.time()))
+
+    def execute(self, actions: list[Action]) -> None:
+        for action in actions:
+            match action:
+                case Broadcast(frame, _, rnd):
+                    for peer in self.peers:
+                        self.transport.send(peer, frame)
+                    self.bytes_sent[rnd] = self.bytes_sent.get(rnd, 0) + len(frame) * len(
+                        self.peers)
+                case Send(peer, frame, _, rnd):
+                    self.transport.send(peer, frame)
+                    self.bytes_sent[rnd] = self.bytes_sent.get(rnd, 0) + len(frame)
+                case SetTimer(name, delay):
+                    if name in self.timers:
+                        self.timers[name].cancel()
+                    self.timers[name] = self.loop.call_later(delay, self._fire, name)
+                case CancelTimer(name):
+                    handle = self.timers.pop(name, None)
+                    if handle:
+                        handle.cancel()
+                case Compute(job):
+                    result = job.run()  # small jobs: run inline, deliver on the next loop turn
+                    self.loop.call_soon(self.feed, ComputeDone(job, result))
+                case Persist(key, value):
+                    self.disk.write(key, value)
+                case Emit(metric):
+                    self._metric(metric)
+
+    def _fire(self, name: str) -> None:
+        self.timers.pop(name, None)
+        self.feed(TimerFired(name))
+
+    def _metric(self, metric: Metric) -> None:
+        self.metrics.record(metric, time.time())
+        if isinstance(metric, RoundCommitted):
+            self.last_commit = time.time()
+            if not self.keep_model(metric.round):
+                self.metrics.params.pop(metric.model_hash, None)
+        if isinstance(metric, Finished):
+            self.finished.set()
+
+    def cancel_timers(self) -> None:
+        for handle in self.timers.values():
+            handle.cancel()
+        self.timers.clear()
+
+    def results(self) -> dict[str, Any]:
+        commits = [commit_row(m, t, order, self.bytes_sent.get(m.round, 0), False)
+                   for m, t, order in self.metrics.commits]
+        return {"commits": commits, "rejections": dict(self.metrics.rejections)}
+
+    def kept_models(self) -> dict[str, np.ndarray]:
+        return {h.hex(): p for h, p in self.metrics.params.items()}

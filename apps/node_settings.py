@@ -1,0 +1,123 @@
+"""What one real node is: its settings (the original system's `node.json` keys, overridden by
+the command line), its key file, and the members it trusts.
+
+A node's identity is an Ed25519 key in `<data_dir>/node.key`, created on first start. The
+members file (`members.json`, written by `phalanx cluster up`, or by an operator from each
+member's `phalanx node keygen`) lists every consensus member's id, public key and address:
+the keyring that authenticates peers and signatures.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import Field, ValidationError
+
+from phalanx.net.crypto import PUBLIC_KEY_SIZE, Identity
+from phalanx.sim.scenario import ScenarioError, Strict, describe_error
+
+Port = Annotated[int, Field(ge=0, le=65535)]
+NodeType = Literal["full", "training", "annotation", "lightweight"]
+# the node types that hold a consensus seat: they train, vote and keep the model
+MEMBER_TYPES: tuple[NodeType, ...] = ("full", "training")
+
+
+class NodeFile(Strict):
+    """The original system's node.json keys, plus where the node keeps its state."""
+
+    node_id: Annotated[int, Field(ge=0)] | None = None
+    node_type: NodeType = "full"
+    p2p_port: Port = 7000
+    web_port: Port = 8080
+    bootstrap_peers: list[str] = Field(default_factory=list)  # "host:port"
+    enable_curation: bool = False
+    enable_rlhf: bool = False
+    enable_web_interface: bool = True
+    max_memory_mb: Annotated[float, Field(gt=0)] | None = None
+    max_cpu_threads: Annotated[int, Field(ge=1)] | None = None
+    data_dir: Path | None = None
+    host: str = "127.0.0.1"
+
+
+class Member(Strict):
+    id: Annotated[int, Field(ge=0)]
+    public_key: str  # hex
+    address: str  # host:port of its p2p listener
+
+
+class MembersFile(Strict):
+    members: list[Member]
+
+
+def parse_address(text: str, where: str) -> tuple[str, int]:
+    host, sep, port = text.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ScenarioError(f"{where}: {text!r} is not host:port")
+    return host, int(port)
+
+
+def load_node_file(path: Path | None, overrides: dict[str, Any]) -> NodeFile:
+    """node.json (when given) with the command line's options (those not None) on top."""
+    data: dict[str, Any] = {}
+    if path is not None:
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except OSError as err:
+            raise ScenarioError(f"{path}: cannot read ({err.strerror})") from None
+        except json.JSONDecodeError as err:
+            raise ScenarioError(f"{path}: not JSON ({err.msg} at line {err.lineno})") from None
+        if not isinstance(data, dict):
+            raise ScenarioError(f"{path}: a node config is a JSON object")
+    data = {**data, **{k: v for k, v in overrides.items() if v is not None}}
+    try:
+        settings = NodeFile.model_validate(data)
+    except ValidationError as err:
+        errors = err.errors()
+        more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
+        raise ScenarioError(f"{path or 'node options'}: {describe_error(errors[0])}{more}") \
+            from None
+    for i, peer in enumerate(settings.bootstrap_peers):
+        parse_address(peer, f"bootstrap_peers.{i}")
+    return settings
+
+
+def load_members(path: Path) -> dict[int, tuple[bytes, tuple[str, int]]]:
+    """Member id -> (public key, p2p address)."""
+    try:
+        parsed = MembersFile.model_validate_json(path.read_text(encoding="utf-8"))
+    except OSError as err:
+        raise ScenarioError(f"{path}: cannot read ({err.strerror})") from None
+    except ValidationError as err:
+        raise ScenarioError(f"{path}: {describe_error(err.errors()[0])}") from None
+    members: dict[int, tuple[bytes, tuple[str, int]]] = {}
+    for i, m in enumerate(parsed.members):
+        try:
+            key = bytes.fromhex(m.public_key)
+        except ValueError:
+            key = b""
+        if len(key) != PUBLIC_KEY_SIZE:
+            raise ScenarioError(f"{path}: members.{i}.public_key is not a "
+                                f"{2 * PUBLIC_KEY_SIZE}-character hex key")
+        if m.id in members:
+            raise ScenarioError(f"{path}: members.{i}.id {m.id} appears twice")
+        members[m.id] = (key, parse_address(m.address, f"{path}: members.{i}.address"))
+    if sorted(members) != list(range(len(members))):
+        raise ScenarioError(f"{path}: member ids must be 0..n-1, got {sorted(members)}")
+    return members
+
+
+def write_members(path: Path, members: dict[int, tuple[bytes, tuple[str, int]]]) -> None:
+    rows = [{"id": i, "public_key": key.hex(), "address": f"{host}:{port}"}
+            for i, (key, (host, port)) in sorted(members.items())]
+    path.write_text(json.dumps({"members": rows}, indent=2) + "\n", encoding="utf-8")
+
+
+def node_identity(data_dir: Path) -> Identity:
+    """The node's key, created (readable by its owner only) on first start."""
+    data_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        return Identity.load_or_create(data_dir / "node.key")
+    except ValueError as err:
+        raise ScenarioError(str(err)) from None
