@@ -439,7 +439,7 @@ def cluster_up_cmd(
         raise fail(str(e)) from None
     for n in nodes:
         out.print(f"node {n.id}: pid {n.pid}, p2p port {n.p2p_port}, status "
-                  f"http://127.0.0.1:{n.web_port}/status, log {n.folder}/node.log")
+                  f"{n.status_url}, log {n.folder}/node.log")
 
 
 @cluster_app.command("status")

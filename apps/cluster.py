@@ -62,9 +62,24 @@ class NodeProc:
     p2p_port: int
     web_port: int
     folder: Path
+    status_host: str = "127.0.0.1"
 
-    def status_url(self, host: str) -> str:
-        return f"http://{host}:{self.web_port}/status"
+    @property
+    def status_url(self) -> str:
+        return f"http://{self.status_host}:{self.web_port}/status"
+
+
+@dataclass(frozen=True)
+class Placement:
+    """Where each node runs, when not all on the host's loopback: its p2p address, the address
+    this machine reaches its status endpoint at, and a command prefix that puts the process
+    there (e.g. `ip netns exec NAME`)."""
+
+    hosts: dict[int, str]
+    status_hosts: dict[int, str]
+    prefixes: dict[int, list[str]]
+    p2p_port: int = 7000
+    web_port: int = 8080
 
 
 def check_runnable(scenario: Scenario) -> None:
@@ -74,9 +89,9 @@ def check_runnable(scenario: Scenario) -> None:
                             "partition real nodes from outside)")
 
 
-def _spawn(folder: Path, node: int, extra: list[str]) -> int:
+def _spawn(folder: Path, node: int, extra: list[str], prefix: list[str]) -> int:
     node_dir = folder / f"node-{node}"
-    cmd = [sys.executable, "-m", "phalanx.apps.node", "--real",
+    cmd = [*prefix, sys.executable, "-m", "phalanx.apps.node", "--real",
            "--scenario", str(folder / "scenario.yaml"), "--config", str(node_dir / "node.json"),
            "--members", str(folder / "members.json"), *extra]
     with open(node_dir / "node.log", "ab") as log:
@@ -102,12 +117,13 @@ def _write_cluster(folder: Path, data: dict[str, Any]) -> None:
 
 
 def nodes_of(data: dict[str, Any]) -> list[NodeProc]:
-    return [NodeProc(n["id"], n["pid"], n["p2p_port"], n["web_port"], Path(n["folder"]))
-            for n in data["nodes"]]
+    return [NodeProc(n["id"], n["pid"], n["p2p_port"], n["web_port"], Path(n["folder"]),
+                     n["status_host"]) for n in data["nodes"]]
 
 
 def cluster_up(scenario: Scenario, folder: Path, encrypt: bool = False,
-               exit_when_finished: bool = False, only: int | None = None) -> list[NodeProc]:
+               exit_when_finished: bool = False, only: int | None = None,
+               placement: Placement | None = None) -> list[NodeProc]:
     """Start the cluster's nodes that are not running (all of them the first time)."""
     check_runnable(scenario)
     folder = folder.resolve()
@@ -121,39 +137,50 @@ def cluster_up(scenario: Scenario, folder: Path, encrypt: bool = False,
                                f"{data['scenario_name']!r}, not {scenario.name!r}")
         extra = data["extra"]
     else:
-        data = _lay_out(scenario, folder, extra)
+        data = _lay_out(scenario, folder, extra, placement)
     for entry in data["nodes"]:
         if (only is None or entry["id"] == only) and not alive(entry["pid"]):
-            entry["pid"] = _spawn(folder, entry["id"], extra)
+            entry["pid"] = _spawn(folder, entry["id"], extra, entry["prefix"])
     _write_cluster(folder, data)
     return nodes_of(data)
 
 
-def _lay_out(scenario: Scenario, folder: Path, extra: list[str]) -> dict[str, Any]:
+def _lay_out(scenario: Scenario, folder: Path, extra: list[str],
+             placement: Placement | None) -> dict[str, Any]:
     """Keys, members.json and each node's node.json, for a first start."""
     n, host = scenario.nodes.count, scenario.real.host
-    ports = ([scenario.real.base_port + i for i in range(2 * n)] if scenario.real.base_port
-             else free_ports(2 * n, host))
+    if placement is not None:  # a host each: the same ports everywhere
+        hosts = [placement.hosts[i] for i in range(n)]
+        p2p, web = [placement.p2p_port] * n, [placement.web_port] * n
+    else:
+        hosts = [host] * n
+        ports = ([scenario.real.base_port + i for i in range(2 * n)] if scenario.real.base_port
+                 else free_ports(2 * n, host))
+        p2p, web = ports[:n], ports[n:]
     (folder / "scenario.yaml").write_text(scenario.resolved_yaml())
     keys = {i: node_identity(folder / f"node-{i}").public_key for i in range(n)}
-    write_members(folder / "members.json", {i: (keys[i], (host, ports[i])) for i in range(n)})
+    write_members(folder / "members.json", {i: (keys[i], (hosts[i], p2p[i])) for i in range(n)})
     nodes = []
     for i in range(n):
         node_dir = folder / f"node-{i}"
-        settings = {"node_id": i, "node_type": "full", "p2p_port": ports[i],
-                    "web_port": ports[n + i], "host": host, "data_dir": str(node_dir),
-                    "bootstrap_peers": [f"{host}:{ports[j]}" for j in range(n) if j != i],
+        settings = {"node_id": i, "node_type": "full", "p2p_port": p2p[i], "web_port": web[i],
+                    "host": hosts[i], "data_dir": str(node_dir),
+                    "bootstrap_peers": [f"{hosts[j]}:{p2p[j]}" for j in range(n) if j != i],
                     "enable_web_interface": True}
+        if placement is not None:
+            settings["web_host"] = "0.0.0.0"  # reached from outside its namespace
         (node_dir / "node.json").write_text(json.dumps(settings, indent=2) + "\n")
-        nodes.append({"id": i, "pid": 0, "p2p_port": ports[i], "web_port": ports[n + i],
-                      "folder": str(node_dir)})
-    return {"scenario_name": scenario.name, "host": host, "extra": extra, "nodes": nodes}
+        nodes.append({"id": i, "pid": 0, "p2p_port": p2p[i], "web_port": web[i],
+                      "folder": str(node_dir),
+                      "status_host": placement.status_hosts[i] if placement else host,
+                      "prefix": placement.prefixes[i] if placement else []})
+    return {"scenario_name": scenario.name, "extra": extra, "nodes": nodes}
 
 
-def node_status(node: NodeProc, host: str, timeout: float = 1.0) -> dict[str, Any] | None:
+def node_status(node: NodeProc, timeout: float = 1.0) -> dict[str, Any] | None:
     """The node's /status, or None when it does not answer."""
     try:
-        with urllib.request.urlopen(node.status_url(host), timeout=timeout) as response:
+        with urllib.request.urlopen(node.status_url, timeout=timeout) as response:
             data: dict[str, Any] = json.loads(response.read())
             return data
     except (urllib.error.URLError, OSError, json.JSONDecodeError):
@@ -165,7 +192,7 @@ def cluster_status(folder: Path) -> list[dict[str, Any]]:
     rows = []
     for node in nodes_of(data):
         running = alive(node.pid)
-        status = node_status(node, data["host"]) if running else None
+        status = node_status(node) if running else None
         rows.append({"node": node.id, "pid": node.pid, "running": running,
                      "answering": status is not None, "status": status})
     return rows

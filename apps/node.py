@@ -206,8 +206,8 @@ class RealNode:
             loop.add_signal_handler(sig, self.stop.set)
         server = None
         if self.plan.settings.enable_web_interface:
-            server = status_server(self.status, self.plan.settings.host,
-                                   self.plan.settings.web_port)
+            web = self.plan.settings
+            server = status_server(self.status, web.web_host or web.host, web.web_port)
             serving = asyncio.create_task(server.serve())
         await self.transport.start()
         try:  # a restarted node finds its peers up; a first start waits for them, not forever

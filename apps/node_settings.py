@@ -38,7 +38,8 @@ class NodeFile(Strict):
     max_memory_mb: Annotated[float, Field(gt=0)] | None = None
     max_cpu_threads: Annotated[int, Field(ge=1)] | None = None
     data_dir: Path | None = None
-    host: str = "127.0.0.1"
+    host: str = "127.0.0.1"  # the p2p listener's address
+    web_host: str | None = None  # the status endpoint's (None: `host`)
 
 
 class Member(Strict):

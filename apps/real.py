@@ -1,17 +1,15 @@
-"""`phalanx run --real`: the scenario's nodes as separate OS processes over TCP on loopback.
+"""`phalanx run --real`: the scenario's nodes as real processes over TCP on loopback.
 
-The launcher picks free ports, starts one `apps.real_node` process per node, waits until every
-node has written its results (or the scenario's wall-clock deadline passes), stops them with
-SIGTERM and builds the same result tables as the simulator. Faults are injected by the
-simulator only; real fault tests come with the production transport.
+A throwaway local cluster (`apps/cluster.py`): one `phalanx node --real` process per member,
+Byzantine members running their attack. The launcher waits until every honest node has
+written its results (or the scenario's wall-clock deadline passes), stops the cluster with
+SIGTERM and builds the same result tables as the simulator. Scheduled faults are the
+simulator's; real nodes are killed or cut from outside (see tests/test_cluster.py).
 """
 
 from __future__ import annotations
 
 import json
-import socket
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -20,9 +18,10 @@ from typing import Any
 import numpy as np
 import polars as pl
 
+from phalanx.apps.cluster import NodeProc, alive, cluster_down, cluster_up
 from phalanx.apps.results import RunResult, rounds_table, summarize
 from phalanx.engine.rng import RngStreams
-from phalanx.sim.scenario import Scenario, ScenarioError
+from phalanx.sim.scenario import Scenario
 from phalanx.sim.world import workload_for
 
 
@@ -30,57 +29,24 @@ class RealRunError(RuntimeError):
     """A real run that could not complete; the message is one line."""
 
 
-def free_ports(count: int, host: str) -> list[int]:
-    sockets = [socket.socket() for _ in range(count)]
-    try:
-        for s in sockets:
-            s.bind((host, 0))
-        return [s.getsockname()[1] for s in sockets]
-    finally:
-        for s in sockets:
-            s.close()
-
-
-def check_runnable(scenario: Scenario) -> None:
-    if scenario.faults or scenario.nemesis or scenario.byzantine:
-        raise ScenarioError(f"{scenario.name}: --real runs fault-free scenarios only (faults, "
-                            "nemesis and byzantine roles are injected by the simulator)")
-
-
 def run_real(scenario: Scenario, printer: Any) -> RunResult:
-    check_runnable(scenario)
-    n, host = scenario.nodes.count, scenario.real.host
-    ports = ([scenario.real.base_port + i for i in range(n)] if scenario.real.base_port
-             else free_ports(n, host))
+    honest = set(range(scenario.nodes.count)) - scenario.byzantine_nodes()
     with tempfile.TemporaryDirectory(prefix="phalanx-real-") as tmp:
-        work = Path(tmp)
-        spec = work / "scenario.yaml"
-        spec.write_text(scenario.resolved_yaml())
-        logs = [open(work / f"node-{i}.log", "wb") for i in range(n)]  # noqa: SIM115
-        cmd = [sys.executable, "-m", "phalanx.apps.real_node", "--scenario", str(spec),
-               "--ports", ",".join(map(str, ports)), "--out", str(work)]
+        folder = Path(tmp)
         start = time.time()
-        procs = [subprocess.Popen([*cmd, "--node", str(i)], stdout=logs[i], stderr=logs[i],
-                                  stdin=subprocess.DEVNULL) for i in range(n)]
+        nodes = cluster_up(scenario, folder)
         try:
-            results = _wait(procs, work, n, start + scenario.real.deadline)
+            results = _wait([n for n in nodes if n.id in honest], start + scenario.real.deadline)
         finally:
-            for p in procs:
-                p.terminate()
-            for p in procs:
-                try:
-                    p.wait(10)
-                except subprocess.TimeoutExpired:
-                    p.kill()
-            for log in logs:
-                log.close()
+            cluster_down(folder, grace=10.0)
         wall = time.time() - start
         params: dict[str, np.ndarray] = {}
-        for i in range(n):
-            with np.load(work / f"params-{i}.npz") as archive:
-                params.update({k: archive[k] for k in archive.files})
+        for node in nodes:
+            if node.id in results:
+                with np.load(node.folder / "models.npz") as archive:
+                    params.update({k: archive[k] for k in archive.files})
     rows = [{**row, "time": row["time"] - start, "byzantine": False}
-            for r in results for row in r["commits"]]
+            for r in results.values() for row in r["commits"]]
     for row in sorted(rows, key=lambda r: (r["round"], r["node"])):
         printer.commit(_Commit(row), row["time"])
     printer.flush(final=True)
@@ -88,12 +54,12 @@ def run_real(scenario: Scenario, printer: Any) -> RunResult:
     rounds = rounds_table(rows, workload, params, scenario.training.eval_every,
                           scenario.training.rounds - 1)
     rejections: dict[str, int] = {}
-    for r in results:
+    for r in results.values():
         for reason, count in r["rejections"].items():
             rejections[reason] = rejections.get(reason, 0) + count
     extra = {"mode": "real-tcp", "wall_seconds": wall,
              "rounds_per_second": rounds["round"].n_unique() / wall,
-             "bytes_sent": sum(r["transport_bytes_sent"] for r in results),
+             "bytes_sent": sum(r["transport_bytes_sent"] for r in results.values()),
              "rejected_by_reason": rejections}
     return RunResult(scenario, rounds, pl.DataFrame(), summarize(scenario, rounds, extra))
 
@@ -106,17 +72,29 @@ class _Commit:
         self.model_hash = bytes.fromhex(row["model_hash"])
 
 
-def _wait(procs: list[subprocess.Popen[bytes]], work: Path, n: int,
-          deadline: float) -> list[dict[str, Any]]:
-    files = [work / f"result-{i}.json" for i in range(n)]
-    while not all(f.exists() for f in files):
-        for i, p in enumerate(procs):
-            if p.poll() is not None and not files[i].exists():
-                lines = (work / f"node-{i}.log").read_text(errors="replace").strip().splitlines()
-                last = lines[-1] if lines else "no output"
-                raise RealRunError(f"node {i} exited with code {p.returncode}: {last}")
+def finished_result(node: NodeProc) -> dict[str, Any] | None:
+    """The node's result.json once it has committed the last round."""
+    try:
+        result: dict[str, Any] = json.loads((node.folder / "result.json").read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+    return result if result.get("finished") else None
+
+
+def _wait(nodes: list[NodeProc], deadline: float) -> dict[int, dict[str, Any]]:
+    results: dict[int, dict[str, Any]] = {}
+    while len(results) < len(nodes):
+        for node in nodes:
+            if node.id in results:
+                continue
+            if (result := finished_result(node)) is not None:
+                results[node.id] = result
+            elif not alive(node.pid):
+                log = (node.folder / "node.log").read_text(errors="replace").strip()
+                last = log.splitlines()[-1] if log else "no output"
+                raise RealRunError(f"node {node.id} exited before finishing: {last}")
         if time.time() > deadline:
-            done = [i for i, f in enumerate(files) if f.exists()]
-            raise RealRunError(f"not finished within real.deadline; finished nodes: {done}")
+            raise RealRunError(f"not finished within real.deadline; finished nodes: "
+                               f"{sorted(results)}")
         time.sleep(0.05)
-    return [json.loads(f.read_text()) for f in files]
+    return results

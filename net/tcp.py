@@ -1,25 +1,71 @@
-"""A minimal asyncio TCP transport: length-prefixed frames between a fixed set of peers.
+"""The production asyncio TCP transport: authenticated (optionally encrypted) links between the
+nodes of a keyring, with discovery, heartbeats, reconnection, backpressure and rate limits.
 
-Each node listens on its own port for inbound frames and dials every peer for outbound ones
-(one connection per direction keeps the two roles simple). Frames are opaque bytes here; their
-signatures are checked by the node that receives them, so this layer only enforces framing and
-the size limit. Outbound frames wait in a bounded per-peer queue until the peer is reachable.
-Discovery, authenticated handshakes and reconnection policy belong to the production transport.
+Links. A node listens on its own address and dials every peer it knows an address for; the
+dialed link carries our frames to that peer, the accepted one carries the peer's frames to us,
+so each pair of nodes holds two connections and each has one writer of data. Every connection
+starts with the mutual handshake of `handshake.py`; until it completes, nothing read from the
+socket reaches `on_frame`. After it, each record is `u32 length | body`, the body sealed by
+`linkcrypto` when the link is encrypted, and its first byte names the record: DATA (a frame for
+`on_frame`), PING (liveness) or PEERS (the sender's address book, as hints).
+
+Failure handling. Anything a peer can do wrong closes its connection and adds one reason to
+`refusals`, except sending faster than its rate limit, which only drops (and counts) records.
+A dialer that loses its link redials with capped, jittered exponential backoff; frames still in
+its queue are sent on the next link (a frame already handed to a socket that then broke may be
+lost, as with any TCP sender without acknowledgements). Silence beyond `suspect_after` marks a
+peer down but leaves its links alone: a peer busy in a long compute step is slow, not gone, and
+a broken socket is noticed by TCP itself.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
+import logging
+import math
+import random
 import struct
-from collections.abc import Callable
+from collections import Counter, deque
+from collections.abc import Callable, Coroutine, Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import msgpack
+
+from .crypto import Identity
+from .handshake import (
+    MAX_HANDSHAKE_RECORD,
+    AcceptorHandshake,
+    DialerHandshake,
+    HandshakeError,
+    Session,
+)
+from .linkcrypto import DecryptError, RecordCodec, record_codecs
+from .ratelimit import Backoff, InboundLimiter, RateLimit
+
+log = logging.getLogger(__name__)
 
 HEADER = struct.Struct(">I")
 MAX_FRAME = 64 * 1024 * 1024
 QUEUE_FRAMES = 4096  # per peer: a peer that never drains cannot grow our memory without bound
+QUEUE_BYTES = 256 * 1024 * 1024
+MAX_PENDING_HANDSHAKES = 64  # unauthenticated connections held at once; more are refused
+MAX_PEER_LIST = 4096
+# Generous enough that an honest node never hits it, tight enough to bound a flood.
+DEFAULT_RATE_LIMIT = RateLimit(frames_per_s=5000, bytes_per_s=512 * 1024 * 1024, burst_s=2.0)
+
+DATA, PING, PEERS = 0, 1, 2  # first byte of every record body after the handshake
+
+Address = tuple[str, int]
 
 
 class FrameTooLarge(ValueError):
+    pass
+
+
+class MalformedRecord(ValueError):
     pass
 
 
@@ -34,87 +80,589 @@ def pack_frame(frame: bytes) -> bytes:
     return HEADER.pack(len(frame)) + frame
 
 
-class TcpTransport:
-    """Sends frames to peers by id and hands every received frame to `on_frame`."""
+def encode_peers(addresses: Mapping[int, Address]) -> bytes:
+    return msgpack.packb([[peer, host, port] for peer, (host, port) in addresses.items()])
 
-    def __init__(self, node_id: int, addresses: dict[int, tuple[str, int]],
-                 on_frame: Callable[[bytes], None], max_frame: int = MAX_FRAME,
-                 dial_retry: float = 0.05) -> None:
+
+def _valid_entry(entry: object) -> bool:
+    if type(entry) is not list or len(entry) != 3:
+        return False
+    peer, host, port = entry
+    return (type(peer) is int and -(2**63) <= peer < 2**63 and type(host) is str
+            and 0 < len(host) <= 255 and type(port) is int and 0 < port < 65536)
+
+
+def decode_peers(body: bytes) -> dict[int, Address]:
+    """Parse a PEERS body; MalformedRecord unless it is a list of [id, host, port]."""
+    try:
+        entries = msgpack.unpackb(body, raw=False, max_array_len=MAX_PEER_LIST,
+                                  max_str_len=255, max_bin_len=0, max_map_len=0, max_ext_len=0)
+    except Exception as e:  # msgpack raises a zoo of types on hostile input
+        raise MalformedRecord(f"peer list is not msgpack: {type(e).__name__}") from None
+    if type(entries) is not list or not all(_valid_entry(e) for e in entries):
+        raise MalformedRecord("peer list must hold [id, host, port] entries")
+    return {peer: (host, port) for peer, host, port in entries}
+
+
+def reachable(announced: Address, peername: Any) -> Address:
+    """A peer listening on a wildcard host is reached at the address its connection came from."""
+    host, port = announced
+    try:
+        wildcard = ipaddress.ip_address(host).is_unspecified
+    except ValueError:  # a host name, not an IP literal
+        wildcard = False
+    if wildcard and isinstance(peername, tuple) and peername:
+        return str(peername[0]), port
+    return announced
+
+
+def handshake_reason(exc: BaseException) -> str:
+    """The refusal reason for an exception raised while a connection was authenticating."""
+    if isinstance(exc, HandshakeError):
+        return exc.reason
+    if isinstance(exc, FrameTooLarge):
+        return "oversized_frame"
+    if isinstance(exc, TimeoutError):  # before OSError: TimeoutError is one
+        return "handshake_timeout"
+    return "unauthenticated"  # closed or reset before proving who it is
+
+
+class FrameQueue:
+    """Outbound FIFO bounded in frames and bytes; when full, the newest frame is refused."""
+
+    def __init__(self, max_frames: int, max_bytes: int) -> None:
+        self.max_frames, self.max_bytes = max_frames, max_bytes
+        self.bytes = 0
+        self._items: deque[bytes] = deque()
+        self._ready = asyncio.Event()
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def put(self, frame: bytes) -> bool:
+        if len(self._items) >= self.max_frames or self.bytes + len(frame) > self.max_bytes:
+            return False
+        self._items.append(frame)
+        self.bytes += len(frame)
+        self._ready.set()
+        return True
+
+    async def wait(self) -> None:
+        while not self._items:
+            self._ready.clear()
+            await self._ready.wait()
+
+    def pop(self) -> bytes:
+        frame = self._items.popleft()
+        self.bytes -= len(frame)
+        return frame
+
+    def clear(self) -> None:
+        self._items.clear()
+        self.bytes = 0
+
+
+@dataclass(eq=False)
+class Link:
+    """One authenticated connection."""
+
+    peer: int
+    outbound: bool
+    reader: asyncio.StreamReader
+    writer: asyncio.StreamWriter
+    sealer: RecordCodec
+    opener: RecordCodec
+    last_sent: float
+
+
+@dataclass(eq=False)
+class PeerState:
+    queue: FrameQueue
+    backoff: Backoff
+    wake: asyncio.Event  # set to cut a redial wait short
+    limiter: InboundLimiter | None
+    outbound: Link | None = None
+    inbound: Link | None = None
+    dialer: asyncio.Task[None] | None = None
+    last_heard: float = -math.inf
+    up: bool = False
+
+    def links(self) -> list[Link]:
+        return [link for link in (self.outbound, self.inbound) if link is not None]
+
+
+class TcpTransport:
+    """Sends frames to peers by id and hands every frame from an authenticated peer to
+    `on_frame`. `addresses` holds our listen address (port 0: any free port) and the bootstrap
+    peers; `keyring` (node id -> Ed25519 public key) is who may connect at all."""
+
+    def __init__(self, node_id: int, addresses: Mapping[int, Address],
+                 on_frame: Callable[[bytes], None], *, identity: Identity,
+                 keyring: Mapping[int, bytes], encrypt: bool = False,
+                 max_frame: int = MAX_FRAME, queue_frames: int = QUEUE_FRAMES,
+                 queue_bytes: int = QUEUE_BYTES,
+                 rate_limit: RateLimit | None = DEFAULT_RATE_LIMIT,
+                 heartbeat: float = 1.0, suspect_after: float = 10.0,
+                 handshake_timeout: float = 10.0, backoff_base: float = 0.05,
+                 backoff_cap: float = 5.0, rng: random.Random | None = None,
+                 banned: Iterable[int] = (),
+                 on_peer_state: Callable[[int, bool], None] | None = None,
+                 max_pending_handshakes: int = MAX_PENDING_HANDSHAKES) -> None:
+        if node_id not in addresses:
+            raise ValueError(f"addresses must include node {node_id}'s own listen address")
+        if keyring.get(node_id) != identity.public_key:
+            raise ValueError(f"keyring entry for node {node_id} is not this identity's key")
+        if not 0 < max_frame <= queue_bytes:
+            raise ValueError("need 0 < max_frame <= queue_bytes, or a large frame never fits")
+        if min(queue_frames, heartbeat, suspect_after, handshake_timeout) <= 0:
+            raise ValueError("queue_frames, heartbeat, suspect_after and handshake_timeout "
+                             "must be > 0")
         self.id = node_id
-        self.addresses = addresses
+        self.identity = identity
+        self.keyring = dict(keyring)
         self.on_frame = on_frame
+        self.on_peer_state = on_peer_state
+        self.encrypt = encrypt
         self.max_frame = max_frame
-        self.dial_retry = dial_retry
-        self.queues: dict[int, asyncio.Queue[bytes]] = {}
-        self.dropped_full = 0  # frames refused because a peer's queue was full
-        self.refused_large = 0  # inbound connections closed for an oversized frame
-        self.bytes_sent = 0
+        self.queue_frames, self.queue_bytes = queue_frames, queue_bytes
+        self.rate_limit = rate_limit
+        self.heartbeat, self.suspect_after = heartbeat, suspect_after
+        self.handshake_timeout = handshake_timeout
+        self.backoff_base, self.backoff_cap = backoff_base, backoff_cap
+        self.rng = rng if rng is not None else random.Random()
+        Backoff(backoff_base, backoff_cap, self.rng)  # raises now on a bad pair, not in a task
+        self.max_pending_handshakes = max_pending_handshakes
+        self._bootstrap = frozenset(addresses) - {node_id}
+        self._addresses: dict[int, Address] = dict(addresses)
+        self._verified: set[int] = set()  # peers whose current address passed a handshake
+        self._banned: set[int] = set(banned)
+        self._peers: dict[int, PeerState] = {}
+        self._tasks: set[asyncio.Task[Any]] = set()
         self._server: asyncio.Server | None = None
-        self._tasks: list[asyncio.Task[None]] = []
-        self._reached: set[int] = set()
-        self._all_reached = asyncio.Event()
+        self._pending = 0
+        self._closing = False
+        self._changed = asyncio.Event()
+        # metrics
+        self.refusals: Counter[str] = Counter()
+        self.bytes_sent = self.bytes_received = 0
+        self.frames_sent = self.frames_received = 0
+        self.dropped_full = 0  # frames refused by send() because the peer's queue was full
+        self.dropped_banned = 0  # frames sent to a banned peer, discarded
+        self.dial_failures = 0  # dials that did not end in an authenticated link
+        self.connects = 0  # outbound links established, first connections and reconnections
+        self.handler_errors = 0  # exceptions raised by on_frame / on_peer_state
+
+    # -- public API -------------------------------------------------------------------------
+
+    @property
+    def address(self) -> Address:
+        return self._addresses[self.id]
+
+    @property
+    def refused_large(self) -> int:
+        return self.refusals["oversized_frame"]
+
+    @property
+    def rate_limited(self) -> int:
+        return self.refusals["rate_limited"]
 
     async def start(self) -> None:
-        host, port = self.addresses[self.id]
-        self._server = await asyncio.start_server(self._serve, host, port)
-        for peer in self.addresses:
-            if peer != self.id:
-                self.queues[peer] = asyncio.Queue(QUEUE_FRAMES)
-                self._tasks.append(asyncio.create_task(self._sender(peer)))
+        host, port = self._addresses[self.id]
+        self._server = await asyncio.start_server(self._accept, host, port)
+        bound = self._server.sockets[0].getsockname()
+        self._addresses[self.id] = (host, bound[1])
+        for peer in list(self._addresses):
+            if peer != self.id and peer in self.keyring:
+                self._ensure_dialer(peer)
+        self._spawn(self._watch())
 
-    async def wait_for_peers(self, timeout: float) -> None:
-        """Return once every peer has accepted a connection (all are listening): a start barrier
-        so no node begins its first round while a peer is still loading."""
-        if len(self.addresses) == 1:
-            return
-        await asyncio.wait_for(self._all_reached.wait(), timeout)
+    async def wait_for_peers(self, timeout: float, peers: Iterable[int] | None = None) -> None:
+        """Return once we hold an authenticated outbound link to each of `peers` (default: the
+        bootstrap peers): a start barrier, so no node begins while a peer is still loading.
+        Raises TimeoutError after `timeout` seconds."""
+        targets = set(self._bootstrap if peers is None else peers) - {self.id}
+        async with asyncio.timeout(timeout):
+            while not all(self._has_outbound(p) for p in targets):
+                await self._changed.wait()
 
     def send(self, peer: int, frame: bytes) -> None:
-        try:
-            self.queues[peer].put_nowait(frame)
-        except asyncio.QueueFull:
+        """Queue `frame` for `peer` (KeyError if not in the keyring). A full queue drops it."""
+        if len(frame) > self.max_frame:
+            raise FrameTooLarge(f"frame of {len(frame)} bytes exceeds the "
+                                f"{self.max_frame}-byte limit")
+        if peer in self._banned:
+            self.dropped_banned += 1
+            return
+        if not self._peer(peer).queue.put(frame):
             self.dropped_full += 1
 
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            while True:
-                self.on_frame(await read_frame(reader, self.max_frame))
-        except FrameTooLarge:
-            self.refused_large += 1
-        except (asyncio.IncompleteReadError, ConnectionError):
-            pass
-        finally:
-            writer.close()
+    def ban(self, peer: int) -> None:
+        """Close `peer`'s links, drop its queue and refuse its handshakes from now on."""
+        self._banned.add(peer)
+        state = self._peers.get(peer)
+        if state is None:
+            return
+        if state.dialer is not None:
+            state.dialer.cancel()
+        for link in state.links():
+            link.writer.close()
+        state.queue.clear()
+        self._set_up(peer, state, False)
 
-    async def _sender(self, peer: int) -> None:
-        host, port = self.addresses[peer]
-        queue = self.queues[peer]
-        while True:
-            try:
-                _, writer = await asyncio.open_connection(host, port)
-            except OSError:
-                await asyncio.sleep(self.dial_retry)  # peer not listening yet: keep dialing
-                continue
-            self._reached.add(peer)
-            if len(self._reached) == len(self.addresses) - 1:
-                self._all_reached.set()
-            try:
-                while True:
-                    frame = await queue.get()
-                    writer.write(pack_frame(frame))
-                    self.bytes_sent += len(frame) + HEADER.size
-                    await writer.drain()
-            except ConnectionError:
-                await asyncio.sleep(self.dial_retry)
-            finally:
-                writer.close()
+    def banned_peers(self) -> frozenset[int]:
+        return frozenset(self._banned)
+
+    def known_peers(self) -> dict[int, Address]:
+        """Every peer we hold an address for (bootstrap or learned hint), not ourselves."""
+        return {p: a for p, a in self._addresses.items() if p != self.id}
+
+    def peer_states(self) -> dict[int, bool]:
+        """Peer id -> up (heard from within `suspect_after`), for every peer we track."""
+        return {peer: state.up for peer, state in self._peers.items()}
+
+    def queued(self, peer: int) -> tuple[int, int]:
+        """(frames, bytes) waiting in `peer`'s outbound queue."""
+        state = self._peers.get(peer)
+        return (len(state.queue), state.queue.bytes) if state else (0, 0)
+
+    def write_buffer(self, peer: int) -> int:
+        """Bytes handed to `peer`'s outbound connection that the OS has not taken yet."""
+        state = self._peers.get(peer)
+        link = state.outbound if state else None
+        return link.writer.transport.get_write_buffer_size() if link else 0
 
     async def close(self) -> None:
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        self._closing = True
         if self._server is not None:
             self._server.close()
+        for state in self._peers.values():
+            for link in state.links():
+                link.writer.close()
+        tasks = list(self._tasks)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        if self._server is not None:
             await self._server.wait_closed()
+
+    # -- peers and tasks --------------------------------------------------------------------
+
+    def _peer(self, peer: int) -> PeerState:
+        state = self._peers.get(peer)
+        if state is None:
+            if peer == self.id or peer not in self.keyring:
+                raise KeyError(f"node {peer} is not a peer in the keyring")
+            limiter = (InboundLimiter(self.rate_limit, self._now())
+                       if self.rate_limit is not None else None)
+            state = PeerState(FrameQueue(self.queue_frames, self.queue_bytes),
+                              Backoff(self.backoff_base, self.backoff_cap, self.rng),
+                              asyncio.Event(), limiter)
+            self._peers[peer] = state
+        return state
+
+    def _has_outbound(self, peer: int) -> bool:
+        state = self._peers.get(peer)
+        return state is not None and state.outbound is not None
+
+    def _notify(self) -> None:
+        self._changed.set()
+        self._changed = asyncio.Event()
+
+    @staticmethod
+    def _now() -> float:
+        return asyncio.get_running_loop().time()
+
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
+        task = asyncio.create_task(coro)
+        self._track(task)
+        return task
+
+    def _track(self, task: asyncio.Task[Any]) -> None:
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def _ensure_dialer(self, peer: int) -> None:
+        if self._closing or self._server is None or peer in self._banned:
+            return
+        state = self._peer(peer)
+        if state.dialer is None or state.dialer.done():
+            state.dialer = self._spawn(self._contained(self._dial_loop(peer)))
+
+    async def _contained(self, coro: Coroutine[Any, Any, None],
+                         writer: asyncio.StreamWriter | None = None) -> None:
+        """Run a task's body so that a bug in it is logged and counted, never raised into the
+        event loop; the connection it served, if any, is closed."""
+        try:
+            await coro
+        except Exception:
+            log.exception("tcp transport: unexpected error")
+            self.refusals["internal_error"] += 1
+            if writer is not None:
+                writer.close()
+
+    def _set_up(self, peer: int, state: PeerState, up: bool) -> None:
+        if state.up == up:
+            return
+        state.up = up
+        if self.on_peer_state is not None:
+            try:
+                self.on_peer_state(peer, up)
+            except Exception:
+                self.handler_errors += 1
+                log.exception("tcp transport: on_peer_state raised")
+
+    def _heard(self, peer: int, state: PeerState, now: float) -> None:
+        state.last_heard = now
+        self._set_up(peer, state, True)
+
+    # -- wire -------------------------------------------------------------------------------
+
+    async def _read(self, reader: asyncio.StreamReader, limit: int) -> bytes:
+        record = await read_frame(reader, limit)
+        self.bytes_received += HEADER.size + len(record)
+        return record
+
+    def _write(self, writer: asyncio.StreamWriter, record: bytes) -> None:
+        writer.write(pack_frame(record))
+        self.bytes_sent += HEADER.size + len(record)
+
+    def _send_record(self, link: Link, kind: int, body: bytes) -> None:
+        # Sealing and writing happen together, so records leave in counter-nonce order.
+        self._write(link.writer, link.sealer.seal(bytes((kind,)) + body))
+        link.last_sent = self._now()
+
+    def _refuse(self, reason: str, writer: asyncio.StreamWriter) -> None:
+        self.refusals[reason] += 1
+        log.debug("tcp transport %s: refused %s", self.id, reason)
+        writer.close()
+
+    # -- handshakes -------------------------------------------------------------------------
+
+    async def _authenticate(self, run: Coroutine[Any, Any, Session],
+                            writer: asyncio.StreamWriter) -> Session | None:
+        """A handshake under the timeout; any failure is counted and closes the connection."""
+        try:
+            async with asyncio.timeout(self.handshake_timeout):
+                return await run
+        except (HandshakeError, FrameTooLarge, TimeoutError, EOFError, OSError) as exc:
+            self._refuse(handshake_reason(exc), writer)
+            return None
+
+    async def _dialer_handshake(self, peer: int, reader: asyncio.StreamReader,
+                                writer: asyncio.StreamWriter) -> Session:
+        hs = DialerHandshake(self.identity, self.id, self.keyring, expect=peer,
+                             encrypt=self.encrypt, banned=self._banned)
+        self._write(writer, hs.hello)
+        hello = await self._read(reader, MAX_HANDSHAKE_RECORD)
+        signature = await self._read(reader, MAX_HANDSHAKE_RECORD)
+        our_signature, session = hs.on_reply(hello, signature)
+        self._write(writer, our_signature)
+        return session
+
+    async def _acceptor_handshake(self, reader: asyncio.StreamReader,
+                                  writer: asyncio.StreamWriter) -> Session:
+        hs = AcceptorHandshake(self.identity, self.id, self.keyring, encrypt=self.encrypt,
+                               banned=self._banned)
+        hello, signature = hs.on_hello(await self._read(reader, MAX_HANDSHAKE_RECORD))
+        self._write(writer, hello)
+        self._write(writer, signature)
+        return hs.on_auth(await self._read(reader, MAX_HANDSHAKE_RECORD))
+
+    # -- connections ------------------------------------------------------------------------
+
+    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        if task is not None:
+            self._track(task)  # so close() ends connections that are still being served
+        if self._closing:
+            writer.close()
+            return
+        if self._pending >= self.max_pending_handshakes:
+            self._refuse("too_many_pending", writer)
+            return
+        await self._contained(self._serve_inbound(reader, writer), writer)
+
+    async def _serve_inbound(self, reader: asyncio.StreamReader,
+                             writer: asyncio.StreamWriter) -> None:
+        self._pending += 1
+        try:
+            session = await self._authenticate(self._acceptor_handshake(reader, writer), writer)
+        finally:
+            self._pending -= 1
+        if session is not None:
+            await self._run_link(session, reader, writer, outbound=False)
+
+    async def _dial_loop(self, peer: int) -> None:
+        state = self._peers[peer]
+        while True:
+            state.wake.clear()  # a peer that dials us while we are dialing it cuts the wait
+            if await self._dial(peer):
+                state.backoff.reset()
+            else:
+                self.dial_failures += 1
+                self._verified.discard(peer)  # let the peer's own announcement replace it
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(state.wake.wait(), state.backoff.next_delay())
+
+    async def _dial(self, peer: int) -> bool:
+        """One connection attempt; True if it was authenticated (the link has ended since)."""
+        host, port = address = self._addresses[peer]
+        try:
+            async with asyncio.timeout(self.handshake_timeout):
+                reader, writer = await asyncio.open_connection(host, port)
+        except OSError:  # refused, unreachable or timed out: nobody to refuse
+            return False
+        session = await self._authenticate(self._dialer_handshake(peer, reader, writer), writer)
+        if session is None:
+            return False
+        if self._addresses.get(peer) == address:
+            self._verified.add(peer)
+        await self._run_link(session, reader, writer, outbound=True)
+        return True
+
+    async def _run_link(self, session: Session, reader: asyncio.StreamReader,
+                        writer: asyncio.StreamWriter, outbound: bool) -> None:
+        """Serve an authenticated connection until either side ends it."""
+        peer = session.peer
+        if self._closing or peer in self._banned:  # banned while it was authenticating
+            writer.close()
+            return
+        sealer, opener = record_codecs(session.send_key, session.recv_key)
+        link = Link(peer, outbound, reader, writer, sealer, opener, self._now())
+        state = self._peer(peer)
+        self._attach(state, link)
+        tasks = [self._spawn(self._read_loop(link, state))]
+        if outbound:
+            tasks.append(self._spawn(self._pump(link, state.queue)))
+        try:
+            await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            self._detach(state, link)
+
+    def _attach(self, state: PeerState, link: Link) -> None:
+        old = state.outbound if link.outbound else state.inbound
+        if old is not None:  # a newer connection from a restarted peer replaces the stale one
+            old.writer.close()
+        if link.outbound:
+            state.outbound = link
+            self.connects += 1
+        else:
+            state.inbound = link
+            state.wake.set()  # the peer is evidently up: redial it now, not after a backoff
+        self._heard(link.peer, state, self._now())
+        self._send_record(link, PEERS, encode_peers(self._addresses))
+        self._notify()
+
+    def _detach(self, state: PeerState, link: Link) -> None:
+        if state.outbound is link:
+            state.outbound = None
+        if state.inbound is link:
+            state.inbound = None
+        link.writer.close()
+        self._notify()
+
+    async def _pump(self, link: Link, queue: FrameQueue) -> None:
+        """Move queued frames onto the link, at most one write ahead of the OS (drain)."""
+        with contextlib.suppress(OSError):
+            while True:
+                await queue.wait()
+                if link.writer.is_closing():
+                    return  # leave the frame queued for the next link
+                self._send_record(link, DATA, queue.pop())
+                self.frames_sent += 1
+                await link.writer.drain()
+
+    async def _read_loop(self, link: Link, state: PeerState) -> None:
+        limit = self.max_frame + 1 + link.opener.overhead
+        try:
+            while True:
+                record = await self._read(link.reader, limit)
+                self._on_record(link, state, link.opener.open(record))
+        except FrameTooLarge:
+            self._refuse("oversized_frame", link.writer)
+        except DecryptError:
+            self._refuse("decrypt_failed", link.writer)
+        except MalformedRecord:
+            self._refuse("malformed_record", link.writer)
+        except (EOFError, OSError):
+            pass  # closed by the peer or by us
+
+    def _on_record(self, link: Link, state: PeerState, body: bytes) -> None:
+        if not body:
+            raise MalformedRecord("empty record")
+        now = self._now()
+        self._heard(link.peer, state, now)
+        if state.limiter is not None and not state.limiter.allow(len(body), now):
+            self.refusals["rate_limited"] += 1
+            return
+        kind = body[0]
+        if kind == DATA:
+            self.frames_received += 1
+            self._deliver(body[1:])
+        elif kind == PEERS:
+            self._learn(link, decode_peers(body[1:]))
+        elif kind != PING:
+            raise MalformedRecord(f"unknown record kind {kind}")
+
+    def _deliver(self, frame: bytes) -> None:
+        try:
+            self.on_frame(frame)
+        except Exception:  # the application's bug must not cost the peer its link
+            self.handler_errors += 1
+            log.exception("tcp transport: on_frame raised")
+
+    # -- discovery --------------------------------------------------------------------------
+
+    def _learn(self, link: Link, hints: Mapping[int, Address]) -> None:
+        """Merge a peer's address book. A peer's word about itself may replace an address that
+        has not worked yet; its word about others only fills gaps. All of it is a hint: a wrong
+        address just fails its handshake."""
+        learned = False
+        for peer, announced in hints.items():
+            if peer == self.id or peer not in self.keyring or peer in self._banned:
+                continue
+            current = self._addresses.get(peer)
+            if peer == link.peer:
+                address = reachable(announced, link.writer.get_extra_info("peername"))
+                replace = current != address and peer not in self._verified
+            else:
+                address, replace = announced, current is None
+            if replace:
+                self._addresses[peer] = address
+                learned = True
+                self._ensure_dialer(peer)
+        if learned:  # pass news on, so a mesh grown from one bootstrap node closes up
+            body = encode_peers(self._addresses)
+            for state in self._peers.values():
+                for other in state.links():
+                    if not other.writer.is_closing():
+                        self._send_record(other, PEERS, body)
+
+    # -- liveness ---------------------------------------------------------------------------
+
+    async def _watch(self) -> None:
+        interval = min(self.heartbeat, self.suspect_after) / 2
+        last = self._now()
+        while True:
+            await asyncio.sleep(interval)
+            now = self._now()
+            # A tick this late means our own loop was blocked; peers' records may be sitting
+            # unread in socket buffers, so judging their silence now would be unfair.
+            stalled = now - last > interval + self.suspect_after / 2
+            last = now
+            for peer, state in list(self._peers.items()):  # callbacks may add peers
+                self._ping_idle(state, now)
+                if not stalled and state.up and now - state.last_heard > self.suspect_after:
+                    self._set_up(peer, state, False)
+
+    def _ping_idle(self, state: PeerState, now: float) -> None:
+        for link in state.links():
+            idle = now - link.last_sent >= self.heartbeat
+            # A non-empty write buffer means the link is busy, not idle; adding pings to it
+            # would grow memory behind a peer that stopped reading.
+            if (idle and not link.writer.is_closing()
+                    and link.writer.transport.get_write_buffer_size() == 0):
+                self._send_record(link, PING, b"")

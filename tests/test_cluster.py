@@ -1,0 +1,232 @@
+"""Real node processes on loopback (`phalanx cluster`, `phalanx node --real`): the status
+endpoint, the same model as the simulation, and a `kill -9` mid-run that loses nothing."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+import phalanx
+from phalanx.apps.cli import app
+from phalanx.apps.cluster import cluster_down, cluster_status, cluster_up, read_cluster
+from phalanx.apps.node_log import NodeLog
+from phalanx.sim.scenario import load_scenario
+
+SCENARIOS = Path(__file__).resolve().parent.parent / "scenarios"
+
+
+def until(check: Callable[[], Any], timeout: float, what: str) -> Any:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if value := check():
+            return value
+        time.sleep(0.1)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+
+
+def statuses(folder: Path) -> dict[int, dict[str, Any]]:
+    return {r["node"]: r["status"] for r in cluster_status(folder) if r["status"]}
+
+
+def all_finished(folder: Path, n: int) -> bool:
+    s = statuses(folder)
+    return len(s) == n and all(v["finished"] for v in s.values())
+
+
+def test_cluster_runs_the_simulated_model_and_reports_status(tmp_path: Path) -> None:
+    folder = tmp_path / "cluster"
+    scenario = load_scenario(SCENARIOS / "quickstart.yaml")
+    nodes = cluster_up(scenario, folder)
+    try:
+        until(lambda: all_finished(folder, 4), 120, "4 finished nodes")
+        status = statuses(folder)
+        one = status[0]
+        assert one["round"] == 60 and one["health"]["status"] == "ok"
+        assert one["peers_up"] == 3 and {p["id"] for p in one["peers"]} == {1, 2, 3}
+        assert set(one["reputation"]) == {"1", "2", "3"} and one["excluded"] == []
+        assert one["training"]["rounds_committed"] == 60
+        with urllib.request.urlopen(f"http://127.0.0.1:{nodes[1].web_port}/health") as r:
+            assert r.status == 200 and json.loads(r.read())["status"] == "ok"
+        table = CliRunner().invoke(app, ["cluster", "status", "--dir", str(folder)])
+        assert table.exit_code == 0 and "running" in table.output, table.output
+        real_hashes = {i: s["model_hash"] for i, s in status.items()}
+    finally:
+        assert cluster_down(folder) == []  # every node stopped on SIGTERM, none killed
+    sim = phalanx.run(SCENARIOS / "quickstart.yaml")
+    assert set(real_hashes.values()) == set(sim.final_hashes().values())
+    for node in nodes:  # graceful shutdown flushed the results and kept the log readable
+        result = json.loads((node.folder / "result.json").read_text())
+        assert result["finished"] and len(result["commits"]) == 60
+        assert len(NodeLog(node.folder / "node.sqlite").records()) == 60
+        assert oct((node.folder / "node.key").stat().st_mode)[-3:] == "600"
+
+
+def crash_scenario(tmp_path: Path) -> Path:
+    """quickstart with more rounds and short wall-clock timeouts, so a dead peer costs a
+    fraction of a second per round rather than the default 5 s."""
+    data = yaml.safe_load((SCENARIOS / "quickstart.yaml").read_text())
+    data["name"] = "crash-real"
+    data["training"]["rounds"] = 150
+    data["real"] = {"round_timeout": 0.3, "view_timeout": 1.5}
+    data["expect"] = {}
+    path = tmp_path / "crash.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def test_kill_9_mid_run_then_restart_loses_no_committed_round(tmp_path: Path) -> None:
+    folder = tmp_path / "cluster"
+    scenario = load_scenario(crash_scenario(tmp_path))
+    nodes = cluster_up(scenario, folder)
+    try:
+        until(lambda: statuses(folder).get(3, {}).get("round", 0) >= 15, 120, "round 15")
+        os.kill(nodes[3].pid, signal.SIGKILL)  # mid-round: no chance to flush anything
+        killed_at = max(s["round"] for s in statuses(folder).values())
+        # the other three keep committing without it
+        until(lambda: min(s["round"] for i, s in statuses(folder).items() if i != 3)
+              >= killed_at + 10, 120, "10 more rounds without node 3")
+        assert 3 not in statuses(folder)
+        restarted = cluster_up(scenario, folder)  # brings back only the missing node
+        assert [n.pid for n in restarted[:3]] == [n.pid for n in nodes[:3]]
+        assert restarted[3].pid != nodes[3].pid
+        until(lambda: all_finished(folder, 4), 180, "4 finished nodes after the restart")
+        final = {i: s["model_hash"] for i, s in statuses(folder).items()}
+    finally:
+        cluster_down(folder)
+    assert len(set(final.values())) == 1, final
+    # every node's SQLite log holds all 150 rounds, with the same agreed set and model after
+    # each: no committed round lost, none forked
+    logs = {n.id: NodeLog(n.folder / "node.sqlite").db.execute(
+        "SELECT round, set_digest, model_hash FROM rounds ORDER BY round").fetchall()
+        for n in nodes}
+    assert [row[0] for row in logs[3]] == list(range(150))
+    assert logs[0] == logs[1] == logs[2] == logs[3]
+    results = [json.loads((n.folder / "result.json").read_text()) for n in nodes]
+    hashes = [{c["round"]: c["model_hash"] for c in r["commits"]} for r in results]
+    for h in hashes[1:3]:
+        assert h == hashes[0]
+    # the restarted node committed the rounds it missed through state sync
+    assert any(c["via_sync"] for c in results[3]["commits"])
+    assert read_cluster(folder)["nodes"][3]["pid"] == restarted[3].pid
+
+
+def test_node_refuses_bad_settings_in_one_line(tmp_path: Path) -> None:
+    config = tmp_path / "node.json"
+    config.write_text(json.dumps({"node_id": 0, "p2p_port": 70000}))
+    cases = [
+        (["node"], "pass --real"),
+        (["node", "--real", "--config", str(config)], "p2p_port"),
+        (["node", "--real", "--node-type", "annotation", "--scenario",
+          str(SCENARIOS / "quickstart.yaml"), "--data-dir", str(tmp_path / "d")],
+         "only consensus members"),
+        (["node", "--real", "--node-id", "0", "--scenario", str(SCENARIOS / "quickstart.yaml"),
+          "--data-dir", str(tmp_path / "d")], "--members is required"),
+        (["cluster", "status", "--dir", str(tmp_path / "none")], "no cluster here"),
+    ]
+    for args, message in cases:
+        result = CliRunner().invoke(app, args)
+        assert result.exit_code == 2 and message in result.output, (args, result.output)
+        assert "Traceback" not in result.output
+
+
+@pytest.mark.skipif(shutil.which("mpiexec") is None, reason="mpiexec is not on PATH")
+def test_four_mpi_ranks_end_on_the_simulated_model(tmp_path: Path) -> None:
+    """`mpiexec -n 4 python -m phalanx.apps.node --real --transport mpi ...`: the ranks gather
+    each other's keys, train over MPI point-to-point messages and end on the simulated hash."""
+    cmd = ["mpiexec", "-n", "4", sys.executable, "-m", "phalanx.apps.node", "--real",
+           "--transport", "mpi", "--scenario", str(SCENARIOS / "quickstart.yaml"),
+           "--data-dir", str(tmp_path / "node-{node_id}"), "--no-web",
+           "--exit-when-finished", "--linger", "1"]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=240)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    results = [json.loads((tmp_path / f"node-{i}" / "result.json").read_text())
+               for i in range(4)]
+    sim = phalanx.run(SCENARIOS / "quickstart.yaml")
+    assert {r["model_hash"] for r in results} == set(sim.final_hashes().values())
+    assert all(r["finished"] and len(r["commits"]) == 60 for r in results)
+    # every round's model, not only the last, matches the simulation's
+    sim_rounds = dict(zip(*sim.rounds.filter(pl.col("node") == 0).select(
+        "round", "model_hash").to_dict(as_series=False).values(), strict=True))
+    assert {c["round"]: c["model_hash"] for c in results[2]["commits"]} == sim_rounds
+
+
+def test_hostile_peers_are_refused_and_counted_while_the_node_keeps_training(
+        tmp_path: Path) -> None:
+    """A 4-node cluster whose node 3 is killed and impersonated from this process with its
+    real key: raw garbage, an oversized frame, forged signatures, replays, fuzzed frames over
+    an authenticated link and a flood. Node 0 counts each refusal, keeps committing with nodes
+    1 and 2, and its memory stays bounded."""
+    import asyncio
+    import socket
+
+    from phalanx.net.crypto import Identity
+    from phalanx.net.envelope import seal
+    from phalanx.net.messages import SyncRequest
+    from phalanx.net.tcp import TcpTransport
+
+    data = yaml.safe_load(crash_scenario(tmp_path).read_text())
+    data["training"]["rounds"] = 400
+    (tmp_path / "hostile.yaml").write_text(yaml.safe_dump({**data, "name": "hostile"}))
+    folder = tmp_path / "cluster"
+    nodes = cluster_up(load_scenario(tmp_path / "hostile.yaml"), folder)
+    try:
+        until(lambda: statuses(folder).get(0, {}).get("round", 0) >= 5, 120, "round 5")
+        os.kill(nodes[3].pid, signal.SIGKILL)
+        before = statuses(folder)[0]
+        p2p = ("127.0.0.1", nodes[0].p2p_port)
+        for garbage in (b"", b"\x00" * 3, os.urandom(200), b"\xff\xff\xff\xff" + b"x" * 64):
+            with socket.create_connection(p2p, timeout=5) as raw:  # no handshake at all
+                raw.sendall(garbage)
+                raw.shutdown(socket.SHUT_WR)
+                raw.recv(1024)  # returns when node 0 closes the connection
+        members = json.loads((folder / "members.json").read_text())["members"]
+        keyring = {m["id"]: bytes.fromhex(m["public_key"]) for m in members}
+        me = Identity.load(nodes[3].folder / "node.key")
+
+        async def attack() -> None:
+            link = TcpTransport(3, {3: ("127.0.0.1", 0), 0: p2p}, lambda _: None,
+                                identity=me, keyring=keyring)
+            await link.start()
+            await link.wait_for_peers(20, peers=[0])
+            ask = SyncRequest(round=0, from_round=0, count=1)
+            link.send(0, seal(Identity.generate(), 3, 10**9, ask))  # signed by someone else
+            valid = seal(me, 3, 10**9 + 1, ask)
+            link.send(0, valid)
+            link.send(0, valid)  # the same frame again: a replay
+            for i in range(50):  # fuzz over an authenticated link
+                link.send(0, os.urandom(1 + 37 * i))
+            for _ in range(3000):  # a flood of 64 KB frames, 190 MB in all
+                link.send(0, b"\x93" + os.urandom(65535))
+            await asyncio.sleep(3)
+            await link.close()
+
+        asyncio.run(attack())
+        until(lambda: statuses(folder)[0]["round"] >= before["round"] + 10, 120,
+              "node 0 committing after the attack")
+        after = statuses(folder)[0]
+    finally:
+        cluster_down(folder)
+    refused = after["transport"]["refusals"]
+    rejected = after["rejections"]
+    assert sum(refused.values()) >= 4, refused  # every raw connection refused
+    assert refused.get("oversized_frame", 0) >= 1, refused  # the 4 GB length prefix
+    assert rejected.get("bad_signature", 0) >= 1, rejected
+    assert rejected.get("replay", 0) >= 1, rejected
+    assert rejected.get("malformed", 0) >= 50, rejected
+    assert after["health"]["status"] in ("ok", "degraded")
+    # the flood went through node 0's decoder without its memory following it
+    assert after["peak_memory_mb"] < before["peak_memory_mb"] + 150, (before, after)
