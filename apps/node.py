@@ -189,6 +189,7 @@ class RealNode:
             "peers_up": sum(up.get(p, False) for p in self.peers),
             "reputation": {str(p): r for p, r in node.reputation.items()},
             "excluded": sorted(node.excluded), "rejections": dict(node.rejections),
+            "log_starts_at": node.history_base,  # above 0: joined from a peer's checkpoint
             "training": {"rounds": s.training.rounds, "rounds_committed": len(commits),
                          "last_train_loss": commits[-1][0].train_loss if commits else None},
             "health": verdict, "uptime_seconds": time.time() - host.started,
@@ -211,9 +212,11 @@ class RealNode:
             serving = asyncio.create_task(server.serve())
         await self.transport.start()
         try:  # a restarted node finds its peers up; a first start waits for them, not forever
-            await self.transport.wait_for_peers(self.plan.scenario.real.deadline)
+            await self.transport.wait_for_peers(self.plan.scenario.real.start_wait)
         except TimeoutError:
-            self.out.print("not every peer answered; starting with those that did")
+            up = sum(self.peer_states().values())
+            self.out.print(f"{up} of {len(self.peers)} peers reachable after "
+                           f"{self.plan.scenario.real.start_wait:g} s; starting with them")
         self.host.feed(Started(self.disk.read_all()))
         backlog, self.early = self.early or [], None
         for frame in backlog:

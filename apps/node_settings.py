@@ -3,7 +3,7 @@ the command line), its key file, and the members it trusts.
 
 A node's identity is an Ed25519 key in `<data_dir>/node.key`, created on first start. The
 members file (`members.json`, written by `phalanx cluster up`, or by an operator from each
-member's `phalanx node keygen`) lists every consensus member's id, public key and address:
+member's `phalanx keygen`) lists every consensus member's id, public key and address:
 the keyring that authenticates peers and signatures.
 """
 

@@ -135,7 +135,9 @@ def summarize(scenario: Scenario, rounds: pl.DataFrame, extra: dict[str, Any],
     down = down or set()
     honest_ids = sorted(set(range(scenario.nodes.count)) - scenario.byzantine_nodes())
     running = [i for i in honest_ids if i not in down] or honest_ids
-    per_node = honest.group_by("node").agg(pl.len().alias("committed"))
+    # rounds a node holds the state after: a node that started from a checkpoint committed
+    # none of the rounds before it, yet holds their result
+    per_node = honest.group_by("node").agg((pl.col("round").max() + 1).alias("committed"))
     committed = dict(zip(per_node["node"].to_list(), per_node["committed"].to_list(),
                          strict=True))
     top = int(honest["round"].max()) if len(honest) else -1  # type: ignore[arg-type]

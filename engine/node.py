@@ -49,6 +49,7 @@ the round holds no proof, the node fetches the rounds before it, where the fork 
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
 from collections import Counter
@@ -62,9 +63,11 @@ from phalanx.engine.aggregate import AggregationContext, make_aggregator, min_in
 from phalanx.engine.byzantine import Behaviour
 from phalanx.engine.consensus import (
     Certificate,
+    CheckpointOffers,
     Key,
     VoteBook,
     check_certificate,
+    check_checkpoint,
     conflicting,
     equivocations,
     max_faulty,
@@ -100,6 +103,8 @@ from phalanx.net.messages import (
     COMMIT,
     PREPARE,
     Certified,
+    Checkpoint,
+    CheckpointRequest,
     Evidence,
     Fetch,
     Frames,
@@ -159,6 +164,9 @@ class NodeConfig:
     # found once it heals, even if nobody has anything left to send
     audit_interval: float | None = None
     future_rounds: int = 2  # messages buffered ahead of the node's own round
+    # a node this many rounds behind a peer fetches a checkpoint (verified by a commit
+    # certificate and offered identically by f + 1 peers) instead of replaying every round
+    checkpoint_gap: int = 32
 
 
 class Node:
@@ -185,7 +193,8 @@ class Node:
         self.optimizer = make_optimizer(config.optimizer, config.lr, config.momentum)
         self.guard = ReplayGuard()
         self.rejections: Counter[str] = Counter()
-        self.history: list[RoundRecord] = []
+        self.history: list[RoundRecord] = []  # committed rounds from history_base on
+        self.history_base = 0  # above 0 once the node started from a peer's checkpoint
         self.round = 0
         self.view = 0
         self.finished = False
@@ -222,12 +231,17 @@ class Node:
         self._audited = 0  # the last peer the finished node compared heads with
         self._certified: set[tuple[int, tuple[int, int, bytes, bytes]]] = set()  # QCs we sent
         self._poll = 0
+        self._offers = CheckpointOffers(self.f + 1)
+        self._checkpoint_until = -1.0  # no new checkpoint requests before this time
+        self._checkpoint_turn = 0
+        self._served: set[tuple[int, int]] = set()  # (peer, round) a checkpoint was sent for
         self._out: list[Action] = []
         self._handlers: dict[type[Message], Callable[[Envelope], None]] = {
             Gradient: self._on_gradient, Vote: self._on_vote, Proposal: self._on_proposal,
             ViewChange: self._on_view_change, SyncRequest: self._on_sync_request,
             SyncResponse: self._on_sync_response, Evidence: self._on_evidence,
-            Fetch: self._on_fetch, Frames: self._on_frames, Certified: self._on_certified}
+            Fetch: self._on_fetch, Frames: self._on_frames, Certified: self._on_certified,
+            CheckpointRequest: self._on_checkpoint_request, Checkpoint: self._on_checkpoint}
 
     @property
     def settled(self) -> bool:
@@ -292,8 +306,13 @@ class Node:
             self.velocity = np.frombuffer(velocity, dtype=np.float32).copy()
             self.last_update = np.frombuffer(update, dtype=np.float32).copy()
             self.worker_momentum = np.frombuffer(momentum, dtype=np.float32).copy()
-            records = [disk.get(f"log/{r}") for r in range(round_)]
-            self.history = [r for r in records if isinstance(r, RoundRecord)]
+            # the log's unbroken run of rounds up to the checkpoint (a node that started from
+            # a peer's checkpoint holds none before it)
+            base = round_
+            while base > 0 and isinstance(disk.get(f"log/{base - 1}"), RoundRecord):
+                base -= 1
+            self.history = [disk[f"log/{r}"] for r in range(base, round_)]  # type: ignore[misc]
+            self.history_base = base
         for key, proof in disk.items():  # exclusions survive a restart with the disk
             if key.startswith("evidence/") and isinstance(proof, bytes):
                 offender = int(key.split("/", 1)[1])
@@ -977,7 +996,7 @@ class Node:
         peers = [m for m in self.members if m != self.id and m not in self.excluded]
         if peers and self.history:
             self._audited = (self._audited + 1) % len(peers)
-            self._send(peers[self._audited], SyncRequest(self.round, len(self.history) - 1, 1))
+            self._send(peers[self._audited], SyncRequest(self.round, self.round - 1, 1))
 
     @property
     def _audit_interval(self) -> float:
@@ -1046,7 +1065,8 @@ class Node:
 
     def _send_records(self, peer: int, from_round: int, count: int | None = None) -> None:
         count = min(count or self.config.sync_batch, self.config.sync_batch)
-        records = tuple(self.history[from_round : from_round + count])
+        start = from_round - self.history_base  # none before our base: the asker will ask
+        records = tuple(self.history[start : start + count]) if start >= 0 else ()  # for a checkpoint
         self._send(peer, SyncResponse(self.round, records))
 
     def replay(self, records: list[RoundRecord]) -> str | None:
@@ -1115,10 +1135,18 @@ class Node:
         resp: SyncResponse = env.message  # type: ignore[assignment]
         if env.sender == self._sync_peer:
             self._sync_until = -1.0
+        if not self.finished and (resp.round - self.round > self.config.checkpoint_gap or (
+                not resp.records and resp.round > self.round + 1)):
+            # far behind, or the peer holds no records from our round on (it started from a
+            # checkpoint itself): fetch a state rather than the rounds
+            self._request_checkpoints()
+            return
         applied = 0
         for record in resp.records:
-            if 0 <= record.round < len(self.history):
-                self._compare_records(self.history[record.round], record, env.sender)
+            if record.round < self.round:
+                if record.round >= self.history_base:
+                    self._compare_records(self.history[record.round - self.history_base],
+                                          record, env.sender)
                 continue
             if record.round != self.round or self.finished:
                 continue  # not next in line here (records are normally consecutive)
@@ -1131,3 +1159,63 @@ class Node:
             applied += 1
         if applied and applied == len(resp.records) and resp.round > self.round:
             self._request_sync(env.sender, force=True)
+
+    # ---- checkpoint state sync (engine/consensus/checkpoint.py) ----------------------------
+
+    def _request_checkpoints(self) -> None:
+        """Ask f + 1 peers (the next ones in turn at each try) for their state."""
+        if self.now < self._checkpoint_until:
+            return
+        self._checkpoint_until = self.now + self.config.view_timeout
+        peers = [m for m in self.members if m != self.id and m not in self.excluded]
+        for i in range(min(self.f + 1, len(peers))):
+            peer = peers[(self._checkpoint_turn + i) % len(peers)]
+            self._send(peer, CheckpointRequest(self.round))
+        self._checkpoint_turn += self.f + 1
+
+    def _on_checkpoint_request(self, env: Envelope) -> None:
+        req: CheckpointRequest = env.message  # type: ignore[assignment]
+        if (req.round >= self.round or not self.history or env.sender in self.excluded
+                or (env.sender, self.round) in self._served):
+            return  # not behind us, nothing to offer, or already sent this round's state
+        self._served.add((env.sender, self.round))
+        self._send(env.sender, Checkpoint(self.round, self.history[-1], self.params,
+                                          self.velocity, self.last_update))
+
+    def _on_checkpoint(self, env: Envelope) -> None:
+        cp: Checkpoint = env.message  # type: ignore[assignment]
+        if cp.round <= self.round or self.finished:
+            return
+        cert = check_checkpoint(cp, self.open, self._member_set, self.params.shape,
+                                self.velocity.shape)
+        if isinstance(cert, str):
+            self._reject(cert, env.sender)
+            return
+        agreed = self._offers.add(env, cert)
+        if agreed is not None:
+            self._adopt_checkpoint(agreed[0].message, agreed[1])  # type: ignore[arg-type]
+
+    def _adopt_checkpoint(self, cp: Checkpoint, cert: Certificate) -> None:
+        """Continue from round `cp.round` with the agreed state; the rounds before it stay with
+        the peers (our log starts at `cp.record`)."""
+        self.params = cp.params.copy()
+        self.velocity, self.last_update = cp.velocity.copy(), cp.last_update.copy()
+        self.worker_momentum = np.zeros_like(self.params)  # ours: what we would have sent
+        self.model_hash = cert.model_hash
+        self.history, self.history_base = [cp.record], cp.record.round
+        self._out.append(Persist(f"log/{cp.record.round}", cp.record))
+        losses = []
+        for frame in cp.record.gradients:
+            with contextlib.suppress(DecodeError):
+                losses.append(self.open(frame).message.loss)  # type: ignore[union-attr]
+        self._out.append(Emit(RoundCommitted(
+            self.id, cp.record.round, cert.view, len(cp.record.gradients),
+            float(np.mean(losses)) if losses else math.nan, self.model_hash, True,
+            self.params)))
+        self.round, self.view = cp.round, cert.view
+        self._lock = self._valid = None
+        self._voted, self._abstain = set(), False
+        self._offers.clear()
+        self._out.append(Persist("votes", msgpack.packb([])))
+        self._out.append(Persist("checkpoint", self._checkpoint()))
+        self._start_round()

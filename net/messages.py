@@ -164,12 +164,34 @@ class Certified:
     votes: tuple[bytes, ...]
 
 
+
+@dataclass(frozen=True, slots=True)
+class CheckpointRequest:
+    """A node far behind asks for a peer's state instead of every round it missed."""
+
+    KIND: ClassVar[int] = 12
+    round: int  # the asker's round
+
+
+@dataclass(frozen=True, slots=True)
+class Checkpoint:
+    """A node's training state at the start of `round`, with the record of round - 1 whose
+    commit certificate names the model hash `params` must have. The optimizer's state is not
+    covered by that hash: the asker adopts a state only when f + 1 peers sent the same one."""
+
+    KIND: ClassVar[int] = 13
+    round: int
+    record: RoundRecord
+    params: np.ndarray
+    velocity: np.ndarray  # the optimizer's state vector
+    last_update: np.ndarray  # the last committed aggregate
 Message: TypeAlias = (Gradient | Proposal | SyncRequest | SyncResponse | Vote | ViewChange
-                      | Evidence | Fetch | Frames | Certified)
+                      | Evidence | Fetch | Frames | Certified | CheckpointRequest | Checkpoint)
 
 # KIND 5 (Head, the fork announcements of the crash-fault protocol) is retired, never reused.
 _TOP_LEVEL: tuple[type[Message], ...] = (Gradient, Proposal, SyncRequest, SyncResponse, Vote,
-                                         ViewChange, Evidence, Fetch, Frames, Certified)
+                                         ViewChange, Evidence, Fetch, Frames, Certified,
+                                         CheckpointRequest, Checkpoint)
 
 
 def _registry(classes: tuple[type[Message], ...]) -> dict[int, type[Message]]:

@@ -471,16 +471,16 @@ class TcpTransport:
     # -- connections ------------------------------------------------------------------------
 
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        task = asyncio.current_task()
-        if task is not None:
-            self._track(task)  # so close() ends connections that are still being served
         if self._closing:
             writer.close()
             return
         if self._pending >= self.max_pending_handshakes:
             self._refuse("too_many_pending", writer)
             return
-        await self._contained(self._serve_inbound(reader, writer), writer)
+        # Served in a task of our own, which close() can cancel: asyncio reports a cancelled
+        # connection-callback task as an unhandled error, so that one must end normally.
+        await asyncio.wait([self._spawn(self._contained(self._serve_inbound(reader, writer),
+                                                        writer))])
 
     async def _serve_inbound(self, reader: asyncio.StreamReader,
                              writer: asyncio.StreamWriter) -> None:
@@ -502,7 +502,8 @@ class TcpTransport:
                 self.dial_failures += 1
                 self._verified.discard(peer)  # let the peer's own announcement replace it
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(state.wake.wait(), state.backoff.next_delay())
+                async with asyncio.timeout(state.backoff.next_delay()):
+                    await state.wake.wait()
 
     async def _dial(self, peer: int) -> bool:
         """One connection attempt; True if it was authenticated (the link has ended since)."""

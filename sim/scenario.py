@@ -366,6 +366,9 @@ class RealSpec(Strict):
     round_timeout: Annotated[float, Field(gt=0)] = 5.0
     view_timeout: Annotated[float, Field(gt=0)] = 15.0
     deadline: Annotated[float, Field(gt=0)] = 300.0  # whole run, wall seconds
+    # how long a starting node waits for every peer before it starts with those it reached
+    # (the rest join late and catch up by state sync)
+    start_wait: Annotated[float, Field(ge=0)] = 60.0
 
 
 class Scenario(Strict):

@@ -230,3 +230,36 @@ def test_hostile_peers_are_refused_and_counted_while_the_node_keeps_training(
     assert after["health"]["status"] in ("ok", "degraded")
     # the flood went through node 0's decoder without its memory following it
     assert after["peak_memory_mb"] < before["peak_memory_mb"] + 150, (before, after)
+
+
+def test_a_late_joiner_catches_up_from_a_checkpoint(tmp_path: Path) -> None:
+    """Nodes 0-2 start alone (node 3's seat stays empty past `start_wait`) and commit 50
+    rounds; node 3 then starts with no state, fetches a checkpoint that f + 1 = 2 peers offer
+    identically and a commit certificate vouches for, and finishes on the same model."""
+    data = yaml.safe_load(crash_scenario(tmp_path).read_text())
+    data["real"]["start_wait"] = 1.0
+    data["training"]["rounds"] = 120
+    (tmp_path / "late.yaml").write_text(yaml.safe_dump({**data, "name": "late"}))
+    scenario = load_scenario(tmp_path / "late.yaml")
+    folder = tmp_path / "cluster"
+    for node in (0, 1, 2):
+        cluster_up(scenario, folder, only=node)
+    try:
+        until(lambda: len(s := statuses(folder)) == 3 and min(v["round"] for v in s.values())
+              >= 50, 180, "three nodes at round 50")
+        cluster_up(scenario, folder, only=3)
+        until(lambda: all_finished(folder, 4), 180, "4 finished nodes")
+        status = statuses(folder)
+    finally:
+        cluster_down(folder)
+    assert len({s["model_hash"] for s in status.values()}) == 1
+    assert status[3]["log_starts_at"] >= 49  # it skipped the rounds before the checkpoint
+    assert all(status[i]["log_starts_at"] == 0 for i in (0, 1, 2))
+    assert status[3]["rejections"] == {} and status[3]["health"]["status"] == "ok"
+    # its log is unbroken from the checkpoint's round to the last (the peers' transports may
+    # also have delivered a few early rounds they had queued for it, committed normally)
+    base = status[3]["log_starts_at"]
+    log = NodeLog(folder / "node-3" / "node.sqlite").db.execute(
+        "SELECT min(round), max(round), count(*) FROM rounds WHERE round >= ?",
+        (base,)).fetchone()
+    assert log == (base, 119, 120 - base)

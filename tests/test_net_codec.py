@@ -14,6 +14,8 @@ from phalanx.net.messages import (
     COMMIT,
     KINDS,
     Certified,
+    Checkpoint,
+    CheckpointRequest,
     Evidence,
     Fetch,
     Frames,
@@ -124,6 +126,12 @@ def test_sync_messages_roundtrip() -> None:
                     for r in range(4))
     for resp in (SyncResponse(9, records), SyncResponse(0, ())):
         assert roundtrip(resp) == resp
+    assert roundtrip(CheckpointRequest(3)) == CheckpointRequest(3)
+    state = [np.arange(n, dtype=np.float32) for n in (5, 10, 5)]
+    cp = roundtrip(Checkpoint(4, records[3], *state))
+    assert cp.round == 4 and cp.record == records[3]
+    for got, want in zip((cp.params, cp.velocity, cp.last_update), state, strict=True):
+        np.testing.assert_array_equal(got, want)
 
 
 def test_consensus_messages_roundtrip_and_hash_length() -> None:
@@ -140,7 +148,7 @@ def test_consensus_messages_roundtrip_and_hash_length() -> None:
 
 
 def test_every_kind_is_covered() -> None:
-    assert set(KINDS) == {1, 2, 3, 4, 6, 7, 8, 9, 10, 11}  # 5 (Head) is retired
+    assert set(KINDS) == {1, 2, 3, 4, 6, 7, 8, 9, 10, 11, 12, 13}  # 5 (Head) is retired
     assert all(kind == cls.KIND for kind, cls in KINDS.items())
 
 

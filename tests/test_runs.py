@@ -45,6 +45,18 @@ def test_real_tcp_processes_end_on_the_simulated_model() -> None:
     assert real.rounds.select(key).sort(key[:2]).equals(sim.rounds.select(key).sort(key[:2]))
 
 
+def test_late_joiner_starts_from_a_checkpoint_in_simulation() -> None:
+    result = phalanx.run(SCENARIOS / "late_join.yaml")
+    assert result.ok, result.failures
+    late = result.rounds.filter(pl.col("node") == 3).sort("round")
+    first = int(late["round"][0])
+    assert first > 32 and late["via_sync"][0]  # state from peers, not every round replayed
+    assert late["round"].to_list() == list(range(first, 100))  # and every round after it
+    others = result.rounds.filter(pl.col("node") == 0).select("round", "model_hash")
+    joined = late.select("round", "model_hash").join(others, on="round", suffix="_0")
+    assert (joined["model_hash"] == joined["model_hash_0"]).all()
+
+
 def fault_window(result: RunResult, kind: str) -> tuple[float, float]:
     events = result.events
     start = events.filter((pl.col("event") == "fault") & pl.col("detail").str.contains(kind))

@@ -1,0 +1,365 @@
+"""`phalanx calibrate`: measure on this machine what the simulator needs to predict a real
+loopback run of a scenario, and write a calibrated copy of the scenario.
+
+The simulator models a round as compute (`training.step_time` per gradient at speed 1.0) and
+link delays (latency, jitter, bandwidth). A real node also signs and verifies every frame,
+handles events in Python, writes its SQLite log (`synchronous=FULL`: a flush per write, several
+per round, each before the vote it protects goes out) and shares this machine's cores with the
+other node processes. The simulator has no parameter for those, so calibration measures:
+
+1. compute: the median time of one real gradient of the scenario's workload (one torch thread,
+   as a node runs it);
+2. links: one-way latency, its spread (as uniform jitter) and bandwidth between two
+   `TcpTransport` endpoints in two processes, timed by ping-pong (a frame's round trip / 2);
+3. node work: the scenario's nodes run in this one process over an in-memory transport with
+   their real SQLite logs, so the time per node and round, and its SQLite and frame-checking
+   parts, are what a node does besides the network, without core sharing;
+4. a measured real run of the cluster: the mean time between a node's commits. What the
+   simulator with (1) and (2) leaves unexplained is a per-round cost on the critical path; it
+   is folded into `step_time` (gradient + residual), the one parameter the simulator spends
+   once per round. (3) says how much of the residual is node work rather than core sharing
+   and process wake-ups.
+
+The residual is measured for the scenario's node count: verifications and flushes per round
+grow with n while `step_time` does not, so a calibration predicts this scenario on this
+machine, not other sizes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from rich.console import Console
+
+from phalanx.apps.bench_consensus import round_periods
+from phalanx.apps.bench_report import stamp
+from phalanx.apps.cluster import check_runnable
+from phalanx.apps.node_host import AsyncHost
+from phalanx.apps.node_log import NodeLog
+from phalanx.apps.runner import RunResult, run_scenario
+from phalanx.engine.events import Received, Started
+from phalanx.engine.node import Node
+from phalanx.engine.rng import RngStreams
+from phalanx.engine.workloads.base import GradientJob
+from phalanx.net.crypto import Identity
+from phalanx.net.envelope import Envelope, open_frame
+from phalanx.net.tcp import TcpTransport
+from phalanx.sim.scenario import Scenario, parse_scenario
+from phalanx.sim.world import node_config, workload_for
+
+PING_BYTES = 256  # about a vote's frame: the latency probe
+BULK_BYTES = 4 * 1024 * 1024  # long enough that its transfer time dwarfs the latency
+STOP = b"stop"
+ECHO_LIFETIME = 120.0  # an orphaned echo process gives up after this many seconds
+
+
+class CalibrationError(RuntimeError):
+    """A measurement that could not be made; the message is one line."""
+
+
+# ---- scenario edits ------------------------------------------------------------------------
+
+
+def with_rounds(scenario: Scenario, rounds: int) -> Scenario:
+    """The same scenario with another number of rounds, validated."""
+    data = scenario.model_dump(mode="json")
+    data["training"]["rounds"] = rounds
+    return parse_scenario(data, scenario.name)
+
+
+def calibrated_scenario(scenario: Scenario, step_time: float, latency: float, jitter: float,
+                        bandwidth: float) -> Scenario:
+    """The scenario as the loopback cluster runs it: every node on this machine (speed 1,
+    `step_time` measured here), every pair linked directly (a complete topology), the measured
+    link and the real nodes' timeouts."""
+    data = scenario.model_dump(mode="json")
+    data["nodes"].update(speed=1.0, speeds={})
+    data["topology"] = {"kind": "complete"}
+    data["links"].update(latency=latency, jitter=jitter, jitter_dist="uniform",
+                         bandwidth=bandwidth)
+    data["training"].update(step_time=step_time, round_timeout=scenario.real.round_timeout,
+                            view_timeout=scenario.real.view_timeout, max_time=None)
+    return parse_scenario(data, scenario.name)
+
+
+# ---- what one run says -----------------------------------------------------------------------
+
+
+def round_seconds(result: RunResult) -> dict[str, float]:
+    """Mean and median time between a node's consecutive commits (honest nodes, rounds after
+    the first: the steady state, without start-up)."""
+    gaps = round_periods(result)["gap"]
+    return {"mean": float(gaps.mean()), "median": float(gaps.median())}  # type: ignore[arg-type]
+
+
+# ---- 1. compute ----------------------------------------------------------------------------
+
+
+def gradient_seconds(scenario: Scenario, repeats: int) -> float:
+    """Median wall time of one real gradient (node 0's, over successive rounds' batches)."""
+    torch.set_num_threads(1)  # as every node process runs
+    workload = workload_for(scenario, RngStreams(scenario.seed))
+    params = workload.init_params()
+    GradientJob(workload, 0, 0, params).run()  # first call pays one-off set-up (shard, kernels)
+    times = []
+    for r in range(repeats):
+        start = time.perf_counter()
+        GradientJob(workload, 0, r, params).run()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+# ---- 2. links ------------------------------------------------------------------------------
+
+
+def _pair(seed: int) -> tuple[list[Identity], dict[int, bytes]]:
+    ids = [Identity.derive(seed, i) for i in range(2)]
+    return ids, {i: x.public_key for i, x in enumerate(ids)}
+
+
+def _echo_peer(host: str, parent: tuple[str, int], seed: int) -> None:
+    """The far end of the link probe (its own process): send every frame back until STOP."""
+    async def echo() -> None:
+        ids, keyring = _pair(seed)
+        stop = asyncio.Event()
+
+        def on_frame(frame: bytes) -> None:
+            if frame == STOP:
+                stop.set()
+            else:
+                transport.send(0, frame)
+
+        transport = TcpTransport(1, {1: (host, 0), 0: parent}, on_frame, identity=ids[1],
+                                 keyring=keyring)
+        await transport.start()
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(ECHO_LIFETIME):
+                await stop.wait()
+        await transport.close()
+
+    asyncio.run(echo())
+
+
+async def _ping_pong(host: str, repeats: int, seed: int) -> dict[int, list[float]]:
+    """One-way times (round trip / 2) of frames of PING_BYTES and BULK_BYTES."""
+    ids, keyring = _pair(seed)
+    arrived: asyncio.Queue[bytes] = asyncio.Queue()
+    transport = TcpTransport(0, {0: (host, 0)}, arrived.put_nowait, identity=ids[0],
+                             keyring=keyring)
+    await transport.start()
+    address = transport.address
+    peer = subprocess.Popen([sys.executable, "-m", "phalanx.apps.calibrate", address[0],
+                             str(address[1]), str(seed)], stdin=subprocess.DEVNULL)
+    try:
+        await _wait_for_echo(transport, peer)
+        samples: dict[int, list[float]] = {}
+        for size, count in ((PING_BYTES, repeats), (BULK_BYTES, max(3, repeats // 10))):
+            frame = os.urandom(size)
+            times = samples[size] = []
+            for i in range(count + 2):  # two warm-up trips: buffers grown, code paths hot
+                start = time.perf_counter()
+                transport.send(1, frame)
+                await arrived.get()
+                if i >= 2:
+                    times.append((time.perf_counter() - start) / 2)
+        transport.send(1, STOP)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            await asyncio.to_thread(peer.wait, 10.0)
+    finally:
+        if peer.poll() is None:
+            peer.kill()
+            peer.wait()
+        await transport.close()
+    return samples
+
+
+async def _wait_for_echo(transport: TcpTransport, peer: subprocess.Popen[bytes]) -> None:
+    """Until the echo process has dialed us and we hold a link back (its address comes with
+    its dial); a one-line error if it exits or stays silent instead."""
+    deadline = time.monotonic() + 60.0
+    while True:
+        with contextlib.suppress(TimeoutError):
+            await transport.wait_for_peers(0.2, [1])
+            return
+        if peer.poll() is not None:
+            raise CalibrationError(f"the link probe's echo process exited ({peer.returncode})")
+        if time.monotonic() > deadline:
+            raise CalibrationError("the link probe's echo process never connected")
+
+
+def measure_link(host: str, repeats: int, seed: int = 0) -> dict[str, float]:
+    """Latency, jitter and bandwidth of a TcpTransport link between two processes on `host`.
+
+    Latency is the 10th percentile of the small frame's one-way time and jitter (uniform) twice
+    its distance to the median, so the model's mean delay is the measured median; bandwidth
+    comes from how much longer the bulk frame takes."""
+    samples = asyncio.run(_ping_pong(host, repeats, seed))
+    small, bulk = samples[PING_BYTES], samples[BULK_BYTES]
+    p10 = statistics.quantiles(small, n=10)[0]
+    median = statistics.median(small)
+    transfer = max(statistics.median(bulk) - median, 1e-9)
+    return {"latency": p10, "jitter": 2 * (median - p10), "one_way_median": median,
+            "bandwidth": 8 * (BULK_BYTES - PING_BYTES) / transfer,
+            "bulk_one_way_median": statistics.median(bulk), "ping_samples": len(small)}
+
+
+# ---- 3. node work without the network ------------------------------------------------------
+
+
+class _TimedLog(NodeLog):
+    """The node's SQLite log, timing its writes."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(path)
+        self.seconds, self.writes = 0.0, 0
+
+    def write(self, key: str, value: Any) -> None:
+        start = time.perf_counter()
+        super().write(key, value)
+        self.seconds += time.perf_counter() - start
+        self.writes += 1
+
+
+class _Loopback:
+    """A transport that hands each frame to the peer's host on the next loop turn."""
+
+    def __init__(self, hosts: dict[int, AsyncHost]) -> None:
+        self.hosts = hosts
+
+    def send(self, peer: int, frame: bytes) -> None:
+        asyncio.get_running_loop().call_soon(self.hosts[peer].feed, Received(frame))
+
+
+async def _run_nodes(scenario: Scenario, folder: Path) -> dict[str, float]:
+    n, s = scenario.nodes.count, scenario
+    ids = [Identity.derive(s.seed, i) for i in range(n)]
+    keyring = {i: x.public_key for i, x in enumerate(ids)}
+    opened = [0.0]
+
+    def opener(frame: bytes) -> Envelope:
+        start = time.perf_counter()
+        env = open_frame(frame, keyring)  # what a real node does: decode and verify each time
+        opened[0] += time.perf_counter() - start
+        return env
+
+    hosts: dict[int, AsyncHost] = {}
+    logs = [_TimedLog(folder / f"node-{i}.sqlite") for i in range(n)]
+    for i in range(n):
+        node = Node(node_config(s, i, s.real.round_timeout, s.real.view_timeout), ids[i],
+                    workload_for(s, RngStreams(s.seed)), opener)
+        hosts[i] = AsyncHost(node, _Loopback(hosts), logs[i], [j for j in range(n) if j != i])
+    start = time.perf_counter()
+    for host in hosts.values():
+        host.feed(Started({}))
+    await asyncio.gather(*(h.finished.wait() for h in hosts.values()))
+    wall = time.perf_counter() - start
+    for host, log in zip(hosts.values(), logs, strict=True):
+        host.cancel_timers()
+        log.close()
+    per = n * s.training.rounds  # node-rounds
+    return {"node_round": wall / per, "sqlite": sum(x.seconds for x in logs) / per,
+            "sqlite_writes": sum(x.writes for x in logs) / per, "open_frames": opened[0] / per}
+
+
+def node_work(scenario: Scenario, gradient: float) -> dict[str, float]:
+    """Per node and round: the whole node-side work and its parts (gradient, SQLite writes,
+    decoding and verifying frames; `other` is signing, aggregation, the optimizer step and
+    Python event handling), all nodes honest, in one process (no network, no core sharing).
+    The logs live where a real run's do (the temporary folder), so their flushes cost the
+    same."""
+    with tempfile.TemporaryDirectory(prefix="phalanx-calibrate-") as tmp:
+        work = asyncio.run(_run_nodes(scenario, Path(tmp)))
+    work["gradient"] = gradient
+    work["other"] = work["node_round"] - work["sqlite"] - work["open_frames"] - gradient
+    return work
+
+
+# ---- 4. the measured run, and the file -----------------------------------------------------
+
+
+def calibrate(scenario: Scenario, out_path: Path, rounds: int = 60, repeats: int = 200,
+              console: Console | None = None) -> dict[str, Any]:
+    """Measure (see the module's doc), write the calibrated scenario to `out_path` and return
+    the measured values. `rounds`: the measured real run's length (and the in-process one's);
+    `repeats`: gradients timed and link round trips."""
+    check_runnable(scenario)  # before minutes of measuring, not after
+    say = console.print if console else (lambda *_: None)
+    short = with_rounds(scenario, rounds)
+    say(f"calibrate {scenario.name}: timing {repeats} gradients ...")
+    gradient = gradient_seconds(scenario, repeats)
+    say("calibrate: TCP link between two processes ...")
+    link = measure_link(scenario.real.host, repeats, scenario.seed)
+    say(f"calibrate: {scenario.nodes.count} nodes in one process, {rounds} rounds ...")
+    work = node_work(short, gradient)
+    say(f"calibrate: measured real run, {rounds} rounds ...")
+    real = round_seconds(run_scenario(short, real=True))
+    links = (link["latency"], link["jitter"], link["bandwidth"])
+    modelled = round_seconds(run_scenario(calibrated_scenario(short, gradient, *links)))
+    residual = real["mean"] - modelled["mean"]  # the sim's round is linear in step_time
+    step_time = max(0.0, gradient + residual)
+    fitted = calibrated_scenario(scenario, step_time, *links)
+    check = round_seconds(run_scenario(with_rounds(fitted, rounds)))
+    measured = {
+        "scenario": scenario.name, **stamp(), "cpus": len(os.sched_getaffinity(0)),
+        "rounds_measured": rounds, "gradient_seconds": gradient, "link": link,
+        "node_work": work, "real_round_seconds": real,
+        "sim_round_seconds_uncorrected": modelled["mean"], "residual_seconds": residual,
+        "step_time": step_time, "latency": link["latency"], "jitter": link["jitter"],
+        "bandwidth": link["bandwidth"], "sim_round_seconds_calibrated": check["mean"],
+    }
+    write_calibrated(fitted, measured, out_path)
+    say(f"calibrate: step_time {step_time * 1e3:.2f} ms (gradient {gradient * 1e3:.2f} + "
+        f"per-round costs {residual * 1e3:.2f}), latency {link['latency'] * 1e6:.0f} µs, "
+        f"jitter {link['jitter'] * 1e6:.0f} µs, bandwidth {link['bandwidth'] / 1e9:.2f} Gbit/s;"
+        f" written to {out_path}")
+    return measured
+
+
+def header(measured: dict[str, Any]) -> str:
+    m, w = measured, measured["node_work"]
+    machine = m["machine"]
+    ms = 1e3
+    lines = [
+        f"calibrated by `phalanx calibrate` on {m['date']} for the loopback cluster of "
+        f"scenario {m['scenario']!r}",
+        f"machine: {machine['platform']}, {machine['processor'] or 'cpu'}, {m['cpus']} cores, "
+        f"Python {machine['python']}",
+        "measured (replaced below: nodes.speed/speeds, topology, links.latency/jitter/"
+        "bandwidth, training.step_time and the timeouts, which are the real nodes' ones):",
+        f"  gradient: {m['gradient_seconds'] * ms:.3f} ms (median of one torch thread)",
+        f"  link (TcpTransport, two processes): one-way {m['link']['one_way_median'] * 1e6:.0f}"
+        f" µs median, latency {m['latency'] * 1e6:.0f} µs + uniform jitter "
+        f"{m['jitter'] * 1e6:.0f} µs, bandwidth {m['bandwidth'] / 1e9:.2f} Gbit/s",
+        f"  real run ({m['rounds_measured']} rounds): {m['real_round_seconds']['mean'] * ms:.2f}"
+        f" ms per round; the simulator with the gradient and link alone: "
+        f"{m['sim_round_seconds_uncorrected'] * ms:.2f} ms",
+        f"  step_time = gradient + residual per-round cost {m['residual_seconds'] * ms:.3f} ms "
+        f"= {m['step_time'] * ms:.3f} ms (check: simulated {m['sim_round_seconds_calibrated'] * ms:.2f}"
+        " ms per round)",
+        f"  node work per node and round, one process, no network: {w['node_round'] * ms:.2f} ms"
+        f" = gradient {w['gradient'] * ms:.2f} + SQLite {w['sqlite'] * ms:.2f} "
+        f"({w['sqlite_writes']:.1f} writes) + frame checks {w['open_frames'] * ms:.2f} + "
+        f"signing, aggregation, Python {w['other'] * ms:.2f}",
+        "  the rest of the residual is core sharing among the node processes and wake-ups; all "
+        "of it is folded into step_time, so this holds for this node count on this machine",
+    ]
+    return "".join(f"# {line}\n" for line in lines)
+
+
+def write_calibrated(scenario: Scenario, measured: dict[str, Any], out_path: Path) -> None:
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    out_path.write_text(header(measured) + scenario.resolved_yaml())
+
+
+if __name__ == "__main__":  # the link probe's far end: python -m phalanx.apps.calibrate HOST PORT SEED
+    _echo_peer(sys.argv[1], (sys.argv[1], int(sys.argv[2])), int(sys.argv[3]))

@@ -1,0 +1,65 @@
+"""Checkpoint state sync, the pure parts: checking an offered checkpoint and counting the peers
+that offer the same state.
+
+A node far behind (it joined late, or came back without its disk after many rounds) adopts a
+peer's state instead of replaying every round it missed. A checkpoint carries the record of
+the round before it, whose commit certificate (a quorum of signed commit votes) names the
+model hash after that round: the parameters must hash to it, so one peer cannot forge them.
+The optimizer's state is not in that hash, so a state is adopted only when f + 1 peers offer
+the identical one: at least one of them is honest, and honest nodes hold the same state.
+"""
+
+from __future__ import annotations
+
+import struct
+
+import numpy as np
+
+from phalanx.engine.consensus.votes import Certificate, Opener, check_certificate
+from phalanx.net.crypto import sha256
+from phalanx.net.envelope import Envelope
+from phalanx.net.messages import COMMIT, Checkpoint
+
+
+def state_digest(cp: Checkpoint) -> bytes:
+    """What peers must agree on: the round and the three state vectors."""
+    return sha256(struct.pack(">q", cp.round) + cp.params.tobytes() + cp.velocity.tobytes()
+                  + cp.last_update.tobytes())
+
+
+def check_checkpoint(cp: Checkpoint, open: Opener, members: frozenset[int],
+                     shape: tuple[int, ...], state_shape: tuple[int, ...]) -> Certificate | str:
+    """The commit certificate that vouches for `cp`'s parameters, or why there is none."""
+    if cp.record.round != cp.round - 1:
+        return "checkpoint_bad_record"
+    for array, want in ((cp.params, shape), (cp.velocity, state_shape),
+                        (cp.last_update, shape)):
+        if array.dtype != np.float32 or array.shape != want or not np.isfinite(array).all():
+            return "checkpoint_bad_state"
+    cert = check_certificate(cp.record.certificate, open, members, cp.record.round, COMMIT)
+    if isinstance(cert, str):
+        return f"checkpoint_{cert}"
+    if sha256(cp.params.tobytes()) != cert.model_hash:
+        return "checkpoint_bad_hash"
+    return cert
+
+
+class CheckpointOffers:
+    """Checked checkpoints grouped by identical state; `add` returns the state once `needed`
+    distinct peers have offered it."""
+
+    def __init__(self, needed: int) -> None:
+        self.needed = needed
+        self._by_state: dict[bytes, dict[int, tuple[Envelope, Certificate]]] = {}
+
+    def add(self, env: Envelope, cert: Certificate) -> tuple[Envelope, Certificate,
+                                                               list[int]] | None:
+        offers = self._by_state.setdefault(state_digest(env.message), {})  # type: ignore[arg-type]
+        offers[env.sender] = (env, cert)
+        if len(offers) < self.needed:
+            return None
+        agreed, cert = next(iter(offers.values()))
+        return agreed, cert, sorted(offers)
+
+    def clear(self) -> None:
+        self._by_state.clear()

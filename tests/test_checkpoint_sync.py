@@ -1,0 +1,129 @@
+"""Checkpoint state sync in the sans-IO node: a node far behind adopts the state f + 1 peers
+offer identically, verified against a commit certificate; forged or lone offers are refused."""
+
+from __future__ import annotations
+
+import numpy as np
+from nodekit import MEMBERS, Kit, Pump
+
+from phalanx.engine.consensus import check_checkpoint, state_digest
+from phalanx.engine.events import Received, Started
+from phalanx.engine.node import Node
+from phalanx.net.crypto import Identity
+from phalanx.net.messages import Checkpoint, CheckpointRequest, RoundRecord
+
+ROUNDS, GAP = 40, 8
+
+
+def absent_until(pump: Pump, node: int, round: int) -> None:
+    """Run the others, with `node` cut off, until they reach `round`."""
+    pump.drop = lambda src, dst, kind, rnd: node in (src, dst)
+    pump.start()
+    others = tuple(i for i in MEMBERS if i != node)
+    for _ in range(20 * round):
+        pump.run()
+        if min(pump.nodes[i].round for i in others) >= round:
+            break
+        pump.advance(only=others)
+    assert min(pump.nodes[i].round for i in others) >= round
+
+
+def test_a_late_joiner_starts_from_an_agreed_checkpoint_and_finishes_on_the_same_model() -> None:
+    kit = Kit(5)
+    pump = kit.cluster(rounds=ROUNDS, checkpoint_gap=GAP)
+    absent_until(pump, 3, 25)
+    assert pump.nodes[3].round == 0
+    pump.drop = lambda src, dst, kind, rnd: False  # node 3 joins
+    pump.run_to_end()
+    late = pump.nodes[3]
+    assert late.history_base >= 24 and late.rejections == {}
+    assert len({pump.nodes[i].model_hash for i in MEMBERS}) == 1
+    asked = [e for e in pump.signed_by(3) if isinstance(e.message, CheckpointRequest)]
+    assert len(asked) >= 2  # f + 1 = 2 peers asked
+    commits = pump.commits(3)
+    assert commits[0].via_sync and commits[0].round == late.history_base
+    ref = {c.round: c.model_hash for c in pump.commits(0)}
+    assert all(c.model_hash == ref[c.round] for c in commits)
+    # its disk holds the rounds from the checkpoint on, and a restart from it resumes there
+    log = sorted(int(k.split("/")[1]) for k in pump.disks[3] if k.startswith("log/"))
+    assert log == list(range(late.history_base, ROUNDS))
+    reborn = kit.node(3, ROUNDS, checkpoint_gap=GAP)
+    pump.restart(3, reborn)
+    assert reborn.round == ROUNDS and reborn.history_base == late.history_base
+    assert reborn.model_hash == late.model_hash
+
+
+def test_a_node_behind_by_less_than_the_gap_replays_records_instead() -> None:
+    kit = Kit(5)
+    pump = kit.cluster(rounds=12, checkpoint_gap=GAP)
+    absent_until(pump, 3, 5)
+    pump.drop = lambda src, dst, kind, rnd: False
+    pump.run_to_end()
+    assert pump.nodes[3].history_base == 0
+    assert [c.round for c in pump.commits(3)] == list(range(12))
+
+
+def finished_state(kit: Kit, rounds: int = 6) -> tuple[Node, Checkpoint]:
+    pump = kit.cluster(rounds=rounds)
+    pump.start()
+    pump.run_to_end()
+    done = pump.nodes[0]
+    return done, Checkpoint(done.round, done.history[-1], done.params, done.velocity,
+                            done.last_update)
+
+
+def offer(node: Node, kit: Kit, sender: int, cp: Checkpoint) -> None:
+    node.handle(Received(kit.forge(sender, cp)), 0.0)
+
+
+def test_forged_checkpoints_are_refused_with_their_reason() -> None:
+    kit = Kit(6)
+    done, cp = finished_state(kit)
+    other: RoundRecord = done.history[-2]
+    nan = cp.velocity.copy()
+    nan[0] = np.nan
+    short = RoundRecord(cp.record.round, cp.record.proposal, cp.record.gradients,
+                        cp.record.certificate[:2])
+    forged = [
+        ("checkpoint_bad_hash", Checkpoint(cp.round, cp.record, cp.params + 1, cp.velocity,
+                                           cp.last_update)),
+        ("checkpoint_bad_record", Checkpoint(cp.round, other, cp.params, cp.velocity,
+                                             cp.last_update)),
+        ("checkpoint_bad_state", Checkpoint(cp.round, cp.record, cp.params[:-1], cp.velocity,
+                                            cp.last_update)),
+        ("checkpoint_bad_state", Checkpoint(cp.round, cp.record, cp.params, nan,
+                                            cp.last_update)),
+        ("checkpoint_certificate_too_small", Checkpoint(cp.round, short, cp.params,
+                                                        cp.velocity, cp.last_update)),
+    ]
+    for reason, bad in forged:
+        fresh = kit.node(3, 6)
+        fresh.handle(Started({}), 0.0)
+        offer(fresh, kit, 1, bad)
+        offer(fresh, kit, 2, bad)  # two peers agreeing on a forgery changes nothing
+        assert fresh.round == 0 and fresh.rejections == {reason: 2}, (reason, fresh.rejections)
+    # a signer outside the membership cannot vouch either
+    outsider = kit.forge(1, cp, Identity.generate())
+    fresh = kit.node(3, 6)
+    fresh.handle(Received(outsider), 0.0)
+    assert fresh.rejections["bad_signature"] == 1
+
+
+def test_one_peer_cannot_move_a_node_and_f_plus_1_identical_offers_do() -> None:
+    kit = Kit(7)
+    done, cp = finished_state(kit)
+    # a lying peer keeps the certified parameters but changes the optimizer state: the
+    # certificate cannot see it, the count of identical offers does
+    twisted = Checkpoint(cp.round, cp.record, cp.params, cp.velocity * 2, cp.last_update)
+    assert check_checkpoint(twisted, kit.open, frozenset(MEMBERS), cp.params.shape,
+                            cp.velocity.shape) is not None
+    assert state_digest(twisted) != state_digest(cp)
+    fresh = kit.node(3, 8)
+    fresh.handle(Started({}), 0.0)
+    offer(fresh, kit, 2, twisted)
+    offer(fresh, kit, 0, cp)
+    assert fresh.round == 0  # one offer of each: no state has f + 1 = 2 peers behind it
+    offer(fresh, kit, 1, cp)
+    assert fresh.round == cp.round and fresh.model_hash == done.model_hash
+    np.testing.assert_array_equal(fresh.velocity, cp.velocity)
+    assert fresh.history_base == cp.round - 1 and fresh.rejections == {}
