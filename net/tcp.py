@@ -13,9 +13,11 @@ Failure handling. Anything a peer can do wrong closes its connection and adds on
 `refusals`, except sending faster than its rate limit, which only drops (and counts) records.
 A dialer that loses its link redials with capped, jittered exponential backoff; frames still in
 its queue are sent on the next link (a frame already handed to a socket that then broke may be
-lost, as with any TCP sender without acknowledgements). Silence beyond `suspect_after` marks a
-peer down but leaves its links alone: a peer busy in a long compute step is slow, not gone, and
-a broken socket is noticed by TCP itself.
+lost, as with any TCP sender without acknowledgements). Both ends ping a link that has been
+idle for `heartbeat`. Silence beyond `suspect_after` marks a peer down but leaves its links
+alone: a peer busy in a long compute step is slow, not gone. The one exception is an outbound
+link that stays silent while the same peer is heard on its other link: that socket is dead
+(say, half-open after the peer's host restarted), so it is closed and redialed.
 """
 
 from __future__ import annotations
@@ -51,7 +53,7 @@ HEADER = struct.Struct(">I")
 MAX_FRAME = 64 * 1024 * 1024
 QUEUE_FRAMES = 4096  # per peer: a peer that never drains cannot grow our memory without bound
 QUEUE_BYTES = 256 * 1024 * 1024
-MAX_PENDING_HANDSHAKES = 64  # unauthenticated connections held at once; more are refused
+MAX_PENDING_HANDSHAKES = 64  # unauthenticated connections held at once; the oldest yields
 MAX_PEER_LIST = 4096
 # Generous enough that an honest node never hits it, tight enough to bound a flood.
 DEFAULT_RATE_LIMIT = RateLimit(frames_per_s=5000, bytes_per_s=512 * 1024 * 1024, burst_s=2.0)
@@ -173,6 +175,7 @@ class Link:
     sealer: RecordCodec
     opener: RecordCodec
     last_sent: float
+    last_heard: float
 
 
 @dataclass(eq=False)
@@ -180,7 +183,7 @@ class PeerState:
     queue: FrameQueue
     backoff: Backoff
     wake: asyncio.Event  # set to cut a redial wait short
-    limiter: InboundLimiter | None
+    limiter: InboundLimiter | None = None  # made on the first record (send() may run first)
     outbound: Link | None = None
     inbound: Link | None = None
     dialer: asyncio.Task[None] | None = None
@@ -239,7 +242,7 @@ class TcpTransport:
         self._peers: dict[int, PeerState] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
         self._server: asyncio.Server | None = None
-        self._pending = 0
+        self._pending: dict[asyncio.Task[Any], None] = {}  # handshakes in progress, oldest first
         self._closing = False
         self._changed = asyncio.Event()
         # metrics
@@ -250,6 +253,7 @@ class TcpTransport:
         self.dropped_banned = 0  # frames sent to a banned peer, discarded
         self.dial_failures = 0  # dials that did not end in an authenticated link
         self.connects = 0  # outbound links established, first connections and reconnections
+        self.dead_links = 0  # outbound links closed for silence while the peer was heard
         self.handler_errors = 0  # exceptions raised by on_frame / on_peer_state
 
     # -- public API -------------------------------------------------------------------------
@@ -274,7 +278,7 @@ class TcpTransport:
         for peer in list(self._addresses):
             if peer != self.id and peer in self.keyring:
                 self._ensure_dialer(peer)
-        self._spawn(self._watch())
+        self._spawn(self._contained(self._watch()))
 
     async def wait_for_peers(self, timeout: float, peers: Iterable[int] | None = None) -> None:
         """Return once we hold an authenticated outbound link to each of `peers` (default: the
@@ -282,7 +286,7 @@ class TcpTransport:
         Raises TimeoutError after `timeout` seconds."""
         targets = set(self._bootstrap if peers is None else peers) - {self.id}
         async with asyncio.timeout(timeout):
-            while not all(self._has_outbound(p) for p in targets):
+            while not targets <= self.connected_peers():
                 await self._changed.wait()
 
     def send(self, peer: int, frame: bytes) -> None:
@@ -311,6 +315,10 @@ class TcpTransport:
 
     def banned_peers(self) -> frozenset[int]:
         return frozenset(self._banned)
+
+    def connected_peers(self) -> set[int]:
+        """Peers we hold an authenticated outbound link to, i.e. can send to right now."""
+        return {peer for peer, state in self._peers.items() if state.outbound is not None}
 
     def known_peers(self) -> dict[int, Address]:
         """Every peer we hold an address for (bootstrap or learned hint), not ourselves."""
@@ -352,17 +360,11 @@ class TcpTransport:
         if state is None:
             if peer == self.id or peer not in self.keyring:
                 raise KeyError(f"node {peer} is not a peer in the keyring")
-            limiter = (InboundLimiter(self.rate_limit, self._now())
-                       if self.rate_limit is not None else None)
             state = PeerState(FrameQueue(self.queue_frames, self.queue_bytes),
                               Backoff(self.backoff_base, self.backoff_cap, self.rng),
-                              asyncio.Event(), limiter)
+                              asyncio.Event())
             self._peers[peer] = state
         return state
-
-    def _has_outbound(self, peer: int) -> bool:
-        state = self._peers.get(peer)
-        return state is not None and state.outbound is not None
 
     def _notify(self) -> None:
         self._changed.set()
@@ -391,12 +393,14 @@ class TcpTransport:
     async def _contained(self, coro: Coroutine[Any, Any, None],
                          writer: asyncio.StreamWriter | None = None) -> None:
         """Run a task's body so that a bug in it is logged and counted, never raised into the
-        event loop; the connection it served, if any, is closed."""
+        event loop; the connection it served, if any, is closed however it ends (cancelled
+        mid-handshake included, or the peer would never learn that we are gone)."""
         try:
             await coro
         except Exception:
             log.exception("tcp transport: unexpected error")
             self.refusals["internal_error"] += 1
+        finally:
             if writer is not None:
                 writer.close()
 
@@ -474,9 +478,6 @@ class TcpTransport:
         if self._closing:
             writer.close()
             return
-        if self._pending >= self.max_pending_handshakes:
-            self._refuse("too_many_pending", writer)
-            return
         # Served in a task of our own, which close() can cancel: asyncio reports a cancelled
         # connection-callback task as an unhandled error, so that one must end normally.
         await asyncio.wait([self._spawn(self._contained(self._serve_inbound(reader, writer),
@@ -484,13 +485,26 @@ class TcpTransport:
 
     async def _serve_inbound(self, reader: asyncio.StreamReader,
                              writer: asyncio.StreamWriter) -> None:
-        self._pending += 1
+        task = asyncio.current_task()
+        assert task is not None
+        self._make_room()
+        self._pending[task] = None
         try:
             session = await self._authenticate(self._acceptor_handshake(reader, writer), writer)
         finally:
-            self._pending -= 1
+            self._pending.pop(task, None)
         if session is not None:
             await self._run_link(session, reader, writer, outbound=False)
+
+    def _make_room(self) -> None:
+        """Cancel the oldest handshakes beyond the limit. An honest handshake takes a round
+        trip, so connections held open by a slow or silent client are the ones that go, and
+        such clients cannot lock honest peers out the way refusing newcomers would."""
+        while len(self._pending) >= self.max_pending_handshakes:
+            oldest = next(iter(self._pending))
+            del self._pending[oldest]
+            oldest.cancel()  # its task closes the connection on the way out
+            self.refusals["too_many_pending"] += 1
 
     async def _dial_loop(self, peer: int) -> None:
         state = self._peers[peer]
@@ -513,13 +527,17 @@ class TcpTransport:
                 reader, writer = await asyncio.open_connection(host, port)
         except OSError:  # refused, unreachable or timed out: nobody to refuse
             return False
-        session = await self._authenticate(self._dialer_handshake(peer, reader, writer), writer)
-        if session is None:
-            return False
-        if self._addresses.get(peer) == address:
-            self._verified.add(peer)
-        await self._run_link(session, reader, writer, outbound=True)
-        return True
+        try:
+            session = await self._authenticate(self._dialer_handshake(peer, reader, writer),
+                                               writer)
+            if session is None:
+                return False
+            if self._addresses.get(peer) == address:
+                self._verified.add(peer)
+            await self._run_link(session, reader, writer, outbound=True)
+            return True
+        finally:
+            writer.close()
 
     async def _run_link(self, session: Session, reader: asyncio.StreamReader,
                         writer: asyncio.StreamWriter, outbound: bool) -> None:
@@ -529,12 +547,13 @@ class TcpTransport:
             writer.close()
             return
         sealer, opener = record_codecs(session.send_key, session.recv_key)
-        link = Link(peer, outbound, reader, writer, sealer, opener, self._now())
+        now = self._now()
+        link = Link(peer, outbound, reader, writer, sealer, opener, now, now)
         state = self._peer(peer)
         self._attach(state, link)
-        tasks = [self._spawn(self._read_loop(link, state))]
+        tasks = [self._spawn(self._contained(self._read_loop(link, state)))]
         if outbound:
-            tasks.append(self._spawn(self._pump(link, state.queue)))
+            tasks.append(self._spawn(self._contained(self._pump(link, state.queue))))
         try:
             await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
         finally:
@@ -594,9 +613,9 @@ class TcpTransport:
     def _on_record(self, link: Link, state: PeerState, body: bytes) -> None:
         if not body:
             raise MalformedRecord("empty record")
-        now = self._now()
+        now = link.last_heard = self._now()
         self._heard(link.peer, state, now)
-        if state.limiter is not None and not state.limiter.allow(len(body), now):
+        if not self._within_rate(state, len(body), now):
             self.refusals["rate_limited"] += 1
             return
         kind = body[0]
@@ -607,6 +626,13 @@ class TcpTransport:
             self._learn(link, decode_peers(body[1:]))
         elif kind != PING:
             raise MalformedRecord(f"unknown record kind {kind}")
+
+    def _within_rate(self, state: PeerState, size: int, now: float) -> bool:
+        if self.rate_limit is None:
+            return True
+        if state.limiter is None:
+            state.limiter = InboundLimiter(self.rate_limit, now)
+        return state.limiter.allow(size, now)
 
     def _deliver(self, frame: bytes) -> None:
         try:
@@ -621,7 +647,7 @@ class TcpTransport:
         """Merge a peer's address book. A peer's word about itself may replace an address that
         has not worked yet; its word about others only fills gaps. All of it is a hint: a wrong
         address just fails its handshake."""
-        learned = False
+        new_peers = False
         for peer, announced in hints.items():
             if peer == self.id or peer not in self.keyring or peer in self._banned:
                 continue
@@ -632,10 +658,13 @@ class TcpTransport:
             else:
                 address, replace = announced, current is None
             if replace:
+                new_peers |= current is None
                 self._addresses[peer] = address
-                learned = True
                 self._ensure_dialer(peer)
-        if learned:  # pass news on, so a mesh grown from one bootstrap node closes up
+        # Pass news of new peers on, so a mesh grown from one bootstrap node closes up. Only
+        # new ids count: there are at most as many as keyring members, so a peer that keeps
+        # changing its own address cannot make us broadcast without end.
+        if new_peers:
             body = encode_peers(self._addresses)
             for state in self._peers.values():
                 for other in state.links():
@@ -656,8 +685,21 @@ class TcpTransport:
             last = now
             for peer, state in list(self._peers.items()):  # callbacks may add peers
                 self._ping_idle(state, now)
-                if not stalled and state.up and now - state.last_heard > self.suspect_after:
+                if stalled:
+                    continue
+                if state.up and now - state.last_heard > self.suspect_after:
                     self._set_up(peer, state, False)
+                self._close_if_dead(state, now)
+
+    def _close_if_dead(self, state: PeerState, now: float) -> None:
+        # Only the outbound link is judged: the acceptor end writes nothing but small control
+        # records, so its pings are never stuck behind a large frame, and silence there while
+        # the peer talks on its other link can only mean a dead socket.
+        link = state.outbound
+        if (link is not None and now - link.last_heard > self.suspect_after
+                and now - state.last_heard <= self.suspect_after):
+            self.dead_links += 1
+            link.writer.close()
 
     def _ping_idle(self, state: PeerState, now: float) -> None:
         for link in state.links():
