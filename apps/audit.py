@@ -48,11 +48,15 @@ def audit_run(run_dir: Path) -> tuple[list[NodeAudit], list[str]]:
     for path in logs:
         node_id = int(path.stem)
         log = NodeLog(path)
-        records = log.records()
+        records, base = log.records(), log.read_all().get("base")
         log.close()
         node = Node(node_config(scenario, node_id), identities[node_id], workload, opener)
         node.handle(Started(), 0.0)
-        problem = node.replay(records)
+        problem = None
+        if isinstance(base, bytes):  # the node joined from a checkpoint: audit from there
+            problem = node.replay_from(base)
+            records = [r for r in records if r.round >= node.round]
+        problem = problem or node.replay(records)
         for record in node.history:
             hashes.setdefault(record.round, {})[node_id] = record
         audits.append(NodeAudit(node_id, len(node.history), node.model_hash.hex(), problem))

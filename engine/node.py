@@ -1193,16 +1193,14 @@ class Node:
             return
         agreed = self._offers.add(env, cert)
         if agreed is not None:
-            self._adopt_checkpoint(agreed[0].message, agreed[1])  # type: ignore[arg-type]
+            self._adopt_checkpoint(agreed[0], agreed[1])
 
-    def _adopt_checkpoint(self, cp: Checkpoint, cert: Certificate) -> None:
-        """Continue from round `cp.round` with the agreed state; the rounds before it stay with
-        the peers (our log starts at `cp.record`)."""
-        self.params = cp.params.copy()
-        self.velocity, self.last_update = cp.velocity.copy(), cp.last_update.copy()
-        self.worker_momentum = np.zeros_like(self.params)  # ours: what we would have sent
-        self.model_hash = cert.model_hash
-        self.history, self.history_base = [cp.record], cp.record.round
+    def _adopt_checkpoint(self, env: Envelope, cert: Certificate) -> None:
+        """Continue from the agreed checkpoint `env`; the rounds before it stay with the peers
+        (our log starts at its record, and keeps the checkpoint for audits as `base`)."""
+        cp: Checkpoint = env.message  # type: ignore[assignment]
+        self._install(cp, cert)
+        self._out.append(Persist("base", env.frame))
         self._out.append(Persist(f"log/{cp.record.round}", cp.record))
         losses = []
         for frame in cp.record.gradients:
@@ -1212,10 +1210,34 @@ class Node:
             self.id, cp.record.round, cert.view, len(cp.record.gradients),
             float(np.mean(losses)) if losses else math.nan, self.model_hash, True,
             self.params)))
+        self._out.append(Persist("votes", msgpack.packb([])))
+        self._out.append(Persist("checkpoint", self._checkpoint()))
+        self._start_round()
+
+    def _install(self, cp: Checkpoint, cert: Certificate) -> None:
+        self.params = cp.params.copy()
+        self.velocity, self.last_update = cp.velocity.copy(), cp.last_update.copy()
+        self.worker_momentum = np.zeros_like(self.params)  # ours: what we would have sent
+        self.model_hash = cert.model_hash
+        self.history, self.history_base = [cp.record], cp.record.round
         self.round, self.view = cp.round, cert.view
         self._lock = self._valid = None
         self._voted, self._abstain = set(), False
         self._offers.clear()
-        self._out.append(Persist("votes", msgpack.packb([])))
-        self._out.append(Persist("checkpoint", self._checkpoint()))
-        self._start_round()
+
+    def replay_from(self, base: bytes) -> str | None:
+        """Start an audit from the checkpoint a node's log begins with (the one it adopted):
+        checked against its record's commit certificate, as when it was adopted."""
+        try:
+            env = self.open(base)
+        except DecodeError as err:
+            return f"base_{err.reason}"
+        cp = env.message
+        if not isinstance(cp, Checkpoint):
+            return "base_not_a_checkpoint"
+        cert = check_checkpoint(cp, self.open, self._member_set, self.params.shape,
+                                self.velocity.shape)
+        if isinstance(cert, str):
+            return f"base_{cert}"
+        self._install(cp, cert)
+        return None

@@ -47,6 +47,7 @@ def test_a_late_joiner_starts_from_an_agreed_checkpoint_and_finishes_on_the_same
     # its disk holds the rounds from the checkpoint on, and a restart from it resumes there
     log = sorted(int(k.split("/")[1]) for k in pump.disks[3] if k.startswith("log/"))
     assert log == list(range(late.history_base, ROUNDS))
+    assert isinstance(pump.disks[3]["base"], bytes)  # the adopted checkpoint, for audits
     reborn = kit.node(3, ROUNDS, checkpoint_gap=GAP)
     pump.restart(3, reborn)
     assert reborn.round == ROUNDS and reborn.history_base == late.history_base

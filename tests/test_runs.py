@@ -45,8 +45,10 @@ def test_real_tcp_processes_end_on_the_simulated_model() -> None:
     assert real.rounds.select(key).sort(key[:2]).equals(sim.rounds.select(key).sort(key[:2]))
 
 
-def test_late_joiner_starts_from_a_checkpoint_in_simulation() -> None:
-    result = phalanx.run(SCENARIOS / "late_join.yaml")
+def test_late_joiner_starts_from_a_checkpoint_in_simulation(tmp_path: Path) -> None:
+    from phalanx.apps.audit import audit_run
+
+    result = phalanx.run(SCENARIOS / "late_join.yaml", out=tmp_path)
     assert result.ok, result.failures
     late = result.rounds.filter(pl.col("node") == 3).sort("round")
     first = int(late["round"][0])
@@ -55,6 +57,10 @@ def test_late_joiner_starts_from_a_checkpoint_in_simulation() -> None:
     others = result.rounds.filter(pl.col("node") == 0).select("round", "model_hash")
     joined = late.select("round", "model_hash").join(others, on="round", suffix="_0")
     assert (joined["model_hash"] == joined["model_hash_0"]).all()
+    # the audit re-verifies node 3's log from the checkpoint it adopted (kept in the log)
+    audits, split = audit_run(tmp_path)
+    assert split == [] and all(a.problem is None for a in audits), audits
+    assert {a.node: a.rounds for a in audits}[3] == 100 - first
 
 
 def fault_window(result: RunResult, kind: str) -> tuple[float, float]:
