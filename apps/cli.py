@@ -428,13 +428,16 @@ def cluster_up_cmd(
     folder: ClusterDir = Path("runs/cluster"),
     encrypt: Annotated[bool, typer.Option(help="encrypt the links")] = False,
     node: Annotated[int | None, typer.Option(help="start this node only")] = None,
+    lightweight: Annotated[int, typer.Option(
+        help="lightweight nodes that follow the chain (first start only)")] = 0,
 ) -> None:
     """Start the scenario's nodes (Byzantine ones with their attack); on a folder whose cluster
     is partly down, restart the missing nodes on their old data."""
     from phalanx.apps.cluster import ClusterError, cluster_up
 
     try:
-        nodes = cluster_up(load_scenario(scenario), folder, encrypt, only=node)
+        nodes = cluster_up(load_scenario(scenario), folder, encrypt, only=node,
+                           lightweight=lightweight)
     except (ScenarioError, ClusterError) as e:
         raise fail(str(e)) from None
     for n in nodes:

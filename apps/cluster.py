@@ -123,8 +123,9 @@ def nodes_of(data: dict[str, Any]) -> list[NodeProc]:
 
 def cluster_up(scenario: Scenario, folder: Path, encrypt: bool = False,
                exit_when_finished: bool = False, only: int | None = None,
-               placement: Placement | None = None) -> list[NodeProc]:
-    """Start the cluster's nodes that are not running (all of them the first time)."""
+               placement: Placement | None = None, lightweight: int = 0) -> list[NodeProc]:
+    """Start the cluster's nodes that are not running (all of them the first time): the
+    scenario's members, then `lightweight` followers (ids n, n + 1, ...)."""
     check_runnable(scenario)
     folder = folder.resolve()
     folder.mkdir(parents=True, exist_ok=True)
@@ -137,7 +138,7 @@ def cluster_up(scenario: Scenario, folder: Path, encrypt: bool = False,
                                f"{data['scenario_name']!r}, not {scenario.name!r}")
         extra = data["extra"]
     else:
-        data = _lay_out(scenario, folder, extra, placement)
+        data = _lay_out(scenario, folder, extra, placement, lightweight)
     for entry in data["nodes"]:
         if (only is None or entry["id"] == only) and not alive(entry["pid"]):
             entry["pid"] = _spawn(folder, entry["id"], extra, entry["prefix"])
@@ -145,25 +146,29 @@ def cluster_up(scenario: Scenario, folder: Path, encrypt: bool = False,
     return nodes_of(data)
 
 
-def _lay_out(scenario: Scenario, folder: Path, extra: list[str],
-             placement: Placement | None) -> dict[str, Any]:
+def _lay_out(scenario: Scenario, folder: Path, extra: list[str], placement: Placement | None,
+             lightweight: int) -> dict[str, Any]:
     """Keys, members.json and each node's node.json, for a first start."""
     n, host = scenario.nodes.count, scenario.real.host
+    total = n + lightweight
     if placement is not None:  # a host each: the same ports everywhere
-        hosts = [placement.hosts[i] for i in range(n)]
-        p2p, web = [placement.p2p_port] * n, [placement.web_port] * n
+        hosts = [placement.hosts[i] for i in range(total)]
+        p2p, web = [placement.p2p_port] * total, [placement.web_port] * total
     else:
-        hosts = [host] * n
-        ports = ([scenario.real.base_port + i for i in range(2 * n)] if scenario.real.base_port
-                 else free_ports(2 * n, host))
-        p2p, web = ports[:n], ports[n:]
+        hosts = [host] * total
+        ports = ([scenario.real.base_port + i for i in range(2 * total)]
+                 if scenario.real.base_port else free_ports(2 * total, host))
+        p2p, web = ports[:total], ports[total:]
     (folder / "scenario.yaml").write_text(scenario.resolved_yaml())
-    keys = {i: node_identity(folder / f"node-{i}").public_key for i in range(n)}
-    write_members(folder / "members.json", {i: (keys[i], (hosts[i], p2p[i])) for i in range(n)})
+    roster = {i: (node_identity(folder / f"node-{i}").public_key, (hosts[i], p2p[i]))
+              for i in range(total)}
+    write_members(folder / "members.json", {i: roster[i] for i in range(n)},
+                  {i: roster[i] for i in range(n, total)})
     nodes = []
-    for i in range(n):
+    for i in range(total):
         node_dir = folder / f"node-{i}"
-        settings = {"node_id": i, "node_type": "full", "p2p_port": p2p[i], "web_port": web[i],
+        settings = {"node_id": i, "node_type": "full" if i < n else "lightweight",
+                    "p2p_port": p2p[i], "web_port": web[i],
                     "host": hosts[i], "data_dir": str(node_dir),
                     "bootstrap_peers": [f"{hosts[j]}:{p2p[j]}" for j in range(n) if j != i],
                     "enable_web_interface": True}

@@ -18,6 +18,7 @@ exits after `linger` seconds with `--exit-when-finished`.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import os
 import resource
@@ -36,8 +37,9 @@ from phalanx.apps.console import answer
 from phalanx.apps.node_host import AsyncHost
 from phalanx.apps.node_log import NodeLog
 from phalanx.apps.node_settings import (
-    MEMBER_TYPES,
+    FOLLOWER_TYPE,
     NodeFile,
+    Roster,
     node_identity,
 )
 from phalanx.apps.status import health, status_server
@@ -51,7 +53,6 @@ from phalanx.sim.scenario import Scenario, ScenarioError
 from phalanx.sim.world import node_config, workload_for
 
 TransportKind = Literal["tcp", "mpi"]
-Members = dict[int, tuple[bytes, tuple[str, int]]]
 
 
 @dataclass
@@ -62,8 +63,10 @@ class NodePlan:
     scenario: Scenario
     node_id: int
     identity: Identity
-    keyring: dict[int, bytes]
-    addresses: dict[int, tuple[str, int]]  # members' p2p listeners (TCP)
+    members: tuple[int, ...]
+    observers: tuple[int, ...]  # lightweight nodes: no seat, members answer their requests
+    keyring: dict[int, bytes]  # members' and observers' public keys
+    addresses: dict[int, tuple[str, int]]  # their p2p listeners (TCP)
     data_dir: Path
     transport: TransportKind
     encrypt: bool
@@ -72,14 +75,17 @@ class NodePlan:
     console: bool
 
 
-def plan_node(settings: NodeFile, scenario: Scenario, members: Members | None,
+def plan_node(settings: NodeFile, scenario: Scenario, roster: tuple[Roster, Roster] | None,
               transport: TransportKind, encrypt: bool, exit_when_finished: bool,
               linger: float, comm: Any = None) -> NodePlan:
-    """Check the settings against the scenario and the members; one-line errors."""
-    if settings.node_type not in MEMBER_TYPES:
-        raise ScenarioError(f"node_type {settings.node_type!r}: only consensus members "
-                            f"({', '.join(MEMBER_TYPES)}) run in this build; annotation and "
-                            f"lightweight nodes come with the curation service")
+    """Check the settings against the scenario and the members file; one-line errors."""
+    if settings.node_type == "annotation":
+        raise ScenarioError("node_type 'annotation': annotation nodes serve the curation "
+                            "service, which this build does not have yet; run full, training "
+                            "or lightweight nodes")
+    follower = settings.node_type == FOLLOWER_TYPE
+    if follower and comm is not None:
+        raise ScenarioError("lightweight nodes run over TCP (every MPI rank is a member)")
     node_id = comm.Get_rank() if comm is not None else settings.node_id
     if node_id is None:
         raise ScenarioError("node_id is missing: give --node-id or node_id in the config")
@@ -88,6 +94,7 @@ def plan_node(settings: NodeFile, scenario: Scenario, members: Members | None,
     data_dir = Path(str(settings.data_dir).replace("{node_id}", str(node_id)))
     identity = node_identity(data_dir)
     n = scenario.nodes.count
+    members, observers = roster if roster is not None else (None, {})
     if members is None:
         if comm is None:
             raise ScenarioError("--members is required over TCP (phalanx cluster up writes "
@@ -98,14 +105,18 @@ def plan_node(settings: NodeFile, scenario: Scenario, members: Members | None,
         members = {i: (key, ("mpi", i)) for i, key in enumerate(keys)}
     if len(members) != n:
         raise ScenarioError(f"members: {len(members)} members but the scenario has n={n}")
-    if node_id not in members:
-        raise ScenarioError(f"node_id {node_id} is not among the members 0..{n - 1}")
-    if members[node_id][0] != identity.public_key:
-        raise ScenarioError(f"{data_dir / 'node.key'}: this key is not member {node_id}'s "
+    seats = observers if follower else members
+    role = "observer" if follower else "member"
+    if node_id not in seats:
+        raise ScenarioError(f"node_id {node_id} is not among the {role}s {sorted(seats)} of "
+                            f"the members file")
+    if seats[node_id][0] != identity.public_key:
+        raise ScenarioError(f"{data_dir / 'node.key'}: this key is not {role} {node_id}'s "
                             f"public key in the members file")
-    return NodePlan(settings, scenario, node_id, identity,
-                    {i: key for i, (key, _) in members.items()},
-                    {i: address for i, (_, address) in members.items()}, data_dir, transport,
+    everyone = {**members, **observers}
+    return NodePlan(settings, scenario, node_id, identity, tuple(sorted(members)),
+                    tuple(sorted(observers)), {i: key for i, (key, _) in everyone.items()},
+                    {i: address for i, (_, address) in everyone.items()}, data_dir, transport,
                     encrypt, exit_when_finished, linger, sys.stdin.isatty())
 
 
@@ -125,12 +136,15 @@ class RealNode:
                                     RngStreams(s.seed).seed("byzantine"), **spec.params)
                      if spec else None)
         keyring = plan.keyring
-        self.node = Node(node_config(s, plan.node_id, s.real.round_timeout, s.real.view_timeout),
-                         plan.identity, workload_for(s, RngStreams(s.seed)),
+        config = dataclasses.replace(
+            node_config(s, plan.node_id, s.real.round_timeout, s.real.view_timeout),
+            observers=plan.observers)
+        self.node = Node(config, plan.identity, workload_for(s, RngStreams(s.seed)),
                          lambda frame: open_frame(frame, keyring), behaviour)
         self.byzantine = spec is not None
         self.disk = NodeLog(plan.data_dir / "node.sqlite")
-        self.peers = [i for i in plan.keyring if i != plan.node_id]
+        # broadcasts go to the members; observers only ever get answers to their requests
+        self.peers = [i for i in plan.members if i != plan.node_id]
         self.stop = asyncio.Event()
         self.early: list[bytes] | None = []  # frames that arrive before the node has started
         self.transport = self._transport()
@@ -212,7 +226,11 @@ class RealNode:
             serving = asyncio.create_task(server.serve())
         await self.transport.start()
         try:  # a restarted node finds its peers up; a first start waits for them, not forever
-            await self.transport.wait_for_peers(self.plan.scenario.real.start_wait)
+            wait = self.plan.scenario.real.start_wait
+            if self.plan.transport == "tcp":  # for the members, not for observers
+                await self.transport.wait_for_peers(wait, peers=self.peers)
+            else:
+                await self.transport.wait_for_peers(wait)
         except TimeoutError:
             up = sum(self.peer_states().values())
             self.out.print(f"{up} of {len(self.peers)} peers reachable after "

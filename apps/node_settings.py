@@ -22,6 +22,8 @@ Port = Annotated[int, Field(ge=0, le=65535)]
 NodeType = Literal["full", "training", "annotation", "lightweight"]
 # the node types that hold a consensus seat: they train, vote and keep the model
 MEMBER_TYPES: tuple[NodeType, ...] = ("full", "training")
+# follows the chain by verified records and checkpoints, without a seat
+FOLLOWER_TYPE: NodeType = "lightweight"
 
 
 class NodeFile(Strict):
@@ -50,6 +52,11 @@ class Member(Strict):
 
 class MembersFile(Strict):
     members: list[Member]
+    # lightweight nodes: no consensus seat; members answer their requests for records
+    observers: list[Member] = Field(default_factory=list)
+
+
+Roster = dict[int, tuple[bytes, tuple[str, int]]]  # id -> (public key, p2p address)
 
 
 def parse_address(text: str, where: str) -> tuple[str, int]:
@@ -84,35 +91,43 @@ def load_node_file(path: Path | None, overrides: dict[str, Any]) -> NodeFile:
     return settings
 
 
-def load_members(path: Path) -> dict[int, tuple[bytes, tuple[str, int]]]:
-    """Member id -> (public key, p2p address)."""
+def load_members(path: Path) -> tuple[Roster, Roster]:
+    """The members and the observers: id -> (public key, p2p address)."""
     try:
         parsed = MembersFile.model_validate_json(path.read_text(encoding="utf-8"))
     except OSError as err:
         raise ScenarioError(f"{path}: cannot read ({err.strerror})") from None
     except ValidationError as err:
         raise ScenarioError(f"{path}: {describe_error(err.errors()[0])}") from None
-    members: dict[int, tuple[bytes, tuple[str, int]]] = {}
-    for i, m in enumerate(parsed.members):
+    members = _roster(path, "members", parsed.members, set())
+    if sorted(members) != list(range(len(members))):
+        raise ScenarioError(f"{path}: member ids must be 0..n-1, got {sorted(members)}")
+    return members, _roster(path, "observers", parsed.observers, set(members))
+
+
+def _roster(path: Path, section: str, entries: list[Member], taken: set[int]) -> Roster:
+    roster: Roster = {}
+    for i, m in enumerate(entries):
         try:
             key = bytes.fromhex(m.public_key)
         except ValueError:
             key = b""
         if len(key) != PUBLIC_KEY_SIZE:
-            raise ScenarioError(f"{path}: members.{i}.public_key is not a "
+            raise ScenarioError(f"{path}: {section}.{i}.public_key is not a "
                                 f"{2 * PUBLIC_KEY_SIZE}-character hex key")
-        if m.id in members:
-            raise ScenarioError(f"{path}: members.{i}.id {m.id} appears twice")
-        members[m.id] = (key, parse_address(m.address, f"{path}: members.{i}.address"))
-    if sorted(members) != list(range(len(members))):
-        raise ScenarioError(f"{path}: member ids must be 0..n-1, got {sorted(members)}")
-    return members
+        if m.id in roster or m.id in taken:
+            raise ScenarioError(f"{path}: {section}.{i}.id {m.id} appears twice")
+        roster[m.id] = (key, parse_address(m.address, f"{path}: {section}.{i}.address"))
+    return roster
 
 
-def write_members(path: Path, members: dict[int, tuple[bytes, tuple[str, int]]]) -> None:
-    rows = [{"id": i, "public_key": key.hex(), "address": f"{host}:{port}"}
-            for i, (key, (host, port)) in sorted(members.items())]
-    path.write_text(json.dumps({"members": rows}, indent=2) + "\n", encoding="utf-8")
+def write_members(path: Path, members: Roster, observers: Roster | None = None) -> None:
+    def rows(roster: Roster) -> list[dict[str, Any]]:
+        return [{"id": i, "public_key": key.hex(), "address": f"{host}:{port}"}
+                for i, (key, (host, port)) in sorted(roster.items())]
+
+    data = {"members": rows(members), "observers": rows(observers or {})}
+    path.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
 
 
 def node_identity(data_dir: Path) -> Identity:

@@ -167,6 +167,9 @@ class NodeConfig:
     # a node this many rounds behind a peer fetches a checkpoint (verified by a commit
     # certificate and offered identically by f + 1 peers) instead of replaying every round
     checkpoint_gap: int = 32
+    # non-voting followers (lightweight nodes): they may ask members for records and
+    # checkpoints; a node whose own id is not among the members is one of them
+    observers: tuple[int, ...] = ()
 
 
 class Node:
@@ -176,6 +179,10 @@ class Node:
         self.id = config.node_id
         self.members = config.members
         self._member_set = frozenset(config.members)
+        self._observers = frozenset(config.observers)
+        # a follower keeps the chain by verified records and checkpoints: it neither computes
+        # gradients nor proposes nor votes
+        self.follower = config.node_id not in self._member_set
         self.n = len(config.members)
         self.quorum = quorum(self.n)
         self.f = max_faulty(self.n)
@@ -339,6 +346,9 @@ class Node:
                 self._out.append(Emit(Finished(self.id, self.round, self.model_hash)))
                 self._out.append(SetTimer("audit", self._audit_interval))
             return
+        if self.follower:
+            self._out.append(SetTimer("follow", self.config.round_timeout))
+            return
         r = self.round
         # the view carries over from the round's commit: a leader that timed out is skipped
         # until the rotation comes back to it
@@ -416,7 +426,10 @@ class Node:
             if kind == "audit":
                 self._audit_head()
             return
-        if kind == "gather" and int(rest) == self.round:
+        if kind == "follow":
+            self._poll_for_sync()
+            self._out.append(SetTimer("follow", self.config.round_timeout))
+        elif kind == "gather" and int(rest) == self.round:
             self._gather_expired = True
             self._advance()
         elif kind == "view" and rest == f"{self.round}:{self.view}":
@@ -698,13 +711,17 @@ class Node:
         except DecodeError as err:
             self._reject(err.reason, None)
             return
-        if env.sender == self.id or env.sender not in self._member_set:
+        kind = type(env.message)
+        if env.sender == self.id or (env.sender not in self._member_set and not (
+                env.sender in self._observers and kind in (SyncRequest, CheckpointRequest))):
             self._reject("not_member", env.sender)
             return
+        if self.follower and kind not in (SyncResponse, Checkpoint, Evidence):
+            return  # the round's traffic is for members
         if not self.guard.check(env.sender, env.seq):
             self._reject("replay", env.sender)
             return
-        self._handlers[type(env.message)](env)
+        self._handlers[kind](env)
 
     def _gradient_problem(self, env: Envelope) -> str | None:
         # a pure function of the message and the model's shape: memoized on the envelope, so

@@ -10,7 +10,7 @@ from phalanx.engine.consensus import check_checkpoint, state_digest
 from phalanx.engine.events import Received, Started
 from phalanx.engine.node import Node
 from phalanx.net.crypto import Identity
-from phalanx.net.messages import Checkpoint, CheckpointRequest, RoundRecord
+from phalanx.net.messages import Checkpoint, CheckpointRequest, RoundRecord, SyncRequest
 
 ROUNDS, GAP = 40, 8
 
@@ -128,3 +128,29 @@ def test_one_peer_cannot_move_a_node_and_f_plus_1_identical_offers_do() -> None:
     assert fresh.round == cp.round and fresh.model_hash == done.model_hash
     np.testing.assert_array_equal(fresh.velocity, cp.velocity)
     assert fresh.history_base == cp.round - 1 and fresh.rejections == {}
+
+
+def test_a_follower_keeps_the_chain_without_computing_or_voting() -> None:
+    """A lightweight node (id 4, an observer, not a member) follows by verified records (and a
+    checkpoint when far behind): it ends on the members' model having signed nothing but
+    requests; a non-member that is not an observer is refused."""
+    from nodekit import config
+
+    kit = Kit(8)
+    follower_id = Identity.derive(8, 4)
+    kit.keyring[4] = follower_id.public_key  # the opener reads this keyring
+    nodes = {i: kit.node(i, 30, observers=(4,), checkpoint_gap=GAP) for i in MEMBERS}
+    nodes[4] = Node(config(4, 30, observers=(4,), checkpoint_gap=GAP), follower_id,
+                    kit.workload, kit.open)
+    pump = Pump(nodes, open=kit.open)
+    pump.start()
+    pump.run_to_end()
+    follower = nodes[4]
+    assert follower.finished and follower.model_hash == nodes[0].model_hash
+    assert {type(e.message) for e in pump.signed_by(4)} <= {SyncRequest, CheckpointRequest}
+    assert all("not_member" not in nodes[i].rejections for i in MEMBERS)
+    ref = {c.round: c.model_hash for c in pump.commits(0)}
+    assert all(c.model_hash == ref[c.round] for c in pump.commits(4))
+    stranger = kit.node(0, 30)  # a member that does not list 4 as an observer
+    stranger.handle(Received(kit.forge(4, SyncRequest(0, 0, 1), follower_id)), 0.0)
+    assert stranger.rejections == {"not_member": 1}

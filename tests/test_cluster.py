@@ -50,10 +50,11 @@ def all_finished(folder: Path, n: int) -> bool:
 def test_cluster_runs_the_simulated_model_and_reports_status(tmp_path: Path) -> None:
     folder = tmp_path / "cluster"
     scenario = load_scenario(SCENARIOS / "quickstart.yaml")
-    nodes = cluster_up(scenario, folder)
+    nodes = cluster_up(scenario, folder, lightweight=1)  # node 4 follows without a seat
     try:
-        until(lambda: all_finished(folder, 4), 120, "4 finished nodes")
+        until(lambda: all_finished(folder, 5), 120, "5 finished nodes")
         status = statuses(folder)
+        follower = status.pop(4)
         one = status[0]
         assert one["round"] == 60 and one["health"]["status"] == "ok"
         assert one["peers_up"] == 3 and {p["id"] for p in one["peers"]} == {1, 2, 3}
@@ -68,7 +69,11 @@ def test_cluster_runs_the_simulated_model_and_reports_status(tmp_path: Path) -> 
         assert cluster_down(folder) == []  # every node stopped on SIGTERM, none killed
     sim = phalanx.run(SCENARIOS / "quickstart.yaml")
     assert set(real_hashes.values()) == set(sim.final_hashes().values())
-    for node in nodes:  # graceful shutdown flushed the results and kept the log readable
+    # the lightweight node holds the same model, having verified every round's records
+    assert follower["node_type"] == "lightweight" and follower["round"] == 60
+    assert follower["model_hash"] == one["model_hash"] and follower["rejections"] == {}
+    assert all("not_member" not in s["rejections"] for s in status.values())
+    for node in nodes[:4]:  # graceful shutdown flushed the results and kept the log readable
         result = json.loads((node.folder / "result.json").read_text())
         assert result["finished"] and len(result["commits"]) == 60
         assert len(NodeLog(node.folder / "node.sqlite").records()) == 60
@@ -132,7 +137,7 @@ def test_node_refuses_bad_settings_in_one_line(tmp_path: Path) -> None:
         (["node", "--real", "--config", str(config)], "p2p_port"),
         (["node", "--real", "--node-type", "annotation", "--scenario",
           str(SCENARIOS / "quickstart.yaml"), "--data-dir", str(tmp_path / "d")],
-         "only consensus members"),
+         "annotation nodes serve the curation service"),
         (["node", "--real", "--node-id", "0", "--scenario", str(SCENARIOS / "quickstart.yaml"),
           "--data-dir", str(tmp_path / "d")], "--members is required"),
         (["cluster", "status", "--dir", str(tmp_path / "none")], "no cluster here"),

@@ -208,7 +208,7 @@ def test_member_configs_pass_the_nodes_own_checks(compose: dict[str, Any],
     specs = [["--member", str(node_id), str(tmp_path / f"{node_id}"), address]
              for node_id, _, address in init_members(compose)]
     run_init(tmp_path / "members.json", *[arg for spec in specs for arg in spec])
-    members = load_members(tmp_path / "members.json")
+    roster = load_members(tmp_path / "members.json")
     service = compose["services"]["full"]
     scenario = load_scenario(Path(resolve(service, option(service["command"],
                                                           "--scenario"))[1]))
@@ -216,7 +216,7 @@ def test_member_configs_pass_the_nodes_own_checks(compose: dict[str, Any],
         config = node_config(compose, name)
         settings = load_node_file(None, {**config.model_dump(),
                                          "data_dir": tmp_path / str(config.node_id)})
-        plan = plan_node(settings, scenario, members, "tcp", False, False, 1.0)
+        plan = plan_node(settings, scenario, roster, "tcp", False, False, 1.0)
         assert plan.node_id == config.node_id
         assert plan.settings.node_type in MEMBER_TYPES
 
@@ -277,7 +277,7 @@ def test_node_files_load(path: Path) -> None:
 
 
 def test_members_example_loads(compose: dict[str, Any]) -> None:
-    members = load_members(DEPLOY / "members.example.json")
+    members, _ = load_members(DEPLOY / "members.example.json")
     expected = {node_id: parse_address(address, "init")
                 for node_id, _, address in init_members(compose)}
     assert {i: address for i, (_, address) in members.items()} == expected
@@ -448,7 +448,7 @@ def test_init_members_writes_keys_and_members(tmp_path: Path) -> None:
     members_path = tmp_path / "shared" / "members.json"
     owner = f"{os.getuid()}:{os.getgid()}"
     run_init(members_path, "--chown", owner, *args)
-    members = load_members(members_path)
+    members, _ = load_members(members_path)
     assert sorted(members) == [0, 1, 2, 3]
     for i, (name, d) in enumerate(zip(MEMBERS, dirs, strict=True)):
         key, address = members[i]
