@@ -20,22 +20,20 @@ import os
 from pathlib import Path
 from typing import Any
 
-import polars as pl
 from rich.console import Console
 
 from phalanx.apps.bench_report import results_table, save_report, stamp
-from phalanx.apps.calibrate import calibrate, round_seconds, with_rounds
-from phalanx.apps.runner import RunResult, run_scenario
+from phalanx.apps.calibrate import (
+    calibrate,
+    frame_bytes_per_round,
+    measure_real_run,
+    round_seconds,
+    with_rounds,
+)
+from phalanx.apps.runner import run_scenario
 from phalanx.sim.scenario import Scenario, load_scenario
 
 TARGET = 0.10  # the calibrated simulator's round latency within 10% of the real one
-
-
-def frame_bytes_per_round(result: RunResult) -> float:
-    """Mean over rounds of the frame bytes the honest nodes sent for that round."""
-    honest = result.rounds.filter(~pl.col("byzantine"))
-    per_round = honest.group_by("round").agg(pl.col("bytes_sent").sum())["bytes_sent"]
-    return float(per_round.mean())  # type: ignore[arg-type]
 
 
 def sim_figures(scenario: Scenario) -> dict[str, Any]:
@@ -44,19 +42,6 @@ def sim_figures(scenario: Scenario) -> dict[str, Any]:
     return {"round_seconds": period["mean"], "round_seconds_median": period["median"],
             "bytes_per_round": frame_bytes_per_round(result),
             "rounds_committed": result.summary["min_rounds_committed"]}
-
-
-def real_figures(scenario: Scenario) -> dict[str, Any]:
-    load_before = os.getloadavg()[0]
-    result = run_scenario(scenario, real=True)
-    period = round_seconds(result)
-    committed = result.summary["min_rounds_committed"]
-    return {"round_seconds": period["mean"], "round_seconds_median": period["median"],
-            "rounds_per_second": 1.0 / period["mean"],
-            "bytes_per_round": frame_bytes_per_round(result),
-            "wire_bytes_per_round": result.summary["bytes_sent"] / max(committed, 1),
-            "rounds_committed": committed, "wall_seconds": result.summary["wall_seconds"],
-            "load_average_before": load_before, "load_average_after": os.getloadavg()[0]}
 
 
 def compare(sim: dict[str, Any], real: dict[str, Any]) -> dict[str, Any]:
@@ -84,7 +69,7 @@ def run_bench(scenario_path: Path | str, rounds: int, out_file: Path, console: C
         variants["calibrated"] = load_scenario(calibration_file)  # what the file says
     console.print(f"bench real: {scenario.name}, {scenario.nodes.count} nodes on loopback, "
                   f"{rounds} rounds ...")
-    real = report["real"] = real_figures(scenario)
+    real = report["real"] = measure_real_run(scenario)
     report["sim"] = {label: sim_figures(s) for label, s in variants.items()}
     report["ratios"] = {label: compare(sim, real) for label, sim in report["sim"].items()}
     if calibrated:

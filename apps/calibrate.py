@@ -38,6 +38,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import polars as pl
 import torch
 from rich.console import Console
 
@@ -100,6 +101,29 @@ def round_seconds(result: RunResult) -> dict[str, float]:
     the first: the steady state, without start-up)."""
     gaps = round_periods(result)["gap"]
     return {"mean": float(gaps.mean()), "median": float(gaps.median())}  # type: ignore[arg-type]
+
+
+def frame_bytes_per_round(result: RunResult) -> float:
+    """Mean over rounds of the frame bytes the honest nodes sent for that round (the real
+    nodes count them as the simulator does)."""
+    honest = result.rounds.filter(~pl.col("byzantine"))
+    per_round = honest.group_by("round").agg(pl.col("bytes_sent").sum())["bytes_sent"]
+    return float(per_round.mean())  # type: ignore[arg-type]
+
+
+def measure_real_run(scenario: Scenario) -> dict[str, Any]:
+    """Run the scenario's nodes as processes on loopback: round time, rounds per second, bytes
+    per round, and the load average around it (another tenant's work slows real nodes)."""
+    load_before = os.getloadavg()[0]
+    result = run_scenario(scenario, real=True)
+    period = round_seconds(result)
+    committed = result.summary["min_rounds_committed"]
+    return {"round_seconds": period["mean"], "round_seconds_median": period["median"],
+            "rounds_per_second": 1.0 / period["mean"],
+            "bytes_per_round": frame_bytes_per_round(result),
+            "wire_bytes_per_round": result.summary["bytes_sent"] / max(committed, 1),
+            "rounds_committed": committed, "wall_seconds": result.summary["wall_seconds"],
+            "load_average_before": load_before, "load_average_after": os.getloadavg()[0]}
 
 
 # ---- 1. compute ----------------------------------------------------------------------------
@@ -302,17 +326,17 @@ def calibrate(scenario: Scenario, out_path: Path, rounds: int = 60, repeats: int
     say(f"calibrate: {scenario.nodes.count} nodes in one process, {rounds} rounds ...")
     work = node_work(short, gradient)
     say(f"calibrate: measured real run, {rounds} rounds ...")
-    real = round_seconds(run_scenario(short, real=True))
+    real = measure_real_run(short)
     links = (link["latency"], link["jitter"], link["bandwidth"])
     modelled = round_seconds(run_scenario(calibrated_scenario(short, gradient, *links)))
-    residual = real["mean"] - modelled["mean"]  # the sim's round is linear in step_time
+    residual = real["round_seconds"] - modelled["mean"]  # the sim's round is linear in step_time
     step_time = max(0.0, gradient + residual)
     fitted = calibrated_scenario(scenario, step_time, *links)
     check = round_seconds(run_scenario(with_rounds(fitted, rounds)))
     measured = {
         "scenario": scenario.name, **stamp(), "cpus": len(os.sched_getaffinity(0)),
         "rounds_measured": rounds, "gradient_seconds": gradient, "link": link,
-        "node_work": work, "real_round_seconds": real,
+        "node_work": work, "real_run": real,
         "sim_round_seconds_uncorrected": modelled["mean"], "residual_seconds": residual,
         "step_time": step_time, "latency": link["latency"], "jitter": link["jitter"],
         "bandwidth": link["bandwidth"], "sim_round_seconds_calibrated": check["mean"],
@@ -326,32 +350,34 @@ def calibrate(scenario: Scenario, out_path: Path, rounds: int = 60, repeats: int
 
 
 def header(measured: dict[str, Any]) -> str:
-    m, w = measured, measured["node_work"]
-    machine = m["machine"]
-    ms = 1e3
+    """The calibrated file's comment: what was measured, when, on what machine."""
+    m, w, run, link = measured, measured["node_work"], measured["real_run"], measured["link"]
+    machine, ms = m["machine"], 1e3
     lines = [
         f"calibrated by `phalanx calibrate` on {m['date']} for the loopback cluster of "
         f"scenario {m['scenario']!r}",
         f"machine: {machine['platform']}, {machine['processor'] or 'cpu'}, {m['cpus']} cores, "
         f"Python {machine['python']}",
-        "measured (replaced below: nodes.speed/speeds, topology, links.latency/jitter/"
-        "bandwidth, training.step_time and the timeouts, which are the real nodes' ones):",
-        f"  gradient: {m['gradient_seconds'] * ms:.3f} ms (median of one torch thread)",
-        f"  link (TcpTransport, two processes): one-way {m['link']['one_way_median'] * 1e6:.0f}"
-        f" µs median, latency {m['latency'] * 1e6:.0f} µs + uniform jitter "
-        f"{m['jitter'] * 1e6:.0f} µs, bandwidth {m['bandwidth'] / 1e9:.2f} Gbit/s",
-        f"  real run ({m['rounds_measured']} rounds): {m['real_round_seconds']['mean'] * ms:.2f}"
-        f" ms per round; the simulator with the gradient and link alone: "
-        f"{m['sim_round_seconds_uncorrected'] * ms:.2f} ms",
-        f"  step_time = gradient + residual per-round cost {m['residual_seconds'] * ms:.3f} ms "
-        f"= {m['step_time'] * ms:.3f} ms (check: simulated {m['sim_round_seconds_calibrated'] * ms:.2f}"
-        " ms per round)",
-        f"  node work per node and round, one process, no network: {w['node_round'] * ms:.2f} ms"
-        f" = gradient {w['gradient'] * ms:.2f} + SQLite {w['sqlite'] * ms:.2f} "
-        f"({w['sqlite_writes']:.1f} writes) + frame checks {w['open_frames'] * ms:.2f} + "
-        f"signing, aggregation, Python {w['other'] * ms:.2f}",
-        "  the rest of the residual is core sharing among the node processes and wake-ups; all "
-        "of it is folded into step_time, so this holds for this node count on this machine",
+        "replaced below: nodes.speed/speeds (1: all nodes on this machine), topology (complete:"
+        " the cluster links every pair), links.latency/jitter/bandwidth, training.step_time,"
+        " training.round_timeout/view_timeout (the real nodes' real.* ones)",
+        f"gradient: {m['gradient_seconds'] * ms:.3f} ms (median, one torch thread)",
+        f"link (TcpTransport, two processes): one-way {link['one_way_median'] * 1e6:.0f} µs "
+        f"median -> latency {m['latency'] * 1e6:.0f} µs + uniform jitter "
+        f"{m['jitter'] * 1e6:.0f} µs; bandwidth {m['bandwidth'] / 1e9:.2f} Gbit/s",
+        f"real run, {m['rounds_measured']} rounds: {run['round_seconds'] * ms:.2f} ms per round"
+        f" (load average {run['load_average_before']:.2f} before); the simulator with the "
+        f"gradient and link alone: {m['sim_round_seconds_uncorrected'] * ms:.2f} ms",
+        f"step_time = gradient + the residual per-round cost {m['residual_seconds'] * ms:.3f} ms"
+        f" = {m['step_time'] * ms:.3f} ms; simulated: "
+        f"{m['sim_round_seconds_calibrated'] * ms:.2f} ms per round",
+        f"of the residual, node work per node and round (one process, no network) is "
+        f"{w['node_round'] * ms:.2f} ms: gradient {w['gradient'] * ms:.2f}, SQLite "
+        f"{w['sqlite'] * ms:.2f} ({w['sqlite_writes']:.2f} flushed writes), frame checks "
+        f"{w['open_frames'] * ms:.2f}, signing, aggregation and Python {w['other'] * ms:.2f}; "
+        "the rest is the node processes sharing the cores, wake-ups and concurrent flushes",
+        "all of it sits in step_time: valid for this scenario's node count and model size on "
+        "this machine, not for other sizes",
     ]
     return "".join(f"# {line}\n" for line in lines)
 

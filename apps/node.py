@@ -234,14 +234,16 @@ class RealNode:
         except TimeoutError:
             up = sum(self.peer_states().values())
             self.out.print(f"{up} of {len(self.peers)} peers reachable after "
-                           f"{self.plan.scenario.real.start_wait:g} s; starting with them")
+                           f"{self.plan.scenario.real.start_wait:g} s; starting with them",
+                           highlight=False)
         self.host.feed(Started(self.disk.read_all()))
         backlog, self.early = self.early or [], None
         for frame in backlog:
             self.host.feed(Received(frame))
         if self.plan.console:
             loop.add_reader(sys.stdin.fileno(), self._console_line)
-            self.out.print(f"node {self.node.id} running; type help for commands")
+            self.out.print(f"node {self.node.id} running; type help for commands",
+                           highlight=False)
         watcher = asyncio.create_task(self._write_results_when_finished())
         await self.stop.wait()
         watcher.cancel()
@@ -261,8 +263,8 @@ class RealNode:
         if not line or line.strip().lower() in ("quit", "exit"):
             self.stop.set()
             return
-        self.out.print(answer(line, self.status(),
-                              lambda: self.node.workload.evaluate(self.node.params)))
+        reply = answer(line, self.status(), lambda: self.node.workload.evaluate(self.node.params))
+        self.out.print(reply, highlight=False, soft_wrap=True, markup=False)
 
     def write_results(self) -> None:
         d = self.plan.data_dir
@@ -294,7 +296,8 @@ def serve(plan: NodePlan, out: Console) -> None:
         torch.set_num_threads(1)  # steady on shared machines; raise with max_cpu_threads
     for flag in ("enable_curation", "enable_rlhf"):
         if getattr(plan.settings, flag):
-            out.print(f"{flag}: this build has no curation or RLHF service yet; ignored")
+            out.print(f"{flag}: this build has no curation or RLHF service yet; ignored",
+                      highlight=False)
 
     async def main() -> None:
         await RealNode(plan, out).run()

@@ -268,3 +268,54 @@ def test_a_late_joiner_catches_up_from_a_checkpoint(tmp_path: Path) -> None:
         "SELECT min(round), max(round), count(*) FROM rounds WHERE round >= ?",
         (base,)).fetchone()
     assert log == (base, 119, 120 - base)
+
+
+def test_the_console_answers_on_a_terminal_and_quit_stops_the_node(tmp_path: Path) -> None:
+    """One node of a 4-member scenario, alone (its peers never come), attached to a pseudo
+    terminal: `stats`, `peers`, `train`, `test`, an unknown command, then `quit`."""
+    import pty
+    import select
+
+    from phalanx.apps.cluster import free_ports
+    from phalanx.apps.node_settings import node_identity, write_members
+
+    data = yaml.safe_load(crash_scenario(tmp_path).read_text())
+    data["real"]["start_wait"] = 0.5
+    (tmp_path / "alone.yaml").write_text(yaml.safe_dump({**data, "name": "alone"}))
+    ports = free_ports(5, "127.0.0.1")
+    keys = {i: node_identity(tmp_path / f"node-{i}").public_key for i in range(4)}
+    write_members(tmp_path / "members.json",
+                  {i: (keys[i], ("127.0.0.1", ports[i])) for i in range(4)})
+    master, slave = pty.openpty()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "phalanx.apps.node", "--real", "--scenario",
+         str(tmp_path / "alone.yaml"), "--members", str(tmp_path / "members.json"),
+         "--node-id", "0", "--p2p-port", str(ports[0]), "--web-port", str(ports[4]),
+         "--data-dir", str(tmp_path / "node-0")],
+        stdin=slave, stdout=slave, stderr=slave, start_new_session=True)
+    os.close(slave)
+    seen = b""
+
+    def read_until(text: bytes, timeout: float = 60) -> None:
+        nonlocal seen
+        deadline = time.time() + timeout
+        while text not in seen:
+            assert time.time() < deadline, f"no {text!r} in {seen.decode(errors='replace')}"
+            if select.select([master], [], [], 0.2)[0]:
+                seen += os.read(master, 65536)
+
+    try:
+        read_until(b"type help for commands")
+        for command, reply in ((b"stats", b"health stalled"), (b"peers", b"reputation"),
+                               (b"train", b"committed 0 of 150 rounds"),
+                               (b"test", b"held-out accuracy"), (b"dance", b"unknown command")):
+            os.write(master, command + b"\n")
+            read_until(reply)
+        os.write(master, b"quit\n")
+        assert proc.wait(timeout=30) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        os.close(master)
+    result = json.loads((tmp_path / "node-0" / "result.json").read_text())
+    assert result["finished"] is False and result["commits"] == []  # flushed on quit
