@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Callable
 from pathlib import Path
@@ -62,6 +63,16 @@ def test_cluster_runs_the_simulated_model_and_reports_status(tmp_path: Path) -> 
         assert one["training"]["rounds_committed"] == 60
         with urllib.request.urlopen(f"http://127.0.0.1:{nodes[1].web_port}/health") as r:
             assert r.status == 200 and json.loads(r.read())["status"] == "ok"
+        base = f"http://127.0.0.1:{nodes[1].web_port}"
+        for request, code in ((urllib.request.Request(f"{base}/nope"), 404),
+                              (urllib.request.Request(f"{base}/status", data=b"x"), 405)):
+            with pytest.raises(urllib.error.HTTPError) as bad:
+                urllib.request.urlopen(request)
+            assert bad.value.code == code and json.loads(bad.value.read())["detail"]
+        import socket
+        with socket.create_connection(("127.0.0.1", nodes[1].web_port), timeout=5) as raw:
+            raw.sendall(b"NOT HTTP AT ALL\r\n\r\n")
+            assert raw.recv(1024).startswith(b"HTTP/1.1 400")
         table = CliRunner().invoke(app, ["cluster", "status", "--dir", str(folder)])
         assert table.exit_code == 0 and "running" in table.output, table.output
         real_hashes = {i: s["model_hash"] for i, s in status.items()}
