@@ -238,6 +238,9 @@ def test_hostile_peers_are_refused_and_counted_while_the_node_keeps_training(
         cluster_down(folder)
     refused = after["transport"]["refusals"]
     rejected = after["rejections"]
+    print(f"node 0 transport refusals {refused}; node rejections {rejected}; peak memory "
+          f"{before['peak_memory_mb']:.0f} -> {after['peak_memory_mb']:.0f} MB; round "
+          f"{before['round']} -> {after['round']}")
     assert sum(refused.values()) >= 4, refused  # every raw connection refused
     assert refused.get("oversized_frame", 0) >= 1, refused  # the 4 GB length prefix
     assert rejected.get("bad_signature", 0) >= 1, rejected

@@ -51,6 +51,7 @@ def test_seven_nodes_split_five_two_then_heal(tmp_path: Path) -> None:
         until(lambda: min(rounds(folder)[i] for i in range(5)) >= max(cut.values()) + 20, 120,
               "the majority 20 rounds past the cut")
         during = rounds(folder)
+        print(f"rounds at the cut {cut}; during the partition {during}")
         # the minority cannot gather a quorum (5 of 7): at most the round in flight completes
         assert all(during[i] <= cut[i] + 1 for i in (5, 6)), (cut, during)
         lab.heal()
