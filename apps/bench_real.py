@@ -1,17 +1,18 @@
 """`phalanx bench real`: the loopback cluster's rounds per second and bytes per round beside
 the simulator's prediction for the same scenario, with the scenario as given and calibrated.
 
-One real run of the scenario (its nodes as processes over TCP on 127.0.0.1) gives the measured
-figures: the mean time between a node's consecutive commits (rounds per second is its inverse;
-start-up is left out) and the frame bytes the honest nodes sent per round, counted as the
-simulator counts them, plus the transport's bytes on the wire (record headers, heartbeats and
-handshakes as well). The simulator then runs the same scenario twice: as given, and calibrated
-(`apps/calibrate.py`: measured on this machine just before, from a separate real run, so the
-comparison is out of sample). The target: the calibrated simulator's round latency within 10%
-of the real one.
+One real run of the scenario (its nodes as processes over TCP on its `real.host`) gives the
+measured figures: the mean time between a node's consecutive commits (rounds per second is its
+inverse; start-up is left out) and the frame bytes the honest nodes sent per round, counted as
+the simulator counts them, plus the transport's bytes on the wire (record headers, heartbeats
+and handshakes as well). The simulator then runs the same scenario twice: as given, and
+calibrated (`apps/calibrate.py`, measured on this machine just before from a separate real run,
+so the comparison is out of sample). The target: the calibrated simulator's round latency
+within 10% of the real one. Frame bytes differ by design by a few bytes a frame: a real node's
+sequence numbers come from the wall clock and encode longer than the simulator's.
 
-The machine's load average is recorded beside each real run: on a shared machine another
-tenant's work slows the real nodes and not the simulator, and no calibration can follow that.
+The load average is recorded around each real run: on a shared machine another tenant's CPU or
+disk load slows the real nodes and not the simulator, and no calibration can follow that.
 """
 
 from __future__ import annotations

@@ -20,9 +20,12 @@ other node processes. The simulator has no parameter for those, so calibration m
    once per round. (3) says how much of the residual is node work rather than core sharing
    and process wake-ups.
 
-The residual is measured for the scenario's node count: verifications and flushes per round
-grow with n while `step_time` does not, so a calibration predicts this scenario on this
-machine, not other sizes.
+What stays unmodelled: the residual is measured for the scenario's node count and model size
+(verifications grow with n, flushed bytes with the model: a round's record holds every
+gradient, and a checkpoint follows it), so a calibration predicts this scenario on this
+machine, not other sizes; and the machine itself must stay as it was measured. Other tenants'
+CPU load, and above all the disk's speed under the flushes, drift on a shared machine, and no
+static parameter follows them.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import platform
 import statistics
 import subprocess
 import sys
@@ -282,23 +286,31 @@ async def _run_nodes(scenario: Scenario, folder: Path) -> dict[str, float]:
         node = Node(node_config(s, i, s.real.round_timeout, s.real.view_timeout), ids[i],
                     workload_for(s, RngStreams(s.seed)), opener)
         hosts[i] = AsyncHost(node, _Loopback(hosts), logs[i], [j for j in range(n) if j != i])
-    start = time.perf_counter()
-    for host in hosts.values():
-        host.feed(Started({}))
-    await asyncio.gather(*(h.finished.wait() for h in hosts.values()))
-    wall = time.perf_counter() - start
-    for host, log in zip(hosts.values(), logs, strict=True):
-        host.cancel_timers()
-        log.close()
+    start, cpu = time.perf_counter(), time.process_time()
+    try:
+        for host in hosts.values():
+            host.feed(Started({}))
+        async with asyncio.timeout(s.real.deadline):
+            await asyncio.gather(*(h.finished.wait() for h in hosts.values()))
+        wall, cpu = time.perf_counter() - start, time.process_time() - cpu
+    except TimeoutError:
+        raise CalibrationError(f"the in-process nodes did not finish {s.training.rounds} "
+                               f"rounds within real.deadline ({s.real.deadline:g} s)") from None
+    finally:
+        for host, log in zip(hosts.values(), logs, strict=True):
+            host.cancel_timers()
+            log.close()
     per = n * s.training.rounds  # node-rounds
-    return {"node_round": wall / per, "sqlite": sum(x.seconds for x in logs) / per,
+    return {"node_round": wall / per, "node_round_cpu": cpu / per,
+            "sqlite": sum(x.seconds for x in logs) / per,
             "sqlite_writes": sum(x.writes for x in logs) / per, "open_frames": opened[0] / per}
 
 
 def node_work(scenario: Scenario, gradient: float) -> dict[str, float]:
     """Per node and round: the whole node-side work and its parts (gradient, SQLite writes,
     decoding and verifying frames; `other` is signing, aggregation, the optimizer step and
-    Python event handling), all nodes honest, in one process (no network, no core sharing).
+    Python event handling) and the CPU time of it (the rest is waiting for flushes), all nodes
+    honest, in one process (no network, no core sharing).
     The logs live where a real run's do (the temporary folder), so their flushes cost the
     same."""
     with tempfile.TemporaryDirectory(prefix="phalanx-calibrate-") as tmp:
@@ -316,6 +328,9 @@ def calibrate(scenario: Scenario, out_path: Path, rounds: int = 60, repeats: int
     """Measure (see the module's doc), write the calibrated scenario to `out_path` and return
     the measured values. `rounds`: the measured real run's length (and the in-process one's);
     `repeats`: gradients timed and link round trips."""
+    if rounds < 3 or repeats < 10:
+        raise CalibrationError(f"calibrate needs rounds >= 3 and repeats >= 10 (got {rounds} "
+                               f"and {repeats})")
     check_runnable(scenario)  # before minutes of measuring, not after
     say = console.print if console else (lambda *_: None)
     short = with_rounds(scenario, rounds)
@@ -335,6 +350,7 @@ def calibrate(scenario: Scenario, out_path: Path, rounds: int = 60, repeats: int
     check = round_seconds(run_scenario(with_rounds(fitted, rounds)))
     measured = {
         "scenario": scenario.name, **stamp(), "cpus": len(os.sched_getaffinity(0)),
+        "cpu_model": _cpu_model(), "nodes": scenario.nodes.count,
         "rounds_measured": rounds, "gradient_seconds": gradient, "link": link,
         "node_work": work, "real_run": real,
         "sim_round_seconds_uncorrected": modelled["mean"], "residual_seconds": residual,
@@ -349,6 +365,15 @@ def calibrate(scenario: Scenario, out_path: Path, rounds: int = 60, repeats: int
     return measured
 
 
+def _cpu_model() -> str:
+    """The processor's name (`platform.processor()` is empty on most Linux systems)."""
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or platform.machine()
+
+
 def header(measured: dict[str, Any]) -> str:
     """The calibrated file's comment: what was measured, when, on what machine."""
     m, w, run, link = measured, measured["node_work"], measured["real_run"], measured["link"]
@@ -356,7 +381,7 @@ def header(measured: dict[str, Any]) -> str:
     lines = [
         f"calibrated by `phalanx calibrate` on {m['date']} for the loopback cluster of "
         f"scenario {m['scenario']!r}",
-        f"machine: {machine['platform']}, {machine['processor'] or 'cpu'}, {m['cpus']} cores, "
+        f"machine: {machine['platform']}, {m['cpu_model']}, {m['cpus']} cores, "
         f"Python {machine['python']}",
         "replaced below: nodes.speed/speeds (1: all nodes on this machine), topology (complete:"
         " the cluster links every pair), links.latency/jitter/bandwidth, training.step_time,"
@@ -371,11 +396,14 @@ def header(measured: dict[str, Any]) -> str:
         f"step_time = gradient + the residual per-round cost {m['residual_seconds'] * ms:.3f} ms"
         f" = {m['step_time'] * ms:.3f} ms; simulated: "
         f"{m['sim_round_seconds_calibrated'] * ms:.2f} ms per round",
-        f"of the residual, node work per node and round (one process, no network) is "
-        f"{w['node_round'] * ms:.2f} ms: gradient {w['gradient'] * ms:.2f}, SQLite "
-        f"{w['sqlite'] * ms:.2f} ({w['sqlite_writes']:.2f} flushed writes), frame checks "
-        f"{w['open_frames'] * ms:.2f}, signing, aggregation and Python {w['other'] * ms:.2f}; "
-        "the rest is the node processes sharing the cores, wake-ups and concurrent flushes",
+        f"a node's own work per round (one process, no network): {w['node_round'] * ms:.2f} ms"
+        f" = gradient {w['gradient'] * ms:.2f} + SQLite {w['sqlite'] * ms:.2f} "
+        f"({w['sqlite_writes']:.2f} flushed writes) + frame checks {w['open_frames'] * ms:.2f} "
+        f"+ signing, aggregation and Python {w['other'] * ms:.2f}, of it "
+        f"{w['node_round_cpu'] * ms:.2f} ms CPU; {m['nodes']} nodes on {m['cpus']} cores need "
+        f"{m['nodes'] * w['node_round_cpu'] / m['cpus'] * ms:.2f} ms per round of CPU at least;"
+        f" the other {(m['step_time'] - w['node_round']) * ms:.2f} ms of step_time beyond a "
+        "node's own work: core sharing, the transport's own CPU, wake-ups, concurrent flushes",
         "all of it sits in step_time: valid for this scenario's node count and model size on "
         "this machine, not for other sizes",
     ]

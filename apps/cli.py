@@ -274,6 +274,57 @@ def bench_kernels(
     run_bench(seq, out_file, out)
 
 
+@bench_app.command("real")
+def bench_real(
+    scenario: Annotated[Path, typer.Option(help="the cluster's scenario")] = Path(
+        "scenarios/bench_real.yaml"),
+    rounds: Annotated[int, typer.Option(help="rounds per run")] = 200,
+    out_file: Annotated[Path, typer.Option("--out", help="JSON result file")] = Path(
+        "benchmarks/out/real.json"),
+    calibrate: Annotated[bool, typer.Option(help="also calibrate the simulator on this "
+                                            "machine and compare its prediction")] = True,
+) -> None:
+    """Rounds/s and bytes/round of a real loopback cluster beside the simulator's prediction."""
+    from phalanx.apps.bench_real import run_bench
+    from phalanx.apps.calibrate import CalibrationError
+    from phalanx.apps.real import RealRunError
+
+    if rounds < 3:
+        raise fail(f"--rounds: at least 3 (got {rounds})")
+    try:
+        run_bench(scenario, rounds, out_file, out, calibrated=calibrate)
+    except (ScenarioError, RealRunError, CalibrationError) as e:
+        raise fail(str(e)) from None
+    except OSError as e:
+        raise fail(f"bench real: {e.strerror or e}") from None
+
+
+@app.command()
+def calibrate(
+    scenario: Annotated[Path, typer.Argument(help="scenario YAML file")],
+    out_file: Annotated[Path | None, typer.Option(
+        "--out", help="calibrated scenario (default: runs/<name>.calibrated.yaml)")] = None,
+    rounds: Annotated[int, typer.Option(help="rounds of the measured real run")] = 60,
+    repeats: Annotated[int, typer.Option(help="repetitions of each micro-measurement")] = 200,
+) -> None:
+    """Measure this machine (gradient time, loopback link, a node's own work, one real run)
+    and write the scenario with the simulator's compute and link parameters set from it."""
+    from phalanx.apps.calibrate import CalibrationError
+    from phalanx.apps.calibrate import calibrate as run_calibration
+    from phalanx.apps.real import RealRunError
+
+    try:
+        loaded = load_scenario(scenario)
+        target = out_file or Path("runs") / f"{loaded.name}.calibrated.yaml"
+        target.parent.mkdir(parents=True, exist_ok=True)
+        run_calibration(loaded, target, rounds=rounds, repeats=repeats, console=out)
+    except (ScenarioError, RealRunError, CalibrationError) as e:
+        raise fail(str(e)) from None
+    except OSError as e:
+        raise fail(f"calibrate: {e.strerror or e}") from None
+    out.print(f"calibrated scenario written to {target}")
+
+
 @app.command()
 def matrix(
     spec: Annotated[Path, typer.Argument(help="matrix YAML file, e.g. "

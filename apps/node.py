@@ -148,9 +148,11 @@ class RealNode:
         self.stop = asyncio.Event()
         self.early: list[bytes] | None = []  # frames that arrive before the node has started
         self.transport = self._transport()
-        every = s.training.eval_every
+        every, last = s.training.eval_every, s.training.rounds - 1
+        # the models the result tables evaluate (apps/results.py: rounds r with (r + 1) %
+        # eval_every == 0, and the last)
         self.host = AsyncHost(self.node, self.transport, self.disk, self.peers,
-                              keep_model=lambda r: r % every == 0 or r == s.training.rounds - 1)
+                              keep_model=lambda r: (r + 1) % every == 0 or r == last)
 
     def _transport(self) -> Any:
         p = self.plan

@@ -48,7 +48,7 @@ def test_calibrated_file_is_a_valid_scenario_with_the_measured_values(
     assert path.read_text().startswith("# calibrated by `phalanx calibrate` on ")
     # the simulator is linear in step_time: the calibrated scenario reproduces the measured run
     assert measured["sim_round_seconds_calibrated"] == pytest.approx(
-        measured["real_round_seconds"]["mean"], rel=0.02)
+        measured["real_run"]["round_seconds"], rel=0.02)
     work = measured["node_work"]
     assert work["sqlite_writes"] >= 1 and work["sqlite"] > 0 and work["open_frames"] > 0
 

@@ -152,6 +152,8 @@ def test_node_refuses_bad_settings_in_one_line(tmp_path: Path) -> None:
         (["node", "--real", "--node-id", "0", "--scenario", str(SCENARIOS / "quickstart.yaml"),
           "--data-dir", str(tmp_path / "d")], "--members is required"),
         (["cluster", "status", "--dir", str(tmp_path / "none")], "no cluster here"),
+        (["bench", "real", "--rounds", "2"], "--rounds: at least 3"),
+        (["calibrate", str(tmp_path / "missing.yaml")], "missing.yaml"),
     ]
     for args, message in cases:
         result = CliRunner().invoke(app, args)
