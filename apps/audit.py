@@ -1,7 +1,7 @@
 """`phalanx audit RUN_DIR`: re-verify every node's log of a finished run, as any peer would.
 
-Each node's `nodes/<id>.sqlite` is replayed by a fresh node built from the run's resolved
-scenario, through the same path state sync uses: the leader's signature on each proposal, every
+Each node's `nodes/<id>.sqlite` (or, in a `phalanx cluster` folder, `node-<id>/node.sqlite`,
+with the keys of its `members.json`) is replayed by a fresh node built from the run's scenario, through the same path state sync uses: the leader's signature on each proposal, every
 gradient's signature and digest against the set, the commit certificate (a quorum of distinct
 members' signed commit votes for that set and model), and the model hash recomputed from the
 signed gradients with the bit-exact aggregate and optimizer step. The logs must also agree with
@@ -14,12 +14,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from phalanx.apps.node_log import NodeLog
+from phalanx.apps.node_settings import load_members
 from phalanx.engine.consensus import equivocations, signed_in
 from phalanx.engine.events import Started
 from phalanx.engine.node import Node
+from phalanx.net.crypto import Identity
 from phalanx.net.envelope import FrameOpener
 from phalanx.net.messages import RoundRecord
-from phalanx.sim.scenario import ScenarioError, load_scenario
+from phalanx.sim.scenario import Scenario, ScenarioError, load_scenario
 from phalanx.sim.world import member_keys, node_config, workload_for
 
 
@@ -31,26 +33,40 @@ class NodeAudit:
     problem: str | None  # why replaying the log stopped, None if every record verified
 
 
-def audit_run(run_dir: Path) -> tuple[list[NodeAudit], list[str]]:
-    """Per-node results, and the rounds in which verified logs disagree."""
+def _simulated_run(run_dir: Path) -> tuple[Scenario, FrameOpener, dict[int, Path]]:
     resolved = run_dir / "scenario.resolved.yaml"
     if not resolved.exists():
-        raise ScenarioError(f"{run_dir}: no scenario.resolved.yaml (not a run folder?)")
+        raise ScenarioError(f"{run_dir}: no scenario.resolved.yaml or members.json (not a run "
+                            f"or cluster folder?)")
     scenario = load_scenario(resolved)
-    logs = sorted((run_dir / "nodes").glob("*.sqlite"), key=lambda p: int(p.stem))
+    _, opener, _ = member_keys(scenario)
+    return scenario, opener, {int(p.stem): p for p in (run_dir / "nodes").glob("*.sqlite")}
+
+
+def _real_cluster(run_dir: Path) -> tuple[Scenario, FrameOpener, dict[int, Path]]:
+    members, observers = load_members(run_dir / "members.json")
+    keyring = {i: key for i, (key, _) in {**members, **observers}.items()}
+    logs = {int(p.parent.name.removeprefix("node-")): p
+            for p in run_dir.glob("node-*/node.sqlite")}
+    return load_scenario(run_dir / "scenario.yaml"), FrameOpener(keyring), logs
+
+
+def audit_run(run_dir: Path) -> tuple[list[NodeAudit], list[str]]:
+    """Per-node results, and the rounds in which verified logs disagree."""
+    cluster = (run_dir / "members.json").exists()
+    scenario, opener, logs = (_real_cluster if cluster else _simulated_run)(run_dir)
     if not logs:
-        raise ScenarioError(f"{run_dir}: no node logs in {run_dir / 'nodes'}")
+        raise ScenarioError(f"{run_dir}: no node logs")
     from phalanx.engine.rng import RngStreams
 
     workload = workload_for(scenario, RngStreams(scenario.seed))
-    identities, opener, _ = member_keys(scenario)
     audits, hashes = [], {}
-    for path in logs:
-        node_id = int(path.stem)
+    for node_id, path in sorted(logs.items()):
         log = NodeLog(path)
         records, base = log.records(), log.read_all().get("base")
         log.close()
-        node = Node(node_config(scenario, node_id), identities[node_id], workload, opener)
+        # verifying signs nothing: any key does for the auditing node's own
+        node = Node(node_config(scenario, node_id), Identity.generate(), workload, opener)
         node.handle(Started(), 0.0)
         problem = None
         if isinstance(base, bytes):  # the node joined from a checkpoint: audit from there

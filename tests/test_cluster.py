@@ -137,6 +137,10 @@ def test_kill_9_mid_run_then_restart_loses_no_committed_round(tmp_path: Path) ->
         assert h == hashes[0]
     # the restarted node committed the rounds it missed through state sync
     assert any(c["via_sync"] for c in results[3]["commits"])
+    # and `phalanx audit` re-verifies all four logs (signatures, certificates, model hashes)
+    audit = CliRunner().invoke(app, ["audit", str(folder)])
+    assert audit.exit_code == 0, audit.output
+    assert "4 node logs, 600 rounds verified, 0 logs with a bad record" in audit.output
     assert read_cluster(folder)["nodes"][3]["pid"] == restarted[3].pid
 
 
