@@ -339,3 +339,26 @@ def test_the_console_answers_on_a_terminal_and_quit_stops_the_node(tmp_path: Pat
         os.close(master)
     result = json.loads((tmp_path / "node-0" / "result.json").read_text())
     assert result["finished"] is False and result["commits"] == []  # flushed on quit
+
+
+def test_byzantine_members_attack_for_real_and_are_caught(tmp_path: Path) -> None:
+    """A 4-node cluster whose node 2 equivocates (two different signed gradients for one
+    round) from round 3: the honest nodes exclude it on the proof and keep one model."""
+    data = yaml.safe_load(crash_scenario(tmp_path).read_text())
+    data.update(name="byzantine-real",
+                byzantine=[{"nodes": [2], "behaviour": "equivocate", "from_round": 3}])
+    data["training"]["rounds"] = 40
+    (tmp_path / "byz.yaml").write_text(yaml.safe_dump(data))
+    folder = tmp_path / "cluster"
+    cluster_up(load_scenario(tmp_path / "byz.yaml"), folder)
+    try:
+        until(lambda: all(statuses(folder).get(i, {}).get("finished") for i in (0, 1, 3)), 180,
+              "the honest nodes to finish")
+        status = statuses(folder)
+    finally:
+        cluster_down(folder)
+    assert status[2]["byzantine"] and not status[0]["byzantine"]
+    honest = [status[i] for i in (0, 1, 3)]
+    assert len({s["model_hash"] for s in honest}) == 1
+    assert all(s["excluded"] == [2] for s in honest), [s["excluded"] for s in honest]
+    assert all(s["reputation"]["2"] == 0.0 for s in honest)
