@@ -3,8 +3,8 @@ loopback run of a scenario, and write a calibrated copy of the scenario.
 
 The simulator models a round as compute (`training.step_time` per gradient at speed 1.0) and
 link delays (latency, jitter, bandwidth). A real node also signs and verifies every frame,
-handles events in Python, writes its SQLite log (`synchronous=FULL`: a flush per write, several
-per round, each before the vote it protects goes out) and shares this machine's cores with the
+handles events in Python, writes its SQLite log (`synchronous=FULL`: one flush per batch of
+writes, a few per round, each before the vote it protects goes out) and shares this machine's cores with the
 other node processes. The simulator has no parameter for those, so calibration measures:
 
 1. compute: the median time of one real gradient of the scenario's workload (one torch thread,
@@ -251,11 +251,11 @@ class _TimedLog(NodeLog):
         super().__init__(path)
         self.seconds, self.writes = 0.0, 0
 
-    def write(self, key: str, value: Any) -> None:
+    def write_many(self, items: list[tuple[str, Any]]) -> None:
         start = time.perf_counter()
-        super().write(key, value)
+        super().write_many(items)
         self.seconds += time.perf_counter() - start
-        self.writes += 1
+        self.writes += 1  # one flushed transaction
 
 
 class _Loopback:

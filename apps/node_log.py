@@ -6,7 +6,8 @@ The node persists through `Persist(key, value)` actions; this store gives each k
   client;
 - `evidence`: the signed proofs that excluded equivocating peers;
 - `state`: everything else (checkpoint, the votes and lock of the round in progress).
-Each write is its own transaction, so a crash leaves the old value or the new one.
+Each write (or batch of writes, `write_many`) is one transaction, so a crash leaves the old
+values or the new ones.
 
 `audit_log` replays a log through a fresh node's state-sync path: every signature, every
 certificate and every recomputed model hash is checked, as any peer would check them.
@@ -69,6 +70,21 @@ class NodeLog:
                             (int(key.split("/", 1)[1]), value))
         else:
             self.db.execute("INSERT OR REPLACE INTO state VALUES (?, ?)", (key, value))
+
+    def write_many(self, items: list[tuple[str, bytes | RoundRecord]]) -> None:
+        """Several writes in one transaction: one flush to disk instead of one each, and a
+        crash keeps all of them or none."""
+        if len(items) == 1:
+            self.write(*items[0])
+            return
+        self.db.execute("BEGIN")
+        try:
+            for key, value in items:
+                self.write(key, value)
+        except BaseException:
+            self.db.execute("ROLLBACK")
+            raise
+        self.db.execute("COMMIT")
 
     def write_all(self, disk: dict[str, Any]) -> None:
         for key, value in disk.items():
