@@ -118,3 +118,33 @@ def test_audit_names_the_members_the_logs_prove_equivocated() -> None:
     # citing a certificate from view 0 frees the lock: this round alone proves nothing
     assert _culprits(opener, [first, record(1, b, (1, 2, 3), cites=0)]) == []
     assert _culprits(opener, [first, record(1, b, (1, 2, 3))]) == []
+
+
+def test_the_real_host_writes_a_batch_in_one_transaction_before_its_sends(
+        tmp_path: Path) -> None:
+    """A vote must be on disk before it leaves: the host writes every Persist of an action
+    batch (one transaction) before it hands any frame of that batch to the transport, even a
+    frame listed first; a batch whose write fails leaves nothing half-written."""
+    import asyncio
+
+    from phalanx.apps.node_host import AsyncHost
+    from phalanx.engine.events import Persist, Send
+    from phalanx.engine.node import Node
+
+    log = NodeLog(tmp_path / "node.sqlite")
+    seen: list[dict[str, object]] = []
+
+    class Recorder:  # what the disk held when each frame went out
+        def send(self, peer: int, frame: bytes) -> None:
+            seen.append(log.read_all())
+
+    async def run() -> None:
+        host = AsyncHost(object.__new__(Node), Recorder(), log, [1])
+        host.execute([Send(1, b"vote", 6, 0), Persist("votes", b"v"),
+                      Persist("checkpoint", b"c")])
+        with pytest.raises(sqlite3.Error):
+            host.execute([Persist("a", b"1"), Persist("b", None)])  # type: ignore[arg-type]
+
+    asyncio.run(run())
+    assert seen == [{"votes": b"v", "checkpoint": b"c"}]
+    assert "a" not in log.read_all()  # rolled back with the bad write
