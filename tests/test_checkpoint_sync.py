@@ -154,3 +154,23 @@ def test_a_follower_keeps_the_chain_without_computing_or_voting() -> None:
     stranger = kit.node(0, 30)  # a member that does not list 4 as an observer
     stranger.handle(Received(kit.forge(4, SyncRequest(0, 0, 1), follower_id)), 0.0)
     assert stranger.rejections == {"not_member": 1}
+
+
+def test_a_peer_offering_state_after_state_holds_one_offer() -> None:
+    """Offers are kept per peer: a liar cycling through endless optimizer states (the only
+    part a certificate cannot pin) never holds more than its one latest offer in memory."""
+    from phalanx.engine.consensus import CheckpointOffers
+
+    kit = Kit(9)
+    _, cp = finished_state(kit)
+    cert = check_checkpoint(cp, kit.open, frozenset(MEMBERS), cp.params.shape,
+                            cp.velocity.shape)
+    assert not isinstance(cert, str)
+    offers = CheckpointOffers(2)
+    for k in range(50):
+        lie = Checkpoint(cp.round, cp.record, cp.params, cp.velocity + k, cp.last_update)
+        assert offers.add(kit.open(kit.forge(2, lie)), cert) is None
+    assert offers.held() == 1
+    assert offers.add(kit.open(kit.forge(0, cp)), cert) is None  # the liar's old offers are gone
+    agreed = offers.add(kit.open(kit.forge(1, cp)), cert)
+    assert agreed is not None and agreed[2] == [0, 1] and offers.held() == 3

@@ -46,20 +46,35 @@ def check_checkpoint(cp: Checkpoint, open: Opener, members: frozenset[int],
 
 class CheckpointOffers:
     """Checked checkpoints grouped by identical state; `add` returns the state once `needed`
-    distinct peers have offered it."""
+    distinct peers have offered it. Each peer's latest offer replaces its earlier one, so a
+    peer sending state after state holds one model's worth of memory, not one per offer."""
 
     def __init__(self, needed: int) -> None:
         self.needed = needed
         self._by_state: dict[bytes, dict[int, tuple[Envelope, Certificate]]] = {}
+        self._of_sender: dict[int, bytes] = {}
 
     def add(self, env: Envelope, cert: Certificate) -> tuple[Envelope, Certificate,
                                                                list[int]] | None:
-        offers = self._by_state.setdefault(state_digest(env.message), {})  # type: ignore[arg-type]
+        digest = state_digest(env.message)  # type: ignore[arg-type]
+        previous = self._of_sender.get(env.sender)
+        if previous is not None and previous != digest:
+            stale = self._by_state[previous]
+            del stale[env.sender]
+            if not stale:
+                del self._by_state[previous]
+        self._of_sender[env.sender] = digest
+        offers = self._by_state.setdefault(digest, {})
         offers[env.sender] = (env, cert)
         if len(offers) < self.needed:
             return None
         agreed, cert = next(iter(offers.values()))
         return agreed, cert, sorted(offers)
 
+    def held(self) -> int:
+        """Offers kept: at most one per peer."""
+        return sum(len(offers) for offers in self._by_state.values())
+
     def clear(self) -> None:
         self._by_state.clear()
+        self._of_sender.clear()
