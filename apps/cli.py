@@ -481,14 +481,28 @@ def cluster_up_cmd(
     node: Annotated[int | None, typer.Option(help="start this node only")] = None,
     lightweight: Annotated[int, typer.Option(
         help="lightweight nodes that follow the chain (first start only)")] = 0,
+    byzantine: Annotated[str | None, typer.Option(
+        help="comma-separated member ids that attack (replaces the scenario's byzantine "
+             "section; first start only)")] = None,
+    attack: Annotated[str, typer.Option(
+        help="their behaviour, e.g. sign_flip, equivocate, silent (see the README)")] = "sign_flip",
 ) -> None:
     """Start the scenario's nodes (Byzantine ones with their attack); on a folder whose cluster
     is partly down, restart the missing nodes on their old data."""
     from phalanx.apps.cluster import ClusterError, cluster_up
+    from phalanx.sim.scenario import parse_scenario
 
     try:
-        nodes = cluster_up(load_scenario(scenario), folder, encrypt, only=node,
-                           lightweight=lightweight)
+        loaded = load_scenario(scenario)
+        if byzantine is not None:
+            try:
+                ids = [int(i) for i in byzantine.split(",")]
+            except ValueError:
+                raise ScenarioError(f"--byzantine: {byzantine!r} is not a comma-separated list "
+                                    f"of member ids") from None
+            loaded = parse_scenario({**loaded.model_dump(mode="json"), "byzantine": [
+                {"nodes": ids, "behaviour": attack}]}, f"{scenario} with --byzantine")
+        nodes = cluster_up(loaded, folder, encrypt, only=node, lightweight=lightweight)
     except (ScenarioError, ClusterError) as e:
         raise fail(str(e)) from None
     for n in nodes:

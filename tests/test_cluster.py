@@ -157,6 +157,10 @@ def test_node_refuses_bad_settings_in_one_line(tmp_path: Path) -> None:
           "--data-dir", str(tmp_path / "d")], "--members is required"),
         (["cluster", "status", "--dir", str(tmp_path / "none")], "no cluster here"),
         (["bench", "real", "--rounds", "2"], "--rounds: at least 3"),
+        (["cluster", "up", str(SCENARIOS / "quickstart.yaml"), "--dir", str(tmp_path / "c"),
+          "--byzantine", "1,2", "--attack", "equivocate"], "tolerates f=1"),
+        (["cluster", "up", str(SCENARIOS / "quickstart.yaml"), "--dir", str(tmp_path / "c"),
+          "--byzantine", "1", "--attack", "dance"], "unknown behaviour 'dance'"),
         (["calibrate", str(tmp_path / "missing.yaml")], "missing.yaml"),
     ]
     for args, message in cases:
