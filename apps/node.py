@@ -226,6 +226,11 @@ class RealNode:
             web = self.plan.settings
             server = status_server(self.status, web.web_host or web.host, web.web_port)
             serving = asyncio.create_task(server.serve())
+        listed = {f"{host}:{port}" for host, port in self.plan.addresses.values()}
+        for peer in self.plan.settings.bootstrap_peers:
+            if peer not in listed:  # members are dialed at the addresses the file lists
+                self.out.print(f"bootstrap peer {peer} is not an address in the members file; "
+                               f"members are dialed at their listed addresses", highlight=False)
         await self.transport.start()
         try:  # a restarted node finds its peers up; a first start waits for them, not forever
             wait = self.plan.scenario.real.start_wait

@@ -33,7 +33,9 @@ class NodeFile(Strict):
     node_type: NodeType = "full"
     p2p_port: Port = 7000
     web_port: Port = 8080
-    bootstrap_peers: list[str] = Field(default_factory=list)  # "host:port"
+    # "host:port" of peers to reach first; the members file lists every member's address, so
+    # these are checked against it (peer exchange spreads addresses learned later)
+    bootstrap_peers: list[str] = Field(default_factory=list)
     enable_curation: bool = False
     enable_rlhf: bool = False
     enable_web_interface: bool = True
