@@ -366,3 +366,23 @@ def test_byzantine_members_attack_for_real_and_are_caught(tmp_path: Path) -> Non
     assert len({s["model_hash"] for s in honest}) == 1
     assert all(s["excluded"] == [2] for s in honest), [s["excluded"] for s in honest]
     assert all(s["reputation"]["2"] == 0.0 for s in honest)
+
+
+def test_an_encrypted_cluster_trains_the_same_model(tmp_path: Path) -> None:
+    """`phalanx cluster up --encrypt`: every link sealed (ChaCha20-Poly1305 after the
+    handshake); the model is the simulation's, and `phalanx keygen` shows the node's key."""
+    folder = tmp_path / "cluster"
+    result = CliRunner().invoke(app, ["cluster", "up", str(SCENARIOS / "quickstart.yaml"),
+                                      "--dir", str(folder), "--encrypt"])
+    assert result.exit_code == 0, result.output
+    try:
+        until(lambda: all_finished(folder, 4), 120, "4 finished nodes")
+        hashes = {s["model_hash"] for s in statuses(folder).values()}
+    finally:
+        cluster_down(folder)
+    sim = phalanx.run(SCENARIOS / "quickstart.yaml")
+    assert hashes == set(sim.final_hashes().values())
+    assert "--encrypt" in read_cluster(folder)["extra"]
+    members = json.loads((folder / "members.json").read_text())["members"]
+    shown = CliRunner().invoke(app, ["keygen", str(folder / "node-2")])
+    assert shown.exit_code == 0 and shown.output.strip() == members[2]["public_key"]
