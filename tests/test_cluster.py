@@ -12,40 +12,19 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import polars as pl
 import pytest
 import yaml
+from clusterkit import SCENARIOS, all_finished, statuses, until
 from typer.testing import CliRunner
 
 import phalanx
 from phalanx.apps.cli import app
-from phalanx.apps.cluster import cluster_down, cluster_status, cluster_up, read_cluster
+from phalanx.apps.cluster import cluster_down, cluster_up, read_cluster
 from phalanx.apps.node_log import NodeLog
 from phalanx.sim.scenario import load_scenario
-
-SCENARIOS = Path(__file__).resolve().parent.parent / "scenarios"
-
-
-def until(check: Callable[[], Any], timeout: float, what: str) -> Any:
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if value := check():
-            return value
-        time.sleep(0.1)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-
-
-def statuses(folder: Path) -> dict[int, dict[str, Any]]:
-    return {r["node"]: r["status"] for r in cluster_status(folder) if r["status"]}
-
-
-def all_finished(folder: Path, n: int) -> bool:
-    s = statuses(folder)
-    return len(s) == n and all(v["finished"] for v in s.values())
 
 
 def test_cluster_runs_the_simulated_model_and_reports_status(tmp_path: Path) -> None:

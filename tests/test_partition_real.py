@@ -4,32 +4,22 @@ heal all seven converge on one model."""
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
-from typing import Any
 
 import pytest
 import yaml
+from clusterkit import SCENARIOS, until
 from netlab import NetLab
 
 from phalanx.apps.cluster import cluster_down, cluster_status, cluster_up
 from phalanx.sim.scenario import load_scenario
 
-SCENARIOS = Path(__file__).resolve().parent.parent / "scenarios"
 pytestmark = pytest.mark.skipif(not NetLab.available(),
                                 reason="needs root and `ip netns` for real partitions")
 
 
 def rounds(folder: Path) -> dict[int, int]:
     return {r["node"]: r["status"]["round"] for r in cluster_status(folder) if r["status"]}
-
-
-def until(check: Any, timeout: float, what: str) -> None:
-    deadline = time.time() + timeout
-    while not check():
-        if time.time() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(0.2)
 
 
 def test_seven_nodes_split_five_two_then_heal(tmp_path: Path) -> None:
