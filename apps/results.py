@@ -119,6 +119,11 @@ def check_expectations(scenario: Scenario, rounds: pl.DataFrame,
                 failures.append(f"excluded_within_rounds: node {offender} was excluded "
                                 f"{v['rounds_to_exclude']} rounds after the first exclusion "
                                 f"(> {exp.excluded_within_rounds})")
+    if exp.members_at_end is not None:
+        want, got = sorted(exp.members_at_end), summary.get("members_at_end")
+        if got != [want]:
+            failures.append(f"members_at_end: the running honest nodes end with members "
+                            f"{got} (wanted {want})")
     if exp.dropped_messages_at_least is not None:
         dropped = summary.get("messages_dropped", 0)
         if dropped < exp.dropped_messages_at_least:

@@ -100,6 +100,23 @@ def exclusions(scenario: Scenario, metrics: MetricLog, running: set[int]) -> dic
             for offender, nodes in sorted(by.items())}
 
 
+def membership(metrics: MetricLog, byzantine: set[int]) -> list[dict[str, Any]]:
+    """The agreed membership changes, each once: from which round, who, and the members."""
+    seen: dict[tuple[int, int], dict[str, Any]] = {}
+    for m, _ in metrics.membership:
+        if m.node not in byzantine:
+            seen.setdefault((m.round, m.subject), {"from_round": m.round, "op": m.op,
+                                                   "node": m.subject, "members": list(m.members)})
+    return [seen[k] for k in sorted(seen)]
+
+
+def members_at_end(scenario: Scenario, world: SimWorld) -> list[list[int]]:
+    """The distinct memberships the running honest nodes end with (one list when they agree)."""
+    ends = {tuple(h.node.members) for h in world.hosts
+            if h.node is not None and h.id not in scenario.byzantine_nodes()}
+    return [list(m) for m in sorted(ends)]
+
+
 def reputation(scenario: Scenario, world: SimWorld) -> dict[str, float]:
     """Each peer's reputation at the end (a moving average of its gradient making the round,
     lowered by rejected messages, zero once excluded), averaged over the running honest nodes."""
@@ -136,6 +153,8 @@ def run_sim(scenario: Scenario, printer: RoundPrinter) -> RunResult:
         "rejected_by_reason": dict(sorted(metrics.rejections.items())),
         "exclusions": exclusions(scenario, metrics, {h.id for h in world.hosts if h.up}),
         "view_changes": len(metrics.view_changes),
+        "membership_changes": membership(metrics, byz),
+        "members_at_end": members_at_end(scenario, world),
         "reputation": reputation(scenario, world),
         "verify_cache_hits": world.verify_cache.hits,
         "verify_cache_misses": world.verify_cache.misses,

@@ -52,7 +52,15 @@ class ComputeDone:
     result: Any
 
 
-Event = Started | Received | TimerFired | ComputeDone
+@dataclass(frozen=True, slots=True)
+class RequestChange:
+    """The node's operator asks it to join the members ("join", from an observer) or to leave
+    them ("leave"); `Node.change_problem` says beforehand why a request would be refused."""
+
+    op: str
+
+
+Event = Started | Received | TimerFired | ComputeDone | RequestChange
 
 
 # ---- actions ------------------------------------------------------------------------------
@@ -155,4 +163,15 @@ class Finished:
     model_hash: bytes
 
 
-Metric = RoundCommitted | Rejected | Excluded | ViewChanged | Finished
+@dataclass(frozen=True, slots=True)
+class MembershipChanged:
+    """`node` committed a change: from `round` on the members are `members`."""
+
+    node: int
+    round: int
+    op: str  # "join" or "leave"
+    subject: int
+    members: tuple[int, ...]
+
+
+Metric = RoundCommitted | Rejected | Excluded | ViewChanged | Finished | MembershipChanged

@@ -9,6 +9,7 @@ import numpy as np
 from phalanx.engine.events import (
     Excluded,
     Finished,
+    MembershipChanged,
     Metric,
     Rejected,
     RoundCommitted,
@@ -18,7 +19,7 @@ from phalanx.engine.events import (
 
 class MetricLog:
     """Commits (with the time the driver saw them), rejections by reason,
-    exclusions of equivocating peers, view changes, and one copy of every committed model keyed
+    exclusions of equivocating peers, view changes, membership changes, and one copy of every committed model keyed
     by hash, for evaluation after the run."""
 
     def __init__(self) -> None:
@@ -30,6 +31,7 @@ class MetricLog:
         self.finished: set[int] = set()
         self.exclusions: list[tuple[Excluded, float]] = []
         self.view_changes: list[tuple[ViewChanged, float]] = []
+        self.membership: list[tuple[MembershipChanged, float]] = []
         self.recorded = 0
 
     def record(self, metric: Metric, now: float) -> None:
@@ -46,3 +48,5 @@ class MetricLog:
                 self.exclusions.append((metric, now))
             case ViewChanged():
                 self.view_changes.append((metric, now))
+            case MembershipChanged():
+                self.membership.append((metric, now))

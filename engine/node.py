@@ -59,18 +59,28 @@ from dataclasses import dataclass
 import msgpack
 import numpy as np
 
-from phalanx.engine.aggregate import AggregationContext, make_aggregator, min_inputs
+from phalanx.engine.aggregate import (
+    AggregationContext,
+    Aggregator,
+    make_aggregator,
+    min_inputs,
+)
 from phalanx.engine.byzantine import Behaviour
 from phalanx.engine.consensus import (
+    OP_NAMES,
+    OPS,
     Certificate,
     CheckpointOffers,
     Key,
     VoteBook,
+    applied,
+    change_problem,
     check_certificate,
     check_checkpoint,
     conflicting,
     equivocations,
     max_faulty,
+    members_at,
     quorum,
     signed_in,
     slot_of,
@@ -84,9 +94,11 @@ from phalanx.engine.events import (
     Event,
     Excluded,
     Finished,
+    MembershipChanged,
     Persist,
     Received,
     Rejected,
+    RequestChange,
     RoundCommitted,
     Send,
     SetTimer,
@@ -101,14 +113,18 @@ from phalanx.net.envelope import Envelope, seal
 from phalanx.net.errors import DecodeError
 from phalanx.net.messages import (
     COMMIT,
+    JOIN,
+    LEAVE,
     PREPARE,
     Certified,
     Checkpoint,
     CheckpointRequest,
+    Epoch,
     Evidence,
     Fetch,
     Frames,
     Gradient,
+    MemberChange,
     Message,
     Proposal,
     RoundRecord,
@@ -123,15 +139,19 @@ Opener = Callable[[bytes], Envelope]
 Result = tuple[np.ndarray, np.ndarray, bytes, np.ndarray]  # params, velocity, model hash and
 # the aggregate (the next round's centre for centered clipping) after a round
 PROPOSE = 0  # the leader's slot in `_voted`, beside the PREPARE and COMMIT votes
+# what members accept from observers (followers, and nodes that left)
+FROM_OBSERVERS = (SyncRequest, CheckpointRequest, MemberChange)
 
 __all__ = ["MAX_VIEW", "Node", "NodeConfig", "quorum", "set_digest"]
 
 
 @functools.lru_cache(maxsize=4096)  # pure; shared by the nodes of one simulation
 def set_digest(proposal: Proposal) -> bytes:
-    """What a round aggregates (senders and gradient digests), whichever view proposed it."""
-    return sha256(b"".join(s.to_bytes(8, "big", signed=True) + d
-                           for s, d in zip(proposal.senders, proposal.digests, strict=True)))
+    """What a round agrees on (senders and gradient digests, and the membership change if it
+    carries one), whichever view proposed it."""
+    named = b"".join(s.to_bytes(8, "big", signed=True) + d
+                     for s, d in zip(proposal.senders, proposal.digests, strict=True))
+    return sha256(named + sha256(proposal.change) if proposal.change else named)
 
 
 MAX_VIEW = 2**31  # views past this are refused: they would overflow the wire format later
@@ -177,26 +197,15 @@ class Node:
                  opener: Opener, behaviour: Behaviour | None = None) -> None:
         self.config = config
         self.id = config.node_id
-        self.members = config.members
-        self._member_set = frozenset(config.members)
-        self._observers = frozenset(config.observers)
-        # a follower keeps the chain by verified records and checkpoints: it neither computes
-        # gradients nor proposes nor votes
-        self.follower = config.node_id not in self._member_set
-        self.n = len(config.members)
-        self.quorum = quorum(self.n)
-        self.f = max_faulty(self.n)
         self.identity = identity
         self.workload = workload
         self.open = opener
         self.behaviour = behaviour or Behaviour()
         self._rewrites = behaviour is not None  # an honest node's actions go out untouched
-        self.aggregate = make_aggregator(config.aggregator, f=self.f,
-                                         pre=config.pre_aggregation,
-                                         **dict(config.aggregator_params))
-        # the smallest set a round may agree on: a quorum, or more if the rule needs more
-        # (Krum needs 2f + 3 inputs: above n - f when n < 3f + 3... then f silent peers stall it)
-        self.min_set = max(self.quorum, min_inputs(self.aggregate, self.f, self.n) or self.n)
+        # the memberships so far (a new one per committed change: engine/consensus/membership)
+        self.epochs = [Epoch(0, tuple(config.members))]
+        self._requests: dict[int, Envelope] = {}  # requester -> its pending MemberChange
+        self._asking: int | None = None  # the change we asked for and wait to see committed
         self.optimizer = make_optimizer(config.optimizer, config.lr, config.momentum)
         self.guard = ReplayGuard()
         self.rejections: Counter[str] = Counter()
@@ -213,7 +222,7 @@ class Node:
         self.last_update = np.zeros_like(self.params)  # the last committed aggregate
         self.worker_momentum = np.zeros_like(self.params)  # what we sent, if it is a momentum
         self.excluded: dict[int, bytes] = {}  # peer -> the Evidence frame that excluded it
-        self.reputation: dict[int, float] = {m: 1.0 for m in config.members if m != self.id}
+        self.reputation: dict[int, float] = {}
         self._grads: dict[int, dict[int, Envelope]] = {}  # round -> sender -> gradient
         self._proposals: dict[tuple[int, int], Envelope] = {}  # (round, view) -> proposal
         self._sets: dict[bytes, Envelope] = {}  # set digest -> a proposal naming it (this round)
@@ -238,7 +247,6 @@ class Node:
         self._audited = 0  # the last peer the finished node compared heads with
         self._certified: set[tuple[int, tuple[int, int, bytes, bytes]]] = set()  # QCs we sent
         self._poll = 0
-        self._offers = CheckpointOffers(self.f + 1)
         self._checkpoint_until = -1.0  # no new checkpoint requests before this time
         self._checkpoint_turn = 0
         self._served: set[tuple[int, int]] = set()  # (peer, round) a checkpoint was sent for
@@ -248,7 +256,9 @@ class Node:
             ViewChange: self._on_view_change, SyncRequest: self._on_sync_request,
             SyncResponse: self._on_sync_response, Evidence: self._on_evidence,
             Fetch: self._on_fetch, Frames: self._on_frames, Certified: self._on_certified,
-            CheckpointRequest: self._on_checkpoint_request, Checkpoint: self._on_checkpoint}
+            CheckpointRequest: self._on_checkpoint_request, Checkpoint: self._on_checkpoint,
+            MemberChange: self._on_member_change}
+        self._set_membership(self.epochs[0].members)
 
     @property
     def settled(self) -> bool:
@@ -270,6 +280,8 @@ class Node:
             case Started(disk, lost_disk):
                 self._restore(disk, lost_disk)
                 self._start_round()
+            case RequestChange(op):
+                self._request_change(op)
         return self.behaviour.outgoing(self._out, self)
 
     # ---- helpers ----------------------------------------------------------------------------
@@ -302,12 +314,16 @@ class Node:
     def _checkpoint(self) -> bytes:
         return msgpack.packb([self.round, self.view, self.model_hash, self.params.tobytes(),
                               self.velocity.tobytes(), self.last_update.tobytes(),
-                              self.worker_momentum.tobytes()])
+                              self.worker_momentum.tobytes(),
+                              [[e.round, list(e.members)] for e in self.epochs]])
 
     def _restore(self, disk: Mapping[str, bytes | RoundRecord], lost_disk: bool) -> None:
         blob = disk.get("checkpoint")
         if isinstance(blob, bytes):
-            round_, view, model_hash, params, velocity, update, momentum = msgpack.unpackb(blob)
+            round_, view, model_hash, params, velocity, update, momentum, epochs = (
+                msgpack.unpackb(blob))
+            self.epochs = [Epoch(r, tuple(m)) for r, m in epochs]
+            self._set_membership(self.epochs[-1].members)
             self.round, self.view, self.model_hash = round_, view, model_hash
             self.params = np.frombuffer(params, dtype=np.float32).copy()
             self.velocity = np.frombuffer(velocity, dtype=np.float32).copy()
@@ -426,7 +442,9 @@ class Node:
             if kind == "audit":
                 self._audit_head()
             return
-        if kind == "follow":
+        if kind == "member":
+            self._ask()
+        elif kind == "follow":
             self._poll_for_sync()
             self._out.append(SetTimer("follow", self.config.round_timeout))
         elif kind == "gather" and int(rest) == self.round:
@@ -489,7 +507,7 @@ class Node:
     def _usable(self, round: int) -> dict[int, Envelope]:
         """Gradients of `round` we could put in a set: built on our model, sender not excluded."""
         return {s: e for s, e in self._grads.get(round, {}).items()
-                if s not in self.excluded
+                if s not in self.excluded and s in self._member_set  # not one that just left
                 and e.message.base_hash == self.model_hash}  # type: ignore[union-attr]
 
     def _maybe_propose(self) -> None:
@@ -505,7 +523,8 @@ class Node:
                     not self._gather_expired and len(have) < self.n - len(self.excluded)):
                 return
             proposal = Proposal(r, v, tuple(sorted(have)),
-                                tuple(have[s].digest for s in sorted(have)))
+                                tuple(have[s].digest for s in sorted(have)),
+                                change=self._pick_change())
         else:
             if sum(1 for w in self._moved.values() if w >= v) < self.quorum:
                 return  # wait until a quorum left the old views: their locks come with them
@@ -513,13 +532,14 @@ class Node:
             earlier = self._sets.get(best.set_digest) if best else None
             if best is not None and earlier is not None:
                 p: Proposal = earlier.message  # type: ignore[assignment]
-                proposal = Proposal(r, v, p.senders, p.digests, best.frames)
+                proposal = Proposal(r, v, p.senders, p.digests, best.frames, p.change)
             else:
                 have = self._usable(r)
                 if len(have) < self.min_set:
                     return
                 proposal = Proposal(r, v, tuple(sorted(have)),
-                                    tuple(have[s].digest for s in sorted(have)))
+                                    tuple(have[s].digest for s in sorted(have)),
+                                    change=self._pick_change())
         self._sign_once(v, PROPOSE)
         self._accept_proposal(self.open(self._broadcast(proposal)))
 
@@ -550,6 +570,8 @@ class Node:
             # prepared (maybe committed somewhere) must stay electable, or its locks never free
         if self._set_gradients(p) is None:
             return  # re-checked as gradients arrive
+        if p.change and self._proposal_change_problem(p):
+            return  # checked on arrival only if it was for our round then
         cited = max(justified.view if justified else -1,
                     self._lock.view if self._lock and self._lock.set_digest == digest else -1)
         self._vote(v, PREPARE, digest, self.model_hash, cited)
@@ -697,6 +719,8 @@ class Node:
         if self.config.worker_momentum > 0.0 and self._own_result is not None:
             self.worker_momentum = self._own_result.values  # carried into the next round
         self.round, self.view = self.round + 1, cert.view
+        if proposal.message.change:  # type: ignore[union-attr]
+            self._apply_change(self.open(proposal.message.change))  # type: ignore[union-attr]
         self._abstain = False
         self._voted = {v for v in self._voted if v[0] >= self.round}
         self._out.append(Persist("votes", msgpack.packb(sorted(self._voted))))
@@ -712,12 +736,19 @@ class Node:
             self._reject(err.reason, None)
             return
         kind = type(env.message)
-        if env.sender == self.id or (env.sender not in self._member_set and not (
-                env.sender in self._observers and kind in (SyncRequest, CheckpointRequest))):
+        if self.follower and kind not in (SyncResponse, Checkpoint, Evidence):
+            return  # the round's traffic is for members (ones we may not know of yet)
+        if env.sender == self.id:
+            self._reject("not_member", env.sender)  # ours, echoed back: nobody relays to us
+            return
+        if env.sender not in self._member_set and not (
+                env.sender in self._observers and kind in FROM_OBSERVERS):
+            if env.round < self.round and env.sender in self.members_at(env.round):
+                return  # late traffic of a member that has left since: stale, not hostile
+            if env.round > self.round and env.sender in self._observers:
+                return  # perhaps a member by now, admitted in rounds we have yet to learn of
             self._reject("not_member", env.sender)
             return
-        if self.follower and kind not in (SyncResponse, Checkpoint, Evidence):
-            return  # the round's traffic is for members
         if not self.guard.check(env.sender, env.seq):
             self._reject("replay", env.sender)
             return
@@ -803,6 +834,12 @@ class Node:
         if list(p.senders) != sorted(set(p.senders)) or not self._member_set.issuperset(
                 p.senders):
             return "proposal_bad_senders"
+        if p.change:
+            problem = self._proposal_change_problem(p)
+            # a change is judged against the membership of its round (a later round's must
+            # wait: the rounds before it may change the membership first)
+            if problem == "change_bad_frame" or (problem and p.round == self.round):
+                return f"proposal_{problem}"
         if p.justify:
             cert = check_certificate(p.justify, self.open, self._member_set, p.round, PREPARE)
             if isinstance(cert, str):
@@ -983,8 +1020,8 @@ class Node:
         because the fork may have begun earlier, in one view."""
         if ours.certificate == theirs.certificate:
             return
-        cert = check_certificate(theirs.certificate, self.open, self._member_set, theirs.round,
-                                 COMMIT)
+        cert = check_certificate(theirs.certificate, self.open,
+                                 frozenset(self.members_at(theirs.round)), theirs.round, COMMIT)
         if isinstance(cert, str):
             self._reject(f"sync_{cert}", peer)
             return
@@ -1051,6 +1088,141 @@ class Node:
         # its gradients already held stay: a set naming one may be certified already, and
         # then every node must apply (and log) it; `_usable` and `_maybe_prepare` keep the
         # offender out of new sets, `_on_gradient` ignores its later gradients
+
+    # ---- membership changes (engine/consensus/membership.py) -----------------------------
+
+    @property
+    def epoch(self) -> int:
+        """Changes committed so far: a request names it, so it is good for one membership."""
+        return len(self.epochs) - 1
+
+    def members_at(self, round: int) -> tuple[int, ...]:
+        return members_at(self.epochs, round)
+
+    def _rule(self, n: int) -> Aggregator:
+        return make_aggregator(self.config.aggregator, f=max_faulty(n),
+                               pre=self.config.pre_aggregation, **dict(self.config.aggregator_params))
+
+    def _fits(self, n: int) -> bool:
+        """A membership of n can run rounds: someone to vote, and enough inputs for the rule."""
+        return n >= 1 and min_inputs(self._rule(n), max_faulty(n), n) is not None
+
+    def _set_membership(self, members: tuple[int, ...]) -> None:
+        """Everything that follows from who the members are: at the start, after a committed
+        change, after a restart or an adopted checkpoint."""
+        self.members = members
+        self._member_set = frozenset(members)
+        ever = frozenset(self.config.observers).union(*(e.members for e in self.epochs))
+        self._observers = ever - self._member_set  # may follow, and an observer may ask to join
+        # a follower keeps the chain by verified records and checkpoints: it neither computes
+        # gradients nor proposes nor votes
+        self.follower = self.id not in self._member_set
+        self.n = len(members)
+        self.quorum = quorum(self.n)
+        self.f = max_faulty(self.n)
+        self.aggregate = self._rule(self.n)
+        # the smallest set a round may agree on: a quorum, or more if the rule needs more
+        # (Krum needs 2f + 3 inputs: above n - f when n < 3f + 3... then f silent peers stall it)
+        self.min_set = max(self.quorum, min_inputs(self.aggregate, self.f, self.n) or self.n)
+        self._offers = CheckpointOffers(self.f + 1)
+        for m in members:
+            if m != self.id:
+                self.reputation.setdefault(m, 1.0)
+        for book in self._books.values():  # votes filed early for the rounds from now on
+            book.quorum = self.quorum
+            for sender in ever - self._member_set:
+                book.drop_sender(sender)
+        if (self._asking, self.follower) in ((JOIN, False), (LEAVE, True)):
+            self._asking = None  # what we asked for is done
+
+    def change_problem(self, op: str) -> str | None:
+        """Why this node cannot ask to `op` ("join" or "leave") now; None if it can."""
+        if op not in OPS:
+            return f"unknown change {op!r} (allowed: {', '.join(OPS)})"
+        if self.finished:
+            return "training has finished"
+        if self._asking is not None:
+            return f"a request to {OP_NAMES[self._asking]} is already pending"
+        if op == "join":
+            if not self.follower:
+                return "already a member"
+            if self.id not in self._observers:
+                return "not an observer of the members file"
+            return None if self._fits(self.n + 1) else "the aggregation rule cannot take more"
+        if self.follower:
+            return "not a member"
+        if not self._fits(self.n - 1):
+            return (f"leaving would leave {self.n - 1} members, fewer than "
+                    f"{self.config.aggregator} needs")
+        return None
+
+    def _request_change(self, op: str) -> None:
+        if self.change_problem(op) is not None:
+            self._reject("change_refused", None)
+            return
+        self._asking = OPS[op]
+        self._ask()
+        self._poll_for_sync()  # a request names our epoch: be current when it arrives
+
+    def _ask(self) -> None:
+        """Send our request, naming the current epoch, until it is committed (a Byzantine
+        leader may leave it out; the rotation brings an honest one that does not)."""
+        if self._asking is None or self.finished:
+            return
+        frame = self._broadcast(MemberChange(self.round, self.epoch, self._asking))
+        if not self.follower:  # we may lead a round: our own request is pending here too
+            self._requests[self.id] = self.open(frame)
+        self._out.append(SetTimer("member", self.config.view_timeout))
+
+    def _change_problem(self, env: Envelope) -> str | None:
+        return change_problem(env, self._member_set, self._observers, self.epoch, self._fits)
+
+    def _on_member_change(self, env: Envelope) -> None:
+        problem = self._change_problem(env)
+        if problem == "change_stale_epoch":
+            # the requester or we are behind; it asks again with the next epoch: if it is
+            # behind, hand it the records from its round once (a follower polls slowly)
+            behind = env.message.round  # type: ignore[union-attr]
+            if behind < self.round and (env.sender, behind) not in self._helped:
+                self._helped.add((env.sender, behind))
+                self._send_records(env.sender, behind)
+            return
+        if problem:
+            self._reject(problem, env.sender)
+            return
+        self._requests[env.sender] = env  # one per requester: its latest
+
+    def _pick_change(self) -> bytes:
+        """The pending request a proposal carries (the lowest requester's, at most one)."""
+        for sender in sorted(self._requests):
+            env = self._requests[sender]
+            if self._change_problem(env) is None:
+                return env.frame
+        return b""
+
+    def _proposal_change_problem(self, p: Proposal) -> str | None:
+        try:
+            env = self.open(p.change)
+        except DecodeError:
+            return "change_bad_frame"
+        return self._change_problem(env)
+
+    def _apply_change(self, env: Envelope) -> None:
+        """A committed change takes effect from the round we just entered."""
+        change: MemberChange = env.message  # type: ignore[assignment]
+        members = applied(self.members, change.op, env.sender)
+        self.epochs.append(Epoch(self.round, members))
+        self._requests.clear()  # each named the epoch before
+        self._set_membership(members)
+        if self._asking is not None:  # ours is still to come, and named the old epoch: ask
+            self._ask()  # again now rather than when the timer fires
+        self._out.append(Emit(MembershipChanged(self.id, self.round, OP_NAMES[change.op],
+                                                env.sender, members)))
+        if change.op == JOIN and self.history and env.sender != self.id and (
+                self.id in members[: self.f + 1]):
+            # the joiner follows by polling: f + 1 members (one honest) hand it the record of
+            # its admission at once, so it computes in its first round instead of a poll later
+            self._send_records(env.sender, self.round - 1, 1)
 
     # ---- state sync ---------------------------------------------------------------------------
 
@@ -1174,8 +1346,10 @@ class Node:
                     self._probe_fork(env.sender)
                 break
             applied += 1
-        if applied and applied == len(resp.records) and resp.round > self.round:
-            self._request_sync(env.sender, force=True)
+        if resp.round > self.round and not self.finished:
+            # more to fetch: at once after a full batch, else (records we could not use yet,
+            # e.g. handed to us unasked) once the outstanding request had its time
+            self._request_sync(env.sender, force=bool(applied) and applied == len(resp.records))
 
     # ---- checkpoint state sync (engine/consensus/checkpoint.py) ----------------------------
 
@@ -1197,14 +1371,13 @@ class Node:
             return  # not behind us, nothing to offer, or already sent this round's state
         self._served.add((env.sender, self.round))
         self._send(env.sender, Checkpoint(self.round, self.history[-1], self.params,
-                                          self.velocity, self.last_update))
+                                          self.velocity, self.last_update, tuple(self.epochs)))
 
     def _on_checkpoint(self, env: Envelope) -> None:
         cp: Checkpoint = env.message  # type: ignore[assignment]
         if cp.round <= self.round or self.finished:
             return
-        cert = check_checkpoint(cp, self.open, self._member_set, self.params.shape,
-                                self.velocity.shape)
+        cert = check_checkpoint(cp, self.open, self.params.shape, self.velocity.shape)
         if isinstance(cert, str):
             self._reject(cert, env.sender)
             return
@@ -1240,7 +1413,9 @@ class Node:
         self.round, self.view = cp.round, cert.view
         self._lock = self._valid = None
         self._voted, self._abstain = set(), False
-        self._offers.clear()
+        self.epochs = list(cp.epochs)
+        self._requests.clear()
+        self._set_membership(self.epochs[-1].members)
 
     def replay_from(self, base: bytes) -> str | None:
         """Start an audit from the checkpoint a node's log begins with (the one it adopted):
@@ -1252,8 +1427,7 @@ class Node:
         cp = env.message
         if not isinstance(cp, Checkpoint):
             return "base_not_a_checkpoint"
-        cert = check_checkpoint(cp, self.open, self._member_set, self.params.shape,
-                                self.velocity.shape)
+        cert = check_checkpoint(cp, self.open, self.params.shape, self.velocity.shape)
         if isinstance(cert, str):
             return f"base_{cert}"
         self._install(cp, cert)

@@ -40,7 +40,10 @@ class Gradient:
 class Proposal:
     """The leader's set for (round, view). `justify` is empty for a fresh set, or the signed
     prepare votes of a quorum for this same set in an earlier view (a prepare certificate):
-    the proof that lets nodes locked on it, or on an older set, vote for it again."""
+    the proof that lets nodes locked on it, or on an older set, vote for it again.
+
+    `change` is a signed MemberChange frame the round also agrees on (empty for none): it takes
+    effect from the next round, at every node that commits this one."""
 
     KIND: ClassVar[int] = 2
     round: int
@@ -48,6 +51,7 @@ class Proposal:
     senders: tuple[int, ...]
     digests: tuple[Hash32, ...]
     justify: tuple[bytes, ...] = ()
+    change: bytes = b""
 
 
 @dataclass(frozen=True, slots=True)
@@ -185,13 +189,40 @@ class Checkpoint:
     params: np.ndarray
     velocity: np.ndarray  # the optimizer's state vector
     last_update: np.ndarray  # the last committed aggregate
+    # the memberships so far: the last one certified `record`, and the record's proposal may
+    # name a change that the asker applies itself
+    epochs: tuple[Epoch, ...] = ()
+
+
+JOIN, LEAVE = 1, 2
+
+
+@dataclass(frozen=True, slots=True)
+class Epoch:
+    """The membership from `round` on (nested in checkpoints; never sent on its own)."""
+
+    round: int
+    members: tuple[int, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class MemberChange:
+    """Signed by the node it concerns: it asks to JOIN the members (an observer whose key the
+    members file lists) or to LEAVE them. `epoch` counts the changes applied before it, so a
+    request is good for one membership only and cannot be replayed after a later change."""
+
+    KIND: ClassVar[int] = 14
+    round: int
+    epoch: int
+    op: int
 Message: TypeAlias = (Gradient | Proposal | SyncRequest | SyncResponse | Vote | ViewChange
-                      | Evidence | Fetch | Frames | Certified | CheckpointRequest | Checkpoint)
+                      | Evidence | Fetch | Frames | Certified | CheckpointRequest | Checkpoint
+                      | MemberChange)
 
 # KIND 5 (Head, the fork announcements of the crash-fault protocol) is retired, never reused.
 _TOP_LEVEL: tuple[type[Message], ...] = (Gradient, Proposal, SyncRequest, SyncResponse, Vote,
                                          ViewChange, Evidence, Fetch, Frames, Certified,
-                                         CheckpointRequest, Checkpoint)
+                                         CheckpointRequest, Checkpoint, MemberChange)
 
 
 def _registry(classes: tuple[type[Message], ...]) -> dict[int, type[Message]]:

@@ -11,7 +11,8 @@ from typing import Literal
 
 import polars as pl
 
-EVENTS = ("deliver", "drop", "fault", "heal", "crash", "restart")
+# "membership": the first node to commit a change; "refused": a change a node could not ask for
+EVENTS = ("deliver", "drop", "fault", "heal", "crash", "restart", "membership", "refused")
 Record = Literal["all", "drops", "none"]
 
 
@@ -64,7 +65,7 @@ class EventLog:
             self._add(time, 1, src, dst, kind, round, size, latency, reason)
 
     def node_event(self, time: float, event: str, detail: str, node: int = -1) -> None:
-        """Faults, heals, crashes and restarts are always recorded."""
+        """Faults, heals, crashes, restarts and membership changes are always recorded."""
         self._add(time, EVENTS.index(event), node, -1, 0, -1, 0, 0.0, detail)
 
     def frame(self, kind_names: dict[int, str]) -> pl.DataFrame:

@@ -10,8 +10,10 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
+from phalanx.engine.events import RequestChange
 from phalanx.sim.scenario import (
     BridgeFault,
+    ChangeRequest,
     CrashFault,
     DegradeFault,
     Fault,
@@ -82,6 +84,9 @@ class FaultInjector:
         world = self.world
         label = fault.model_dump_json(exclude={"at", "at_round", "duration"})
         world.log.node_event(world.now, "fault", label)
+        if isinstance(fault, ChangeRequest):
+            self._request_change(fault.kind, fault.nodes)
+            return
         heal: Callable[[], None]
         match fault:
             case CrashFault(nodes=nodes, keep_disk=keep):
@@ -120,6 +125,18 @@ class FaultInjector:
             self._faulty[node] = self._faulty.get(node, 0) + 1
         if fault.duration is not None:
             world.call_at(world.now + fault.duration, self._heal, label, heal, involved)
+
+    def _request_change(self, op: str, nodes: list[int]) -> None:
+        """Each node asks for the change; one that cannot (down, or a member asking to join)
+        is logged with the reason rather than stopping the run."""
+        world = self.world
+        for node in nodes:
+            host = world.hosts[node]
+            problem = "down" if host.node is None else host.node.change_problem(op)
+            if problem:
+                world.log.node_event(world.now, "refused", f"{op}: {problem}", node)
+            else:
+                host.feed(RequestChange(op))
 
     def _heal(self, label: str, heal: Callable[[], None], involved: list[int]) -> None:
         self.world.log.node_event(self.world.now, "heal", label)

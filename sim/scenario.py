@@ -47,6 +47,9 @@ class NodesSpec(Strict):
     count: Annotated[int, Field(ge=1, le=100_000)]
     speed: Annotated[float, Field(gt=0)] = 1.0  # relative compute speed of every node
     speeds: dict[NodeId, Annotated[float, Field(gt=0)]] = {}  # per-node overrides
+    # nodes that start outside the membership: they follow the chain without a vote, and may
+    # ask to join it (faults: kind join); n, f and the quorum count the other nodes
+    observers: list[NodeId] = []
 
 
 class CompleteTopology(Strict):
@@ -323,9 +326,32 @@ class SlowFault(FaultBase):
         return set(self.nodes)
 
 
+class ChangeRequest(FaultBase):
+    """Not a fault but a step of the membership's timeline: each listed node asks to join the
+    members (an observer) or to leave them, and the round that commits the request applies it
+    from its next round on (engine/consensus/membership.py)."""
+
+    nodes: Annotated[list[NodeId], Field(min_length=1)]
+
+    @model_validator(mode="after")
+    def _no_duration(self) -> ChangeRequest:
+        if self.duration is not None:
+            raise ValueError("a membership change has no duration (a node that joined "
+                             "leaves with a 'leave' of its own)")
+        return self
+
+
+class JoinRequest(ChangeRequest):
+    kind: Literal["join"]
+
+
+class LeaveRequest(ChangeRequest):
+    kind: Literal["leave"]
+
+
 Fault = Annotated[
     CrashFault | PartitionFault | IsolateFault | OneWayFault | BridgeFault | DegradeFault
-    | SlowFault,
+    | SlowFault | JoinRequest | LeaveRequest,
     Field(discriminator="kind"),
 ]
 
@@ -356,6 +382,7 @@ class ExpectSpec(Strict):
     # exactly these nodes end excluded (for equivocation) by every running honest node
     excluded: list[NodeId] | None = None
     excluded_within_rounds: Annotated[int, Field(ge=0)] | None = None  # of its first offence
+    members_at_end: list[NodeId] | None = None  # every running honest node ends with these
 
 
 class RealSpec(Strict):
@@ -392,9 +419,18 @@ class Scenario(Strict):
     unsafe: bool = False  # allow more than f Byzantine/faulty nodes (to show what breaks)
 
     @property
+    def members(self) -> tuple[int, ...]:
+        """The initial members: every node but the observers."""
+        return tuple(i for i in range(self.nodes.count) if i not in set(self.nodes.observers))
+
+    @property
+    def n(self) -> int:
+        return len(self.members)
+
+    @property
     def f(self) -> int:
-        """Faults tolerated: the largest f with n >= 3f + 1."""
-        return (self.nodes.count - 1) // 3
+        """Faults tolerated: the largest f with n >= 3f + 1 (n: the initial members)."""
+        return (self.n - 1) // 3
 
     def byzantine_nodes(self) -> set[int]:
         return {n for b in self.byzantine for n in b.nodes}
@@ -421,6 +457,16 @@ class Scenario(Strict):
                 raise ValueError(f"{where}: node ids {bad} out of range 0..{n - 1}")
 
         check_ids("nodes.speeds", set(self.nodes.speeds))
+        check_ids("nodes.observers", set(self.nodes.observers))
+        if not self.members:
+            raise ValueError("nodes.observers: every node is an observer; a run needs members")
+        for i, fault in enumerate(self.faults):
+            if isinstance(fault, ChangeRequest):
+                check_ids(f"faults.{i}", set(fault.nodes))
+            if isinstance(fault, JoinRequest) and not set(fault.nodes) <= set(
+                    self.nodes.observers):
+                raise ValueError(f"faults.{i}: only observers join (nodes.observers: "
+                                 f"{sorted(self.nodes.observers)})")
         for i, b in enumerate(self.byzantine):
             check_ids(f"byzantine.{i}.nodes", set(b.nodes))
         for i, fault in enumerate(self.faults):
@@ -430,7 +476,7 @@ class Scenario(Strict):
             raise ValueError(
                 f"byzantine: {byz} Byzantine nodes but n={n} tolerates f={self.f} "
                 f"(n >= 3f+1); set 'unsafe: true' to run it anyway")
-        self._aggregator_fits(n)
+        self._aggregator_fits(self.n)
         if self.real.base_port and self.real.base_port + n - 1 > 65535:
             raise ValueError(f"real.base_port: {self.real.base_port} + {n} nodes runs past "
                              f"port 65535")

@@ -30,6 +30,7 @@ from phalanx.engine.events import (
     Emit,
     Event,
     Finished,
+    MembershipChanged,
     Metric,
     Persist,
     Received,
@@ -61,7 +62,8 @@ def workload_for(scenario: Scenario, rngs: RngStreams) -> Workload:
 def node_config(scenario: Scenario, node: int, round_timeout: float | None = None,
                 view_timeout: float | None = None) -> NodeConfig:
     t = scenario.training
-    return NodeConfig(node_id=node, members=tuple(range(scenario.nodes.count)), rounds=t.rounds,
+    return NodeConfig(node_id=node, members=scenario.members,
+                      observers=tuple(sorted(scenario.nodes.observers)), rounds=t.rounds,
                       lr=t.lr, momentum=t.momentum, aggregator=t.aggregator.kind,
                       aggregator_params=tuple(sorted(t.aggregator.params.items())),
                       pre_aggregation=tuple(t.aggregator.pre),
@@ -256,6 +258,7 @@ class SimWorld:
         self.on_commit = on_commit
         self.metrics = MetricLog()
         self._first_commit: set[int] = set()
+        self._membership_logged: set[tuple[int, int]] = set()
         self._done = self.env.event()
         self._stop_pending = False
         self._last_activity = 0.0
@@ -366,6 +369,11 @@ class SimWorld:
             case Finished():
                 host.finished = True
                 self.check_done()
+            case MembershipChanged(round=rnd, op=op, subject=subject, members=members):
+                if (rnd, subject) not in self._membership_logged:
+                    self._membership_logged.add((rnd, subject))
+                    self.log.node_event(self.now, "membership",
+                                        f"{op} from round {rnd}: members {list(members)}", subject)
 
     def on_heal(self) -> None:
         """A cut healed: finished nodes find forks by comparing heads (`Node._audit_head`, every

@@ -12,14 +12,17 @@ from phalanx.net.codec import DEFAULT_LIMITS, DTYPES, Limits, decode_payload, en
 from phalanx.net.errors import REASONS, DecodeError
 from phalanx.net.messages import (
     COMMIT,
+    JOIN,
     KINDS,
     Certified,
     Checkpoint,
     CheckpointRequest,
+    Epoch,
     Evidence,
     Fetch,
     Frames,
     Gradient,
+    MemberChange,
     Proposal,
     RoundRecord,
     SyncRequest,
@@ -128,8 +131,10 @@ def test_sync_messages_roundtrip() -> None:
         assert roundtrip(resp) == resp
     assert roundtrip(CheckpointRequest(3)) == CheckpointRequest(3)
     state = [np.arange(n, dtype=np.float32) for n in (5, 10, 5)]
-    cp = roundtrip(Checkpoint(4, records[3], *state))
-    assert cp.round == 4 and cp.record == records[3]
+    epochs = (Epoch(0, (0, 1, 2, 3)), Epoch(3, (0, 1, 2, 3, 4)))
+    cp = roundtrip(Checkpoint(4, records[3], *state, epochs))
+    assert cp.round == 4 and cp.record == records[3] and cp.epochs == epochs
+    assert roundtrip(MemberChange(7, 2, JOIN)) == MemberChange(7, 2, JOIN)
     for got, want in zip((cp.params, cp.velocity, cp.last_update), state, strict=True):
         np.testing.assert_array_equal(got, want)
 
@@ -148,7 +153,7 @@ def test_consensus_messages_roundtrip_and_hash_length() -> None:
 
 
 def test_every_kind_is_covered() -> None:
-    assert set(KINDS) == {1, 2, 3, 4, 6, 7, 8, 9, 10, 11, 12, 13}  # 5 (Head) is retired
+    assert set(KINDS) == {1, 2, 3, 4, 6, 7, 8, 9, 10, 11, 12, 13, 14}  # 5 (Head) is retired
     assert all(kind == cls.KIND for kind, cls in KINDS.items())
 
 
@@ -197,8 +202,8 @@ def test_gradient_rejections(obj: object, needle: str) -> None:
 
 
 def test_nested_rejections_name_the_path() -> None:
-    assert "digests[1]" in bad(Proposal.KIND, [1, 0, [1, 2], [H, H[:5]], []])
-    assert "senders[0]: expected int, got bool" in bad(Proposal.KIND, [1, 0, [True], [], []])
+    assert "digests[1]" in bad(Proposal.KIND, [1, 0, [1, 2], [H, H[:5]], [], b""])
+    assert "senders[0]: expected int, got bool" in bad(Proposal.KIND, [1, 0, [True], [], [], b""])
     assert "records[0].gradients[1]" in bad(SyncResponse.KIND, [1, [[1, b"", [b"", 3], [], []]]])
     assert "records[0]" in bad(SyncResponse.KIND, [1, [[1, b""]]])
     assert "from_round" in bad(SyncRequest.KIND, [1, 2.0, 3])
@@ -208,7 +213,7 @@ def test_limits_are_enforced() -> None:
     small = Limits(max_elements=5, max_items=3, max_dims=2, dtypes=frozenset({"float32"}))
     assert "max_elements" in bad(Gradient.KIND, [1, H, 0.0, 1, GOOD_T], small)
     assert "not allowed" in bad(Gradient.KIND, [1, H, 0.0, 1, ["int8", [1], b"\x00"]], small)
-    assert "max_items" in bad(Proposal.KIND, [1, 0, [1, 2, 3, 4], [], []], small)
+    assert "max_items" in bad(Proposal.KIND, [1, 0, [1, 2, 3, 4], [], [], b""], small)
     assert "at most 2 dims" in bad(
         Gradient.KIND, [1, H, 0.0, 1, ["float32", [1] * 3, b"\0" * 4]], small
     )

@@ -553,7 +553,10 @@ def test_sync_records_for_other_rounds_are_skipped() -> None:
     r0, r1, r2 = pump.nodes[0].history
     fresh = make_node(3, rounds=3)
     fresh.handle(Started(), 0.0)
-    assert fresh.handle(Received(_respond(0, r1, r2)), 0.0) == []  # nothing for round 0
+    # nothing for round 0: it asks the responder for the rounds from its own on
+    asked = fresh.handle(Received(_respond(0, r1, r2)), 0.0)
+    assert [type(OPEN(a.frame).message) for a in asked] == [SyncRequest]
+    assert OPEN(asked[0].frame).message.from_round == 0
     assert fresh.round == 0 and not fresh.rejections
     fresh.handle(Received(_respond(0, r2, r0, r1)), 0.0)  # r2 skipped, then 0 and 1 applied
     assert fresh.round == 2

@@ -63,6 +63,32 @@ def test_late_joiner_starts_from_a_checkpoint_in_simulation(tmp_path: Path) -> N
     assert {a.node: a.rounds for a in audits}[3] == 100 - first
 
 
+def test_members_join_and_leave_through_committed_rounds(tmp_path: Path) -> None:
+    """scenarios/membership.yaml: two observers join, a member leaves, with a Byzantine member
+    and a crash of a joiner; the run is a pure function of its seed like any other."""
+    from phalanx.apps.audit import audit_run
+
+    a = phalanx.run(SCENARIOS / "membership.yaml", out=tmp_path / "a")
+    assert a.ok, a.failures
+    steps = [(c["op"], c["node"], c["members"]) for c in a.summary["membership_changes"]]
+    assert steps == [("join", 5, [0, 1, 2, 3, 4, 5]), ("join", 6, [0, 1, 2, 3, 4, 5, 6]),
+                     ("leave", 1, [0, 2, 3, 4, 5, 6])]
+    logged = a.events.filter(pl.col("event") == "membership")["detail"].to_list()
+    assert [d.split(" from")[0] for d in logged] == ["join", "join", "leave"]
+    # each round's set was drawn from its members: at most n of them contributed
+    sizes = dict(zip(*a.rounds.group_by("round").agg(pl.col("contributors").max()).sort(
+        "round").to_dict(as_series=False).values(), strict=True))
+    starts = [c["from_round"] for c in a.summary["membership_changes"]]
+    n_at = {r: 5 + sum(1 for s in starts[:2] if r >= s) - (r >= starts[2]) for r in sizes}
+    assert all(sizes[r] <= n_at[r] for r in sizes)
+    assert sizes[starts[1]] == 7 or sizes[starts[1] + 1] == 7  # the newcomer computes at once
+    audits, split = audit_run(tmp_path / "a")
+    assert split == [] and all(x.problem is None for x in audits), audits
+    phalanx.run(SCENARIOS / "membership.yaml", out=tmp_path / "b")
+    assert (tmp_path / "a" / "events.parquet").read_bytes() == (
+        tmp_path / "b" / "events.parquet").read_bytes()
+
+
 def fault_window(result: RunResult, kind: str) -> tuple[float, float]:
     events = result.events
     start = events.filter((pl.col("event") == "fault") & pl.col("detail").str.contains(kind))

@@ -39,7 +39,8 @@ DELETE = object()
 
 TOPOLOGY_KINDS = ["complete", "ring", "random_regular", "watts_strogatz", "barabasi_albert",
                   "geo_clusters"]
-FAULT_KINDS = ["crash", "partition", "isolate", "one_way", "bridge", "degrade", "slow"]
+FAULT_KINDS = ["crash", "partition", "isolate", "one_way", "bridge", "degrade", "slow", "join",
+               "leave"]
 
 
 def variant(**changes: Any) -> dict[str, Any]:
@@ -164,6 +165,20 @@ CASES: list[tuple[str, dict[str, Any], str, list[str]]] = [
                                               "sides": [[0, 1], [1, 2]]}]),
      r"faults\.0\.(bridge\.)?sides\b", []),
     ("real_ports_past_65535", variant(real={"base_port": 65534}), r"real\.base_port\b", []),
+    # membership changes
+    ("observer_out_of_range", variant(nodes__observers=[7]), r"nodes\.observers\b.*7", []),
+    ("everyone_an_observer", variant(nodes__observers=[0, 1, 2, 3]),
+     r"nodes\.observers\b.*needs members", []),
+    ("member_asked_to_join", variant(nodes__observers=[3], faults=[
+        {"kind": "join", "nodes": [1], "at_round": 2}]), r"faults\.0\b.*only observers join",
+     []),
+    ("join_with_a_duration", variant(nodes__observers=[3], faults=[
+        {"kind": "join", "nodes": [3], "at_round": 2, "duration": 1.0}]),
+     r"faults\.0\.join\b.*no duration", []),
+    ("leave_of_node_9", variant(faults=[{"kind": "leave", "nodes": [9], "at_round": 2}]),
+     r"faults\.0\b.*9.*0\.\.3", []),
+    ("members_at_end_not_ids", variant(expect__members_at_end="all"),
+     r"expect\.members_at_end\b", []),
 ]
 
 

@@ -6,15 +6,19 @@ peer's state instead of replaying every round it missed. A checkpoint carries th
 the round before it, whose commit certificate (a quorum of signed commit votes) names the
 model hash after that round: the parameters must hash to it, so one peer cannot forge them.
 The optimizer's state is not in that hash, so a state is adopted only when f + 1 peers offer
-the identical one: at least one of them is honest, and honest nodes hold the same state.
+the identical one: at least one of them is honest, and honest nodes hold the same state. The
+memberships the run went through ride along (the record is checked against its round's), and
+are part of the state the f + 1 must agree on.
 """
 
 from __future__ import annotations
 
 import struct
 
+import msgpack
 import numpy as np
 
+from phalanx.engine.consensus.membership import epochs_problem, members_at
 from phalanx.engine.consensus.votes import Certificate, Opener, check_certificate
 from phalanx.net.crypto import sha256
 from phalanx.net.envelope import Envelope
@@ -22,16 +26,21 @@ from phalanx.net.messages import COMMIT, Checkpoint
 
 
 def state_digest(cp: Checkpoint) -> bytes:
-    """What peers must agree on: the round and the three state vectors."""
+    """What peers must agree on: the round, the three state vectors and the memberships."""
+    epochs = msgpack.packb([[e.round, list(e.members)] for e in cp.epochs])
     return sha256(struct.pack(">q", cp.round) + cp.params.tobytes() + cp.velocity.tobytes()
-                  + cp.last_update.tobytes())
+                  + cp.last_update.tobytes() + epochs)
 
 
-def check_checkpoint(cp: Checkpoint, open: Opener, members: frozenset[int],
-                     shape: tuple[int, ...], state_shape: tuple[int, ...]) -> Certificate | str:
+def check_checkpoint(cp: Checkpoint, open: Opener, shape: tuple[int, ...],
+                     state_shape: tuple[int, ...]) -> Certificate | str:
     """The commit certificate that vouches for `cp`'s parameters, or why there is none."""
     if cp.record.round != cp.round - 1:
         return "checkpoint_bad_record"
+    problem = epochs_problem(cp.epochs, cp.round)
+    if problem:
+        return problem
+    members = frozenset(members_at(cp.epochs, cp.record.round))
     for array, want in ((cp.params, shape), (cp.velocity, state_shape),
                         (cp.last_update, shape)):
         if array.dtype != np.float32 or array.shape != want or not np.isfinite(array).all():
