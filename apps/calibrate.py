@@ -285,7 +285,7 @@ async def _run_nodes(scenario: Scenario, folder: Path) -> dict[str, float]:
     for i in range(n):
         node = Node(node_config(s, i, s.real.round_timeout, s.real.view_timeout), ids[i],
                     workload_for(s, RngStreams(s.seed)), opener)
-        hosts[i] = AsyncHost(node, _Loopback(hosts), logs[i], [j for j in range(n) if j != i])
+        hosts[i] = AsyncHost(node, _Loopback(hosts), logs[i])
     start, cpu = time.perf_counter(), time.process_time()
     try:
         for host in hosts.values():

@@ -529,15 +529,48 @@ def cluster_status_cmd(
         print(json.dumps(rows))
         return
     table = Table(title=f"cluster in {folder}")
-    for col in ("node", "pid", "process", "round", "model hash", "peers up", "health"):
+    for col in ("node", "pid", "process", "round", "model hash", "members", "peers up",
+                "health"):
         table.add_column(col)
     for r in rows:
         st = r["status"] or {}
         table.add_row(str(r["node"]), str(r["pid"]), "running" if r["running"] else "down",
                       str(st.get("round", "-")), st.get("model_hash", "-")[:16],
+                      ",".join(map(str, st["members"])) + ("" if st["member"] else " (follows)")
+                      if st else "-",
                       f"{st['peers_up']}/{len(st['peers'])}" if st else "-",
                       st["health"]["status"] if st else "-")
     out.print(table)
+
+
+def _cluster_change(folder: Path, node: int, op: str) -> None:
+    from phalanx.apps.cluster import ClusterError, cluster_change
+
+    try:
+        reply = cluster_change(folder, node, op)
+    except ClusterError as e:
+        raise fail(str(e)) from None
+    out.print(f"node {node} asked the members to let it {op} (epoch {reply['epoch']}); it "
+              f"takes effect from the round after the one that commits it (cluster status "
+              f"shows the members)", highlight=False)
+
+
+@cluster_app.command("join")
+def cluster_join_cmd(
+    node: Annotated[int, typer.Option(help="the observer that joins the members")],
+    folder: ClusterDir = Path("runs/cluster"),
+) -> None:
+    """Ask an observer (a scenario's nodes.observers) to join the members."""
+    _cluster_change(folder, node, "join")
+
+
+@cluster_app.command("leave")
+def cluster_leave_cmd(
+    node: Annotated[int, typer.Option(help="the member that leaves")],
+    folder: ClusterDir = Path("runs/cluster"),
+) -> None:
+    """Ask a member to leave the members (it keeps following the chain)."""
+    _cluster_change(folder, node, "leave")
 
 
 @cluster_app.command("down")

@@ -6,7 +6,9 @@
 Byzantine members of the scenario run its attack for real. `up` on a folder whose cluster is
 partly down restarts only the missing nodes, on their old data: the way back after a crash.
 `status` asks each node's HTTP endpoint; `down` sends SIGTERM (then SIGKILL after a grace
-period).
+period). The scenario's observers (`nodes.observers`) start as training nodes outside the
+membership; `join` asks one to join the members and `leave` asks a member to leave, through
+the node's own endpoint (`POST /membership`).
 """
 
 from __future__ import annotations
@@ -86,7 +88,8 @@ def check_runnable(scenario: Scenario) -> None:
     if scenario.faults or scenario.nemesis:
         raise ScenarioError(f"{scenario.name}: a real cluster runs without scheduled faults "
                             "(faults and nemesis are injected by the simulator; kill or "
-                            "partition real nodes from outside)")
+                            "partition real nodes from outside, and change the membership "
+                            "with phalanx cluster join/leave)")
 
 
 def _spawn(folder: Path, node: int, extra: list[str], prefix: list[str]) -> int:
@@ -125,7 +128,8 @@ def cluster_up(scenario: Scenario, folder: Path, encrypt: bool = False,
                exit_when_finished: bool = False, only: int | None = None,
                placement: Placement | None = None, lightweight: int = 0) -> list[NodeProc]:
     """Start the cluster's nodes that are not running (all of them the first time): the
-    scenario's members, then `lightweight` followers (ids n, n + 1, ...)."""
+    scenario's nodes (members, and observers that may join), then `lightweight` followers
+    (ids count, count + 1, ...)."""
     check_runnable(scenario)
     folder = folder.resolve()
     folder.mkdir(parents=True, exist_ok=True)
@@ -151,6 +155,7 @@ def _lay_out(scenario: Scenario, folder: Path, extra: list[str], placement: Plac
     """Keys, members.json and each node's node.json, for a first start."""
     n, host = scenario.nodes.count, scenario.real.host
     total = n + lightweight
+    members = set(scenario.members)
     if placement is not None:  # a host each: the same ports everywhere
         hosts = [placement.hosts[i] for i in range(total)]
         p2p, web = [placement.p2p_port] * total, [placement.web_port] * total
@@ -162,15 +167,17 @@ def _lay_out(scenario: Scenario, folder: Path, extra: list[str], placement: Plac
     (folder / "scenario.yaml").write_text(scenario.resolved_yaml())
     roster = {i: (node_identity(folder / f"node-{i}").public_key, (hosts[i], p2p[i]))
               for i in range(total)}
-    write_members(folder / "members.json", {i: roster[i] for i in range(n)},
-                  {i: roster[i] for i in range(n, total)})
+    write_members(folder / "members.json", {i: roster[i] for i in sorted(members)},
+                  {i: roster[i] for i in range(total) if i not in members})
     nodes = []
     for i in range(total):
         node_dir = folder / f"node-{i}"
-        settings = {"node_id": i, "node_type": "full" if i < n else "lightweight",
+        kind = "full" if i in members else "training" if i < n else "lightweight"
+        settings = {"node_id": i, "node_type": kind,
                     "p2p_port": p2p[i], "web_port": web[i],
                     "host": hosts[i], "data_dir": str(node_dir),
-                    "bootstrap_peers": [f"{hosts[j]}:{p2p[j]}" for j in range(n) if j != i],
+                    "bootstrap_peers": [f"{hosts[j]}:{p2p[j]}" for j in sorted(members)
+                                        if j != i],
                     "enable_web_interface": True}
         if placement is not None:
             settings["web_host"] = "0.0.0.0"  # reached from outside its namespace
@@ -201,6 +208,32 @@ def cluster_status(folder: Path) -> list[dict[str, Any]]:
         rows.append({"node": node.id, "pid": node.pid, "running": running,
                      "answering": status is not None, "status": status})
     return rows
+
+
+def cluster_change(folder: Path, node: int, op: str, timeout: float = 5.0) -> dict[str, Any]:
+    """Ask `node` to join or leave the members (its own endpoint relays the request); the
+    node's answer, or ClusterError naming why not."""
+    found = [n for n in nodes_of(read_cluster(folder)) if n.id == node]
+    if not found:
+        raise ClusterError(f"{folder}: no node {node} in this cluster")
+    target = found[0]
+    if not alive(target.pid):
+        raise ClusterError(f"node {node} is not running (phalanx cluster up --node {node})")
+    url = target.status_url.removesuffix("/status") + "/membership"
+    request = urllib.request.Request(url, data=json.dumps({"change": op}).encode(),
+                                     headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            answer: dict[str, Any] = json.loads(response.read())
+            return answer
+    except urllib.error.HTTPError as err:
+        try:
+            detail = json.loads(err.read()).get("detail", err.reason)
+        except (json.JSONDecodeError, AttributeError):
+            detail = err.reason
+        raise ClusterError(f"node {node}: {detail}") from None
+    except (urllib.error.URLError, OSError) as err:
+        raise ClusterError(f"node {node} does not answer at {url} ({err})") from None
 
 
 def cluster_down(folder: Path, grace: float = 15.0, only: int | None = None) -> list[int]:

@@ -1,6 +1,7 @@
 """The interactive console of a real node attached to a terminal: `stats`, `peers`, `train`,
 `test`, `help`, `quit`. Each command reads the node's status (the same dictionary the HTTP
-endpoint serves) and answers in a few lines; nothing here changes the protocol's state."""
+endpoint serves) and answers in a few lines; nothing here changes the protocol's state (`join`
+and `leave`, which do, are handled by the node itself, as `quit` is)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from typing import Any
 
 HELP = ("commands: stats (round, model hash, health), peers (reachability and reputation), "
         "train (training progress), test (evaluate the current model on the held-out set), "
-        "quit (stop gracefully)")
+        "join / leave (ask the members to admit this node or let it go), quit (stop gracefully)")
 
 
 def answer(line: str, status: dict[str, Any], evaluate: Callable[[], dict[str, float]]) -> str:

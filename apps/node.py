@@ -44,7 +44,7 @@ from phalanx.apps.node_settings import (
 )
 from phalanx.apps.status import health, status_server
 from phalanx.engine.byzantine import make_behaviour
-from phalanx.engine.events import Received, Started
+from phalanx.engine.events import Received, RequestChange, Started
 from phalanx.engine.node import Node
 from phalanx.engine.rng import RngStreams
 from phalanx.net.crypto import Identity
@@ -93,7 +93,7 @@ def plan_node(settings: NodeFile, scenario: Scenario, roster: tuple[Roster, Rost
         raise ScenarioError("data_dir is missing: give --data-dir or data_dir in the config")
     data_dir = Path(str(settings.data_dir).replace("{node_id}", str(node_id)))
     identity = node_identity(data_dir)
-    n = scenario.nodes.count
+    n = scenario.n
     members, observers = roster if roster is not None else (None, {})
     if members is None:
         if comm is None:
@@ -105,8 +105,10 @@ def plan_node(settings: NodeFile, scenario: Scenario, roster: tuple[Roster, Rost
         members = {i: (key, ("mpi", i)) for i, key in enumerate(keys)}
     if len(members) != n:
         raise ScenarioError(f"members: {len(members)} members but the scenario has n={n}")
-    seats = observers if follower else members
-    role = "observer" if follower else "member"
+    # a lightweight node only follows; a full or training node listed as an observer starts
+    # following and may ask to join the members (`phalanx cluster join`, console `join`)
+    seats = observers if follower else {**members, **observers}
+    role = "observer" if follower else "member or observer"
     if node_id not in seats:
         raise ScenarioError(f"node_id {node_id} is not among the {role}s {sorted(seats)} of "
                             f"the members file")
@@ -143,15 +145,13 @@ class RealNode:
                          lambda frame: open_frame(frame, keyring), behaviour)
         self.byzantine = spec is not None
         self.disk = NodeLog(plan.data_dir / "node.sqlite")
-        # broadcasts go to the members; observers only ever get answers to their requests
-        self.peers = [i for i in plan.members if i != plan.node_id]
         self.stop = asyncio.Event()
         self.early: list[bytes] | None = []  # frames that arrive before the node has started
         self.transport = self._transport()
         every, last = s.training.eval_every, s.training.rounds - 1
         # the models the result tables evaluate (apps/results.py: rounds r with (r + 1) %
         # eval_every == 0, and the last)
-        self.host = AsyncHost(self.node, self.transport, self.disk, self.peers,
+        self.host = AsyncHost(self.node, self.transport, self.disk,
                               keep_model=lambda r: (r + 1) % every == 0 or r == last)
 
     def _transport(self) -> Any:
@@ -174,7 +174,20 @@ class RealNode:
         else:
             self.host.feed(Received(frame))
 
-    # ---- status ---------------------------------------------------------------------------
+    # ---- status and membership --------------------------------------------------------------
+
+    @property
+    def peers(self) -> list[int]:
+        """The current members but us (members join and leave: see `request_change`)."""
+        return self.host.peers
+
+    def request_change(self, op: str) -> str | None:
+        """Ask the members to let us join or leave; why not, or None once asked. Our request
+        goes to every member until a committed round applies it (engine/consensus/membership)."""
+        problem = self.node.change_problem(op)
+        if problem is None:
+            self.host.feed(RequestChange(op))
+        return problem
 
     def peer_states(self) -> dict[int, bool]:
         states = getattr(self.transport, "peer_states", None)
@@ -198,6 +211,7 @@ class RealNode:
             "node_id": node.id, "node_type": self.plan.settings.node_type,
             "byzantine": self.byzantine, "round": node.round, "view": node.view,
             "model_hash": node.model_hash.hex(), "finished": node.finished,
+            "member": not node.follower, "members": list(node.members), "epoch": node.epoch,
             "peers": [{"id": p, "up": up.get(p, False),
                        "address": "{}:{}".format(*self.plan.addresses[p]),
                        "reputation": node.reputation.get(p, 0.0),
@@ -224,7 +238,8 @@ class RealNode:
         server = None
         if self.plan.settings.enable_web_interface:
             web = self.plan.settings
-            server = status_server(self.status, web.web_host or web.host, web.web_port)
+            server = status_server(self.status, web.web_host or web.host, web.web_port,
+                                   self.request_change)
             serving = asyncio.create_task(server.serve())
         listed = {f"{host}:{port}" for host, port in self.plan.addresses.values()}
         for peer in self.plan.settings.bootstrap_peers:
@@ -267,8 +282,16 @@ class RealNode:
 
     def _console_line(self) -> None:
         line = sys.stdin.readline()
-        if not line or line.strip().lower() in ("quit", "exit"):
+        command = line.strip().lower()
+        if not line or command in ("quit", "exit"):
             self.stop.set()
+            return
+        if command in ("join", "leave"):
+            problem = self.request_change(command)
+            self.out.print(f"cannot {command}: {problem}" if problem else
+                           f"asked the members to let node {self.node.id} {command}; "
+                           f"it takes effect from the round after the one that commits it",
+                           highlight=False)
             return
         reply = answer(line, self.status(), lambda: self.node.workload.evaluate(self.node.params))
         self.out.print(reply, highlight=False, soft_wrap=True, markup=False)
@@ -279,6 +302,8 @@ class RealNode:
         os.replace(d / "models.tmp.npz", d / "models.npz")
         result = {"node": self.node.id, "byzantine": self.byzantine, **self.host.results(),
                   "finished": self.node.finished, "model_hash": self.node.model_hash.hex(),
+                  "members": list(self.node.members),
+                  "epochs": [[e.round, list(e.members)] for e in self.node.epochs],
                   "transport_bytes_sent": getattr(self.transport, "bytes_sent", 0),
                   "queue_drops": getattr(self.transport, "dropped_full", 0),
                   "refusals": dict(getattr(self.transport, "refusals", {}))}

@@ -44,9 +44,9 @@ class AsyncHost:
     """Runs one Node on the running event loop. `keep_model(round)` says which committed
     models to keep for evaluation after the run (a long run must not keep them all)."""
 
-    def __init__(self, node: Node, transport: Transport, disk: NodeLog, peers: list[int],
+    def __init__(self, node: Node, transport: Transport, disk: NodeLog,
                  keep_model: Callable[[int], bool] = lambda _: True) -> None:
-        self.node, self.transport, self.disk, self.peers = node, transport, disk, peers
+        self.node, self.transport, self.disk = node, transport, disk
         self.keep_model = keep_model
         self.loop = asyncio.get_running_loop()
         self.timers: dict[str, asyncio.TimerHandle] = {}
@@ -69,10 +69,10 @@ class AsyncHost:
         for action in actions:
             match action:
                 case Broadcast(frame, _, rnd):
-                    for peer in self.peers:
+                    peers = self.peers
+                    for peer in peers:
                         self.transport.send(peer, frame)
-                    self.bytes_sent[rnd] = self.bytes_sent.get(rnd, 0) + len(frame) * len(
-                        self.peers)
+                    self.bytes_sent[rnd] = self.bytes_sent.get(rnd, 0) + len(frame) * len(peers)
                 case Send(peer, frame, _, rnd):
                     self.transport.send(peer, frame)
                     self.bytes_sent[rnd] = self.bytes_sent.get(rnd, 0) + len(frame)
@@ -91,6 +91,12 @@ class AsyncHost:
                     pass  # written above
                 case Emit(metric):
                     self._metric(metric)
+
+    @property
+    def peers(self) -> list[int]:
+        """Where broadcasts go: the current members (they change when members join or leave);
+        observers only ever get answers to their requests."""
+        return [m for m in self.node.members if m != self.node.id]
 
     def _fire(self, name: str) -> None:
         self.timers.pop(name, None)

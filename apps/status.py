@@ -3,20 +3,32 @@ loop): what the TUI and monitoring read.
 
 - `GET /status`: round, model hash, peers, reputation, exclusions, rejections, health;
 - `GET /health`: the health verdict alone, with 200 while the node makes progress and 503
-  when it has stalled (what a load balancer or a liveness probe wants).
+  when it has stalled (what a load balancer or a liveness probe wants);
+- `POST /membership` with `{"change": "join"}` or `{"change": "leave"}`: the node asks the
+  members to let it join or leave (202), or says why it cannot (409). It acts for the node's
+  own operator, so it answers clients on the node's machine only (403 from anywhere else,
+  even when `web_host` exposes the status to the network).
 """
 
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import Any, Literal
 
 import uvicorn
-from fastapi import FastAPI
+from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict
 
 StatusFn = Callable[[], dict[str, Any]]
+ChangeFn = Callable[[str], str | None]  # "join" | "leave" -> why not, or None once asked
+
+
+class ChangeBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    change: Literal["join", "leave"]
 
 
 def health(finished: bool, since_commit: float | None, stall_after: float, peers_up: int,
@@ -33,7 +45,7 @@ def health(finished: bool, since_commit: float | None, stall_after: float, peers
     return {"status": "ok", "reasons": []}
 
 
-def make_status_app(status: StatusFn) -> FastAPI:
+def make_status_app(status: StatusFn, change: ChangeFn | None = None) -> FastAPI:
     app = FastAPI(title="phalanx node", docs_url=None, redoc_url=None)
 
     @app.get("/status")
@@ -45,7 +57,31 @@ def make_status_app(status: StatusFn) -> FastAPI:
         verdict = status()["health"]
         return JSONResponse(verdict, status_code=503 if verdict["status"] == "stalled" else 200)
 
+    if change is not None:
+        ask = change
+
+        @app.post("/membership", status_code=202)
+        async def request_change(body: ChangeBody, request: Request) -> JSONResponse:
+            if not _local(request):
+                return JSONResponse({"detail": "membership changes are accepted from the "
+                                               "node's own machine only"}, status_code=403)
+            # async: it runs on the node's own loop, where the node may be fed
+            problem = ask(body.change)
+            if problem is not None:
+                return JSONResponse({"detail": f"cannot {body.change}: {problem}"},
+                                    status_code=409)
+            return JSONResponse({"requested": body.change, "epoch": status()["epoch"]},
+                                status_code=202)
+
     return app
+
+
+def _local(request: Request) -> bool:
+    try:
+        return request.client is not None and ipaddress.ip_address(
+            request.client.host).is_loopback
+    except ValueError:  # not an IP address (e.g. a test client's made-up name)
+        return False
 
 
 class EmbeddedServer(uvicorn.Server):
@@ -57,7 +93,8 @@ class EmbeddedServer(uvicorn.Server):
         yield
 
 
-def status_server(status: StatusFn, host: str, port: int) -> EmbeddedServer:
-    config = uvicorn.Config(make_status_app(status), host=host, port=port, log_level="warning",
+def status_server(status: StatusFn, host: str, port: int,
+                  change: ChangeFn | None = None) -> EmbeddedServer:
+    config = uvicorn.Config(make_status_app(status, change), host=host, port=port, log_level="warning",
                             lifespan="off", access_log=False)
     return EmbeddedServer(config)

@@ -139,7 +139,7 @@ def test_the_real_host_writes_a_batch_in_one_transaction_before_its_sends(
             seen.append(log.read_all())
 
     async def run() -> None:
-        host = AsyncHost(object.__new__(Node), Recorder(), log, [1])
+        host = AsyncHost(object.__new__(Node), Recorder(), log)
         host.execute([Send(1, b"vote", 6, 0), Persist("votes", b"v"),
                       Persist("checkpoint", b"c")])
         with pytest.raises(sqlite3.Error):
