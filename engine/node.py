@@ -32,6 +32,13 @@ needs one of them, which votes for it only if shown a prepare certificate for it
 or above its lock, and by induction there is none. Liveness comes from the view changes: the
 locks travel with them, so a later honest leader proposes the set every locked node accepts.
 
+Members join and leave through the rounds themselves (engine/consensus/membership.py): an
+observer's signed request to join, or a member's to leave, names the epoch (the changes so
+far); the leader carries at most one in its proposal, under the set digest; voters check it
+against the round's members; every node that commits the round applies it from the next one.
+So the members of a round are a function of the committed rounds before it, the same at every
+honest node, and each round's certificates are checked against that round's members.
+
 Nodes that fall behind fetch the committed rounds (proposal, gradients and commit certificate,
 all signed frames) and replay them after checking every signature, the certificate and the
 resulting hash. Two signed messages of one sender for one slot are evidence of equivocation:
