@@ -287,6 +287,7 @@ class Node:
             case Started(disk, lost_disk):
                 self._restore(disk, lost_disk)
                 self._start_round()
+                self._ask()  # a request we made before the restart, until it is applied
             case RequestChange(op):
                 self._request_change(op)
         return self.behaviour.outgoing(self._out, self)
@@ -348,6 +349,10 @@ class Node:
                 offender = int(key.split("/", 1)[1])
                 self.excluded[offender] = proof
                 self.reputation[offender] = 0.0
+        asking = disk.get("asking")
+        if isinstance(asking, bytes) and asking:
+            self._asking = asking[0]
+            self._settle_request()
         votes = disk.get("votes")
         if isinstance(votes, bytes):  # what we signed in the round we were in: never re-sign
             self._voted = {tuple(v) for v in msgpack.unpackb(votes)}  # type: ignore[misc]
@@ -1139,8 +1144,12 @@ class Node:
             book.quorum = self.quorum
             for sender in ever - self._member_set:
                 book.drop_sender(sender)
+        self._settle_request()
+
+    def _settle_request(self) -> None:
         if (self._asking, self.follower) in ((JOIN, False), (LEAVE, True)):
             self._asking = None  # what we asked for is done
+            self._out.append(Persist("asking", b""))
 
     def change_problem(self, op: str) -> str | None:
         """Why this node cannot ask to `op` ("join" or "leave") now; None if it can."""
@@ -1168,7 +1177,8 @@ class Node:
             self._reject("change_refused", None)
             return
         self._asking = OPS[op]
-        self._ask()
+        self._out.append(Persist("asking", bytes([self._asking])))  # asked until applied,
+        self._ask()  # across restarts too
         self._poll_for_sync()  # a request names our epoch: be current when it arrives
 
     def _ask(self) -> None:

@@ -168,3 +168,24 @@ def test_memberships_survive_a_restart_and_travel_in_checkpoints() -> None:
                   Identity.derive(kit.seed, OBSERVER), kit.workload, kit.open)
     pump.restart(OBSERVER, reborn)  # with its disk: it is still a member
     assert reborn.epochs == nodes[0].epochs and not reborn.follower
+
+
+def test_a_request_outlives_a_restart_until_it_is_applied() -> None:
+    """The operator asked node 4 to join; its request was lost and the node restarted: it asks
+    again from its disk (a request is kept until a committed round applies it)."""
+    kit = Kit(26)
+    pump = with_observer(kit, rounds=12)
+    nodes = pump.nodes
+    pump.drop = lambda src, dst, kind, rnd: src == OBSERVER  # its requests get nowhere
+    pump.start()
+    pump.feed(OBSERVER, RequestChange("join"))
+    run_until(pump, lambda: nodes[0].round >= 3)
+    assert nodes[0].epoch == 0 and pump.disks[OBSERVER]["asking"] == bytes([JOIN])
+    pump.drop = lambda src, dst, kind, rnd: False
+    reborn = Node(config(OBSERVER, 12, observers=(OBSERVER,)), Identity.derive(kit.seed, OBSERVER),
+                  kit.workload, kit.open)
+    pump.restart(OBSERVER, reborn)
+    pump.run_to_end()
+    assert all(nodes[i].members == (0, 1, 2, 3, 4) for i in nodes)
+    assert not reborn.follower and pump.disks[OBSERVER]["asking"] == b""
+    assert reborn._asking is None  # nothing pending any more
