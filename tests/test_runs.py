@@ -100,6 +100,24 @@ def test_membership_changes_under_a_nemesis_stay_safe_and_live(tmp_path: Path) -
     assert len(report.outcomes) == 40
 
 
+def test_a_censoring_leader_delays_a_change_by_one_round_and_a_bogus_one_gets_no_vote() -> None:
+    """The membership cells of the Byzantine matrix: each request lands in a round a Byzantine
+    member leads. Censored, it goes into the next round, an honest leader's; a bogus change
+    (a member asking to join) is refused by every honest voter."""
+    from phalanx.apps.matrix import load_matrix
+
+    _, cells = load_matrix(SCENARIOS / "byzantine" / "matrix.yaml")
+    runs = {c.attack: phalanx.run(c.scenario) for c in cells if c.group == "membership-n10"
+            and c.attack in ("none", "censor_changes", "bogus_change")}
+    starts = {a: [c["from_round"] for c in r.summary["membership_changes"]]
+              for a, r in runs.items()}
+    assert starts["censor_changes"] == [r + 1 for r in starts["none"]]
+    assert starts["bogus_change"] == starts["none"]
+    refused = runs["bogus_change"].summary["rejected_by_reason"]
+    assert refused["proposal_change_already_member"] + refused["proposal_change_stale_epoch"] > 0
+    assert all(r.ok for r in runs.values())
+
+
 def fault_window(result: RunResult, kind: str) -> tuple[float, float]:
     events = result.events
     start = events.filter((pl.col("event") == "fault") & pl.col("detail").str.contains(kind))

@@ -10,6 +10,8 @@ from phalanx.engine.byzantine.base import Behaviour, NodeView
 from phalanx.engine.byzantine.gradients import LabelFlip, gradient_behaviours
 from phalanx.engine.byzantine.protocol import (
     BadSignature,
+    BogusChange,
+    CensorChanges,
     DoubleVote,
     Equivocate,
     FakeDigests,
@@ -24,7 +26,7 @@ BEHAVIOURS: dict[str, type[Behaviour]] = {
     **gradient_behaviours(),
     "label_flip": LabelFlip,
     **{cls.name: cls for cls in (Silent, Equivocate, DoubleVote, Late, BadSignature, Replay,
-                                 OmitHonest, FakeDigests)},
+                                 OmitHonest, FakeDigests, CensorChanges, BogusChange)},
 }
 
 

@@ -10,7 +10,7 @@ import numpy as np
 
 from phalanx.engine.byzantine.base import Behaviour, NodeView
 from phalanx.engine.events import Action, Broadcast, Send
-from phalanx.net.messages import Gradient, Proposal, Vote
+from phalanx.net.messages import JOIN, Gradient, MemberChange, Proposal, Vote
 
 
 def _peers(node: NodeView) -> list[int]:
@@ -177,6 +177,42 @@ class FakeDigests(Behaviour):
                 digests = tuple(_made_up(d) if s not in self.colluders and i % 2 == 0 else d
                                 for i, (s, d) in enumerate(zip(p.senders, p.digests, strict=True)))
                 a = replace(a, frame=node.sign(replace(p, digests=digests)))
+            out.append(a)
+        return out
+
+
+class CensorChanges(Behaviour):
+    """As leader, leaves the pending membership change out of its proposals: a request waits
+    for an honest leader, which the rotation brings within f + 1 rounds."""
+
+    name = "censor_changes"
+
+    def rewrite(self, actions: list[Action], node: NodeView) -> list[Action]:
+        out: list[Action] = []
+        for a in actions:
+            if isinstance(a, Broadcast) and a.kind == Proposal.KIND:
+                p: Proposal = node.open(a.frame).message  # type: ignore[assignment]
+                if p.change and not p.justify:  # a re-proposal must name the certified set
+                    a = replace(a, frame=node.sign(replace(p, change=b"")))
+            out.append(a)
+        return out
+
+
+class BogusChange(Behaviour):
+    """As leader, slips a change nobody may make into its proposals: its own request to join,
+    though it is a member. Every honest voter refuses the proposal, and the round commits in a
+    later view under another leader."""
+
+    name = "bogus_change"
+
+    def rewrite(self, actions: list[Action], node: NodeView) -> list[Action]:
+        out: list[Action] = []
+        for a in actions:
+            if isinstance(a, Broadcast) and a.kind == Proposal.KIND:
+                p: Proposal = node.open(a.frame).message  # type: ignore[assignment]
+                if not p.justify:
+                    bogus = node.sign(MemberChange(p.round, 0, JOIN))
+                    a = replace(a, frame=node.sign(replace(p, change=bogus)))
             out.append(a)
         return out
 
