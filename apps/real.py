@@ -65,7 +65,9 @@ def run_real(scenario: Scenario, printer: Any) -> RunResult:
              "startup_seconds": float(times.min()) if len(times) else wall,  # type: ignore[arg-type]
              "rounds_per_second": (rounds["round"].n_unique() - 1) / span if span else 0.0,
              "bytes_sent": sum(r["transport_bytes_sent"] for r in results.values()),
-             "rejected_by_reason": rejections}
+             "rejected_by_reason": rejections,
+             "members_at_end": [list(m) for m in sorted(
+                 {tuple(r["members"]) for r in results.values()})]}
     return RunResult(scenario, rounds, pl.DataFrame(), summarize(scenario, rounds, extra))
 
 
