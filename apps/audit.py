@@ -10,7 +10,7 @@ each other round by round.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from phalanx.apps.node_log import NodeLog
@@ -33,28 +33,34 @@ class NodeAudit:
     problem: str | None  # why replaying the log stopped, None if every record verified
 
 
-def _simulated_run(run_dir: Path) -> tuple[Scenario, FrameOpener, dict[int, Path]]:
+Found = tuple[Scenario, FrameOpener, dict[int, Path], tuple[int, ...]]  # ... and observers
+
+
+def _simulated_run(run_dir: Path) -> Found:
     resolved = run_dir / "scenario.resolved.yaml"
     if not resolved.exists():
         raise ScenarioError(f"{run_dir}: no scenario.resolved.yaml or members.json (not a run "
                             f"or cluster folder?)")
     scenario = load_scenario(resolved)
     _, opener, _ = member_keys(scenario)
-    return scenario, opener, {int(p.stem): p for p in (run_dir / "nodes").glob("*.sqlite")}
+    return (scenario, opener, {int(p.stem): p for p in (run_dir / "nodes").glob("*.sqlite")},
+            tuple(scenario.nodes.observers))
 
 
-def _real_cluster(run_dir: Path) -> tuple[Scenario, FrameOpener, dict[int, Path]]:
+def _real_cluster(run_dir: Path) -> Found:
     members, observers = load_members(run_dir / "members.json")
     keyring = {i: key for i, (key, _) in {**members, **observers}.items()}
     logs = {int(p.parent.name.removeprefix("node-")): p
             for p in run_dir.glob("node-*/node.sqlite")}
-    return load_scenario(run_dir / "scenario.yaml"), FrameOpener(keyring), logs
+    # observers may have joined: the file lists those added while the cluster ran too
+    return (load_scenario(run_dir / "scenario.yaml"), FrameOpener(keyring), logs,
+            tuple(sorted(observers)))
 
 
 def audit_run(run_dir: Path) -> tuple[list[NodeAudit], list[str]]:
     """Per-node results, and the rounds in which verified logs disagree."""
     cluster = (run_dir / "members.json").exists()
-    scenario, opener, logs = (_real_cluster if cluster else _simulated_run)(run_dir)
+    scenario, opener, logs, observers = (_real_cluster if cluster else _simulated_run)(run_dir)
     if not logs:
         raise ScenarioError(f"{run_dir}: no node logs")
     from phalanx.engine.rng import RngStreams
@@ -66,7 +72,8 @@ def audit_run(run_dir: Path) -> tuple[list[NodeAudit], list[str]]:
         records, base = log.records(), log.read_all().get("base")
         log.close()
         # verifying signs nothing: any key does for the auditing node's own
-        node = Node(node_config(scenario, node_id), Identity.generate(), workload, opener)
+        config = replace(node_config(scenario, node_id), observers=observers)
+        node = Node(config, Identity.generate(), workload, opener)
         node.handle(Started(), 0.0)
         problem = None
         if isinstance(base, bytes):  # the node joined from a checkpoint: audit from there

@@ -451,6 +451,7 @@ def node(
         plan = plan_node(settings, loaded, load_members(members) if members else None,
                          transport, encrypt, exit_when_finished, linger,  # type: ignore[arg-type]
                          comm)
+        plan.members_file = members
     except ScenarioError as e:
         raise fail(str(e)) from None
     try:
@@ -553,6 +554,21 @@ def _cluster_change(folder: Path, node: int, op: str) -> None:
     out.print(f"node {node} asked the members to let it {op} (epoch {reply['epoch']}); it "
               f"takes effect from the round after the one that commits it (cluster status "
               f"shows the members)", highlight=False)
+
+
+@cluster_app.command("add")
+def cluster_add_cmd(folder: ClusterDir = Path("runs/cluster")) -> None:
+    """Start a new node beside a running cluster: it is listed as an observer in members.json,
+    the running nodes admit it (SIGHUP), and it follows until `cluster join` asks it to join."""
+    from phalanx.apps.cluster import ClusterError, cluster_add
+
+    try:
+        n = cluster_add(folder)
+    except (ClusterError, ScenarioError) as e:
+        raise fail(str(e)) from None
+    out.print(f"node {n.id}: pid {n.pid}, p2p port {n.p2p_port}, status {n.status_url}, log "
+              f"{n.folder}/node.log; it follows the chain: phalanx cluster join --node {n.id}",
+              highlight=False)
 
 
 @cluster_app.command("join")

@@ -8,7 +8,9 @@ partly down restarts only the missing nodes, on their old data: the way back aft
 `status` asks each node's HTTP endpoint; `down` sends SIGTERM (then SIGKILL after a grace
 period). The scenario's observers (`nodes.observers`) start as training nodes outside the
 membership; `join` asks one to join the members and `leave` asks a member to leave, through
-the node's own endpoint (`POST /membership`).
+the node's own endpoint (`POST /membership`). `add` brings a new machine: a key, an entry
+under the observers of `members.json`, SIGHUP to the running nodes (they admit it without a
+restart), and the node itself, which follows until it is asked to join.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from phalanx.apps.node_settings import node_identity, write_members
+from phalanx.apps.node_settings import load_members, node_identity, write_members
 from phalanx.sim.scenario import Scenario, ScenarioError
 
 CLUSTER_FILE = "cluster.json"
@@ -208,6 +210,47 @@ def cluster_status(folder: Path) -> list[dict[str, Any]]:
         rows.append({"node": node.id, "pid": node.pid, "running": running,
                      "answering": status is not None, "status": status})
     return rows
+
+
+def cluster_add(folder: Path) -> NodeProc:
+    """A new node next to a running cluster, listed as an observer (see the module's doc)."""
+    folder = folder.resolve()
+    data = read_cluster(folder)
+    nodes = nodes_of(data)
+    if any(n.status_host != "127.0.0.1" or entry["prefix"]
+           for n, entry in zip(nodes, data["nodes"], strict=True)):
+        raise ClusterError(f"{folder}: add works on loopback clusters only")
+    new = max(n.id for n in nodes) + 1
+    node_dir = folder / f"node-{new}"
+    template = json.loads((folder / f"node-{nodes[0].id}" / "node.json").read_text())
+    p2p, web = free_ports(2, template["host"])
+    members, observers = load_members(folder / "members.json")
+    observers[new] = (node_identity(node_dir).public_key, (template["host"], p2p))
+    write_members(folder / "members.json", members, observers)
+    settings = {**template, "node_id": new, "node_type": "training", "p2p_port": p2p,
+                "web_port": web, "data_dir": str(node_dir),
+                "bootstrap_peers": [f"{a[0]}:{a[1]}" for _, a in members.values()]}
+    (node_dir / "node.json").write_text(json.dumps(settings, indent=2) + "\n")
+    for node in nodes:  # each running node reads the file again and admits the newcomer
+        _when_serving(node, timeout=60.0)
+        if alive(node.pid):
+            os.killpg(node.pid, signal.SIGHUP)
+    entry = {"id": new, "pid": _spawn(folder, new, data["extra"], []), "p2p_port": p2p,
+             "web_port": web, "folder": str(node_dir), "status_host": "127.0.0.1", "prefix": []}
+    data["nodes"].append(entry)
+    _write_cluster(folder, data)
+    return nodes_of(data)[-1]
+
+
+def _when_serving(node: NodeProc, timeout: float) -> None:
+    """Wait until a starting node answers on its endpoint: by then it handles SIGHUP (before,
+    the signal's default action would end it). A node that is down is not waited for."""
+    deadline = time.time() + timeout
+    while alive(node.pid) and node_status(node) is None:
+        if time.time() > deadline:
+            raise ClusterError(f"node {node.id} does not answer at {node.status_url}; add "
+                               f"the new node once every node is up")
+        time.sleep(0.2)
 
 
 def cluster_change(folder: Path, node: int, op: str, timeout: float = 5.0) -> dict[str, Any]:

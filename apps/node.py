@@ -40,6 +40,7 @@ from phalanx.apps.node_settings import (
     FOLLOWER_TYPE,
     NodeFile,
     Roster,
+    load_members,
     node_identity,
 )
 from phalanx.apps.status import health, status_server
@@ -73,6 +74,7 @@ class NodePlan:
     exit_when_finished: bool
     linger: float
     console: bool
+    members_file: Path | None = None  # read again on SIGHUP, for observers added at run time
 
 
 def plan_node(settings: NodeFile, scenario: Scenario, roster: tuple[Roster, Roster] | None,
@@ -105,6 +107,9 @@ def plan_node(settings: NodeFile, scenario: Scenario, roster: tuple[Roster, Rost
         members = {i: (key, ("mpi", i)) for i, key in enumerate(keys)}
     if len(members) != n:
         raise ScenarioError(f"members: {len(members)} members but the scenario has n={n}")
+    if tuple(sorted(members)) != scenario.members:
+        raise ScenarioError(f"members: the file lists members {sorted(members)}, the "
+                            f"scenario's are {list(scenario.members)}")
     # a lightweight node only follows; a full or training node listed as an observer starts
     # following and may ask to join the members (`phalanx cluster join`, console `join`)
     seats = observers if follower else {**members, **observers}
@@ -181,6 +186,38 @@ class RealNode:
         """The current members but us (members join and leave: see `request_change`)."""
         return self.host.peers
 
+    def reload_members(self) -> None:
+        """SIGHUP: read the members file again and admit the observers added to it (a new
+        machine that may then ask to join) without a restart. Who the members are is the
+        consensus's business, not the file's; a key changed under a known id is refused."""
+        path = self.plan.members_file
+        if path is None or self.plan.transport != "tcp":
+            self.out.print("reload: no members file to read (MPI ranks are fixed)",
+                           highlight=False)
+            return
+        try:
+            members, observers = load_members(path)
+        except ScenarioError as err:
+            self.out.print(f"reload: {err}; keeping the members file read before",
+                           highlight=False)
+            return
+        added = []
+        for peer, (key, address) in sorted({**members, **observers}.items()):
+            known = self.plan.keyring.get(peer)
+            if known is not None:
+                if known != key:
+                    self.out.print(f"reload: node {peer} has another key in {path}; keys are "
+                                   f"not replaced at run time (restart to change one)",
+                                   highlight=False)
+                continue
+            self.plan.keyring[peer] = key  # the opener reads this dict: frames verify now
+            self.plan.addresses[peer] = address
+            self.transport.add_peer(peer, key, address)
+            self.node.admit_observer(peer)
+            added.append(peer)
+        self.out.print(f"reload: {path}: admitted observers {added}" if added else
+                       f"reload: {path}: nothing new", highlight=False)
+
     def request_change(self, op: str) -> str | None:
         """Ask the members to let us join or leave; why not, or None once asked. Our request
         goes to every member until a committed round applies it (engine/consensus/membership)."""
@@ -235,6 +272,7 @@ class RealNode:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.stop.set)
+        loop.add_signal_handler(signal.SIGHUP, self.reload_members)
         server = None
         if self.plan.settings.enable_web_interface:
             web = self.plan.settings

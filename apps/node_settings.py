@@ -102,8 +102,6 @@ def load_members(path: Path) -> tuple[Roster, Roster]:
     except ValidationError as err:
         raise ScenarioError(f"{path}: {describe_error(err.errors()[0])}") from None
     members = _roster(path, "members", parsed.members, set())
-    if sorted(members) != list(range(len(members))):
-        raise ScenarioError(f"{path}: member ids must be 0..n-1, got {sorted(members)}")
     return members, _roster(path, "observers", parsed.observers, set(members))
 
 

@@ -72,11 +72,13 @@ def init(members_path: Path, specs: list[list[str]], chown: str | None) -> None:
         members[int(node_id)] = (keygen(Path(data_dir)), host_port)
         if uid_gid is not None:
             hand_over(Path(data_dir), *uid_gid)
+    if sorted(members) != list(range(len(members))):  # the scenario's members, no observers
+        raise InitError(f"member ids must be 0..n-1, got {sorted(members)}")
     members_path.parent.mkdir(parents=True, exist_ok=True)
     tmp = members_path.with_name(members_path.name + ".tmp")
     write_members(tmp, members)
     try:
-        load_members(tmp)  # the nodes' own check: ids 0..n-1, keys, addresses
+        load_members(tmp)  # the nodes' own check: keys, addresses
     except ScenarioError as err:
         tmp.unlink()
         raise InitError(str(err)) from None

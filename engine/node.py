@@ -213,6 +213,7 @@ class Node:
         self.epochs = [Epoch(0, tuple(config.members))]
         self._requests: dict[int, Envelope] = {}  # requester -> its pending MemberChange
         self._asking: int | None = None  # the change we asked for and wait to see committed
+        self._admitted: set[int] = set()  # observers the operator listed while we ran
         self.optimizer = make_optimizer(config.optimizer, config.lr, config.momentum)
         self.guard = ReplayGuard()
         self.rejections: Counter[str] = Counter()
@@ -1124,7 +1125,8 @@ class Node:
         change, after a restart or an adopted checkpoint."""
         self.members = members
         self._member_set = frozenset(members)
-        ever = frozenset(self.config.observers).union(*(e.members for e in self.epochs))
+        ever = frozenset(self.config.observers).union(self._admitted,
+                                                      *(e.members for e in self.epochs))
         self._observers = ever - self._member_set  # may follow, and an observer may ask to join
         # a follower keeps the chain by verified records and checkpoints: it neither computes
         # gradients nor proposes nor votes
@@ -1145,6 +1147,13 @@ class Node:
             for sender in ever - self._member_set:
                 book.drop_sender(sender)
         self._settle_request()
+
+    def admit_observer(self, node_id: int) -> None:
+        """An observer the operator listed while this node runs (its key is in the opener's
+        keyring from now on): it may follow, and ask to join."""
+        if node_id not in self._member_set and node_id != self.id:
+            self._admitted.add(node_id)
+            self._observers = self._observers | {node_id}
 
     def _settle_request(self) -> None:
         if (self._asking, self.follower) in ((JOIN, False), (LEAVE, True)):

@@ -300,6 +300,23 @@ class TcpTransport:
         if not self._peer(peer).queue.put(frame):
             self.dropped_full += 1
 
+    def add_peer(self, peer: int, public_key: bytes, address: Address) -> bool:
+        """Admit an identity the operator listed while we run (a new node that may join):
+        it may connect from now on, and we dial it. False if it was known already; ValueError
+        if the id is ours or already holds another key (keys are not replaced at run time)."""
+        if peer == self.id:
+            raise ValueError(f"node {peer} is this node")
+        known = self.keyring.get(peer)
+        if known is not None:
+            if known != public_key:
+                raise ValueError(f"node {peer} already has another public key")
+            return False
+        self.keyring[peer] = public_key
+        self._addresses.setdefault(peer, address)
+        self._ensure_dialer(peer)
+        self._notify()
+        return True
+
     def ban(self, peer: int) -> None:
         """Close `peer`'s links, drop its queue and refuse its handshakes from now on."""
         self._banned.add(peer)

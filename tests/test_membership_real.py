@@ -116,3 +116,37 @@ def test_membership_changes_come_from_the_nodes_own_machine_only() -> None:
     assert asked == ["join", "leave"]  # the refused and malformed ones never reached the node
     no_changes = TestClient(make_status_app(lambda: status), client=("127.0.0.1", 4000))
     assert no_changes.post("/membership", json={"change": "join"}).status_code == 404
+
+
+def test_a_new_machine_is_added_to_a_running_cluster_and_joins(tmp_path: Path) -> None:
+    """`cluster add` lists a fresh key as an observer; the running members admit it on SIGHUP
+    (no restart), it follows, and `cluster join` makes it a member."""
+    data = scenario_with_observers()
+    data["nodes"] = {"count": 4}
+    data["training"]["rounds"] = 1500
+    folder = tmp_path / "cluster"
+    cluster_up(parse_scenario(data), folder)
+    where = ["--dir", str(folder)]
+    try:
+        until(lambda: len(statuses(folder)) == 4
+              and all(v["round"] >= 10 for v in statuses(folder).values()), 120, "10 rounds")
+        code, said = cli("cluster", "add", *where)
+        assert code == 0 and said.startswith("node 4: pid"), said
+        until(lambda: 4 in statuses(folder) and statuses(folder)[4]["round"] > 10, 120,
+              "node 4 following")
+        assert not statuses(folder)[4]["member"]
+        logs = [(folder / f"node-{i}" / "node.log").read_text() for i in range(4)]
+        assert all("admitted observers [4]" in log for log in logs), logs
+        code, said = cli("cluster", "join", "--node", "4", *where)
+        assert code == 0, said
+        until(lambda: len(statuses(folder)) == 5 and all(
+            v["members"] == [0, 1, 2, 3, 4] for v in statuses(folder).values()), 60, "admitted")
+        until(lambda: all(v["finished"] for v in statuses(folder).values()), 240, "the end")
+        end = statuses(folder)
+    finally:
+        assert cluster_down(folder) == []
+    assert len({v["model_hash"] for v in end.values()}) == 1 and end[4]["member"]
+    result = json.loads((folder / "node-4" / "result.json").read_text())
+    assert any(c["contributors"] == 5 for c in result["commits"])
+    audits, split = audit_run(folder)
+    assert split == [] and all(a.problem is None for a in audits), audits

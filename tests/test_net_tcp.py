@@ -36,6 +36,7 @@ from phalanx.net.tcp import (
 HOST = "127.0.0.1"
 IDS = {i: Identity.derive(11, i) for i in range(5)}
 KEYRING = {i: ident.public_key for i, ident in IDS.items()}
+NEWCOMER = Identity.derive(11, 5)  # in no node's keyring until added at run time
 # Quick timings so every test ends in well under a second or two of waiting.
 FAST: dict[str, Any] = {"heartbeat": 0.05, "suspect_after": 0.4, "handshake_timeout": 1.0,
                         "backoff_base": 0.02, "backoff_cap": 0.2}
@@ -613,3 +614,30 @@ def test_token_buckets_allow_a_burst_then_the_rate_and_let_rare_big_items_throug
     limiter = InboundLimiter(RateLimit(frames_per_s=100, bytes_per_s=1000), now=0.0)
     assert limiter.allow(900, 0.0) and not limiter.allow(200, 0.0)  # bytes bind first
     assert limiter.allow(200, 0.2)
+
+
+def test_a_peer_added_at_run_time_is_admitted_and_dialed() -> None:
+    """`add_peer`: an identity the operator listed while the node runs may connect from then
+    on (before, its handshake is refused as unknown), and the node dials it; a known id keeps
+    its key."""
+    async def body() -> None:
+        async with cluster() as start:
+            a = await start(0)
+            newcomer = TcpTransport(5, {5: (HOST, 0), 0: a.t.address}, lambda f: None,
+                                    identity=NEWCOMER, keyring={**KEYRING, 5: NEWCOMER.public_key},
+                                    rng=random.Random(5), **FAST)
+            await newcomer.start()
+            try:
+                await eventually(lambda: a.t.refusals["unknown_peer"] >= 1)
+                assert 5 not in a.t.connected_peers()
+                assert a.t.add_peer(5, NEWCOMER.public_key, newcomer.address) is True
+                assert a.t.add_peer(5, NEWCOMER.public_key, newcomer.address) is False
+                with pytest.raises(ValueError, match="another public key"):
+                    a.t.add_peer(5, IDS[1].public_key, newcomer.address)
+                with pytest.raises(ValueError, match="this node"):
+                    a.t.add_peer(0, IDS[0].public_key, a.t.address)
+                await eventually(lambda: 5 in a.t.connected_peers()
+                                 and 0 in newcomer.connected_peers())
+            finally:
+                await newcomer.close()
+    run(body)
