@@ -3,6 +3,7 @@ sending a bad gradient. Each rewrites the actions of an otherwise honest node.""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
 
@@ -170,15 +171,11 @@ class FakeDigests(Behaviour):
     name = "fake_digests"
 
     def rewrite(self, actions: list[Action], node: NodeView) -> list[Action]:
-        out: list[Action] = []
-        for a in actions:
-            if isinstance(a, Broadcast) and a.kind == Proposal.KIND:
-                p: Proposal = node.open(a.frame).message  # type: ignore[assignment]
-                digests = tuple(_made_up(d) if s not in self.colluders and i % 2 == 0 else d
-                                for i, (s, d) in enumerate(zip(p.senders, p.digests, strict=True)))
-                a = replace(a, frame=node.sign(replace(p, digests=digests)))
-            out.append(a)
-        return out
+        def fake(p: Proposal) -> Proposal:
+            return replace(p, digests=tuple(
+                _made_up(d) if s not in self.colluders and i % 2 == 0 else d
+                for i, (s, d) in enumerate(zip(p.senders, p.digests, strict=True))))
+        return _rewrite_proposals(actions, node, fake)
 
 
 class CensorChanges(Behaviour):
@@ -188,14 +185,8 @@ class CensorChanges(Behaviour):
     name = "censor_changes"
 
     def rewrite(self, actions: list[Action], node: NodeView) -> list[Action]:
-        out: list[Action] = []
-        for a in actions:
-            if isinstance(a, Broadcast) and a.kind == Proposal.KIND:
-                p: Proposal = node.open(a.frame).message  # type: ignore[assignment]
-                if p.change and not p.justify:  # a re-proposal must name the certified set
-                    a = replace(a, frame=node.sign(replace(p, change=b"")))
-            out.append(a)
-        return out
+        return _rewrite_proposals(actions, node, lambda p: replace(p, change=b"") if (
+            p.change and not p.justify) else p)  # a re-proposal must name the certified set
 
 
 class BogusChange(Behaviour):
@@ -206,15 +197,23 @@ class BogusChange(Behaviour):
     name = "bogus_change"
 
     def rewrite(self, actions: list[Action], node: NodeView) -> list[Action]:
-        out: list[Action] = []
-        for a in actions:
-            if isinstance(a, Broadcast) and a.kind == Proposal.KIND:
-                p: Proposal = node.open(a.frame).message  # type: ignore[assignment]
-                if not p.justify:
-                    bogus = node.sign(MemberChange(p.round, 0, JOIN))
-                    a = replace(a, frame=node.sign(replace(p, change=bogus)))
-            out.append(a)
-        return out
+        return _rewrite_proposals(actions, node, lambda p: p if p.justify else replace(
+            p, change=node.sign(MemberChange(p.round, 0, JOIN))))
+
+
+def _rewrite_proposals(actions: list[Action], node: NodeView,
+                       rewrite: Callable[[Proposal], Proposal]) -> list[Action]:
+    """The actions, each broadcast proposal replaced by `rewrite(proposal)` and signed again
+    (one `rewrite` returns unchanged goes out as it was)."""
+    out: list[Action] = []
+    for a in actions:
+        if isinstance(a, Broadcast) and a.kind == Proposal.KIND:
+            p: Proposal = node.open(a.frame).message  # type: ignore[assignment]
+            q = rewrite(p)
+            if q is not p:
+                a = replace(a, frame=node.sign(q))
+        out.append(a)
+    return out
 
 
 def _made_up(digest: bytes) -> bytes:
