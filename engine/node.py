@@ -393,6 +393,14 @@ class Node:
                 del table[old]
         for key in [k for k in self._proposals if k[0] < r]:
             del self._proposals[key]
+        for key in [k for k in self._proposals if k[0] == r]:  # early ones, judged on their
+            env = self._proposals[key]  # form: this round's members judge them now
+            problem = self._proposal_problem(env)
+            if problem:
+                del self._proposals[key]
+                if self._sets.get(set_digest(env.message)) is env:  # type: ignore[arg-type]
+                    del self._sets[set_digest(env.message)]  # type: ignore[arg-type]
+                self._reject(problem, env.sender)
         for key in [k for k in self._slots if k[2] < r]:
             del self._slots[key]
         self._out.append(Compute(GradientJob(self.workload, self.id, r, self.params)))
@@ -583,8 +591,6 @@ class Node:
             # prepared (maybe committed somewhere) must stay electable, or its locks never free
         if self._set_gradients(p) is None:
             return  # re-checked as gradients arrive
-        if p.change and self._proposal_change_problem(p):
-            return  # checked on arrival only if it was for our round then
         cited = max(justified.view if justified else -1,
                     self._lock.view if self._lock and self._lock.set_digest == digest else -1)
         self._vote(v, PREPARE, digest, self.model_hash, cited)
@@ -836,22 +842,32 @@ class Node:
                 self._probe_fork(env.sender)
             self._advance()
 
-    def _proposal_problem(self, env: Envelope) -> str | None:
-        p: Proposal = env.message  # type: ignore[assignment]
+    def _proposal_form_problem(self, p: Proposal) -> str | None:
         if not 0 <= p.view < MAX_VIEW:
             return "proposal_bad_view"
+        if len(p.senders) != len(p.digests):
+            return "proposal_too_small"
+        if list(p.senders) != sorted(set(p.senders)):
+            return "proposal_bad_senders"
+        return None
+
+    def _proposal_problem(self, env: Envelope) -> str | None:
+        """Why a proposal is invalid. One of a later round than ours is judged on its form
+        only; `_start_round` judges it in full once we are there: the rounds before it may
+        change the members, and with them its leader, its senders, its quorum, its change."""
+        p: Proposal = env.message  # type: ignore[assignment]
+        form = self._proposal_form_problem(p)
+        if form or p.round > self.round:
+            return form
         if env.sender != self.leader(p.round, p.view):
             return "proposal_not_leader"
-        if len(p.senders) != len(p.digests) or len(p.senders) < self.min_set:
+        if len(p.senders) < self.min_set:
             return "proposal_too_small"
-        if list(p.senders) != sorted(set(p.senders)) or not self._member_set.issuperset(
-                p.senders):
+        if not self._member_set.issuperset(p.senders):
             return "proposal_bad_senders"
         if p.change:
             problem = self._proposal_change_problem(p)
-            # a change is judged against the membership of its round (a later round's must
-            # wait: the rounds before it may change the membership first)
-            if problem == "change_bad_frame" or (problem and p.round == self.round):
+            if problem:
                 return f"proposal_{problem}"
         if p.justify:
             cert = check_certificate(p.justify, self.open, self._member_set, p.round, PREPARE)
@@ -919,7 +935,8 @@ class Node:
             return
         cert = check_certificate(c.votes, self.open, self._member_set, c.round, c.phase)
         if isinstance(cert, str):
-            self._reject(cert, env.sender)
+            if c.round == self.round:  # a later round's voters may be members we have yet
+                self._reject(cert, env.sender)  # to learn of: not judged, just not used
             return
         if cert.view > self.view + VIEWS_AHEAD:
             return
