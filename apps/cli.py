@@ -246,6 +246,37 @@ def bench_consensus(
     run_bench(_counts("--nodes", nodes, 4), rounds, out_file, out)
 
 
+@bench_app.command("compression")
+def bench_compression(
+    workloads: Annotated[str, typer.Option(help="comma-separated: mlp, transformer")] = (
+        "mlp,transformer"),
+    ratios: Annotated[str, typer.Option(help="top-k ratios, comma-separated")] = (
+        "0.1,0.05,0.01,0.003,0.001"),
+    rounds: Annotated[int | None, typer.Option(help="rounds per run (default: per "
+                                                     "workload, 300 each)")
+                      ] = None,
+    out_file: Annotated[Path, typer.Option("--out", help="JSON result file (Parquet beside)")
+                        ] = Path("benchmarks/out/compression.json"),
+) -> None:
+    """Bytes per round, final loss and round latency per compression method, beside the
+    uncompressed run, at 10 Mbit/s."""
+    from phalanx.apps.bench_compression import WORKLOADS, run_bench
+
+    names = [w.strip() for w in workloads.split(",") if w.strip()]
+    unknown = [w for w in names if w not in WORKLOADS]
+    if unknown or not names:
+        raise fail(f"--workloads: {unknown or names} (allowed: {', '.join(WORKLOADS)})")
+    try:
+        kept = tuple(float(r) for r in ratios.split(","))
+    except ValueError:
+        raise fail(f"--ratios: {ratios!r} is not a comma-separated list of numbers") from None
+    if not all(0 < r <= 1 for r in kept):
+        raise fail(f"--ratios: each must be in (0, 1] (got {ratios})")
+    if rounds is not None and rounds < 2:
+        raise fail(f"--rounds: at least 2 (got {rounds})")
+    run_bench(names, kept, rounds, out_file, out)
+
+
 @bench_app.command("train")
 def bench_train(
     steps: Annotated[int, typer.Option(help="steps per timed window")] = 30,

@@ -92,6 +92,7 @@ from phalanx.engine.consensus import (
     signed_in,
     slot_of,
 )
+from phalanx.engine.encoding import CompressError, GradientEncoding
 from phalanx.engine.events import (
     Action,
     Broadcast,
@@ -197,6 +198,11 @@ class NodeConfig:
     # non-voting followers (lightweight nodes): they may ask members for records and
     # checkpoints; a node whose own id is not among the members is one of them
     observers: tuple[int, ...] = ()
+    # gradients on the wire (engine/compress): the method every member uses, its parameters,
+    # and whether a sender carries its compression error into its next gradient
+    compression: str = "none"
+    compression_params: tuple[tuple[str, float | int | str], ...] = ()
+    error_feedback: bool = True
 
 
 class Node:
@@ -215,6 +221,8 @@ class Node:
         self._asking: int | None = None  # the change we asked for and wait to see committed
         self._admitted: set[int] = set()  # observers the operator listed while we ran
         self.optimizer = make_optimizer(config.optimizer, config.lr, config.momentum)
+        self.encoding = GradientEncoding(config.compression, dict(config.compression_params),
+                                         config.error_feedback)
         self.guard = ReplayGuard()
         self.rejections: Counter[str] = Counter()
         self.history: list[RoundRecord] = []  # committed rounds from history_base on
@@ -246,6 +254,7 @@ class Node:
         self._timer_view = -1  # the view of this round whose timer runs
         self._rejoin_armed: tuple[int, int] | None = None  # (round, view) of the rejoin timer
         self._own_result: GradientResult | None = None
+        self._own_gradient: Gradient | None = None  # as sent (encoded once: error feedback)
         self._abstain = False  # restarted without our disk: we may have voted before
         self._sync_until = -1.0
         self._sync_peer: int | None = None
@@ -386,7 +395,7 @@ class Node:
             self._lock = None
         self._valid = self._lock
         self._moved, self._results, self._timer_view = {}, {}, -1
-        self._gather_expired, self._own_result = False, None
+        self._gather_expired, self._own_result, self._own_gradient = False, None, None
         self._sets = {digest: env for digest, env in self._sets.items() if env.round == r}
         for table in (self._grads, self._books):
             for old in [k for k in table if k < r]:
@@ -436,8 +445,7 @@ class Node:
     def _on_computed(self, job: object, result: GradientResult) -> None:
         if not isinstance(job, GradientJob) or job.round != self.round or self.finished:
             return  # stale: the node moved on (e.g. by sync) while it computed
-        problem = self._check_gradient(Gradient(self.round, self.model_hash, result.loss,
-                                                result.samples, result.values))
+        problem = self._check_gradient(result.loss, result.samples, result.values)
         if problem:  # e.g. a diverged model: never send what every peer would reject
             self._reject(f"own_{problem}", self.id)
             return
@@ -447,14 +455,36 @@ class Node:
                      + (1.0 - beta) * result.values.astype(np.float64))
             result = GradientResult(mixed.astype(np.float32), result.loss, result.samples)
         self._own_result = result
+        self._own_gradient = self.encoding.pack(
+            Gradient(self.round, self.model_hash, result.loss, result.samples, result.values),
+            result.values, self._coder_rng())
         self._send_own_gradient()
         self._advance()
 
+    def _coder_rng(self) -> np.random.Generator:
+        """For randomized encodings (random-k): a pure function of sender, round and model."""
+        return np.random.default_rng([self.id, self.round,
+                                      int.from_bytes(self.model_hash[:8], "big")])
+
+    def with_values(self, g: Gradient, values: np.ndarray) -> Gradient:
+        """`g` carrying other values, encoded as the run encodes gradients (for behaviours that
+        craft a vector: it leaves our error feedback alone)."""
+        return self.encoding.pack(g, values, self._coder_rng(), own=False)
+
+    def dense(self, env: Envelope) -> np.ndarray:
+        """The vector a gradient envelope stands for, decoded once (memoized on it; in a
+        simulation every node shares the envelope). CompressError if it is malformed."""
+        key = ("dense", self.encoding.name, self.params.size)
+        facts = env.facts
+        if key not in facts:
+            facts[key] = self.encoding.dense(env.message, self.params.size)  # type: ignore[arg-type]
+        return facts[key]  # type: ignore[no-any-return]
+
     def _send_own_gradient(self) -> None:
-        r = self._own_result
-        if r is None:
+        g = self._own_gradient
+        if g is None:
             return
-        frame = self._broadcast(Gradient(self.round, self.model_hash, r.loss, r.samples, r.values))
+        frame = self._broadcast(g)  # the same payload again, with a fresh sequence number
         self._grads.setdefault(self.round, {}).setdefault(self.id, self.open(frame))
 
     def _on_timer(self, name: str) -> None:
@@ -662,7 +692,7 @@ class Node:
     def _apply(self, envs: list[Envelope], digest: bytes) -> Result:
         # the context is the same on every honest node: f, a seed from the set, the last update
         ctx = AggregationContext(self.f, int.from_bytes(digest[:8], "big") >> 1, self.last_update)
-        update = self.aggregate([e.message.values for e in envs], ctx)  # type: ignore[union-attr]
+        update = self.aggregate([self.dense(e) for e in envs], ctx)
         params, velocity = self.optimizer.step(self.params, self.velocity, update, self.round + 1)
         return params, velocity, sha256(params.tobytes()), update
 
@@ -776,19 +806,23 @@ class Node:
     def _gradient_problem(self, env: Envelope) -> str | None:
         # a pure function of the message and the model's shape: memoized on the envelope, so
         # nodes sharing a memoizing opener check each broadcast gradient once
-        key = ("gradient_problem", self.params.shape, self.config.max_gradient_norm)
+        key = ("gradient_problem", self.params.shape, self.config.max_gradient_norm,
+               self.encoding.name)
         facts = env.facts
         if key not in facts:
-            facts[key] = self._check_gradient(env.message)  # type: ignore[arg-type]
+            g: Gradient = env.message  # type: ignore[assignment]
+            try:
+                facts[key] = self._check_gradient(g.loss, g.samples, self.dense(env))
+            except CompressError as err:  # a malformed payload, or not the run's encoding
+                facts[key] = f"gradient_{err.reason}"
         return facts[key]  # type: ignore[no-any-return]
 
-    def _check_gradient(self, g: Gradient) -> str | None:
-        v = g.values
+    def _check_gradient(self, loss: float, samples: int, v: np.ndarray) -> str | None:
         if v.dtype != np.float32 or v.shape != self.params.shape:
             return "bad_gradient_shape"
         # a float64 sum of float32 values cannot overflow, so it is finite iff every value is
-        if not (math.isfinite(v.sum(dtype=np.float64)) and math.isfinite(g.loss)) or (
-                g.samples <= 0):
+        if not (math.isfinite(v.sum(dtype=np.float64)) and math.isfinite(loss)) or (
+                samples <= 0):
             return "bad_gradient_values"
         bound = self.config.max_gradient_norm
         if bound is not None and math.sqrt(float(np.square(v, dtype=np.float64).sum())) > bound:

@@ -32,6 +32,8 @@ DTYPES: dict[str, np.dtype[Any]] = {
         ("int32", "i4"),
         ("int8", "i1"),
         ("uint8", "u1"),
+        ("uint16", "u2"),  # bf16 payloads (the upper halves of float32s)
+        ("uint32", "u4"),  # sparse payloads' indices
         ("bool", "?"),
     )
 }

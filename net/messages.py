@@ -28,12 +28,19 @@ Hash32: TypeAlias = Annotated[bytes, FixedLen(32)]
 # identity; compare digests or `values.tobytes()` when content equality is meant.
 @dataclass(frozen=True, slots=True, eq=False)
 class Gradient:
+    """A gradient (or worker momentum) and what it was computed on. Dense, `values` holds it;
+    compressed (engine/compress), `encoding` names the method, `parts` carries its payload and
+    `values` is empty."""
+
     KIND: ClassVar[int] = 1
     round: int
     base_hash: Hash32  # model hash the gradient was computed on
     loss: float
     samples: int
     values: np.ndarray
+    encoding: str = ""
+    size: int = 0  # the dense length a compressed payload stands for
+    parts: tuple[np.ndarray, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

@@ -370,6 +370,25 @@ class NemesisSpec(Strict):
     keep_disk: bool = True
 
 
+# ---- gradients on the wire -------------------------------------------------------------------
+
+
+class CompressionSpec(Strict):
+    """How gradients go on the wire (engine/compress): every member uses this method, and a
+    gradient in another encoding is refused."""
+
+    method: str = "none"  # none, topk, randomk, threshold, fp16, bf16, int8, sign, powersgd
+    params: dict[str, float | int | str] = {}  # the method's own, e.g. {ratio: 0.1}
+    error_feedback: bool = True  # the sender carries its compression error into the next one
+
+    @model_validator(mode="after")
+    def _known(self) -> CompressionSpec:
+        from phalanx.engine.compress import make_compressor
+
+        make_compressor(self.method, **self.params)
+        return self
+
+
 # ---- expectations, real mode, the scenario -------------------------------------------------
 
 
@@ -407,6 +426,7 @@ class Scenario(Strict):
     links: LinksSpec = LinksSpec()
     workload: Workload
     training: TrainingSpec
+    compression: CompressionSpec = CompressionSpec()
     byzantine: list[ByzantineSpec] = []
     faults: list[Fault] = []
     nemesis: NemesisSpec | None = None

@@ -71,7 +71,10 @@ def node_config(scenario: Scenario, node: int, round_timeout: float | None = Non
                       votes_to_leader=t.votes == "leader",
                       worker_momentum=t.worker_momentum, optimizer=t.optimizer,
                       round_timeout=round_timeout or t.round_timeout,
-                      view_timeout=view_timeout or t.view_timeout)
+                      view_timeout=view_timeout or t.view_timeout,
+                      compression=scenario.compression.method,
+                      compression_params=tuple(sorted(scenario.compression.params.items())),
+                      error_feedback=scenario.compression.error_feedback)
 
 
 def member_keys(scenario: Scenario) -> tuple[list[Identity], FrameOpener, VerifyCache]:

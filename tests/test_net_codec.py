@@ -158,7 +158,7 @@ def test_every_kind_is_covered() -> None:
 
 
 def test_float_field_accepts_int_and_floats_are_float64() -> None:
-    raw = msgpack.packb([1, H, 2, 3, ["float32", [0], b""]])
+    raw = msgpack.packb([1, H, 2, 3, ["float32", [0], b""], "", 0, []])
     out = decode_payload(Gradient.KIND, raw)
     assert type(out.loss) is float and out.loss == 2.0
     payload = encode_payload(Gradient(1, H, 0.1, 3, np.zeros(0, np.float32)))
@@ -173,27 +173,28 @@ def bad(kind: int, obj: object, limits: Limits = DEFAULT_LIMITS) -> str:
 
 
 GOOD_T = ["float32", [2, 3], bytes(24)]
+TAIL = ["", 0, []]  # a dense gradient's encoding, size and parts
 
 
 @pytest.mark.parametrize(
     ("obj", "needle"),
     [
-        ([True, H, 0.0, 1, GOOD_T], "Gradient.round: expected int, got bool"),
-        ([1, H, 0.0, False, GOOD_T], "samples: expected int, got bool"),
-        ([1, H, True, 1, GOOD_T], "loss: expected float, got bool"),
-        ([1, H[:31], 0.0, 1, GOOD_T], "base_hash: expected 32 bytes, got 31"),
-        ([1, "x" * 32, 0.0, 1, GOOD_T], "base_hash"),
-        ([1, H, 0.0, 1], "expected an array of 5 fields"),
-        ([1, H, 0.0, 1, GOOD_T, 0], "expected an array of 5 fields"),
-        ([1, H, 0.0, 1, ["float32", [2, 3], bytes(20)]], "data must be 24 bytes"),
-        ([1, H, 0.0, 1, ["float32", [2, -3], bytes(24)]], "bad dim"),
-        ([1, H, 0.0, 1, ["float32", [2, True], bytes(8)]], "bad dim"),
-        ([1, H, 0.0, 1, ["complex64", [1], bytes(8)]], "not allowed"),
-        ([1, H, 0.0, 1, ["float32", [1] * 9, bytes(4)]], "at most 8 dims"),
-        ([1, H, 0.0, 1, ["float32", [2, 3]]], "expected tensor"),
-        ([1, H, 0.0, 1, ["float32", (2, 3), "x"]], "data must be"),
-        ([1, H, 0.0, 1, ["bool", [2], b"\x01\x02"]], "bool tensor"),
-        ([1, H, 0.0, 1, ["float32", [0, 2**63], b""]], "bad dim"),
+        ([True, H, 0.0, 1, GOOD_T, *TAIL], "Gradient.round: expected int, got bool"),
+        ([1, H, 0.0, False, GOOD_T, *TAIL], "samples: expected int, got bool"),
+        ([1, H, True, 1, GOOD_T, *TAIL], "loss: expected float, got bool"),
+        ([1, H[:31], 0.0, 1, GOOD_T, *TAIL], "base_hash: expected 32 bytes, got 31"),
+        ([1, "x" * 32, 0.0, 1, GOOD_T, *TAIL], "base_hash"),
+        ([1, H, 0.0, 1], "expected an array of 8 fields"),
+        ([1, H, 0.0, 1, GOOD_T, *TAIL, 0], "expected an array of 8 fields"),
+        ([1, H, 0.0, 1, ["float32", [2, 3], bytes(20)], *TAIL], "data must be 24 bytes"),
+        ([1, H, 0.0, 1, ["float32", [2, -3], bytes(24)], *TAIL], "bad dim"),
+        ([1, H, 0.0, 1, ["float32", [2, True], bytes(8)], *TAIL], "bad dim"),
+        ([1, H, 0.0, 1, ["complex64", [1], bytes(8)], *TAIL], "not allowed"),
+        ([1, H, 0.0, 1, ["float32", [1] * 9, bytes(4)], *TAIL], "at most 8 dims"),
+        ([1, H, 0.0, 1, ["float32", [2, 3]], *TAIL], "expected tensor"),
+        ([1, H, 0.0, 1, ["float32", (2, 3), "x"], *TAIL], "data must be"),
+        ([1, H, 0.0, 1, ["bool", [2], b"\x01\x02"], *TAIL], "bool tensor"),
+        ([1, H, 0.0, 1, ["float32", [0, 2**63], b""], *TAIL], "bad dim"),
         ({"round": 1}, "Gradient"),
     ],
 )
@@ -211,11 +212,12 @@ def test_nested_rejections_name_the_path() -> None:
 
 def test_limits_are_enforced() -> None:
     small = Limits(max_elements=5, max_items=3, max_dims=2, dtypes=frozenset({"float32"}))
-    assert "max_elements" in bad(Gradient.KIND, [1, H, 0.0, 1, GOOD_T], small)
-    assert "not allowed" in bad(Gradient.KIND, [1, H, 0.0, 1, ["int8", [1], b"\x00"]], small)
+    assert "max_elements" in bad(Gradient.KIND, [1, H, 0.0, 1, GOOD_T, *TAIL], small)
+    assert "not allowed" in bad(Gradient.KIND, [1, H, 0.0, 1, ["int8", [1], b"\x00"], *TAIL],
+                                small)
     assert "max_items" in bad(Proposal.KIND, [1, 0, [1, 2, 3, 4], [], [], b""], small)
     assert "at most 2 dims" in bad(
-        Gradient.KIND, [1, H, 0.0, 1, ["float32", [1] * 3, b"\0" * 4]], small
+        Gradient.KIND, [1, H, 0.0, 1, ["float32", [1] * 3, b"\0" * 4], *TAIL], small
     )
     with pytest.raises(DecodeError) as err:
         decode_payload(Gradient.KIND, bytes(100), Limits(max_frame=99))

@@ -11,9 +11,11 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, ClassVar, Protocol
 
+import numpy as np
+
 from phalanx.engine.events import Action
 from phalanx.net.envelope import Envelope
-from phalanx.net.messages import Message
+from phalanx.net.messages import Gradient, Message
 
 
 class NodeView(Protocol):
@@ -27,6 +29,10 @@ class NodeView(Protocol):
     members: tuple[int, ...]
 
     def sign(self, message: Message) -> bytes: ...
+
+    def dense(self, env: Envelope) -> np.ndarray: ...
+
+    def with_values(self, g: Gradient, values: np.ndarray) -> Gradient: ...
 
     def open(self, frame: bytes) -> Envelope: ...
 

@@ -37,22 +37,24 @@ class GradientAttackBehaviour(Behaviour):
             raise ValueError(f"behaviour {self.name!r}: wait must be >= 0 seconds (got {wait})")
         self.wait = wait
         self.attack = make_attack(self.attack_name, **attack_params)
-        self._held: dict[int, tuple[Gradient, float]] = {}  # round -> (honest gradient, since)
+        # round -> (honest gradient, its dense values, since when it is held)
+        self._held: dict[int, tuple[Gradient, np.ndarray, float]] = {}
         self._crafted: dict[int, Gradient] = {}
 
     def rewrite(self, actions: list[Action], node: NodeView) -> list[Action]:
         out: list[Action] = []
         for action in actions:
             if isinstance(action, Broadcast) and action.kind == Gradient.KIND:
-                g: Gradient = node.open(action.frame).message  # type: ignore[assignment]
+                env = node.open(action.frame)
+                g: Gradient = env.message  # type: ignore[assignment]
                 if g.round in self._crafted:
                     out.append(self._send(node, self._crafted[g.round]))
                 else:
-                    self._held.setdefault(g.round, (g, node.now))
+                    self._held.setdefault(g.round, (g, node.dense(env), node.now))
                 continue
             out.append(action)
-        for rnd, (g, since) in list(self._held.items()):
-            honest = [e.message.values for s, e in sorted(node.gradients(rnd).items())  # type: ignore[union-attr]
+        for rnd, (g, own, since) in list(self._held.items()):
+            honest = [node.dense(e) for s, e in sorted(node.gradients(rnd).items())
                       if s not in self.colluders]
             complete = len(honest) >= node.n - len(self.colluders)
             if self.attack.needs_honest and not complete and node.now < since + self.wait:
@@ -60,7 +62,7 @@ class GradientAttackBehaviour(Behaviour):
             del self._held[rnd]
             rng = np.random.default_rng([self.seed, node.id, rnd])
             ctx = AttackContext(node.n, len(self.colluders), rnd, rng)
-            crafted = replace(g, values=self.attack(g.values, honest, ctx))
+            crafted = node.with_values(g, self.attack(own, honest, ctx))
             self._crafted[rnd] = crafted
             sent = self._send(node, crafted)
             node.adopt_gradient(node.open(sent.frame))  # so its own proposals name this one

@@ -43,9 +43,10 @@ class Equivocate(Behaviour):
         out: list[Action] = []
         for a in actions:
             if isinstance(a, Broadcast) and a.kind in (Gradient.KIND, Vote.KIND):
-                m = node.open(a.frame).message
+                env = node.open(a.frame)
+                m = env.message
                 if isinstance(m, Gradient):
-                    other = replace(m, values=-m.values)
+                    other = node.with_values(m, -node.dense(env))
                 else:
                     assert isinstance(m, Vote)
                     other = replace(m, set_digest=_made_up(m.set_digest))
