@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import polars as pl
 from rich.console import Console
 
@@ -25,6 +26,8 @@ from phalanx.apps.runner import run_scenario
 from phalanx.sim.scenario import Scenario, parse_scenario
 
 BANDWIDTH = 10e6  # bits per second per link: the wire sets the pace
+NODES = 4
+LINKS = NODES * (NODES - 1)  # a complete overlay: every broadcast crosses each directed link
 LOSS_TOLERANCE = 0.02  # "within 2% of the uncompressed final loss"
 
 WORKLOADS: dict[str, dict[str, Any]] = {
@@ -72,7 +75,7 @@ def bench_scenario(workload: str, m: Method, rounds: int | None) -> Scenario:
     training = {**spec["training"], **({"rounds": rounds} if rounds else {})}
     return parse_scenario({
         "name": f"compression-{workload}-{m.label.replace(' ', '-')}", "seed": 3,
-        "nodes": {"count": 4}, "topology": {"kind": "complete"},
+        "nodes": {"count": NODES}, "topology": {"kind": "complete"},
         "links": {"latency": 0.005, "jitter": 0.001, "bandwidth": BANDWIDTH},
         "workload": spec["workload"], "training": training,
         "compression": {"method": m.method, "params": m.params,
@@ -125,6 +128,21 @@ def breaking_point(rows: list[dict[str, Any]], workload: str) -> dict[str, Any]:
             "largest_ratio_beyond_2pct": max(breaks) if breaks else None}
 
 
+def wire_fit(rows: list[dict[str, Any]], workload: str) -> dict[str, Any]:
+    """Round latency against the bytes each link carries per round, fitted by least squares:
+    in proportion to the bytes saved means a slope near the links' 8 / bandwidth seconds per
+    byte and a good fit."""
+    mine = [r for r in rows if r["workload"] == workload and r["round_seconds"]]
+    x = np.array([r["bytes_per_round"] / LINKS for r in mine])
+    y = np.array([r["round_seconds"] for r in mine])
+    slope, intercept = np.polyfit(x, y, 1)
+    r2 = 1.0 - float(np.sum((y - (slope * x + intercept)) ** 2)) / float(
+        np.sum((y - y.mean()) ** 2))
+    return {"workload": workload, "seconds_per_link_byte": float(slope),
+            "links_seconds_per_byte": 8.0 / BANDWIDTH, "fixed_seconds": float(intercept),
+            "r2": r2}
+
+
 def _fmt(value: Any, spec: str) -> str:
     return "-" if value is None else format(value, spec)
 
@@ -138,7 +156,8 @@ def run_bench(workloads: list[str], ratios: tuple[float, ...], rounds: int | Non
             rows.append(measure(workload, m, rounds))
     rows = with_ratios(rows)
     report = {**stamp(), "bandwidth_bits_per_second": BANDWIDTH, "rows": rows,
-              "breaking_points": [breaking_point(rows, w) for w in workloads]}
+              "breaking_points": [breaking_point(rows, w) for w in workloads],
+              "wire_fits": [wire_fit(rows, w) for w in workloads]}
     save_report(report, out_file)
     pl.DataFrame(rows).drop("params").write_parquet(out_file.with_suffix(".parquet"))
     console.print(results_table(
@@ -154,5 +173,10 @@ def run_bench(workloads: list[str], ratios: tuple[float, ...], rounds: int | Non
         console.print(f"{b['workload']}: top-k with error feedback stays within 2% down to "
                       f"ratio {b['smallest_ratio_within_2pct']}; beyond at "
                       f"{b['largest_ratio_beyond_2pct']}", highlight=False)
+    for f in report["wire_fits"]:
+        console.print(f"{f['workload']}: round latency = {1e3 * f['fixed_seconds']:.1f} ms + "
+                      f"{1e6 * f['seconds_per_link_byte']:.3f} µs per byte each link carries "
+                      f"(the links: {1e6 * f['links_seconds_per_byte']:.3f} µs/B), "
+                      f"R² = {f['r2']:.3f}", highlight=False)
     console.print(f"written to {out_file} and {out_file.with_suffix('.parquet')}")
     return report

@@ -251,7 +251,7 @@ def bench_compression(
     workloads: Annotated[str, typer.Option(help="comma-separated: mlp, transformer")] = (
         "mlp,transformer"),
     ratios: Annotated[str, typer.Option(help="top-k ratios, comma-separated")] = (
-        "0.1,0.05,0.01,0.003,0.001"),
+        "0.1,0.05,0.01,0.001,0.0003,0.0001"),
     rounds: Annotated[int | None, typer.Option(help="rounds per run (default: per "
                                                      "workload, 300 each)")
                       ] = None,

@@ -1,0 +1,34 @@
+"""`phalanx bench compression` on a short run: every method is measured beside the dense run,
+and the figures hang together (fewer bytes where the method sends fewer, round latency in line
+with the bytes each link carries)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import polars as pl
+from rich.console import Console
+
+from phalanx.apps.bench_compression import run_bench
+
+
+def test_every_method_is_measured_beside_the_dense_run(tmp_path: Path) -> None:
+    out = tmp_path / "compression.json"
+    report = run_bench(["mlp"], (0.1, 0.01), 12, out, Console(quiet=True))
+    rows = {r["method"]: r for r in report["rows"]}
+    assert set(rows) >= {"none", "topk 0.1 +EF", "topk 0.1 no EF", "topk 0.01 +EF", "fp16",
+                         "bf16", "int8", "sign +EF", "randomk 0.1", "powersgd r2 +EF"}
+    assert all(r["rounds_committed"] == 12 and r["hashes_agree"] for r in rows.values())
+    assert rows["none"]["bytes_reduction"] == 1.0
+    # gradient payloads: top-k sends 8 bytes per kept entry, fp16 2 per entry, sign 1 bit
+    assert 4.0 < rows["topk 0.1 +EF"]["gradient_bytes_reduction"] < 5.5
+    assert 1.8 < rows["fp16"]["gradient_bytes_reduction"] < 2.05
+    assert rows["sign +EF"]["gradient_bytes_reduction"] > 20
+    assert rows["topk 0.01 +EF"]["bytes_per_round"] < rows["topk 0.1 +EF"]["bytes_per_round"]
+    # the wire sets the pace: latency grows with bytes at about the links' rate
+    fit = report["wire_fits"][0]
+    assert fit["r2"] > 0.9
+    assert 0.5 < fit["seconds_per_link_byte"] / fit["links_seconds_per_byte"] < 1.5
+    assert json.loads(out.read_text())["rows"] and len(pl.read_parquet(out.with_suffix(
+        ".parquet"))) == len(rows)
