@@ -108,3 +108,22 @@ def test_a_byzantine_sign_flipper_encodes_its_attack_and_honest_nodes_still_agre
     dense_grads = dense.events.filter((pl.col("kind") == "Gradient")
                                       & (pl.col("event") == "deliver"))
     assert grads["bytes"].mean() < dense_grads["bytes"].mean() / 3  # type: ignore[operator]
+
+
+def test_real_tcp_nodes_with_top_k_gradients_end_on_the_simulated_model() -> None:
+    """The same Node over TCP in 4 processes, gradients top-k encoded with error feedback:
+    every round's model equals the simulation's."""
+    from pathlib import Path
+
+    import yaml
+
+    from phalanx.sim.scenario import parse_scenario
+
+    data = yaml.safe_load((Path(__file__).resolve().parent.parent / "scenarios"
+                           / "quickstart.yaml").read_text())
+    data.update(name="quickstart-topk", compression={"method": "topk", "params": {"ratio": 0.1}})
+    scenario = parse_scenario(data)
+    sim, real = phalanx.run(scenario), phalanx.run(scenario, real=True)
+    assert sim.ok and real.ok and real.summary["mode"] == "real-tcp"
+    key = ["round", "node", "model_hash"]
+    assert real.rounds.select(key).sort(key[:2]).equals(sim.rounds.select(key).sort(key[:2]))
