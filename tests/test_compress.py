@@ -357,8 +357,8 @@ def test_decode_refuses_bad_envelopes(name: str, case: str, build: Any, reason: 
 
 
 BODY_CASES: list[tuple[str, int, tuple[np.ndarray, ...], str]] = [
-    *[(f"{m}: {what}", 10, parts, reason) for m in SPARSE for what, parts, reason in [
-        ("index out of range", (u32(0, 10), f32(1, 2)), "index_out_of_range"),
+    *[(f"{m}: {what}", 20, parts, reason) for m in SPARSE for what, parts, reason in [
+        ("index out of range", (u32(0, 20), f32(1, 2)), "index_out_of_range"),
         ("duplicate index", (u32(1, 1), f32(1, 2)), "duplicate_index"),
         ("unsorted indices", (u32(3, 2), f32(1, 2)), "unsorted_index"),
         ("NaN value", (u32(1, 2), f32(1, NAN)), "non_finite"),
@@ -371,6 +371,9 @@ BODY_CASES: list[tuple[str, int, tuple[np.ndarray, ...], str]] = [
         ("one part", (u32(1, 2),), "wrong_parts"),
         ("a list for a part", (u32(1), [1.0]), "wrong_type"),
     ]],
+    # more entries than the run's ratio allows (k = 2 of 20 at ratio 0.1)
+    *[(f"{m}: more than k entries", 20, (u32(1, 2, 3), f32(1, 2, 3)), "too_many_entries")
+      for m in ("topk", "randomk")],
     ("none: NaN", 2, (f32(1, NAN),), "non_finite"),
     ("none: wrong length", 2, (f32(1, 2, 3),), "wrong_shape"),
     ("none: float64", 2, (np.zeros(2),), "wrong_dtype"),

@@ -59,6 +59,8 @@ def test_malformed_and_mis_encoded_payloads_are_refused_with_a_reason() -> None:
         "wrong size": gradient("topk", DIM + 1, idx, val),
         "huge size": gradient("topk", 10**12, idx, val),
         "parts": gradient("topk", DIM, idx),
+        "too many entries": gradient("topk", DIM, np.arange(3, dtype=np.uint32),
+                                     np.ones(3, np.float32)),
     }
     for case, g in bad.items():
         node = fresh(kit)

@@ -55,6 +55,15 @@ class _FixedCount(_Sparse):
     def _encoded_bytes(self, size: int) -> float:
         return 8.0 * self.k(size)
 
+    def _decode(self, size: int, parts: tuple[np.ndarray, ...]) -> np.ndarray:
+        # no more than the run's k: a sender must not carry more than the ratio allows (up to
+        # twice the dense bytes, as (index, value) pairs)
+        if len(parts) == self.n_parts and isinstance(parts[0], np.ndarray) and (
+                parts[0].size > self.k(size)):
+            raise CompressError("too_many_entries", f"more than the {self.k(size)} entries a "
+                                                    f"ratio of {self.fraction:g} allows")
+        return super()._decode(size, parts)
+
 
 class TopK(_FixedCount):
     """The k entries of largest magnitude (Aji & Heafield 2017; Stich et al. 2018).
