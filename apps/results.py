@@ -162,6 +162,14 @@ def summarize(scenario: Scenario, rounds: pl.DataFrame, extra: dict[str, Any],
         "final_model_hash": final_hashes[0] if len(final_hashes) == 1 else None,
         "synced_commits": int(rounds["via_sync"].sum()),
     }
+    if scenario.privacy is not None:  # each node releases at most one gradient per round
+        from phalanx.engine.privacy import gaussian_epsilon
+
+        p, releases = scenario.privacy, scenario.training.rounds
+        summary["privacy"] = {"epsilon": gaussian_epsilon(p.noise_multiplier, releases,
+                                                          p.delta),
+                              "delta": p.delta, "clip": p.clip,
+                              "noise_multiplier": p.noise_multiplier, "releases": releases}
     for col in ("eval_loss", "eval_accuracy"):
         if col in final.columns and final[col].drop_nulls().len():
             # worst honest node: a divergent minority must not hide behind the majority

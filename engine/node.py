@@ -115,6 +115,7 @@ from phalanx.engine.events import (
     ViewChanged,
 )
 from phalanx.engine.optim import make_optimizer
+from phalanx.engine.privacy import clip_and_noise
 from phalanx.engine.workloads import GradientJob, GradientResult, Workload
 from phalanx.net.crypto import Identity, sha256
 from phalanx.net.envelope import Envelope, seal
@@ -203,6 +204,9 @@ class NodeConfig:
     compression: str = "none"
     compression_params: tuple[tuple[str, float | int | str], ...] = ()
     error_feedback: bool = True
+    # (clip, noise multiplier): each gradient clipped to that L2 norm, then Gaussian noise of
+    # noise multiplier * clip added before it is released (engine/privacy.py)
+    privacy: tuple[float, float] | None = None
 
 
 class Node:
@@ -449,6 +453,11 @@ class Node:
         if problem:  # e.g. a diverged model: never send what every peer would reject
             self._reject(f"own_{problem}", self.id)
             return
+        if self.config.privacy is not None:  # first: all that follows is post-processing
+            clip, noise = self.config.privacy
+            result = GradientResult(clip_and_noise(result.values, clip, noise,
+                                                   self.identity.seed, self.round,
+                                                   self.model_hash), result.loss, result.samples)
         beta = self.config.worker_momentum
         if beta > 0.0:
             mixed = (beta * self.worker_momentum.astype(np.float64)

@@ -389,6 +389,15 @@ class CompressionSpec(Strict):
         return self
 
 
+class PrivacySpec(Strict):
+    """Differential privacy of each node's releases (engine/privacy.py): its gradient clipped to
+    L2 norm `clip` plus Gaussian noise of standard deviation `noise_multiplier * clip`."""
+
+    clip: Annotated[float, Field(gt=0)]
+    noise_multiplier: Annotated[float, Field(gt=0)]
+    delta: Annotated[float, Field(gt=0, lt=1)] = 1e-5  # the (eps, delta) the summary reports
+
+
 # ---- expectations, real mode, the scenario -------------------------------------------------
 
 
@@ -427,6 +436,7 @@ class Scenario(Strict):
     workload: Workload
     training: TrainingSpec
     compression: CompressionSpec = CompressionSpec()
+    privacy: PrivacySpec | None = None
     byzantine: list[ByzantineSpec] = []
     faults: list[Fault] = []
     nemesis: NemesisSpec | None = None

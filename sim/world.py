@@ -74,7 +74,9 @@ def node_config(scenario: Scenario, node: int, round_timeout: float | None = Non
                       view_timeout=view_timeout or t.view_timeout,
                       compression=scenario.compression.method,
                       compression_params=tuple(sorted(scenario.compression.params.items())),
-                      error_feedback=scenario.compression.error_feedback)
+                      error_feedback=scenario.compression.error_feedback,
+                      privacy=(scenario.privacy.clip, scenario.privacy.noise_multiplier)
+                      if scenario.privacy else None)
 
 
 def member_keys(scenario: Scenario) -> tuple[list[Identity], FrameOpener, VerifyCache]:
