@@ -196,8 +196,8 @@ class NodeConfig:
     # a node this many rounds behind a peer fetches a checkpoint (verified by a commit
     # certificate and offered identically by f + 1 peers) instead of replaying every round
     checkpoint_gap: int = 32
-    # non-voting followers (lightweight nodes): they may ask members for records and
-    # checkpoints; a node whose own id is not among the members is one of them
+    # non-voting followers (lightweight nodes, candidates): they may ask members for records
+    # and checkpoints, and to join; a node whose own id is not among the members is one of them
     observers: tuple[int, ...] = ()
     # gradients on the wire (engine/compress): the method every member uses, its parameters,
     # and whether a sender carries its compression error into its next gradient
