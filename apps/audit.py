@@ -28,6 +28,7 @@ from phalanx.sim.world import member_keys, node_config, workload_for
 @dataclass(frozen=True)
 class NodeAudit:
     node: int
+    since: int  # the first round verified: 0, or the round of the checkpoint the node adopted
     rounds: int
     model_hash: str | None  # after the last verified round
     problem: str | None  # why replaying the log stopped, None if every record verified
@@ -82,7 +83,8 @@ def audit_run(run_dir: Path) -> tuple[list[NodeAudit], list[str]]:
         problem = problem or node.replay(records)
         for record in node.history:
             hashes.setdefault(record.round, {})[node_id] = record
-        audits.append(NodeAudit(node_id, len(node.history), node.model_hash.hex(), problem))
+        since = node.history[0].round if node.history else 0
+        audits.append(NodeAudit(node_id, since, len(node.history), node.model_hash.hex(), problem))
     split = []
     for r, logged in sorted(hashes.items()):
         outcomes = {_outcome(opener, rec.certificate): rec for rec in logged.values()}

@@ -413,10 +413,10 @@ def audit(run_dir: Annotated[Path, typer.Argument(help="a run's output folder")]
     except ScenarioError as e:
         raise fail(str(e)) from None
     table = Table(title=f"audit of {run_dir}")
-    for col in ("node", "rounds verified", "model hash", "problem"):
+    for col in ("node", "from round", "rounds verified", "model hash", "problem"):
         table.add_column(col)
     for a in audits:
-        table.add_row(str(a.node), str(a.rounds), (a.model_hash or "")[:16], a.problem or "")
+        table.add_row(str(a.node), str(a.since), str(a.rounds), (a.model_hash or "")[:16], a.problem or "")
     out.print(table)
     for line in split:
         err.print(f"[bold red]logs disagree:[/] {line}", highlight=False)

@@ -93,7 +93,10 @@ def test_a_running_cluster_admits_an_observer_and_lets_a_member_go(tmp_path: Pat
     assert max(commits[r] for r in range(start_join, start_leave)) == 5
     assert max(commits[r] for r in range(start_leave, 150)) == 4
     audits, split = audit_run(folder)
-    assert split == [] and all(a.problem is None and a.rounds == 150 for a in audits), audits
+    # a node that fell behind (an observer on a loaded machine) may have caught up from a
+    # checkpoint: its log is verified from there
+    assert split == [] and all(a.problem is None and a.since + a.rounds == 150
+                               for a in audits), audits
 
 
 def test_membership_changes_come_from_the_nodes_own_machine_only() -> None:

@@ -60,7 +60,7 @@ def test_late_joiner_starts_from_a_checkpoint_in_simulation(tmp_path: Path) -> N
     # the audit re-verifies node 3's log from the checkpoint it adopted (kept in the log)
     audits, split = audit_run(tmp_path)
     assert split == [] and all(a.problem is None for a in audits), audits
-    assert {a.node: a.rounds for a in audits}[3] == 100 - first
+    assert {a.node: (a.since, a.rounds) for a in audits}[3] == (first, 100 - first)
 
 
 def test_members_join_and_leave_through_committed_rounds(tmp_path: Path) -> None:
