@@ -22,6 +22,7 @@ ROUND_SCHEMA = {
     "round": pl.Int32, "order": pl.Int64, "node": pl.Int32, "time": pl.Float64, "view": pl.Int32,
     "contributors": pl.Int32, "train_loss": pl.Float64, "model_hash": pl.Utf8,
     "via_sync": pl.Boolean, "bytes_sent": pl.Int64, "byzantine": pl.Boolean,
+    "ratio": pl.Float64,  # top-k ratio of the node's own gradient when adaptive, else null
 }
 
 

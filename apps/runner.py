@@ -36,7 +36,7 @@ def commit_row(metric: RoundCommitted, time: float, order: int, bytes_sent: int,
             "view": metric.view,
             "contributors": metric.contributors, "train_loss": metric.train_loss,
             "model_hash": metric.model_hash.hex(), "via_sync": metric.via_sync,
-            "bytes_sent": bytes_sent, "byzantine": byzantine}
+            "bytes_sent": bytes_sent, "byzantine": byzantine, "ratio": metric.ratio}
 
 
 class RoundPrinter:

@@ -60,7 +60,17 @@ class RequestChange:
     op: str
 
 
-Event = Started | Received | TimerFired | ComputeDone | RequestChange
+@dataclass(frozen=True, slots=True)
+class LinkConditions:
+    """What the driver measured of the node's uplink: bits per second it can put on the wire
+    towards all its peers together, and the one-way latency (s) to the farthest. The adaptive
+    compression controller sizes each gradient from the latest (engine/compress/adaptive)."""
+
+    bandwidth: float
+    latency: float
+
+
+Event = Started | Received | TimerFired | ComputeDone | RequestChange | LinkConditions
 
 
 # ---- actions ------------------------------------------------------------------------------
@@ -128,6 +138,7 @@ class RoundCommitted:
     model_hash: bytes
     via_sync: bool
     params: Any = field(repr=False, compare=False)  # the model after the round (never mutated)
+    ratio: float | None = None  # the top-k ratio of the node's own gradient, when adaptive
 
 
 @dataclass(frozen=True, slots=True)

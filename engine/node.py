@@ -73,6 +73,7 @@ from phalanx.engine.aggregate import (
     min_inputs,
 )
 from phalanx.engine.byzantine import Behaviour
+from phalanx.engine.compress import NetworkConditions
 from phalanx.engine.consensus import (
     OP_NAMES,
     OPS,
@@ -102,6 +103,7 @@ from phalanx.engine.events import (
     Event,
     Excluded,
     Finished,
+    LinkConditions,
     MembershipChanged,
     Persist,
     Received,
@@ -204,6 +206,9 @@ class NodeConfig:
     compression: str = "none"
     compression_params: tuple[tuple[str, float | int | str], ...] = ()
     error_feedback: bool = True
+    # (target seconds, min ratio, max ratio): top-k whose ratio each sender picks per gradient
+    # from the link conditions its driver reports (engine/compress/adaptive.py)
+    adaptive: tuple[float, float, float] | None = None
     # (clip, noise multiplier): each gradient clipped to that L2 norm, then Gaussian noise of
     # noise multiplier * clip added before it is released (engine/privacy.py)
     privacy: tuple[float, float] | None = None
@@ -226,7 +231,9 @@ class Node:
         self._admitted: set[int] = set()  # observers the operator listed while we ran
         self.optimizer = make_optimizer(config.optimizer, config.lr, config.momentum)
         self.encoding = GradientEncoding(config.compression, dict(config.compression_params),
-                                         config.error_feedback)
+                                         config.error_feedback, config.adaptive)
+        self.link: LinkConditions | None = None  # the latest the driver measured
+        self._sent_ratio: float | None = None  # top-k ratio of our gradient this round
         self.guard = ReplayGuard()
         self.rejections: Counter[str] = Counter()
         self.history: list[RoundRecord] = []  # committed rounds from history_base on
@@ -304,6 +311,8 @@ class Node:
                 self._ask()  # a request we made before the restart, until it is applied
             case RequestChange(op):
                 self._request_change(op)
+            case LinkConditions():
+                self.link = event
         return self.behaviour.outgoing(self._out, self)
 
     # ---- helpers ----------------------------------------------------------------------------
@@ -400,6 +409,7 @@ class Node:
         self._valid = self._lock
         self._moved, self._results, self._timer_view = {}, {}, -1
         self._gather_expired, self._own_result, self._own_gradient = False, None, None
+        self._sent_ratio = None
         self._sets = {digest: env for digest, env in self._sets.items() if env.round == r}
         for table in (self._grads, self._books):
             for old in [k for k in table if k < r]:
@@ -464,11 +474,19 @@ class Node:
                      + (1.0 - beta) * result.values.astype(np.float64))
             result = GradientResult(mixed.astype(np.float32), result.loss, result.samples)
         self._own_result = result
+        self._sent_ratio = self.encoding.ratio_for(result.values.size, self._conditions())
         self._own_gradient = self.encoding.pack(
             Gradient(self.round, self.model_hash, result.loss, result.samples, result.values),
-            result.values, self._coder_rng())
+            result.values, self._coder_rng(), ratio=self._sent_ratio)
         self._send_own_gradient()
         self._advance()
+
+    def _conditions(self) -> NetworkConditions | None:
+        """The uplink as last measured, towards the members our gradient goes to."""
+        if self.link is None:
+            return None
+        peers = sum(1 for m in self.members if m != self.id)
+        return NetworkConditions(self.link.bandwidth, self.link.latency, peers)
 
     def _coder_rng(self) -> np.random.Generator:
         """For randomized encodings (random-k): a pure function of sender, round and model."""
@@ -769,7 +787,8 @@ class Node:
         self._out.append(Persist(f"log/{self.round}", record))
         loss = float(np.mean([g.loss for g in grads]))
         self._out.append(Emit(RoundCommitted(self.id, self.round, cert.view, len(grads), loss,
-                                             self.model_hash, via_sync, self.params)))
+                                             self.model_hash, via_sync, self.params,
+                                             self._sent_ratio)))
         included = {e.sender for e in envs}
         for peer in self.reputation:
             if peer not in self.excluded:  # moving average of "its gradient made the round"

@@ -31,9 +31,8 @@ DTYPES: dict[str, np.dtype[Any]] = {
         ("int64", "i8"),
         ("int32", "i4"),
         ("int8", "i1"),
-        ("uint8", "u1"),
+        ("uint8", "u1"),  # packed bits: sign payloads, sparse payloads' gaps
         ("uint16", "u2"),  # bf16 payloads (the upper halves of float32s)
-        ("uint32", "u4"),  # sparse payloads' indices
         ("bool", "?"),
     )
 }

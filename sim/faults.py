@@ -110,9 +110,11 @@ class FaultInjector:
             case DegradeFault(nodes=nodes, extra_latency=extra, loss=loss):
                 pairs = None if nodes is None else self._pairs_touching(nodes)
                 token = world.network.degrade(pairs, extra_latency=extra, extra_loss=loss)
+                world.measure_links()
 
                 def heal() -> None:
                     world.network.restore(token)
+                    world.measure_links()
             case SlowFault(nodes=nodes, factor=factor):
                 for node in nodes:
                     world.hosts[node].slowdown *= factor

@@ -373,6 +373,21 @@ class NemesisSpec(Strict):
 # ---- gradients on the wire -------------------------------------------------------------------
 
 
+class AdaptiveSpec(Strict):
+    """Top-k whose ratio each node picks per gradient from its measured uplink: as many entries
+    as reach its peers within `target_seconds`, clamped to [min_ratio, max_ratio]."""
+
+    target_seconds: Annotated[float, Field(gt=0)]
+    min_ratio: Annotated[float, Field(gt=0, le=1)]
+    max_ratio: Annotated[float, Field(gt=0, le=1)]
+
+    @model_validator(mode="after")
+    def _ordered(self) -> AdaptiveSpec:
+        if self.min_ratio > self.max_ratio:
+            raise ValueError(f"min_ratio {self.min_ratio} is above max_ratio {self.max_ratio}")
+        return self
+
+
 class CompressionSpec(Strict):
     """How gradients go on the wire (engine/compress): every member uses this method, and a
     gradient in another encoding is refused."""
@@ -380,13 +395,20 @@ class CompressionSpec(Strict):
     method: str = "none"  # none, topk, randomk, threshold, fp16, bf16, int8, sign, powersgd
     params: dict[str, float | int | str] = {}  # the method's own, e.g. {ratio: 0.1}
     error_feedback: bool = True  # the sender carries its compression error into the next one
+    adaptive: AdaptiveSpec | None = None  # top-k only: the ratio follows the link
 
     @model_validator(mode="after")
     def _known(self) -> CompressionSpec:
-        from phalanx.engine.compress import make_compressor
+        from phalanx.engine.encoding import GradientEncoding
 
-        make_compressor(self.method, **self.params)
+        GradientEncoding(self.method, self.params, self.error_feedback, self.bounds)
         return self
+
+    @property
+    def bounds(self) -> tuple[float, float, float] | None:
+        """(target seconds, min ratio, max ratio) when adaptive."""
+        a = self.adaptive
+        return None if a is None else (a.target_seconds, a.min_ratio, a.max_ratio)
 
 
 class PrivacySpec(Strict):

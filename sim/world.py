@@ -30,6 +30,7 @@ from phalanx.engine.events import (
     Emit,
     Event,
     Finished,
+    LinkConditions,
     MembershipChanged,
     Metric,
     Persist,
@@ -75,6 +76,7 @@ def node_config(scenario: Scenario, node: int, round_timeout: float | None = Non
                       compression=scenario.compression.method,
                       compression_params=tuple(sorted(scenario.compression.params.items())),
                       error_feedback=scenario.compression.error_feedback,
+                      adaptive=scenario.compression.bounds,
                       privacy=(scenario.privacy.clip, scenario.privacy.noise_multiplier)
                       if scenario.privacy else None)
 
@@ -169,6 +171,16 @@ class Host:
                          w.opener, behaviour)
         self.up, self.finished = True, False
         self.feed(Started(dict(self.disk), lost_disk))
+        self.measure_link()
+
+    def measure_link(self) -> None:
+        """Tell an adaptive node what its uplink is now: the simulation's measurement is exact
+        (a real driver estimates the same figures from its traffic)."""
+        w = self.world
+        if self.up and w.scenario.compression.adaptive is not None:
+            conditions = w.link_conditions(self.id)
+            if conditions is not None:
+                self.feed(conditions)
 
     def crash(self) -> None:
         self.holds += 1  # overlapping crash faults: back up only when the last one heals
@@ -280,6 +292,29 @@ class SimWorld:
         self.call_later(max(0.0, at - self.env.now), fn, *args)
 
     # ---- the wire ----------------------------------------------------------------------------
+
+    def link_conditions(self, root: int) -> LinkConditions | None:
+        """What a broadcast from `root` meets: the farthest node's path latency (degradations
+        included) and, since each overlay link serializes its own copy while a relay forwards
+        after the whole frame arrived, the uplink rate that would take as long for all peers:
+        peers * bandwidth / hops to the farthest. None on links of unlimited bandwidth."""
+        bandwidth = self.scenario.links.bandwidth
+        if bandwidth is None:
+            return None
+        tree, frontier, peers = self._tree(root), [(root, 0, 0.0)], 0
+        hops, latency = 1, 0.0
+        while frontier:
+            node, depth, delay = frontier.pop()
+            for child, link in zip(*tree[node], strict=True):
+                peers += 1
+                hops, latency = max(hops, depth + 1), max(latency, delay + link.latency)
+                frontier.append((child, depth + 1, delay + link.latency))
+        return LinkConditions(max(peers, 1) * bandwidth / hops, latency)
+
+    def measure_links(self) -> None:
+        """Link conditions changed (a degradation came or went): every node measures anew."""
+        for host in self.hosts:
+            host.measure_link()
 
     def send(self, src: int, dst: int, frame: bytes, kind: int, rnd: int) -> None:
         self._hop(src, src, dst, frame, kind, rnd, self.env.now)

@@ -24,6 +24,7 @@ from phalanx.engine.compress import (
     make_compressor,
 )
 from phalanx.engine.compress.powersgd import matrix_shape
+from phalanx.engine.compress.sparsify import pack_gaps, unpack_gaps
 
 PARAMS: dict[str, dict[str, Any]] = {
     "topk": {"ratio": 0.1},
@@ -105,21 +106,27 @@ def test_int8_is_within_half_a_step(size: int) -> None:
     assert not y[: min(size, 16)].any()
 
 
+def kept_of(enc: Encoded) -> np.ndarray:
+    """The indices a sparse payload names."""
+    width, packed, values = enc.parts
+    return unpack_gaps(int(width[0]), packed, values.size, enc.size)
+
+
 @pytest.mark.parametrize("size", SIZES)
 def test_topk_keeps_exactly_the_k_largest(size: int) -> None:
     x = vec(size)
     enc, y = round_trip("topk", x)
     k = max(1, int(0.1 * size))
     kept = np.sort(np.argsort(-np.abs(x))[:k])
-    assert np.array_equal(enc.parts[0], kept) and enc.parts[0].dtype == np.uint32
+    assert np.array_equal(kept_of(enc), kept) and enc.parts[1].dtype == np.uint8
     assert np.array_equal(y[kept], x[kept])
     assert not np.delete(y, kept).any()
 
 
 def test_topk_breaks_ties_by_lower_index() -> None:
     x = np.array([1, -2, 2, 1, -2, 2, 1], np.float32)
-    assert list(round_trip("topk", x, ratio=0.3)[0].parts[0]) == [1, 2]  # k = 2 of four 2s
-    assert list(round_trip("topk", np.ones(10, np.float32), ratio=0.3)[0].parts[0]) == [0, 1, 2]
+    assert list(kept_of(round_trip("topk", x, ratio=0.3)[0])) == [1, 2]  # k = 2 of four 2s
+    assert list(kept_of(round_trip("topk", np.ones(10, np.float32), ratio=0.3)[0])) == [0, 1, 2]
 
 
 @pytest.mark.parametrize("size", SIZES)
@@ -127,9 +134,9 @@ def test_threshold_keeps_exactly_the_large_entries(size: int) -> None:
     x = vec(size)
     enc, y = round_trip("threshold", x)
     assert np.array_equal(y, np.where(np.abs(x) >= 1.0, x, 0))
-    assert enc.parts[0].size == np.count_nonzero(np.abs(x) >= 1.0)
+    assert enc.parts[2].size == np.count_nonzero(np.abs(x) >= 1.0)
     empty, zero = round_trip("threshold", x, threshold=1e9)
-    assert empty.parts[0].size == 0 and not zero.any()
+    assert empty.parts[2].size == 0 and not zero.any()
 
 
 def test_randomk_is_unbiased() -> None:
@@ -196,7 +203,7 @@ def test_powersgd_pads_and_clamps_the_rank() -> None:
 def test_ratio_matches_the_payload(name: str) -> None:
     for size in SIZES:
         enc, _ = round_trip(name, vec(size))
-        if name == "threshold":  # data-dependent; ratio() is the worst case
+        if name in SPARSE:  # positions' bits are data-dependent; ratio() is the worst case
             assert comp(name).ratio(size) <= 4 * size / max(enc.nbytes(), 1)
         else:
             assert comp(name).ratio(size) == pytest.approx(4 * size / enc.nbytes())
@@ -238,7 +245,7 @@ def test_topk_residual_is_exactly_what_was_dropped() -> None:
     for step in range(5):
         target = vec(500, seed=step) + carried
         enc = ef.encode(vec(500, seed=step), rng)
-        kept = enc.parts[0]
+        kept = kept_of(enc)
         assert ef.residual is not None
         assert not ef.residual[kept].any()
         assert np.array_equal(np.delete(ef.residual, kept), np.delete(target, kept))
@@ -322,8 +329,13 @@ def test_compress_error_is_a_value_error_with_a_reason() -> None:
 
 # ---- hostile payloads -------------------------------------------------------------------------
 
-def u32(*v: float) -> np.ndarray:
-    return np.array(v, np.uint32)
+def at(*idx: int) -> tuple[np.ndarray, np.ndarray]:
+    """(width, packed gaps) naming these ascending indices."""
+    return pack_gaps(np.array(idx, np.int64))
+
+
+def u8(*v: int) -> np.ndarray:
+    return np.array(v, np.uint8)
 
 
 def f32(*v: float) -> np.ndarray:
@@ -343,7 +355,7 @@ ENVELOPE_CASES: list[tuple[str, Any, str]] = [
     ("size -10**5000", lambda name: Encoded(name, -(10**5000), ()), "bad_size"),
     ("no parts", lambda name: Encoded(name, 4, ()), "wrong_parts"),
     ("parts as list", lambda name: Encoded(name, 4, [f32(1)] * 2), "wrong_parts"),
-    ("too many parts", lambda name: Encoded(name, 4, (f32(1),) * 3), "wrong_parts"),
+    ("too many parts", lambda name: Encoded(name, 4, (f32(1),) * 4), "wrong_parts"),
     ("not an Encoded", lambda name: (name, 4, ()), "not_encoded"),
 ]
 
@@ -358,21 +370,25 @@ def test_decode_refuses_bad_envelopes(name: str, case: str, build: Any, reason: 
 
 BODY_CASES: list[tuple[str, int, tuple[np.ndarray, ...], str]] = [
     *[(f"{m}: {what}", 20, parts, reason) for m in SPARSE for what, parts, reason in [
-        ("index out of range", (u32(0, 20), f32(1, 2)), "index_out_of_range"),
-        ("duplicate index", (u32(1, 1), f32(1, 2)), "duplicate_index"),
-        ("unsorted indices", (u32(3, 2), f32(1, 2)), "unsorted_index"),
-        ("NaN value", (u32(1, 2), f32(1, NAN)), "non_finite"),
-        ("infinite value", (u32(1, 2), f32(INF, 1)), "non_finite"),
-        ("int64 indices", (np.array([1, 2]), f32(1, 2)), "wrong_dtype"),
-        ("big-endian indices", (u32(1, 2).astype(">u4"), f32(1, 2)), "wrong_dtype"),
-        ("float64 values", (u32(1, 2), np.array([1.0, 2.0])), "wrong_dtype"),
-        ("values too short", (u32(1, 2), f32(1)), "wrong_shape"),
-        ("2-D indices", (u32(1, 2).reshape(1, 2), f32(1, 2)), "wrong_shape"),
-        ("one part", (u32(1, 2),), "wrong_parts"),
-        ("a list for a part", (u32(1), [1.0]), "wrong_type"),
+        ("index out of range", (*at(0, 20), f32(1, 2)), "index_out_of_range"),
+        ("gap past the end", (u8(5), u8(31), f32(1)), "index_out_of_range"),  # gap 31 of size 20
+        ("gaps of 33 bits", (u8(33), np.zeros(9, np.uint8), f32(1, 2)), "bad_width"),
+        ("gaps too short", (at(1, 2)[0], u8(), f32(1, 2)), "wrong_shape"),
+        ("gaps too long", (at(1, 2)[0], u8(1, 0), f32(1, 2)), "wrong_shape"),
+        ("pad bits set", (u8(1), u8(0b100), f32(1, 2)), "bad_padding"),
+        ("NaN value", (*at(1, 2), f32(1, NAN)), "non_finite"),
+        ("infinite value", (*at(1, 2), f32(INF, 1)), "non_finite"),
+        ("gaps as int8", (at(1, 2)[0], at(1, 2)[1].astype(np.int8), f32(1, 2)), "wrong_dtype"),
+        ("width as uint32", (np.array([1], np.uint32), at(1, 2)[1], f32(1, 2)), "wrong_dtype"),
+        ("two widths", (u8(1, 1), at(1, 2)[1], f32(1, 2)), "wrong_shape"),
+        ("float64 values", (*at(1, 2), np.array([1.0, 2.0])), "wrong_dtype"),
+        ("values 2-D", (*at(1, 2), f32(1, 2).reshape(1, 2)), "wrong_shape"),
+        ("two parts", at(1, 2), "wrong_parts"),
+        ("a list for a part", (*at(1), [1.0]), "wrong_type"),
     ]],
+    ("threshold: more entries than size", 2, (u8(0), u8(), f32(1, 2, 3)), "too_many_entries"),
     # more entries than the run's ratio allows (k = 2 of 20 at ratio 0.1)
-    *[(f"{m}: more than k entries", 20, (u32(1, 2, 3), f32(1, 2, 3)), "too_many_entries")
+    *[(f"{m}: more than k entries", 20, (*at(1, 2, 3), f32(1, 2, 3)), "too_many_entries")
       for m in ("topk", "randomk")],
     ("none: NaN", 2, (f32(1, NAN),), "non_finite"),
     ("none: wrong length", 2, (f32(1, 2, 3),), "wrong_shape"),
@@ -469,8 +485,11 @@ def test_well_formed_payloads_with_arbitrary_values_raise_only_compress_error(
         shape = (data.draw(st.integers(0, 12)),)
     parts = list(honest.parts)
     parts[which] = data.draw(hnp.arrays(honest.parts[which].dtype, shape))
-    if name in SPARSE and which == 0 and shape != honest.parts[1].shape:
-        parts[1] = data.draw(hnp.arrays(np.float32, shape))
+    if name in SPARSE and which == 2 and shape != honest.parts[2].shape:
+        # as many gaps as values, of any width up to 40 bits (33 and more are refused)
+        width = data.draw(st.integers(0, 40))
+        parts[0] = np.array([width], np.uint8)
+        parts[1] = data.draw(hnp.arrays(np.uint8, (-(-shape[0] * width // 8),)))
     _decodes_cleanly_or_refuses(c, Encoded(name, size, tuple(parts)))
 
 

@@ -36,6 +36,7 @@ BASE: dict[str, Any] = {
 }
 
 DELETE = object()
+ADAPTIVE = {"target_seconds": 0.05, "min_ratio": 0.01, "max_ratio": 0.1}
 
 TOPOLOGY_KINDS = ["complete", "ring", "random_regular", "watts_strogatz", "barabasi_albert",
                   "geo_clusters"]
@@ -179,6 +180,21 @@ CASES: list[tuple[str, dict[str, Any], str, list[str]]] = [
      r"faults\.0\b.*9.*0\.\.3", []),
     ("members_at_end_not_ids", variant(expect__members_at_end="all"),
      r"expect\.members_at_end\b", []),
+    # compression
+    ("unknown_compression", variant(compression={"method": "zip"}), r"compression\b.*zip", []),
+    ("topk_ratio_above_one", variant(compression={"method": "topk", "params": {"ratio": 2}}),
+     r"compression\b.*ratio", []),
+    ("adaptive_sign", variant(compression={"method": "sign", "adaptive": ADAPTIVE}),
+     r"compression\b.*adaptive.*top-k.*sign", []),
+    ("adaptive_with_a_ratio", variant(compression={
+        "method": "topk", "params": {"ratio": 0.1}, "adaptive": ADAPTIVE}),
+     r"compression\b.*no ratio parameter", []),
+    ("adaptive_bounds_reversed", variant(compression={
+        "method": "topk", "adaptive": {**ADAPTIVE, "min_ratio": 0.5}}),
+     r"compression\.adaptive\b.*min_ratio 0\.5 is above max_ratio 0\.1", []),
+    ("adaptive_target_zero", variant(compression={
+        "method": "topk", "adaptive": {**ADAPTIVE, "target_seconds": 0}}),
+     r"compression\.adaptive\.target_seconds\b", []),
 ]
 
 

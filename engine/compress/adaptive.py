@@ -61,8 +61,8 @@ class AdaptiveRatio:
 
     def ratio(self, size: int, conditions: NetworkConditions, bytes_per_entry: float = 8.0
               ) -> float:
-        """The ratio for a vector of ``size`` entries (``bytes_per_entry``: 8 for top-k's
-        uint32 index + float32 value)."""
+        """The ratio for a vector of ``size`` entries (``bytes_per_entry``: a float32 value
+        and its position's bits, at most 4 + log2(size) / 8 in top-k's wire format)."""
         if not (is_int(size) and size > 0):
             raise ValueError(f"size must be an integer > 0; got {size!r}")
         _check_positive("bytes_per_entry", bytes_per_entry)

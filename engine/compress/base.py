@@ -24,7 +24,7 @@ from phalanx.engine.aggregate.base import is_int, is_real
 MAX_SIZE = 1 << 28
 """Default bound on a payload's claimed length (1 GiB of float32 once decoded)."""
 
-_INDEX_LIMIT = 1 << 32  # sparse payloads carry uint32 indices
+_INDEX_LIMIT = 1 << 32  # sparse payloads' gaps are at most 32 bits wide
 
 
 class CompressError(ValueError):

@@ -23,8 +23,12 @@ class ErrorFeedback:
         self.compressor = compressor
         self.residual: np.ndarray | None = None
 
-    def encode(self, x: np.ndarray, rng: np.random.Generator) -> Encoded:
-        """Encode ``x`` plus the carried residual and carry what the encoding lost."""
+    def encode(self, x: np.ndarray, rng: np.random.Generator,
+               compressor: Compressor | None = None) -> Encoded:
+        """Encode ``x`` plus the carried residual and carry what the encoding lost; by
+        ``compressor`` when given (the adaptive controller's ratio of the round), else by the
+        one this feedback wraps."""
+        coder = self.compressor if compressor is None else compressor
         if not (isinstance(x, np.ndarray) and x.ndim == 1 and x.dtype.kind == "f"):
             raise ValueError(f"x must be a 1-D float array; got {type(x).__name__}")
         if self.residual is not None and self.residual.size != x.size:
@@ -33,10 +37,10 @@ class ErrorFeedback:
             )
         target = x.astype(np.float32) if self.residual is None else x + self.residual
         target = target.astype(np.float32, copy=False)
-        enc = self.compressor.encode(target, rng)
+        enc = coder.encode(target, rng)
         # Decoding our own payload (rather than keeping what encode dropped) makes the residual
         # exactly what receivers did not get, whatever the method.
-        self.residual = target - self.compressor.decode(enc)
+        self.residual = target - coder.decode(enc)
         return enc
 
     def reset(self) -> None:
