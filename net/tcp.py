@@ -7,7 +7,8 @@ so each pair of nodes holds two connections and each has one writer of data. Eve
 starts with the mutual handshake of `handshake.py`; until it completes, nothing read from the
 socket reaches `on_frame`. After it, each record is `u32 length | body`, the body sealed by
 `linkcrypto` when the link is encrypted, and its first byte names the record: DATA (a frame for
-`on_frame`), PING (liveness) or PEERS (the sender's address book, as hints).
+`on_frame`), PING (liveness; with an 8-byte timestamp, a probe), PONG (the answer to a probe) or
+PEERS (the sender's address book, as hints).
 
 Failure handling. Anything a peer can do wrong closes its connection and adds one reason to
 `refusals`, except sending faster than its rate limit, which only drops (and counts) records.
@@ -18,6 +19,30 @@ idle for `heartbeat`. Silence beyond `suspect_after` marks a peer down but leave
 alone: a peer busy in a long compute step is slow, not gone. The one exception is an outbound
 link that stays silent while the same peer is heard on its other link: that socket is dead
 (say, half-open after the peer's host restarted), so it is closed and redialed.
+
+Measurement (`link_conditions`, for the adaptive compression controller). Every
+`measure_interval` a node probes each peer with a PING whose body is an 8-byte timestamp (`>d`,
+our monotonic loop clock; the peer just echoes the bytes) and the peer answers with a PONG,
+`echoed timestamp (8 bytes) | rate (>d, bits/s; 0: none yet)`; a PONG is never answered. RTT
+is now - timestamp, taken only for a probe we sent and that is younger than PROBES_KEPT
+intervals (a peer cannot feed us made-up samples, and a PONG stuck behind a stall is no link
+figure), smoothed per peer like TCP's SRTT (RFC 6298, gain 1/8); latency is the median over
+peers of RTT / 2. Neither leg waits behind bulk data: the probe goes only on the link the peer
+dialed, and the PONG only on the link the prober dialed, the two directions that carry nothing
+but control records (no such link: no probe, no answer; the pair cannot exchange frames both
+ways then anyway). Bandwidth is measured where it is honest, at the receiver: a record of at
+least MIN_SAMPLE bytes is timed from the first chunk of its body we read to its last, and the
+bytes after that first chunk over that time make a DATA sample (what sat in a buffer before the
+clock started does not count). Samples are pooled until SAMPLE_SECONDS of arrival time add up,
+so a fast link whose records land in a fraction of a millisecond still gives a finite figure,
+never inf or NaN; the pooled rates are smoothed per peer (gain 1/4). The receiver puts its
+estimate of the sender's rate into each PONG to that sender; the sender's uplink bandwidth is
+the median over peers of those reports, so a lying minority moves it little. Caveats: a rate is
+what one link achieved while frames flowed, so over an uplink shared by concurrent sends it is
+that link's share, not the sum; a receiver whose event loop stalls mid-record under-reports
+(one that then drains a backlog from the kernel's buffer over-reports); a link that needs
+several round trips to open its congestion window reports less for small records than for
+large ones; latency assumes symmetric paths.
 """
 
 from __future__ import annotations
@@ -28,10 +53,11 @@ import ipaddress
 import logging
 import math
 import random
+import statistics
 import struct
 from collections import Counter, deque
 from collections.abc import Callable, Coroutine, Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import msgpack
@@ -58,7 +84,13 @@ MAX_PEER_LIST = 4096
 # Generous enough that an honest node never hits it, tight enough to bound a flood.
 DEFAULT_RATE_LIMIT = RateLimit(frames_per_s=5000, bytes_per_s=512 * 1024 * 1024, burst_s=2.0)
 
-DATA, PING, PEERS = 0, 1, 2  # first byte of every record body after the handshake
+DATA, PING, PEERS, PONG = 0, 1, 2, 3  # first byte of every record body after the handshake
+STAMP = struct.Struct(">d")  # a probe's body: the prober's clock, opaque to the peer
+PONG_BODY = struct.Struct(">8sd")  # the echoed probe body, the rate we measured of its DATA
+MIN_SAMPLE = 32 * 1024  # DATA records at least this large are timed as they arrive
+SAMPLE_SECONDS = 0.002  # arrival time pooled into one rate sample: far above timer noise
+RTT_GAIN, RATE_GAIN = 1 / 8, 1 / 4  # EWMA gains of the smoothed RTT and of the rate
+PROBES_KEPT = 4  # per peer, probes awaiting a PONG; also their lifetime, in measure intervals
 
 Address = tuple[str, int]
 
@@ -178,6 +210,15 @@ class Link:
     last_heard: float
 
 
+@dataclass(frozen=True, slots=True)
+class LinkMeasurement:
+    """What this node measured of its links with one peer; None where nothing is measured."""
+
+    rtt: float | None  # smoothed round-trip time, s
+    uplink: float | None  # our frames to the peer, bits/s, as the peer measured them
+    downlink: float | None  # the peer's frames to us, bits/s, as we measured them
+
+
 @dataclass(eq=False)
 class PeerState:
     queue: FrameQueue
@@ -189,6 +230,14 @@ class PeerState:
     dialer: asyncio.Task[None] | None = None
     last_heard: float = -math.inf
     up: bool = False
+    # measurement (see the module docstring); bounded: nothing here grows with traffic
+    probes: deque[bytes] = field(default_factory=lambda: deque(maxlen=PROBES_KEPT))
+    last_probe: float = -math.inf
+    srtt: float | None = None  # smoothed round-trip time, s
+    uplink: float | None = None  # our DATA's rate to the peer, as it last reported, bits/s
+    downlink: float | None = None  # the peer's DATA's rate to us, as we measure it, bits/s
+    rx_bits: float = 0.0  # timed arrivals not yet folded into `downlink`
+    rx_seconds: float = 0.0
 
     def links(self) -> list[Link]:
         return [link for link in (self.outbound, self.inbound) if link is not None]
@@ -210,16 +259,18 @@ class TcpTransport:
                  backoff_cap: float = 5.0, rng: random.Random | None = None,
                  banned: Iterable[int] = (),
                  on_peer_state: Callable[[int, bool], None] | None = None,
-                 max_pending_handshakes: int = MAX_PENDING_HANDSHAKES) -> None:
+                 max_pending_handshakes: int = MAX_PENDING_HANDSHAKES,
+                 measure_interval: float = 2.0) -> None:
         if node_id not in addresses:
             raise ValueError(f"addresses must include node {node_id}'s own listen address")
         if keyring.get(node_id) != identity.public_key:
             raise ValueError(f"keyring entry for node {node_id} is not this identity's key")
         if not 0 < max_frame <= queue_bytes:
             raise ValueError("need 0 < max_frame <= queue_bytes, or a large frame never fits")
-        if min(queue_frames, heartbeat, suspect_after, handshake_timeout) <= 0:
-            raise ValueError("queue_frames, heartbeat, suspect_after and handshake_timeout "
-                             "must be > 0")
+        if not min(queue_frames, heartbeat, suspect_after, handshake_timeout,
+                   measure_interval) > 0:
+            raise ValueError("queue_frames, heartbeat, suspect_after, handshake_timeout and "
+                             "measure_interval must be > 0")
         self.id = node_id
         self.identity = identity
         self.keyring = dict(keyring)
@@ -230,6 +281,7 @@ class TcpTransport:
         self.queue_frames, self.queue_bytes = queue_frames, queue_bytes
         self.rate_limit = rate_limit
         self.heartbeat, self.suspect_after = heartbeat, suspect_after
+        self.measure_interval = measure_interval
         self.handshake_timeout = handshake_timeout
         self.backoff_base, self.backoff_cap = backoff_base, backoff_cap
         self.rng = rng if rng is not None else random.Random()
@@ -345,6 +397,26 @@ class TcpTransport:
         """Peer id -> up (heard from within `suspect_after`), for every peer we track."""
         return {peer: state.up for peer, state in self._peers.items()}
 
+    def link_conditions(self) -> tuple[float, float] | None:
+        """(uplink bandwidth in bits/s, one-way latency in s) as measured on this node's links;
+        None until there is a measurement of each.
+
+        Bandwidth is the median over peers of the rate each peer measured of our frames to it
+        (the rate of one link while frames flow, not the sum over concurrent sends); latency
+        is the median over peers of half the smoothed round-trip time. See the module
+        docstring for the method and its caveats."""
+        live = [state for peer, state in self._peers.items() if peer not in self._banned]
+        rates = [state.uplink for state in live if state.uplink is not None]
+        rtts = [state.srtt for state in live if state.srtt is not None]
+        if not rates or not rtts:
+            return None
+        return statistics.median(rates), statistics.median(rtts) / 2
+
+    def link_measurements(self) -> dict[int, LinkMeasurement]:
+        """Peer id -> what we measured of our links with it, for every peer we track."""
+        return {peer: LinkMeasurement(state.srtt, state.uplink, state.downlink)
+                for peer, state in self._peers.items()}
+
     def queued(self, peer: int) -> tuple[int, int]:
         """(frames, bytes) waiting in `peer`'s outbound queue."""
         state = self._peers.get(peer)
@@ -442,6 +514,28 @@ class TcpTransport:
         record = await read_frame(reader, limit)
         self.bytes_received += HEADER.size + len(record)
         return record
+
+    async def _read_timed(self, reader: asyncio.StreamReader,
+                          limit: int) -> tuple[bytes, tuple[int, float] | None]:
+        """A record and, for a large one, (bytes, seconds): the part of it that arrived after
+        the first chunk of its body was read, and how long that took. Bytes already buffered
+        when the clock starts are left out, so a backlog does not pass for a fast link."""
+        (size,) = HEADER.unpack(await reader.readexactly(HEADER.size))
+        if size > limit:
+            raise FrameTooLarge(f"frame of {size} bytes exceeds the {limit}-byte limit")
+        timed = None
+        if size < MIN_SAMPLE:
+            record = await reader.readexactly(size)
+        else:
+            record = await reader.read(size)  # what is buffered, or the first chunk to come
+            if not record:
+                raise asyncio.IncompleteReadError(record, size)
+            if len(record) < size:
+                start, rest = self._now(), size - len(record)
+                record += await reader.readexactly(rest)
+                timed = (rest, self._now() - start)
+        self.bytes_received += HEADER.size + size
+        return record, timed
 
     def _write(self, writer: asyncio.StreamWriter, record: bytes) -> None:
         writer.write(pack_frame(record))
@@ -616,8 +710,8 @@ class TcpTransport:
         limit = self.max_frame + 1 + link.opener.overhead
         try:
             while True:
-                record = await self._read(link.reader, limit)
-                self._on_record(link, state, link.opener.open(record))
+                record, timed = await self._read_timed(link.reader, limit)
+                self._on_record(link, state, link.opener.open(record), timed)
         except FrameTooLarge:
             self._refuse("oversized_frame", link.writer)
         except DecryptError:
@@ -627,7 +721,8 @@ class TcpTransport:
         except (EOFError, OSError):
             pass  # closed by the peer or by us
 
-    def _on_record(self, link: Link, state: PeerState, body: bytes) -> None:
+    def _on_record(self, link: Link, state: PeerState, body: bytes,
+                   timed: tuple[int, float] | None = None) -> None:
         if not body:
             raise MalformedRecord("empty record")
         now = link.last_heard = self._now()
@@ -638,10 +733,16 @@ class TcpTransport:
         kind = body[0]
         if kind == DATA:
             self.frames_received += 1
+            if timed is not None:
+                self._rate_sample(state, *timed)
             self._deliver(body[1:])
         elif kind == PEERS:
             self._learn(link, decode_peers(body[1:]))
-        elif kind != PING:
+        elif kind == PING:
+            self._on_ping(link, state, body[1:])
+        elif kind == PONG:
+            self._on_pong(state, body[1:], now)
+        else:
             raise MalformedRecord(f"unknown record kind {kind}")
 
     def _within_rate(self, state: PeerState, size: int, now: float) -> bool:
@@ -657,6 +758,65 @@ class TcpTransport:
         except Exception:  # the application's bug must not cost the peer its link
             self.handler_errors += 1
             log.exception("tcp transport: on_frame raised")
+
+    # -- measurement ------------------------------------------------------------------------
+
+    def _probe(self, state: PeerState, now: float) -> None:
+        """Send a timestamped PING every `measure_interval` on the link the peer dialed: from
+        us it carries only control records, so the probe waits behind none of our frames (on
+        our outbound link it could sit behind megabytes of them, in our buffers or the
+        network's, and time those instead). A peer that cannot dial us cannot get our frames'
+        rate to us either, nor can we receive from it: nothing to measure there."""
+        if now - state.last_probe < self.measure_interval:
+            return
+        link = state.inbound
+        if link is None or not self._has_room(link):
+            return  # no link yet, or a busy buffer: try again on the next tick
+        stamp = STAMP.pack(now)
+        state.probes.append(stamp)
+        state.last_probe = now
+        self._send_record(link, PING, stamp)
+
+    def _on_ping(self, link: Link, state: PeerState, body: bytes) -> None:
+        if not body:
+            return  # a liveness ping
+        if len(body) != STAMP.size:
+            raise MalformedRecord(f"ping body of {len(body)} bytes, not 0 or {STAMP.size}")
+        # Answer on the link the peer dialed: from us it carries only control records (not
+        # the probe's link, which carries our frames), and it is the one whose DATA the rate
+        # is about. None: the peer cannot send to us, so has nothing to learn from a PONG.
+        # A peer that floods probes and never reads gets no more than the buffer holds now.
+        reply = state.inbound
+        if reply is not None and self._has_room(reply):
+            self._send_record(reply, PONG, PONG_BODY.pack(body, state.downlink or 0.0))
+
+    def _on_pong(self, state: PeerState, body: bytes, now: float) -> None:
+        if len(body) != PONG_BODY.size:
+            raise MalformedRecord(f"pong body of {len(body)} bytes, not {PONG_BODY.size}")
+        stamp, rate = PONG_BODY.unpack(body)
+        if not (math.isfinite(rate) and rate >= 0):
+            raise MalformedRecord(f"pong rate {rate} is not a finite number >= 0")
+        if rate > 0:
+            state.uplink = rate
+        if stamp in state.probes:  # else answered, pushed out, or never ours: no RTT sample
+            state.probes.remove(stamp)
+            rtt = now - STAMP.unpack(stamp)[0]
+            # A probe unanswered for PROBES_KEPT intervals is given up: the wait of a PONG
+            # held up that long says more about a stall than about the link.
+            if 0 <= rtt <= PROBES_KEPT * self.measure_interval:
+                state.srtt = rtt if state.srtt is None else state.srtt + RTT_GAIN * (
+                    rtt - state.srtt)
+
+    @staticmethod
+    def _rate_sample(state: PeerState, size: int, seconds: float) -> None:
+        state.rx_bits += 8.0 * size
+        state.rx_seconds += seconds
+        if state.rx_seconds < SAMPLE_SECONDS:
+            return
+        sample = state.rx_bits / state.rx_seconds
+        state.rx_bits = state.rx_seconds = 0.0
+        state.downlink = sample if state.downlink is None else state.downlink + RATE_GAIN * (
+            sample - state.downlink)
 
     # -- discovery --------------------------------------------------------------------------
 
@@ -691,7 +851,7 @@ class TcpTransport:
     # -- liveness ---------------------------------------------------------------------------
 
     async def _watch(self) -> None:
-        interval = min(self.heartbeat, self.suspect_after) / 2
+        interval = min(self.heartbeat, self.suspect_after, self.measure_interval) / 2
         last = self._now()
         while True:
             await asyncio.sleep(interval)
@@ -702,6 +862,7 @@ class TcpTransport:
             last = now
             for peer, state in list(self._peers.items()):  # callbacks may add peers
                 self._ping_idle(state, now)
+                self._probe(state, now)
                 if stalled:
                     continue
                 if state.up and now - state.last_heard > self.suspect_after:
@@ -720,9 +881,12 @@ class TcpTransport:
 
     def _ping_idle(self, state: PeerState, now: float) -> None:
         for link in state.links():
-            idle = now - link.last_sent >= self.heartbeat
-            # A non-empty write buffer means the link is busy, not idle; adding pings to it
-            # would grow memory behind a peer that stopped reading.
-            if (idle and not link.writer.is_closing()
-                    and link.writer.transport.get_write_buffer_size() == 0):
+            if now - link.last_sent >= self.heartbeat and self._has_room(link):
                 self._send_record(link, PING, b"")
+
+    @staticmethod
+    def _has_room(link: Link) -> bool:
+        # A non-empty write buffer means the link is busy, not idle; adding control records
+        # (pings, pongs) to it would grow memory behind a peer that stopped reading.
+        return (not link.writer.is_closing()
+                and link.writer.transport.get_write_buffer_size() == 0)

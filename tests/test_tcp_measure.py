@@ -1,0 +1,459 @@
+"""Link measurement by the TCP transport (`TcpTransport.link_conditions`), over real sockets on
+127.0.0.1: probes and their PONGs, the receiver-side rate through a throttling relay, which link
+a PONG takes, and hostile probe records. Ports come from the OS."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import random
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
+from contextlib import AsyncExitStack, asynccontextmanager, suppress
+from typing import Any
+
+import pytest
+
+from phalanx.net.crypto import Identity
+from phalanx.net.handshake import AcceptorHandshake, DialerHandshake, Session
+from phalanx.net.linkcrypto import RecordCodec, record_codecs
+from phalanx.net.tcp import (
+    DATA,
+    PING,
+    PONG,
+    PONG_BODY,
+    STAMP,
+    TcpTransport,
+    pack_frame,
+    read_frame,
+)
+
+HOST = "127.0.0.1"
+IDS = {i: Identity.derive(12, i) for i in range(4)}
+KEYRING = {i: ident.public_key for i, ident in IDS.items()}
+FAST: dict[str, Any] = {"heartbeat": 0.05, "suspect_after": 2.0, "handshake_timeout": 3.0,
+                        "backoff_base": 0.02, "backoff_cap": 0.2, "measure_interval": 0.05}
+
+
+def run(test: Callable[[], Coroutine[Any, Any, None]], limit: float = 15.0) -> None:
+    async def bounded() -> None:
+        async with asyncio.timeout(limit):
+            await test()
+    asyncio.run(bounded())
+
+
+async def eventually(check: Callable[[], bool], timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, "condition not reached in time"
+        await asyncio.sleep(0.01)
+
+
+class Node:
+    def __init__(self, node_id: int, bootstrap: dict[int, tuple[str, int]],
+                 **options: Any) -> None:
+        self.inbox: list[bytes] = []
+        self.t = TcpTransport(node_id, {**bootstrap, node_id: (HOST, 0)}, self.inbox.append,
+                              identity=IDS[node_id], keyring=KEYRING,
+                              rng=random.Random(node_id), **{**FAST, **options})
+
+
+@asynccontextmanager
+async def cluster() -> AsyncIterator[Callable[..., Awaitable[Node]]]:
+    async with AsyncExitStack() as stack:
+        async def start(node_id: int, bootstrap: dict[int, tuple[str, int]] | None = None,
+                        **options: Any) -> Node:
+            node = Node(node_id, bootstrap or {}, **options)
+            await node.t.start()
+            stack.push_async_callback(node.t.close)
+            return node
+        yield start
+
+
+class Raw:
+    """One connection driven by hand from the test, speaking as node 1."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader, self.writer = reader, writer
+        self.sealer: RecordCodec | None = None
+        self.opener: RecordCodec | None = None
+
+    @classmethod
+    async def connect(cls, address: tuple[str, int]) -> Raw:
+        return cls(*await asyncio.open_connection(*address))
+
+    def send(self, record: bytes) -> None:
+        self.writer.write(pack_frame(record))
+
+    async def recv(self) -> bytes:
+        return await read_frame(self.reader)
+
+    def _keys(self, session: Session) -> Session:
+        self.sealer, self.opener = record_codecs(session.send_key, session.recv_key)
+        return session
+
+    async def dial(self, expect: int = 0) -> Session:
+        hs = DialerHandshake(IDS[1], 1, KEYRING, expect=expect, encrypt=False)
+        self.send(hs.hello)
+        signature, session = hs.on_reply(await self.recv(), await self.recv())
+        self.send(signature)
+        return self._keys(session)
+
+    async def accept(self) -> Session:
+        hs = AcceptorHandshake(IDS[1], 1, KEYRING, encrypt=False)
+        for record in hs.on_hello(await self.recv()):
+            self.send(record)
+        return self._keys(hs.on_auth(await self.recv()))
+
+    def send_record(self, kind: int, body: bytes) -> None:
+        assert self.sealer is not None, "handshake first"
+        self.send(self.sealer.seal(bytes((kind,)) + body))
+
+    async def next_record(self, kind: int, size: int | None = None) -> bytes:
+        """The body (kind byte dropped) of the next record of `kind` (and body size)."""
+        assert self.opener is not None, "handshake first"
+        while True:
+            body = self.opener.open(await self.recv())
+            if body[0] == kind and (size is None or len(body) - 1 == size):
+                return body[1:]
+
+    async def closed_by_peer(self, timeout: float = 3.0) -> bool:
+        async with asyncio.timeout(timeout):
+            with suppress(ConnectionResetError):
+                while await self.reader.read(65536):
+                    pass
+        return True
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+class Relay:
+    """A TCP relay to `target` that holds each chunk `delay` seconds, then paces each
+    direction at `rate` bits/s (4 KiB pieces on an absolute schedule, so sleep overshoot does
+    not add up while a backlog drains). `target` may be set after the relay starts: connections wait for it."""
+
+    PIECE = 4096
+
+    def __init__(self, rate: float, delay: float) -> None:
+        self.rate, self.delay = rate, delay
+        self.ready = asyncio.Event()
+        self._target: tuple[str, int] | None = None
+        self._server: asyncio.Server | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._writers: list[asyncio.StreamWriter] = []
+
+    @property
+    def address(self) -> tuple[str, int]:
+        assert self._server is not None
+        return self._server.sockets[0].getsockname()[:2]
+
+    @property
+    def target(self) -> tuple[str, int] | None:
+        return self._target
+
+    @target.setter
+    def target(self, address: tuple[str, int]) -> None:
+        self._target = address
+        self.ready.set()
+
+    async def __aenter__(self) -> Relay:
+        self._server = await asyncio.start_server(self._handle, HOST, 0)
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self._server is not None
+        self._server.close()
+        for writer in self._writers:
+            writer.close()
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self._writers.append(writer)
+        await self.ready.wait()
+        assert self._target is not None
+        up_reader, up_writer = await asyncio.open_connection(*self._target)
+        self._writers.append(up_writer)
+        pipes = [asyncio.create_task(self._pipe(reader, up_writer)),
+                 asyncio.create_task(self._pipe(up_reader, writer))]
+        self._tasks.update(pipes)
+        with suppress(asyncio.CancelledError):
+            await asyncio.wait(pipes, return_when=asyncio.FIRST_COMPLETED)
+        for task in pipes:
+            task.cancel()
+        writer.close()
+        up_writer.close()
+
+    async def _pipe(self, src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
+        loop = asyncio.get_running_loop()
+        line: asyncio.Queue[tuple[float, bytes]] = asyncio.Queue()
+
+        async def pull() -> None:
+            with suppress(OSError):
+                while chunk := await src.read(65536):
+                    line.put_nowait((loop.time(), chunk))
+            line.put_nowait((loop.time(), b""))
+
+        puller = asyncio.create_task(pull())
+        try:
+            due = 0.0
+            while True:
+                idle = line.empty()
+                stamp, chunk = await line.get()
+                if not chunk:
+                    return
+                await asyncio.sleep(max(0.0, stamp + self.delay - loop.time()))
+                if idle:  # the schedule restarts after a pause, and only then
+                    due = max(due, loop.time())
+                for i in range(0, len(chunk), self.PIECE):
+                    piece = chunk[i:i + self.PIECE]
+                    dst.write(piece)
+                    due += len(piece) * 8 / self.rate
+                    await asyncio.sleep(max(0.0, due - loop.time()))
+        except OSError:
+            return
+        finally:
+            puller.cancel()
+
+
+def finite_positive(value: float) -> bool:
+    return math.isfinite(value) and value > 0
+
+
+# -- measurement over real links ------------------------------------------------------------
+
+
+@pytest.mark.parametrize("encrypt", [False, True], ids=["plain", "encrypted"])
+def test_loopback_mesh_measures_finite_bandwidth_and_small_latency(encrypt: bool) -> None:
+    async def test() -> None:
+        async with cluster() as start:
+            seed = await start(0, encrypt=encrypt)
+            nodes = [seed] + [await start(i, {0: seed.t.address}, encrypt=encrypt)
+                              for i in (1, 2)]
+            await asyncio.gather(*(n.t.wait_for_peers(5.0, range(3)) for n in nodes))
+            frame = bytes(1024 * 1024)
+            deadline = time.monotonic() + 10.0
+            # Loopback is fast: keep frames flowing until every receiver has pooled enough
+            # arrival time for a rate and reported it back.
+            while not all(n.t.link_conditions() is not None for n in nodes):
+                assert time.monotonic() < deadline, "no measurement in time"
+                for i, node in enumerate(nodes):
+                    for j in range(3):
+                        if j != i and node.t.queued(j)[0] < 8:
+                            node.t.send(j, frame)
+                await asyncio.sleep(0.02)
+            for node in nodes:
+                conditions = node.t.link_conditions()
+                assert conditions is not None
+                bandwidth, latency = conditions
+                assert finite_positive(bandwidth) and bandwidth > 1e6  # loopback: Mbit/s+
+                assert math.isfinite(latency) and 0 <= latency < 0.05
+                measured = node.t.link_measurements()
+                assert set(measured) == {j for j in range(3) if node.t.id != j}
+                for m in measured.values():
+                    assert m.rtt is not None and 0 <= m.rtt < 0.1
+                assert not node.t.refusals
+    run(test)
+
+
+def test_throttled_relay_rate_and_delay_are_what_the_sender_measures() -> None:
+    rate, delay = 4e6, 0.05  # bits/s and one-way seconds, each way on each relay
+
+    async def test() -> None:
+        # Both connections of the pair go through a relay: 0 dials 1 through `there` (which
+        # carries 0's frames), 1 dials 0 through `back`.
+        async with Relay(rate, delay) as there, Relay(rate, delay) as back, \
+                cluster() as start:
+            sender = await start(0, {1: there.address}, measure_interval=0.1)
+            receiver = await start(1, {0: back.address}, measure_interval=0.1)
+            there.target, back.target = receiver.t.address, sender.t.address
+            await asyncio.gather(sender.t.wait_for_peers(5.0), receiver.t.wait_for_peers(5.0))
+            assert sender.t.link_conditions() is None  # nothing sent yet: no rate
+            frames = [bytes([k]) * 200_000 for k in range(5)]  # 0.4 s each at 4 Mbit/s
+            for frame in frames:
+                sender.t.send(1, frame)
+            await eventually(lambda: receiver.inbox == frames, timeout=8.0)
+            # the PONGs after the last frame carry the receiver's estimate of all five
+            downlink = receiver.t.link_measurements()[0].downlink
+            assert downlink is not None
+            await eventually(lambda: sender.t.link_measurements()[1].uplink == downlink)
+            conditions = sender.t.link_conditions()
+            assert conditions is not None
+            bandwidth, latency = conditions
+            assert 0.65 * rate <= bandwidth <= 1.35 * rate, bandwidth
+            # probe and PONG each cross one relay: RTT about 2 * delay
+            assert 0.8 * delay <= latency <= delay + 0.05, latency
+            # the receiver sent no frames, so it has a latency but no bandwidth to report
+            assert receiver.t.link_conditions() is None
+            assert receiver.t.link_measurements()[0].rtt is not None
+            assert not sender.t.refusals and not receiver.t.refusals
+    run(test)
+
+
+def test_no_conditions_before_a_measurement_of_each() -> None:
+    async def test() -> None:
+        async with cluster() as start:
+            alone = await start(3)
+            assert alone.t.link_conditions() is None
+            a = await start(0)
+            b = await start(1, {0: a.t.address})
+            await asyncio.gather(a.t.wait_for_peers(5.0, [1]), b.t.wait_for_peers(5.0, [0]))
+            assert a.t.link_conditions() is None
+            # probes go out and come back, but no frames flow, so there is no rate yet
+            await eventually(lambda: all(n.t.link_measurements()[p].rtt is not None
+                                         for n, p in ((a, 1), (b, 0))))
+            await asyncio.sleep(0.3)  # several measure intervals
+            for node, peer in ((a, 1), (b, 0)):
+                assert node.t.link_conditions() is None
+                m = node.t.link_measurements()[peer]
+                assert m.uplink is None and m.downlink is None
+            # small frames are never timed: still no rate
+            for _ in range(50):
+                a.t.send(1, b"small")
+            await eventually(lambda: len(b.inbox) == 50)
+            await asyncio.sleep(0.2)
+            assert a.t.link_conditions() is None
+            assert alone.t.link_conditions() is None and alone.t.link_measurements() == {}
+    run(test)
+
+
+# -- the probe protocol, driven by hand -----------------------------------------------------
+
+
+def test_probe_answered_by_a_pong_gives_rtt_and_the_reported_rate() -> None:
+    async def test() -> None:
+        async with cluster() as start:
+            node = await start(0, measure_interval=1.0)  # the probe stays outstanding
+            raw = await Raw.connect(node.t.address)
+            await raw.dial()
+            stamp = await raw.next_record(PING, STAMP.size)  # the node probes us
+            assert node.t.link_conditions() is None
+            # an unsolicited PONG: its rate counts, its made-up timestamp gives no RTT
+            raw.send_record(PONG, PONG_BODY.pack(STAMP.pack(-1.0), 5e6))
+            await eventually(lambda: node.t.link_measurements()[1].uplink == 5e6)
+            assert node.t.link_measurements()[1].rtt is None
+            assert node.t.link_conditions() is None
+            raw.send_record(PONG, PONG_BODY.pack(stamp, 8e6))
+            await eventually(lambda: node.t.link_conditions() is not None)
+            conditions = node.t.link_conditions()
+            assert conditions is not None and conditions[0] == 8e6
+            assert 0 <= conditions[1] < 1.0
+            # a rate of 0 means "no measurement yet": it keeps the last report
+            raw.send_record(PONG, PONG_BODY.pack(stamp, 0.0))
+            raw.send_record(PING, b"")  # a liveness ping: no PONG, no refusal
+            await asyncio.sleep(0.1)
+            assert node.t.link_measurements()[1].uplink == 8e6
+            assert not node.t.refusals
+            raw.close()
+    run(test)
+
+
+def test_pong_echoes_the_probe_and_reports_the_measured_rate_of_our_frames() -> None:
+    async def test() -> None:
+        async with cluster() as start:
+            node = await start(0)
+            raw = await Raw.connect(node.t.address)
+            await raw.dial()
+            probe = STAMP.pack(123.25)
+            raw.send_record(PING, probe)
+            echoed, reported = PONG_BODY.unpack(await raw.next_record(PONG))
+            assert echoed == probe and reported == 0.0  # no frames from us yet
+            frame = bytes(1024 * 1024)
+            deadline = time.monotonic() + 10.0
+            while reported == 0.0:
+                assert time.monotonic() < deadline, "no rate reported in time"
+                for _ in range(4):
+                    raw.send_record(DATA, frame)
+                raw.send_record(PING, probe)
+                await raw.writer.drain()
+                echoed, reported = PONG_BODY.unpack(await raw.next_record(PONG))
+            assert echoed == probe and finite_positive(reported)
+            assert reported == node.t.link_measurements()[1].downlink
+            assert not node.t.refusals
+            raw.close()
+    run(test)
+
+
+def test_pong_goes_on_the_link_the_prober_dialed_not_behind_its_own_frames() -> None:
+    async def test() -> None:
+        accepted: asyncio.Queue[Raw] = asyncio.Queue()
+
+        async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            raw = Raw(reader, writer)
+            await raw.accept()
+            accepted.put_nowait(raw)
+
+        server = await asyncio.start_server(handle, HOST, 0)
+        try:
+            async with cluster() as start:
+                node = await start(0, {1: server.sockets[0].getsockname()[:2]})
+                theirs = await asyncio.wait_for(accepted.get(), 5.0)  # the node dialed us
+                ours = await Raw.connect(node.t.address)  # we dial the node
+                await ours.dial()
+                await eventually(lambda: node.t.peer_states() == {1: True})
+                await asyncio.sleep(0.1)  # let the node see both links
+                probe = STAMP.pack(7.5)
+                theirs.send_record(PING, probe)  # on the link that carries the node's frames
+                echoed, _ = PONG_BODY.unpack(await asyncio.wait_for(
+                    ours.next_record(PONG), 3.0))
+                assert echoed == probe
+                with pytest.raises(TimeoutError):  # and not on the probe's own link
+                    await asyncio.wait_for(theirs.next_record(PONG), 0.3)
+                assert not node.t.refusals
+                theirs.close()
+                ours.close()
+        finally:
+            server.close()
+    run(test)
+
+
+# -- hostile probe records ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("record", [
+    bytes((PING,)) + bytes(3),
+    bytes((PING,)) + bytes(9),
+    bytes((PONG,)),
+    bytes((PONG,)) + bytes(8),
+    bytes((PONG,)) + bytes(17),
+    bytes((PONG,)) + PONG_BODY.pack(bytes(8), math.nan),
+    bytes((PONG,)) + PONG_BODY.pack(bytes(8), math.inf),
+    bytes((PONG,)) + PONG_BODY.pack(bytes(8), -1.0),
+], ids=["ping-3", "ping-9", "pong-empty", "pong-8", "pong-17", "pong-nan", "pong-inf",
+        "pong-negative"])
+def test_malformed_probe_records_are_refused_and_the_node_stays_up(record: bytes) -> None:
+    async def test() -> None:
+        async with cluster() as start:
+            node = await start(0)
+            raw = await Raw.connect(node.t.address)
+            await raw.dial()
+            raw.send_record(DATA, b"before")
+            assert raw.sealer is not None
+            raw.send(raw.sealer.seal(record))
+            raw.send_record(DATA, b"after")
+            assert await raw.closed_by_peer()
+            assert node.t.refusals == {"malformed_record": 1}
+            assert node.inbox == [b"before"]
+            assert node.t.link_conditions() is None
+            m = node.t.link_measurements()[1]
+            assert m.uplink is None and m.rtt is None
+            raw.close()
+            # still serving: the same peer reconnects and is heard, and probes answered
+            again = await Raw.connect(node.t.address)
+            await again.dial()
+            again.send_record(DATA, b"again")
+            again.send_record(PING, STAMP.pack(1.0))
+            echoed, _ = PONG_BODY.unpack(await asyncio.wait_for(again.next_record(PONG), 3.0))
+            assert echoed == STAMP.pack(1.0)
+            await eventually(lambda: node.inbox == [b"before", b"again"])
+            assert node.t.refusals == {"malformed_record": 1}
+            again.close()
+    run(test)
+
+
+def test_measure_interval_must_be_positive() -> None:
+    with pytest.raises(ValueError, match="measure_interval"):
+        TcpTransport(0, {0: (HOST, 0)}, lambda _: None, identity=IDS[0], keyring=KEYRING,
+                     measure_interval=0.0)
