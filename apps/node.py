@@ -304,9 +304,17 @@ class RealNode:
             loop.add_reader(sys.stdin.fileno(), self._console_line)
             self.out.print(f"node {self.node.id} running; type help for commands",
                            highlight=False)
-        watcher = asyncio.create_task(self._write_results_when_finished())
+        watchers = [asyncio.create_task(self._write_results_when_finished())]
+        if self.plan.scenario.compression.adaptive is not None:
+            measure = getattr(self.transport, "link_conditions", None)
+            if measure is None:  # MPI: no measurement, so every gradient at the largest ratio
+                self.out.print("this transport does not measure its links: adaptive top-k "
+                               "sends at max_ratio", highlight=False)
+            else:
+                watchers.append(asyncio.create_task(self.host.report_link(measure)))
         await self.stop.wait()
-        watcher.cancel()
+        for watcher in watchers:
+            watcher.cancel()
         await self._shutdown(server)
         if server is not None:
             await serving

@@ -25,6 +25,7 @@ from phalanx.engine.events import (
     Emit,
     Event,
     Finished,
+    LinkConditions,
     Metric,
     Persist,
     RoundCommitted,
@@ -97,6 +98,22 @@ class AsyncHost:
         """Where broadcasts go: the current members (they change when members join or leave);
         observers only ever get answers to their requests."""
         return [m for m in self.node.members if m != self.node.id]
+
+    async def report_link(self, measure: Callable[[], tuple[float, float] | None],
+                          every: float = 1.0) -> None:
+        """Hand the node what the transport measured of its links ((bits/s of one link, the
+        median over peers; one-way s), None until measured) whenever it changed, checked every
+        `every` seconds: an adaptive compression sizes the node's next gradient from it. A
+        link's rate is measured while a broadcast keeps every link busy, so the uplink as a
+        whole carries that rate to each peer at once."""
+        last = None
+        while True:
+            await asyncio.sleep(every)
+            now = measure()
+            if now is not None and now != last:
+                last = now
+                rate, latency = now
+                self.feed(LinkConditions(rate * max(1, len(self.peers)), latency))
 
     def _fire(self, name: str) -> None:
         self.timers.pop(name, None)

@@ -63,7 +63,8 @@ class RequestChange:
 @dataclass(frozen=True, slots=True)
 class LinkConditions:
     """What the driver measured of the node's uplink: bits per second it can put on the wire
-    towards all its peers together, and the one-way latency (s) to the farthest. The adaptive
+    towards all its peers together (``math.inf`` while no rate could be measured: the link is
+    then taken as no limit), and the one-way latency (s) to the farthest. The adaptive
     compression controller sizes each gradient from the latest (engine/compress/adaptive)."""
 
     bandwidth: float

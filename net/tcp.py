@@ -87,7 +87,7 @@ DEFAULT_RATE_LIMIT = RateLimit(frames_per_s=5000, bytes_per_s=512 * 1024 * 1024,
 DATA, PING, PEERS, PONG = 0, 1, 2, 3  # first byte of every record body after the handshake
 STAMP = struct.Struct(">d")  # a probe's body: the prober's clock, opaque to the peer
 PONG_BODY = struct.Struct(">8sd")  # the echoed probe body, the rate we measured of its DATA
-MIN_SAMPLE = 32 * 1024  # DATA records at least this large are timed as they arrive
+MIN_SAMPLE = 4 * 1024  # DATA records at least this large are timed as they arrive
 SAMPLE_SECONDS = 0.002  # arrival time pooled into one rate sample: far above timer noise
 RTT_GAIN, RATE_GAIN = 1 / 8, 1 / 4  # EWMA gains of the smoothed RTT and of the rate
 PROBES_KEPT = 4  # per peer, probes awaiting a PONG; also their lifetime, in measure intervals
@@ -399,7 +399,8 @@ class TcpTransport:
 
     def link_conditions(self) -> tuple[float, float] | None:
         """(uplink bandwidth in bits/s, one-way latency in s) as measured on this node's links;
-        None until there is a measurement of each.
+        None until a round trip was measured, and bandwidth ``math.inf`` until a peer reported
+        a rate (on a link too fast to time a record, none ever does: then only latency limits).
 
         Bandwidth is the median over peers of the rate each peer measured of our frames to it
         (the rate of one link while frames flow, not the sum over concurrent sends); latency
@@ -408,9 +409,9 @@ class TcpTransport:
         live = [state for peer, state in self._peers.items() if peer not in self._banned]
         rates = [state.uplink for state in live if state.uplink is not None]
         rtts = [state.srtt for state in live if state.srtt is not None]
-        if not rates or not rtts:
+        if not rtts:
             return None
-        return statistics.median(rates), statistics.median(rtts) / 2
+        return (statistics.median(rates) if rates else math.inf), statistics.median(rtts) / 2
 
     def link_measurements(self) -> dict[int, LinkMeasurement]:
         """Peer id -> what we measured of our links with it, for every peer we track."""

@@ -69,3 +69,24 @@ def test_the_ratio_follows_the_simulated_network(tmp_path: Path) -> None:
         bytes_in = df.filter(pl.col("ratio") == slow)["bytes_sent"].mean()
         assert bytes_in < 0.7 * df.filter(pl.col("ratio") == calm)["bytes_sent"].mean()
     assert np.isclose(slow, 0.041, atol=0.001)  # (0.05 - 0.04) s * 3 Mbit/s over 3 peers
+
+
+def test_real_nodes_size_their_gradients_from_what_tcp_measured() -> None:
+    """Over TCP the transport measures the links (net/tcp.py): the first rounds go out at the
+    largest ratio (nothing measured yet), and once a round trip was measured a budget that
+    loopback latency alone exceeds brings every node down to the smallest."""
+    import yaml
+
+    from phalanx.sim.scenario import parse_scenario
+
+    data = yaml.safe_load(SCENARIO.read_text())
+    data.update(faults=[], expect={"honest_hashes_equal": True})
+    data["training"]["rounds"] = 400  # some seconds: probes go every 2 s
+    data["compression"]["adaptive"] = {"target_seconds": 1e-6, "min_ratio": 0.01,
+                                       "max_ratio": 1.0}
+    result = phalanx.run(parse_scenario(data), real=True)
+    assert result.ok, result.failures
+    for node, df in result.rounds.sort("round").group_by("node"):
+        ratios = df["ratio"].to_list()
+        assert ratios[0] == 1.0 and ratios[-1] == 0.01, node
+        assert set(ratios) == {1.0, 0.01}

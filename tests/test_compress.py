@@ -506,6 +506,9 @@ def test_adaptive_ratio_fits_the_budget_and_clamps() -> None:
     assert ar.ratio(10**6, NetworkConditions(1.0, 0.0, 1)) == 0.001
     assert ar.ratio(10**6, NetworkConditions(1e12, 2.0, 1)) == 0.001  # latency alone is too long
     assert ar.ratio(10**6, NetworkConditions(1.0, 0.0, 0)) == 0.5  # nobody to send to
+    # too fast to measure: only latency limits
+    assert ar.ratio(10**6, NetworkConditions(float("inf"), 0.5, 3)) == 0.5
+    assert ar.ratio(10**6, NetworkConditions(float("inf"), 1.0, 3)) == 0.001
 
 
 @settings(max_examples=200, deadline=None)
@@ -535,6 +538,7 @@ def test_adaptive_ratio_is_monotone(size: int, latency: float, peers: int, bandw
     (lambda: AdaptiveRatio(1, 0.3, 0.2), "min_ratio <= max_ratio"),
     (lambda: AdaptiveRatio(1, 0.1, 1.5), "max_ratio"),
     (lambda: NetworkConditions(0, 0, 1), "bandwidth"),
+    (lambda: NetworkConditions(float("nan"), 0, 1), "bandwidth"),
     (lambda: NetworkConditions(1, -1, 1), "latency"),
     (lambda: NetworkConditions(1, 0, -1), "peers"),
     (lambda: NetworkConditions(1, 0, 1.5), "peers"),

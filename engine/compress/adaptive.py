@@ -23,7 +23,8 @@ class NetworkConditions:
     """What a node knows of its uplink when it sends a gradient.
 
     Attributes:
-        bandwidth: bits per second available to this node's uplink (> 0).
+        bandwidth: bits per second available to this node's uplink (> 0; ``math.inf`` when
+            it is too fast to measure, so that only latency limits the ratio).
         latency: seconds, one way (>= 0).
         peers: how many peers each gradient goes to (>= 0; 0 means nobody to send to).
     """
@@ -33,7 +34,8 @@ class NetworkConditions:
     peers: int
 
     def __post_init__(self) -> None:
-        _check_positive("bandwidth", self.bandwidth)
+        if not (is_real(self.bandwidth) and self.bandwidth > 0):  # inf allowed, NaN not
+            raise ValueError(f"bandwidth must be a number > 0; got {self.bandwidth!r}")
         if not (_finite(self.latency) and self.latency >= 0):
             raise ValueError(f"latency must be a finite number >= 0; got {self.latency!r}")
         if not (is_int(self.peers) and self.peers >= 0):
@@ -70,6 +72,11 @@ class AdaptiveRatio:
             raise ValueError(f"conditions must be a NetworkConditions; got {conditions!r}")
         if conditions.peers == 0:
             return self.max_ratio
-        budget_bits = (self.target_seconds - conditions.latency) * conditions.bandwidth
+        spare = self.target_seconds - conditions.latency
+        if spare <= 0:  # latency alone uses up the budget
+            return self.min_ratio
+        if math.isinf(conditions.bandwidth):
+            return self.max_ratio
+        budget_bits = spare * conditions.bandwidth
         entries = budget_bits / (conditions.peers * bytes_per_entry * 8)
         return min(self.max_ratio, max(self.min_ratio, entries / size))
