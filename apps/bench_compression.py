@@ -7,7 +7,9 @@ seed, rounds and model, so what differs is how gradients travel. Bytes are every
 link carried (gradients, proposals, votes), per round; the gradient share is shown apart.
 Top-k runs at several ratios with and without error feedback, to show where it breaks: the
 target (issue 6) is top-k with error feedback at 10x fewer bytes within 2% of the uncompressed
-final loss.
+final loss. A workload trained with Adam also runs Adam at the sender (each node sends its own
+Adam direction, the shared step is SGD; engine/optim.SenderAdam), dense and under top-k with
+leaky error feedback, the combination that keeps top-k near the dense loss under Adam.
 """
 
 from __future__ import annotations
@@ -29,6 +31,8 @@ BANDWIDTH = 10e6  # bits per second per link: the wire sets the pace
 NODES = 4
 LINKS = NODES * (NODES - 1)  # a complete overlay: every broadcast crosses each directed link
 LOSS_TOLERANCE = 0.02  # "within 2% of the uncompressed final loss"
+SENDER_RATIOS = (0.1, 0.05, 0.02, 0.01)
+LEAK = 0.8  # the residual's decay under sender Adam: flat from 0.5 to 0.85 on seeds 3-8
 
 WORKLOADS: dict[str, dict[str, Any]] = {
     # a wider MLP than quickstart's, so gradients (not votes) fill the links; plain SGD: with
@@ -55,9 +59,11 @@ class Method:
     method: str
     params: dict[str, float | int | str]
     error_feedback: bool = True
+    feedback_decay: float = 1.0
+    sender_adam: bool = False  # Adam at each sender, SGD at the aggregate
 
 
-def methods(ratios: tuple[float, ...]) -> list[Method]:
+def methods(ratios: tuple[float, ...], adam: bool = False) -> list[Method]:
     out = [Method("none", "none", {})]
     for r in ratios:
         out.append(Method(f"topk {r:g} +EF", "topk", {"ratio": r}))
@@ -67,25 +73,33 @@ def methods(ratios: tuple[float, ...]) -> list[Method]:
             Method("int8", "int8", {}, False), Method("sign +EF", "sign", {}),
             Method("sign no EF", "sign", {}, False), Method("powersgd r2 +EF", "powersgd",
                                                              {"rank": 2})]
+    if adam:
+        out.append(Method("sender Adam, dense", "none", {}, False, sender_adam=True))
+        out += [Method(f"sender Adam, topk {r:g} +leaky EF", "topk", {"ratio": r},
+                       feedback_decay=LEAK, sender_adam=True) for r in SENDER_RATIOS]
     return out
 
 
-def bench_scenario(workload: str, m: Method, rounds: int | None) -> Scenario:
+def bench_scenario(workload: str, m: Method, rounds: int | None, seed: int = 3) -> Scenario:
     spec = WORKLOADS[workload]
     training = {**spec["training"], **({"rounds": rounds} if rounds else {})}
+    if m.sender_adam:  # the same lr, now the SGD step on the aggregated Adam directions
+        training.update(optimizer="sgd", momentum=0.0, worker_optimizer="adam")
     return parse_scenario({
-        "name": f"compression-{workload}-{m.label.replace(' ', '-')}", "seed": 3,
+        "name": f"compression-{workload}-{m.label.replace(' ', '-').replace(',', '')}",
+        "seed": seed,
         "nodes": {"count": NODES}, "topology": {"kind": "complete"},
         "links": {"latency": 0.005, "jitter": 0.001, "bandwidth": BANDWIDTH},
         "workload": spec["workload"], "training": training,
         "compression": {"method": m.method, "params": m.params,
-                        "error_feedback": m.error_feedback},
+                        "error_feedback": m.error_feedback,
+                        "feedback_decay": m.feedback_decay},
         "node_logs": False,
     }, "bench compression")
 
 
-def measure(workload: str, m: Method, rounds: int | None) -> dict[str, Any]:
-    result = run_scenario(bench_scenario(workload, m, rounds))
+def measure(workload: str, m: Method, rounds: int | None, seed: int = 3) -> dict[str, Any]:
+    result = run_scenario(bench_scenario(workload, m, rounds, seed))
     s = result.summary
     committed = max(1, result.rounds["round"].n_unique())
     delivered = result.events.filter(pl.col("event") == "deliver")
@@ -93,6 +107,7 @@ def measure(workload: str, m: Method, rounds: int | None) -> dict[str, Any]:
     latency = round_latencies(result.rounds)["latency"]
     return {"workload": workload, "method": m.label, "encoding": m.method,
             "params": m.params, "error_feedback": m.error_feedback,
+            "feedback_decay": m.feedback_decay, "sender_adam": m.sender_adam, "seed": seed,
             "rounds_committed": s["min_rounds_committed"],
             "bytes_per_round": int(delivered["bytes"].sum()) / committed,
             "gradient_bytes_per_round": int(grads["bytes"].sum()) / committed,
@@ -104,7 +119,7 @@ def measure(workload: str, m: Method, rounds: int | None) -> dict[str, Any]:
 
 def with_ratios(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Each row beside its workload's uncompressed run: fewer bytes (x), loss gap, speed-up."""
-    base = {r["workload"]: r for r in rows if r["encoding"] == "none"}
+    base = {r["workload"]: r for r in rows if r["method"] == "none"}
     for r in rows:
         b = base[r["workload"]]
         r["bytes_reduction"] = b["bytes_per_round"] / r["bytes_per_round"]
@@ -118,13 +133,16 @@ def with_ratios(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return rows
 
 
-def breaking_point(rows: list[dict[str, Any]], workload: str) -> dict[str, Any]:
+def breaking_point(rows: list[dict[str, Any]], workload: str,
+                   sender_adam: bool = False) -> dict[str, Any]:
     """Top-k with error feedback: the smallest ratio still within 2%, the largest beyond."""
     topk = sorted((r for r in rows if r["workload"] == workload and r["encoding"] == "topk"
-                   and r["error_feedback"]), key=lambda r: -r["params"]["ratio"])
+                   and r["error_feedback"] and r["sender_adam"] == sender_adam),
+                  key=lambda r: -r["params"]["ratio"])
     holds = [r["params"]["ratio"] for r in topk if r["within_2pct"]]
     breaks = [r["params"]["ratio"] for r in topk if not r["within_2pct"]]
-    return {"workload": workload, "smallest_ratio_within_2pct": min(holds) if holds else None,
+    return {"workload": workload, "sender_adam": sender_adam,
+            "smallest_ratio_within_2pct": min(holds) if holds else None,
             "largest_ratio_beyond_2pct": max(breaks) if breaks else None}
 
 
@@ -148,15 +166,18 @@ def _fmt(value: Any, spec: str) -> str:
 
 
 def run_bench(workloads: list[str], ratios: tuple[float, ...], rounds: int | None,
-              out_file: Path, console: Console) -> dict[str, Any]:
+              out_file: Path, console: Console, seed: int = 3) -> dict[str, Any]:
     rows = []
     for workload in workloads:
-        for m in methods(ratios):
+        adam = WORKLOADS[workload]["training"].get("optimizer") == "adam"
+        for m in methods(ratios, adam):
             console.print(f"bench compression: {workload}, {m.label} ...", highlight=False)
-            rows.append(measure(workload, m, rounds))
+            rows.append(measure(workload, m, rounds, seed))
     rows = with_ratios(rows)
-    report = {**stamp(), "bandwidth_bits_per_second": BANDWIDTH, "rows": rows,
-              "breaking_points": [breaking_point(rows, w) for w in workloads],
+    points = [breaking_point(rows, w, sender) for w in workloads for sender in (False, True)
+              if any(r["workload"] == w and r["sender_adam"] == sender for r in rows)]
+    report = {**stamp(), "bandwidth_bits_per_second": BANDWIDTH, "seed": seed, "rows": rows,
+              "breaking_points": points,
               "wire_fits": [wire_fit(rows, w) for w in workloads]}
     save_report(report, out_file)
     pl.DataFrame(rows).drop("params").write_parquet(out_file.with_suffix(".parquet"))
@@ -170,7 +191,8 @@ def run_bench(workloads: list[str], ratios: tuple[float, ...], rounds: int | Non
           _fmt(r["final_accuracy"], ".3f"), _fmt(r["round_seconds"], ".3f"),
           _fmt(r["round_speedup"], ".2f") + "x") for r in rows]))
     for b in report["breaking_points"]:
-        console.print(f"{b['workload']}: top-k with error feedback stays within 2% down to "
+        how = " (Adam at the sender, leaky feedback)" if b["sender_adam"] else ""
+        console.print(f"{b['workload']}{how}: top-k with error feedback stays within 2% down to "
                       f"ratio {b['smallest_ratio_within_2pct']}; beyond at "
                       f"{b['largest_ratio_beyond_2pct']}", highlight=False)
     for f in report["wire_fits"]:

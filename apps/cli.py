@@ -257,6 +257,7 @@ def bench_compression(
                       ] = None,
     out_file: Annotated[Path, typer.Option("--out", help="JSON result file (Parquet beside)")
                         ] = Path("benchmarks/out/compression.json"),
+    seed: Annotated[int, typer.Option(help="the runs' seed (data, model, links)")] = 3,
 ) -> None:
     """Bytes per round, final loss and round latency per compression method, beside the
     uncompressed run, at 10 Mbit/s."""
@@ -274,7 +275,7 @@ def bench_compression(
         raise fail(f"--ratios: each must be in (0, 1] (got {ratios})")
     if rounds is not None and rounds < 2:
         raise fail(f"--rounds: at least 2 (got {rounds})")
-    run_bench(names, kept, rounds, out_file, out)
+    run_bench(names, kept, rounds, out_file, out, seed)
 
 
 @bench_app.command("train")

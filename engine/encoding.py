@@ -38,7 +38,8 @@ EMPTY = np.zeros(0, dtype=np.float32)
 class GradientEncoding:
     def __init__(self, method: str = "none", params: dict[str, Any] | None = None,
                  error_feedback: bool = True,
-                 adaptive: tuple[float, float, float] | None = None) -> None:
+                 adaptive: tuple[float, float, float] | None = None,
+                 feedback_decay: float = 1.0) -> None:
         """`adaptive`: (target seconds, min ratio, max ratio) of an adaptive top-k, whose
         ratio then is not a parameter."""
         params = dict(params or {})
@@ -51,7 +52,8 @@ class GradientEncoding:
             params["ratio"] = self.adaptive.max_ratio  # the most a receiver accepts
         self.compressor = make_compressor(method, **params)
         self.name = "" if method == "none" else method  # dense gradients name no encoding
-        self.feedback = ErrorFeedback(self.compressor) if error_feedback and self.name else None
+        self.feedback = (ErrorFeedback(self.compressor, feedback_decay)
+                         if error_feedback and self.name else None)
 
     def ratio_for(self, size: int, conditions: NetworkConditions | None) -> float | None:
         """The top-k ratio of our next gradient: None unless adaptive; the largest allowed

@@ -116,7 +116,7 @@ from phalanx.engine.events import (
     TimerFired,
     ViewChanged,
 )
-from phalanx.engine.optim import make_optimizer
+from phalanx.engine.optim import SenderAdam, make_optimizer
 from phalanx.engine.privacy import clip_and_noise
 from phalanx.engine.workloads import GradientJob, GradientResult, Workload
 from phalanx.net.crypto import Identity, sha256
@@ -188,6 +188,8 @@ class NodeConfig:
     # honest workers send a momentum of their gradients instead of the gradient itself
     # (Karimireddy, He, Jaggi 2021: lower variance makes Byzantine vectors stand out)
     worker_momentum: float = 0.0
+    # "adam": the node sends its own Adam direction (SenderAdam) and the shared step is SGD
+    worker_optimizer: str = "none"
     optimizer: str = "sgd"  # "sgd" (heavy ball) or "adam" (`momentum` is its beta1)
     sync_batch: int = 16  # round records per sync response
     # once finished, compare our last commit with one peer's every this many seconds (default
@@ -209,6 +211,7 @@ class NodeConfig:
     # (target seconds, min ratio, max ratio): top-k whose ratio each sender picks per gradient
     # from the link conditions its driver reports (engine/compress/adaptive.py)
     adaptive: tuple[float, float, float] | None = None
+    feedback_decay: float = 1.0  # < 1: leaky error feedback (ErrorFeedback)
     # (clip, noise multiplier): each gradient clipped to that L2 norm, then Gaussian noise of
     # noise multiplier * clip added before it is released (engine/privacy.py)
     privacy: tuple[float, float] | None = None
@@ -231,7 +234,8 @@ class Node:
         self._admitted: set[int] = set()  # observers the operator listed while we ran
         self.optimizer = make_optimizer(config.optimizer, config.lr, config.momentum)
         self.encoding = GradientEncoding(config.compression, dict(config.compression_params),
-                                         config.error_feedback, config.adaptive)
+                                         config.error_feedback, config.adaptive,
+                                         config.feedback_decay)
         self.link: LinkConditions | None = None  # the latest the driver measured
         self._sent_ratio: float | None = None  # top-k ratio of our gradient this round
         self.guard = ReplayGuard()
@@ -248,6 +252,8 @@ class Node:
         self.model_hash = sha256(self.params.tobytes())
         self.last_update = np.zeros_like(self.params)  # the last committed aggregate
         self.worker_momentum = np.zeros_like(self.params)  # what we sent, if it is a momentum
+        self.sender_adam = (SenderAdam(self.params.size) if config.worker_optimizer == "adam"
+                            else None)
         self.excluded: dict[int, bytes] = {}  # peer -> the Evidence frame that excluded it
         self.reputation: dict[int, float] = {}
         self._grads: dict[int, dict[int, Envelope]] = {}  # round -> sender -> gradient
@@ -346,13 +352,16 @@ class Node:
         return msgpack.packb([self.round, self.view, self.model_hash, self.params.tobytes(),
                               self.velocity.tobytes(), self.last_update.tobytes(),
                               self.worker_momentum.tobytes(),
-                              [[e.round, list(e.members)] for e in self.epochs]])
+                              [[e.round, list(e.members)] for e in self.epochs],
+                              self.sender_adam.to_bytes() if self.sender_adam else b""])
 
     def _restore(self, disk: Mapping[str, bytes | RoundRecord], lost_disk: bool) -> None:
         blob = disk.get("checkpoint")
         if isinstance(blob, bytes):
-            round_, view, model_hash, params, velocity, update, momentum, epochs = (
+            round_, view, model_hash, params, velocity, update, momentum, epochs, adam = (
                 msgpack.unpackb(blob))
+            if self.sender_adam is not None and adam:
+                self.sender_adam.load(adam)
             self.epochs = [Epoch(r, tuple(m)) for r, m in epochs]
             self._set_membership(self.epochs[-1].members)
             self.round, self.view, self.model_hash = round_, view, model_hash
@@ -473,6 +482,9 @@ class Node:
             mixed = (beta * self.worker_momentum.astype(np.float64)
                      + (1.0 - beta) * result.values.astype(np.float64))
             result = GradientResult(mixed.astype(np.float32), result.loss, result.samples)
+        if self.sender_adam is not None:
+            result = GradientResult(self.sender_adam.direction(result.values), result.loss,
+                                    result.samples)
         self._own_result = result
         self._sent_ratio = self.encoding.ratio_for(result.values.size, self._conditions())
         self._own_gradient = self.encoding.pack(
@@ -795,6 +807,8 @@ class Node:
                 self.reputation[peer] = 0.9 * self.reputation[peer] + 0.1 * (peer in included)
         if self.config.worker_momentum > 0.0 and self._own_result is not None:
             self.worker_momentum = self._own_result.values  # carried into the next round
+        if self.sender_adam is not None and self._own_result is not None:
+            self.sender_adam.adopt()
         self.round, self.view = self.round + 1, cert.view
         if proposal.message.change:  # type: ignore[union-attr]
             self._apply_change(self.open(proposal.message.change))  # type: ignore[union-attr]
@@ -1513,6 +1527,8 @@ class Node:
         self.params = cp.params.copy()
         self.velocity, self.last_update = cp.velocity.copy(), cp.last_update.copy()
         self.worker_momentum = np.zeros_like(self.params)  # ours: what we would have sent
+        if self.sender_adam is not None:
+            self.sender_adam.reset()
         self.model_hash = cert.model_hash
         self.history, self.history_base = [cp.record], cp.record.round
         self.round, self.view = cp.round, cert.view

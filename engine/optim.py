@@ -41,16 +41,60 @@ class Adam:
 
     def step(self, params: np.ndarray, state: np.ndarray, update: np.ndarray,
              t: int = 1) -> tuple[np.ndarray, np.ndarray]:
-        n = params.size
+        direction, state = self.direction(state, update, t)
+        return (params - self.lr * direction).astype(np.float32), state
+
+    def direction(self, state: np.ndarray, update: np.ndarray, t: int
+                  ) -> tuple[np.ndarray, np.ndarray]:
+        """The bias-corrected m / (sqrt(v) + eps) of step `t`, and the moments after it."""
+        n = update.size
         m = self.beta1 * state[:n] + (np.float32(1) - self.beta1) * update
         v = self.beta2 * state[n:] + (np.float32(1) - self.beta2) * update * update
         m_hat = m / np.float32(1 - float(self.beta1) ** t)
         v_hat = v / np.float32(1 - float(self.beta2) ** t)
-        params = params - self.lr * m_hat / (np.sqrt(v_hat) + self.eps)
-        return params.astype(np.float32), np.concatenate([m, v]).astype(np.float32)
+        return (m_hat / (np.sqrt(v_hat) + self.eps)).astype(np.float32), np.concatenate(
+            [m, v]).astype(np.float32)
 
 
 Optimizer = MomentumSGD | Adam
+
+
+class SenderAdam:
+    """Adam at the sender: a node sends its own Adam direction instead of its gradient and
+    every node steps plain SGD on the aggregate of those (local preconditioning, as in 1-bit
+    Adam's compression stage, Tang et al. 2021, without its frozen variance). Under top-k each
+    coordinate then carries a normalized step, so one sent after many rounds is not squashed
+    into a single normalized step by an Adam at the aggregate (RESULTS.md, issue 6).
+
+    The moments and the step count are the sender's private state, like an error-feedback
+    residual: `direction` computes them for this round's gradient, `adopt` keeps them once the
+    round commits (a round redone after a view change must not advance them twice).
+    """
+
+    def __init__(self, size: int, beta1: float = 0.9, beta2: float = 0.99) -> None:
+        self.adam = Adam(1.0, beta1, beta2)
+        self.state = np.zeros(2 * size, np.float32)
+        self.steps = 0
+        self._pending: np.ndarray | None = None
+
+    def direction(self, gradient: np.ndarray) -> np.ndarray:
+        direction, self._pending = self.adam.direction(self.state, gradient, self.steps + 1)
+        return direction
+
+    def adopt(self) -> None:
+        if self._pending is not None:
+            self.state, self.steps, self._pending = self._pending, self.steps + 1, None
+
+    def reset(self) -> None:
+        self.state, self.steps, self._pending = np.zeros_like(self.state), 0, None
+
+    def to_bytes(self) -> bytes:
+        return self.steps.to_bytes(8, "little") + self.state.tobytes()
+
+    def load(self, blob: bytes) -> None:
+        self.steps = int.from_bytes(blob[:8], "little")
+        self.state = np.frombuffer(blob[8:], dtype=np.float32).copy()
+        self._pending = None
 
 
 def make_optimizer(kind: str, lr: float, momentum: float) -> Optimizer:

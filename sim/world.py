@@ -77,6 +77,8 @@ def node_config(scenario: Scenario, node: int, round_timeout: float | None = Non
                       compression_params=tuple(sorted(scenario.compression.params.items())),
                       error_feedback=scenario.compression.error_feedback,
                       adaptive=scenario.compression.bounds,
+                      feedback_decay=scenario.compression.feedback_decay,
+                      worker_optimizer=t.worker_optimizer,
                       privacy=(scenario.privacy.clip, scenario.privacy.noise_multiplier)
                       if scenario.privacy else None)
 

@@ -33,3 +33,18 @@ def test_every_method_is_measured_beside_the_dense_run(tmp_path: Path) -> None:
     assert 0.5 < fit["seconds_per_link_byte"] / fit["links_seconds_per_byte"] < 1.5
     assert json.loads(out.read_text())["rows"] and len(pl.read_parquet(out.with_suffix(
         ".parquet"))) == len(rows)
+
+
+def test_an_adam_workload_also_runs_adam_at_the_sender(tmp_path: Path) -> None:
+    report = run_bench(["transformer"], (0.1,), 4, tmp_path / "c.json", Console(quiet=True),
+                       seed=5)
+    rows = {r["method"]: r for r in report["rows"]}
+    sender = [r for r in rows.values() if r["sender_adam"]]
+    assert {r["method"] for r in sender} == {"sender Adam, dense"} | {
+        f"sender Adam, topk {r:g} +leaky EF" for r in (0.1, 0.05, 0.02, 0.01)}
+    assert all(r["hashes_agree"] and r["rounds_committed"] == 4 and r["seed"] == 5
+               for r in rows.values())
+    assert rows["sender Adam, dense"]["bytes_reduction"] == 1.0  # beside the Adam dense run
+    assert rows["sender Adam, topk 0.05 +leaky EF"]["feedback_decay"] == 0.8
+    assert rows["sender Adam, topk 0.05 +leaky EF"]["gradient_bytes_reduction"] > 10
+    assert [b["sender_adam"] for b in report["breaking_points"]] == [False, True]

@@ -268,6 +268,25 @@ def test_topk_with_error_feedback_starves_no_coordinate(x: np.ndarray) -> None:
     assert seen.all()
 
 
+def test_leaky_feedback_shrinks_the_residual_by_its_decay() -> None:
+    c, rng = comp("topk", ratio=0.1), np.random.default_rng(0)
+    leaky, full = ErrorFeedback(c, decay=0.5), ErrorFeedback(c)
+    x = vec(100)
+    for ef in (leaky, full):
+        ef.encode(x, rng)
+    kept = np.flatnonzero(c.decode(full.encode(vec(100, seed=1), rng)))
+    target = vec(100, seed=1) + np.float32(0.5) * leaky.residual  # type: ignore[operator]
+    assert np.array_equal(c.decode(leaky.encode(vec(100, seed=1), rng)),
+                          c.decode(c.encode(target, rng)))
+    assert kept.size == 10
+    silent = ErrorFeedback(c, decay=0.0)  # no memory: plain top-k
+    silent.encode(x, rng)
+    assert np.array_equal(c.decode(silent.encode(x, rng)), c.decode(c.encode(x, rng)))
+    for bad in (-0.1, 1.5, "0.5"):
+        with pytest.raises(ValueError, match="decay"):
+            ErrorFeedback(c, decay=bad)  # type: ignore[arg-type]
+
+
 def test_error_feedback_checks_its_inputs() -> None:
     ef = ErrorFeedback(comp("topk"))
     with pytest.raises(ValueError, match="wraps a Compressor"):

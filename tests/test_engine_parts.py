@@ -13,7 +13,7 @@ from rich.console import Console
 
 from phalanx.apps.bench_sim import run_bench
 from phalanx.engine.aggregate import Mean, make_aggregator
-from phalanx.engine.optim import Adam, MomentumSGD, make_optimizer
+from phalanx.engine.optim import Adam, MomentumSGD, SenderAdam, make_optimizer
 from phalanx.engine.rng import RngStreams
 from phalanx.engine.workloads import WORKLOADS, make_workload
 
@@ -60,6 +60,27 @@ def test_adam_step_follows_its_definition() -> None:
     assert np.allclose(p2, expected, atol=1e-6) and p2.dtype == np.float32
     with pytest.raises(ValueError, match="unknown optimizer"):
         make_optimizer("lion", 0.1, 0.9)
+
+
+def test_sender_adam_advances_only_on_adopt_and_survives_a_restart() -> None:
+    g = np.array([0.5, -2.0, 0.0], np.float32)
+    sender = SenderAdam(3)
+    first = sender.direction(g)
+    assert np.allclose(first, [1, -1, 0], atol=1e-6)  # step 1 of Adam: sign(g)
+    assert np.array_equal(sender.direction(g), first)  # not adopted: the same step again
+    sender.adopt()
+    assert sender.steps == 1
+    m, v = 0.1 * g, 0.01 * g * g
+    second = sender.direction(2 * g)
+    m, v = 0.9 * m + 0.1 * 2 * g, 0.99 * v + 0.01 * 4 * g * g
+    expected = (m / (1 - 0.9**2)) / (np.sqrt(v / (1 - 0.99**2)) + 1e-8)
+    assert np.allclose(second, expected, atol=1e-6)
+    sender.adopt()
+    restored = SenderAdam(3)
+    restored.load(sender.to_bytes())
+    assert restored.steps == 2 and np.array_equal(restored.direction(g), sender.direction(g))
+    sender.reset()
+    assert sender.steps == 0 and not sender.state.any()
 
 
 def test_momentum_sgd_step() -> None:

@@ -17,10 +17,16 @@ class ErrorFeedback:
     sender's private state; a receiver only ever sees payloads.
     """
 
-    def __init__(self, compressor: Compressor) -> None:
+    def __init__(self, compressor: Compressor, decay: float = 1.0) -> None:
+        """``decay`` < 1 makes the feedback leaky: the residual shrinks by that factor each
+        round before it is added, so what stays unsent too long is dropped rather than sent
+        late and stale (then the invariant below no longer holds)."""
         if not isinstance(compressor, Compressor):
             raise ValueError(f"ErrorFeedback wraps a Compressor; got {type(compressor).__name__}")
+        if not (isinstance(decay, int | float) and 0.0 <= decay <= 1.0):
+            raise ValueError(f"decay must be a number in [0, 1]; got {decay!r}")
         self.compressor = compressor
+        self.decay = np.float32(decay)
         self.residual: np.ndarray | None = None
 
     def encode(self, x: np.ndarray, rng: np.random.Generator,
@@ -35,7 +41,8 @@ class ErrorFeedback:
             raise ValueError(
                 f"x has {x.size} entries but the residual has {self.residual.size}; reset() first"
             )
-        target = x.astype(np.float32) if self.residual is None else x + self.residual
+        target = (x.astype(np.float32) if self.residual is None
+                  else x + (self.residual if self.decay == 1 else self.decay * self.residual))
         target = target.astype(np.float32, copy=False)
         enc = coder.encode(target, rng)
         # Decoding our own payload (rather than keeping what encode dropped) makes the residual
