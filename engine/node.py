@@ -24,7 +24,8 @@ A round, with n members of which f < n/3 may be Byzantine, quorum q = 2n//3 + 1 
 Votes go to everyone, or (`votes_to_leader`, for large n) to the view's leader, which broadcasts
 each quorum it collects as a `Certified` message. A node missing a gradient that a proposal
 names fetches it from the proposer. With `worker_momentum`, a node sends a momentum of its
-gradients rather than the gradient itself.
+gradients rather than the gradient itself; with `worker_optimizer` "adam", its own Adam
+direction (the shared step is then SGD).
 
 Safety (two commit certificates of a round name one set and model): q commit votes mean more
 than n/3 honest nodes locked on the set; a prepare certificate for another set in a later view

@@ -27,7 +27,8 @@ Decoding validates every payload before computing with it (parts' count, dtype, 
 indices, scales, padding, ranks, finiteness) and bounds the claimed size by ``max_size``, so a
 Byzantine payload costs a receiver at most O(max_size) memory and O(size * rank) work, and it
 uses elementwise arithmetic only so every node decodes the same bits. :class:`AdaptiveRatio`
-picks top-k's ratio from :class:`NetworkConditions`.
+picks top-k's ratio from :class:`NetworkConditions`. Sparse payloads name their entries by
+bit-packed gaps (:mod:`.sparsify`), so no payload can name an entry twice or out of order.
 """
 
 from __future__ import annotations
