@@ -41,19 +41,25 @@ class Adam:
 
     def step(self, params: np.ndarray, state: np.ndarray, update: np.ndarray,
              t: int = 1) -> tuple[np.ndarray, np.ndarray]:
-        direction, state = self.direction(state, update, t)
-        return (params - self.lr * direction).astype(np.float32), state
+        m_hat, v_hat, state = self._moments(state, update, t)
+        # (lr * m_hat) / ..., in this order: the float32 rounding every node must repeat
+        params = params - self.lr * m_hat / (np.sqrt(v_hat) + self.eps)
+        return params.astype(np.float32), state
 
     def direction(self, state: np.ndarray, update: np.ndarray, t: int
                   ) -> tuple[np.ndarray, np.ndarray]:
         """The bias-corrected m / (sqrt(v) + eps) of step `t`, and the moments after it."""
+        m_hat, v_hat, state = self._moments(state, update, t)
+        return (m_hat / (np.sqrt(v_hat) + self.eps)).astype(np.float32), state
+
+    def _moments(self, state: np.ndarray, update: np.ndarray, t: int
+                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         n = update.size
         m = self.beta1 * state[:n] + (np.float32(1) - self.beta1) * update
         v = self.beta2 * state[n:] + (np.float32(1) - self.beta2) * update * update
         m_hat = m / np.float32(1 - float(self.beta1) ** t)
         v_hat = v / np.float32(1 - float(self.beta2) ** t)
-        return (m_hat / (np.sqrt(v_hat) + self.eps)).astype(np.float32), np.concatenate(
-            [m, v]).astype(np.float32)
+        return m_hat, v_hat, np.concatenate([m, v]).astype(np.float32)
 
 
 Optimizer = MomentumSGD | Adam
