@@ -30,6 +30,7 @@ if _TESTS not in sys.path:
     sys.path.insert(0, _TESTS)
 
 pytest.register_assert_rewrite("nodekit")
+pytest.register_assert_rewrite("tcpkit")
 
 
 # ---- the Byzantine matrix's summary table -------------------------------------------------

@@ -8,17 +8,17 @@ import random
 import socket
 import threading
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterator
-from contextlib import AsyncExitStack, asynccontextmanager
+from collections.abc import AsyncIterator, Coroutine, Iterator
+from contextlib import asynccontextmanager
 from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from tcpkit import FAST, HOST, IDS, KEYRING, Node, Raw, cluster, eventually, run
 
 from phalanx.net.crypto import Identity
-from phalanx.net.handshake import AcceptorHandshake, DialerHandshake, Hello, Session
-from phalanx.net.linkcrypto import RecordCodec, record_codecs
+from phalanx.net.handshake import DialerHandshake, Hello
 from phalanx.net.ratelimit import Backoff, InboundLimiter, RateLimit, TokenBucket
 from phalanx.net.tcp import (
     DATA,
@@ -30,108 +30,9 @@ from phalanx.net.tcp import (
     decode_peers,
     encode_peers,
     pack_frame,
-    read_frame,
 )
 
-HOST = "127.0.0.1"
-IDS = {i: Identity.derive(11, i) for i in range(5)}
-KEYRING = {i: ident.public_key for i, ident in IDS.items()}
 NEWCOMER = Identity.derive(11, 5)  # in no node's keyring until added at run time
-# Quick timings so every test ends in well under a second or two of waiting.
-FAST: dict[str, Any] = {"heartbeat": 0.05, "suspect_after": 0.4, "handshake_timeout": 1.0,
-                        "backoff_base": 0.02, "backoff_cap": 0.2}
-
-
-def run(test: Callable[[], Coroutine[Any, Any, None]], limit: float = 10.0) -> None:
-    async def bounded() -> None:
-        async with asyncio.timeout(limit):
-            await test()
-    asyncio.run(bounded())
-
-
-async def eventually(check: Callable[[], bool], timeout: float = 3.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        assert time.monotonic() < deadline, "condition not reached in time"
-        await asyncio.sleep(0.01)
-
-
-class Node:
-    """A started transport with an inbox and a log of the peer states it reported."""
-
-    def __init__(self, node_id: int, bootstrap: dict[int, tuple[str, int]], port: int = 0,
-                 **options: Any) -> None:
-        self.inbox: list[bytes] = []
-        self.states: list[tuple[int, bool]] = []
-        self.t = TcpTransport(node_id, {**bootstrap, node_id: (HOST, port)}, self.inbox.append,
-                              identity=IDS[node_id], keyring=KEYRING,
-                              rng=random.Random(node_id),
-                              on_peer_state=lambda p, up: self.states.append((p, up)),
-                              **{**FAST, **options})
-
-
-@asynccontextmanager
-async def cluster() -> AsyncIterator[Callable[..., Awaitable[Node]]]:
-    """Yields `start(node_id, bootstrap, **options)`; every node started is closed at the end."""
-    async with AsyncExitStack() as stack:
-        async def start(node_id: int, bootstrap: dict[int, tuple[str, int]] | None = None,
-                        **options: Any) -> Node:
-            node = Node(node_id, bootstrap or {}, **options)
-            await node.t.start()
-            stack.push_async_callback(node.t.close)
-            return node
-        yield start
-
-
-class Raw:
-    """One connection driven by hand from the test: the protocol, or anything but."""
-
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self.reader, self.writer = reader, writer
-        self.sent: list[bytes] = []
-        self.sealer: RecordCodec | None = None
-        self.opener: RecordCodec | None = None
-
-    @classmethod
-    async def connect(cls, address: tuple[str, int]) -> Raw:
-        return cls(*await asyncio.open_connection(*address))
-
-    def send(self, record: bytes) -> None:
-        self.sent.append(record)
-        self.writer.write(pack_frame(record))
-
-    async def recv(self) -> bytes:
-        return await read_frame(self.reader)
-
-    async def dial(self, node: int = 1, expect: int = 0, encrypt: bool = False) -> Session:
-        hs = DialerHandshake(IDS[node], node, KEYRING, expect=expect, encrypt=encrypt)
-        self.send(hs.hello)
-        signature, session = hs.on_reply(await self.recv(), await self.recv())
-        self.send(signature)
-        self.sealer, self.opener = record_codecs(session.send_key, session.recv_key)
-        return session
-
-    async def accept(self, node: int = 1) -> Session:
-        hs = AcceptorHandshake(IDS[node], node, KEYRING, encrypt=False)
-        for record in hs.on_hello(await self.recv()):
-            self.send(record)
-        return hs.on_auth(await self.recv())
-
-    def send_record(self, kind: int, body: bytes) -> None:
-        assert self.sealer is not None, "handshake first"
-        self.send(self.sealer.seal(bytes((kind,)) + body))
-
-    async def closed_by_peer(self, timeout: float = 3.0) -> bool:
-        async with asyncio.timeout(timeout):
-            try:
-                while await self.reader.read(65536):
-                    pass
-            except ConnectionResetError:  # closed with our bytes unread: a reset, not a FIN
-                pass
-        return True
-
-    def close(self) -> None:
-        self.writer.close()
 
 
 # -- meshes ---------------------------------------------------------------------------------

@@ -6,126 +6,24 @@ from __future__ import annotations
 
 import asyncio
 import math
-import random
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
-from contextlib import AsyncExitStack, asynccontextmanager, suppress
-from typing import Any
+from collections.abc import Awaitable, Callable
+from contextlib import AbstractAsyncContextManager, suppress
 
 import pytest
+from tcpkit import FAST as FAST_DEFAULTS
+from tcpkit import HOST, IDS, KEYRING, Node, Raw, eventually, run
+from tcpkit import cluster as kit_cluster
 
-from phalanx.net.crypto import Identity
-from phalanx.net.handshake import AcceptorHandshake, DialerHandshake, Session
-from phalanx.net.linkcrypto import RecordCodec, record_codecs
-from phalanx.net.tcp import (
-    DATA,
-    PING,
-    PONG,
-    PONG_BODY,
-    STAMP,
-    TcpTransport,
-    pack_frame,
-    read_frame,
-)
+from phalanx.net.tcp import DATA, PING, PONG, PONG_BODY, STAMP, TcpTransport
 
-HOST = "127.0.0.1"
-IDS = {i: Identity.derive(12, i) for i in range(4)}
-KEYRING = {i: ident.public_key for i, ident in IDS.items()}
-FAST: dict[str, Any] = {"heartbeat": 0.05, "suspect_after": 2.0, "handshake_timeout": 3.0,
-                        "backoff_base": 0.02, "backoff_cap": 0.2, "measure_interval": 0.05}
+# measure often; suspect late (a throttled relay holds records for a while)
+FAST = {**FAST_DEFAULTS, "suspect_after": 2.0, "handshake_timeout": 3.0,
+        "measure_interval": 0.05}
 
 
-def run(test: Callable[[], Coroutine[Any, Any, None]], limit: float = 15.0) -> None:
-    async def bounded() -> None:
-        async with asyncio.timeout(limit):
-            await test()
-    asyncio.run(bounded())
-
-
-async def eventually(check: Callable[[], bool], timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        assert time.monotonic() < deadline, "condition not reached in time"
-        await asyncio.sleep(0.01)
-
-
-class Node:
-    def __init__(self, node_id: int, bootstrap: dict[int, tuple[str, int]],
-                 **options: Any) -> None:
-        self.inbox: list[bytes] = []
-        self.t = TcpTransport(node_id, {**bootstrap, node_id: (HOST, 0)}, self.inbox.append,
-                              identity=IDS[node_id], keyring=KEYRING,
-                              rng=random.Random(node_id), **{**FAST, **options})
-
-
-@asynccontextmanager
-async def cluster() -> AsyncIterator[Callable[..., Awaitable[Node]]]:
-    async with AsyncExitStack() as stack:
-        async def start(node_id: int, bootstrap: dict[int, tuple[str, int]] | None = None,
-                        **options: Any) -> Node:
-            node = Node(node_id, bootstrap or {}, **options)
-            await node.t.start()
-            stack.push_async_callback(node.t.close)
-            return node
-        yield start
-
-
-class Raw:
-    """One connection driven by hand from the test, speaking as node 1."""
-
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self.reader, self.writer = reader, writer
-        self.sealer: RecordCodec | None = None
-        self.opener: RecordCodec | None = None
-
-    @classmethod
-    async def connect(cls, address: tuple[str, int]) -> Raw:
-        return cls(*await asyncio.open_connection(*address))
-
-    def send(self, record: bytes) -> None:
-        self.writer.write(pack_frame(record))
-
-    async def recv(self) -> bytes:
-        return await read_frame(self.reader)
-
-    def _keys(self, session: Session) -> Session:
-        self.sealer, self.opener = record_codecs(session.send_key, session.recv_key)
-        return session
-
-    async def dial(self, expect: int = 0) -> Session:
-        hs = DialerHandshake(IDS[1], 1, KEYRING, expect=expect, encrypt=False)
-        self.send(hs.hello)
-        signature, session = hs.on_reply(await self.recv(), await self.recv())
-        self.send(signature)
-        return self._keys(session)
-
-    async def accept(self) -> Session:
-        hs = AcceptorHandshake(IDS[1], 1, KEYRING, encrypt=False)
-        for record in hs.on_hello(await self.recv()):
-            self.send(record)
-        return self._keys(hs.on_auth(await self.recv()))
-
-    def send_record(self, kind: int, body: bytes) -> None:
-        assert self.sealer is not None, "handshake first"
-        self.send(self.sealer.seal(bytes((kind,)) + body))
-
-    async def next_record(self, kind: int, size: int | None = None) -> bytes:
-        """The body (kind byte dropped) of the next record of `kind` (and body size)."""
-        assert self.opener is not None, "handshake first"
-        while True:
-            body = self.opener.open(await self.recv())
-            if body[0] == kind and (size is None or len(body) - 1 == size):
-                return body[1:]
-
-    async def closed_by_peer(self, timeout: float = 3.0) -> bool:
-        async with asyncio.timeout(timeout):
-            with suppress(ConnectionResetError):
-                while await self.reader.read(65536):
-                    pass
-        return True
-
-    def close(self) -> None:
-        self.writer.close()
+def cluster() -> AbstractAsyncContextManager[Callable[..., Awaitable[Node]]]:
+    return kit_cluster(FAST)
 
 
 class Relay:
