@@ -189,7 +189,8 @@ class NodeConfig:
     # honest workers send a momentum of their gradients instead of the gradient itself
     # (Karimireddy, He, Jaggi 2021: lower variance makes Byzantine vectors stand out)
     worker_momentum: float = 0.0
-    # "adam": the node sends its own Adam direction (SenderAdam) and the shared step is SGD
+    # "adam": the node sends its own Adam direction (SenderAdam, beta1 = `momentum`) and the
+    # shared step is SGD without momentum
     worker_optimizer: str = "none"
     optimizer: str = "sgd"  # "sgd" (heavy ball) or "adam" (`momentum` is its beta1)
     sync_batch: int = 16  # round records per sync response
@@ -233,7 +234,9 @@ class Node:
         self._requests: dict[int, Envelope] = {}  # requester -> its pending MemberChange
         self._asking: int | None = None  # the change we asked for and wait to see committed
         self._admitted: set[int] = set()  # observers the operator listed while we ran
-        self.optimizer = make_optimizer(config.optimizer, config.lr, config.momentum)
+        sender_adam = config.worker_optimizer == "adam"  # `momentum` is then its beta1
+        self.optimizer = make_optimizer(config.optimizer, config.lr,
+                                        0.0 if sender_adam else config.momentum)
         self.encoding = GradientEncoding(config.compression, dict(config.compression_params),
                                          config.error_feedback, config.adaptive,
                                          config.feedback_decay)
@@ -253,7 +256,7 @@ class Node:
         self.model_hash = sha256(self.params.tobytes())
         self.last_update = np.zeros_like(self.params)  # the last committed aggregate
         self.worker_momentum = np.zeros_like(self.params)  # what we sent, if it is a momentum
-        self.sender_adam = (SenderAdam(self.params.size) if config.worker_optimizer == "adam"
+        self.sender_adam = (SenderAdam(self.params.size, beta1=config.momentum) if sender_adam
                             else None)
         self.excluded: dict[int, bytes] = {}  # peer -> the Evidence frame that excluded it
         self.reputation: dict[int, float] = {}

@@ -191,8 +191,8 @@ class TrainingSpec(Strict):
     votes: Literal["broadcast", "leader"] = "broadcast"
     # honest nodes send beta * momentum + (1 - beta) * gradient (worker momentum, 0 = off)
     worker_momentum: Annotated[float, Field(ge=0, lt=1)] = 0.0
-    # "adam": honest nodes send their own Adam direction (betas 0.9, 0.99) and the shared step
-    # is plain SGD at `lr` (optimizer sgd, momentum 0): top-k's friend under Adam (issue 6)
+    # "adam": honest nodes send their own Adam direction (beta1 = `momentum`, beta2 0.99) and
+    # the shared step is plain SGD at `lr` (optimizer sgd): top-k's friend under Adam (issue 6)
     worker_optimizer: Literal["none", "adam"] = "none"
     step_time: Seconds = 0.05  # simulated seconds per gradient step at speed 1.0
     round_timeout: Annotated[float, Field(gt=0)] = 1.0  # leader: wait for all, then a quorum
@@ -206,10 +206,10 @@ class TrainingSpec(Strict):
             raise ValueError(
                 f"view_timeout ({self.view_timeout}) must exceed round_timeout "
                 f"({self.round_timeout}): followers must outwait the leader's gather")
-        if self.worker_optimizer == "adam" and (
-                self.optimizer != "sgd" or self.momentum or self.worker_momentum):
+        if self.worker_optimizer == "adam" and (self.optimizer != "sgd" or self.worker_momentum):
             raise ValueError("worker_optimizer adam is the only optimizer: the shared step is "
-                             "plain SGD (optimizer sgd, momentum 0, worker_momentum 0)")
+                             "plain SGD (optimizer sgd, worker_momentum 0; momentum is the "
+                             "senders' beta1)")
         return self
 
 

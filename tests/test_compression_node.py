@@ -137,7 +137,7 @@ def test_real_tcp_nodes_with_top_k_gradients_end_on_the_simulated_model(
     data.update(name="quickstart-topk", compression={"method": "topk", "params": {"ratio": 0.1}})
     if sender_adam:
         data["compression"]["feedback_decay"] = 0.8
-        data["training"].update(worker_optimizer="adam", momentum=0.0, lr=0.01)
+        data["training"].update(worker_optimizer="adam", momentum=0.5, lr=0.01)
         data["expect"] = {"honest_hashes_equal": True}
     scenario = parse_scenario(data)
     sim, real = phalanx.run(scenario), phalanx.run(scenario, real=True)
@@ -155,7 +155,7 @@ def test_sender_adam_under_attack_and_what_sparsity_does_to_a_coordinate_wise_me
 
     base = {"name": "sender-adam-attack", "seed": 3, "nodes": {"count": 4},
             "workload": {"kind": "mlp"},
-            "training": {"rounds": 40, "lr": 0.01, "momentum": 0.0, "batch": 32,
+            "training": {"rounds": 40, "lr": 0.01, "momentum": 0.5, "batch": 32,
                          "worker_optimizer": "adam", "aggregator": "median"},
             "compression": {"method": "topk", "params": {"ratio": 0.1}, "feedback_decay": 0.8},
             "byzantine": [{"nodes": [2], "behaviour": "sign_flip"}],
@@ -179,7 +179,7 @@ def test_sender_adam_with_leaky_top_k_keeps_members_on_one_model_through_a_resta
 
     base = {"name": "sender-adam", "seed": 5, "nodes": {"count": 4},
             "workload": {"kind": "mlp"},
-            "training": {"rounds": 40, "lr": 0.01, "momentum": 0.0, "batch": 32,
+            "training": {"rounds": 40, "lr": 0.01, "momentum": 0.5, "batch": 32,
                          "worker_optimizer": "adam"},
             "compression": {"method": "topk", "params": {"ratio": 0.1}, "feedback_decay": 0.8},
             "faults": [{"kind": "crash", "nodes": [2], "at_round": 10, "duration": 1.0,

@@ -192,8 +192,9 @@ CASES: list[tuple[str, dict[str, Any], str, list[str]]] = [
     ("adaptive_bounds_reversed", variant(compression={
         "method": "topk", "adaptive": {**ADAPTIVE, "min_ratio": 0.5}}),
      r"compression\.adaptive\b.*min_ratio 0\.5 is above max_ratio 0\.1", []),
-    ("sender_adam_with_momentum", variant(training__worker_optimizer="adam"),
-     r"training\b.*worker_optimizer adam.*momentum 0", []),
+    ("sender_adam_with_adam", variant(training__worker_optimizer="adam",
+                                      training__optimizer="adam"),
+     r"training\b.*worker_optimizer adam.*optimizer sgd", []),
     ("feedback_decay_above_one", variant(compression={"method": "topk", "feedback_decay": 2}),
      r"compression\.feedback_decay\b", []),
     ("adaptive_target_zero", variant(compression={
