@@ -31,7 +31,7 @@ BANDWIDTH = 10e6  # bits per second per link: the wire sets the pace
 NODES = 4
 LINKS = NODES * (NODES - 1)  # a complete overlay: every broadcast crosses each directed link
 LOSS_TOLERANCE = 0.02  # "within 2% of the uncompressed final loss"
-SENDER_RATIOS = (0.1, 0.05, 0.02, 0.01)
+SENDER_RATIOS = (0.1, 0.05, 0.02, 0.01, 0.003, 0.001)
 LEAK = 0.8  # the residual's decay under sender Adam: flat from 0.5 to 0.85 on seeds 3-8
 # the senders' beta1: 0.9 (Adam's usual) ended top-k 0.05 +1.75% above dense on average over
 # seeds 3-8, 0.8 +0.6%, 0.7 and 0.5 about 0 (standalone runs, 2026-12-03); chosen there, then

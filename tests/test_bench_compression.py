@@ -41,7 +41,7 @@ def test_an_adam_workload_also_runs_adam_at_the_sender(tmp_path: Path) -> None:
     rows = {r["method"]: r for r in report["rows"]}
     sender = [r for r in rows.values() if r["sender_adam"]]
     assert {r["method"] for r in sender} == {"sender Adam, dense"} | {
-        f"sender Adam, topk {r:g} +leaky EF" for r in (0.1, 0.05, 0.02, 0.01)}
+        f"sender Adam, topk {r:g} +leaky EF" for r in (0.1, 0.05, 0.02, 0.01, 0.003, 0.001)}
     assert all(r["hashes_agree"] and r["rounds_committed"] == 4 and r["seed"] == 5
                for r in rows.values())
     assert rows["sender Adam, dense"]["bytes_reduction"] == 1.0  # beside the Adam dense run
