@@ -120,6 +120,10 @@ def finite_positive(value: float) -> bool:
     return math.isfinite(value) and value > 0
 
 
+def measured_rate(conditions: tuple[float, float] | None) -> bool:
+    return conditions is not None and finite_positive(conditions[0])
+
+
 # -- measurement over real links ------------------------------------------------------------
 
 
@@ -134,8 +138,9 @@ def test_loopback_mesh_measures_finite_bandwidth_and_small_latency(encrypt: bool
             frame = bytes(1024 * 1024)
             deadline = time.monotonic() + 10.0
             # Loopback is fast: keep frames flowing until every receiver has pooled enough
-            # arrival time for a rate and reported it back.
-            while not all(n.t.link_conditions() is not None for n in nodes):
+            # arrival time for a rate and reported it back (until then a node knows its round
+            # trips only, and its bandwidth reads inf).
+            while not all(measured_rate(n.t.link_conditions()) for n in nodes):
                 assert time.monotonic() < deadline, "no measurement in time"
                 for i, node in enumerate(nodes):
                     for j in range(3):
