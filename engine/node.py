@@ -1003,8 +1003,10 @@ class Node:
             self._accuse(earlier, env)
             return
         key = (v.view, v.phase, v.set_digest, v.model_hash)
-        if book.count(key) < book.quorum:
-            return  # no certificate yet: nothing this vote could unlock
+        if book.count(key) != book.quorum:
+            # below a quorum nothing is unlocked; past it, whatever the quorum unlocked ran
+            # when the quorum formed, and anything still waiting re-checks when it arrives
+            return
         self._certify(v.round, key)
         if v.round == self.round:
             self._advance()

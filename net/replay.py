@@ -8,7 +8,7 @@ tell whether it was seen. Memory per sender is O(window) whatever the seqs look 
 
 from __future__ import annotations
 
-import heapq
+from heapq import heappop, heappush
 
 
 class _Window:
@@ -32,16 +32,15 @@ class ReplayGuard:
         w = self._senders.get(sender)
         if w is None:
             w = self._senders[sender] = _Window()
-        seen = w.seen
-        if seq <= w.floor or seq in seen:
+        elif seq <= w.floor or seq in w.seen:
             return False
-        seen.add(seq)
+        w.seen.add(seq)
         heap = w.heap
-        heapq.heappush(heap, seq)
+        heappush(heap, seq)
         if len(heap) > self.window:
             # Evicting the smallest keeps the floor monotone: every seq above it is retained.
-            oldest = heapq.heappop(heap)
-            seen.discard(oldest)
+            oldest = heappop(heap)
+            w.seen.discard(oldest)
             w.floor = oldest
         return True
 

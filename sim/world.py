@@ -14,6 +14,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from heapq import heappush
 from typing import Any
 
 import numpy as np
@@ -126,10 +127,11 @@ class _Call:
     a million routed frames per simulated round. The shared callback list is never mutated.
     """
 
-    __slots__ = ("_ok", "args", "callbacks", "fn")
+    __slots__ = ("args", "callbacks", "fn")
+    _ok = True  # read by SimPy's loop: the event succeeded
 
     def __init__(self, fn: Callable[..., None], args: tuple[Any, ...]) -> None:
-        self.fn, self.args, self._ok, self.callbacks = fn, args, True, _RUN
+        self.fn, self.args, self.callbacks = fn, args, _RUN
 
 
 def _run(event: _Call) -> None:
@@ -137,6 +139,21 @@ def _run(event: _Call) -> None:
 
 
 _RUN = [_run]
+
+
+class _Hop:
+    """One copy of a broadcast frame crossing one tree edge, due at its arrival at `at`.
+
+    The commonest event of a run: its callback list holds the world's relay itself, so SimPy's
+    loop calls straight into it (no trampoline, no argument tuple to unpack)."""
+
+    __slots__ = ("at", "callbacks", "frame", "kind", "rnd", "sent", "src")
+    _ok = True
+
+    def __init__(self, callbacks: list[Callable[[_Hop], None]], at: int, src: int,
+                 frame: bytes, kind: int, rnd: int, sent: float) -> None:
+        self.callbacks, self.at, self.src, self.frame = callbacks, at, src, frame
+        self.kind, self.rnd, self.sent = kind, rnd, sent
 
 
 @dataclass
@@ -209,6 +226,14 @@ class Host:
             if actions:
                 self.execute(actions)
 
+    def receive(self, frame: bytes, now: float) -> None:
+        """`feed(Received(frame))`, on the path every delivered copy takes."""
+        node = self.node
+        if node is not None:
+            actions = node.handle(Received(frame), now)
+            if actions:
+                self.execute(actions)
+
     def execute(self, actions: list[Action]) -> None:
         w = self.world
         for action in actions:
@@ -260,6 +285,7 @@ class SimWorld:
         self.routes = build_graph_routes(scenario, self.rngs)
         self._next_hop: list[list[int]] = self.routes.next_hop_table.tolist()  # fast lookups
         self._trees: dict[int, list[tuple[tuple[int, ...], tuple[Link, ...]]]] = {}
+        self._on_hop = [self._relay]  # the callbacks of every hop event (never mutated)
         links = scenario.links
         self.network = Network(self.routes, LinkParams(
             latency=links.latency, jitter=links.jitter, jitter_dist=links.jitter_dist,
@@ -322,7 +348,7 @@ class SimWorld:
         self._hop(src, src, dst, frame, kind, rnd, self.env.now)
 
     def broadcast(self, src: int, frame: bytes, kind: int, rnd: int) -> None:
-        self._relay(src, src, frame, kind, rnd, self.env.now)
+        self._relay(_Hop(self._on_hop, src, src, frame, kind, rnd, self.env.now))
 
     def _tree(self, root: int) -> list[tuple[tuple[int, ...], tuple[Link, ...]]]:
         """Children of every node in the shortest-path tree rooted at `root`, with the links
@@ -339,37 +365,44 @@ class SimWorld:
                                         for u, k in enumerate(lists)]
         return kids
 
-    def _relay(self, at: int, src: int, frame: bytes, kind: int, rnd: int, sent: float) -> None:
+    def _relay(self, hop: _Hop) -> None:
         """A broadcast travels once over each edge of the sender's shortest-path tree: every
         node on it receives the frame and its transport forwards it to its children (a P2P
         overlay's relay), so a sparse overlay carries n - 1 copies, not n - 1 routed unicasts.
         A relay that is down, a cut or a lost frame loses the copy for the whole subtree.
 
-        The simulator's hottest function, so the link step is inlined rather than shared."""
-        now = self.env.now
+        The simulator's hottest function (one call per delivered copy): the link step is
+        inlined, and hops go straight onto SimPy's queue, exactly as `env.schedule` puts
+        them (same key, same order), without a call per hop."""
+        at, src, frame, kind, rnd, sent = hop.at, hop.src, hop.frame, hop.kind, hop.rnd, hop.sent
+        env = self.env
+        now = env._now
         host = self.hosts[at]
         if at != src:
             if not host.up:
                 self.log.drop(now, src, at, kind, rnd, len(frame), now - sent, "node_down")
                 return
             self.log.deliver(now, src, at, kind, rnd, len(frame), now - sent)
-        children, links = self._tree(src)[at]
+        tree = self._trees.get(src) or self._tree(src)
+        children, links = tree[at]
         if children:
-            size, draws, rules = len(frame), self.link_draws, self.faults.rules
-            schedule, relay = self.env.schedule, self._relay
+            size, draws, faults = len(frame), self.link_draws, self.faults
+            queue, eid, on_hop = env._queue, env._eid, self._on_hop
+            scheduled = 0
             for child, link in zip(children, links, strict=True):
-                if rules and self.faults.blocked(at, child):
+                if faults.rules and faults.blocked(at, child):
                     self.log.drop(now, src, child, kind, rnd, size, now - sent, "partition")
                     continue
                 arrivals = link.transmit(now, size, draws)
                 if not arrivals:
                     self.log.drop(now, src, child, kind, rnd, size, now - sent, "loss")
                 for t in arrivals:
-                    self.stats.events += 1
-                    schedule(_Call(relay, (child, src, frame, kind, rnd, sent)),  # type: ignore[arg-type]
-                             NORMAL, t - now)
+                    scheduled += 1
+                    heappush(queue, (now + (t - now), NORMAL, next(eid),
+                                     _Hop(on_hop, child, src, frame, kind, rnd, sent)))
+            self.stats.events += scheduled
         if at != src:
-            host.feed(Received(frame))
+            host.receive(frame, now)
 
     def _hop(self, at: int, src: int, dst: int, frame: bytes, kind: int, rnd: int,
              sent: float) -> None:
