@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import heapq
 import random
 
 import pytest
@@ -52,8 +53,7 @@ def test_memory_bounded_after_100k_seqs() -> None:
         seq += rng.randint(1, 10**6)
         assert guard.check(3, seq)
     assert guard.retained(3) == 4096
-    window = guard._senders[3]
-    assert len(window.heap) == len(window.seen) == 4096
+    assert guard.floor(3) is not None and not guard.check(3, guard.floor(3))
 
 
 @settings(max_examples=300, deadline=None)
@@ -71,3 +71,35 @@ def test_never_accepts_twice_and_always_accepts_new_maximum(seqs: list[int], win
             assert ok  # a fresh highest seq is never lost
             top = s
         assert guard.retained(0) <= window
+
+
+class _ReferenceGuard:
+    """The plain definition: every accepted seq on a min-heap, the smallest evicted past
+    `window`. The guard must decide exactly as this does."""
+
+    def __init__(self, window: int) -> None:
+        self.window, self.seen, self.heap, self.floor = window, set(), [], -1
+
+    def check(self, seq: int) -> bool:
+        if seq <= self.floor or seq in self.seen:
+            return False
+        self.seen.add(seq)
+        heapq.heappush(self.heap, seq)
+        if len(self.heap) > self.window:
+            self.floor = heapq.heappop(self.heap)
+            self.seen.discard(self.floor)
+        return True
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 2), st.integers(0, 80)), max_size=300),
+       st.integers(1, 12))
+def test_decides_exactly_as_the_plain_heap_definition(
+        stream: list[tuple[int, int]], window: int) -> None:
+    guard = ReplayGuard(window=window)
+    reference = {s: _ReferenceGuard(window) for s in range(3)}
+    for sender, seq in stream:
+        assert guard.check(sender, seq) == reference[sender].check(seq)
+        ref = reference[sender]
+        assert guard.floor(sender) == (None if ref.floor < 0 else ref.floor)
+        assert guard.retained(sender) == len(ref.seen)
