@@ -386,18 +386,18 @@ class SimWorld:
         tree = self._trees.get(src) or self._tree(src)
         children, links = tree[at]
         if children:
-            size, draws, faults = len(frame), self.link_draws, self.faults
+            size, draws, rules = len(frame), self.link_draws, self.faults.rules
             queue, eid, on_hop = env._queue, env._eid, self._on_hop
             scheduled = 0
             for child, link in zip(children, links, strict=True):
-                if faults.rules and faults.blocked(at, child):
+                if rules and self.faults.blocked(at, child):
                     self.log.drop(now, src, child, kind, rnd, size, now - sent, "partition")
                     continue
                 arrivals = link.transmit(now, size, draws)
                 if not arrivals:
                     self.log.drop(now, src, child, kind, rnd, size, now - sent, "loss")
                 for t in arrivals:
-                    scheduled += 1
+                    scheduled += 1  # `now + (t - now)`: the float `env.schedule` would compute
                     heappush(queue, (now + (t - now), NORMAL, next(eid),
                                      _Hop(on_hop, child, src, frame, kind, rnd, sent)))
             self.stats.events += scheduled
