@@ -220,17 +220,11 @@ class Host:
         self.world.log.node_event(self.world.now, "restart", f"keep_disk={keep_disk}", self.id)
         self.start(lost_disk=not keep_disk)
 
-    def feed(self, event: Event) -> None:
-        if self.node is not None:
-            actions = self.node.handle(event, self.world.now)
-            if actions:
-                self.execute(actions)
-
-    def receive(self, frame: bytes, now: float) -> None:
-        """`feed(Received(frame))`, on the path every delivered copy takes."""
+    def feed(self, event: Event, now: float | None = None) -> None:
+        """Hand `event` to the node; the relay passes `now` (one per delivered copy)."""
         node = self.node
         if node is not None:
-            actions = node.handle(Received(frame), now)
+            actions = node.handle(event, self.world.now if now is None else now)
             if actions:
                 self.execute(actions)
 
@@ -402,7 +396,7 @@ class SimWorld:
                                      _Hop(on_hop, child, src, frame, kind, rnd, sent)))
             self.stats.events += scheduled
         if at != src:
-            host.receive(frame, now)
+            host.feed(Received(frame), now)
 
     def _hop(self, at: int, src: int, dst: int, frame: bytes, kind: int, rnd: int,
              sent: float) -> None:
