@@ -21,8 +21,8 @@ from phalanx.engine.node import Node
 from phalanx.net.crypto import Identity
 from phalanx.net.envelope import FrameOpener
 from phalanx.net.messages import RoundRecord
-from phalanx.sim.scenario import Scenario, ScenarioError, load_scenario
-from phalanx.sim.world import member_keys, node_config, workload_for
+from phalanx.scenario.build import member_keys, node_config, workload_for
+from phalanx.scenario.schema import Scenario, ScenarioError, load_scenario
 
 
 @dataclass(frozen=True)

@@ -25,7 +25,7 @@ from rich.console import Console
 from phalanx.apps.bench_report import results_table, save_report, stamp
 from phalanx.apps.results import round_latencies
 from phalanx.apps.runner import run_scenario
-from phalanx.sim.scenario import Scenario, parse_scenario
+from phalanx.scenario.schema import Scenario, parse_scenario
 
 BANDWIDTH = 10e6  # bits per second per link: the wire sets the pace
 NODES = 4

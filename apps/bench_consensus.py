@@ -19,7 +19,7 @@ from rich.console import Console
 
 from phalanx.apps.bench_report import results_table, save_report, stamp
 from phalanx.apps.runner import run_scenario
-from phalanx.sim.scenario import Scenario, parse_scenario
+from phalanx.scenario.schema import Scenario, parse_scenario
 
 STEP_TIME = 0.01
 LINK_LATENCY = 0.05

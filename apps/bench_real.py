@@ -32,7 +32,7 @@ from phalanx.apps.calibrate import (
     with_rounds,
 )
 from phalanx.apps.runner import run_scenario
-from phalanx.sim.scenario import Scenario, load_scenario
+from phalanx.scenario.schema import Scenario, load_scenario
 
 TARGET = 0.10  # the calibrated simulator's round latency within 10% of the real one
 

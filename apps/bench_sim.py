@@ -24,7 +24,7 @@ from rich.console import Console
 from phalanx.apps.bench_report import results_table, save_report, stamp
 from phalanx.apps.runner import peak_memory_mb
 from phalanx.engine.rng import RngStreams
-from phalanx.sim.scenario import Scenario, parse_scenario
+from phalanx.scenario.schema import Scenario, parse_scenario
 from phalanx.sim.world import SimWorld, build_graph_routes, gc_paused
 
 

@@ -59,8 +59,8 @@ from phalanx.engine.workloads.base import GradientJob
 from phalanx.net.crypto import Identity
 from phalanx.net.envelope import Envelope, open_frame
 from phalanx.net.tcp import TcpTransport
-from phalanx.sim.scenario import Scenario, parse_scenario
-from phalanx.sim.world import node_config, workload_for
+from phalanx.scenario.build import node_config, workload_for
+from phalanx.scenario.schema import Scenario, parse_scenario
 
 PING_BYTES = 256  # about a vote's frame: the latency probe
 BULK_BYTES = 4 * 1024 * 1024  # long enough that its transfer time dwarfs the latency

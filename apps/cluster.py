@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from phalanx.apps.node_settings import load_members, node_identity, write_members
-from phalanx.sim.scenario import Scenario, ScenarioError
+from phalanx.scenario.schema import Scenario, ScenarioError
 
 CLUSTER_FILE = "cluster.json"
 

@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING
 
 import polars as pl
 
-from phalanx.sim.scenario import (
+from phalanx.scenario.schema import (
     BridgeFault,
     CrashFault,
     IsolateFault,

@@ -23,7 +23,7 @@ import polars as pl
 import yaml
 from pydantic import Field, ValidationError
 
-from phalanx.sim.scenario import Scenario, ScenarioError, Strict, describe_error, parse_scenario
+from phalanx.scenario.schema import Scenario, ScenarioError, Strict, describe_error, parse_scenario
 
 
 class AttackSpec(Strict):

@@ -50,8 +50,8 @@ from phalanx.engine.node import Node
 from phalanx.engine.rng import RngStreams
 from phalanx.net.crypto import Identity
 from phalanx.net.envelope import open_frame
-from phalanx.sim.scenario import Scenario, ScenarioError
-from phalanx.sim.world import node_config, workload_for
+from phalanx.scenario.build import node_config, workload_for
+from phalanx.scenario.schema import Scenario, ScenarioError
 
 TransportKind = Literal["tcp", "mpi"]
 
@@ -385,9 +385,13 @@ def serve(plan: NodePlan, out: Console) -> None:
 
 def main() -> None:
     """`python -m phalanx.apps.node --real ...`: the same command as `phalanx node`."""
-    from phalanx.apps.cli import app
+    import typer
 
-    app(["node", *sys.argv[1:]], prog_name="python -m phalanx.apps.node")
+    from phalanx.apps.node_command import node
+
+    app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
+    app.command()(node)
+    app(prog_name="python -m phalanx.apps.node")
 
 
 if __name__ == "__main__":

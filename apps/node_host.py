@@ -15,7 +15,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from phalanx.apps.node_log import NodeLog
-from phalanx.apps.runner import commit_row
+from phalanx.apps.results import commit_row
 from phalanx.engine.events import (
     Action,
     Broadcast,

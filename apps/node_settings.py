@@ -16,7 +16,7 @@ from typing import Annotated, Any, Literal
 from pydantic import Field, ValidationError
 
 from phalanx.net.crypto import PUBLIC_KEY_SIZE, Identity
-from phalanx.sim.scenario import ScenarioError, Strict, describe_error
+from phalanx.scenario.schema import ScenarioError, Strict, describe_error
 
 Port = Annotated[int, Field(ge=0, le=65535)]
 NodeType = Literal["full", "training", "annotation", "lightweight"]

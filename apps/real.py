@@ -21,8 +21,8 @@ import polars as pl
 from phalanx.apps.cluster import NodeProc, alive, cluster_down, cluster_up
 from phalanx.apps.results import RunResult, rounds_table, summarize
 from phalanx.engine.rng import RngStreams
-from phalanx.sim.scenario import Scenario
-from phalanx.sim.world import workload_for
+from phalanx.scenario.build import workload_for
+from phalanx.scenario.schema import Scenario
 
 
 class RealRunError(RuntimeError):

@@ -14,6 +14,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from phalanx.apps.results import (
     RunResult,
     check_expectations,
+    commit_row,
     rounds_table,
     summarize,
     write_outputs,
@@ -21,22 +22,13 @@ from phalanx.apps.results import (
 from phalanx.engine.events import RoundCommitted
 from phalanx.engine.metrics import MetricLog
 from phalanx.net.messages import KINDS
-from phalanx.sim.scenario import Scenario, load_scenario, with_seed
+from phalanx.scenario.schema import Scenario, load_scenario, with_seed
 from phalanx.sim.world import SimWorld
 
 
 def peak_memory_mb() -> float:
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS
     return rss / (1024 * 1024) if sys.platform == "darwin" else rss / 1024
-
-
-def commit_row(metric: RoundCommitted, time: float, order: int, bytes_sent: int,
-               byzantine: bool) -> dict[str, Any]:
-    return {"round": metric.round, "order": order, "node": metric.node, "time": time,
-            "view": metric.view,
-            "contributors": metric.contributors, "train_loss": metric.train_loss,
-            "model_hash": metric.model_hash.hex(), "via_sync": metric.via_sync,
-            "bytes_sent": bytes_sent, "byzantine": byzantine, "ratio": metric.ratio}
 
 
 class RoundPrinter:

@@ -43,7 +43,7 @@ from phalanx.apps.invariants import (
     down_at_end,
     heights,
 )
-from phalanx.sim.scenario import Scenario, load_scenario
+from phalanx.scenario.schema import Scenario, load_scenario
 
 MAX_SEED = 2**63  # the scenario schema's bound (exclusive)
 # Workers are spawned, never forked: polars (and its allocator) run threads from import time

@@ -9,7 +9,7 @@ from typing import Annotated, Any, Literal
 from pydantic import Field, ValidationError, model_validator
 
 from phalanx.engine.model.config import FFN, ConfigError, GPTConfig, Positions
-from phalanx.sim.scenario import ScenarioError, Strict, describe_error, read_yaml
+from phalanx.scenario.schema import ScenarioError, Strict, describe_error, read_yaml
 
 Positive = Annotated[int, Field(ge=1)]
 NonNegative = Annotated[int, Field(ge=0)]

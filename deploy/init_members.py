@@ -22,7 +22,7 @@ import sys
 from pathlib import Path
 
 from phalanx.apps.node_settings import load_members, parse_address, write_members
-from phalanx.sim.scenario import ScenarioError
+from phalanx.scenario.schema import ScenarioError
 
 HEX_KEY = re.compile(r"[0-9a-f]{64}")
 

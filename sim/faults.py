@@ -11,7 +11,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from phalanx.engine.events import RequestChange
-from phalanx.sim.scenario import (
+from phalanx.scenario.schema import (
     BridgeFault,
     ChangeRequest,
     CrashFault,

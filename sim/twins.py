@@ -12,7 +12,7 @@ node.
 The executor here is a small deterministic driver (no SimPy): one heap of events on a simulated
 clock, ordered by (time, insertion number); every frame takes a fixed `delay`; compute jobs run
 at once and report after `step_time x cost`; timers re-armed by name replace the earlier one.
-Nodes are built as `sim/world.py` builds them (`node_config`, `workload_for`,
+Nodes are built as `scenario/build.py` builds them for the simulator (`node_config`, `workload_for`,
 `Identity.derive(seed, i)`, one memoizing `FrameOpener` over a `VerifyCache`); the twinned
 members are listed as Byzantine with the "honest" behaviour, so more twins than f need
 `unsafe=True`, as in a scenario file.
@@ -73,8 +73,8 @@ from phalanx.engine.rng import RngStreams
 from phalanx.net.envelope import Envelope
 from phalanx.net.errors import DecodeError
 from phalanx.net.messages import Evidence, Gradient, Proposal, RoundRecord, Vote
-from phalanx.sim.scenario import Scenario
-from phalanx.sim.world import member_keys, node_config, workload_for
+from phalanx.scenario.build import member_keys, node_config, workload_for
+from phalanx.scenario.schema import Scenario
 
 __all__ = [
     "Delivery",

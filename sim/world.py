@@ -43,56 +43,14 @@ from phalanx.engine.events import (
     TimerFired,
 )
 from phalanx.engine.metrics import MetricLog
-from phalanx.engine.node import Node, NodeConfig
+from phalanx.engine.node import Node
 from phalanx.engine.rng import RngStreams
-from phalanx.engine.workloads import Workload, make_workload
-from phalanx.net.crypto import Identity, VerifyCache
-from phalanx.net.envelope import FrameOpener
+from phalanx.scenario.build import member_keys, node_config, workload_for
+from phalanx.scenario.schema import Scenario
 from phalanx.sim.eventlog import EventLog
 from phalanx.sim.faults import FaultInjector
 from phalanx.sim.links import Draws, Link, LinkParams, Network
-from phalanx.sim.scenario import Scenario
 from phalanx.sim.topology import Routes, build_topology
-
-
-def workload_for(scenario: Scenario, rngs: RngStreams) -> Workload:
-    params = scenario.workload.model_dump(exclude={"kind"})
-    params["batch"] = scenario.training.batch
-    return make_workload(scenario.workload.kind, params, scenario.nodes.count, rngs)
-
-
-def node_config(scenario: Scenario, node: int, round_timeout: float | None = None,
-                view_timeout: float | None = None) -> NodeConfig:
-    t = scenario.training
-    return NodeConfig(node_id=node, members=scenario.members,
-                      observers=tuple(sorted(scenario.nodes.observers)), rounds=t.rounds,
-                      lr=t.lr, momentum=t.momentum, aggregator=t.aggregator.kind,
-                      aggregator_params=tuple(sorted(t.aggregator.params.items())),
-                      pre_aggregation=tuple(t.aggregator.pre),
-                      max_gradient_norm=t.max_gradient_norm,
-                      votes_to_leader=t.votes == "leader",
-                      worker_momentum=t.worker_momentum, optimizer=t.optimizer,
-                      round_timeout=round_timeout or t.round_timeout,
-                      view_timeout=view_timeout or t.view_timeout,
-                      compression=scenario.compression.method,
-                      compression_params=tuple(sorted(scenario.compression.params.items())),
-                      error_feedback=scenario.compression.error_feedback,
-                      adaptive=scenario.compression.bounds,
-                      feedback_decay=scenario.compression.feedback_decay,
-                      worker_optimizer=t.worker_optimizer,
-                      privacy=(scenario.privacy.clip, scenario.privacy.noise_multiplier)
-                      if scenario.privacy else None)
-
-
-def member_keys(scenario: Scenario) -> tuple[list[Identity], FrameOpener, VerifyCache]:
-    """The members' identities (derived from the seed), and a frame opener over their public
-    keys that verifies each signature once (shared by every simulated node of a run)."""
-    identities = [Identity.derive(scenario.seed, i) for i in range(scenario.nodes.count)]
-    cache = VerifyCache()
-    keyring = {i: ident.public_key for i, ident in enumerate(identities)}
-    # decoding and verifying a frame is a pure function of its bytes: memoize it across the
-    # simulated nodes (a forged frame has other bytes, so it is still checked and rejected)
-    return identities, FrameOpener(keyring, verify=cache.verify), cache
 
 
 def build_graph_routes(scenario: Scenario, rngs: RngStreams) -> Routes:

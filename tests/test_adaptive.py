@@ -17,7 +17,7 @@ from phalanx.engine.compress.sparsify import sparse_bytes
 from phalanx.engine.encoding import GradientEncoding
 from phalanx.engine.events import LinkConditions
 from phalanx.net.messages import Gradient
-from phalanx.sim.scenario import load_scenario
+from phalanx.scenario.schema import load_scenario
 
 SCENARIO = Path(phalanx.__file__).resolve().parent / "scenarios" / "adaptive.yaml"
 ADAPTIVE = {"compression": "topk", "adaptive": (1.0, 0.25, 1.0)}  # 1..4 of DIM = 4 entries
@@ -77,7 +77,7 @@ def test_real_nodes_size_their_gradients_from_what_tcp_measured() -> None:
     loopback latency alone exceeds brings every node down to the smallest."""
     import yaml
 
-    from phalanx.sim.scenario import parse_scenario
+    from phalanx.scenario.schema import parse_scenario
 
     data = yaml.safe_load(SCENARIO.read_text())
     data.update(faults=[], expect={"honest_hashes_equal": True})

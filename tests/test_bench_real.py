@@ -16,7 +16,7 @@ from rich.console import Console
 
 from phalanx.apps.bench_real import run_bench
 from phalanx.apps.calibrate import calibrated_scenario
-from phalanx.sim.scenario import load_scenario, parse_scenario
+from phalanx.scenario.schema import load_scenario, parse_scenario
 
 SCENARIOS = Path(__file__).resolve().parent.parent / "scenarios"
 ROUNDS = 8

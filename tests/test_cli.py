@@ -20,7 +20,7 @@ from typer.testing import CliRunner, Result
 
 import phalanx
 from phalanx.apps.cli import app
-from phalanx.sim.scenario import Scenario
+from phalanx.scenario.schema import Scenario
 
 SCENARIOS_DIR = Path(phalanx.__file__).resolve().parent / "scenarios"
 ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")

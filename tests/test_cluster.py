@@ -24,7 +24,7 @@ import phalanx
 from phalanx.apps.cli import app
 from phalanx.apps.cluster import cluster_down, cluster_up, read_cluster
 from phalanx.apps.node_log import NodeLog
-from phalanx.sim.scenario import load_scenario
+from phalanx.scenario.schema import load_scenario
 
 
 def test_cluster_runs_the_simulated_model_and_reports_status(tmp_path: Path) -> None:

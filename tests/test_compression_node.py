@@ -102,7 +102,7 @@ def test_fuzzed_payloads_never_crash_a_node(encoding: str, size: int,
 
 
 def test_a_byzantine_sign_flipper_encodes_its_attack_and_honest_nodes_still_agree() -> None:
-    from phalanx.sim.scenario import parse_scenario
+    from phalanx.scenario.schema import parse_scenario
 
     base = {"name": "compressed-attack", "seed": 3, "nodes": {"count": 4},
             "workload": {"kind": "mlp"},
@@ -130,7 +130,7 @@ def test_real_tcp_nodes_with_top_k_gradients_end_on_the_simulated_model(
 
     import yaml
 
-    from phalanx.sim.scenario import parse_scenario
+    from phalanx.scenario.schema import parse_scenario
 
     data = yaml.safe_load((Path(__file__).resolve().parent.parent / "scenarios"
                            / "quickstart.yaml").read_text())
@@ -151,7 +151,7 @@ def test_sender_adam_under_attack_and_what_sparsity_does_to_a_coordinate_wise_me
     other, the honest nodes agree and still learn. And the caveat engine/compress documents: a
     coordinate-wise median of sparse vectors is zero wherever most inputs left the coordinate
     out, so even without an attacker it moves the model less than the mean does."""
-    from phalanx.sim.scenario import parse_scenario
+    from phalanx.scenario.schema import parse_scenario
 
     base = {"name": "sender-adam-attack", "seed": 3, "nodes": {"count": 4},
             "workload": {"kind": "mlp"},
@@ -175,7 +175,7 @@ def test_sender_adam_with_leaky_top_k_keeps_members_on_one_model_through_a_resta
     """Adam at the sender (each node sends its own Adam direction, the shared step is SGD)
     under top-k with leaky feedback: a crashed node comes back with its Adam moments from disk
     and every member ends on one model."""
-    from phalanx.sim.scenario import parse_scenario
+    from phalanx.scenario.schema import parse_scenario
 
     base = {"name": "sender-adam", "seed": 5, "nodes": {"count": 4},
             "workload": {"kind": "mlp"},

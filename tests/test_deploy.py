@@ -32,7 +32,7 @@ from phalanx.apps.node_settings import (
     node_identity,
     parse_address,
 )
-from phalanx.sim.scenario import load_scenario
+from phalanx.scenario.schema import load_scenario
 
 ROOT = Path(__file__).resolve().parent.parent
 DEPLOY = ROOT / "deploy"

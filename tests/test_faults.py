@@ -12,7 +12,7 @@ from phalanx.apps.runner import run_sim
 from phalanx.engine.events import Broadcast
 from phalanx.net.envelope import seal
 from phalanx.net.messages import Gradient
-from phalanx.sim.scenario import parse_scenario
+from phalanx.scenario.schema import parse_scenario
 from phalanx.sim.world import SimWorld
 
 

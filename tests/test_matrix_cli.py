@@ -9,7 +9,7 @@ import pytest
 from typer.testing import CliRunner
 
 from phalanx.apps.cli import app
-from phalanx.sim.scenario import load_scenario
+from phalanx.scenario.schema import load_scenario
 
 BASE = """
 name: tiny

@@ -19,7 +19,7 @@ from phalanx.apps.audit import audit_run
 from phalanx.apps.cli import app
 from phalanx.apps.cluster import cluster_down, cluster_up
 from phalanx.apps.status import make_status_app
-from phalanx.sim.scenario import parse_scenario
+from phalanx.scenario.schema import parse_scenario
 
 
 def scenario_with_observers() -> dict:

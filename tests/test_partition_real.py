@@ -12,7 +12,7 @@ from clusterkit import SCENARIOS, until
 from netlab import NetLab
 
 from phalanx.apps.cluster import cluster_down, cluster_status, cluster_up
-from phalanx.sim.scenario import load_scenario
+from phalanx.scenario.schema import load_scenario
 
 pytestmark = pytest.mark.skipif(not NetLab.available(),
                                 reason="needs root and `ip netns` for real partitions")

@@ -12,7 +12,7 @@ import yaml
 
 import phalanx
 from phalanx.engine.privacy import clip_and_noise, gaussian_delta, gaussian_epsilon
-from phalanx.sim.scenario import ScenarioError, parse_scenario
+from phalanx.scenario.schema import ScenarioError, parse_scenario
 
 QUICKSTART = Path(__file__).resolve().parent.parent / "scenarios" / "quickstart.yaml"
 

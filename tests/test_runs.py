@@ -10,7 +10,7 @@ import yaml
 
 import phalanx
 from phalanx.apps.results import RunResult
-from phalanx.sim.scenario import load_scenario, parse_scenario
+from phalanx.scenario.schema import load_scenario, parse_scenario
 
 SCENARIOS = Path(__file__).resolve().parent.parent / "scenarios"
 

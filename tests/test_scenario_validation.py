@@ -17,7 +17,7 @@ import pytest
 import yaml
 
 import phalanx
-from phalanx.sim.scenario import Scenario, ScenarioError, load_scenario, parse_scenario
+from phalanx.scenario.schema import Scenario, ScenarioError, load_scenario, parse_scenario
 
 SCENARIOS_DIR = Path(phalanx.__file__).resolve().parent / "scenarios"
 

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 import phalanx
-from phalanx.sim.scenario import Scenario, parse_scenario
+from phalanx.scenario.schema import Scenario, parse_scenario
 
 
 def random_fault(r: random.Random, n: int, f: int, rounds: int) -> dict[str, Any]:

@@ -33,7 +33,7 @@ from phalanx.apps.invariants import (
 from phalanx.apps.results import RunResult
 from phalanx.apps.runner import run_scenario
 from phalanx.apps.sweep import run_seed, sweep, with_seed_text
-from phalanx.sim.scenario import load_scenario, parse_scenario
+from phalanx.scenario.schema import load_scenario, parse_scenario
 
 ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
 

@@ -13,7 +13,7 @@ import yaml
 from rich.console import Console
 
 from phalanx.apps.runner import RoundPrinter, run_sim
-from phalanx.sim.scenario import ScenarioError, parse_scenario
+from phalanx.scenario.schema import ScenarioError, parse_scenario
 
 SCENARIO = Path(__file__).resolve().parents[1] / "scenarios" / "transformer_byzantine.yaml"
 ROUNDS = 150

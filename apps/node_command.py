@@ -1,0 +1,74 @@
+"""The `phalanx node` command (also `python -m phalanx.apps.node`): one production node. Kept
+apart from the rest of the CLI so a node process loads what a node needs, never the simulator."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from phalanx.apps.node import plan_node, serve
+from phalanx.apps.node_settings import load_members, load_node_file
+from phalanx.apps.terminal import fail, out
+from phalanx.scenario.schema import ScenarioError, load_scenario
+
+
+def node(
+    real: Annotated[bool, typer.Option("--real", help="run a real node (required: simulated "
+                                       "nodes run with `phalanx run`)")] = False,
+    scenario: Annotated[Path | None, typer.Option(
+        help="the scenario that defines the training job and its members")] = None,
+    config: Annotated[Path | None, typer.Option(
+        help="node.json with the original keys (node_id, p2p_port, web_port, bootstrap_peers, "
+             "enable_curation, enable_rlhf, enable_web_interface, max_memory_mb, "
+             "max_cpu_threads); options below override it")] = None,
+    node_type: Annotated[str | None, typer.Option(
+        help="full | training | annotation | lightweight")] = None,
+    node_id: Annotated[int | None, typer.Option(help="this node's member id")] = None,
+    p2p_port: Annotated[int | None, typer.Option(help="TCP port for peers")] = None,
+    web_port: Annotated[int | None, typer.Option(help="HTTP status port")] = None,
+    bootstrap: Annotated[str | None, typer.Option(
+        help="comma-separated host:port of peers to reach first")] = None,
+    members: Annotated[Path | None, typer.Option(
+        help="members.json: every member's id, public key and address")] = None,
+    data_dir: Annotated[Path | None, typer.Option(
+        help="folder for the key, the SQLite log and results ({node_id} is replaced)")] = None,
+    transport: Annotated[str, typer.Option(help="tcp | mpi (mpiexec -n N ...)")] = "tcp",
+    encrypt: Annotated[bool, typer.Option(help="encrypt links (TCP)")] = False,
+    no_web: Annotated[bool, typer.Option("--no-web", help="no HTTP status endpoint")] = False,
+    exit_when_finished: Annotated[bool, typer.Option(
+        help="exit `linger` seconds after the last round instead of serving on")] = False,
+    linger: Annotated[float, typer.Option(help="seconds to keep serving peers after the last "
+                                          "round, with --exit-when-finished")] = 5.0,
+) -> None:
+    """Run one production node: TCP (or MPI), its SQLite log, HTTP status, console."""
+    if not real:
+        raise fail("phalanx node runs a real node: pass --real (simulated nodes run with "
+                   "`phalanx run SCENARIO`)")
+    if transport not in ("tcp", "mpi"):
+        raise fail(f"--transport must be tcp or mpi, got {transport!r}")
+    try:
+        settings = load_node_file(config, {
+            "node_type": node_type, "node_id": node_id, "p2p_port": p2p_port,
+            "web_port": web_port, "data_dir": data_dir,
+            "bootstrap_peers": bootstrap.split(",") if bootstrap else None,
+            "enable_web_interface": False if no_web else None})
+        if scenario is None:
+            raise ScenarioError("--scenario is required: it defines the training job")
+        loaded = load_scenario(scenario)
+        comm = None
+        if transport == "mpi":
+            from mpi4py import MPI
+
+            comm = MPI.COMM_WORLD
+        plan = plan_node(settings, loaded, load_members(members) if members else None,
+                         transport, encrypt, exit_when_finished, linger,  # type: ignore[arg-type]
+                         comm)
+        plan.members_file = members
+    except ScenarioError as e:
+        raise fail(str(e)) from None
+    try:
+        serve(plan, out)
+    except OSError as e:  # a port in use, a data folder we may not write
+        raise fail(f"node {plan.node_id}: {e.strerror or e}") from None
