@@ -299,6 +299,7 @@ async def _run_nodes(scenario: Scenario, folder: Path) -> dict[str, float]:
     finally:
         for host, log in zip(hosts.values(), logs, strict=True):
             host.cancel_timers()
+            host.close()
             log.close()
     per = n * s.training.rounds  # node-rounds
     return {"node_round": wall / per, "node_round_cpu": cpu / per,

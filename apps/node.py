@@ -157,7 +157,9 @@ class RealNode:
         # the models the result tables evaluate (apps/results.py: rounds r with (r + 1) %
         # eval_every == 0, and the last)
         self.host = AsyncHost(self.node, self.transport, self.disk,
-                              keep_model=lambda r: (r + 1) % every == 0 or r == last)
+                              keep_model=lambda r: (r + 1) % every == 0 or r == last,
+                              on_failure=self._job_failed)
+        self.failure: str | None = None
 
     def _transport(self) -> Any:
         p = self.plan
@@ -172,6 +174,13 @@ class RealNode:
         addresses = {**p.addresses, p.node_id: (p.settings.host, p.settings.p2p_port)}
         return TcpTransport(p.node_id, addresses, self._on_frame, identity=p.identity,
                             keyring=p.keyring, encrypt=p.encrypt)
+
+    def _job_failed(self, error: BaseException) -> None:
+        """A compute job raised: the node cannot go on without its result. Say so in one
+        line and stop gracefully (log flushed, results written)."""
+        self.failure = f"node {self.node.id}: a compute job failed: {type(error).__name__}: {error}"
+        self.out.print(self.failure, highlight=False, soft_wrap=True, markup=False)
+        self.stop.set()
 
     def _on_frame(self, frame: bytes) -> None:
         if self.early is not None:
@@ -339,7 +348,17 @@ class RealNode:
                            f"it takes effect from the round after the one that commits it",
                            highlight=False)
             return
-        reply = answer(line, self.status(), lambda: self.node.workload.evaluate(self.node.params))
+        if command == "test":  # the workload's model is the compute thread's: evaluate there
+            asyncio.get_running_loop().create_task(self._console_test(line))
+            return
+        self._console_print(answer(line, self.status(), lambda: {}))
+
+    async def _console_test(self, line: str) -> None:
+        workload, params = self.node.workload, self.node.params  # this round's model
+        metrics = await self.host.offload(lambda: workload.evaluate(params))
+        self._console_print(answer(line, self.status(), lambda: metrics))
+
+    def _console_print(self, reply: str) -> None:
         self.out.print(reply, highlight=False, soft_wrap=True, markup=False)
 
     def write_results(self) -> None:
@@ -360,6 +379,7 @@ class RealNode:
         if self.plan.console:
             asyncio.get_running_loop().remove_reader(sys.stdin.fileno())
         self.host.cancel_timers()
+        self.host.close()
         self.write_results()
         self.disk.close()  # every write was its own transaction: nothing is pending
         await self.transport.close()
@@ -367,7 +387,8 @@ class RealNode:
             server.should_exit = True
 
 
-def serve(plan: NodePlan, out: Console) -> None:
+def serve(plan: NodePlan, out: Console) -> str | None:
+    """Run the node until it is stopped; why it failed (already printed), or None."""
     if plan.settings.max_cpu_threads:
         torch.set_num_threads(plan.settings.max_cpu_threads)
     else:
@@ -377,10 +398,12 @@ def serve(plan: NodePlan, out: Console) -> None:
             out.print(f"{flag}: this build has no curation or RLHF service yet; ignored",
                       highlight=False)
 
-    async def main() -> None:
-        await RealNode(plan, out).run()
+    async def main() -> str | None:
+        node = RealNode(plan, out)
+        await node.run()
+        return node.failure
 
-    asyncio.run(main())
+    return asyncio.run(main())
 
 
 def main() -> None:

@@ -69,6 +69,8 @@ def node(
     except ScenarioError as e:
         raise fail(str(e)) from None
     try:
-        serve(plan, out)
+        failure = serve(plan, out)
     except OSError as e:  # a port in use, a data folder we may not write
         raise fail(f"node {plan.node_id}: {e.strerror or e}") from None
+    if failure is not None:
+        raise typer.Exit(1)

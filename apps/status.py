@@ -48,12 +48,15 @@ def health(finished: bool, since_commit: float | None, stall_after: float, peers
 def make_status_app(status: StatusFn, change: ChangeFn | None = None) -> FastAPI:
     app = FastAPI(title="phalanx node", docs_url=None, redoc_url=None)
 
+    # async routes: they run on the node's own event loop, between two events the node handles,
+    # so each answer is a consistent snapshot (a plain `def` would run in a worker thread and
+    # read the node's attributes while the loop changes them)
     @app.get("/status")
-    def read_status() -> dict[str, Any]:
+    async def read_status() -> dict[str, Any]:
         return status()
 
     @app.get("/health")
-    def read_health() -> JSONResponse:
+    async def read_health() -> JSONResponse:
         verdict = status()["health"]
         return JSONResponse(verdict, status_code=503 if verdict["status"] == "stalled" else 200)
 

@@ -48,23 +48,17 @@ from typing import Any
 
 from phalanx.engine.byzantine import make_behaviour
 from phalanx.engine.consensus import equivocations, max_faulty, signed_in, slot_of
+from phalanx.engine.driver import dispatch
 from phalanx.engine.events import (
-    Action,
-    Broadcast,
-    CancelTimer,
-    Compute,
     ComputeDone,
-    Emit,
     Event,
     Excluded,
     Finished,
+    Job,
     Metric,
-    Persist,
     Received,
     Rejected,
     RoundCommitted,
-    Send,
-    SetTimer,
     Started,
     TimerFired,
 )
@@ -337,6 +331,43 @@ class TwinsResult:
 _DELIVER, _TIMER, _COMPUTED = 0, 1, 2
 
 
+class _Instance:
+    """Carries out one instance's actions in its `TwinsRun` (engine/driver.py)."""
+
+    def __init__(self, run: TwinsRun, name: str) -> None:
+        self.run, self.name = run, name
+
+    def broadcast(self, frame: bytes, kind: int, rnd: int) -> None:
+        own = self.run.member_of[self.name]
+        for m in range(self.run.scenario.n):
+            if m != own:
+                self.run._send(self.name, m, frame, kind, rnd)
+
+    def send(self, peer: int, frame: bytes, kind: int, rnd: int) -> None:
+        if peer != self.run.member_of[self.name] and 0 <= peer < self.run.scenario.n:
+            self.run._send(self.name, peer, frame, kind, rnd)
+
+    def set_timer(self, name: str, delay: float) -> None:
+        run = self.run
+        token = run._timers[self.name][name] = next(run._order)
+        run._push(run.now + delay, _TIMER, self.name, (name, token))
+
+    def cancel_timer(self, name: str) -> None:
+        self.run._timers[self.name].pop(name, None)
+
+    def compute(self, job: Job) -> None:
+        run = self.run
+        start = max(run.now, run._compute_free[self.name])
+        done = run._compute_free[self.name] = start + run.scenario.step_time * job.cost
+        run._push(done, _COMPUTED, self.name, (job, job.run()))
+
+    def persist(self, key: str, value: bytes | RoundRecord) -> None:
+        self.run.disks[self.name][key] = value
+
+    def emit(self, metric: Metric) -> None:
+        self.run.metrics[self.name].append((self.run.now, metric))
+
+
 class TwinsRun:
     """One twins scenario's world: the instances, the heap, the partitions, what came out."""
 
@@ -372,6 +403,7 @@ class TwinsRun:
         self._phases = [(p.start, {i: k for k, cell in enumerate(p.cells) for i in cell})
                         for p in s.schedule]
         self._honest = [i for m in s.honest for i in self.by_member[m]]
+        self._drivers = {i: _Instance(self, i) for i in self.nodes}
 
     # -- partitions ---------------------------------------------------------------------------
     def cells_at(self, t: float) -> dict[str, int] | None:
@@ -396,33 +428,7 @@ class TwinsRun:
     def feed(self, inst: str, event: Event) -> None:
         actions = self.nodes[inst].handle(event, self.now)
         if actions:
-            self.execute(inst, actions)
-
-    def execute(self, inst: str, actions: list[Action]) -> None:
-        s = self.scenario
-        for action in actions:
-            match action:
-                case Broadcast(frame, kind, rnd):
-                    own = self.member_of[inst]
-                    for m in range(s.n):
-                        if m != own:
-                            self._send(inst, m, frame, kind, rnd)
-                case Send(peer, frame, kind, rnd):
-                    if peer != self.member_of[inst] and 0 <= peer < s.n:
-                        self._send(inst, peer, frame, kind, rnd)
-                case SetTimer(name, delay):
-                    token = self._timers[inst][name] = next(self._order)
-                    self._push(self.now + delay, _TIMER, inst, (name, token))
-                case CancelTimer(name):
-                    self._timers[inst].pop(name, None)
-                case Compute(job):
-                    start = max(self.now, self._compute_free[inst])
-                    done = self._compute_free[inst] = start + s.step_time * job.cost
-                    self._push(done, _COMPUTED, inst, (job, job.run()))
-                case Persist(key, value):
-                    self.disks[inst][key] = value
-                case Emit(metric):
-                    self.metrics[inst].append((self.now, metric))
+            dispatch(actions, self._drivers[inst])
 
     def _send(self, src: str, member: int, frame: bytes, kind: int, rnd: int) -> None:
         for dst in self.by_member[member]:

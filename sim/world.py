@@ -22,29 +22,25 @@ import simpy
 from simpy.core import NORMAL
 
 from phalanx.engine.byzantine import make_behaviour
+from phalanx.engine.driver import dispatch
 from phalanx.engine.events import (
     Action,
-    Broadcast,
-    CancelTimer,
-    Compute,
     ComputeDone,
-    Emit,
     Event,
     Finished,
+    Job,
     LinkConditions,
     MembershipChanged,
     Metric,
-    Persist,
     Received,
     RoundCommitted,
-    Send,
-    SetTimer,
     Started,
     TimerFired,
 )
 from phalanx.engine.metrics import MetricLog
 from phalanx.engine.node import Node
 from phalanx.engine.rng import RngStreams
+from phalanx.net.messages import RoundRecord
 from phalanx.scenario.build import member_keys, node_config, workload_for
 from phalanx.scenario.schema import Scenario
 from phalanx.sim.eventlog import EventLog
@@ -187,31 +183,40 @@ class Host:
                 self.execute(actions)
 
     def execute(self, actions: list[Action]) -> None:
+        dispatch(actions, self)
+
+    # ---- the node's actions (engine/driver.py) -------------------------------------------
+
+    def broadcast(self, frame: bytes, kind: int, rnd: int) -> None:
         w = self.world
-        for action in actions:
-            match action:
-                case Broadcast(frame, kind, rnd):
-                    w.broadcast(self.id, frame, kind, rnd)
-                    self._account(rnd, len(frame) * (len(w.members) - 1))
-                case Send(peer, frame, kind, rnd):
-                    w.send(self.id, peer, frame, kind, rnd)
-                    self._account(rnd, len(frame))
-                case SetTimer(name, delay):
-                    token = self.timers[name] = w.stats.events
-                    w.call_later(delay, self._timer, name, token, self.incarnation)
-                case CancelTimer(name):
-                    self.timers.pop(name, None)
-                case Compute(job):
-                    start = max(w.now, self.compute_free_at)
-                    self.compute_free_at = start + (
-                        w.scenario.training.step_time * job.cost * self.slowdown / self.speed)
-                    result = job.run()
-                    w.call_at(self.compute_free_at, self._computed, job, result,
-                              self.incarnation)
-                case Persist(key, value):
-                    self.disk[key] = value
-                case Emit(metric):
-                    w.on_metric(self, metric)
+        w.broadcast(self.id, frame, kind, rnd)
+        self._account(rnd, len(frame) * (len(w.members) - 1))
+
+    def send(self, peer: int, frame: bytes, kind: int, rnd: int) -> None:
+        self.world.send(self.id, peer, frame, kind, rnd)
+        self._account(rnd, len(frame))
+
+    def set_timer(self, name: str, delay: float) -> None:
+        w = self.world
+        token = self.timers[name] = w.stats.events
+        w.call_later(delay, self._timer, name, token, self.incarnation)
+
+    def cancel_timer(self, name: str) -> None:
+        self.timers.pop(name, None)
+
+    def compute(self, job: Job) -> None:
+        w = self.world
+        start = max(w.now, self.compute_free_at)
+        self.compute_free_at = start + (
+            w.scenario.training.step_time * job.cost * self.slowdown / self.speed)
+        result = job.run()
+        w.call_at(self.compute_free_at, self._computed, job, result, self.incarnation)
+
+    def persist(self, key: str, value: bytes | RoundRecord) -> None:
+        self.disk[key] = value
+
+    def emit(self, metric: Metric) -> None:
+        self.world.on_metric(self, metric)
 
     def _account(self, rnd: int, size: int) -> None:
         self.bytes_sent[rnd] = self.bytes_sent.get(rnd, 0) + size

@@ -26,22 +26,21 @@ from functools import partial
 
 import numpy as np
 
+from phalanx.engine.driver import dispatch
 from phalanx.engine.events import (
     Action,
     Broadcast,
-    CancelTimer,
-    Compute,
     ComputeDone,
     Emit,
     Event,
     Excluded,
     Finished,
-    Persist,
+    Job,
+    Metric,
     Received,
     Rejected,
     RoundCommitted,
     Send,
-    SetTimer,
     Started,
     TimerFired,
     ViewChanged,
@@ -113,26 +112,7 @@ class Pump:
         return actions
 
     def execute(self, src: int, actions: list[Action]) -> None:
-        for action in actions:
-            match action:
-                case Broadcast(frame, kind, rnd):
-                    for dst in self.nodes:
-                        if dst != src:
-                            self._deliver(src, dst, frame, kind, rnd)
-                case Send(peer, frame, kind, rnd):
-                    self._deliver(src, peer, frame, kind, rnd)
-                case SetTimer(name, delay):
-                    self.timers[src][name] = self.now + delay
-                case CancelTimer(name):
-                    self.timers[src].pop(name, None)
-                case Compute(job):
-                    self.queue.append((src, ComputeDone(job, job.run())))
-                case Persist(key, value):
-                    self.disks[src][key] = value
-                case Emit(metric):
-                    self.metrics[src].append(metric)
-                case _:
-                    raise AssertionError(f"unknown action {action!r}")
+        dispatch(actions, _PumpDriver(self, src))
 
     def _deliver(self, src: int, dst: int, frame: bytes, kind: int, rnd: int) -> None:
         if dst not in self.nodes or self.drop(src, dst, kind, rnd):
@@ -240,6 +220,37 @@ class Pump:
             v: Vote = env.message  # type: ignore[assignment]
             slots.setdefault((v.round, v.view, v.phase), set()).add(env.digest)
         return slots
+
+
+@dataclass
+class _PumpDriver:
+    """Carries out one node's actions on the pump (engine/driver.py)."""
+
+    pump: Pump
+    src: int
+
+    def broadcast(self, frame: bytes, kind: int, rnd: int) -> None:
+        for dst in self.pump.nodes:
+            if dst != self.src:
+                self.pump._deliver(self.src, dst, frame, kind, rnd)
+
+    def send(self, peer: int, frame: bytes, kind: int, rnd: int) -> None:
+        self.pump._deliver(self.src, peer, frame, kind, rnd)
+
+    def set_timer(self, name: str, delay: float) -> None:
+        self.pump.timers[self.src][name] = self.pump.now + delay
+
+    def cancel_timer(self, name: str) -> None:
+        self.pump.timers[self.src].pop(name, None)
+
+    def compute(self, job: Job) -> None:
+        self.pump.queue.append((self.src, ComputeDone(job, job.run())))
+
+    def persist(self, key: str, value: bytes | RoundRecord) -> None:
+        self.pump.disks[self.src][key] = value
+
+    def emit(self, metric: Metric) -> None:
+        self.pump.metrics[self.src].append(metric)
 
 
 # ---- one seed's cluster ----------------------------------------------------------------------
