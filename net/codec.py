@@ -10,16 +10,19 @@ from __future__ import annotations
 
 import math
 import operator
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, fields, is_dataclass
 from numbers import Real
-from typing import Annotated, Any, get_args, get_origin, get_type_hints
+from types import MappingProxyType
+from typing import Annotated, Any, TypeVar, get_args, get_origin, get_type_hints
 
 import msgpack
 import numpy as np
 
 from .errors import DecodeError
-from .messages import KINDS, FixedLen, Message
+from .messages import KINDS, FixedLen, Message, OmitWhenEmpty, kinds_of
+
+R = TypeVar("R")
 
 # Wire dtype names and their little-endian numpy dtypes; names match `np.dtype(...).name`.
 DTYPES: dict[str, np.dtype[Any]] = {
@@ -242,12 +245,28 @@ def _tuple_codec(item: tuple[Encoder, Decoder]) -> tuple[Encoder, Decoder]:
 _RECORDS: dict[type, tuple[Encoder, Decoder]] = {}
 
 
+def _omitted_tail(cls: type, hints: dict[str, Any]) -> int:
+    """How many of `cls`'s last fields are `OmitWhenEmpty` (they must all be at the end)."""
+    marked = [any(isinstance(m, OmitWhenEmpty) for m in get_args(hints[f.name])[1:])
+              if get_origin(hints[f.name]) is Annotated else False for f in fields(cls)]
+    tail = len(marked) - marked.index(True) if True in marked else 0
+    if not all(marked[len(marked) - tail:]):
+        raise TypeError(f"{cls.__name__}: OmitWhenEmpty fields must all come last")
+    for f in fields(cls)[len(marked) - tail:]:
+        inner = get_args(hints[f.name])[0]
+        if inner not in (bytes, str) and get_origin(inner) is not tuple:
+            raise TypeError(f"{cls.__name__}.{f.name}: OmitWhenEmpty needs bytes, str or a "
+                            f"tuple (something that can be empty)")
+    return tail
+
+
 def _record_codec(cls: type) -> tuple[Encoder, Decoder]:
     if cls in _RECORDS:
         return _RECORDS[cls]
     hints = get_type_hints(cls, include_extras=True)
     parts = [(f.name, *_codec(hints[f.name])) for f in fields(cls)]
     n = len(parts)
+    least = n - _omitted_tail(cls, hints)  # fields every payload carries
 
     def enc(v: Any) -> list[Any]:
         if type(v) is not cls:
@@ -258,14 +277,20 @@ def _record_codec(cls: type) -> tuple[Encoder, Decoder]:
                 out.append(enc_field(getattr(v, name)))
             except _Invalid as e:
                 raise e.at(f".{name}") from None
+        while len(out) > least and not len(out[-1]):
+            out.pop()  # an empty OmitWhenEmpty field at the end is left out
         return out
 
     def dec(obj: Any, limits: Limits) -> Any:
-        if type(obj) is not list or len(obj) != n:
+        if type(obj) is not list or not least <= len(obj) <= n:
             got = f"{len(obj)} items" if type(obj) is list else _tname(obj)
-            raise _Invalid(f"expected an array of {n} fields, got {got}")
+            want = f"{n}" if least == n else f"{least} to {n}"
+            raise _Invalid(f"expected an array of {want} fields, got {got}")
+        if len(obj) > least and not len(obj[-1]):
+            raise _Invalid(f"field .{parts[len(obj) - 1][0]} is present but empty (it must "
+                           f"be left out)")
         values = []
-        for (name, _, dec_field), x in zip(parts, obj, strict=True):
+        for (name, _, dec_field), x in zip(parts, obj, strict=False):
             try:
                 values.append(dec_field(x, limits))
             except _Invalid as e:
@@ -296,6 +321,8 @@ def _codec(hint: Any) -> tuple[Encoder, Decoder]:
         fixed = [m for m in args[1:] if isinstance(m, FixedLen)]
         if args[0] is bytes and len(fixed) == 1:
             return _bytes_codec(fixed[0].n)
+        if all(isinstance(m, OmitWhenEmpty) for m in args[1:]):  # the record handles it
+            return _codec(args[0])
     elif origin is tuple and len(args) == 2 and args[1] is Ellipsis:
         return _tuple_codec(_codec(args[0]))
     elif isinstance(hint, type) and is_dataclass(hint):
@@ -303,44 +330,54 @@ def _codec(hint: Any) -> tuple[Encoder, Decoder]:
     raise TypeError(f"unsupported field annotation {hint!r}")
 
 
-_CODECS: dict[type, tuple[Encoder, Decoder]] = {cls: _record_codec(cls) for cls in KINDS.values()}
+class MessageSet:
+    """The message kinds a decoder accepts, each with its compiled codec: the core messages
+    (`CORE`), or those plus the kinds a node's services own (`extended`). A kind outside the
+    set is refused as "unknown_kind", exactly as before any service existed."""
+
+    def __init__(self, classes: Iterable[type]) -> None:
+        kinds = kinds_of(classes)  # TypeError on a bad or clashing KIND
+        for cls in kinds.values():
+            _record_codec(cls)  # TypeError now on an annotation the codec cannot carry
+        self.kinds: Mapping[int, type] = MappingProxyType(kinds)
+
+    def extended(self, classes: Iterable[type]) -> MessageSet:
+        """This set plus `classes` (a class already in it is fine; a clashing KIND is not)."""
+        return MessageSet([*self.kinds.values(), *classes])
+
+    def __contains__(self, kind: object) -> bool:
+        return kind in self.kinds
+
+    def __repr__(self) -> str:
+        return f"MessageSet({sorted(self.kinds)})"
 
 
-# --- public API ----------------------------------------------------------------------------
+CORE = MessageSet(KINDS.values())
 
 
-def encode_payload(msg: Message) -> bytes:
-    """Encode a message's fields; raises TypeError for a non-message, ValueError (naming the
-    field) for a value that would not decode."""
-    codec = _CODECS.get(type(msg))
-    if codec is None:
-        raise TypeError(f"not a top-level message: {_tname(msg)}")
+def encode_record(record: Any) -> bytes:
+    """Encode any dataclass the codec can carry (a message, or a record such as a node's saved
+    state) as msgpack; ValueError (naming the field) for a value that would not decode."""
+    codec = _record_codec(type(record))
     try:
-        packed: bytes = msgpack.packb(codec[0](msg), use_bin_type=True, use_single_float=False)
+        packed: bytes = msgpack.packb(codec[0](record), use_bin_type=True,
+                                      use_single_float=False)
         return packed
     except _Invalid as e:
-        raise ValueError(f"{_tname(msg)}{e.where()}: {e.msg}") from None
+        raise ValueError(f"{_tname(record)}{e.where()}: {e.msg}") from None
     except (OverflowError, ValueError) as e:  # e.g. an int beyond msgpack's 64 bits
-        raise ValueError(f"{_tname(msg)}: {e}") from None
+        raise ValueError(f"{_tname(record)}: {e}") from None
 
 
-def _detail(e: BaseException) -> str:
-    text = f"{_tname(e)}: {e}"
-    return text if len(text) <= 200 else text[:197] + "..."
-
-
-def decode_payload(kind: int, payload: bytes, limits: Limits = DEFAULT_LIMITS) -> Message:
-    """Decode and fully type-check a payload of the given kind. Raises only DecodeError."""
-    cls = KINDS.get(kind) if type(kind) is int else None
-    if cls is None:
-        raise DecodeError("unknown_kind", f"kind {kind!r} not in {sorted(KINDS)}")
-    if not isinstance(payload, bytes | bytearray | memoryview):
-        raise DecodeError("malformed", f"payload must be bytes, got {_tname(payload)}")
-    if len(payload) > limits.max_frame:
-        raise DecodeError("too_large", f"payload {len(payload)} > {limits.max_frame} bytes")
+def decode_record(cls: type[R], data: bytes, limits: Limits = DEFAULT_LIMITS) -> R:
+    """The `cls` record `data` encodes, fully type-checked. Raises only DecodeError."""
+    if not isinstance(data, bytes | bytearray | memoryview):
+        raise DecodeError("malformed", f"payload must be bytes, got {_tname(data)}")
+    if len(data) > limits.max_frame:
+        raise DecodeError("too_large", f"payload {len(data)} > {limits.max_frame} bytes")
     try:
         obj = msgpack.unpackb(
-            payload,
+            data,
             raw=False,
             strict_map_key=True,
             use_list=True,
@@ -350,9 +387,34 @@ def decode_payload(kind: int, payload: bytes, limits: Limits = DEFAULT_LIMITS) -
             max_map_len=0,  # no message uses maps
             max_ext_len=0,
         )
-        msg: Message = _CODECS[cls][1](obj, limits)
-        return msg
+        record: R = _record_codec(cls)[1](obj, limits)
+        return record
     except _Invalid as e:
         raise DecodeError("bad_payload", f"{cls.__name__}{e.where()}: {e.msg}") from None
     except Exception as e:  # msgpack errors, MemoryError, RecursionError, ...
         raise DecodeError("bad_payload", f"{cls.__name__}: {_detail(e)}") from None
+
+
+# --- public API ----------------------------------------------------------------------------
+
+
+def encode_payload(msg: Message) -> bytes:
+    """Encode a message's fields; raises TypeError for a non-message, ValueError (naming the
+    field) for a value that would not decode."""
+    if type(getattr(type(msg), "KIND", None)) is not int:
+        raise TypeError(f"not a top-level message: {_tname(msg)}")
+    return encode_record(msg)
+
+
+def _detail(e: BaseException) -> str:
+    text = f"{_tname(e)}: {e}"
+    return text if len(text) <= 200 else text[:197] + "..."
+
+
+def decode_payload(kind: int, payload: bytes, limits: Limits = DEFAULT_LIMITS,
+                   messages: MessageSet = CORE) -> Message:
+    """Decode and fully type-check a payload of the given kind. Raises only DecodeError."""
+    cls = messages.kinds.get(kind) if type(kind) is int else None
+    if cls is None:
+        raise DecodeError("unknown_kind", f"kind {kind!r} not in {sorted(messages.kinds)}")
+    return decode_record(cls, payload, limits)  # type: ignore[no-any-return]

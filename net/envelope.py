@@ -16,11 +16,11 @@ from typing import Any
 
 import msgpack
 
-from .codec import DEFAULT_LIMITS, Limits, decode_payload, encode_payload
+from .codec import CORE, DEFAULT_LIMITS, Limits, MessageSet, decode_payload, encode_payload
 from .crypto import Identity, verify_signature
 from .errors import DecodeError
 from .merkle import HASH_SIZE, merkle_root
-from .messages import KINDS, Message
+from .messages import Message
 
 VERSION = 1
 
@@ -97,7 +97,7 @@ def seal(identity: Identity, sender: int, seq: int, message: Message) -> bytes:
     """Encode, digest and sign `message`; returns the frame. ValueError/TypeError on bad input."""
     cls = type(message)
     kind = getattr(cls, "KIND", None)
-    if kind is None or KINDS.get(kind) is not cls:
+    if type(kind) is not int or not 1 <= kind <= 0xFFFF:
         raise TypeError(f"not a top-level message: {cls.__name__}")
     payload = encode_payload(message)
     rnd = int(message.round)
@@ -131,20 +131,23 @@ def open_frame(
     keyring: Mapping[int, bytes],
     verify: Verify = verify_signature,
     limits: Limits = DEFAULT_LIMITS,
+    messages: MessageSet = CORE,
 ) -> Envelope:
-    """Check and decode a frame. `keyring` maps sender id -> Ed25519 public key.
+    """Check and decode a frame. `keyring` maps sender id -> Ed25519 public key; `messages`
+    are the kinds this receiver decodes (the core ones, plus its services').
 
     Checks run cheapest-first and stop at the first failure; only DecodeError is raised.
     """
     try:
-        return _open(frame, keyring, verify, limits)
+        return _open(frame, keyring, verify, limits, messages)
     except DecodeError:
         raise
     except Exception as e:  # a bug or a hostile keyring/verify must still not escape as-is
         raise DecodeError("malformed", f"{type(e).__name__}: {e}"[:200]) from None
 
 
-def _open(frame: bytes, keyring: Mapping[int, bytes], verify: Verify, limits: Limits) -> Envelope:
+def _open(frame: bytes, keyring: Mapping[int, bytes], verify: Verify, limits: Limits,
+          messages: MessageSet) -> Envelope:
     if not isinstance(frame, bytes | bytearray | memoryview):
         raise DecodeError("malformed", f"frame must be bytes, got {type(frame).__name__}")
     frame = bytes(frame)
@@ -177,8 +180,8 @@ def _open(frame: bytes, keyring: Mapping[int, bytes], verify: Verify, limits: Li
         raise DecodeError("malformed", "frame is not canonically encoded")
     if version != VERSION:
         raise DecodeError("bad_version", f"version {version}, expected {VERSION}")
-    if kind not in KINDS:
-        raise DecodeError("unknown_kind", f"kind {kind} not in {sorted(KINDS)}")
+    if kind not in messages:
+        raise DecodeError("unknown_kind", f"kind {kind} not in {sorted(messages.kinds)}")
     public_key = keyring.get(sender)
     if public_key is None:
         raise DecodeError("unknown_sender", f"sender {sender} not in keyring")
@@ -190,7 +193,7 @@ def _open(frame: bytes, keyring: Mapping[int, bytes], verify: Verify, limits: Li
         ok = False
     if ok is not True:
         raise DecodeError("bad_signature", f"signature by sender {sender} does not verify")
-    message = decode_payload(kind, payload, limits)
+    message = decode_payload(kind, payload, limits, messages)
     if message.round != rnd:
         raise DecodeError("round_mismatch", f"payload round {message.round} != envelope {rnd}")
     return Envelope(sender, rnd, seq, kind, digest, signature, message, frame)
@@ -207,12 +210,14 @@ class FrameOpener:
         verify: Verify = verify_signature,
         limits: Limits = DEFAULT_LIMITS,
         maxsize: int = 200_000,
+        messages: MessageSet = CORE,
     ) -> None:
         if maxsize < 1:
             raise ValueError("maxsize must be >= 1")
         self.keyring: Mapping[int, bytes] = MappingProxyType(dict(keyring))
         self.verify = verify
         self.limits = limits
+        self.messages = messages
         self.maxsize = maxsize
         self.hits = 0
         self.misses = 0
@@ -225,7 +230,8 @@ class FrameOpener:
     def __call__(self, frame: bytes) -> Envelope:
         if not isinstance(frame, bytes):
             if not isinstance(frame, bytearray | memoryview):
-                return open_frame(frame, self.keyring, self.verify, self.limits)  # raises
+                return open_frame(frame, self.keyring, self.verify, self.limits,
+                                  self.messages)  # raises
             frame = bytes(frame)
         cached = self._cache.get(frame)
         if cached is not None:
@@ -233,7 +239,8 @@ class FrameOpener:
         else:
             self.misses += 1
             try:
-                cached = open_frame(frame, self.keyring, self.verify, self.limits)
+                cached = open_frame(frame, self.keyring, self.verify, self.limits,
+                                    self.messages)
             except DecodeError as e:
                 cached = (e.reason, e.detail)
             self._cache[frame] = cached

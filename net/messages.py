@@ -1,14 +1,18 @@
 """Message types on the wire.
 
 Each message is a frozen dataclass whose first field is `round` and whose class variable KIND is
-its wire tag. The codec is driven by the field annotations, so adding a message is one dataclass
-here plus one entry in `_TOP_LEVEL` and in `Message`. Supported annotations: bool, int, float,
-str, bytes, `Hash32` (bytes of exactly 32), np.ndarray, `tuple[T, ...]` and nested dataclasses.
+its wire tag. The codec is driven by the field annotations, so adding a core message is one
+dataclass here plus one entry in `_TOP_LEVEL` and in `Message`; a node service brings its own
+message classes, which the codec adds to a node's `MessageSet` (net/codec.py). Supported
+annotations: bool, int, float, str, bytes, `Hash32` (bytes of exactly 32), np.ndarray,
+`tuple[T, ...]` and nested dataclasses, and `OmitWhenEmpty` on a message's last fields.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, fields, is_dataclass
+from types import MappingProxyType
 from typing import Annotated, ClassVar, TypeAlias, get_args
 
 import numpy as np
@@ -22,6 +26,13 @@ class FixedLen:
 
 
 Hash32: TypeAlias = Annotated[bytes, FixedLen(32)]
+
+
+@dataclass(frozen=True, slots=True)
+class OmitWhenEmpty:
+    """Annotation marker for fields added at the end of a message: while empty they are left
+    out of the payload, so frames of messages that do not use them keep their bytes. The
+    encoding stays canonical: a payload may end before such a field, never carry it empty."""
 
 
 # eq=False: numpy arrays have no boolean equality (and NaN != NaN), so gradients compare by
@@ -44,13 +55,24 @@ class Gradient:
 
 
 @dataclass(frozen=True, slots=True)
+class Contribution:
+    """A node service's part of a proposal (nested, never sent on its own): the service's name
+    and what it puts to the round, e.g. the root of a replicated log's snapshot."""
+
+    service: str
+    data: bytes
+
+
+@dataclass(frozen=True, slots=True)
 class Proposal:
     """The leader's set for (round, view). `justify` is empty for a fresh set, or the signed
     prepare votes of a quorum for this same set in an earlier view (a prepare certificate):
     the proof that lets nodes locked on it, or on an older set, vote for it again.
 
-    `change` is a signed MemberChange frame the round also agrees on (empty for none): it takes
-    effect from the next round, at every node that commits this one."""
+    `change` is the membership service's contribution, a signed MemberChange frame the round
+    also agrees on (empty for none): it takes effect from the next round, at every node that
+    commits this one. `contributions` are the other services' (engine/node/service.py), sorted
+    by service name, one each at most."""
 
     KIND: ClassVar[int] = 2
     round: int
@@ -59,6 +81,7 @@ class Proposal:
     digests: tuple[Hash32, ...]
     justify: tuple[bytes, ...] = ()
     change: bytes = b""
+    contributions: Annotated[tuple[Contribution, ...], OmitWhenEmpty()] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -232,18 +255,24 @@ _TOP_LEVEL: tuple[type[Message], ...] = (Gradient, Proposal, SyncRequest, SyncRe
                                          CheckpointRequest, Checkpoint, MemberChange)
 
 
-def _registry(classes: tuple[type[Message], ...]) -> dict[int, type[Message]]:
-    kinds: dict[int, type[Message]] = {}
+def kinds_of(classes: Iterable[type]) -> dict[int, type]:
+    """Kind -> class for message classes, checked: a KIND in 1..65535 (0 is for nested
+    records; the envelope packs kind as an unsigned 16-bit), distinct, `round` first. The same
+    class listed twice counts once."""
+    kinds: dict[int, type] = {}
     for cls in classes:
-        # Kind 0 is reserved for nested records; the envelope packs kind as an unsigned 16-bit.
-        if not 1 <= cls.KIND <= 0xFFFF or cls.KIND in kinds:
-            raise TypeError(f"{cls.__name__}: KIND {cls.KIND} is out of range or taken")
-        if fields(cls)[0].name != "round":
-            raise TypeError(f"{cls.__name__}: the first field must be `round`")
-        kinds[cls.KIND] = cls
-    if set(kinds.values()) != set(get_args(Message)):
-        raise TypeError("Message and _TOP_LEVEL list different classes")
+        kind = getattr(cls, "KIND", None)
+        if type(kind) is not int or not 1 <= kind <= 0xFFFF:
+            raise TypeError(f"{cls.__name__}: KIND {kind!r} is not an int in 1..65535")
+        if kinds.get(kind, cls) is not cls:
+            raise TypeError(f"{cls.__name__}: KIND {kind} is taken by {kinds[kind].__name__}")
+        if not is_dataclass(cls) or fields(cls)[0].name != "round":
+            raise TypeError(f"{cls.__name__}: a message is a dataclass whose first field is "
+                            f"`round`")
+        kinds[kind] = cls
     return kinds
 
 
-KINDS: dict[int, type[Message]] = _registry(_TOP_LEVEL)
+KINDS: Mapping[int, type[Message]] = MappingProxyType(kinds_of(_TOP_LEVEL))
+if set(KINDS.values()) != set(get_args(Message)):
+    raise TypeError("Message and _TOP_LEVEL list different classes")

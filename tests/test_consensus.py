@@ -263,7 +263,7 @@ def _to_view(pump: Pump, node_id: int, view: int) -> None:
     node = pump.nodes[node_id]
     while node.view < view:
         pump.now += 4.0
-        pump.fire(node_id, f"view:0:{node.view}")
+        pump.fire(node_id, f"view/timeout:0:{node.view}")
         peers = [m for m in MEMBERS if m != node_id][:2]
         for p in peers:
             pump.feed(node_id, Received(KIT.forge(p, ViewChange(0, node.view, (), b""))))
@@ -478,7 +478,7 @@ def test_offender_excluded_after_the_others_locked_does_not_block_the_round() ->
     pump.start()
     pump.run()
     for i in MEMBERS:
-        assert pump.nodes[i].round == 0 and pump.nodes[i]._lock is not None
+        assert pump.nodes[i].round == 0 and pump.nodes[i].protocol.lock is not None
     pump.run_to_end(nodes=(0, 1, 2))
     _check_excluded_everywhere(pump, 3)
     for i in (0, 1, 2):
@@ -512,8 +512,8 @@ def test_offender_gradient_still_completes_a_justified_set() -> None:
     pump.start()
     pump.run()
     assert g3 and 3 not in pump.nodes[1].gradients(0)
-    assert pump.nodes[1]._lock is None
-    assert all(pump.nodes[i]._lock is not None for i in (0, 2))
+    assert pump.nodes[1].protocol.lock is None
+    assert all(pump.nodes[i].protocol.lock is not None for i in (0, 2))
     pump.run_to_end(nodes=(0, 1, 2))
     _check_excluded_everywhere(pump, 3)
     for i in (0, 1, 2):
@@ -717,7 +717,7 @@ def test_restart_with_disk_never_signs_a_slot_twice(lost: int) -> None:
     view0 = list(dict.fromkeys(f for _, d, f in pump.sent if d == 2))
     mark = len(pump.log)
     pump.restart(2, KIT.node(2, rounds=2))
-    assert (pump.nodes[2]._lock is not None) == (lost == COMMIT)
+    assert (pump.nodes[2].protocol.lock is not None) == (lost == COMMIT)
     pump.run()  # its own gradient, computed again
     for frame in view0:
         pump.feed(2, Received(frame))
@@ -797,16 +797,16 @@ def test_next_leader_proposes_after_a_quorum_of_view_changes() -> None:
     pump.start()
     pump.run()
     pump.now = 4.0
-    pump.fire(1, "view:0:0")
+    pump.fire(1, "view/timeout:0:0")
     pump.run()
     # one peer ahead (f = 1) pulls nobody, and node 1 (view 1's leader) has no quorum
     assert [pump.nodes[i].view for i in (1, 2, 3)] == [1, 0, 0]
     assert pump.sent_by(1, Proposal) == []
-    pump.fire(2, "view:0:0")
+    pump.fire(2, "view/timeout:0:0")
     pump.run()
     # f + 1 peers ahead pulled node 3 into view 1 before its own timer fired
     assert pump.view_changes(3) == [ViewChanged(3, 0, 1)]
-    assert "view:0:0" in pump.timers[3]
+    assert "view/timeout:0:0" in pump.timers[3]
     (proposal,) = pump.sent_by(1, Proposal)
     assert isinstance(proposal.message, Proposal)
     assert (proposal.message.view, proposal.message.senders, proposal.message.justify) == (
@@ -845,19 +845,19 @@ def test_lock_travels_with_view_changes_and_the_committed_set_survives() -> None
     pump.start()
     pump.run()
     pump.now = 1.0
-    pump.fire(0, "gather:0")
+    pump.fire(0, "round/gather:0")
     pump.run()
     (a_commit,) = pump.commits(0)
     assert (a_commit.view, a_commit.contributors) == (0, 3)
     a_env = pump.sent_by(0, Proposal)[0]
     a_digest = set_digest(a_env.message)  # type: ignore[arg-type]
-    locks = {i: pump.nodes[i]._lock for i in (1, 2, 3)}
+    locks = {i: pump.nodes[i].protocol.lock for i in (1, 2, 3)}
     assert locks[1] is None and all(
         lk is not None and lk.set_digest == a_digest for lk in (locks[2], locks[3]))
     assert all(pump.nodes[i].round == 0 for i in (1, 2, 3))
     pump.now = 4.0
     for i in (1, 2, 3):
-        pump.fire(i, "view:0:0")
+        pump.fire(i, "view/timeout:0:0")
     pump.run()
     # the locked nodes' ViewChanges carried their prepare certificate and A's proposal
     for i in (2, 3):
@@ -890,15 +890,15 @@ def _finished_cluster() -> Pump:
 def test_finished_node_compares_its_head_with_every_peer_in_turn() -> None:
     pump = _finished_cluster()
     node = pump.nodes[0]
-    assert node.finished and pump.timers[0]["audit"] == pump.now + 8.0  # two view timeouts
+    assert node.finished and pump.timers[0]["accountability/audit"] == pump.now + 8.0  # two view timeouts
     asked = []
     for _ in range(3):
         mark = len(pump.log)
-        pump.fire(0, "audit")
+        pump.fire(0, "accountability/audit")
         (request,) = pump.signed_by(0, SyncRequest, since=mark)
         assert request.message == SyncRequest(2, 1, 1)  # our last round's record, please
         asked.append(next(dst for src, dst, f in pump.sent if f == request.frame))
-        assert "audit" in pump.timers[0]  # re-armed
+        assert "accountability/audit" in pump.timers[0]  # re-armed
         pump.run()
     assert sorted(asked) == [1, 2, 3]
     assert all(not pump.nodes[i].rejections and not pump.nodes[i].excluded for i in MEMBERS)

@@ -99,7 +99,7 @@ def test_forged_impossible_and_stale_requests_are_refused() -> None:
         pump.feed(0, Received(frame))
         assert member.rejections[reason] == before + 1, reason
     pump.feed(0, Received(kit.forge(OBSERVER, MemberChange(0, 5, JOIN), observer)))  # epoch 5
-    assert member._requests == {}  # nothing pending: no proposal can carry any of them
+    assert member.membership.requests == {}  # nothing pending: no proposal can carry any of them
 
 
 def test_the_operator_hears_why_a_change_cannot_be_asked_for() -> None:
@@ -188,4 +188,4 @@ def test_a_request_outlives_a_restart_until_it_is_applied() -> None:
     pump.run_to_end()
     assert all(nodes[i].members == (0, 1, 2, 3, 4) for i in nodes)
     assert not reborn.follower and pump.disks[OBSERVER]["asking"] == b""
-    assert reborn._asking is None  # nothing pending any more
+    assert reborn.membership.asking is None  # nothing pending any more

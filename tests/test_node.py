@@ -185,7 +185,7 @@ def test_each_bad_frame_is_rejected_with_its_reason() -> None:
         actions = node.handle(Received(frame), 0.0)
         assert rejections_of(actions) == [Rejected(target, reason, sender)], reason
         assert node.rejections == {reason: 1}
-        assert node.round == 0 and node.view == 0 and node._proposals == {}
+        assert node.round == 0 and node.view == 0 and node.protocol.proposals == {}
         assert node.excluded == {}
         assert not any(isinstance(a, Send | Broadcast | Persist) for a in actions)
 
@@ -584,7 +584,7 @@ def test_restart_from_disk_restores_round_and_model() -> None:
     assert reborn.velocity.tobytes() == before.velocity.tobytes()
     assert reborn.history == before.history
     assert reborn.model_hash == sha256(reborn.params.tobytes())
-    assert reborn._voted == before._voted and not reborn._abstain
+    assert reborn.protocol.signed == before.protocol.signed and not reborn.protocol.abstain
 
 
 def test_restart_mid_run_rejoins_and_finishes_identically() -> None:
@@ -607,13 +607,13 @@ def test_first_start_with_empty_disk_starts_at_round_zero() -> None:
     node = make_node(1)
     actions = node.handle(Started({}), 5.0)
     assert node.round == 0 and node.model_hash == ZERO_HASH and node.history == []
-    assert not node._abstain  # a first start has signed nothing before
+    assert not node.protocol.abstain  # a first start has signed nothing before
     (compute,) = [a for a in actions if isinstance(a, Compute)]
     assert compute.job.round == 0
-    assert SetTimer("view:0:0", 4.0) in actions
+    assert SetTimer("view/timeout:0:0", 4.0) in actions
     assert not any(isinstance(a, SetTimer) and a.name.startswith("gather") for a in actions)
     leader = make_node(0)
-    assert SetTimer("gather:0", 1.0) in leader.handle(Started({}), 5.0)
+    assert SetTimer("round/gather:0", 1.0) in leader.handle(Started({}), 5.0)
 
 
 def test_restart_after_finishing_reports_finished_again() -> None:
@@ -623,7 +623,7 @@ def test_restart_after_finishing_reports_finished_again() -> None:
     reborn = make_node(0, rounds=2)
     actions = reborn.handle(Started(dict(pump.disks[0])), 10.0)
     assert actions == [Emit(Finished(0, 2, pump.nodes[0].model_hash)),
-                       SetTimer("audit", 8.0)]  # and it goes on comparing heads with peers
+                       SetTimer("accountability/audit", 8.0)]  # and it goes on comparing heads with peers
     assert reborn.finished and reborn.history == pump.nodes[0].history
     # and it still serves its records to a peer that asks
     (send,) = reborn.handle(Received(forge(1, SyncRequest(0, 0, 4))), 10.0)
@@ -643,10 +643,10 @@ def test_view_change_when_leader_is_silent() -> None:
     pump.run()
     for i in (1, 2, 3):
         assert pump.nodes[i].round == 0 and pump.commits(i) == []
-        assert "view:0:0" in pump.timers[i]
+        assert "view/timeout:0:0" in pump.timers[i]
     pump.now = 4.0
     for i in (1, 2, 3):
-        pump.fire(i, "view:0:0")
+        pump.fire(i, "view/timeout:0:0")
         assert pump.nodes[i].view == 1
     pump.run()
     leader = pump.nodes[1]
@@ -675,7 +675,7 @@ def test_leader_settles_for_quorum_after_gather_timeout() -> None:
     pump.run()
     assert pump.nodes[0].round == 0 and pump.sent_by(0, Proposal) == []
     pump.now = 1.0
-    pump.fire(0, "gather:0")
+    pump.fire(0, "round/gather:0")
     pump.run()
     (p,) = pump.sent_by(0, Proposal)
     assert p.message.senders == (0, 1, 2)  # type: ignore[union-attr]
@@ -688,7 +688,7 @@ def test_gather_timeout_without_quorum_does_not_propose() -> None:
     pump = cluster(rounds=1, drop=lambda src, dst, kind, rnd: src in (2, 3))
     pump.start()
     pump.run()
-    pump.fire(0, "gather:0")
+    pump.fire(0, "round/gather:0")
     pump.run()
     assert pump.sent_by(0, Proposal) == [] and pump.commits(0) == []
 
@@ -698,19 +698,19 @@ def test_stale_timers_are_ignored() -> None:
     pump.start()
     pump.run()
     for i in MEMBERS:
-        assert pump.nodes[i].handle(TimerFired("view:0:0"), 9.0) == []
-        assert pump.nodes[i].handle(TimerFired("gather:1"), 9.0) == []
+        assert pump.nodes[i].handle(TimerFired("view/timeout:0:0"), 9.0) == []
+        assert pump.nodes[i].handle(TimerFired("round/gather:1"), 9.0) == []
     node = make_node(1)
     node.handle(Started(), 0.0)
-    assert node.handle(TimerFired("view:0:5"), 1.0) == []
-    assert node.handle(TimerFired("view:1:0"), 1.0) == []
-    assert node.handle(TimerFired("gather:3"), 1.0) == []
+    assert node.handle(TimerFired("view/timeout:0:5"), 1.0) == []
+    assert node.handle(TimerFired("view/timeout:1:0"), 1.0) == []
+    assert node.handle(TimerFired("round/gather:3"), 1.0) == []
     assert node.view == 0
     # the live one moves the view
-    actions = node.handle(TimerFired("view:0:0"), 4.0)
+    actions = node.handle(TimerFired("view/timeout:0:0"), 4.0)
     # alone in view 1: its timer waits for a quorum there; meanwhile it repeats its ViewChange
-    assert node.view == 1 and SetTimer("rejoin:0:1", 4.0) in actions
-    assert not any(isinstance(a, SetTimer) and a.name.startswith("view:") for a in actions)
+    assert node.view == 1 and SetTimer("view/rejoin:0:1", 4.0) in actions
+    assert not any(isinstance(a, SetTimer) and a.name.startswith("view/timeout:") for a in actions)
 
 
 # ---- bounds and models -------------------------------------------------------------------------
@@ -723,10 +723,10 @@ def test_future_proposals_are_bounded() -> None:
     for r in range(10, 210):
         view = (2 - r) % N  # make node 2 the leader of (r, view)
         node.handle(Received(forge(2, Proposal(r, view, (0, 1, 2), digests))), 0.0)
-    assert len(node._proposals) <= node.config.future_rounds + 1
+    assert len(node.protocol.proposals) <= node.config.future_rounds + 1
     for r in range(10, 110):
         node.handle(Received(KIT.vote(2, r, 0, PREPARE, digests[0], ZERO_HASH)), 0.0)
-    assert len(node._books) <= node.config.future_rounds + 1
+    assert len(node.protocol.books) <= node.config.future_rounds + 1
 
 
 def test_a_set_built_on_another_model_is_never_voted_for() -> None:
