@@ -25,6 +25,7 @@ import resource
 import signal
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -46,7 +47,7 @@ from phalanx.apps.node_settings import (
 from phalanx.apps.status import health, status_server
 from phalanx.engine.byzantine import make_behaviour
 from phalanx.engine.events import Received, RequestChange, Started
-from phalanx.engine.node import Node
+from phalanx.engine.node import Node, Service, message_set
 from phalanx.engine.rng import RngStreams
 from phalanx.net.crypto import Identity
 from phalanx.net.envelope import open_frame
@@ -134,7 +135,10 @@ def _rss_mb() -> float:
 class RealNode:
     """One node's event loop: transport, host, status server, console and shutdown."""
 
-    def __init__(self, plan: NodePlan, out: Console) -> None:
+    def __init__(self, plan: NodePlan, out: Console,
+                 services: Sequence[type[Service]] = ()) -> None:
+        """`services`: services beyond the built-in ones (engine/node/service.py), each
+        owning its message kinds: every member must run the same ones."""
         self.plan, self.out = plan, out
         s = plan.scenario
         spec = next((b for b in s.byzantine if plan.node_id in b.nodes), None)
@@ -146,8 +150,10 @@ class RealNode:
         config = dataclasses.replace(
             node_config(s, plan.node_id, s.real.round_timeout, s.real.view_timeout),
             observers=plan.observers)
+        messages = message_set(services)
         self.node = Node(config, plan.identity, workload_for(s, RngStreams(s.seed)),
-                         lambda frame: open_frame(frame, keyring), behaviour)
+                         lambda frame: open_frame(frame, keyring, messages=messages), behaviour,
+                         services)
         self.byzantine = spec is not None
         self.disk = NodeLog(plan.data_dir / "node.sqlite")
         self.stop = asyncio.Event()

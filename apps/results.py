@@ -8,6 +8,7 @@ model, checks the scenario's expectations and writes Parquet, YAML, JSON and a P
 from __future__ import annotations
 
 import json
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -17,7 +18,7 @@ import polars as pl
 
 from phalanx.engine.events import RoundCommitted
 from phalanx.engine.workloads import Workload
-from phalanx.scenario.schema import Scenario
+from phalanx.scenario.schema import ExpectSpec, Scenario
 
 ROUND_SCHEMA = {
     "round": pl.Int32, "order": pl.Int64, "node": pl.Int32, "time": pl.Float64, "view": pl.Int32,
@@ -93,22 +94,42 @@ def round_latencies(rounds: pl.DataFrame) -> pl.DataFrame:
 
 def check_expectations(scenario: Scenario, rounds: pl.DataFrame,
                        summary: dict[str, Any]) -> list[str]:
-    exp, failures = scenario.expect, []
-    honest = standing(rounds)
-    if exp.honest_hashes_equal:
-        per_round = honest.group_by("round").agg(pl.col("model_hash").n_unique().alias("k"))
-        split = per_round.filter(pl.col("k") > 1)["round"].sort().to_list()
-        if split:
-            failures.append(f"honest_hashes_equal: honest nodes hold different models after "
-                            f"rounds {split[:10]}")
-        if summary["distinct_final_hashes"] > 1:
-            failures.append(f"honest_hashes_equal: {summary['distinct_final_hashes']} distinct "
-                            f"model hashes among the honest nodes at the last round")
-    if exp.rounds_committed_at_least is not None:
-        got = summary["min_rounds_committed"]
-        if got < exp.rounds_committed_at_least:
-            failures.append(f"rounds_committed_at_least: a running honest node committed only "
-                            f"{got} rounds (< {exp.rounds_committed_at_least})")
+    """The scenario's `expect:` entries this run misses, one line each, in _CHECKS order."""
+    exp, honest = scenario.expect, standing(rounds)
+    return [failure for check in _CHECKS for failure in check(exp, honest, summary)]
+
+
+# One per `expect:` entry (or pair of entries): (expectations, honest commits, summary) ->
+# the failure lines; an entry left unset yields nothing.
+_Check = Callable[[ExpectSpec, pl.DataFrame, dict[str, Any]], Iterator[str]]
+
+
+def _honest_hashes_equal(exp: ExpectSpec, honest: pl.DataFrame,
+                         summary: dict[str, Any]) -> Iterator[str]:
+    if not exp.honest_hashes_equal:
+        return
+    per_round = honest.group_by("round").agg(pl.col("model_hash").n_unique().alias("k"))
+    split = per_round.filter(pl.col("k") > 1)["round"].sort().to_list()
+    if split:
+        yield (f"honest_hashes_equal: honest nodes hold different models after "
+               f"rounds {split[:10]}")
+    if summary["distinct_final_hashes"] > 1:
+        yield (f"honest_hashes_equal: {summary['distinct_final_hashes']} distinct "
+               f"model hashes among the honest nodes at the last round")
+
+
+def _rounds_committed_at_least(exp: ExpectSpec, honest: pl.DataFrame,
+                               summary: dict[str, Any]) -> Iterator[str]:
+    if exp.rounds_committed_at_least is None:
+        return
+    got = summary["min_rounds_committed"]
+    if got < exp.rounds_committed_at_least:
+        yield (f"rounds_committed_at_least: a running honest node committed only "
+               f"{got} rounds (< {exp.rounds_committed_at_least})")
+
+
+def _final_eval(exp: ExpectSpec, honest: pl.DataFrame,
+                summary: dict[str, Any]) -> Iterator[str]:
     for key, limit, worse in (("final_loss_below", exp.final_loss_below, "loss"),
                               ("final_accuracy_above", exp.final_accuracy_above, "accuracy")):
         if limit is None:
@@ -116,31 +137,54 @@ def check_expectations(scenario: Scenario, rounds: pl.DataFrame,
         value = summary.get(f"final_eval_{worse}")
         bad = value is None or (value >= limit if worse == "loss" else value <= limit)
         if bad:
-            failures.append(f"{key}: final eval {worse} {value} (wanted "
-                            f"{'<' if worse == 'loss' else '>'} {limit})")
-    if exp.excluded is not None:
-        got = sorted(int(k) for k, v in summary.get("exclusions", {}).items()
-                     if v["by_all_honest"])
-        if got != sorted(exp.excluded):
-            failures.append(f"excluded: nodes {got} are excluded by every honest node "
-                            f"(wanted {sorted(exp.excluded)})")
-    if exp.excluded_within_rounds is not None:
-        for offender, v in summary.get("exclusions", {}).items():
-            if v["rounds_to_exclude"] > exp.excluded_within_rounds:
-                failures.append(f"excluded_within_rounds: node {offender} was excluded "
-                                f"{v['rounds_to_exclude']} rounds after the first exclusion "
-                                f"(> {exp.excluded_within_rounds})")
-    if exp.members_at_end is not None:
-        want, got = sorted(exp.members_at_end), summary.get("members_at_end")
-        if got != [want]:
-            failures.append(f"members_at_end: the running honest nodes end with members "
-                            f"{got} (wanted {want})")
-    if exp.dropped_messages_at_least is not None:
-        dropped = summary.get("messages_dropped", 0)
-        if dropped < exp.dropped_messages_at_least:
-            failures.append(f"dropped_messages_at_least: {dropped} dropped "
-                            f"(< {exp.dropped_messages_at_least})")
-    return failures
+            yield (f"{key}: final eval {worse} {value} (wanted "
+                   f"{'<' if worse == 'loss' else '>'} {limit})")
+
+
+def _excluded(exp: ExpectSpec, honest: pl.DataFrame, summary: dict[str, Any]) -> Iterator[str]:
+    if exp.excluded is None:
+        return
+    got = sorted(int(k) for k, v in summary.get("exclusions", {}).items()
+                 if v["by_all_honest"])
+    if got != sorted(exp.excluded):
+        yield (f"excluded: nodes {got} are excluded by every honest node "
+               f"(wanted {sorted(exp.excluded)})")
+
+
+def _excluded_within_rounds(exp: ExpectSpec, honest: pl.DataFrame,
+                            summary: dict[str, Any]) -> Iterator[str]:
+    if exp.excluded_within_rounds is None:
+        return
+    for offender, v in summary.get("exclusions", {}).items():
+        if v["rounds_to_exclude"] > exp.excluded_within_rounds:
+            yield (f"excluded_within_rounds: node {offender} was excluded "
+                   f"{v['rounds_to_exclude']} rounds after the first exclusion "
+                   f"(> {exp.excluded_within_rounds})")
+
+
+def _members_at_end(exp: ExpectSpec, honest: pl.DataFrame,
+                    summary: dict[str, Any]) -> Iterator[str]:
+    if exp.members_at_end is None:
+        return
+    want, got = sorted(exp.members_at_end), summary.get("members_at_end")
+    if got != [want]:
+        yield (f"members_at_end: the running honest nodes end with members "
+               f"{got} (wanted {want})")
+
+
+def _dropped_messages_at_least(exp: ExpectSpec, honest: pl.DataFrame,
+                               summary: dict[str, Any]) -> Iterator[str]:
+    if exp.dropped_messages_at_least is None:
+        return
+    dropped = summary.get("messages_dropped", 0)
+    if dropped < exp.dropped_messages_at_least:
+        yield (f"dropped_messages_at_least: {dropped} dropped "
+               f"(< {exp.dropped_messages_at_least})")
+
+
+_CHECKS: tuple[_Check, ...] = (_honest_hashes_equal, _rounds_committed_at_least, _final_eval,
+                               _excluded, _excluded_within_rounds, _members_at_end,
+                               _dropped_messages_at_least)
 
 
 def summarize(scenario: Scenario, rounds: pl.DataFrame, extra: dict[str, Any],

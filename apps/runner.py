@@ -21,7 +21,6 @@ from phalanx.apps.results import (
 )
 from phalanx.engine.events import RoundCommitted
 from phalanx.engine.metrics import MetricLog
-from phalanx.net.messages import KINDS
 from phalanx.scenario.schema import Scenario, load_scenario, with_seed
 from phalanx.sim.world import SimWorld
 
@@ -153,7 +152,7 @@ def run_sim(scenario: Scenario, printer: RoundPrinter) -> RunResult:
         "peak_memory_mb": peak_memory_mb(),
     }
     summary = summarize(scenario, rounds, extra, {h.id for h in world.hosts if not h.up})
-    events = log.frame({k: cls.__name__ for k, cls in KINDS.items()})
+    events = log.frame({k: cls.__name__ for k, cls in world.opener.messages.kinds.items()})
     return RunResult(scenario, rounds, events, summary,
                      disks={h.id: h.disk for h in world.hosts} if scenario.node_logs else {})
 

@@ -148,30 +148,7 @@ def open_frame(
 
 def _open(frame: bytes, keyring: Mapping[int, bytes], verify: Verify, limits: Limits,
           messages: MessageSet) -> Envelope:
-    if not isinstance(frame, bytes | bytearray | memoryview):
-        raise DecodeError("malformed", f"frame must be bytes, got {type(frame).__name__}")
-    frame = bytes(frame)
-    if len(frame) > limits.max_frame:
-        raise DecodeError("too_large", f"frame {len(frame)} > {limits.max_frame} bytes")
-    try:
-        fields = msgpack.unpackb(
-            frame,
-            raw=False,
-            strict_map_key=True,
-            use_list=True,
-            max_bin_len=limits.max_frame,
-            max_str_len=256,
-            max_array_len=8,
-            max_map_len=0,
-            max_ext_len=0,
-        )
-    except Exception as e:
-        raise DecodeError("malformed", f"not a msgpack frame: {type(e).__name__}: {e}") from None
-    if type(fields) is not list:
-        raise DecodeError("malformed", f"frame must be an array, got {type(fields).__name__}")
-    problem = _header_error(fields)
-    if problem:
-        raise DecodeError("malformed", problem)
+    frame, fields = _unpack(frame, limits)
     version, kind, sender, rnd, seq, digest, signature, payload = fields
     # Built from the frame's own fields, so a canonical frame of another version still gets
     # reported as bad_version below.
@@ -197,6 +174,35 @@ def _open(frame: bytes, keyring: Mapping[int, bytes], verify: Verify, limits: Li
     if message.round != rnd:
         raise DecodeError("round_mismatch", f"payload round {message.round} != envelope {rnd}")
     return Envelope(sender, rnd, seq, kind, digest, signature, message, frame)
+
+
+def _unpack(frame: bytes, limits: Limits) -> tuple[bytes, list[Any]]:
+    """The frame as bytes and its eight well-typed fields; the structural checks of `_open`."""
+    if not isinstance(frame, bytes | bytearray | memoryview):
+        raise DecodeError("malformed", f"frame must be bytes, got {type(frame).__name__}")
+    frame = bytes(frame)
+    if len(frame) > limits.max_frame:
+        raise DecodeError("too_large", f"frame {len(frame)} > {limits.max_frame} bytes")
+    try:
+        fields = msgpack.unpackb(
+            frame,
+            raw=False,
+            strict_map_key=True,
+            use_list=True,
+            max_bin_len=limits.max_frame,
+            max_str_len=256,
+            max_array_len=8,
+            max_map_len=0,
+            max_ext_len=0,
+        )
+    except Exception as e:
+        raise DecodeError("malformed", f"not a msgpack frame: {type(e).__name__}: {e}") from None
+    if type(fields) is not list:
+        raise DecodeError("malformed", f"frame must be an array, got {type(fields).__name__}")
+    problem = _header_error(fields)
+    if problem:
+        raise DecodeError("malformed", problem)
+    return frame, fields
 
 
 class FrameOpener:

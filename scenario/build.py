@@ -7,6 +7,7 @@ from __future__ import annotations
 from phalanx.engine.node import NodeConfig
 from phalanx.engine.rng import RngStreams
 from phalanx.engine.workloads import Workload, make_workload
+from phalanx.net.codec import CORE, MessageSet
 from phalanx.net.crypto import Identity, VerifyCache
 from phalanx.net.envelope import FrameOpener
 from phalanx.scenario.schema import Scenario
@@ -41,12 +42,14 @@ def node_config(scenario: Scenario, node: int, round_timeout: float | None = Non
                       if scenario.privacy else None)
 
 
-def member_keys(scenario: Scenario) -> tuple[list[Identity], FrameOpener, VerifyCache]:
+def member_keys(scenario: Scenario, messages: MessageSet = CORE,
+                ) -> tuple[list[Identity], FrameOpener, VerifyCache]:
     """The members' identities (derived from the seed), and a frame opener over their public
-    keys that verifies each signature once (shared by every simulated node of a run)."""
+    keys that verifies each signature once (shared by every simulated node of a run) and
+    decodes `messages` (the core kinds, plus those of the nodes' extra services)."""
     identities = [Identity.derive(scenario.seed, i) for i in range(scenario.nodes.count)]
     cache = VerifyCache()
     keyring = {i: ident.public_key for i, ident in enumerate(identities)}
     # decoding and verifying a frame is a pure function of its bytes: memoize it across the
     # simulated nodes (a forged frame has other bytes, so it is still checked and rejected)
-    return identities, FrameOpener(keyring, verify=cache.verify), cache
+    return identities, FrameOpener(keyring, verify=cache.verify, messages=messages), cache

@@ -23,7 +23,7 @@ class EventLog:
         self.event = array("b")
         self.src = array("i")
         self.dst = array("i")
-        self.kind = array("b")
+        self.kind = array("H")  # message kinds are 16-bit (services bring their own)
         self.round = array("i")
         self.size = array("q")
         self.latency = array("d")
@@ -78,7 +78,7 @@ class EventLog:
                 dict(enumerate(EVENTS)), return_dtype=pl.Utf8),
             "src": pl.Series(self.src, dtype=pl.Int32),
             "dst": pl.Series(self.dst, dtype=pl.Int32),
-            "kind": pl.Series(self.kind, dtype=pl.Int8).replace_strict(
+            "kind": pl.Series(self.kind, dtype=pl.UInt16).replace_strict(
                 {c: kinds[i] for c, i in codes.items()}, return_dtype=pl.Utf8),
             "round": pl.Series(self.round, dtype=pl.Int32),
             "bytes": pl.Series(self.size, dtype=pl.Int64),

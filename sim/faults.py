@@ -89,44 +89,67 @@ class FaultInjector:
             return
         heal: Callable[[], None]
         match fault:
-            case CrashFault(nodes=nodes, keep_disk=keep):
-                for node in nodes:
-                    world.hosts[node].crash()
-                self.pending_restarts += len(nodes) if fault.duration else 0
-
-                def heal() -> None:
-                    self.pending_restarts -= len(nodes)
-                    for node in nodes:
-                        world.hosts[node].restart(keep_disk=keep)
+            case CrashFault():
+                heal = self._crash(fault)
             case PartitionFault() | IsolateFault() | OneWayFault() | BridgeFault():
-                rule = self._rule(fault)
-                self.rules.append(rule)
-                self.pending_heals += fault.duration is not None
-
-                def heal() -> None:
-                    self.rules.remove(rule)
-                    self.pending_heals -= 1
-                    world.on_heal()
-            case DegradeFault(nodes=nodes, extra_latency=extra, loss=loss):
-                pairs = None if nodes is None else self._pairs_touching(nodes)
-                token = world.network.degrade(pairs, extra_latency=extra, extra_loss=loss)
-                world.measure_links()
-
-                def heal() -> None:
-                    world.network.restore(token)
-                    world.measure_links()
-            case SlowFault(nodes=nodes, factor=factor):
-                for node in nodes:
-                    world.hosts[node].slowdown *= factor
-
-                def heal() -> None:
-                    for node in nodes:
-                        world.hosts[node].slowdown /= factor
+                heal = self._cut(fault)
+            case DegradeFault():
+                heal = self._degrade(fault)
+            case SlowFault():
+                heal = self._slow(fault)
         involved = sorted(fault.nodes_involved())
         for node in involved:  # counted against the nemesis budget until healed
             self._faulty[node] = self._faulty.get(node, 0) + 1
         if fault.duration is not None:
             world.call_at(world.now + fault.duration, self._heal, label, heal, involved)
+
+    # Each starts its fault now and returns what heals it.
+
+    def _crash(self, fault: CrashFault) -> Callable[[], None]:
+        world, nodes, keep = self.world, fault.nodes, fault.keep_disk
+        for node in nodes:
+            world.hosts[node].crash()
+        self.pending_restarts += len(nodes) if fault.duration else 0
+
+        def heal() -> None:
+            self.pending_restarts -= len(nodes)
+            for node in nodes:
+                world.hosts[node].restart(keep_disk=keep)
+        return heal
+
+    def _cut(self, fault: PartitionFault | IsolateFault | OneWayFault | BridgeFault
+             ) -> Callable[[], None]:
+        world, rule = self.world, self._rule(fault)
+        self.rules.append(rule)
+        self.pending_heals += fault.duration is not None
+
+        def heal() -> None:
+            self.rules.remove(rule)
+            self.pending_heals -= 1
+            world.on_heal()
+        return heal
+
+    def _degrade(self, fault: DegradeFault) -> Callable[[], None]:
+        world, nodes = self.world, fault.nodes
+        pairs = None if nodes is None else self._pairs_touching(nodes)
+        token = world.network.degrade(pairs, extra_latency=fault.extra_latency,
+                                      extra_loss=fault.loss)
+        world.measure_links()
+
+        def heal() -> None:
+            world.network.restore(token)
+            world.measure_links()
+        return heal
+
+    def _slow(self, fault: SlowFault) -> Callable[[], None]:
+        world, nodes, factor = self.world, fault.nodes, fault.factor
+        for node in nodes:
+            world.hosts[node].slowdown *= factor
+
+        def heal() -> None:
+            for node in nodes:
+                world.hosts[node].slowdown /= factor
+        return heal
 
     def _request_change(self, op: str, nodes: list[int]) -> None:
         """Each node asks for the change; one that cannot (down, or a member asking to join)

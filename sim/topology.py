@@ -89,8 +89,6 @@ def build_topology(
     `intra_latency` (defaults to `latency`) and gateway-to-gateway edges `inter_latency`; nodes
     carry a `cluster` attribute and graph.graph["gateways"] lists the gateway of each cluster.
     """
-    if kind not in KINDS:
-        raise TopologyError(f"unknown topology kind {kind!r}; allowed: {', '.join(KINDS)}")
     given = {
         "degree": degree,
         "k": k,
@@ -100,32 +98,19 @@ def build_topology(
         "intra_latency": intra_latency,
         "inter_latency": inter_latency,
     }
-    extra = sorted(k for k, v in given.items() if v is not None and k not in _KIND_PARAMS[kind])
-    if extra:
-        raise TopologyError(f"{kind}: does not take parameter(s) {', '.join(extra)}")
-    if isinstance(n, bool) or not isinstance(n, int | np.integer) or n < 2:
-        raise TopologyError(f"{kind}: n must be an integer >= 2 (got {n!r})")
-    if isinstance(seed, bool) or not isinstance(seed, int | np.integer) or seed < 0:
-        raise TopologyError(f"{kind}: seed must be an integer >= 0 (got {seed!r})")
-    n, seed = int(n), int(seed)
+    n, seed = _check_request(kind, n, seed, given)
     latency = _check_latency("latency", latency)
 
     if kind == "complete":
         graph = nx.complete_graph(n)
     elif kind == "ring":
-        if n < 3:
-            raise TopologyError(f"ring: n must be >= 3 (got n={n})")
-        graph = nx.cycle_graph(n)
+        graph = _ring(n)
     elif kind == "random_regular":
         graph = _random_regular(n, seed, degree)
     elif kind == "watts_strogatz":
         graph = _watts_strogatz(n, seed, k, p)
     elif kind == "barabasi_albert":
-        _need(kind, "m", m)
-        assert m is not None
-        if not 1 <= m < n:
-            raise TopologyError(f"barabasi_albert: m must satisfy 1 <= m < n (n={n}, m={m})")
-        graph = nx.barabasi_albert_graph(n, int(m), seed=seed)
+        graph = _barabasi_albert(n, seed, m)
     else:
         return _geo_clusters(n, clusters, latency, intra_latency, inter_latency)
 
@@ -136,6 +121,34 @@ def build_topology(
     if not nx.is_connected(out):  # pragma: no cover - generators above guarantee it
         raise TopologyError(f"{kind}: generated graph is not connected (n={n}, seed={seed})")
     return out
+
+
+def _check_request(kind: str, n: int, seed: int, given: dict[str, object]) -> tuple[int, int]:
+    """Check the kind, which parameters were given, n and seed; returns n and seed as ints."""
+    if kind not in KINDS:
+        raise TopologyError(f"unknown topology kind {kind!r}; allowed: {', '.join(KINDS)}")
+    extra = sorted(k for k, v in given.items() if v is not None and k not in _KIND_PARAMS[kind])
+    if extra:
+        raise TopologyError(f"{kind}: does not take parameter(s) {', '.join(extra)}")
+    if isinstance(n, bool) or not isinstance(n, int | np.integer) or n < 2:
+        raise TopologyError(f"{kind}: n must be an integer >= 2 (got {n!r})")
+    if isinstance(seed, bool) or not isinstance(seed, int | np.integer) or seed < 0:
+        raise TopologyError(f"{kind}: seed must be an integer >= 0 (got {seed!r})")
+    return int(n), int(seed)
+
+
+def _ring(n: int) -> nx.Graph:
+    if n < 3:
+        raise TopologyError(f"ring: n must be >= 3 (got n={n})")
+    return nx.cycle_graph(n)
+
+
+def _barabasi_albert(n: int, seed: int, m: int | None) -> nx.Graph:
+    _need("barabasi_albert", "m", m)
+    assert m is not None
+    if not 1 <= m < n:
+        raise TopologyError(f"barabasi_albert: m must satisfy 1 <= m < n (n={n}, m={m})")
+    return nx.barabasi_albert_graph(n, int(m), seed=seed)
 
 
 def _random_regular(n: int, seed: int, degree: int | None) -> nx.Graph:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import gc
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from heapq import heappush
@@ -38,7 +38,7 @@ from phalanx.engine.events import (
     TimerFired,
 )
 from phalanx.engine.metrics import MetricLog
-from phalanx.engine.node import Node
+from phalanx.engine.node import Node, Service, message_set
 from phalanx.engine.rng import RngStreams
 from phalanx.net.messages import RoundRecord
 from phalanx.scenario.build import member_keys, node_config, workload_for
@@ -141,7 +141,7 @@ class Host:
         behaviour = make_behaviour(spec.behaviour, spec.from_round, w.colluders,
                                    w.rngs.seed("byzantine"), **spec.params) if spec else None
         self.node = Node(node_config(w.scenario, self.id), w.identities[self.id], w.workload,
-                         w.opener, behaviour)
+                         w.opener, behaviour, w.services)
         self.up, self.finished = True, False
         self.feed(Started(dict(self.disk), lost_disk))
         self.measure_link()
@@ -233,8 +233,11 @@ class Host:
 
 class SimWorld:
     def __init__(self, scenario: Scenario,
-                 on_commit: Callable[[RoundCommitted, float], None] | None = None) -> None:
+                 on_commit: Callable[[RoundCommitted, float], None] | None = None,
+                 services: Sequence[type[Service]] = ()) -> None:
+        """`services`: services every node runs beyond the built-in ones."""
         self.scenario = scenario
+        self.services = tuple(services)
         self.rngs = RngStreams(scenario.seed)
         self.env = simpy.Environment()
         self.stats = SimStats()
@@ -251,7 +254,8 @@ class SimWorld:
         self.link_draws = Draws(self.rngs.stream("links"))
         n = scenario.nodes.count
         self.members = range(n)
-        self.identities, self.opener, self.verify_cache = member_keys(scenario)
+        self.identities, self.opener, self.verify_cache = member_keys(
+            scenario, message_set(self.services))
         self.workload = workload_for(scenario, self.rngs)
         self.byzantine = {node: b for b in scenario.byzantine for node in b.nodes}
         self.colluders = frozenset(self.byzantine)

@@ -115,6 +115,16 @@ class Raw:
             if body[0] == kind and (size is None or len(body) - 1 == size):
                 return body[1:]
 
+    async def kinds_before(self, kind: int, body: bytes) -> list[int]:
+        """Read records up to the first of `kind` whose body (kind byte dropped) is `body`;
+        the kinds of those read before it, in order. One link keeps its records in order, so
+        a marker the node sent after some event bounds what that event could have sent."""
+        assert self.opener is not None, "handshake first"
+        kinds = []
+        while (record := self.opener.open(await self.recv())) != bytes((kind,)) + body:
+            kinds.append(record[0])
+        return kinds
+
     async def closed_by_peer(self, timeout: float = 3.0) -> bool:
         async with asyncio.timeout(timeout):
             with suppress(ConnectionResetError):  # our bytes unread: a reset, not a FIN

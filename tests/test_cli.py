@@ -6,7 +6,6 @@ torch import); the broader table of bad files runs in-process through typer's Cl
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import re
@@ -144,10 +143,6 @@ def test_run_tiny_scenario_writes_outputs(tmp_path: Path) -> None:
     assert "expect failed" not in proc.stderr
 
 
-@pytest.mark.xfail(
-    importlib.util.find_spec("phalanx.apps.bench_sim") is None, strict=True,
-    reason="apps/cli.py bench_sim imports phalanx.apps.bench_sim (missing) before checking "
-           "--nodes: ModuleNotFoundError traceback, exit 1")
 def test_bench_sim_bad_nodes_subprocess(tmp_path: Path) -> None:
     proc = cli("bench", "sim", "--nodes", "abc", "--out", tmp_path / "b.json", cwd=tmp_path)
     assert proc.returncode == 2, proc.stderr
@@ -196,8 +191,6 @@ def test_unreadable_files_in_process(tmp_path: Path, command: str) -> None:
 
 
 def test_bench_sim_rejects_small_counts_in_process() -> None:
-    if importlib.util.find_spec("phalanx.apps.bench_sim") is None:
-        pytest.skip("phalanx.apps.bench_sim not written yet (see the xfail above)")
     result = invoke("bench", "sim", "--nodes", "2,100")
     assert result.exit_code == 2
     assert "at least 4" in one_error_line(result.stderr)

@@ -368,9 +368,20 @@ def test_ban_closes_links_and_refuses_handshakes() -> None:
             assert node.states[-1] == (1, False)
             await eventually(lambda: node.t.refusals["banned"] >= 1)  # peer 1 keeps redialing
             await eventually(lambda: strict.t.refusals["banned"] >= 1)  # banned from the start
+            # Peer 1's old link to node 0 is gone (it has redialed since): what it sends now can
+            # only travel on a new link, which needs a handshake.
+            tried = {0: node.t.refusals["banned"], 2: strict.t.refusals["banned"]}
             peer.t.send(0, b"let me in")
+            peer.t.send(2, b"let me in too")
             node.t.send(1, b"dropped")
-            await asyncio.sleep(0.2)
+            assert node.t.dropped_banned == 1  # discarded on the spot, never queued
+            assert node.t.queued(1) == (0, 0)
+            # Both refuse a redial made after the frames were queued, and the frames are still
+            # waiting at peer 1: no link carried them, and none ever will.
+            await eventually(lambda: node.t.refusals["banned"] > tried[0]
+                             and strict.t.refusals["banned"] > tried[2])
+            assert peer.t.queued(0) == (1, len(b"let me in"))
+            assert peer.t.queued(2) == (1, len(b"let me in too"))
             assert node.inbox == [] and strict.inbox == []
             assert node.t.dropped_banned == 1
             assert set(node.t.refusals) == {"banned"} and set(strict.t.refusals) == {"banned"}

@@ -15,7 +15,7 @@ from tcpkit import FAST as FAST_DEFAULTS
 from tcpkit import HOST, IDS, KEYRING, Node, Raw, eventually, run
 from tcpkit import cluster as kit_cluster
 
-from phalanx.net.tcp import DATA, PING, PONG, PONG_BODY, STAMP, TcpTransport
+from phalanx.net.tcp import DATA, PEERS, PING, PONG, PONG_BODY, STAMP, TcpTransport
 
 # measure often; suspect late (a throttled relay holds records for a while)
 FAST = {**FAST_DEFAULTS, "suspect_after": 2.0, "handshake_timeout": 3.0,
@@ -124,6 +124,22 @@ def measured_rate(conditions: tuple[float, float] | None) -> bool:
     return conditions is not None and finite_positive(conditions[0])
 
 
+async def pongs(node: Node, peer: int, count: int, timeout: float = 5.0) -> None:
+    """Wait until `node` has taken `count` more RTT samples from `peer`'s PONGs. Each answered
+    probe moves the smoothed RTT (a fresh float sample, gain 1/8), so a new value is a new
+    PONG; an unchanged one is at worst a PONG not counted, and the wait goes on."""
+    seen = node.t.link_measurements()[peer].rtt
+    left = count
+
+    def more() -> bool:
+        nonlocal seen, left
+        rtt = node.t.link_measurements()[peer].rtt
+        if rtt is not None and rtt != seen:
+            seen, left = rtt, left - 1
+        return left <= 0
+    await eventually(more, timeout)
+
+
 # -- measurement over real links ------------------------------------------------------------
 
 
@@ -208,7 +224,8 @@ def test_latency_first_and_bandwidth_unlimited_until_a_rate_is_reported() -> Non
             # latency alone, the bandwidth not a limit
             await eventually(lambda: all(n.t.link_measurements()[p].rtt is not None
                                          for n, p in ((a, 1), (b, 0))))
-            await asyncio.sleep(0.3)  # several measure intervals
+            # several more probes answered each way (each PONG carries the peer's rate, 0 here)
+            await asyncio.gather(pongs(a, 1, 3), pongs(b, 0, 3))
             for node, peer in ((a, 1), (b, 0)):
                 conditions = node.t.link_conditions()
                 assert conditions is not None and conditions[0] == math.inf
@@ -219,7 +236,8 @@ def test_latency_first_and_bandwidth_unlimited_until_a_rate_is_reported() -> Non
             for _ in range(50):
                 a.t.send(1, b"small")
             await eventually(lambda: len(b.inbox) == 50)
-            await asyncio.sleep(0.2)
+            assert b.t.link_measurements()[0].downlink is None  # all 50 read, none timed
+            await pongs(a, 1, 2)  # so every PONG b sends reports no rate; a hears some more
             assert a.t.link_conditions()[0] == math.inf  # type: ignore[index]
             assert alone.t.link_conditions() is None and alone.t.link_measurements() == {}
     run(test)
@@ -249,7 +267,11 @@ def test_probe_answered_by_a_pong_gives_rtt_and_the_reported_rate() -> None:
             # a rate of 0 means "no measurement yet": it keeps the last report
             raw.send_record(PONG, PONG_BODY.pack(stamp, 0.0))
             raw.send_record(PING, b"")  # a liveness ping: no PONG, no refusal
-            await asyncio.sleep(0.1)
+            # The answer to a later probe is the first PONG back: the node has read both
+            # records above (one link, in order), and the liveness ping got no answer.
+            raw.send_record(PING, STAMP.pack(2.5))
+            echoed, _ = PONG_BODY.unpack(await raw.next_record(PONG))
+            assert echoed == STAMP.pack(2.5)
             assert node.t.link_measurements()[1].uplink == 8e6
             assert not node.t.refusals
             raw.close()
@@ -298,15 +320,20 @@ def test_pong_goes_on_the_link_the_prober_dialed_not_behind_its_own_frames() -> 
                 theirs = await asyncio.wait_for(accepted.get(), 5.0)  # the node dialed us
                 ours = await Raw.connect(node.t.address)  # we dial the node
                 await ours.dial()
-                await eventually(lambda: node.t.peer_states() == {1: True})
-                await asyncio.sleep(0.1)  # let the node see both links
+                # the node holds both links: its outbound one, and ours (it greets each new
+                # link with its peer list)
+                await asyncio.wait_for(ours.next_record(PEERS), 3.0)
+                await eventually(lambda: node.t.connected_peers() == {1})
                 probe = STAMP.pack(7.5)
                 theirs.send_record(PING, probe)  # on the link that carries the node's frames
                 echoed, _ = PONG_BODY.unpack(await asyncio.wait_for(
                     ours.next_record(PONG), 3.0))
                 assert echoed == probe
-                with pytest.raises(TimeoutError):  # and not on the probe's own link
-                    await asyncio.wait_for(theirs.next_record(PONG), 0.3)
+                # and not on the probe's own link: a frame the node sends there after
+                # answering arrives behind anything the answer could have put on it
+                node.t.send(1, b"marker")
+                before = await asyncio.wait_for(theirs.kinds_before(DATA, b"marker"), 3.0)
+                assert PONG not in before, before
                 assert not node.t.refusals
                 theirs.close()
                 ours.close()

@@ -1,5 +1,5 @@
 """Byzantine behaviours a scenario can give to nodes, each active from a round on: gradient
-attacks (`attacks.py`, wrapped by `gradients.py`), data poisoning and protocol attacks
+attacks (`attacks/`, wrapped by `gradients.py`), data poisoning and protocol attacks
 (`protocol.py`)."""
 
 from __future__ import annotations

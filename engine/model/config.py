@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -43,33 +44,12 @@ class GPTConfig:
     tie_weights: bool = True  # the LM head shares the token embedding
 
     def __post_init__(self) -> None:
-        positive = ("vocab_size", "block_size", "n_layer", "n_head", "n_embd", "n_experts",
-                    "top_k")
-        for name in positive:
+        for name in _POSITIVE:
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.n_embd % self.n_head:
-            raise ConfigError(f"n_embd {self.n_embd} is not a multiple of n_head {self.n_head}")
-        if self.positions not in ("rotary", "learned"):
-            raise ConfigError(f"positions must be 'rotary' or 'learned', got {self.positions!r}")
-        if self.positions == "rotary" and self.head_dim % 2:
-            raise ConfigError(f"head size {self.head_dim} must be even for rotary positions")
-        if self.kv_heads < 1 or self.n_head % self.kv_heads:
-            raise ConfigError(f"n_kv_head {self.n_kv_head} must divide n_head {self.n_head}")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ConfigError(f"dropout must be in [0, 1), got {self.dropout}")
-        if self.sliding_window is not None and self.sliding_window < 1:
-            raise ConfigError(f"sliding_window must be >= 1, got {self.sliding_window}")
-        if self.norm not in ("rms", "layer"):
-            raise ConfigError(f"norm must be 'rms' or 'layer', got {self.norm!r}")
-        if self.ffn not in ("swiglu", "gelu", "moe"):
-            raise ConfigError(f"ffn must be 'swiglu', 'gelu' or 'moe', got {self.ffn!r}")
-        if self.top_k > self.n_experts:
-            raise ConfigError(f"top_k {self.top_k} exceeds n_experts {self.n_experts}")
-        if self.capacity_factor <= 0:
-            raise ConfigError(f"capacity_factor must be > 0, got {self.capacity_factor}")
-        if self.ffn_hidden is not None and self.ffn_hidden < 1:
-            raise ConfigError(f"ffn_hidden must be >= 1, got {self.ffn_hidden}")
+        for broken, message in _RULES:
+            if broken(self):
+                raise ConfigError(message(self))
 
     @property
     def head_dim(self) -> int:
@@ -113,3 +93,36 @@ class GPTConfig:
         if not isinstance(data, dict):
             raise ConfigError(f"{path}: a model config is a JSON object")
         return cls.from_dict(data)
+
+
+_POSITIVE = ("vocab_size", "block_size", "n_layer", "n_head", "n_embd", "n_experts", "top_k")
+
+_Rule = tuple[Callable[[GPTConfig], object], Callable[[GPTConfig], str]]
+
+# (broken, message), checked in this order after _POSITIVE; the first broken rule is the error.
+# Lazy, so a rule may rely on the ones before it (head_dim on n_head >= 1, n_head % kv_heads on
+# kv_heads >= 1) and a bad value is reported before a later rule trips over it.
+_RULES: tuple[_Rule, ...] = (
+    (lambda c: c.n_embd % c.n_head,
+     lambda c: f"n_embd {c.n_embd} is not a multiple of n_head {c.n_head}"),
+    (lambda c: c.positions not in ("rotary", "learned"),
+     lambda c: f"positions must be 'rotary' or 'learned', got {c.positions!r}"),
+    (lambda c: c.positions == "rotary" and c.head_dim % 2,
+     lambda c: f"head size {c.head_dim} must be even for rotary positions"),
+    (lambda c: c.kv_heads < 1 or c.n_head % c.kv_heads,
+     lambda c: f"n_kv_head {c.n_kv_head} must divide n_head {c.n_head}"),
+    (lambda c: not 0.0 <= c.dropout < 1.0,
+     lambda c: f"dropout must be in [0, 1), got {c.dropout}"),
+    (lambda c: c.sliding_window is not None and c.sliding_window < 1,
+     lambda c: f"sliding_window must be >= 1, got {c.sliding_window}"),
+    (lambda c: c.norm not in ("rms", "layer"),
+     lambda c: f"norm must be 'rms' or 'layer', got {c.norm!r}"),
+    (lambda c: c.ffn not in ("swiglu", "gelu", "moe"),
+     lambda c: f"ffn must be 'swiglu', 'gelu' or 'moe', got {c.ffn!r}"),
+    (lambda c: c.top_k > c.n_experts,
+     lambda c: f"top_k {c.top_k} exceeds n_experts {c.n_experts}"),
+    (lambda c: c.capacity_factor <= 0,
+     lambda c: f"capacity_factor must be > 0, got {c.capacity_factor}"),
+    (lambda c: c.ffn_hidden is not None and c.ffn_hidden < 1,
+     lambda c: f"ffn_hidden must be >= 1, got {c.ffn_hidden}"),
+)
