@@ -259,12 +259,14 @@ class RealNode:
         if verdict["status"] == "ok" and not all(up.get(p, False) for p in self.peers):
             verdict = {"status": "degraded", "reasons": ["some peers are unreachable"]}
         commits = host.metrics.commits
+        heard_ago = getattr(self.transport, "heard_ago", None)  # TCP only
+        heard = heard_ago() if callable(heard_ago) else {}
         return {
             "node_id": node.id, "node_type": self.plan.settings.node_type,
             "byzantine": self.byzantine, "round": node.round, "view": node.view,
             "model_hash": node.model_hash.hex(), "finished": node.finished,
             "member": not node.follower, "members": list(node.members), "epoch": node.epoch,
-            "peers": [{"id": p, "up": up.get(p, False),
+            "peers": [{"id": p, "up": up.get(p, False), "heard_seconds_ago": heard.get(p),
                        "address": "{}:{}".format(*self.plan.addresses[p]),
                        "reputation": node.reputation.get(p, 0.0),
                        "excluded": p in node.excluded} for p in self.peers],

@@ -397,6 +397,13 @@ class TcpTransport:
         """Peer id -> up (heard from within `suspect_after`), for every peer we track."""
         return {peer: state.up for peer, state in self._peers.items()}
 
+    def heard_ago(self) -> dict[int, float]:
+        """Peer id -> seconds since any record (a frame, a ping, a pong) came from it, for
+        every peer heard from at all: what shows a peer alive while it has nothing to say."""
+        now = self._now()
+        return {peer: now - state.last_heard for peer, state in self._peers.items()
+                if state.last_heard > -math.inf}
+
     def link_conditions(self) -> tuple[float, float] | None:
         """(uplink bandwidth in bits/s, one-way latency in s) as measured on this node's links;
         None until a round trip was measured, and bandwidth ``math.inf`` until a peer reported
