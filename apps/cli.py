@@ -204,13 +204,28 @@ def train(
 def bench_sim(
     nodes: Annotated[str, typer.Option(help="comma-separated node counts")] = "100,1000",
     rounds: Annotated[int, typer.Option(help="rounds per run")] = 2,
+    against: Annotated[str | None, typer.Option(
+        help="a git revision: run its simulator and this one alternately, as subprocesses, "
+             "and compare their phalanx/bare ratios")] = None,
+    repeats: Annotated[int, typer.Option(help="with --against: runs of each build")] = 3,
     out_file: Annotated[Path, typer.Option("--out", help="JSON result file")] = Path(
         "benchmarks/out/sim.json"),
 ) -> None:
     """Simulated events per wall second: phalanx vs a bare-SimPy run of the same traffic."""
-    from phalanx.apps.bench_sim import run_bench
+    counts = _counts("--nodes", nodes, 4)
+    if against is None:
+        from phalanx.apps.bench_sim import run_bench
 
-    run_bench(_counts("--nodes", nodes, 4), rounds, out_file, out)
+        run_bench(counts, rounds, out_file, out)
+        return
+    from phalanx.apps.bench_against import AgainstError, run_against
+
+    if repeats < 1:
+        raise fail(f"--repeats must be at least 1 (got {repeats})")
+    try:
+        run_against(counts, rounds, against, repeats, out_file, out)
+    except AgainstError as e:
+        raise fail(str(e)) from None
 
 
 def _counts(option: str, value: str, least: int) -> list[int]:

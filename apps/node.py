@@ -25,7 +25,7 @@ import resource
 import signal
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Coroutine, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -47,7 +47,7 @@ from phalanx.apps.node_settings import (
 from phalanx.apps.status import health, status_server
 from phalanx.engine.byzantine import make_behaviour
 from phalanx.engine.events import Received, RequestChange, Started
-from phalanx.engine.node import Node, Service, message_set
+from phalanx.engine.node import Node, Service, StoreError, message_set
 from phalanx.engine.rng import RngStreams
 from phalanx.net.crypto import Identity
 from phalanx.net.envelope import open_frame
@@ -290,51 +290,75 @@ class RealNode:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.stop.set)
         loop.add_signal_handler(signal.SIGHUP, self.reload_members)
-        server = None
-        if self.plan.settings.enable_web_interface:
-            web = self.plan.settings
-            server = status_server(self.status, web.web_host or web.host, web.web_port,
-                                   self.request_change)
-            serving = asyncio.create_task(server.serve())
+        server = self._status_server()
+        serving = asyncio.create_task(server.serve()) if server is not None else None
+        self._check_bootstrap()
+        await self.transport.start()
+        await self._wait_for_peers()
+        if self._start() and self.plan.console:
+            loop.add_reader(sys.stdin.fileno(), self._console_line)
+            self.out.print(f"node {self.node.id} running; type help for commands",
+                           highlight=False)
+        watchers = [asyncio.create_task(w) for w in self._watchers()]
+        await self.stop.wait()
+        for watcher in watchers:
+            watcher.cancel()
+        await self._shutdown(server)
+        if serving is not None:
+            await serving
+
+    def _status_server(self) -> Any:
+        web = self.plan.settings
+        if not web.enable_web_interface:
+            return None
+        return status_server(self.status, web.web_host or web.host, web.web_port,
+                             self.request_change)
+
+    def _check_bootstrap(self) -> None:
         listed = {f"{host}:{port}" for host, port in self.plan.addresses.values()}
         for peer in self.plan.settings.bootstrap_peers:
             if peer not in listed:  # members are dialed at the addresses the file lists
                 self.out.print(f"bootstrap peer {peer} is not an address in the members file; "
                                f"members are dialed at their listed addresses", highlight=False)
-        await self.transport.start()
-        try:  # a restarted node finds its peers up; a first start waits for them, not forever
-            wait = self.plan.scenario.real.start_wait
+
+    async def _wait_for_peers(self) -> None:
+        """A restarted node finds its peers up; a first start waits for them, not forever."""
+        wait = self.plan.scenario.real.start_wait
+        try:
             if self.plan.transport == "tcp":  # for the members, not for observers
                 await self.transport.wait_for_peers(wait, peers=self.peers)
             else:
                 await self.transport.wait_for_peers(wait)
         except TimeoutError:
             up = sum(self.peer_states().values())
-            self.out.print(f"{up} of {len(self.peers)} peers reachable after "
-                           f"{self.plan.scenario.real.start_wait:g} s; starting with them",
-                           highlight=False)
-        self.host.feed(Started(self.disk.read_all()))
+            self.out.print(f"{up} of {len(self.peers)} peers reachable after {wait:g} s; "
+                           f"starting with them", highlight=False)
+
+    def _start(self) -> bool:
+        """Start the node on its disk, then hand it what arrived meanwhile; False (and the
+        node stopping, with one line said) when its disk holds a record it cannot read."""
+        try:
+            self.host.feed(Started(self.disk.read_all()))
+        except StoreError as err:
+            self.failure = f"node {self.node.id}: {self.plan.data_dir / 'node.sqlite'}: {err}"
+            self.out.print(self.failure, highlight=False, soft_wrap=True, markup=False)
+            self.stop.set()
+            return False
         backlog, self.early = self.early or [], None
         for frame in backlog:
             self.host.feed(Received(frame))
-        if self.plan.console:
-            loop.add_reader(sys.stdin.fileno(), self._console_line)
-            self.out.print(f"node {self.node.id} running; type help for commands",
-                           highlight=False)
-        watchers = [asyncio.create_task(self._write_results_when_finished())]
+        return True
+
+    def _watchers(self) -> list[Coroutine[Any, Any, None]]:
+        watchers = [self._write_results_when_finished()]
         if self.plan.scenario.compression.adaptive is not None:
             measure = getattr(self.transport, "link_conditions", None)
             if measure is None:  # MPI: no measurement, so every gradient at the largest ratio
                 self.out.print("this transport does not measure its links: adaptive top-k "
                                "sends at max_ratio", highlight=False)
             else:
-                watchers.append(asyncio.create_task(self.host.report_link(measure)))
-        await self.stop.wait()
-        for watcher in watchers:
-            watcher.cancel()
-        await self._shutdown(server)
-        if server is not None:
-            await serving
+                watchers.append(self.host.report_link(measure))
+        return watchers
 
     async def _write_results_when_finished(self) -> None:
         await self.host.finished.wait()

@@ -120,7 +120,7 @@ class Raw:
         the kinds of those read before it, in order. One link keeps its records in order, so
         a marker the node sent after some event bounds what that event could have sent."""
         assert self.opener is not None, "handshake first"
-        kinds = []
+        kinds: list[int] = []
         while (record := self.opener.open(await self.recv())) != bytes((kind,)) + body:
             kinds.append(record[0])
         return kinds

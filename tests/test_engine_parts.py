@@ -10,8 +10,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 from rich.console import Console
+from typer.testing import CliRunner
 
 from phalanx.apps.bench_sim import run_bench
+from phalanx.apps.cli import app
 from phalanx.engine.aggregate import Mean, make_aggregator
 from phalanx.engine.optim import Adam, MomentumSGD, SenderAdam, make_optimizer
 from phalanx.engine.rng import RngStreams
@@ -168,12 +170,28 @@ def test_bench_train_writes_json_with_ratio_and_memory(tmp_path: Path) -> None:
 
 def test_bench_kernels_without_a_gpu_says_so_and_exits_zero(tmp_path: Path) -> None:
     import torch
-    from typer.testing import CliRunner
-
-    from phalanx.apps.cli import app
 
     if torch.cuda.is_available():
         pytest.skip("a GPU is present: the benchmark would run for real")
     result = CliRunner().invoke(app, ["bench", "kernels", "--out", str(tmp_path / "k.json")])
     assert result.exit_code == 0 and "no GPU here" in result.output
     assert not (tmp_path / "k.json").exists()
+
+
+def test_bench_sim_against_a_revision_runs_both_builds_and_reports_medians(
+        tmp_path: Path) -> None:
+    """`phalanx bench sim --against REV` checks REV out beside this tree, runs each build's
+    bench as a subprocess in turn, and reports both ratios and their difference."""
+    out = tmp_path / "against.json"
+    result = CliRunner().invoke(app, ["bench", "sim", "--nodes", "4", "--rounds", "1",
+                                      "--against", "HEAD", "--repeats", "1", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    report = json.loads(out.read_text())
+    (row,) = report["results"]
+    assert row["nodes"] == 4 and len(row["ratios_this"]) == len(row["ratios_baseline"]) == 1
+    assert row["difference"] == row["median_this"] - row["median_baseline"]
+    assert row["median_this"] > 0 and row["median_baseline"] > 0
+    bad = CliRunner().invoke(app, ["bench", "sim", "--against", "no-such-rev", "--out",
+                                   str(out)])
+    assert bad.exit_code == 2 and bad.output.startswith("error:")
+    assert len(bad.output.strip().splitlines()) == 1

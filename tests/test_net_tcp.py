@@ -94,7 +94,7 @@ def test_wrong_address_hint_just_fails_its_handshake() -> None:
 
 
 async def silent(raw: Raw) -> None:
-    await asyncio.sleep(0.5)  # past the 0.3 s handshake timeout
+    await raw.closed_by_peer()  # not a byte until the node gives up (0.3 s handshake timeout)
 
 
 async def http_request(raw: Raw) -> None:
