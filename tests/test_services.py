@@ -22,6 +22,7 @@ from phalanx.apps.node_log import NodeLog
 from phalanx.apps.node_settings import NodeFile, node_identity
 from phalanx.engine.events import Received, Started
 from phalanx.engine.node import Node, Route, Service, message_set, set_digest
+from phalanx.engine.node.service import Disk
 from phalanx.net.codec import CORE, MessageSet, decode_payload
 from phalanx.net.crypto import sha256
 from phalanx.net.envelope import Envelope, FrameOpener, open_frame
@@ -62,6 +63,9 @@ class BeaconChain(Service):
     def on_beacon(self, env: Envelope) -> None:
         self.heard += 1
 
+    def restore(self, disk: Disk) -> None:
+        self.head = self.stored(disk, "head") or self.head
+
     def start(self) -> None:
         self.node.set_timer(self, "tick", 0.1)
 
@@ -84,6 +88,7 @@ class BeaconChain(Service):
     def on_commit(self, data: bytes) -> None:
         self.head = data
         self.committed.append((self.node.round - 1, data))
+        self.persist("head", data)
 
 
 def expected_chain(rounds: int) -> list[tuple[int, bytes]]:
@@ -209,14 +214,23 @@ def _served_cluster(kit: Kit) -> Pump:
     return Pump(nodes, open=opener)
 
 
-def test_the_pump_cluster_commits_the_chain_and_the_timer_is_namespaced() -> None:
+def test_the_chain_survives_a_restart_from_the_services_part_of_the_store() -> None:
+    """Timers are namespaced, the head is kept under "beacon/head", and a member restarted
+    with its disk in the middle of the run goes on with the chain where it stood."""
     kit = Kit(4)
     pump = _served_cluster(kit)
     pump.start()
     assert all("beacon/tick" in pump.timers[i] for i in MEMBERS)
+    pump.run(until=lambda: pump.nodes[3].round >= 2)
+    assert pump.disks[3]["beacon/head"] == dict(expected_chain(5))[pump.nodes[3].round - 1]
+    opener = pump.nodes[3].open
+    reborn = Node(kit.node(3).config, kit.ids[3], kit.workload, opener, services=[BeaconChain])
+    pump.restart(3, reborn)
+    assert reborn.extra_services[0].head == pump.disks[3]["beacon/head"]  # type: ignore[attr-defined]
     pump.run_to_end()
     for i in MEMBERS:
-        assert pump.nodes[i].extra_services[0].committed == expected_chain(5)  # type: ignore[attr-defined]
+        assert pump.nodes[i].extra_services[0].head == expected_chain(5)[-1][1]  # type: ignore[attr-defined]
+    assert pump.nodes[0].extra_services[0].committed == expected_chain(5)  # type: ignore[attr-defined]
 
 
 def test_a_proposal_with_a_wrong_or_unknown_contribution_is_refused() -> None:

@@ -14,8 +14,9 @@ the node, and so will be curation and RLHF. A service declares:
   proposal only if `contribution_problem(data)` finds nothing wrong, so the commit certificate
   covers it (through the set digest), and `on_commit(data)` runs at every node that commits
   the round, by voting or by state sync, in the same order;
-- what it reads back from the node's store on a (re)start (`restore`), what it does once the
-  node has started (`start`), and what follows from a new membership (`on_members`).
+- its part of the node's store (`persist`, keys "<service>/<key>"), what it reads back from
+  it on a (re)start (`restore`, `stored`), what it does once the node has started (`start`),
+  and what follows from a new membership (`on_members`).
 
 Everything it does goes out through the node's helpers (`send`, `broadcast`, `persist`,
 `emit`, `reject`, `set_timer`), so a service is as deterministic as the node itself.
@@ -67,6 +68,16 @@ class Service:
 
     def on_timer(self, name: str) -> None:
         raise ProtocolError(f"service {self.name!r} armed no timer {name!r}")
+
+    def persist(self, key: str, value: bytes) -> None:
+        """Write `value` to this service's part of the node's store (key "<name>/<key>"),
+        before anything the service sends next leaves."""
+        self.node.persist(f"{self.name}/{key}", value)
+
+    def stored(self, disk: Disk, key: str) -> bytes | None:
+        """What `persist(key, ...)` last wrote, as found on `disk` at a restart."""
+        value = disk.get(f"{self.name}/{key}")
+        return value if isinstance(value, bytes) else None
 
     def restore(self, disk: Disk) -> None:
         """Read back what this service persisted (a restart with the node's disk)."""
