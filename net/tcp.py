@@ -330,7 +330,7 @@ class TcpTransport:
         for peer in list(self._addresses):
             if peer != self.id and peer in self.keyring:
                 self._ensure_dialer(peer)
-        self._spawn(self._contained(self._watch()))
+        self._spawn(self._contained(self._watch))
 
     async def wait_for_peers(self, timeout: float, peers: Iterable[int] | None = None) -> None:
         """Return once we hold an authenticated outbound link to each of `peers` (default: the
@@ -485,15 +485,17 @@ class TcpTransport:
             return
         state = self._peer(peer)
         if state.dialer is None or state.dialer.done():
-            state.dialer = self._spawn(self._contained(self._dial_loop(peer)))
+            state.dialer = self._spawn(self._contained(lambda: self._dial_loop(peer)))
 
-    async def _contained(self, coro: Coroutine[Any, Any, None],
+    async def _contained(self, body: Callable[[], Coroutine[Any, Any, None]],
                          writer: asyncio.StreamWriter | None = None) -> None:
         """Run a task's body so that a bug in it is logged and counted, never raised into the
         event loop; the connection it served, if any, is closed however it ends (cancelled
-        mid-handshake included, or the peer would never learn that we are gone)."""
+        mid-handshake included, or the peer would never learn that we are gone). The body's
+        coroutine is made here, so a task cancelled before it ever ran leaves none behind
+        unawaited."""
         try:
-            await coro
+            await body()
         except Exception:
             log.exception("tcp transport: unexpected error")
             self.refusals["internal_error"] += 1
@@ -599,8 +601,8 @@ class TcpTransport:
             return
         # Served in a task of our own, which close() can cancel: asyncio reports a cancelled
         # connection-callback task as an unhandled error, so that one must end normally.
-        await asyncio.wait([self._spawn(self._contained(self._serve_inbound(reader, writer),
-                                                        writer))])
+        await asyncio.wait([self._spawn(self._contained(
+            lambda: self._serve_inbound(reader, writer), writer))])
 
     async def _serve_inbound(self, reader: asyncio.StreamReader,
                              writer: asyncio.StreamWriter) -> None:
@@ -670,9 +672,9 @@ class TcpTransport:
         link = Link(peer, outbound, reader, writer, sealer, opener, now, now)
         state = self._peer(peer)
         self._attach(state, link)
-        tasks = [self._spawn(self._contained(self._read_loop(link, state)))]
+        tasks = [self._spawn(self._contained(lambda: self._read_loop(link, state)))]
         if outbound:
-            tasks.append(self._spawn(self._contained(self._pump(link, state.queue))))
+            tasks.append(self._spawn(self._contained(lambda: self._pump(link, state.queue))))
         try:
             await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
         finally:
