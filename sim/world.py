@@ -412,8 +412,9 @@ class SimWorld:
                                         f"{op} from round {rnd}: members {list(members)}", subject)
 
     def on_heal(self) -> None:
-        """A cut healed: finished nodes find forks by comparing heads (`Node._audit_head`, every
-        two view timeouts by default), so the run settles for two such periods at least."""
+        """A cut healed: finished nodes find forks by comparing heads (every two view timeouts
+        by default, `Accountability.audit_head`), so the run settles for two such periods at
+        least."""
         self._last_activity = max(self._last_activity,
                                   self.now + 3 * self.scenario.training.view_timeout)
         self.check_done()

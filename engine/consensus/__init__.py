@@ -1,5 +1,5 @@
 """The BFT round protocol's pure parts: quorum arithmetic, vote books and certificates,
-equivocation evidence, checkpoints, membership changes. `engine/node.py` composes them into the round (see its docstring)."""
+equivocation evidence, checkpoints, membership changes. `engine/node/` composes them into the round (see `engine/node/protocol.py`)."""
 
 from phalanx.engine.consensus.checkpoint import CheckpointOffers, check_checkpoint, state_digest
 from phalanx.engine.consensus.evidence import conflicting, equivocations, signed_in, slot_of
