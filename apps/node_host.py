@@ -28,11 +28,11 @@ from phalanx.engine.events import (
     Metric,
     Persist,
     RoundCommitted,
+    Stored,
     TimerFired,
 )
 from phalanx.engine.metrics import MetricLog
 from phalanx.engine.node import Node
-from phalanx.net.messages import RoundRecord
 
 T = TypeVar("T")
 
@@ -108,7 +108,7 @@ class AsyncHost:
         future = self.loop.run_in_executor(self._worker, job.run)
         future.add_done_callback(lambda done: self._computed(job, done))
 
-    def persist(self, key: str, value: bytes | RoundRecord) -> None:
+    def persist(self, key: str, value: Stored) -> None:
         self.disk.write_many([(key, value)])  # `execute` writes a batch's at once, first
 
     def emit(self, metric: Metric) -> None:

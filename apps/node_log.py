@@ -5,7 +5,8 @@ The node persists through `Persist(key, value)` actions; this store gives each k
   signed record: proposal, gradients and the commit certificate), queryable with any SQLite
   client;
 - `evidence`: the signed proofs that excluded equivocating peers;
-- `state`: everything else (checkpoint, the votes and lock of the round in progress).
+- `state`: everything else (checkpoint, the votes and lock of the round in progress, each
+  encoded here from the typed record the node persisted).
 Each write (or batch of writes, `write_many`) is one transaction, so a crash leaves the old
 values or the new ones.
 
@@ -21,6 +22,7 @@ from typing import Any
 
 import msgpack
 
+from phalanx.engine.events import Stored
 from phalanx.net.codec import decode_payload, encode_payload
 from phalanx.net.messages import RoundRecord, SyncResponse, Vote
 
@@ -56,7 +58,7 @@ class NodeLog:
     def close(self) -> None:
         self.db.close()
 
-    def write(self, key: str, value: bytes | RoundRecord) -> None:
+    def write(self, key: str, value: Stored) -> None:
         if isinstance(value, RoundRecord):
             # the columns are for queries only (the audit verifies the signed frames), so the
             # first vote's payload is read without its signature check
@@ -68,10 +70,12 @@ class NodeLog:
         elif key.startswith("evidence/"):
             self.db.execute("INSERT OR REPLACE INTO evidence VALUES (?, ?)",
                             (int(key.split("/", 1)[1]), value))
-        else:
-            self.db.execute("INSERT OR REPLACE INTO state VALUES (?, ?)", (key, value))
+        else:  # a typed record (engine/node/persisted.py) is encoded here, where it is kept
+            encode = getattr(value, "to_bytes", None)
+            blob = encode() if callable(encode) else value  # anything else: sqlite judges it
+            self.db.execute("INSERT OR REPLACE INTO state VALUES (?, ?)", (key, blob))
 
-    def write_many(self, items: list[tuple[str, bytes | RoundRecord]]) -> None:
+    def write_many(self, items: list[tuple[str, Stored]]) -> None:
         """Several writes in one transaction: one flush to disk instead of one each, and a
         crash keeps all of them or none."""
         if len(items) == 1:
@@ -90,9 +94,9 @@ class NodeLog:
         for key, value in disk.items():
             self.write(key, value)
 
-    def read_all(self) -> dict[str, bytes | RoundRecord]:
+    def read_all(self) -> dict[str, Stored]:
         """What the node gets back in `Started(disk)`."""
-        disk: dict[str, bytes | RoundRecord] = {
+        disk: dict[str, Stored] = {
             key: bytes(value) for key, value in self.db.execute("SELECT key, value FROM state")}
         for rnd, blob in self.db.execute("SELECT round, record FROM rounds ORDER BY round"):
             disk[f"log/{rnd}"] = _decode_record(bytes(blob))

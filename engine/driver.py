@@ -22,8 +22,8 @@ from phalanx.engine.events import (
     Persist,
     Send,
     SetTimer,
+    Stored,
 )
-from phalanx.net.messages import RoundRecord
 
 
 class UnknownAction(TypeError):
@@ -43,7 +43,7 @@ class Driver(Protocol):
 
     def compute(self, job: Job) -> None: ...
 
-    def persist(self, key: str, value: bytes | RoundRecord) -> None: ...
+    def persist(self, key: str, value: Stored) -> None: ...
 
     def emit(self, metric: Metric) -> None: ...
 

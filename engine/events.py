@@ -29,7 +29,7 @@ class Job(Protocol):
 class Started:
     """The node (re)starts; `disk` is what it persisted before, empty on a fresh start."""
 
-    disk: Mapping[str, bytes | RoundRecord] = field(default_factory=dict)
+    disk: Mapping[str, Stored] = field(default_factory=dict)
     # a restart whose disk was lost: the node cannot know what it signed before, so it abstains
     # from voting until it commits a round (an empty disk that survived means it signed nothing:
     # votes are persisted before they are sent)
@@ -110,12 +110,22 @@ class Compute:
     job: Job
 
 
+class Durable(Protocol):
+    """A typed record a node persists (engine/node/persisted.py): a driver keeping its disk
+    in memory (the simulator) stores the record itself, one writing to a file encodes it."""
+
+    def to_bytes(self) -> bytes: ...
+
+
+Stored = bytes | RoundRecord | Durable  # what a node's disk holds under one key
+
+
 @dataclass(frozen=True, slots=True)
 class Persist:
     """Write `value` under `key` on the node's durable storage (survives a crash with disk)."""
 
     key: str
-    value: bytes | RoundRecord
+    value: Stored
 
 
 @dataclass(frozen=True, slots=True)

@@ -60,6 +60,7 @@ from phalanx.engine.events import (
     Rejected,
     RoundCommitted,
     Started,
+    Stored,
     TimerFired,
 )
 from phalanx.engine.node import Node, set_digest
@@ -361,7 +362,7 @@ class _Instance:
         done = run._compute_free[self.name] = start + run.scenario.step_time * job.cost
         run._push(done, _COMPUTED, self.name, (job, job.run()))
 
-    def persist(self, key: str, value: bytes | RoundRecord) -> None:
+    def persist(self, key: str, value: Stored) -> None:
         self.run.disks[self.name][key] = value
 
     def emit(self, metric: Metric) -> None:
@@ -394,7 +395,7 @@ class TwinsRun:
         self.record = record
         self.deliveries: list[Delivery] = []
         self.metrics: dict[str, list[tuple[float, Metric]]] = {i: [] for i in self.nodes}
-        self.disks: dict[str, dict[str, bytes | RoundRecord]] = {i: {} for i in self.nodes}
+        self.disks: dict[str, dict[str, Stored]] = {i: {} for i in self.nodes}
         self._heap: list[tuple[float, int, int, str, Any]] = []
         self._order = itertools.count()
         self._timers: dict[str, dict[str, int]] = {i: {} for i in self.nodes}

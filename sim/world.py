@@ -35,12 +35,12 @@ from phalanx.engine.events import (
     Received,
     RoundCommitted,
     Started,
+    Stored,
     TimerFired,
 )
 from phalanx.engine.metrics import MetricLog
 from phalanx.engine.node import Node, Service, message_set
 from phalanx.engine.rng import RngStreams
-from phalanx.net.messages import RoundRecord
 from phalanx.scenario.build import member_keys, node_config, workload_for
 from phalanx.scenario.schema import Scenario
 from phalanx.sim.eventlog import EventLog
@@ -212,7 +212,7 @@ class Host:
         result = job.run()
         w.call_at(self.compute_free_at, self._computed, job, result, self.incarnation)
 
-    def persist(self, key: str, value: bytes | RoundRecord) -> None:
+    def persist(self, key: str, value: Stored) -> None:
         self.disk[key] = value
 
     def emit(self, metric: Metric) -> None:

@@ -42,6 +42,7 @@ from phalanx.engine.events import (
     RoundCommitted,
     Send,
     Started,
+    Stored,
     TimerFired,
     ViewChanged,
 )
@@ -50,7 +51,7 @@ from phalanx.engine.rng import RngStreams
 from phalanx.engine.workloads.linear import LinearRegression
 from phalanx.net.crypto import Identity, sha256
 from phalanx.net.envelope import Envelope, open_frame, seal
-from phalanx.net.messages import Message, RoundRecord, Vote
+from phalanx.net.messages import Message, Vote
 
 N = 4
 DIM = 4
@@ -92,7 +93,7 @@ class Pump:
     queue: deque[tuple[int, Event]] = field(default_factory=deque)
     timers: dict[int, dict[str, float]] = field(default_factory=dict)
     metrics: dict[int, list[object]] = field(default_factory=dict)
-    disks: dict[int, dict[str, bytes | RoundRecord]] = field(default_factory=dict)
+    disks: dict[int, dict[str, Stored]] = field(default_factory=dict)
     sent: list[tuple[int, int, bytes]] = field(default_factory=list)  # (src, dst, frame)
     log: list[tuple[int, Action]] = field(default_factory=list)  # every action, in order
     steps: int = 0
@@ -121,7 +122,7 @@ class Pump:
             self.sent.append((src, dst, out))
             self.queue.append((dst, Received(out)))
 
-    def start(self, disks: dict[int, dict[str, bytes | RoundRecord]] | None = None) -> None:
+    def start(self, disks: dict[int, dict[str, Stored]] | None = None) -> None:
         for i in self.nodes:
             self.feed(i, Started(dict((disks or {}).get(i, {}))))
 
@@ -246,7 +247,7 @@ class _PumpDriver:
     def compute(self, job: Job) -> None:
         self.pump.queue.append((self.src, ComputeDone(job, job.run())))
 
-    def persist(self, key: str, value: bytes | RoundRecord) -> None:
+    def persist(self, key: str, value: Stored) -> None:
         self.pump.disks[self.src][key] = value
 
     def emit(self, metric: Metric) -> None:

@@ -71,7 +71,8 @@ def test_garbage_is_a_one_line_store_error(blob: bytes) -> None:
 
 
 def test_a_node_restarts_on_an_old_builds_disk_exactly_as_on_its_own() -> None:
-    """Run a cluster, rewrite one node's disk in the old layout, restart it from each: both
+    """Run a cluster, take one node's disk as the simulator keeps it (records), as a file
+    keeps it (encoded) and as an older build wrote it, and restart it from each: the three
     restarts are the same node (round, model, what it signed, its lock, its next actions)."""
     kit = Kit(21)
     pump = kit.cluster(rounds=8)
@@ -79,19 +80,21 @@ def test_a_node_restarts_on_an_old_builds_disk_exactly_as_on_its_own() -> None:
     pump.run(until=lambda: pump.nodes[2].round >= 3)
     disk = dict(pump.disks[2])
     old = dict(disk)
-    old["checkpoint"] = _legacy_state(SavedState.from_bytes(disk["checkpoint"]))  # type: ignore[arg-type]
-    old["votes"] = _legacy_votes(SignedSlots.from_bytes(disk["votes"]))  # type: ignore[arg-type]
-    if isinstance(disk.get("lock"), bytes):
-        old["lock"] = _legacy_lock(SavedLock.from_bytes(disk["lock"]))  # type: ignore[arg-type]
+    old["checkpoint"] = _legacy_state(SavedState.read(disk["checkpoint"]))
+    old["votes"] = _legacy_votes(SignedSlots.read(disk["votes"]))
+    if "lock" in disk:
+        old["lock"] = _legacy_lock(SavedLock.read(disk["lock"]))
     assert old["checkpoint"] != disk["checkpoint"]
+    new = {k: v if isinstance(v, bytes) or not hasattr(v, "to_bytes") else v.to_bytes()
+           for k, v in disk.items()}  # as a file keeps them
     restarted = []
-    for d in (disk, old):
+    for d in (disk, new, old):
         node = kit.node(2, rounds=8)
         actions = node.handle(Started(d), 100.0)
         restarted.append((node.round, node.view, node.model_hash, node.protocol.signed,
                           node.protocol.lock, [type(a).__name__ for a in actions],
                           node.params.tobytes(), node.velocity.tobytes()))
-    assert restarted[0] == restarted[1]
+    assert restarted[0] == restarted[1] == restarted[2]
     assert restarted[0][0] >= 3
 
 

@@ -97,8 +97,8 @@ class CheckpointSync(Service):
             node.id, cp.record.round, cert.view, len(cp.record.gradients),
             float(np.mean(losses)) if losses else math.nan, node.model_hash, True,
             node.params))
-        node.persist("votes", SignedSlots(()).to_bytes())
-        node.persist("checkpoint", node.saved_state().to_bytes())
+        node.persist("votes", SignedSlots(()))
+        node.persist("checkpoint", node.saved_state())
         node.protocol.start_round()
 
     def install(self, cp: Checkpoint, cert: Certificate) -> None:

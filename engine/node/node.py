@@ -40,6 +40,7 @@ from phalanx.engine.events import (
     Send,
     SetTimer,
     Started,
+    Stored,
     TimerFired,
 )
 from phalanx.engine.node.accountability import Accountability
@@ -182,7 +183,7 @@ class Node:
     def compute(self, job: Job) -> None:
         self.out.append(Compute(job))
 
-    def persist(self, key: str, value: bytes | RoundRecord) -> None:
+    def persist(self, key: str, value: Stored) -> None:
         self.out.append(Persist(key, value))
 
     def emit(self, metric: Metric) -> None:
@@ -209,9 +210,9 @@ class Node:
                           tuple(self.membership.epochs), adam.to_bytes() if adam else b"")
 
     def _restore(self, disk: Disk, lost_disk: bool) -> None:
-        blob = disk.get("checkpoint")
-        if isinstance(blob, bytes):
-            self._restore_state(SavedState.from_bytes(blob), disk)
+        saved = disk.get("checkpoint")
+        if saved is not None:
+            self._restore_state(SavedState.read(saved), disk)
         for service in self.services:
             service.restore(disk)
         self.protocol.abstain = lost_disk

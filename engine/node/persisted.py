@@ -5,15 +5,18 @@
   message leaves, so a restart with this disk never signs a second message for one slot;
 - `SavedLock` ("lock"): the prepare certificate it commit-voted on, kept as carefully.
 
-Each is encoded by the wire codec (strict, typed). `from_bytes` also reads the positional
-msgpack lists that builds before these records wrote, so a node upgraded mid-run restarts on
-its old disk; anything else is a `StoreError` with one line saying which record is bad.
+Each is encoded by the wire codec (strict, typed), when a driver writes it to a file: the
+node persists the record itself (`Persist(key, record)`), so the simulator, which keeps disks
+in memory, never pays for an encoding nobody reads. `read` takes either form; `from_bytes`
+also reads the positional msgpack lists that builds before these records wrote, so a node
+upgraded mid-run restarts on its old disk; anything else is a `StoreError` with one line
+saying which record is bad.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import msgpack
 import numpy as np
@@ -29,6 +32,9 @@ class StoreError(ValueError):
     """A record on the node's disk is unreadable: the node refuses to start on it."""
 
 
+R = TypeVar("R")
+
+
 def _read(cls: type, key: str, blob: bytes, legacy: Any) -> Any:
     try:
         return decode_record(cls, blob)
@@ -39,8 +45,22 @@ def _read(cls: type, key: str, blob: bytes, legacy: Any) -> Any:
             raise StoreError(f"disk record {key!r} is unreadable: {typed}") from None
 
 
+class _Record:
+    """What the three records share: `read` a disk value in either form."""
+
+    __slots__ = ()
+
+    @classmethod
+    def read(cls: type[R], value: object) -> R:
+        if isinstance(value, cls):
+            return value
+        if not isinstance(value, bytes):
+            raise StoreError(f"disk record of {cls.__name__} is a {type(value).__name__}")
+        return cls.from_bytes(value)  # type: ignore[attr-defined, no-any-return]
+
+
 @dataclass(frozen=True, slots=True)
-class SavedState:
+class SavedState(_Record):
     """The node after its last commit: the next round and its view, the model and the
     optimizer's state, what it sent last (worker momentum, sender Adam's moments) and the
     memberships so far."""
@@ -82,7 +102,7 @@ class Slot:
 
 
 @dataclass(frozen=True, slots=True)
-class SignedSlots:
+class SignedSlots(_Record):
     slots: tuple[Slot, ...]
 
     def to_bytes(self) -> bytes:
@@ -102,7 +122,7 @@ class SignedSlots:
 
 
 @dataclass(frozen=True, slots=True)
-class SavedLock:
+class SavedLock(_Record):
     """The prepare certificate (its vote frames) of `round` the node commit-voted on, and the
     leader-signed proposal of that set."""
 

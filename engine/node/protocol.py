@@ -117,11 +117,11 @@ class RoundProtocol(Service):
 
     def restore(self, disk: Disk) -> None:
         votes = disk.get("votes")
-        if isinstance(votes, bytes):  # what we signed in the round we were in: never re-sign
-            self.signed = SignedSlots.from_bytes(votes).as_set()
+        if votes is not None:  # what we signed in the round we were in: never re-sign
+            self.signed = SignedSlots.read(votes).as_set()
         lock = disk.get("lock")
-        if isinstance(lock, bytes):  # the prepare certificate we commit-voted on, kept as
-            saved = SavedLock.from_bytes(lock)  # carefully as our votes
+        if lock is not None:  # the prepare certificate we commit-voted on, kept as
+            saved = SavedLock.read(lock)  # carefully as our votes
             node = self.node
             cert = check_certificate(saved.votes, node.open, node.membership.member_set,
                                      saved.round, PREPARE)
@@ -304,7 +304,7 @@ class RoundProtocol(Service):
                 return  # we lack the proposal or a gradient: wait for them
             self.lock = cert
             node.persist("lock", SavedLock(r, cert.frames,  # before the vote goes out
-                                           self.sets[cert.set_digest].frame).to_bytes())
+                                           self.sets[cert.set_digest].frame))
             self.note_certificate(cert)
             self.vote(v, COMMIT, cert.set_digest, result[2])
             return
@@ -368,7 +368,7 @@ class RoundProtocol(Service):
         if slot in self.signed:
             raise ProtocolError(f"slot {slot} signed twice")
         self.signed.add(slot)
-        self.node.persist("votes", SignedSlots.of(self.signed).to_bytes())
+        self.node.persist("votes", SignedSlots.of(self.signed))
 
     def vote(self, view: int, phase: int, digest: bytes, model_hash: bytes,
              justify_view: int = -1) -> None:
@@ -464,6 +464,6 @@ class RoundProtocol(Service):
                               else given.get(service.name, b""))
         self.abstain = False
         self.signed = {v for v in self.signed if v[0] >= node.round}
-        node.persist("votes", SignedSlots.of(self.signed).to_bytes())
-        node.persist("checkpoint", node.saved_state().to_bytes())
+        node.persist("votes", SignedSlots.of(self.signed))
+        node.persist("checkpoint", node.saved_state())
         self.start_round()

@@ -28,13 +28,13 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, ClassVar
 
+from phalanx.engine.events import Stored
 from phalanx.net.envelope import Envelope
-from phalanx.net.messages import RoundRecord
 
 if TYPE_CHECKING:
     from phalanx.engine.node.node import Node
 
-Disk = Mapping[str, bytes | RoundRecord]
+Disk = Mapping[str, Stored]
 
 
 class ProtocolError(RuntimeError):
