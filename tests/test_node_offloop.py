@@ -8,17 +8,14 @@ gradient step is.)"""
 from __future__ import annotations
 
 import asyncio
-import io
-import socket
 import time
 import urllib.request
 from pathlib import Path
 
 import numpy as np
-from rich.console import Console
+from realkit import free_ports, real_nodes
 
-from phalanx.apps.node import RealNode, plan_node
-from phalanx.apps.node_settings import NodeFile, node_identity
+from phalanx.apps.node import RealNode
 from phalanx.engine.workloads import GradientResult, Workload
 from phalanx.scenario.schema import parse_scenario
 
@@ -54,16 +51,6 @@ class SlowWorkload(Workload):
         return self.inner.evaluate(params)
 
 
-def _free_ports(n: int) -> list[int]:
-    socks = [socket.socket() for _ in range(n)]
-    for s in socks:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in socks]
-    for s in socks:
-        s.close()
-    return ports
-
-
 def _get(url: str) -> float:
     start = time.perf_counter()
     with urllib.request.urlopen(url, timeout=5) as response:
@@ -95,15 +82,8 @@ async def _run(folder: Path) -> tuple[list[float], list[float], list[bool]]:
         "workload": {"kind": "linear", "dim": 8},
         "training": {"rounds": 2},
         "real": {"round_timeout": 5.0, "view_timeout": 15.0, "start_wait": 20.0}})
-    p2p, web = _free_ports(2), _free_ports(1)[0]
-    keys = {i: node_identity(folder / f"node-{i}") for i in range(2)}
-    members = {i: (keys[i].public_key, ("127.0.0.1", p2p[i])) for i in range(2)}
-    nodes = []
-    for i in range(2):
-        settings = NodeFile(node_id=i, p2p_port=p2p[i], web_port=web,
-                            data_dir=folder / f"node-{i}", enable_web_interface=i == 0)
-        nodes.append(RealNode(plan_node(settings, s, (members, {}), "tcp", False, True, 0.5),
-                              Console(file=io.StringIO())))
+    web = free_ports(1)[0]
+    nodes = real_nodes(folder, s, web_port=web)
     slow, peer = nodes
     workload = SlowWorkload(slow.node.workload)
     slow.node.workload = workload  # the jobs the node asks for carry its workload

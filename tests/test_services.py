@@ -6,8 +6,6 @@ and end on the same hashes. A node without the service refuses the kind and coun
 from __future__ import annotations
 
 import asyncio
-import io
-import socket
 from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
@@ -15,11 +13,10 @@ from typing import ClassVar
 import msgpack
 import pytest
 from nodekit import MEMBERS, Kit, Pump, rejections_of
-from rich.console import Console
+from realkit import real_nodes
 
-from phalanx.apps.node import RealNode, plan_node
+from phalanx.apps.node import RealNode
 from phalanx.apps.node_log import NodeLog
-from phalanx.apps.node_settings import NodeFile, node_identity
 from phalanx.engine.events import Received, Started
 from phalanx.engine.node import Node, Route, Service, message_set, set_digest
 from phalanx.engine.node.service import Disk
@@ -137,27 +134,8 @@ def test_a_simulated_run_commits_the_service_digest_in_every_certificate() -> No
     assert len(heads) == 1
 
 
-def _free_ports(n: int) -> list[int]:
-    socks = [socket.socket() for _ in range(n)]
-    for s in socks:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in socks]
-    for s in socks:
-        s.close()
-    return ports
-
-
 async def _real_cluster(folder: Path) -> list[RealNode]:
-    s = scenario()
-    ports = _free_ports(s.n)
-    keys = {i: node_identity(folder / f"node-{i}") for i in range(s.n)}
-    members = {i: (keys[i].public_key, ("127.0.0.1", ports[i])) for i in range(s.n)}
-    nodes = []
-    for i in range(s.n):
-        settings = NodeFile(node_id=i, p2p_port=ports[i], data_dir=folder / f"node-{i}",
-                            enable_web_interface=False)
-        plan = plan_node(settings, s, (members, {}), "tcp", False, True, 0.5)
-        nodes.append(RealNode(plan, Console(file=io.StringIO()), services=[BeaconChain]))
+    nodes = real_nodes(folder, scenario(), services=[BeaconChain])
     async with asyncio.timeout(120):
         await asyncio.gather(*(node.run() for node in nodes))
     return nodes
