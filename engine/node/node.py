@@ -72,6 +72,11 @@ def message_set(services: Iterable[type[Service]] = ()) -> MessageSet:
 
 
 class Node:
+    """One member (or follower) of a run. `opener` checks and decodes frames (a driver builds
+    it over the members' keys and `message_set(services)`); `behaviour` rewrites what a
+    Byzantine node sends; `services` are service classes beyond the built-in ones, each
+    constructed with the node."""
+
     def __init__(self, config: NodeConfig, identity: Identity, workload: Workload,
                  opener: Opener, behaviour: Behaviour | None = None,
                  services: Sequence[type[Service]] = ()) -> None:
