@@ -71,7 +71,18 @@ class LinkConditions:
     latency: float
 
 
-Event = Started | Received | TimerFired | ComputeDone | RequestChange | LinkConditions
+@dataclass(frozen=True, slots=True)
+class PeerReachability:
+    """What the driver's transport knows of a peer's connection: `reachable` False when the
+    link to it went down (refused, reset, silent past its heartbeat), True when it is back.
+    A hint to the failure detector (engine/node/detector.py), never a safety input."""
+
+    peer: int
+    reachable: bool
+
+
+Event = (Started | Received | TimerFired | ComputeDone | RequestChange | LinkConditions
+         | PeerReachability)
 
 
 # ---- actions ------------------------------------------------------------------------------
@@ -196,4 +207,17 @@ class MembershipChanged:
     members: tuple[int, ...]
 
 
-Metric = RoundCommitted | Rejected | Excluded | ViewChanged | Finished | MembershipChanged
+@dataclass(frozen=True, slots=True)
+class Suspicion:
+    """`node` began (`suspected`) or stopped suspecting that `peer` is down, at `round`;
+    `reason` says what it went by ("link down", "silent", "missed proposal", "heard")."""
+
+    node: int
+    peer: int
+    round: int
+    suspected: bool
+    reason: str
+
+
+Metric = (RoundCommitted | Rejected | Excluded | ViewChanged | Finished | MembershipChanged
+          | Suspicion)
