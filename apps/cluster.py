@@ -2,7 +2,8 @@
 
 `up` gives every member a data folder with its key (created once), writes `members.json`
 (ids, public keys, addresses) and each node's `node.json`, and starts one
-`python -m phalanx.apps.node --real` process per member, its output in `node-<i>/node.log`.
+`python -m phalanx.apps.node --real` process per member, its output in `node-<i>/node.log`
+(stdout and stderr, where the node writes its log: apps/node_logging.py).
 Byzantine members of the scenario run its attack for real. `up` on a folder whose cluster is
 partly down restarts only the missing nodes, on their old data: the way back after a crash.
 `status` asks each node's HTTP endpoint; `down` sends SIGTERM (then SIGKILL after a grace
@@ -128,10 +129,12 @@ def nodes_of(data: dict[str, Any]) -> list[NodeProc]:
 
 def cluster_up(scenario: Scenario, folder: Path, encrypt: bool = False,
                exit_when_finished: bool = False, only: int | None = None,
-               placement: Placement | None = None, lightweight: int = 0) -> list[NodeProc]:
+               placement: Placement | None = None, lightweight: int = 0,
+               settings: dict[str, Any] | None = None) -> list[NodeProc]:
     """Start the cluster's nodes that are not running (all of them the first time): the
     scenario's nodes (members, and observers that may join), then `lightweight` followers
-    (ids count, count + 1, ...)."""
+    (ids count, count + 1, ...). `settings`: node.json keys for every node on a first start
+    (e.g. `log_every`, `log_json`); edit `node-<i>/node.json` to change them later."""
     check_runnable(scenario)
     folder = folder.resolve()
     folder.mkdir(parents=True, exist_ok=True)
@@ -144,7 +147,7 @@ def cluster_up(scenario: Scenario, folder: Path, encrypt: bool = False,
                                f"{data['scenario_name']!r}, not {scenario.name!r}")
         extra = data["extra"]
     else:
-        data = _lay_out(scenario, folder, extra, placement, lightweight)
+        data = _lay_out(scenario, folder, extra, placement, lightweight, settings or {})
     for entry in data["nodes"]:
         if (only is None or entry["id"] == only) and not alive(entry["pid"]):
             entry["pid"] = _spawn(folder, entry["id"], extra, entry["prefix"])
@@ -153,7 +156,7 @@ def cluster_up(scenario: Scenario, folder: Path, encrypt: bool = False,
 
 
 def _lay_out(scenario: Scenario, folder: Path, extra: list[str], placement: Placement | None,
-             lightweight: int) -> dict[str, Any]:
+             lightweight: int, common: dict[str, Any]) -> dict[str, Any]:
     """Keys, members.json and each node's node.json, for a first start."""
     n, host = scenario.nodes.count, scenario.real.host
     total = n + lightweight
@@ -175,7 +178,7 @@ def _lay_out(scenario: Scenario, folder: Path, extra: list[str], placement: Plac
     for i in range(total):
         node_dir = folder / f"node-{i}"
         kind = "full" if i in members else "training" if i < n else "lightweight"
-        settings = {"node_id": i, "node_type": kind,
+        settings = {**common, "node_id": i, "node_type": kind,
                     "p2p_port": p2p[i], "web_port": web[i],
                     "host": hosts[i], "data_dir": str(node_dir),
                     "bootstrap_peers": [f"{hosts[j]}:{p2p[j]}" for j in sorted(members)

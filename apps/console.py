@@ -29,13 +29,29 @@ def answer(line: str, status: dict[str, Any], evaluate: Callable[[], dict[str, f
                         f"{p['reputation']:>10.2f}  {p['excluded']}")
         return "\n".join(rows)
     if command == "train":
-        t = status["training"]
-        loss = f"{t['last_train_loss']:.4f}" if t["last_train_loss"] is not None else "-"
-        return (f"committed {t['rounds_committed']} of {t['rounds']} rounds; last train loss "
-                f"{loss}; {'finished' if status['finished'] else 'training'}")
+        return _train(status)
     if command == "test":
         metrics = evaluate()
         return "held-out " + ", ".join(f"{k} {v:.4f}" for k, v in sorted(metrics.items()))
     if command in ("help", "?", ""):
         return HELP
     return f"unknown command {command!r}; {HELP}"
+
+
+def _train(status: dict[str, Any]) -> str:
+    """Training progress, the rounds restored from the node's store included: a restarted
+    node reports its past, and says so when its last loss is not known."""
+    t = status["training"]
+    restored = t.get("rounds_restored", 0)
+    rounds = f"committed {t['rounds_committed']} of {t['rounds']} rounds"
+    if restored:
+        rounds += (f" ({restored} restored from the store, "
+                   f"{t.get('rounds_committed_this_run', 0)} since the restart)")
+    if t["last_train_loss"] is not None:
+        loss = f"last train loss {t['last_train_loss']:.4f}" + (
+            " (from the store)" if t.get("last_train_loss_from") == "store" else "")
+    elif restored:
+        loss = "last train loss not recorded before the restart"
+    else:
+        loss = "last train loss -"
+    return f"{rounds}; {loss}; {'finished' if status['finished'] else 'training'}"

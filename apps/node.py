@@ -37,6 +37,7 @@ from rich.console import Console
 from phalanx.apps.console import answer
 from phalanx.apps.node_host import AsyncHost
 from phalanx.apps.node_log import NodeLog
+from phalanx.apps.node_logging import NodeStory, configure_logging, record_loss
 from phalanx.apps.node_settings import (
     FOLLOWER_TYPE,
     NodeFile,
@@ -51,6 +52,7 @@ from phalanx.engine.node import Node, Service, StoreError, message_set
 from phalanx.engine.rng import RngStreams
 from phalanx.net.crypto import Identity
 from phalanx.net.envelope import open_frame
+from phalanx.net.messages import RoundRecord
 from phalanx.scenario.build import node_config, workload_for
 from phalanx.scenario.schema import Scenario, ScenarioError
 
@@ -156,6 +158,10 @@ class RealNode:
                          services)
         self.byzantine = spec is not None
         self.disk = NodeLog(plan.data_dir / "node.sqlite")
+        self.story = NodeStory(plan.node_id, plan.settings.log_every,
+                               base=lambda: self.node.history_base)
+        self.stop_reason = "stopped"
+        self.restored: tuple[int, float | None] = (0, None)  # rounds on disk at start, last loss
         self.stop = asyncio.Event()
         self.early: list[bytes] | None = []  # frames that arrive before the node has started
         self.transport = self._transport()
@@ -164,7 +170,7 @@ class RealNode:
         # eval_every == 0, and the last)
         self.host = AsyncHost(self.node, self.transport, self.disk,
                               keep_model=lambda r: (r + 1) % every == 0 or r == last,
-                              on_failure=self._job_failed)
+                              on_failure=self._job_failed, on_metric=self.story.metric)
         self.failure: str | None = None
 
     def _transport(self) -> Any:
@@ -186,6 +192,12 @@ class RealNode:
         line and stop gracefully (log flushed, results written)."""
         self.failure = f"node {self.node.id}: a compute job failed: {type(error).__name__}: {error}"
         self.out.print(self.failure, highlight=False, soft_wrap=True, markup=False)
+        self._stop(self.failure)
+
+    def _stop(self, reason: str) -> None:
+        """Stop the node gracefully, saying why in the log's last line."""
+        if not self.stop.is_set():
+            self.stop_reason = reason
         self.stop.set()
 
     def _on_frame(self, frame: bytes) -> None:
@@ -274,8 +286,7 @@ class RealNode:
             "reputation": {str(p): r for p, r in node.reputation.items()},
             "excluded": sorted(node.excluded), "rejections": dict(node.rejections),
             "log_starts_at": node.history_base,  # above 0: joined from a peer's checkpoint
-            "training": {"rounds": s.training.rounds, "rounds_committed": len(commits),
-                         "last_train_loss": commits[-1][0].train_loss if commits else None},
+            "training": self._training(commits),
             "health": verdict, "uptime_seconds": time.time() - host.started,
             "peak_memory_mb": _rss_mb(),
             "transport": {"kind": self.plan.transport,
@@ -283,12 +294,23 @@ class RealNode:
                           "refusals": dict(getattr(self.transport, "refusals", {}))},
         }
 
+    def _training(self, commits: list[Any]) -> dict[str, Any]:
+        """Training progress, counting the rounds this node restored from its store as well
+        as those this process committed (a restarted node does not forget its past)."""
+        restored, stored_loss = self.restored
+        return {"rounds": self.plan.scenario.training.rounds,
+                "rounds_committed": self.node.round, "rounds_restored": restored,
+                "rounds_committed_this_run": len(commits),
+                "last_train_loss": commits[-1][0].train_loss if commits else stored_loss,
+                "last_train_loss_from": "this run" if commits else
+                ("store" if stored_loss is not None else None)}
+
     # ---- the loop -------------------------------------------------------------------------
 
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, self.stop.set)
+            loop.add_signal_handler(sig, self._stop, f"stopped by {sig.name}")
         loop.add_signal_handler(signal.SIGHUP, self.reload_members)
         server = self._status_server()
         serving = asyncio.create_task(server.serve()) if server is not None else None
@@ -304,6 +326,7 @@ class RealNode:
         for watcher in watchers:
             watcher.cancel()
         await self._shutdown(server)
+        self.story.stopped(self.stop_reason, self.node.round, self.node.model_hash.hex())
         if serving is not None:
             await serving
 
@@ -331,6 +354,7 @@ class RealNode:
                 await self.transport.wait_for_peers(wait)
         except TimeoutError:
             up = sum(self.peer_states().values())
+            self.story.waited(up, len(self.peers), wait)
             self.out.print(f"{up} of {len(self.peers)} peers reachable after {wait:g} s; "
                            f"starting with them", highlight=False)
 
@@ -338,19 +362,47 @@ class RealNode:
         """Start the node on its disk, then hand it what arrived meanwhile; False (and the
         node stopping, with one line said) when its disk holds a record it cannot read."""
         try:
-            self.host.feed(Started(self.disk.read_all()))
+            disk = self.disk.read_all()
+            self.host.feed(Started(disk))
         except StoreError as err:
             self.failure = f"node {self.node.id}: {self.plan.data_dir / 'node.sqlite'}: {err}"
             self.out.print(self.failure, highlight=False, soft_wrap=True, markup=False)
-            self.stop.set()
+            self._stop(self.failure)
             return False
+        self._tell_start(disk)
         backlog, self.early = self.early or [], None
         for frame in backlog:
             self.host.feed(Received(frame))
         return True
 
+    def _tell_start(self, disk: dict[str, Any]) -> None:
+        """The log's first line: who we are, where we listen and store, what the disk held."""
+        node, p = self.node, self.plan
+        rounds = node.round
+        last = disk.get(f"log/{rounds - 1}")
+        loss = record_loss(last, node.open) if isinstance(last, RoundRecord) else None
+        self.restored = (rounds, loss)
+        listen = (f"MPI rank {p.node_id}" if p.transport == "mpi" else
+                  "{}:{}".format(*self.transport.address))
+        self.story.started(role=p.settings.node_type, members=node.members, listen=listen,
+                           store=self.disk.path, rounds=rounds, base=node.history_base,
+                           model_hash=node.model_hash.hex(), last_loss=loss)
+
+    async def _watch_peers(self, every: float = 0.5) -> None:
+        """Tell the log when a peer's link goes down or comes back, and what the transport
+        refused, as the transport sees them."""
+        connected = getattr(self.transport, "connected_peers", None)
+        while True:
+            await asyncio.sleep(every)
+            if callable(connected):
+                linked, up = connected(), self.peer_states()
+                self.story.peer_states({p: p in linked and up.get(p, False)
+                                        for p in self.peers})
+            self.story.refusals(getattr(self.transport, "refusals", {}))
+            self.story.tick()
+
     def _watchers(self) -> list[Coroutine[Any, Any, None]]:
-        watchers = [self._write_results_when_finished()]
+        watchers = [self._write_results_when_finished(), self._watch_peers()]
         if self.plan.scenario.compression.adaptive is not None:
             measure = getattr(self.transport, "link_conditions", None)
             if measure is None:  # MPI: no measurement, so every gradient at the largest ratio
@@ -365,13 +417,13 @@ class RealNode:
         self.write_results()
         if self.plan.exit_when_finished:
             await asyncio.sleep(self.plan.linger)  # serve laggards' sync requests a while
-            self.stop.set()
+            self._stop("finished (--exit-when-finished)")
 
     def _console_line(self) -> None:
         line = sys.stdin.readline()
         command = line.strip().lower()
         if not line or command in ("quit", "exit"):
-            self.stop.set()
+            self._stop(f"{command or 'end of input'} on the console")
             return
         if command in ("join", "leave"):
             problem = self.request_change(command)
@@ -419,6 +471,19 @@ class RealNode:
             server.should_exit = True
 
 
+def _configure_logging(plan: NodePlan) -> None:
+    """The node's log goes to stderr (a cluster's launcher keeps it in node-<id>/node.log),
+    or to `log_file`. Over MPI every rank logs to `<data_dir>/node.log` (or `log_file`) and
+    only rank 0 to stderr too: mpiexec's terminal shows one node's progress, not n copies."""
+    s = plan.settings
+    file = Path(str(s.log_file).replace("{node_id}", str(plan.node_id))) if s.log_file else None
+    stream = sys.stderr
+    if plan.transport == "mpi":
+        file = file or plan.data_dir / "node.log"
+        stream = sys.stderr if plan.node_id == 0 else None
+    configure_logging(s.log_level, s.log_json, stream, file, int(s.log_max_mb * 1024 * 1024))
+
+
 def serve(plan: NodePlan, out: Console) -> str | None:
     """Run the node until it is stopped; why it failed (already printed), or None."""
     if plan.settings.max_cpu_threads:
@@ -429,6 +494,8 @@ def serve(plan: NodePlan, out: Console) -> str | None:
         if getattr(plan.settings, flag):
             out.print(f"{flag}: this build has no curation or RLHF service yet; ignored",
                       highlight=False)
+
+    _configure_logging(plan)
 
     async def main() -> str | None:
         node = RealNode(plan, out)

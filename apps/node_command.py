@@ -41,6 +41,15 @@ def node(
         help="exit `linger` seconds after the last round instead of serving on")] = False,
     linger: Annotated[float, typer.Option(help="seconds to keep serving peers after the last "
                                           "round, with --exit-when-finished")] = 5.0,
+    log_level: Annotated[str | None, typer.Option(
+        help="debug | info | warning | error (default info)")] = None,
+    log_json: Annotated[bool | None, typer.Option(
+        "--log-json", help="log JSON lines instead of text")] = None,
+    log_file: Annotated[Path | None, typer.Option(
+        help="log to this file ({node_id} is replaced; rotated at log_max_mb) instead of "
+             "stderr")] = None,
+    log_every: Annotated[int | None, typer.Option(
+        help="one log line per this many committed rounds (default 100)")] = None,
 ) -> None:
     """Run one production node: TCP (or MPI), its SQLite log, HTTP status, console."""
     if not real:
@@ -53,7 +62,9 @@ def node(
             "node_type": node_type, "node_id": node_id, "p2p_port": p2p_port,
             "web_port": web_port, "data_dir": data_dir,
             "bootstrap_peers": bootstrap.split(",") if bootstrap else None,
-            "enable_web_interface": False if no_web else None})
+            "enable_web_interface": False if no_web else None,
+            "log_level": log_level, "log_json": log_json, "log_file": log_file,
+            "log_every": log_every})
         if scenario is None:
             raise ScenarioError("--scenario is required: it defines the training job")
         loaded = load_scenario(scenario)

@@ -53,10 +53,14 @@ class AsyncHost:
 
     def __init__(self, node: Node, transport: Transport, disk: NodeLog,
                  keep_model: Callable[[int], bool] = lambda _: True,
-                 on_failure: Callable[[BaseException], None] | None = None) -> None:
+                 on_failure: Callable[[BaseException], None] | None = None,
+                 on_metric: Callable[[Metric], None] | None = None) -> None:
+        """`on_metric` hears every metric the node emits (the node's log tells its story
+        from them: apps/node_logging.py)."""
         self.node, self.transport, self.disk = node, transport, disk
         self.keep_model = keep_model
         self.on_failure = on_failure
+        self.on_metric = on_metric
         self.loop = asyncio.get_running_loop()
         self.timers: dict[str, asyncio.TimerHandle] = {}
         self.metrics = MetricLog()
@@ -119,6 +123,8 @@ class AsyncHost:
                 self.metrics.params.pop(metric.model_hash, None)
         if isinstance(metric, Finished):
             self.finished.set()
+        if self.on_metric is not None:
+            self.on_metric(metric)
 
     # ---- compute off the loop --------------------------------------------------------------
 

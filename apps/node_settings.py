@@ -19,6 +19,7 @@ from phalanx.net.crypto import PUBLIC_KEY_SIZE, Identity
 from phalanx.scenario.schema import ScenarioError, Strict, describe_error
 
 Port = Annotated[int, Field(ge=0, le=65535)]
+LogLevel = Literal["debug", "info", "warning", "error"]
 NodeType = Literal["full", "training", "annotation", "lightweight"]
 # the node types that hold a consensus seat: they train, vote and keep the model
 MEMBER_TYPES: tuple[NodeType, ...] = ("full", "training")
@@ -44,6 +45,13 @@ class NodeFile(Strict):
     data_dir: Path | None = None
     host: str = "127.0.0.1"  # the p2p listener's address
     web_host: str | None = None  # the status endpoint's (None: `host`)
+    # the node's log (apps/node_logging.py): lines at this level and above, as text or JSON
+    # lines, to stderr, or to `log_file` ({node_id} replaced) rotated at `log_max_mb`
+    log_level: LogLevel = "info"
+    log_json: bool = False
+    log_file: Path | None = None
+    log_max_mb: Annotated[float, Field(gt=0)] = 20.0
+    log_every: Annotated[int, Field(ge=1)] = 100  # one line per this many committed rounds
 
 
 class Member(Strict):
