@@ -1,7 +1,14 @@
 """`phalanx audit RUN_DIR`: re-verify every node's log of a finished run, as any peer would.
 
-Each node's `nodes/<id>.sqlite` (or, in a `phalanx cluster` folder, `node-<id>/node.sqlite`,
-with the keys of its `members.json`) is replayed by a fresh node built from the run's scenario, through the same path state sync uses: the leader's signature on each proposal, every
+The folder is one of:
+- a run's output folder (`phalanx run --out`): `nodes/<id>.sqlite` with the scenario in
+  `scenario.resolved.yaml`; the keys are the scenario's (derived from its seed) for a
+  simulated run, those of its `members.json` for a `--real` run (`summary.json` says which);
+- a `phalanx cluster` folder: `node-<id>/node.sqlite`, `scenario.yaml`, `members.json`;
+- an MPI run's folder (apps/mpi_run.py): `mpi.json` (each rank's key and folder) and
+  `scenario.yaml`.
+
+Each node's log is replayed by a fresh node built from the run's scenario, through the same path state sync uses: the leader's signature on each proposal, every
 gradient's signature and digest against the set, the commit certificate (a quorum of distinct
 members' signed commit votes for that set and model), and the model hash recomputed from the
 signed gradients with the bit-exact aggregate and optimizer step. The logs must also agree with
@@ -10,9 +17,11 @@ each other round by round.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+from phalanx.apps.mpi_run import MPI_FILE, load_ranks
 from phalanx.apps.node_log import NodeLog
 from phalanx.apps.node_settings import load_members
 from phalanx.engine.consensus import equivocations, signed_in
@@ -38,30 +47,63 @@ Found = tuple[Scenario, FrameOpener, dict[int, Path], tuple[int, ...]]  # ... an
 
 
 def _simulated_run(run_dir: Path) -> Found:
-    resolved = run_dir / "scenario.resolved.yaml"
-    if not resolved.exists():
-        raise ScenarioError(f"{run_dir}: no scenario.resolved.yaml or members.json (not a run "
-                            f"or cluster folder?)")
-    scenario = load_scenario(resolved)
-    _, opener, _ = member_keys(scenario)
-    return (scenario, opener, {int(p.stem): p for p in (run_dir / "nodes").glob("*.sqlite")},
-            tuple(scenario.nodes.observers))
+    scenario = load_scenario(run_dir / "scenario.resolved.yaml")
+    logs = {int(p.stem): p for p in (run_dir / "nodes").glob("*.sqlite") if p.stem.isdigit()}
+    if _mode(run_dir) != "real-tcp":
+        _, opener, _ = member_keys(scenario)
+        return scenario, opener, logs, tuple(scenario.nodes.observers)
+    if not (run_dir / "members.json").exists():
+        raise ScenarioError(f"{run_dir}: a --real run's folder needs its members.json (the "
+                            f"nodes' public keys)")
+    keyring, observers = _members(run_dir)
+    return scenario, FrameOpener(keyring), logs, observers
+
+
+def _mode(run_dir: Path) -> str | None:
+    """How the run in `run_dir` ran ("sim", "real-tcp"), from its summary.json."""
+    try:
+        mode = json.loads((run_dir / "summary.json").read_text()).get("mode")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return mode if isinstance(mode, str) else None
+
+
+def _members(run_dir: Path) -> tuple[dict[int, bytes], tuple[int, ...]]:
+    """(everyone's keys, the observers) of a members.json."""
+    members, observers = load_members(run_dir / "members.json")
+    keyring = {i: key for i, (key, _) in {**members, **observers}.items()}
+    # observers may have joined: the file lists those added while the cluster ran too
+    return keyring, tuple(sorted(observers))
 
 
 def _real_cluster(run_dir: Path) -> Found:
-    members, observers = load_members(run_dir / "members.json")
-    keyring = {i: key for i, (key, _) in {**members, **observers}.items()}
+    keyring, observers = _members(run_dir)
     logs = {int(p.parent.name.removeprefix("node-")): p
-            for p in run_dir.glob("node-*/node.sqlite")}
-    # observers may have joined: the file lists those added while the cluster ran too
-    return (load_scenario(run_dir / "scenario.yaml"), FrameOpener(keyring), logs,
-            tuple(sorted(observers)))
+            for p in run_dir.glob("node-*/node.sqlite")
+            if p.parent.name.removeprefix("node-").isdigit()}
+    return load_scenario(run_dir / "scenario.yaml"), FrameOpener(keyring), logs, observers
+
+
+def _mpi_run(run_dir: Path) -> Found:
+    keyring, logs = load_ranks(run_dir)
+    return load_scenario(run_dir / "scenario.yaml"), FrameOpener(keyring), logs, ()
+
+
+def find_run(run_dir: Path) -> Found:
+    """The scenario, the keys and the node logs of a run, cluster or MPI folder."""
+    if (run_dir / MPI_FILE).exists():
+        return _mpi_run(run_dir)
+    if (run_dir / "members.json").exists() and (run_dir / "scenario.yaml").exists():
+        return _real_cluster(run_dir)
+    if (run_dir / "scenario.resolved.yaml").exists():
+        return _simulated_run(run_dir)
+    raise ScenarioError(f"{run_dir}: not a run, cluster or MPI folder (no "
+                        f"scenario.resolved.yaml, scenario.yaml with members.json, or {MPI_FILE})")
 
 
 def audit_run(run_dir: Path) -> tuple[list[NodeAudit], list[str]]:
     """Per-node results, and the rounds in which verified logs disagree."""
-    cluster = (run_dir / "members.json").exists()
-    scenario, opener, logs, observers = (_real_cluster if cluster else _simulated_run)(run_dir)
+    scenario, opener, logs, observers = find_run(run_dir)
     if not logs:
         raise ScenarioError(f"{run_dir}: no node logs")
     from phalanx.engine.rng import RngStreams

@@ -45,8 +45,11 @@ def print_summary(result: object) -> None:
             table.add_row(key, _summary_text(key, s[key]))
     out.print(table)
     if result.out:
+        nodes = ("" if not (result.out / "nodes").exists() else
+                 ", nodes/<id>.sqlite and .log, members.json" if s["mode"] == "real-tcp"
+                 else ", nodes/<id>.sqlite")
         out.print(f"outputs in {result.out}/ (rounds.parquet, events.parquet, "
-                  f"scenario.resolved.yaml, summary.json, run.png)")
+                  f"scenario.resolved.yaml, summary.json, run.png{nodes})")
     for failure in result.failures:
         err.print(f"[bold red]expect failed:[/] {failure}", highlight=False, soft_wrap=True)
     if not result.failures and result.scenario.expect.model_dump(exclude_none=True):

@@ -35,6 +35,7 @@ import torch
 from rich.console import Console
 
 from phalanx.apps.console import answer
+from phalanx.apps.mpi_run import gather_ranks, run_folder
 from phalanx.apps.node_host import AsyncHost
 from phalanx.apps.node_log import NodeLog
 from phalanx.apps.node_logging import NodeStory, configure_logging, record_loss
@@ -96,6 +97,8 @@ def plan_node(settings: NodeFile, scenario: Scenario, roster: tuple[Roster, Rost
         raise ScenarioError("node_id is missing: give --node-id or node_id in the config")
     if settings.data_dir is None:
         raise ScenarioError("data_dir is missing: give --data-dir or data_dir in the config")
+    if comm is not None:
+        run_folder(str(settings.data_dir))  # a folder per rank, or a one-line error
     data_dir = Path(str(settings.data_dir).replace("{node_id}", str(node_id)))
     identity = node_identity(data_dir)
     n = scenario.n
@@ -105,9 +108,9 @@ def plan_node(settings: NodeFile, scenario: Scenario, roster: tuple[Roster, Rost
             raise ScenarioError("--members is required over TCP (phalanx cluster up writes "
                                 "one; phalanx keygen prints a node's public key)")
         # MPI: the job's ranks were started together by one operator, so its communicator
-        # is trusted to carry each rank's public key once
-        keys = comm.allgather(identity.public_key)
-        members = {i: (key, ("mpi", i)) for i, key in enumerate(keys)}
+        # is trusted to carry each rank's public key once (rank 0 keeps them for the audit)
+        keys = gather_ranks(comm, identity, data_dir, str(settings.data_dir), scenario)
+        members = {i: (key, ("mpi", i)) for i, key in keys.items()}
     if len(members) != n:
         raise ScenarioError(f"members: {len(members)} members but the scenario has n={n}")
     if tuple(sorted(members)) != scenario.members:

@@ -5,11 +5,16 @@ Byzantine members running their attack. The launcher waits until every honest no
 written its results (or the scenario's wall-clock deadline passes), stops the cluster with
 SIGTERM and builds the same result tables as the simulator. Scheduled faults are the
 simulator's; real nodes are killed or cut from outside (see tests/test_cluster.py).
+
+With an output folder, each node's SQLite log and its own log (stdout, stderr and the log
+lines of apps/node_logging.py) are kept as `nodes/<id>.sqlite` and `nodes/<id>.log`, with the
+nodes' public keys in `members.json`, finished or not: `phalanx audit` verifies them.
 """
 
 from __future__ import annotations
 
 import json
+import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -29,7 +34,8 @@ class RealRunError(RuntimeError):
     """A real run that could not complete; the message is one line."""
 
 
-def run_real(scenario: Scenario, printer: Any) -> RunResult:
+def run_real(scenario: Scenario, printer: Any, out: Path | None = None) -> RunResult:
+    """Run the scenario's nodes as processes; keep their logs under `out` when given."""
     honest = set(range(scenario.nodes.count)) - scenario.byzantine_nodes()
     with tempfile.TemporaryDirectory(prefix="phalanx-real-") as tmp:
         folder = Path(tmp)
@@ -39,6 +45,8 @@ def run_real(scenario: Scenario, printer: Any) -> RunResult:
             results = _wait([n for n in nodes if n.id in honest], start + scenario.real.deadline)
         finally:
             cluster_down(folder, grace=10.0)
+            if out is not None:
+                keep_nodes(folder, nodes, out)
         wall = time.time() - start
         params: dict[str, np.ndarray] = {}
         for node in nodes:
@@ -69,6 +77,24 @@ def run_real(scenario: Scenario, printer: Any) -> RunResult:
              "members_at_end": [list(m) for m in sorted(
                  {tuple(r["members"]) for r in results.values()})]}
     return RunResult(scenario, rounds, pl.DataFrame(), summarize(scenario, rounds, extra))
+
+
+def keep_nodes(folder: Path, nodes: list[NodeProc], out: Path) -> None:
+    """Move each stopped node's SQLite log (with its WAL, if a node was killed before it
+    checkpointed) and its log to `out/nodes/`, and the members' keys to `out/members.json`;
+    files an earlier run left there for nodes are replaced, not mixed in."""
+    kept = out / "nodes"
+    kept.mkdir(parents=True, exist_ok=True)
+    for old in kept.iterdir():
+        if old.name.split(".", 1)[0].isdigit() and old.suffix in (".log", ".sqlite",
+                                                                  ".sqlite-wal", ".sqlite-shm"):
+            old.unlink()
+    for node in nodes:
+        for path in node.folder.glob("node.sqlite*"):
+            shutil.move(path, kept / path.name.replace("node", str(node.id), 1))
+        if (node.folder / "node.log").exists():
+            shutil.move(node.folder / "node.log", kept / f"{node.id}.log")
+    shutil.copy(folder / "members.json", out / "members.json")
 
 
 class _Commit:

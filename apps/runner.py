@@ -171,7 +171,7 @@ def run_scenario(scenario: str | Path | Scenario, *, seed: int | None = None,
     if real:
         from phalanx.apps.real import run_real
 
-        result = run_real(scenario, printer)
+        result = run_real(scenario, printer, Path(out) if out is not None else None)
     else:
         result = run_sim(scenario, printer)
     result.failures = check_expectations(scenario, result.rounds, result.summary)

@@ -155,9 +155,24 @@ def test_four_mpi_ranks_end_on_the_simulated_model(tmp_path: Path) -> None:
     cmd = ["mpiexec", "-n", "4", sys.executable, "-m", "phalanx.apps.node", "--real",
            "--transport", "mpi", "--scenario", str(SCENARIOS / "quickstart.yaml"),
            "--data-dir", str(tmp_path / "node-{node_id}"), "--no-web",
-           "--exit-when-finished", "--linger", "1"]
+           "--exit-when-finished", "--linger", "1", "--log-every", "20"]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=240)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    # rank 0 reports progress on the terminal, one line per 20 rounds; every rank logs to its
+    # folder's node.log
+    terminal = done.stdout + done.stderr
+    assert [ln.split(" committed")[0].rsplit(" ", 1)[1] for ln in terminal.splitlines()
+            if " node 0 commit: round " in ln] == ["19", "39", "59"], terminal
+    assert "node 0 finished: all 60 rounds committed" in terminal
+    assert not any(f" node {i} " in terminal for i in (1, 2, 3)), terminal
+    for i in range(4):
+        log = (tmp_path / f"node-{i}" / "node.log").read_text()
+        assert f"node {i} start: full, members [0, 1, 2, 3], listening on MPI rank {i}" in log
+        assert f"node {i} stop: finished (--exit-when-finished): at round 60" in log
+    # and `phalanx audit` verifies the ranks' logs with the keys rank 0 wrote down
+    audit = CliRunner().invoke(app, ["audit", str(tmp_path)])
+    assert audit.exit_code == 0, audit.output
+    assert "4 node logs, 240 rounds verified, 0 logs with a bad record" in audit.output
     results = [json.loads((tmp_path / f"node-{i}" / "result.json").read_text())
                for i in range(4)]
     sim = phalanx.run(SCENARIOS / "quickstart.yaml")
