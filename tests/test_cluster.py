@@ -9,7 +9,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -17,7 +16,7 @@ from pathlib import Path
 import polars as pl
 import pytest
 import yaml
-from clusterkit import SCENARIOS, all_finished, statuses, until
+from clusterkit import SCENARIOS, Terminal, all_finished, statuses, until
 from typer.testing import CliRunner
 
 import phalanx
@@ -293,9 +292,6 @@ def test_a_late_joiner_catches_up_from_a_checkpoint(tmp_path: Path) -> None:
 def test_the_console_answers_on_a_terminal_and_quit_stops_the_node(tmp_path: Path) -> None:
     """One node of a 4-member scenario, alone (its peers never come), attached to a pseudo
     terminal: `stats`, `peers`, `train`, `test`, an unknown command, then `quit`."""
-    import pty
-    import select
-
     from phalanx.apps.cluster import free_ports
     from phalanx.apps.node_settings import node_identity, write_members
 
@@ -306,37 +302,21 @@ def test_the_console_answers_on_a_terminal_and_quit_stops_the_node(tmp_path: Pat
     keys = {i: node_identity(tmp_path / f"node-{i}").public_key for i in range(4)}
     write_members(tmp_path / "members.json",
                   {i: (keys[i], ("127.0.0.1", ports[i])) for i in range(4)})
-    master, slave = pty.openpty()
-    proc = subprocess.Popen(
+    console = Terminal(
         [sys.executable, "-m", "phalanx.apps.node", "--real", "--scenario",
          str(tmp_path / "alone.yaml"), "--members", str(tmp_path / "members.json"),
          "--node-id", "0", "--p2p-port", str(ports[0]), "--web-port", str(ports[4]),
-         "--data-dir", str(tmp_path / "node-0")],
-        stdin=slave, stdout=slave, stderr=slave, start_new_session=True)
-    os.close(slave)
-    seen = b""
-
-    def read_until(text: bytes, timeout: float = 60) -> None:
-        nonlocal seen
-        deadline = time.time() + timeout
-        while text not in seen:
-            assert time.time() < deadline, f"no {text!r} in {seen.decode(errors='replace')}"
-            if select.select([master], [], [], 0.2)[0]:
-                seen += os.read(master, 65536)
-
+         "--data-dir", str(tmp_path / "node-0")])
     try:
-        read_until(b"type help for commands")
+        console.read_until(b"type help for commands")
         for command, reply in ((b"stats", b"health stalled"), (b"peers", b"reputation"),
                                (b"train", b"committed 0 of 150 rounds"),
                                (b"test", b"held-out accuracy"), (b"dance", b"unknown command")):
-            os.write(master, command + b"\n")
-            read_until(reply)
-        os.write(master, b"quit\n")
-        assert proc.wait(timeout=30) == 0
+            console.type(command, reply)
+        os.write(console.master, b"quit\n")
+        assert console.proc.wait(timeout=30) == 0
     finally:
-        if proc.poll() is None:
-            proc.kill()
-        os.close(master)
+        console.close()
     result = json.loads((tmp_path / "node-0" / "result.json").read_text())
     assert result["finished"] is False and result["commits"] == []  # flushed on quit
 

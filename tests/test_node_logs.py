@@ -6,9 +6,11 @@ from __future__ import annotations
 import os
 import re
 import signal
+import sys
 from pathlib import Path
 
-from clusterkit import all_finished, statuses, until
+import yaml
+from clusterkit import Terminal, all_finished, statuses, until
 from test_cluster import crash_scenario
 
 from phalanx.apps.cluster import cluster_down, cluster_up
@@ -65,16 +67,105 @@ def test_the_logs_of_a_kill_9_and_restart_tell_the_story(tmp_path: Path) -> None
     on_disk = re.search(r"restart with (\d+) committed rounds on disk", start[1])
     assert on_disk and int(on_disk.group(1)) == restarted["rounds_restored"], start[1]
     assert "last train loss 0." in start[1], start[1]
-    sync = lines(folder, 3, "sync")
-    assert "catching up from round " + on_disk.group(1) in sync[0], sync
-    assert len(sync) == 2, sync  # one catch-up, however its rounds came
-    caught = re.search(r"caught up: rounds (\d+)\.\.(\d+) \((\d+) of them by state sync\)",
-                       sync[1])
-    assert caught and int(caught.group(1)) == int(on_disk.group(1)), sync
-    assert int(caught.group(2)) >= killed_at + 15 and int(caught.group(3)) > 10, sync
+    # it caught up by the records it missed, or, when the machine was slow enough to leave it
+    # more than checkpoint_gap rounds behind, from a checkpoint: either way the log says so
+    sync, checkpoint = lines(folder, 3, "sync"), lines(folder, 3, "checkpoint")
+    if checkpoint:
+        assert len(checkpoint) == 1 and not sync, (sync, checkpoint)
+        installed = re.search(r"installed the state after round (\d+) that f \+ 1 peers "
+                              r"offered alike", checkpoint[0])
+        assert installed and int(installed.group(1)) >= killed_at + 15, checkpoint
+    else:
+        assert len(sync) == 2, sync  # one catch-up, however its rounds came
+        assert "catching up from round " + on_disk.group(1) in sync[0], sync
+        caught = re.search(r"caught up: rounds (\d+)\.\.(\d+) \((\d+) of them by state "
+                           r"sync\)", sync[1])
+        assert caught and int(caught.group(1)) == int(on_disk.group(1)), sync
+        assert int(caught.group(2)) >= killed_at + 15 and int(caught.group(3)) > 10, sync
     assert any("peer 0 connected" in ln for ln in lines(folder, 3, "peer"))
     assert lines(folder, 3, "commit")[-1].split(": round ")[1].startswith("149 committed")
     # the log is a story, not a flood: a few dozen lines for 150 rounds and a crash
     for node in range(4):
         size = len((folder / f"node-{node}" / "node.log").read_text().splitlines())
         assert size < 40, (node, size)
+    # restarted once more, alone, on a disk holding all 150 rounds: its console reports them,
+    # with the last train loss read back from the store (the one node 0 logged live)
+    last_loss = re.search(r"train loss (\d\.\d{4})", lines(folder, 0, "commit")[-1])
+    assert last_loss
+    data = yaml.safe_load((folder / "scenario.yaml").read_text())
+    data["real"]["start_wait"] = 0.5  # its peers are down: do not wait for them
+    (tmp_path / "alone.yaml").write_text(yaml.safe_dump(data))
+    console = Terminal([sys.executable, "-m", "phalanx.apps.node", "--real", "--scenario",
+                        str(tmp_path / "alone.yaml"), "--config",
+                        str(folder / "node-3" / "node.json"), "--members",
+                        str(folder / "members.json")])
+    try:
+        console.read_until(b"restart with 150 committed rounds on disk")
+        console.read_until(b"type help for commands")
+        console.type(b"stats", b"round 150 ")
+        console.type(b"train", b"committed 150 of 150 rounds (150 restored from the store, 0 "
+                     b"since the restart); last train loss " + last_loss.group(1).encode()
+                     + b" (from the store)")
+        os.write(console.master, b"quit\n")
+        assert console.proc.wait(timeout=30) == 0
+    finally:
+        console.close()
+
+
+def test_the_console_says_what_it_knows_of_a_restored_past() -> None:
+    from phalanx.apps.console import answer
+
+    def train(**training: object) -> str:
+        status = {"finished": False, "training": {
+            "rounds": 60, "rounds_committed": 60, "rounds_restored": 60,
+            "rounds_committed_this_run": 0, "last_train_loss": None,
+            "last_train_loss_from": None, **training}}
+        return answer("train", status, dict)
+
+    assert train() == ("committed 60 of 60 rounds (60 restored from the store, 0 since the "
+                       "restart); last train loss not recorded before the restart; training")
+    assert "last train loss 0.2500 (from the store)" in train(last_train_loss=0.25,
+                                                              last_train_loss_from="store")
+    assert train(rounds_committed=0, rounds_restored=0) == (
+        "committed 0 of 60 rounds; last train loss -; training")
+
+
+def test_story_lines_as_json_and_repeats_held_back(tmp_path: Path) -> None:
+    """JSON lines with the event's fields; a flapping peer and a storm of view changes cost a
+    few lines, with the count of what was held back, and the last line about the peer is its
+    state now."""
+    import json
+
+    from phalanx.apps.node_logging import NodeStory, configure_logging
+    from phalanx.engine.events import RoundCommitted, ViewChanged
+
+    now = [1000.0]
+    configure_logging("info", json_lines=True, stream=None, file=tmp_path / "node.log")
+    story = NodeStory(5, every=10, interval=60.0, clock=lambda: now[0])
+    story.started(role="full", members=[0, 5], listen="127.0.0.1:1", store=tmp_path / "s",
+                  rounds=0, base=0, model_hash="ab" * 32, last_loss=None)
+    story.peer_states({0: False})  # not reached yet: nothing to say
+    for up in [True, False, True, False, True, False, True, False, True]:
+        now[0] += 1
+        story.peer_states({0: up})
+    for view in range(1, 30):
+        story.metric(ViewChanged(5, 3, view))
+    for r in range(20):
+        now[0] += 0.05
+        story.metric(RoundCommitted(5, r, 0, 2, 0.5, bytes(32), False, None))
+    now[0] += 61
+    story.tick()  # the peer's state changed while held back: said now
+    story.stopped("stopped by SIGTERM", 20, "cd" * 32)
+    configure_logging("info", stream=None)  # close the file
+    rows = [json.loads(line) for line in (tmp_path / "node.log").read_text().splitlines()]
+    assert all(r["node"] == 5 and r["time"].endswith("Z") for r in rows)
+    events = [r["event"] for r in rows]
+    assert events[0] == "start" and rows[0]["rounds_on_disk"] == 0 and events[-1] == "stop"
+    peer = [r for r in rows if r["event"] == "peer"]
+    assert len(peer) == 5 and peer[-1]["up"] is True, peer  # 4 in a minute, then the state
+    assert "changed 5 times since the last line" in peer[-1]["message"], peer[-1]
+    views = [r for r in rows if r["event"] == "view"]
+    assert len(views) == 4 and views[-1]["view"] == 4
+    commits = [r for r in rows if r["event"] == "commit"]
+    assert [r["round"] for r in commits] == [9, 19]
+    assert abs(commits[1]["seconds_per_round"] - 0.05) < 1e-9
