@@ -43,6 +43,10 @@ def run_real(scenario: Scenario, printer: Any, out: Path | None = None) -> RunRe
         nodes = cluster_up(scenario, folder)
         try:
             results = _wait([n for n in nodes if n.id in honest], start + scenario.real.deadline)
+        except RealRunError as err:
+            if out is None:
+                raise
+            raise RealRunError(f"{err} (the nodes' logs: {out / 'nodes'}/<id>.log)") from None
         finally:
             cluster_down(folder, grace=10.0)
             if out is not None:

@@ -169,3 +169,16 @@ def test_story_lines_as_json_and_repeats_held_back(tmp_path: Path) -> None:
     commits = [r for r in rows if r["event"] == "commit"]
     assert [r["round"] for r in commits] == [9, 19]
     assert abs(commits[1]["seconds_per_round"] - 0.05) < 1e-9
+
+
+def test_bad_log_settings_are_one_line_errors(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from phalanx.apps.cli import app
+
+    for flag, value, field in (("--log-level", "loud", "log_level"),
+                               ("--log-every", "0", "log_every")):
+        result = CliRunner().invoke(app, ["node", "--real", flag, value, "--node-id", "0",
+                                          "--data-dir", str(tmp_path / "d")])
+        assert result.exit_code == 2 and field in result.output, result.output
+        assert "Traceback" not in result.output
