@@ -253,6 +253,27 @@ def bench_consensus(
     run_bench(_counts("--nodes", nodes, 4), rounds, out_file, out)
 
 
+@bench_app.command("crash")
+def bench_crash(
+    nodes: Annotated[str, typer.Option(help="comma-separated cluster sizes")] = "5,10",
+    rounds: Annotated[int, typer.Option(help="rounds per run")] = 60,
+    crash_round: Annotated[int, typer.Option(help="the round a member crashes in")] = 20,
+    real: Annotated[bool, typer.Option(help="also kill a member of a real loopback "
+                                       "cluster")] = True,
+    out_file: Annotated[Path, typer.Option("--out", help="JSON result file")] = Path(
+        "benchmarks/out/crash.json"),
+) -> None:
+    """Round latency with one member crashed (within f): failure detector on and off."""
+    from phalanx.apps.bench_crash import run_bench
+
+    if not 3 <= crash_round <= rounds - 5:
+        raise fail(f"--crash-round: between 3 and rounds - 5 (got {crash_round})")
+    try:
+        run_bench(_counts("--nodes", nodes, 4), rounds, crash_round, real, out_file, out)
+    except RuntimeError as e:
+        raise fail(str(e)) from None
+
+
 @bench_app.command("compression")
 def bench_compression(
     workloads: Annotated[str, typer.Option(help="comma-separated: mlp, transformer")] = (
