@@ -37,7 +37,7 @@ def print_summary(result: object) -> None:
              "lagging_nodes", "down_at_end",
              "final_model_hash", "final_eval_loss", "final_eval_accuracy",
              "synced_commits", "privacy", "exclusions", "membership_changes", "members_at_end",
-             "reputation", "view_changes", "sim_seconds", "wall_seconds", "messages_delivered",
+             "reputation", "view_changes", "suspicions", "sim_seconds", "wall_seconds", "messages_delivered",
              "messages_dropped", "dropped_by_reason", "messages_per_round", "rejected_by_reason",
              "sim_events_per_wall_second", "peak_memory_mb"]
     for key in shown:

@@ -33,7 +33,8 @@ class MetricLog:
         self.exclusions: list[tuple[Excluded, float]] = []
         self.view_changes: list[tuple[ViewChanged, float]] = []
         self.membership: list[tuple[MembershipChanged, float]] = []
-        self.suspicions: list[tuple[Suspicion, float]] = []
+        # (node, peer, reason) -> times the node began suspecting the peer: bounded by n^2
+        self.suspicions: Counter[tuple[int, int, str]] = Counter()
         self.recorded = 0
 
     def record(self, metric: Metric, now: float) -> None:
@@ -52,5 +53,5 @@ class MetricLog:
                 self.view_changes.append((metric, now))
             case MembershipChanged():
                 self.membership.append((metric, now))
-            case Suspicion():
-                self.suspicions.append((metric, now))
+            case Suspicion(node=node, peer=peer, suspected=True, reason=reason):
+                self.suspicions[node, peer, reason] += 1
