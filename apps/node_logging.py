@@ -150,15 +150,19 @@ class _Toggle:
     at: float = 0.0  # when the last line was logged
 
 
-_CAUGHT_UP = 2  # live commits in a row that end a catch-up (one between two synced is not)
+_CAUGHT_UP = 5  # live commits in a row that end a catch-up (records often trickle in
+# between the first live ones)
 
 
 @dataclass
 class _CatchUp:
-    """A node catching up by state sync: since when, from which round, how far."""
+    """A node catching up by state sync: since when, from which round (or checkpoint), how
+    far."""
 
     since: float
     first: int
+    checkpoint: bool = False  # it began by installing a checkpoint of round `first`
+    quiet: bool = False  # held back (a node that keeps falling behind): no lines
     last: int = -1  # the last round fetched by sync
     at: float = 0.0  # when it was applied
     synced: int = 0
@@ -256,7 +260,8 @@ class NodeStory:
                          members=list(members))
             case Rejected(reason=reason, sender=sender):
                 if (held := self.throttle.admit(("rejected", reason), now)) is not None:
-                    self.say(logging.INFO, "rejected", f"a message from {sender} refused: "
+                    source = f"node {sender}" if sender is not None else "an unknown sender"
+                    self.say(logging.INFO, "rejected", f"a message from {source} refused: "
                              f"{reason}{_held(held)}", reason=reason, sender=sender, held=held)
 
     def _committed(self, m: RoundCommitted, now: float) -> None:
@@ -268,10 +273,13 @@ class NodeStory:
                      f"now starts at round {base}", round=m.round, log_base=base)
             self.last_base = base
             self.mark = (now, m.round)
+            self.sync = self.sync or _CatchUp(now, m.round, checkpoint=True)
         elif m.via_sync and self.sync is None:
-            self.sync = _CatchUp(now, m.round)
-            self.say(logging.INFO, "sync", f"catching up from round {m.round}: fetching "
-                     f"certified rounds from peers", round=m.round)
+            held = self.throttle.admit("sync", now)
+            self.sync = _CatchUp(now, m.round, quiet=held is None)
+            if held is not None:
+                self.say(logging.INFO, "sync", f"catching up from round {m.round}: fetching "
+                         f"certified rounds from peers{_held(held)}", round=m.round, held=held)
         if self.sync is not None:
             self.sync.add(m, now)
             if self.sync.live >= _CAUGHT_UP:
@@ -296,11 +304,13 @@ class NodeStory:
 
     def _sync_done(self, now: float) -> None:
         c, self.sync = self.sync, None
-        if c is None:
+        if c is None or c.quiet:
             return
-        self.say(logging.INFO, "sync", f"caught up: rounds {c.first}..{c.last} ({c.synced} of "
-                 f"them by state sync) in {c.at - c.since:.1f} s", first=c.first,
-                 last=c.last, rounds=c.synced, seconds=c.at - c.since)
+        how = (f"from a checkpoint of round {c.first}, then {c.synced - 1} rounds by state sync"
+               if c.checkpoint else f"{c.synced} rounds by state sync from round {c.first}")
+        self.say(logging.INFO, "sync", f"caught up at round {c.last}: {how}, in "
+                 f"{c.at - c.since:.1f} s", first=c.first, last=c.last, rounds=c.synced,
+                 checkpoint=c.checkpoint, seconds=c.at - c.since)
 
     # ---- peers (what the transport knows) -------------------------------------------------
 

@@ -16,7 +16,8 @@ from test_cluster import crash_scenario
 from phalanx.apps.cluster import cluster_down, cluster_up
 from phalanx.scenario.schema import load_scenario
 
-EVERY = 25
+ROUNDS, EVERY = 600, 100  # a crashed member no longer slows the others much: they must not
+# finish before the restarted node is back (a process start takes seconds)
 
 
 def lines(folder: Path, node: int, event: str) -> list[str]:
@@ -28,14 +29,15 @@ def lines(folder: Path, node: int, event: str) -> list[str]:
 
 def test_the_logs_of_a_kill_9_and_restart_tell_the_story(tmp_path: Path) -> None:
     folder = tmp_path / "cluster"
-    scenario = load_scenario(crash_scenario(tmp_path))
+    data = yaml.safe_load(crash_scenario(tmp_path).read_text())
+    data["training"]["rounds"] = ROUNDS
+    (tmp_path / "story.yaml").write_text(yaml.safe_dump(data))
+    scenario = load_scenario(tmp_path / "story.yaml")
     nodes = cluster_up(scenario, folder, settings={"log_every": EVERY})
     try:
         until(lambda: statuses(folder).get(3, {}).get("round", 0) >= 30, 120, "round 30")
         os.kill(nodes[3].pid, signal.SIGKILL)
         killed_at = max(s["round"] for s in statuses(folder).values())
-        until(lambda: min(s["round"] for i, s in statuses(folder).items() if i != 3)
-              >= killed_at + 15, 120, "15 more rounds without node 3")
         until(lambda: lines(folder, 0, "peer") and "peer 3 down" in lines(folder, 0, "peer")[-1],
               10, "node 0 to log node 3 down")
         cluster_up(scenario, folder)  # node 3 comes back on its disk
@@ -44,7 +46,7 @@ def test_the_logs_of_a_kill_9_and_restart_tell_the_story(tmp_path: Path) -> None
     finally:
         assert cluster_down(folder) == []
     # the console's figures count the rounds restored from the store
-    assert restarted["rounds_committed"] == 150 and restarted["rounds_restored"] >= 30
+    assert restarted["rounds_committed"] == ROUNDS and restarted["rounds_restored"] >= 30
     # a survivor: started fresh, saw node 3 go down and come back, committed every EVERY rounds
     start = lines(folder, 0, "start")
     assert len(start) == 1 and "first start: no rounds on disk" in start[0], start
@@ -55,11 +57,15 @@ def test_the_logs_of_a_kill_9_and_restart_tell_the_story(tmp_path: Path) -> None
     assert "peer 3 back up: link restored after" in peer3[-1], peer3
     commits = [int(m.group(1)) for ln in lines(folder, 0, "commit")
                if (m := re.search(r"round (\d+) committed", ln))]
-    assert commits == list(range(EVERY - 1, 150, EVERY)), commits
+    assert commits == list(range(EVERY - 1, ROUNDS, EVERY)), commits
     assert all(re.search(r"train loss \d\.\d{4}, model [0-9a-f]{12}, [\d.]+ ms/round", ln)
                for ln in lines(folder, 0, "commit"))
     assert len(lines(folder, 0, "finished")) == 1
-    assert "stopped by SIGTERM: at round 150" in lines(folder, 0, "stop")[-1]
+    assert f"stopped by SIGTERM: at round {ROUNDS}" in lines(folder, 0, "stop")[-1]
+    # the failure detector's word on node 3 (engine/node/detector.py), and its clearing
+    suspect3 = [ln for ln in lines(folder, 0, "suspect") if "peer 3 " in ln]
+    assert "suspecting peer 3 is down" in suspect3[0], suspect3
+    assert any("peer 3 no longer suspected" in ln for ln in suspect3), suspect3
     # the restarted node: two starts, the second with the rounds its disk held, a catch-up
     # by state sync, and its commit lines after it
     start = lines(folder, 3, "start")
@@ -67,28 +73,30 @@ def test_the_logs_of_a_kill_9_and_restart_tell_the_story(tmp_path: Path) -> None
     on_disk = re.search(r"restart with (\d+) committed rounds on disk", start[1])
     assert on_disk and int(on_disk.group(1)) == restarted["rounds_restored"], start[1]
     assert "last train loss 0." in start[1], start[1]
-    # it caught up by the records it missed, or, when the machine was slow enough to leave it
-    # more than checkpoint_gap rounds behind, from a checkpoint: either way the log says so
+    # it caught up by the records it missed, or, when it was more than checkpoint_gap rounds
+    # behind, from a checkpoint first: either way the log says so (and again, briefly, if the
+    # loaded machine let it fall a few rounds behind later)
     sync, checkpoint = lines(folder, 3, "sync"), lines(folder, 3, "checkpoint")
+    caught = [ln for ln in sync if " caught up at round " in ln]
+    assert caught and len(checkpoint) <= 1, (sync, checkpoint)
     if checkpoint:
-        assert len(checkpoint) == 1 and not sync, (sync, checkpoint)
         installed = re.search(r"installed the state after round (\d+) that f \+ 1 peers "
                               r"offered alike", checkpoint[0])
-        assert installed and int(installed.group(1)) >= killed_at + 15, checkpoint
+        assert installed and int(installed.group(1)) > killed_at, checkpoint
+        assert f"from a checkpoint of round {installed.group(1)}, then " in caught[0], caught
     else:
-        assert len(sync) == 2, sync  # one catch-up, however its rounds came
         assert "catching up from round " + on_disk.group(1) in sync[0], sync
-        caught = re.search(r"caught up: rounds (\d+)\.\.(\d+) \((\d+) of them by state "
-                           r"sync\)", sync[1])
-        assert caught and int(caught.group(1)) == int(on_disk.group(1)), sync
-        assert int(caught.group(2)) >= killed_at + 15 and int(caught.group(3)) > 10, sync
+        done = re.search(r"caught up at round (\d+): (\d+) rounds by state sync from round "
+                         + on_disk.group(1), caught[0])
+        assert done and int(done.group(1)) > killed_at and int(done.group(2)) > 10, caught
     assert any("peer 0 connected" in ln for ln in lines(folder, 3, "peer"))
-    assert lines(folder, 3, "commit")[-1].split(": round ")[1].startswith("149 committed")
-    # the log is a story, not a flood: a few dozen lines for 150 rounds and a crash
+    last = lines(folder, 3, "commit")[-1]  # it committed live again, to the end
+    assert f": round {ROUNDS - 1} committed (view " in last and "by state sync" not in last
+    # the log is a story, not a flood: a few dozen lines for 600 rounds and a crash
     for node in range(4):
         size = len((folder / f"node-{node}" / "node.log").read_text().splitlines())
         assert size < 40, (node, size)
-    # restarted once more, alone, on a disk holding all 150 rounds: its console reports them,
+    # restarted once more, alone, on a disk holding every round: its console reports them,
     # with the last train loss read back from the store (the one node 0 logged live)
     last_loss = re.search(r"train loss (\d\.\d{4})", lines(folder, 0, "commit")[-1])
     assert last_loss
@@ -100,12 +108,12 @@ def test_the_logs_of_a_kill_9_and_restart_tell_the_story(tmp_path: Path) -> None
                         str(folder / "node-3" / "node.json"), "--members",
                         str(folder / "members.json")])
     try:
-        console.read_until(b"restart with 150 committed rounds on disk")
+        console.read_until(b"restart with %d committed rounds on disk" % ROUNDS)
         console.read_until(b"type help for commands")
-        console.type(b"stats", b"round 150 ")
-        console.type(b"train", b"committed 150 of 150 rounds (150 restored from the store, 0 "
-                     b"since the restart); last train loss " + last_loss.group(1).encode()
-                     + b" (from the store)")
+        console.type(b"stats", b"round %d " % ROUNDS)
+        console.type(b"train", b"committed %d of %d rounds (%d restored from the store, 0 "
+                     b"since the restart); last train loss %s (from the store)"
+                     % (ROUNDS, ROUNDS, ROUNDS, last_loss.group(1).encode()))
         os.write(console.master, b"quit\n")
         assert console.proc.wait(timeout=30) == 0
     finally:
@@ -182,3 +190,32 @@ def test_bad_log_settings_are_one_line_errors(tmp_path: Path) -> None:
                                           "--data-dir", str(tmp_path / "d")])
         assert result.exit_code == 2 and field in result.output, result.output
         assert "Traceback" not in result.output
+
+
+def test_a_catch_up_is_one_story_and_repeated_ones_are_held_back(tmp_path: Path) -> None:
+    from phalanx.apps.node_logging import NodeStory, configure_logging
+    from phalanx.engine.events import RoundCommitted
+
+    base = [0]
+    configure_logging("info", stream=None, file=tmp_path / "node.log")
+    story = NodeStory(1, every=1000, base=lambda: base[0], clock=lambda: 50.0)
+
+    def commit(r: int, sync: bool) -> None:
+        story.metric(RoundCommitted(1, r, 0, 3, 0.5, bytes(32), sync, None))
+
+    base[0] = 40
+    commit(40, True)  # a checkpoint, then records trickling in between live commits
+    for r, sync in zip(range(41, 60), [True] * 5 + [False, True] + [False] * 12, strict=True):
+        commit(r, sync)
+    for r in range(60, 120, 6):  # then it keeps falling one round behind
+        commit(r, True)
+        for k in range(1, 6):
+            commit(r + k, False)
+    configure_logging("info", stream=None)
+    text = (tmp_path / "node.log").read_text().splitlines()
+    said = [ln.split(": ", 1)[1] for ln in text]
+    assert said[0].startswith("installed the state after round 40")
+    assert said[1] == ("caught up at round 47: from a checkpoint of round 40, then 6 rounds by "
+                       "state sync, in 0.0 s"), said
+    catching = [s for s in said if s.startswith("catching up")]
+    assert len(catching) == 4 and len(said) == 2 + 2 * 4, said  # 4 a minute, then held
