@@ -339,6 +339,37 @@ def bench_real(
         raise fail(f"bench real: {e.strerror or e}") from None
 
 
+@bench_app.command("memory")
+def bench_memory(
+    rounds: Annotated[int, typer.Option(help="rounds the cluster runs")] = 20_000,
+    nodes: Annotated[int, typer.Option(help="nodes in the loopback cluster")] = 4,
+    every: Annotated[float, typer.Option(help="seconds between samples of node 0")] = 2.0,
+    warmup: Annotated[int, typer.Option(help="rounds before memory must stay flat")] = 1000,
+    folder: Annotated[Path | None, typer.Option(
+        "--dir", help="where the nodes keep their disks (default: a temporary folder)")] = None,
+    out_file: Annotated[Path, typer.Option("--out", help="JSON result file")] = Path(
+        "benchmarks/out/memory.json"),
+    nodes_pythonpath: Annotated[Path | None, typer.Option(
+        help="run the nodes from this PYTHONPATH (another checkout, for a baseline)")] = None,
+) -> None:
+    """A real node's resident memory over a long run (flat after warm-up?) and its restart
+    time on the disk that run left."""
+    import tempfile
+
+    from phalanx.apps.bench_memory import BenchMemoryError, run_bench
+
+    if rounds < 10 or nodes < 1 or every <= 0 or warmup < 0:
+        raise fail("--rounds at least 10, --nodes at least 1, --every above 0, --warmup >= 0")
+    try:
+        with tempfile.TemporaryDirectory(prefix="phalanx-bench-memory-") as tmp:
+            run_bench(rounds, nodes, every, warmup, folder or Path(tmp), out_file, out,
+                      nodes_pythonpath)
+    except (ScenarioError, BenchMemoryError) as e:
+        raise fail(str(e)) from None
+    except OSError as e:
+        raise fail(f"bench memory: {e.strerror or e}") from None
+
+
 @app.command()
 def calibrate(
     scenario: Annotated[Path, typer.Argument(help="scenario YAML file")],

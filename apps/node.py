@@ -258,7 +258,6 @@ class RealNode:
                 verdict["status"] = "degraded"
         if verdict["status"] == "ok" and not all(up.get(p, False) for p in self.peers):
             verdict = {"status": "degraded", "reasons": ["some peers are unreachable"]}
-        commits = host.metrics.commits
         heard_ago = getattr(self.transport, "heard_ago", None)  # TCP only
         heard = heard_ago() if callable(heard_ago) else {}
         return {
@@ -274,8 +273,8 @@ class RealNode:
             "reputation": {str(p): r for p, r in node.reputation.items()},
             "excluded": sorted(node.excluded), "rejections": dict(node.rejections),
             "log_starts_at": node.history_base,  # above 0: joined from a peer's checkpoint
-            "training": {"rounds": s.training.rounds, "rounds_committed": len(commits),
-                         "last_train_loss": commits[-1][0].train_loss if commits else None},
+            "training": {"rounds": s.training.rounds, "rounds_committed": host.commit_count,
+                         "last_train_loss": host.last_train_loss},
             "health": verdict, "uptime_seconds": time.time() - host.started,
             "peak_memory_mb": _rss_mb(),
             "transport": {"kind": self.plan.transport,
@@ -338,7 +337,7 @@ class RealNode:
         """Start the node on its disk, then hand it what arrived meanwhile; False (and the
         node stopping, with one line said) when its disk holds a record it cannot read."""
         try:
-            self.host.feed(Started(self.disk.read_all()))
+            self.host.feed(Started(self.disk.view()))  # read as the node asks: not every round
         except StoreError as err:
             self.failure = f"node {self.node.id}: {self.plan.data_dir / 'node.sqlite'}: {err}"
             self.out.print(self.failure, highlight=False, soft_wrap=True, markup=False)

@@ -30,6 +30,7 @@ from phalanx.engine.events import (
     Finished,
     Job,
     LinkConditions,
+    Loaded,
     MembershipChanged,
     Metric,
     Received,
@@ -217,6 +218,13 @@ class Host:
 
     def emit(self, metric: Metric) -> None:
         self.world.on_metric(self, metric)
+
+    def load(self, token: int, keys: tuple[str, ...]) -> None:
+        # answered at once, at the instant of the event that asked: a run stays a pure
+        # function of its seed, and the answer goes out as it would from memory
+        node = self.node
+        if node is not None:
+            self.feed(Loaded(token, tuple(self.disk.get(k) for k in keys)), node.now)
 
     def _account(self, rnd: int, size: int) -> None:
         self.bytes_sent[rnd] = self.bytes_sent.get(rnd, 0) + size

@@ -32,6 +32,8 @@ from phalanx.engine.events import (
     Finished,
     Job,
     LinkConditions,
+    Load,
+    Loaded,
     Metric,
     Persist,
     Received,
@@ -103,6 +105,9 @@ class Node:
         self.model_hash = sha256(self.params.tobytes())
         self.last_update = np.zeros_like(self.params)  # the last committed aggregate
         self.out: list[Action] = []  # the actions of the event being handled
+        # reads from the disk asked of the driver (`load`), by token: what to do with each
+        self._loads: dict[int, Callable[[tuple[Stored | None, ...]], None]] = {}
+        self._load_token = 0
         # the parts (each reads the ones built before it)
         self.sender = Sender(self)
         self.accountability = Accountability(self)
@@ -149,6 +154,11 @@ class Node:
                 self.membership.request_change(op)
             case LinkConditions():
                 self.sender.link = event
+            case Loaded(token, values):
+                then = self._loads.pop(token, None)
+                if then is None:
+                    raise ProtocolError(f"a load this node never asked for: {token}")
+                then(values)
         return self.behaviour.outgoing(self.out, self)
 
     def _on_timer(self, name: str) -> None:
@@ -194,6 +204,14 @@ class Node:
     def emit(self, metric: Metric) -> None:
         self.out.append(Emit(metric))
 
+    def load(self, keys: Sequence[str],
+             then: Callable[[tuple[Stored | None, ...]], None]) -> None:
+        """Ask the driver for what the disk holds under `keys`; `then(values)` runs when it
+        answers (`Loaded`), as any event's handler does."""
+        self._load_token += 1
+        self._loads[self._load_token] = then
+        self.out.append(Load(self._load_token, tuple(keys)))
+
     def reject(self, reason: str, sender: int | None) -> None:
         self.rejections[reason] += 1
         if sender in self.reputation:
@@ -233,11 +251,21 @@ class Node:
         self.last_update = np.array(saved.last_update, dtype=np.float32)
         self.sender.worker_momentum = np.array(saved.worker_momentum, dtype=np.float32)
         # the log's unbroken run of rounds up to the checkpoint (a node that started from
-        # a peer's checkpoint holds none before it)
+        # a peer's checkpoint holds none before it): its newest `history_window` records are
+        # read back, the rest stays on disk (only whether each one is there is looked up)
         base = saved.round
-        while base > 0 and isinstance(disk.get(f"log/{base - 1}"), RoundRecord):
+        floor = max(0, base - self.config.history_window)
+        kept: list[RoundRecord] = []
+        while base > floor:
+            record = disk.get(f"log/{base - 1}")
+            if not isinstance(record, RoundRecord):
+                break
+            kept.append(record)
             base -= 1
-        self.sync.history = [disk[f"log/{r}"] for r in range(base, saved.round)]  # type: ignore[misc]
+        self.sync.history = kept[::-1]
+        if base == floor:
+            while base > 0 and f"log/{base - 1}" in disk:
+                base -= 1
         self.sync.history_base = base
 
     # ---- what drivers, behaviours, audits and operators read or ask ----------------------

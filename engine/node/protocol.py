@@ -159,6 +159,8 @@ class RoundProtocol(Service):
                 del table[old]
         for key in [k for k in self.proposals if k[0] < r]:
             del self.proposals[key]
+        if self.certified:  # quorums of past rounds are never certified again
+            self.certified = {c for c in self.certified if c[0] >= r}
         self._judge_early_proposals(r)
         node.accountability.forget_before(r)
         node.compute(GradientJob(node.workload, node.id, r, node.params))
@@ -446,7 +448,7 @@ class RoundProtocol(Service):
             cert.set_digest]
         record = RoundRecord(node.round, proposal.frame, tuple(e.frame for e in envs),
                              cert.frames, prepared)
-        node.sync.history.append(record)
+        node.sync.keep(record)
         node.persist(f"log/{node.round}", record)
         loss = float(np.mean([g.loss for g in grads]))
         node.emit(RoundCommitted(node.id, node.round, cert.view, len(grads), loss,
