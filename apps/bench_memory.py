@@ -10,7 +10,9 @@ after warm-up (MB per 1000 rounds, a least-squares line) says how it would go on
 Then the cluster is started again on its disks: the restart time is from node 0's process
 spawn until its /status reports the last round, i.e. its disk was read back (the checkpoint and
 the window of newest rounds, not the whole log) and it finished again. The interpreter's start
-and imports are part of it, as an operator sees it.
+and imports are part of it, as an operator sees it (on a loaded machine they are most of it), so
+the node's own part is timed too, in this process on node 0's disk: a fresh Node handed
+`Started(log.view())` (what a restart does now) and `Started(log.read_all())` (what it did).
 
 `--nodes-pythonpath DIR` runs the nodes from another checkout (e.g. the code before bounded
 memory, for a baseline) while this module drives them.
@@ -19,6 +21,8 @@ memory, for a baseline) while this module drives them.
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -28,6 +32,14 @@ from rich.console import Console
 
 from phalanx.apps.bench_report import results_table, save_report, stamp
 from phalanx.apps.cluster import NodeProc, alive, cluster_down, cluster_up, node_status
+from phalanx.apps.node_log import NodeLog
+from phalanx.apps.node_settings import load_members
+from phalanx.engine.events import Started
+from phalanx.engine.node import Node
+from phalanx.engine.rng import RngStreams
+from phalanx.net.crypto import Identity
+from phalanx.net.envelope import open_frame
+from phalanx.scenario.build import node_config, workload_for
 from phalanx.scenario.schema import Scenario, load_scenario, parse_scenario
 
 TARGET = 0.10  # RSS at the end within 10% of the RSS after warm-up
@@ -109,6 +121,13 @@ def flatness(series: list[dict[str, Any]], warmup: int) -> dict[str, Any]:
             "slope_mb_per_1000_rounds": slope, "flat": abs(ratio - 1) <= TARGET}
 
 
+def import_seconds() -> float:
+    """How long a fresh interpreter takes to import a node (the floor of any restart here)."""
+    start = time.time()
+    subprocess.run([sys.executable, "-c", "import phalanx.apps.node"], check=True)
+    return time.time() - start
+
+
 def _restart_seconds(scenario: Scenario, folder: Path, rounds: int,
                      deadline: float) -> dict[str, Any]:
     """Start the cluster again on its disks; seconds until node 0 reports the last round."""
@@ -128,6 +147,28 @@ def _restart_seconds(scenario: Scenario, folder: Path, rounds: int,
     raise BenchMemoryError("node 0 did not report its round within the deadline after restart")
 
 
+def restore_seconds(scenario: Scenario, folder: Path) -> dict[str, Any]:
+    """The node's own restart work on node 0's disk, in this process: open the SQLite log and
+    hand a fresh node its disk, lazily (now) and read whole (before)."""
+    members, observers = load_members(folder / "members.json")
+    keyring = {i: key for i, (key, _) in {**members, **observers}.items()}
+    workload = workload_for(scenario, RngStreams(scenario.seed))
+    timings: dict[str, Any] = {}
+    for name, read in (("restore_seconds", NodeLog.view), ("restore_seconds_read_all",
+                                                           NodeLog.read_all)):
+        node = Node(node_config(scenario, 0, scenario.real.round_timeout,
+                                scenario.real.view_timeout), Identity.generate(), workload,
+                    lambda frame: open_frame(frame, keyring))
+        start = time.perf_counter()
+        log = NodeLog(folder / "node-0" / "node.sqlite")
+        node.handle(Started(read(log)), 0.0)
+        timings[name] = time.perf_counter() - start
+        timings[f"{name}_round"] = node.round
+        timings[f"{name}_records_in_memory"] = len(node.history)
+        log.close()
+    return timings
+
+
 def run_bench(rounds: int, nodes: int, every: float, warmup: int, folder: Path,
               out_file: Path, console: Console,
               nodes_pythonpath: Path | None = None) -> dict[str, Any]:
@@ -145,6 +186,8 @@ def run_bench(rounds: int, nodes: int, every: float, warmup: int, folder: Path,
     finally:
         cluster_down(folder, grace=10.0)
     flat = flatness(series, min(warmup, rounds // 2))
+    restore = restore_seconds(scenario, folder)
+    restore["import_seconds"] = import_seconds()
     try:
         restart = _restart_seconds(scenario, folder, rounds, time.time() + 120)
     finally:
@@ -153,16 +196,17 @@ def run_bench(rounds: int, nodes: int, every: float, warmup: int, folder: Path,
     report = {**stamp(), "benchmark": "memory", "nodes": nodes, "rounds": rounds,
               "nodes_pythonpath": str(nodes_pythonpath) if nodes_pythonpath else None,
               "run_seconds": run_seconds, "rounds_per_second": reached / run_seconds,
-              "load_average": os.getloadavg(), **flat, **restart,
+              "load_average": os.getloadavg(), **flat, **restart, **restore,
               "series": [{"round": s["round"], "rss_mb": round(s["rss_mb"], 2),
                           "t": round(s["t"] - start, 2)} for s in series]}
     save_report(report, out_file)
     console.print(results_table(
         f"node 0 over {reached} rounds ({nodes} nodes, {report['rounds_per_second']:.1f} "
         f"rounds/s)", ("warm-up round", "RSS then MB", "RSS end MB", "end / warm-up",
-                       "MB per 1000 rounds", "restart s"),
+                       "MB per 1000 rounds", "restart s", "restore s"),
         [(str(flat["warmup_round"]), f"{flat['rss_after_warmup_mb']:.1f}",
           f"{flat['rss_end_mb']:.1f}", f"{flat['end_over_warmup']:.3f}",
-          f"{flat['slope_mb_per_1000_rounds']:+.2f}", f"{restart['restart_seconds']:.2f}")]))
+          f"{flat['slope_mb_per_1000_rounds']:+.2f}", f"{restart['restart_seconds']:.2f}",
+          f"{restore['restore_seconds']:.3f}")]))
     console.print(f"written: {out_file}", highlight=False)
     return report
