@@ -4,14 +4,17 @@ syncing peer asks for them, and a restart reads back only the window."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 
+import numpy as np
 import pytest
-from nodekit import MEMBERS, Kit
+from nodekit import DIM, MEMBERS, Kit
 
+from phalanx.apps.node_host import SPOOL_AFTER, AsyncHost
 from phalanx.apps.node_log import NodeLog
-from phalanx.engine.events import Load, Received, Started, Stored
+from phalanx.engine.events import Load, Received, RoundCommitted, Started, Stored
 from phalanx.engine.node import StoreError
 from phalanx.net.messages import SyncRequest, SyncResponse
 
@@ -154,3 +157,34 @@ def test_the_window_must_hold_a_round() -> None:
     with pytest.raises(ValueError, match="history_window must be at least 1, got 0"):
         KIT.node(0, history_window=0)
 
+
+
+def test_the_real_host_spools_its_commit_rows_and_keeps_few(tmp_path: Path) -> None:
+    """A long run's commit rows go to `<log>.commits.jsonl`; `results()` still lists every one
+    of this process, in order, with the bytes sent for its round."""
+
+    class Wire:
+        def send(self, peer: int, frame: bytes) -> None:
+            pass
+
+    async def run() -> None:
+        host = AsyncHost(KIT.node(0), Wire(), NodeLog(tmp_path / "node.sqlite"),
+                         keep_model=lambda r: r == 99)
+        try:
+            for r in range(100):
+                host.send(1, b"x" * (r + 1), 1, r)  # the round's traffic, before its commit
+                host.emit(RoundCommitted(0, r, 0, 4, float(r), bytes([r]) * 32, False,
+                                         np.full(DIM, r, dtype=np.float32)))
+                assert len(host._recent) <= SPOOL_AFTER + 1
+                assert len(host.bytes_sent) <= SPOOL_AFTER + 1
+            assert host.commit_count == 100 and host.last_train_loss == 99.0
+            assert list(host.kept_models()) == [(bytes([99]) * 32).hex()]
+        finally:
+            host.close()
+        rows = host.results()["commits"]  # after close, as a node's shutdown asks
+        assert [row["round"] for row in rows] == list(range(100))
+        assert [row["bytes_sent"] for row in rows] == [r + 1 for r in range(100)]
+        assert [row["order"] for row in rows] == list(range(1, 101))
+        assert (tmp_path / "node.commits.jsonl").exists()
+
+    asyncio.run(run())
