@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import json
 import os
 import resource
 import signal
@@ -396,15 +395,15 @@ class RealNode:
         d = self.plan.data_dir
         np.savez(d / "models.tmp.npz", **self.host.kept_models())
         os.replace(d / "models.tmp.npz", d / "models.npz")
-        result = {"node": self.node.id, "byzantine": self.byzantine, **self.host.results(),
-                  "finished": self.node.finished, "model_hash": self.node.model_hash.hex(),
-                  "members": list(self.node.members),
-                  "epochs": [[e.round, list(e.members)] for e in self.node.epochs],
-                  "transport_bytes_sent": getattr(self.transport, "bytes_sent", 0),
-                  "queue_drops": getattr(self.transport, "dropped_full", 0),
-                  "refusals": dict(getattr(self.transport, "refusals", {}))}
-        (d / "result.tmp").write_text(json.dumps(result))
-        os.replace(d / "result.tmp", d / "result.json")  # readers never see half a file
+        # with the host's commit rows and rejections, written row by row
+        self.host.write_results(d / "result.json", {
+            "node": self.node.id, "byzantine": self.byzantine,
+            "finished": self.node.finished, "model_hash": self.node.model_hash.hex(),
+            "members": list(self.node.members),
+            "epochs": [[e.round, list(e.members)] for e in self.node.epochs],
+            "transport_bytes_sent": getattr(self.transport, "bytes_sent", 0),
+            "queue_drops": getattr(self.transport, "dropped_full", 0),
+            "refusals": dict(getattr(self.transport, "refusals", {}))})
 
     async def _shutdown(self, server: Any) -> None:
         if self.plan.console:

@@ -14,10 +14,12 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
 import numpy as np
@@ -216,13 +218,29 @@ class AsyncHost:
 
     def results(self) -> dict[str, Any]:
         """Every commit of this process (the spooled rows, then the recent ones) and the
-        rejections: built when asked (at the end of a run), not kept."""
+        rejections, built when asked (`write_results` writes them without holding them)."""
+        return {"commits": [json.loads(line) for line in self._commit_lines()],
+                "rejections": dict(self.metrics.rejections)}
+
+    def write_results(self, path: Path, extra: dict[str, Any]) -> None:
+        """`results()` and `extra` as one JSON object in `path`, replaced at once (readers
+        never see half a file); the commit rows are copied from the spool one at a time, so a
+        long run's end does not hold them all in memory."""
+        tmp = path.with_suffix(".tmp")
+        rest = json.dumps({"rejections": dict(self.metrics.rejections), **extra})
+        with tmp.open("w") as out:
+            out.write('{"commits": [')
+            for i, line in enumerate(self._commit_lines()):
+                out.write(", " + line if i else line)
+            out.write("], " + rest[1:])
+        os.replace(tmp, path)
+
+    def _commit_lines(self) -> Iterator[str]:
         if not self._spool.closed:
             self._spool.flush()
         with self._spool_path.open() as spooled:
-            commits = [json.loads(line) for line in spooled]
-        commits += [self._row(*recent) for recent in self._recent]
-        return {"commits": commits, "rejections": dict(self.metrics.rejections)}
+            yield from (line.rstrip("\n") for line in spooled)
+        yield from (json.dumps(self._row(*recent)) for recent in self._recent)
 
     def kept_models(self) -> dict[str, np.ndarray]:
         return {h.hex(): p for h, p in self.metrics.params.items()}

@@ -5,6 +5,7 @@ syncing peer asks for them, and a restart reads back only the window."""
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 
@@ -182,6 +183,9 @@ def test_the_real_host_spools_its_commit_rows_and_keeps_few(tmp_path: Path) -> N
         finally:
             host.close()
         rows = host.results()["commits"]  # after close, as a node's shutdown asks
+        host.write_results(tmp_path / "result.json", {"node": 0})
+        written = json.loads((tmp_path / "result.json").read_text())
+        assert written == {**host.results(), "node": 0}
         assert [row["round"] for row in rows] == list(range(100))
         assert [row["bytes_sent"] for row in rows] == [r + 1 for r in range(100)]
         assert [row["order"] for row in rows] == list(range(1, 101))
