@@ -37,7 +37,7 @@ def print_summary(result: object) -> None:
              "lagging_nodes", "down_at_end",
              "final_model_hash", "final_eval_loss", "final_eval_accuracy",
              "synced_commits", "privacy", "exclusions", "membership_changes", "members_at_end",
-             "reputation", "view_changes", "sim_seconds", "wall_seconds", "messages_delivered",
+             "reputation", "view_changes", "suspicions", "sim_seconds", "wall_seconds", "messages_delivered",
              "messages_dropped", "dropped_by_reason", "messages_per_round", "rejected_by_reason",
              "sim_events_per_wall_second", "peak_memory_mb"]
     for key in shown:
@@ -251,6 +251,27 @@ def bench_consensus(
     if rounds < 2:
         raise fail(f"--rounds: at least 2 rounds are needed to time one (got {rounds})")
     run_bench(_counts("--nodes", nodes, 4), rounds, out_file, out)
+
+
+@bench_app.command("crash")
+def bench_crash(
+    nodes: Annotated[str, typer.Option(help="comma-separated cluster sizes")] = "5,10",
+    rounds: Annotated[int, typer.Option(help="rounds per run")] = 60,
+    crash_round: Annotated[int, typer.Option(help="the round a member crashes in")] = 20,
+    real: Annotated[bool, typer.Option(help="also kill a member of a real loopback "
+                                       "cluster")] = True,
+    out_file: Annotated[Path, typer.Option("--out", help="JSON result file")] = Path(
+        "benchmarks/out/crash.json"),
+) -> None:
+    """Round latency with one member crashed (within f): failure detector on and off."""
+    from phalanx.apps.bench_crash import run_bench
+
+    if not 3 <= crash_round <= rounds - 5:
+        raise fail(f"--crash-round: between 3 and rounds - 5 (got {crash_round})")
+    try:
+        run_bench(_counts("--nodes", nodes, 4), rounds, crash_round, real, out_file, out)
+    except RuntimeError as e:
+        raise fail(str(e)) from None
 
 
 @bench_app.command("compression")

@@ -45,7 +45,7 @@ from phalanx.apps.node_settings import (
 )
 from phalanx.apps.status import health, status_server
 from phalanx.engine.byzantine import make_behaviour
-from phalanx.engine.events import Received, RequestChange, Started
+from phalanx.engine.events import PeerReachability, Received, RequestChange, Started
 from phalanx.engine.node import Node, Service, StoreError, message_set
 from phalanx.engine.rng import RngStreams
 from phalanx.net.crypto import Identity
@@ -178,7 +178,8 @@ class RealNode:
 
         addresses = {**p.addresses, p.node_id: (p.settings.host, p.settings.p2p_port)}
         return TcpTransport(p.node_id, addresses, self._on_frame, identity=p.identity,
-                            keyring=p.keyring, encrypt=p.encrypt)
+                            keyring=p.keyring, encrypt=p.encrypt,
+                            on_peer_state=self._on_peer_state)
 
     def _job_failed(self, error: BaseException) -> None:
         """A compute job raised: the node cannot go on without its result. Say so in one
@@ -186,6 +187,12 @@ class RealNode:
         self.failure = f"node {self.node.id}: a compute job failed: {type(error).__name__}: {error}"
         self.out.print(self.failure, highlight=False, soft_wrap=True, markup=False)
         self.stop.set()
+
+    def _on_peer_state(self, peer: int, up: bool) -> None:
+        """The transport's word on a peer's link, for the failure detector (before the node
+        started there is no round to speed up: silence in the first rounds tells it)."""
+        if self.early is None:
+            self.host.feed(PeerReachability(peer, up))
 
     def _on_frame(self, frame: bytes) -> None:
         if self.early is not None:

@@ -144,6 +144,8 @@ def run_sim(scenario: Scenario, printer: RoundPrinter) -> RunResult:
         "rejected_by_reason": dict(sorted(metrics.rejections.items())),
         "exclusions": exclusions(scenario, metrics, {h.id for h in world.hosts if h.up}),
         "view_changes": len(metrics.view_changes),
+        # the failure detector's: (node, peer, reason) -> times it began suspecting
+        "suspicions": suspicions(metrics),
         "membership_changes": membership(metrics, byz),
         "members_at_end": members_at_end(scenario, world),
         "reputation": reputation(scenario, world),
@@ -155,6 +157,12 @@ def run_sim(scenario: Scenario, printer: RoundPrinter) -> RunResult:
     events = log.frame({k: cls.__name__ for k, cls in world.opener.messages.kinds.items()})
     return RunResult(scenario, rounds, events, summary,
                      disks={h.id: h.disk for h in world.hosts} if scenario.node_logs else {})
+
+
+def suspicions(metrics: MetricLog) -> dict[str, int]:
+    """How often each node began suspecting each peer, and why ("2->3 silent": 4)."""
+    return {f"{node}->{peer} {reason}": count
+            for (node, peer, reason), count in sorted(metrics.suspicions.items())}
 
 
 def run_scenario(scenario: str | Path | Scenario, *, seed: int | None = None,

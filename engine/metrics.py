@@ -13,14 +13,15 @@ from phalanx.engine.events import (
     Metric,
     Rejected,
     RoundCommitted,
+    Suspicion,
     ViewChanged,
 )
 
 
 class MetricLog:
-    """Commits (with the time the driver saw them), rejections by reason,
-    exclusions of equivocating peers, view changes, membership changes, and one copy of every committed model keyed
-    by hash, for evaluation after the run."""
+    """Commits (with the time the driver saw them), rejections by reason, exclusions of
+    equivocating peers, view changes, membership changes, the failure detector's suspicions,
+    and one copy of every committed model keyed by hash, for evaluation after the run."""
 
     def __init__(self) -> None:
         # (metric, time seen, order): `order` counts every metric recorded, so commits of one
@@ -32,6 +33,8 @@ class MetricLog:
         self.exclusions: list[tuple[Excluded, float]] = []
         self.view_changes: list[tuple[ViewChanged, float]] = []
         self.membership: list[tuple[MembershipChanged, float]] = []
+        # (node, peer, reason) -> times the node began suspecting the peer: bounded by n^2
+        self.suspicions: Counter[tuple[int, int, str]] = Counter()
         self.recorded = 0
 
     def record(self, metric: Metric, now: float) -> None:
@@ -50,3 +53,5 @@ class MetricLog:
                 self.view_changes.append((metric, now))
             case MembershipChanged():
                 self.membership.append((metric, now))
+            case Suspicion(node=node, peer=peer, suspected=True, reason=reason):
+                self.suspicions[node, peer, reason] += 1

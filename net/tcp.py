@@ -15,7 +15,8 @@ Failure handling. Anything a peer can do wrong closes its connection and adds on
 A dialer that loses its link redials with capped, jittered exponential backoff; frames still in
 its queue are sent on the next link (a frame already handed to a socket that then broke may be
 lost, as with any TCP sender without acknowledgements). Both ends ping a link that has been
-idle for `heartbeat`. Silence beyond `suspect_after` marks a peer down but leaves its links
+idle for `heartbeat`. A peer with neither link left (its process died: both closed at once) is
+marked down at once; silence beyond `suspect_after` marks a peer down but leaves its links
 alone: a peer busy in a long compute step is slow, not gone. The one exception is an outbound
 link that stays silent while the same peer is heard on its other link: that socket is dead
 (say, half-open after the peer's host restarted), so it is closed and redialed.
@@ -703,6 +704,10 @@ class TcpTransport:
         if state.inbound is link:
             state.inbound = None
         link.writer.close()
+        if state.outbound is None and state.inbound is None:
+            # no connection either way: a peer whose process died closed both at once (a
+            # hint for the failure detector; a redial that succeeds marks it up again)
+            self._set_up(link.peer, state, False)
         self._notify()
 
     async def _pump(self, link: Link, queue: FrameQueue) -> None:

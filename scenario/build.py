@@ -29,6 +29,7 @@ def node_config(scenario: Scenario, node: int, round_timeout: float | None = Non
                       pre_aggregation=tuple(t.aggregator.pre),
                       max_gradient_norm=t.max_gradient_norm,
                       votes_to_leader=t.votes == "leader",
+                      detect_failures=t.failure_detector,
                       worker_momentum=t.worker_momentum, optimizer=t.optimizer,
                       round_timeout=round_timeout or t.round_timeout,
                       view_timeout=view_timeout or t.view_timeout,

@@ -196,6 +196,10 @@ class TrainingSpec(Strict):
     worker_optimizer: Literal["none", "adam"] = "none"
     step_time: Seconds = 0.05  # simulated seconds per gradient step at speed 1.0
     round_timeout: Annotated[float, Field(gt=0)] = 1.0  # leader: wait for all, then a quorum
+    # suspect crashed or silent members: the leader stops waiting for them and a member that
+    # missed the last committed set does not lead (engine/node/detector.py); off: the fixed
+    # waits above, as before issue 16
+    failure_detector: bool = True
     view_timeout: Annotated[float, Field(gt=0)] = 3.0  # others: wait this long for a proposal
     eval_every: Annotated[int, Field(ge=1)] = 1
     max_time: Annotated[float, Field(gt=0)] | None = None  # simulated-time cap; default derived

@@ -37,6 +37,7 @@ from phalanx.engine.events import (
     RoundCommitted,
     Started,
     Stored,
+    Suspicion,
     TimerFired,
 )
 from phalanx.engine.metrics import MetricLog
@@ -402,7 +403,8 @@ class SimWorld:
 
     def on_metric(self, host: Host, metric: Metric) -> None:
         self.metrics.record(metric, self.now)
-        self._last_activity = self.now
+        if type(metric) is not Suspicion:  # a belief, not progress: it does not delay the end
+            self._last_activity = self.now
         match metric:
             case RoundCommitted():
                 if self.on_commit:

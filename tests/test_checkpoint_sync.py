@@ -22,9 +22,12 @@ def absent_until(pump: Pump, node: int, round: int) -> None:
     pump.drop = lambda src, dst, kind, rnd: node in (src, dst)
     pump.start()
     others = tuple(i for i in MEMBERS if i != node)
-    for _ in range(20 * round):
-        pump.run()
-        if min(pump.nodes[i].round for i in others) >= round:
+    def there() -> bool:
+        return min(pump.nodes[i].round for i in others) >= round
+
+    for _ in range(20 * round):  # the others stop waiting for it once they suspect it
+        pump.run(until=there)
+        if there():
             break
         pump.advance(only=others)
     assert min(pump.nodes[i].round for i in others) >= round

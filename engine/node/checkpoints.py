@@ -118,6 +118,7 @@ class CheckpointSync(Service):
         protocol.signed, protocol.abstain = set(), False
         node.membership.epochs = list(cp.epochs)
         node.membership.requests.clear()
+        node.set_last_set(node.senders_of(cp.record))
         node.membership.set_members(node.membership.epochs[-1].members)
 
     def replay_from(self, base: bytes) -> str | None:

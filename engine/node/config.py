@@ -22,6 +22,9 @@ class NodeConfig:
     # votes go to the view's leader, which broadcasts each quorum it collects (O(n) messages
     # per phase instead of O(n^2), one more message delay): for large memberships
     votes_to_leader: bool = False
+    # suspect crashed or silent members (engine/node/detector.py): the leader proposes without
+    # them and a member missing from the last committed set does not lead
+    detect_failures: bool = True
     # honest workers send a momentum of their gradients instead of the gradient itself
     # (Karimireddy, He, Jaggi 2021: lower variance makes Byzantine vectors stand out)
     worker_momentum: float = 0.0

@@ -51,6 +51,7 @@ class RoundInbox:
         if node.accountability.is_equivocation(env):
             return
         protocol.grads.setdefault(g.round, {}).setdefault(env.sender, env)
+        node.detector.gradient(env.sender, g.round == node.round)
         if g.round > node.round + 1:
             node.sync.request(env.sender)  # the sender has committed rounds we have not
         elif g.round == node.round:

@@ -79,6 +79,7 @@ class Intake:
         if not self.guard.check(env.sender, env.seq):
             node.reject("replay", env.sender)
             return
+        node.detector.heard(env.sender)
         handler(env)
 
     # ---- gradients ---------------------------------------------------------------------------

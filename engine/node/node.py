@@ -35,6 +35,7 @@ from phalanx.engine.events import (
     Load,
     Loaded,
     Metric,
+    PeerReachability,
     Persist,
     Received,
     Rejected,
@@ -48,6 +49,7 @@ from phalanx.engine.events import (
 from phalanx.engine.node.accountability import Accountability
 from phalanx.engine.node.checkpoints import CheckpointSync
 from phalanx.engine.node.config import NodeConfig
+from phalanx.engine.node.detector import FailureDetector
 from phalanx.engine.node.inbox import RoundInbox
 from phalanx.engine.node.intake import Intake
 from phalanx.engine.node.membership import Membership
@@ -62,7 +64,8 @@ from phalanx.engine.workloads import Workload
 from phalanx.net.codec import CORE, MessageSet
 from phalanx.net.crypto import Identity, sha256
 from phalanx.net.envelope import Envelope, seal
-from phalanx.net.messages import Epoch, Gradient, Message, RoundRecord
+from phalanx.net.errors import DecodeError
+from phalanx.net.messages import Epoch, Gradient, Message, Proposal, RoundRecord
 
 Opener = Callable[[bytes], Envelope]
 
@@ -104,12 +107,16 @@ class Node:
         self.velocity = self.optimizer.init_state(self.params)  # the optimizer's state
         self.model_hash = sha256(self.params.tobytes())
         self.last_update = np.zeros_like(self.params)  # the last committed aggregate
+        # who may lead: the members the last committed set named (None: all, before round 1)
+        self.last_set: frozenset[int] | None = None
+        self._leaders: tuple[int, ...] = ()  # cached; () until first asked after a change
         self.out: list[Action] = []  # the actions of the event being handled
         # reads from the disk asked of the driver (`load`), by token: what to do with each
         self._loads: dict[int, Callable[[tuple[Stored | None, ...]], None]] = {}
         self._load_token = 0
         # the parts (each reads the ones built before it)
         self.sender = Sender(self)
+        self.detector = FailureDetector(self)
         self.accountability = Accountability(self)
         self.membership = Membership(self)
         self.protocol = RoundProtocol(self)
@@ -154,6 +161,9 @@ class Node:
                 self.membership.request_change(op)
             case LinkConditions():
                 self.sender.link = event
+            case PeerReachability(peer, reachable):
+                self.detector.link(peer, reachable)
+                self.protocol.advance()  # a leader may stop waiting for it
             case Loaded(token, values):
                 then = self._loads.pop(token, None)
                 if then is None:
@@ -171,8 +181,23 @@ class Node:
     # ---- what every part does through the node ------------------------------------------
 
     def leader(self, round: int, view: int) -> int:
-        m = self.membership
-        return m.members[(round + view) % m.n]
+        """The leader of `view` of `round` (the current round, or one judged on form only):
+        the members the last committed set named take turns (engine/node/detector.py)."""
+        leaders = self._leaders or self._eligible()
+        return leaders[(round + view) % len(leaders)]
+
+    def _eligible(self) -> tuple[int, ...]:
+        members, last = self.membership.members, self.last_set
+        if last is None or not self.config.detect_failures:
+            self._leaders = members
+        else:  # never empty in a run (a set has a quorum of members), but stay total
+            self._leaders = tuple(m for m in members if m in last) or members
+        return self._leaders
+
+    def set_last_set(self, senders: Iterable[int] | None) -> None:
+        """The committed set's senders (or None: unknown) decide who leads the next round."""
+        self.last_set = None if senders is None else frozenset(senders)
+        self._leaders = ()
 
     def sign(self, message: Message) -> bytes:
         """Seal `message` in an envelope signed by this node, with a fresh sequence number."""
@@ -267,6 +292,16 @@ class Node:
             while base > 0 and f"log/{base - 1}" in disk:
                 base -= 1
         self.sync.history_base = base
+        last = kept[0] if kept else None  # the record of the round before ours
+        self.set_last_set(self.senders_of(last) if last is not None else None)
+
+    def senders_of(self, record: RoundRecord) -> tuple[int, ...] | None:
+        """The senders a committed round's set named (None: its proposal does not open)."""
+        try:
+            proposal = self.open(record.proposal).message
+        except DecodeError:
+            return None
+        return proposal.senders if isinstance(proposal, Proposal) else None
 
     # ---- what drivers, behaviours, audits and operators read or ask ----------------------
 

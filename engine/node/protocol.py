@@ -74,6 +74,7 @@ class RoundState:
     first_view: int = 0  # the view the round started in
     valid: Certificate | None = None  # highest prepare certificate seen this round
     gather_expired: bool = False  # the leader settles for a quorum of gradients
+    patient: bool = False  # the leader, holding a quorum, set how long it waits for the rest
     timer_view: int = -1  # the view of this round whose timer runs
     moved: dict[int, int] = field(default_factory=dict)  # peer -> highest view it moved to
     results: dict[bytes, Result] = field(default_factory=dict)  # set digest -> outcome
@@ -163,6 +164,7 @@ class RoundProtocol(Service):
             self.certified = {c for c in self.certified if c[0] >= r}
         self._judge_early_proposals(r)
         node.accountability.forget_before(r)
+        node.detector.round_started()
         node.compute(GradientJob(node.workload, node.id, r, node.params))
         node.views.arm_timer()
         if node.leader(r, node.view) == node.id:
@@ -228,16 +230,34 @@ class RoundProtocol(Service):
         self.accept_proposal(node.open(node.broadcast(proposal)))
 
     def _first_view_proposal(self, r: int, v: int) -> Proposal | None:
-        """Every member's gradient, or after the gather timeout at least the smallest set."""
-        m, waiting = self.node.membership, not self.state.gather_expired
+        """Every member's gradient we still expect (engine/node/detector.py), or after the
+        gather timeout at least the smallest set."""
+        node, m, state = self.node, self.node.membership, self.state
         held = self.grads.get(r, {})
-        if len(held) < (m.n - len(self.excluded) if waiting else m.min_set):
-            return None  # cheap exit before the O(n) filter below
+        if len(held) < m.min_set or (
+                not state.gather_expired and state.patient and not node.detector.suspected
+                and len(held) < m.n - len(self.excluded)):
+            return None  # cheap exits before the O(n) filter below
         have = self.usable(r)
-        if self.node.id not in have or len(have) < m.min_set or (
-                waiting and len(have) < m.n - len(self.excluded)):
+        if node.id not in have or len(have) < m.min_set:
             return None
+        if not state.gather_expired:
+            missing = [p for p in m.members if p not in have and p not in self.excluded]
+            awaited = node.detector.awaited(missing)
+            if awaited:
+                self._be_patient(r, awaited)
+                return None
         return self._fresh_proposal(r, v, have)
+
+    def _be_patient(self, r: int, awaited: list[int]) -> None:
+        """Holding a quorum, wait for the rest only as long as they have taken before."""
+        state, node = self.state, self.node
+        if state.patient:
+            return
+        state.patient = True
+        until = node.detector.wait_until(awaited)
+        if until < node.detector.round_start + node.config.round_timeout:
+            node.set_timer(self, f"gather:{r}", max(0.0, until - node.now))
 
     def _fresh_proposal(self, r: int, v: int, have: dict[int, Envelope]) -> Proposal | None:
         if len(have) < self.node.membership.min_set:
@@ -449,6 +469,10 @@ class RoundProtocol(Service):
         record = RoundRecord(node.round, proposal.frame, tuple(e.frame for e in envs),
                              cert.frames, prepared)
         node.sync.keep(record)
+        p: Proposal = proposal.message  # type: ignore[assignment]
+        if not via_sync:
+            node.detector.round_committed(node.round, self.grads.get(node.round, {}))
+        node.set_last_set(p.senders)
         node.persist(f"log/{node.round}", record)
         loss = float(np.mean([g.loss for g in grads]))
         node.emit(RoundCommitted(node.id, node.round, cert.view, len(grads), loss,
@@ -459,7 +483,6 @@ class RoundProtocol(Service):
                 node.reputation[peer] = 0.9 * node.reputation[peer] + 0.1 * (peer in included)
         node.sender.committed(self.state.own_result)
         node.round, node.view = node.round + 1, cert.view
-        p: Proposal = proposal.message  # type: ignore[assignment]
         given = {c.service: c.data for c in p.contributions}
         for service in node.services:  # membership's contribution rides in `change`
             service.on_commit(p.change if service is node.membership
