@@ -175,9 +175,21 @@ class RealNode:
             from phalanx.net.mpi import MpiTransport
 
             return MpiTransport(MPI.COMM_WORLD, self._on_frame)
+        from phalanx.apps.emulate import emulates, node_network
+        from phalanx.net.emulation import EmulatedNetwork
         from phalanx.net.tcp import TcpTransport
 
         addresses = {**p.addresses, p.node_id: (p.settings.host, p.settings.p2p_port)}
+        if emulates(p.scenario):  # the scenario's topology and links (apps/emulate.py)
+            net = node_network(p.scenario, p.node_id)
+            near = {*net.links, p.node_id}
+            return EmulatedNetwork(
+                p.node_id, net.next_hop, net.children, net.links, p.scenario.seed,
+                self._on_frame,
+                lambda on_frame: TcpTransport(
+                    p.node_id, {i: a for i, a in addresses.items() if i in near}, on_frame,
+                    identity=p.identity, keyring={i: k for i, k in p.keyring.items() if i in near},
+                    encrypt=p.encrypt))
         return TcpTransport(p.node_id, addresses, self._on_frame, identity=p.identity,
                             keyring=p.keyring, encrypt=p.encrypt)
 
@@ -404,6 +416,8 @@ class RealNode:
                   "transport_bytes_sent": getattr(self.transport, "bytes_sent", 0),
                   "queue_drops": getattr(self.transport, "dropped_full", 0),
                   "refusals": dict(getattr(self.transport, "refusals", {}))}
+        if hasattr(self.transport, "next_hop"):  # an emulated network: what it did
+            result["emulation"] = self.transport.stats()
         (d / "result.tmp").write_text(json.dumps(result))
         os.replace(d / "result.tmp", d / "result.json")  # readers never see half a file
 
