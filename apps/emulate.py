@@ -1,6 +1,7 @@
 """The scenario's network for real nodes: which links exist, what each one does, and the
 routes between non-neighbours, worked out exactly as the simulator does (`sim.topology`, the
-scenario's `topology` seed stream, `links`), for `net.emulation.EmulatedNetwork`.
+scenario's `topology` seed stream, `links`), for `net.emulation.EmulatedNetwork`. The launcher
+writes each node's share into its data folder (`network.json`, apps/node_network.py).
 
 `real.network` says whether a real node emulates it: `emulate` always, `host` never (the
 machine's own network: loopback, or netem in namespaces set up from outside), `auto` (the
@@ -9,30 +10,20 @@ default) emulates under `phalanx run --real` and not in a `phalanx cluster up` c
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
+from phalanx.apps.node_network import FILE, NodeNetwork
 from phalanx.engine.rng import RngStreams
 from phalanx.net.emulation import LinkSpec
 from phalanx.scenario.schema import Scenario
+from phalanx.sim.topology import Routes, build_topology
 
 METHOD = "in-transport emulation (net/emulation.py): per directed link a seeded delay " \
          "(latency + jitter), a bandwidth queue and loss, over TCP on loopback"
 
 
-@dataclass(frozen=True)
-class NodeNetwork:
-    """One node's part of the emulated network."""
-
-    links: dict[int, LinkSpec]  # neighbour -> the directed link to it
-    next_hop: dict[int, int]  # every other member -> our neighbour on the route to it
-    children: dict[int, list[int]]  # root -> our children in root's shortest-path tree
-
-
-def _routes(scenario: Scenario) -> Any:
-    # imported here: a node that does not emulate never loads networkx and scipy
-    from phalanx.sim.topology import Routes, build_topology
-
+def _routes(scenario: Scenario) -> Routes:
     topo = scenario.topology.model_dump(exclude={"kind"})
     graph = build_topology(scenario.topology.kind, scenario.nodes.count,
                            RngStreams(scenario.seed).seed("topology"),
@@ -58,6 +49,14 @@ def node_network(scenario: Scenario, node_id: int) -> NodeNetwork:
     children = {root: [v for v in links if v != root and routes.next_hop(v, root) == node_id]
                 for root in range(n)}
     return NodeNetwork(links, hops, children)
+
+
+def write_networks(scenario: Scenario, folders: dict[int, Path]) -> None:
+    """Each node's network.json (read by the node: a node process never loads the
+    simulator's topology code)."""
+    for node, folder in folders.items():
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / FILE).write_text(node_network(scenario, node).to_json())
 
 
 def emulates(scenario: Scenario) -> bool:

@@ -10,15 +10,17 @@ from __future__ import annotations
 
 import random
 import time
+from pathlib import Path
 from typing import Any
 
 import pytest
 from tcpkit import FAST, HOST, IDS, KEYRING, eventually, run
 
-from phalanx.apps.emulate import describe, for_run, node_network
+from phalanx.apps.emulate import describe, for_run, node_network, write_networks
+from phalanx.apps.node_network import FILE, read_network
 from phalanx.net.emulation import EmulatedLink, EmulatedNetwork, LinkSpec
 from phalanx.net.tcp import TcpTransport
-from phalanx.scenario.schema import parse_scenario
+from phalanx.scenario.schema import ScenarioError, parse_scenario
 
 LATENCY = 0.03
 
@@ -55,7 +57,7 @@ def test_bad_link_parameters_are_refused() -> None:
             LinkSpec(**bad)  # type: ignore[arg-type]
 
 
-def test_the_ring_plan_mirrors_the_simulators_routes_and_trees() -> None:
+def test_the_ring_plan_mirrors_the_simulators_routes_and_trees(tmp_path: Path) -> None:
     plans = {i: node_network(RING, i) for i in range(4)}
     assert sorted(plans[0].links) == [1, 3] and plans[0].links[1].latency == LATENCY
     assert plans[0].next_hop[2] in (1, 3) and plans[0].next_hop[1] == 1
@@ -63,6 +65,13 @@ def test_the_ring_plan_mirrors_the_simulators_routes_and_trees() -> None:
     for root in range(4):
         kids = [k for i in range(4) for k in plans[i].children[root]]
         assert sorted(kids) == sorted(set(range(4)) - {root})
+    write_networks(RING, {0: tmp_path / "node-0"})  # what the launcher hands a node process
+    assert read_network(tmp_path / "node-0" / FILE) == plans[0]
+    (tmp_path / "bad.json").write_text('{"links": 3}')
+    for path in (tmp_path / "bad.json", tmp_path / "missing.json"):
+        with pytest.raises(ScenarioError, match="network") as err:
+            read_network(path)
+        assert "\n" not in str(err.value)
     summary = describe(RING)
     assert [tuple(x[:2]) for x in summary["links"]] == [(0, 1), (0, 3), (1, 2), (2, 3)]
     assert for_run(RING).real.network == "emulate" and RING.real.network == "auto"
