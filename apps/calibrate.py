@@ -41,6 +41,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -155,17 +156,20 @@ def measure_real_run(scenario: Scenario, network: str = "host") -> dict[str, Any
 # ---- 1. compute ----------------------------------------------------------------------------
 
 
-def gradient_seconds(scenario: Scenario, repeats: int) -> float:
-    """Median wall time of one real gradient (node 0's, over successive rounds' batches)."""
+def gradient_seconds(scenario: Scenario, repeats: int,
+                     clock: Callable[[], float] = time.perf_counter) -> float:
+    """Median time of one real gradient (node 0's, over successive rounds' batches): wall
+    time, or with `clock=time.process_time` the CPU time it takes (what other tenants' load
+    does not change)."""
     torch.set_num_threads(1)  # as every node process runs
     workload = workload_for(scenario, RngStreams(scenario.seed))
     params = workload.init_params()
     GradientJob(workload, 0, 0, params).run()  # first call pays one-off set-up (shard, kernels)
     times = []
     for r in range(repeats):
-        start = time.perf_counter()
+        start = clock()
         GradientJob(workload, 0, r, params).run()
-        times.append(time.perf_counter() - start)
+        times.append(clock() - start)
     return statistics.median(times)
 
 
@@ -454,13 +458,15 @@ def fit_linear(points: list[tuple[int, float]]) -> dict[str, float]:
     return {"base": max(0.0, my - slope * mx), "per_byte": slope}
 
 
-def _timed(fn: Any, repeats: int) -> float:
+def _timed(fn: Any, repeats: int, clock: Callable[[], float] = time.process_time) -> float:
+    """Median time of `fn`: CPU time by default (a component's cost in CPU seconds, which
+    other tenants' load does not change; the model adds their load apart), or wall time."""
     fn()  # warm-up: caches, allocations
     times = []
     for _ in range(repeats):
-        start = time.perf_counter()
+        start = clock()
         fn()
-        times.append(time.perf_counter() - start)
+        times.append(clock() - start)
     return statistics.median(times)
 
 
@@ -490,7 +496,7 @@ def persist_cost(repeats: int) -> dict[str, float]:
                 blob = os.urandom(size)
                 points.append((size, _timed(
                     lambda b=blob: log.write_many([("checkpoint", b), ("votes", b"x")]),
-                    max(5, repeats // 4))))
+                    max(5, repeats // 4), time.perf_counter)))  # waits for the disk: wall
         finally:
             log.close()
     return fit_linear(points)
@@ -517,7 +523,10 @@ def apply_seconds(scenario: Scenario, repeats: int) -> float:
 
 def measure_components(scenarios: list[Scenario], repeats: int = 50,
                        say: Any = lambda *_: None) -> dict[str, Any]:
-    """The costs file's content (sim/costs.py's format): each component timed alone."""
+    """The costs file's content (sim/costs.py's format): each component timed alone, CPU
+    components in CPU seconds; the other tenants' load (the 1-minute load average before we
+    start, less this process) is recorded as `background_load`."""
+    background = max(0.0, os.getloadavg()[0] - 1.0)
     say("components: signing, verifying, encoding frames ...")
     frames = frame_costs(repeats)
     say("components: SQLite transactions ...")
@@ -528,10 +537,10 @@ def measure_components(scenarios: list[Scenario], repeats: int = 50,
     for s in scenarios:
         say(f"components: {s.name}: gradient and aggregation ...")
         key = workload_key(s)
-        gradient[key] = gradient_seconds(s, repeats)
+        gradient[key] = gradient_seconds(s, repeats, time.process_time)
         applied[key] = apply_seconds(s, repeats)
     return {"format": FORMAT, **stamp(), "cpu_model": _cpu_model(),
-            "cores": len(os.sched_getaffinity(0)), "load_average": os.getloadavg()[0],
+            "cores": len(os.sched_getaffinity(0)), "background_load": background,
             "scenarios": [s.name for s in scenarios], "gradient_seconds": gradient,
             "apply_seconds": applied, **frames, "persist": persist,
             "transport_latency": link["one_way_median"], "transport_link": link}

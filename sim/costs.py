@@ -18,7 +18,12 @@ node is modelled as the real node process on that machine:
   hop's latency;
 - `cores`: a node handles one event at a time (input cost, then its outputs' costs, then its
   sends leave), and every CPU task of every node takes one of the machine's `cores`, so a
-  cluster that shares a small machine queues for it.
+  cluster that shares a small machine queues for it;
+- `background_load`: other tenants' runnable tasks (the load average measured before the
+  components); the cores run our tasks at cores / (cores + background_load) of their speed,
+  as a time-shared machine divides them. CPU components are CPU seconds, so this is the one
+  place the machine's load enters (the SQLite flush waits for the disk, measured in wall
+  time).
 
 Link parameters stay the scenario's. The file is validated here (one-line errors), and a run
 with it is a pure function of (scenario, seed, file).
@@ -63,7 +68,13 @@ class CostModel:
     frame_out: Linear
     persist: Linear
     transport_latency: float = 0.0
+    background_load: float = 0.0
     source: str = ""
+
+    @property
+    def speed(self) -> float:
+        """The share of a core one of our tasks gets beside the other tenants' load."""
+        return self.cores / (self.cores + self.background_load)
 
     def for_workload(self, key: str) -> tuple[float, float]:
         """(gradient, apply) seconds of the workload `key`; CostError when not measured."""
@@ -87,17 +98,18 @@ def workload_key(scenario: Any) -> str:
 
 class CpuPool:
     """The machine's cores: a task ready at t starts on the first core free (deterministic:
-    ties go to the lowest core)."""
+    ties go to the lowest core), and runs at `speed` (1: the cores are ours alone)."""
 
-    def __init__(self, cores: int) -> None:
+    def __init__(self, cores: int, speed: float = 1.0) -> None:
         self._free = [(0.0, core) for core in range(cores)]
+        self.speed = speed
 
     def run(self, ready: float, seconds: float) -> float:
         """Book `seconds` of CPU from `ready` on; returns when the task ends."""
         if seconds <= 0.0:
             return ready
         free, core = heapq.heappop(self._free)
-        end = max(ready, free) + seconds
+        end = max(ready, free) + seconds / self.speed
         heapq.heappush(self._free, (end, core))
         return end
 
@@ -106,6 +118,13 @@ def _seconds(value: Any, where: str) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float) or not (
             math.isfinite(value) and value >= 0):
         raise CostError(f"{where} must be a finite number of seconds >= 0")
+    return float(value)
+
+
+def _load(value: Any, source: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not (
+            math.isfinite(value) and 0 <= value <= 1e6):
+        raise CostError(f"{source}: background_load must be a number >= 0 (runnable tasks)")
     return float(value)
 
 
@@ -140,7 +159,7 @@ def parse_costs(data: Any, source: str = "costs") -> CostModel:
                      _linear(data, "frame_in", source), _linear(data, "frame_out", source),
                      _linear(data, "persist", source),
                      _seconds(data.get("transport_latency"), f"{source}: transport_latency"),
-                     source)
+                     _load(data.get("background_load", 0.0), source), source)
 
 
 def load_costs(path: str | Path) -> CostModel:

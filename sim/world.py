@@ -235,7 +235,7 @@ class Host:
 def _costed(world: SimWorld, costs: CostModel) -> list[Host]:
     from phalanx.sim.costed import CostedHost  # it subclasses Host
 
-    cpu = CpuPool(costs.cores)
+    cpu = CpuPool(costs.cores, costs.speed)
     if costs.transport_latency > 0:  # the real transport's own hop, on every link
         world.network.degrade(None, extra_latency=costs.transport_latency)
     return [CostedHost(world, i, costs, cpu) for i in world.members]

@@ -43,6 +43,7 @@ BAD = {
     "negative": (json.dumps(costs(persist={"base": -1, "per_byte": 0})),
                  r"persist\.base must be a finite number"),
     "missing_part": (json.dumps(costs(frame_in={"base": 0.0})), r"frame_in must be"),
+    "negative_load": (json.dumps(costs(background_load=-2)), r"background_load must be"),
     "other_workload": (json.dumps(costs(gradient_seconds={"x": 0.1})),
                        r"no measured gradient/apply time"),
 }
@@ -82,6 +83,8 @@ def test_cores_are_shared_and_linear_fits_hold() -> None:
     pool = CpuPool(2)
     assert [pool.run(0.0, 1.0) for _ in range(3)] == [1.0, 1.0, 2.0]
     assert pool.run(5.0, 0.0) == 5.0
+    shared = CpuPool(2, parse_costs(costs(background_load=2.0)).speed)  # half of each core
+    assert shared.run(0.0, 1.0) == 2.0
     fit = fit_linear([(0, 1.0), (10, 2.0), (20, 3.0)])
     assert fit == pytest.approx({"base": 1.0, "per_byte": 0.1})
     with pytest.raises(CostError, match="cores"):
