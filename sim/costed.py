@@ -5,7 +5,7 @@ the node's previous one, takes the input's cost (decoding and verifying a receiv
 is handled, then its outputs' costs (signing each new frame, one SQLite transaction for the
 batch's writes, the aggregation and optimizer step of a commit) pass before its sends leave.
 Every such CPU task, and every gradient, books one of the machine's cores (`CpuPool`); the
-SQLite flush keeps the node waiting but no core busy.
+SQLite flush keeps the node waiting for one of the machine's disks, no core busy.
 """
 
 from __future__ import annotations
@@ -45,9 +45,10 @@ def stored_size(value: Stored) -> int:
 
 
 class CostedHost(Host):
-    def __init__(self, world: SimWorld, node_id: int, costs: CostModel, cpu: CpuPool) -> None:
+    def __init__(self, world: SimWorld, node_id: int, costs: CostModel, cpu: CpuPool,
+                 disk: CpuPool) -> None:
         super().__init__(world, node_id)
-        self.costs, self.cpu = costs, cpu
+        self.costs, self.cpu, self.disk_queue = costs, cpu, disk
         self.gradient, self.apply = costs.for_workload(workload_key(world.scenario))
         self.inbox: deque[Event] = deque()
         self.busy = False
@@ -83,9 +84,9 @@ class CostedHost(Host):
         writes = [a for a in actions if type(a) is Persist]
         for write in writes:  # on disk at once, as the real host writes a batch before sends
             self.disk[write.key] = write.value
-        # the flush waits for the disk, not for a core: the node is busy, the machine is not
+        # the flush waits for the disk (shared by every node), not for a core
         flush = self.costs.persist(sum(stored_size(x.value) for x in writes)) if writes else 0.0
-        end = self.cpu.run(w.now, self._output_cost(actions)) + flush
+        end = self.disk_queue.run(self.cpu.run(w.now, self._output_cost(actions)), flush)
         w.call_at(end, self._send, [a for a in actions if type(a) is not Persist],
                   self.incarnation)
 

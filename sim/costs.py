@@ -22,8 +22,9 @@ node is modelled as the real node process on that machine:
 - `background_load`: other tenants' runnable tasks (the load average measured before the
   components); the cores run our tasks at cores / (cores + background_load) of their speed,
   as a time-shared machine divides them. CPU components are CPU seconds, so this is the one
-  place the machine's load enters (the SQLite flush waits for the disk, measured in wall
-  time).
+  place the machine's load enters;
+- `disks`: the SQLite flushes of all nodes queue for the machine's disks (one by default):
+  a flush is measured in wall time, and nodes that share a disk wait for each other's.
 
 Link parameters stay the scenario's. The file is validated here (one-line errors), and a run
 with it is a pure function of (scenario, seed, file).
@@ -69,6 +70,7 @@ class CostModel:
     persist: Linear
     transport_latency: float = 0.0
     background_load: float = 0.0
+    disks: int = 1
     source: str = ""
 
     @property
@@ -121,6 +123,12 @@ def _seconds(value: Any, where: str) -> float:
     return float(value)
 
 
+def _count(value: Any, name: str, source: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 4096:
+        raise CostError(f"{source}: {name} must be an integer from 1 to 4096")
+    return value
+
+
 def _load(value: Any, source: str) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float) or not (
             math.isfinite(value) and 0 <= value <= 1e6):
@@ -151,15 +159,13 @@ def parse_costs(data: Any, source: str = "costs") -> CostModel:
     if data.get("format") != FORMAT:
         raise CostError(f"{source}: format must be {FORMAT!r} (written by phalanx calibrate "
                         f"--components)")
-    cores = data.get("cores")
-    if isinstance(cores, bool) or not isinstance(cores, int) or not 1 <= cores <= 4096:
-        raise CostError(f"{source}: cores must be an integer from 1 to 4096")
-    return CostModel(cores, _table(data, "gradient_seconds", source),
+    return CostModel(_count(data.get("cores"), "cores", source), _table(data, "gradient_seconds", source),
                      _table(data, "apply_seconds", source),
                      _linear(data, "frame_in", source), _linear(data, "frame_out", source),
                      _linear(data, "persist", source),
                      _seconds(data.get("transport_latency"), f"{source}: transport_latency"),
-                     _load(data.get("background_load", 0.0), source), source)
+                     _load(data.get("background_load", 0.0), source),
+                     _count(data.get("disks", 1), "disks", source), source)
 
 
 def load_costs(path: str | Path) -> CostModel:

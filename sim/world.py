@@ -238,7 +238,8 @@ def _costed(world: SimWorld, costs: CostModel) -> list[Host]:
     cpu = CpuPool(costs.cores, costs.speed)
     if costs.transport_latency > 0:  # the real transport's own hop, on every link
         world.network.degrade(None, extra_latency=costs.transport_latency)
-    return [CostedHost(world, i, costs, cpu) for i in world.members]
+    disk = CpuPool(costs.disks)  # flushes are measured in wall time: full speed
+    return [CostedHost(world, i, costs, cpu, disk) for i in world.members]
 
 
 class SimWorld:
