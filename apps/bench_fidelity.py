@@ -4,8 +4,10 @@ For each scenario (a 4-node mlp on a complete graph, a 10-node ring of 20 ms lin
 7-node transformer with two Byzantine members), shortened to `rounds`:
 
 1. components, each timed alone on this machine (`apps/calibrate.measure_components`):
-   gradient and aggregation of each workload, signing, verifying, encoding and SQLite
-   transactions as functions of size, the real transport's own hop, the core count. They are
+   gradient and aggregation of each workload, signing, verifying, encoding (CPU seconds) and
+   SQLite transactions (wall seconds, flush included) as functions of size, the real
+   transport's own hop, the cores, the disk and the other tenants' load (a CPU probe's share
+   of a core, probed again just before each scenario's real runs: the load drifts). They are
    written to the costs file; none is fitted from a run of a scenario being predicted.
 2. predicted: the simulator with that costs file (`phalanx run --costs`) and the real nodes'
    timeouts; also the simulator as the scenario gives it (step_time, no CPU costs);
@@ -30,6 +32,7 @@ from rich.console import Console
 
 from phalanx.apps.bench_report import results_table, save_report, stamp
 from phalanx.apps.calibrate import (
+    background_load,
     measure_components,
     measure_real_run,
     real_timeouts,
@@ -65,6 +68,9 @@ def fitted(scenario: Scenario, gradient: float, real_median: float) -> dict[str,
 def one_scenario(scenario: Scenario, costs: dict[str, Any], real_runs: int,
                  console: Console) -> dict[str, Any]:
     s = real_timeouts(scenario)
+    # the other tenants' load drifts over minutes: probed again just before this scenario's
+    # real runs (a measurement of the machine, not of the run)
+    costs = {**costs, "background_load": background_load(costs["cores"])}
     model = parse_costs(costs, "measured components")
     key = workload_key(s)
     console.print(f"bench fidelity: {s.name}: simulating ...")
@@ -80,6 +86,7 @@ def one_scenario(scenario: Scenario, costs: dict[str, Any], real_runs: int,
             "topology": s.topology.kind, "link_latency": s.links.latency,
             "workload": s.workload.kind, "gradient_seconds": costs["gradient_seconds"][key],
             "apply_seconds": costs["apply_seconds"][key],
+            "background_load": costs["background_load"], "cost_model_speed": model.speed,
             "predicted_median": predicted, "measured_median": measured,
             "measured_medians": medians, "measured_spread": [min(medians), max(medians)],
             "ratio": predicted / measured, "within_target": abs(predicted / measured - 1)

@@ -521,12 +521,26 @@ def apply_seconds(scenario: Scenario, repeats: int) -> float:
     return _timed(apply, repeats)
 
 
+def background_load(cores: int, seconds: float = 1.0) -> float:
+    """Other tenants' runnable tasks, as a CPU-bound probe meets them: it spins for `seconds`
+    and gets `share` = CPU time / wall time of a core; a machine time-shared among B other
+    busy tasks gives it about cores / (B + 1) (capped at 1), so B ~ cores / share - cores
+    (0 on a quiet machine). Unlike the load average, this counts no task that waits for a
+    disk."""
+    wall, cpu = time.perf_counter(), time.process_time()
+    while time.perf_counter() - wall < seconds:
+        sum(range(1000))
+    share = (time.process_time() - cpu) / (time.perf_counter() - wall)
+    return max(0.0, cores / max(share, 1e-3) - cores)
+
+
 def measure_components(scenarios: list[Scenario], repeats: int = 50,
                        say: Any = lambda *_: None) -> dict[str, Any]:
     """The costs file's content (sim/costs.py's format): each component timed alone, CPU
-    components in CPU seconds; the other tenants' load (the 1-minute load average before we
-    start, less this process) is recorded as `background_load`."""
-    background = max(0.0, os.getloadavg()[0] - 1.0)
+    components in CPU seconds; the other tenants' load as a CPU probe meets it is
+    `background_load` (see `background_load`)."""
+    cores = len(os.sched_getaffinity(0))
+    background = background_load(cores)
     say("components: signing, verifying, encoding frames ...")
     frames = frame_costs(repeats)
     say("components: SQLite transactions ...")
@@ -540,7 +554,8 @@ def measure_components(scenarios: list[Scenario], repeats: int = 50,
         gradient[key] = gradient_seconds(s, repeats, time.process_time)
         applied[key] = apply_seconds(s, repeats)
     return {"format": FORMAT, **stamp(), "cpu_model": _cpu_model(),
-            "cores": len(os.sched_getaffinity(0)), "background_load": background,
+            "cores": cores, "background_load": background, "load_average": os.getloadavg()[0],
+            "disks": 1,  # every node's log lives in the one temporary folder of a run
             "scenarios": [s.name for s in scenarios], "gradient_seconds": gradient,
             "apply_seconds": applied, **frames, "persist": persist,
             "transport_latency": link["one_way_median"], "transport_link": link}
