@@ -36,6 +36,8 @@ from rich.console import Console
 from phalanx.apps.console import answer
 from phalanx.apps.node_host import AsyncHost
 from phalanx.apps.node_log import NodeLog
+from phalanx.apps.node_network import FILE as NETWORK_FILE
+from phalanx.apps.node_network import NodeNetwork, read_network
 from phalanx.apps.node_settings import (
     FOLLOWER_TYPE,
     NodeFile,
@@ -75,6 +77,7 @@ class NodePlan:
     linger: float
     console: bool
     members_file: Path | None = None  # read again on SIGHUP, for observers added at run time
+    network: NodeNetwork | None = None  # the scenario's emulated network (real.network: emulate)
 
 
 def plan_node(settings: NodeFile, scenario: Scenario, roster: tuple[Roster, Roster] | None,
@@ -121,10 +124,13 @@ def plan_node(settings: NodeFile, scenario: Scenario, roster: tuple[Roster, Rost
         raise ScenarioError(f"{data_dir / 'node.key'}: this key is not {role} {node_id}'s "
                             f"public key in the members file")
     everyone = {**members, **observers}
+    # the scenario's links, routes and trees, as the launcher wrote them (apps/emulate.py)
+    network = (read_network(data_dir / NETWORK_FILE)
+               if scenario.real.network == "emulate" and transport == "tcp" else None)
     return NodePlan(settings, scenario, node_id, identity, tuple(sorted(members)),
                     tuple(sorted(observers)), {i: key for i, (key, _) in everyone.items()},
                     {i: address for i, (_, address) in everyone.items()}, data_dir, transport,
-                    encrypt, exit_when_finished, linger, sys.stdin.isatty())
+                    encrypt, exit_when_finished, linger, sys.stdin.isatty(), network=network)
 
 
 def _rss_mb() -> float:
@@ -174,9 +180,20 @@ class RealNode:
             from phalanx.net.mpi import MpiTransport
 
             return MpiTransport(MPI.COMM_WORLD, self._on_frame)
+        from phalanx.net.emulation import EmulatedNetwork
         from phalanx.net.tcp import TcpTransport
 
         addresses = {**p.addresses, p.node_id: (p.settings.host, p.settings.p2p_port)}
+        net = p.network
+        if net is not None:  # the scenario's topology and links, emulated
+            near = {*net.links, p.node_id}
+            return EmulatedNetwork(
+                p.node_id, net.next_hop, net.children, net.links, p.scenario.seed,
+                self._on_frame,
+                lambda on_frame: TcpTransport(
+                    p.node_id, {i: a for i, a in addresses.items() if i in near}, on_frame,
+                    identity=p.identity, keyring={i: k for i, k in p.keyring.items() if i in near},
+                    encrypt=p.encrypt, on_peer_state=self._on_peer_state))
         return TcpTransport(p.node_id, addresses, self._on_frame, identity=p.identity,
                             keyring=p.keyring, encrypt=p.encrypt,
                             on_peer_state=self._on_peer_state)
@@ -410,7 +427,10 @@ class RealNode:
             "epochs": [[e.round, list(e.members)] for e in self.node.epochs],
             "transport_bytes_sent": getattr(self.transport, "bytes_sent", 0),
             "queue_drops": getattr(self.transport, "dropped_full", 0),
-            "refusals": dict(getattr(self.transport, "refusals", {}))})
+            "refusals": dict(getattr(self.transport, "refusals", {})),
+            # an emulated network: what it did
+            **({"emulation": self.transport.stats()}
+               if hasattr(self.transport, "next_hop") else {})})
 
     async def _shutdown(self, server: Any) -> None:
         if self.plan.console:

@@ -103,8 +103,12 @@ class AsyncHost:
 
     def broadcast(self, frame: bytes, kind: int, rnd: int) -> None:
         peers = self.peers
-        for peer in peers:
-            self.transport.send(peer, frame)
+        relay = getattr(self.transport, "broadcast", None)
+        if relay is not None:  # an emulated topology relays it down our tree (net/emulation)
+            relay(frame)
+        else:
+            for peer in peers:
+                self.transport.send(peer, frame)
         self.bytes_sent[rnd] = self.bytes_sent.get(rnd, 0) + len(frame) * len(peers)
 
     def send(self, peer: int, frame: bytes, kind: int, rnd: int) -> None:
