@@ -114,8 +114,10 @@ def audit_run(run_dir: Path) -> tuple[list[NodeAudit], list[str]]:
         log = NodeLog(path)
         records, base = log.records(), log.read_all().get("base")
         log.close()
-        # verifying signs nothing: any key does for the auditing node's own
-        config = replace(node_config(scenario, node_id), observers=observers)
+        # verifying signs nothing: any key does for the auditing node's own; it keeps every
+        # record it replays in memory (their outcomes are compared across nodes below)
+        config = replace(node_config(scenario, node_id), observers=observers,
+                         history_window=len(records) + 1)
         node = Node(config, Identity.generate(), workload, opener)
         node.handle(Started(), 0.0)
         problem = None

@@ -32,6 +32,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
+import json
 import os
 import platform
 import statistics
@@ -39,9 +41,11 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import polars as pl
 import torch
 from rich.console import Console
@@ -52,15 +56,18 @@ from phalanx.apps.cluster import check_runnable
 from phalanx.apps.node_host import AsyncHost
 from phalanx.apps.node_log import NodeLog
 from phalanx.apps.runner import RunResult, run_scenario
+from phalanx.engine.aggregate import AggregationContext
 from phalanx.engine.events import Received, Started
 from phalanx.engine.node import Node
 from phalanx.engine.rng import RngStreams
 from phalanx.engine.workloads.base import GradientJob
 from phalanx.net.crypto import Identity
-from phalanx.net.envelope import Envelope, open_frame
+from phalanx.net.envelope import Envelope, open_frame, seal
+from phalanx.net.messages import Gradient
 from phalanx.net.tcp import TcpTransport
 from phalanx.scenario.build import node_config, workload_for
 from phalanx.scenario.schema import Scenario, parse_scenario
+from phalanx.sim.costs import FORMAT, parse_costs, workload_key
 
 PING_BYTES = 256  # about a vote's frame: the latency probe
 BULK_BYTES = 4 * 1024 * 1024  # long enough that its transfer time dwarfs the latency
@@ -92,9 +99,8 @@ def calibrated_scenario(scenario: Scenario, step_time: float, latency: float, ji
     data["topology"] = {"kind": "complete"}
     data["links"].update(latency=latency, jitter=jitter, jitter_dist="uniform",
                          bandwidth=bandwidth)
-    data["training"].update(step_time=step_time, round_timeout=scenario.real.round_timeout,
-                            view_timeout=scenario.real.view_timeout, max_time=None)
-    return parse_scenario(data, scenario.name)
+    data["training"]["step_time"] = step_time
+    return real_timeouts(parse_scenario(data, scenario.name))
 
 
 # ---- what one run says -----------------------------------------------------------------------
@@ -115,15 +121,32 @@ def frame_bytes_per_round(result: RunResult) -> float:
     return float(per_round.mean())  # type: ignore[arg-type]
 
 
-def measure_real_run(scenario: Scenario) -> dict[str, Any]:
+def with_network(scenario: Scenario, network: str) -> Scenario:
+    """The same scenario with another `real.network` (emulate, host or auto)."""
+    data = scenario.model_dump(mode="json")
+    data["real"]["network"] = network
+    return parse_scenario(data, scenario.name)
+
+
+def real_timeouts(scenario: Scenario) -> Scenario:
+    """The scenario with the real nodes' timeouts as the simulated ones, as real runs use."""
+    data = scenario.model_dump(mode="json")
+    data["training"].update(round_timeout=scenario.real.round_timeout,
+                            view_timeout=scenario.real.view_timeout, max_time=None)
+    return parse_scenario(data, scenario.name)
+
+
+def measure_real_run(scenario: Scenario, network: str = "host") -> dict[str, Any]:
     """Run the scenario's nodes as processes on loopback: round time, rounds per second, bytes
-    per round, and the load average around it (another tenant's work slows real nodes)."""
+    per round, and the load average around it (another tenant's work slows real nodes).
+    `network`: `host` (the calibration's: loopback as it is) or `emulate` (the scenario's
+    topology and links emulated in the transport)."""
     load_before = os.getloadavg()[0]
-    result = run_scenario(scenario, real=True)
+    result = run_scenario(with_network(scenario, network), real=True)
     period = round_seconds(result)
     committed = result.summary["min_rounds_committed"]
     return {"round_seconds": period["mean"], "round_seconds_median": period["median"],
-            "rounds_per_second": 1.0 / period["mean"],
+            "rounds_per_second": 1.0 / period["mean"], "network": result.summary["network"],
             "bytes_per_round": frame_bytes_per_round(result),
             "wire_bytes_per_round": result.summary["bytes_sent"] / max(committed, 1),
             "rounds_committed": committed, "wall_seconds": result.summary["wall_seconds"],
@@ -133,17 +156,20 @@ def measure_real_run(scenario: Scenario) -> dict[str, Any]:
 # ---- 1. compute ----------------------------------------------------------------------------
 
 
-def gradient_seconds(scenario: Scenario, repeats: int) -> float:
-    """Median wall time of one real gradient (node 0's, over successive rounds' batches)."""
+def gradient_seconds(scenario: Scenario, repeats: int,
+                     clock: Callable[[], float] = time.perf_counter) -> float:
+    """Median time of one real gradient (node 0's, over successive rounds' batches): wall
+    time, or with `clock=time.process_time` the CPU time it takes (what other tenants' load
+    does not change)."""
     torch.set_num_threads(1)  # as every node process runs
     workload = workload_for(scenario, RngStreams(scenario.seed))
     params = workload.init_params()
     GradientJob(workload, 0, 0, params).run()  # first call pays one-off set-up (shard, kernels)
     times = []
     for r in range(repeats):
-        start = time.perf_counter()
+        start = clock()
         GradientJob(workload, 0, r, params).run()
-        times.append(time.perf_counter() - start)
+        times.append(clock() - start)
     return statistics.median(times)
 
 
@@ -414,6 +440,137 @@ def header(measured: dict[str, Any]) -> str:
 def write_calibrated(scenario: Scenario, measured: dict[str, Any], out_path: Path) -> None:
     out_path.parent.mkdir(parents=True, exist_ok=True)
     out_path.write_text(header(measured) + scenario.resolved_yaml())
+
+
+# ---- components, each alone: the simulator's measured cost model (sim/costs.py) ------------
+
+FRAME_SIZES = (256, 4 * 1024, 64 * 1024, 512 * 1024)  # bytes of payload: a vote to a model
+PERSIST_SIZES = (256, 16 * 1024, 256 * 1024, 1024 * 1024)
+
+
+def fit_linear(points: list[tuple[int, float]]) -> dict[str, float]:
+    """Least-squares base + per_byte x size through (size, seconds) points, both >= 0."""
+    n = len(points)
+    mx = sum(x for x, _ in points) / n
+    my = sum(y for _, y in points) / n
+    var = sum((x - mx) ** 2 for x, _ in points)
+    slope = max(0.0, sum((x - mx) * (y - my) for x, y in points) / var) if var else 0.0
+    return {"base": max(0.0, my - slope * mx), "per_byte": slope}
+
+
+def _timed(fn: Any, repeats: int, clock: Callable[[], float] = time.process_time) -> float:
+    """Median time of `fn`: CPU time by default (a component's cost in CPU seconds, which
+    other tenants' load does not change; the model adds their load apart), or wall time."""
+    fn()  # warm-up: caches, allocations
+    times = []
+    for _ in range(repeats):
+        start = clock()
+        fn()
+        times.append(clock() - start)
+    return statistics.median(times)
+
+
+def frame_costs(repeats: int) -> dict[str, dict[str, float]]:
+    """Signing and encoding (`seal`) and decoding and verifying (`open_frame`) a gradient
+    frame of each size, as a real node does them (no verify cache), fitted linear in bytes."""
+    ident = Identity.derive(0, 0)
+    keyring = {0: ident.public_key}
+    sealed, opened = [], []
+    for size in FRAME_SIZES:
+        message = Gradient(0, bytes(32), 0.0, 1, np.ones(size // 4, dtype=np.float32))
+        frame = seal(ident, 0, 1, message)
+        sealed.append((len(frame), _timed(lambda m=message: seal(ident, 0, 1, m), repeats)))
+        opened.append((len(frame), _timed(lambda f=frame: open_frame(f, keyring), repeats)))
+    return {"frame_out": fit_linear(sealed), "frame_in": fit_linear(opened)}
+
+
+def persist_cost(repeats: int) -> dict[str, float]:
+    """One transaction of the node's SQLite log (`synchronous=FULL`: its flush included) of
+    each size, in the temporary folder where real runs keep their logs, fitted linear in
+    bytes."""
+    points = []
+    with tempfile.TemporaryDirectory(prefix="phalanx-calibrate-") as tmp:
+        log = NodeLog(Path(tmp) / "node.sqlite")
+        try:
+            for size in PERSIST_SIZES:
+                blob = os.urandom(size)
+                points.append((size, _timed(
+                    lambda b=blob: log.write_many([("checkpoint", b), ("votes", b"x")]),
+                    max(5, repeats // 4), time.perf_counter)))  # waits for the disk: wall
+        finally:
+            log.close()
+    return fit_linear(points)
+
+
+def apply_seconds(scenario: Scenario, repeats: int) -> float:
+    """Aggregating n gradients with the scenario's rule, the optimizer step and the model
+    hash: what a node computes once per round to vote on a set (protocol.apply)."""
+    torch.set_num_threads(1)
+    s = scenario
+    node = Node(node_config(s, 0, s.real.round_timeout, s.real.view_timeout),
+                Identity.derive(s.seed, 0), workload_for(s, RngStreams(s.seed)), open_frame)
+    rng = np.random.default_rng(0)
+    grads = [rng.standard_normal(node.params.size).astype(np.float32) for _ in range(s.n)]
+    ctx = AggregationContext(s.f, 1, node.last_update)
+
+    def apply() -> None:
+        update = node.membership.aggregate(list(grads), ctx)
+        params, _ = node.optimizer.step(node.params, node.velocity, update, 1)
+        hashlib.sha256(params.tobytes()).digest()
+
+    return _timed(apply, repeats)
+
+
+def background_load(cores: int, seconds: float = 1.0) -> float:
+    """Other tenants' runnable tasks, as a CPU-bound probe meets them: it spins for `seconds`
+    and gets `share` = CPU time / wall time of a core; a machine time-shared among B other
+    busy tasks gives it about cores / (B + 1) (capped at 1), so B ~ cores / share - cores
+    (0 on a quiet machine). Unlike the load average, this counts no task that waits for a
+    disk."""
+    wall, cpu = time.perf_counter(), time.process_time()
+    while time.perf_counter() - wall < seconds:
+        sum(range(1000))
+    share = (time.process_time() - cpu) / (time.perf_counter() - wall)
+    return max(0.0, cores / max(share, 1e-3) - cores)
+
+
+def measure_components(scenarios: list[Scenario], repeats: int = 50,
+                       say: Any = lambda *_: None) -> dict[str, Any]:
+    """The costs file's content (sim/costs.py's format): each component timed alone, CPU
+    components in CPU seconds; the other tenants' load as a CPU probe meets it is
+    `background_load` (see `background_load`)."""
+    cores = len(os.sched_getaffinity(0))
+    background = background_load(cores)
+    say("components: signing, verifying, encoding frames ...")
+    frames = frame_costs(repeats)
+    say("components: SQLite transactions ...")
+    persist = persist_cost(repeats)
+    say("components: TcpTransport between two processes ...")
+    link = measure_link(scenarios[0].real.host if scenarios else "127.0.0.1", max(10, repeats))
+    gradient, applied = {}, {}
+    for s in scenarios:
+        say(f"components: {s.name}: gradient and aggregation ...")
+        key = workload_key(s)
+        gradient[key] = gradient_seconds(s, repeats, time.process_time)
+        applied[key] = apply_seconds(s, repeats)
+    return {"format": FORMAT, **stamp(), "cpu_model": _cpu_model(),
+            "cores": cores, "background_load": background, "load_average": os.getloadavg()[0],
+            "disks": 1,  # every node's log lives in the one temporary folder of a run
+            "scenarios": [s.name for s in scenarios], "gradient_seconds": gradient,
+            "apply_seconds": applied, **frames, "persist": persist,
+            "transport_latency": link["one_way_median"], "transport_link": link}
+
+
+def write_components(scenarios: list[Scenario], out_path: Path, repeats: int = 50,
+                     console: Console | None = None) -> dict[str, Any]:
+    if repeats < 5:
+        raise CalibrationError(f"--repeats: at least 5 (got {repeats})")
+    say = console.print if console else (lambda *_: None)
+    costs = measure_components(scenarios, repeats, say)
+    parse_costs(costs, str(out_path))  # what we write must load
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    out_path.write_text(json.dumps(costs, indent=2) + "\n")
+    return costs
 
 
 if __name__ == "__main__":  # the link probe's far end: python -m phalanx.apps.calibrate HOST PORT SEED

@@ -78,15 +78,27 @@ def run(
     real: Annotated[bool, typer.Option("--real", help="run the nodes as OS processes over "
                                        "TCP on loopback instead of simulating them")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="no progress output")] = False,
+    costs: Annotated[Path | None, typer.Option(
+        "--costs", help="simulate with the component costs measured by `phalanx calibrate "
+        "--components` (gradient, signing, verifying, SQLite, cores) instead of step_time")
+    ] = None,
 ) -> None:
     """Run a scenario; exit code 1 when an `expect:` assertion fails."""
     from phalanx.apps.real import RealRunError
     from phalanx.apps.runner import run_scenario
+    from phalanx.sim.costs import CostError, load_costs, workload_key
 
     try:
+        if costs is not None and real:
+            raise ScenarioError("--costs models a simulated run; --real measures one")
+        model = load_costs(costs) if costs is not None else None
         loaded = load_scenario(scenario, seed)
+        if model is not None:
+            model.for_workload(workload_key(loaded))  # before the run, not in it
         target = out_dir or Path("runs") / (loaded.name + ("-real" if real else ""))
-        result = run_scenario(loaded, out=target, real=real, progress=not quiet)
+        result = run_scenario(loaded, out=target, real=real, progress=not quiet, costs=model)
+    except CostError as e:
+        raise fail(str(e)) from None
     except ScenarioError as e:
         raise fail(str(e)) from None
     except TopologyError as e:
@@ -363,6 +375,62 @@ def bench_real(
         raise fail(f"bench real: {e.strerror or e}") from None
 
 
+@bench_app.command("memory")
+def bench_memory(
+    rounds: Annotated[int, typer.Option(help="rounds the cluster runs")] = 20_000,
+    nodes: Annotated[int, typer.Option(help="nodes in the loopback cluster")] = 4,
+    every: Annotated[float, typer.Option(help="seconds between samples of node 0")] = 2.0,
+    warmup: Annotated[int, typer.Option(help="rounds before memory must stay flat")] = 1000,
+    folder: Annotated[Path | None, typer.Option(
+        "--dir", help="where the nodes keep their disks (default: a temporary folder)")] = None,
+    out_file: Annotated[Path, typer.Option("--out", help="JSON result file")] = Path(
+        "benchmarks/out/memory.json"),
+    nodes_pythonpath: Annotated[Path | None, typer.Option(
+        help="run the nodes from this PYTHONPATH (another checkout, for a baseline)")] = None,
+) -> None:
+    """A real node's resident memory over a long run (flat after warm-up?) and its restart
+    time on the disk that run left."""
+    import tempfile
+
+    from phalanx.apps.bench_memory import BenchMemoryError, run_bench
+
+    if rounds < 10 or nodes < 1 or every <= 0 or warmup < 0:
+        raise fail("--rounds at least 10, --nodes at least 1, --every above 0, --warmup >= 0")
+    try:
+        with tempfile.TemporaryDirectory(prefix="phalanx-bench-memory-") as tmp:
+            run_bench(rounds, nodes, every, warmup, folder or Path(tmp), out_file, out,
+                      nodes_pythonpath)
+    except (ScenarioError, BenchMemoryError) as e:
+        raise fail(str(e)) from None
+    except OSError as e:
+        raise fail(f"bench memory: {e.strerror or e}") from None
+
+
+@bench_app.command("fidelity")
+def bench_fidelity(
+    out_file: Annotated[Path, typer.Option("--out", help="JSON result file (the measured "
+                                           "component costs beside it)")] = Path(
+        "benchmarks/out/fidelity.json"),
+    real_runs: Annotated[int, typer.Option(help="real runs of each scenario")] = 1,
+    repeats: Annotated[int, typer.Option(help="repetitions of each component timing")] = 30,
+) -> None:
+    """The simulator with separately measured component costs against real runs with the
+    scenario's links emulated: a 4-node mlp, a 10-node ring of 20 ms links, the transformer."""
+    from phalanx.apps.bench_fidelity import run_bench
+    from phalanx.apps.calibrate import CalibrationError
+    from phalanx.apps.real import RealRunError
+
+    if real_runs < 1 or repeats < 5:
+        raise fail(f"--real-runs: at least 1 and --repeats: at least 5 (got {real_runs}, "
+                   f"{repeats})")
+    try:
+        run_bench(out_file, out, real_runs, repeats)
+    except (ScenarioError, RealRunError, CalibrationError) as e:
+        raise fail(str(e)) from None
+    except OSError as e:
+        raise fail(f"bench fidelity: {e.strerror or e}") from None
+
+
 @app.command()
 def calibrate(
     scenario: Annotated[Path, typer.Argument(help="scenario YAML file")],
@@ -370,15 +438,24 @@ def calibrate(
         "--out", help="calibrated scenario (default: runs/<name>.calibrated.yaml)")] = None,
     rounds: Annotated[int, typer.Option(help="rounds of the measured real run")] = 60,
     repeats: Annotated[int, typer.Option(help="repetitions of each micro-measurement")] = 200,
+    components: Annotated[Path | None, typer.Option(
+        "--components", help="instead: time each component alone (gradient, aggregation, "
+        "signing, verifying, SQLite) and write the costs file for `phalanx run --costs`; no "
+        "real run")] = None,
 ) -> None:
     """Measure this machine (gradient time, loopback link, a node's own work, one real run)
-    and write the scenario with the simulator's compute and link parameters set from it."""
-    from phalanx.apps.calibrate import CalibrationError
+    and write the scenario with the simulator's compute and link parameters set from it;
+    with --components, write the simulator's measured cost model instead."""
+    from phalanx.apps.calibrate import CalibrationError, write_components
     from phalanx.apps.calibrate import calibrate as run_calibration
     from phalanx.apps.real import RealRunError
 
     try:
         loaded = load_scenario(scenario)
+        if components is not None:
+            write_components([loaded], components, repeats=min(repeats, 50), console=out)
+            out.print(f"component costs written to {components}")
+            return
         target = out_file or Path("runs") / f"{loaded.name}.calibrated.yaml"
         target.parent.mkdir(parents=True, exist_ok=True)
         run_calibration(loaded, target, rounds=rounds, repeats=repeats, console=out)

@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from phalanx.apps.emulate import emulates, write_networks
 from phalanx.apps.node_settings import load_members, node_identity, write_members
 from phalanx.scenario.schema import Scenario, ScenarioError
 
@@ -136,6 +137,9 @@ def cluster_up(scenario: Scenario, folder: Path, encrypt: bool = False,
     (ids count, count + 1, ...). `settings`: node.json keys for every node on a first start
     (e.g. `log_every`, `log_json`); edit `node-<i>/node.json` to change them later."""
     check_runnable(scenario)
+    if lightweight and emulates(scenario):
+        raise ScenarioError("real.network: emulate: lightweight followers are outside the "
+                            "scenario's topology; use real.network: host to add them")
     folder = folder.resolve()
     folder.mkdir(parents=True, exist_ok=True)
     extra = (["--encrypt"] if encrypt else []) + (
@@ -170,6 +174,8 @@ def _lay_out(scenario: Scenario, folder: Path, extra: list[str], placement: Plac
                  if scenario.real.base_port else free_ports(2 * total, host))
         p2p, web = ports[:total], ports[total:]
     (folder / "scenario.yaml").write_text(scenario.resolved_yaml())
+    if emulates(scenario):  # each node's links, routes and trees (apps/emulate.py)
+        write_networks(scenario, {i: folder / f"node-{i}" for i in range(n)})
     roster = {i: (node_identity(folder / f"node-{i}").public_key, (hosts[i], p2p[i]))
               for i in range(total)}
     write_members(folder / "members.json", {i: roster[i] for i in sorted(members)},

@@ -19,13 +19,12 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import json
 import os
 import resource
 import signal
 import sys
 import time
-from collections.abc import Coroutine, Sequence
+from collections.abc import Coroutine, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -39,6 +38,8 @@ from phalanx.apps.mpi_run import gather_ranks, run_folder
 from phalanx.apps.node_host import AsyncHost
 from phalanx.apps.node_log import NodeLog
 from phalanx.apps.node_logging import NodeStory, configure_logging, record_loss
+from phalanx.apps.node_network import FILE as NETWORK_FILE
+from phalanx.apps.node_network import NodeNetwork, read_network
 from phalanx.apps.node_settings import (
     FOLLOWER_TYPE,
     NodeFile,
@@ -79,6 +80,7 @@ class NodePlan:
     linger: float
     console: bool
     members_file: Path | None = None  # read again on SIGHUP, for observers added at run time
+    network: NodeNetwork | None = None  # the scenario's emulated network (real.network: emulate)
 
 
 def plan_node(settings: NodeFile, scenario: Scenario, roster: tuple[Roster, Roster] | None,
@@ -127,10 +129,13 @@ def plan_node(settings: NodeFile, scenario: Scenario, roster: tuple[Roster, Rost
         raise ScenarioError(f"{data_dir / 'node.key'}: this key is not {role} {node_id}'s "
                             f"public key in the members file")
     everyone = {**members, **observers}
+    # the scenario's links, routes and trees, as the launcher wrote them (apps/emulate.py)
+    network = (read_network(data_dir / NETWORK_FILE)
+               if scenario.real.network == "emulate" and transport == "tcp" else None)
     return NodePlan(settings, scenario, node_id, identity, tuple(sorted(members)),
                     tuple(sorted(observers)), {i: key for i, (key, _) in everyone.items()},
                     {i: address for i, (_, address) in everyone.items()}, data_dir, transport,
-                    encrypt, exit_when_finished, linger, sys.stdin.isatty())
+                    encrypt, exit_when_finished, linger, sys.stdin.isatty(), network=network)
 
 
 def _rss_mb() -> float:
@@ -184,9 +189,20 @@ class RealNode:
             from phalanx.net.mpi import MpiTransport
 
             return MpiTransport(MPI.COMM_WORLD, self._on_frame)
+        from phalanx.net.emulation import EmulatedNetwork
         from phalanx.net.tcp import TcpTransport
 
         addresses = {**p.addresses, p.node_id: (p.settings.host, p.settings.p2p_port)}
+        net = p.network
+        if net is not None:  # the scenario's topology and links, emulated
+            near = {*net.links, p.node_id}
+            return EmulatedNetwork(
+                p.node_id, net.next_hop, net.children, net.links, p.scenario.seed,
+                self._on_frame,
+                lambda on_frame: TcpTransport(
+                    p.node_id, {i: a for i, a in addresses.items() if i in near}, on_frame,
+                    identity=p.identity, keyring={i: k for i, k in p.keyring.items() if i in near},
+                    encrypt=p.encrypt, on_peer_state=self._on_peer_state))
         return TcpTransport(p.node_id, addresses, self._on_frame, identity=p.identity,
                             keyring=p.keyring, encrypt=p.encrypt,
                             on_peer_state=self._on_peer_state)
@@ -280,7 +296,6 @@ class RealNode:
                 verdict["status"] = "degraded"
         if verdict["status"] == "ok" and not all(up.get(p, False) for p in self.peers):
             verdict = {"status": "degraded", "reasons": ["some peers are unreachable"]}
-        commits = host.metrics.commits
         heard_ago = getattr(self.transport, "heard_ago", None)  # TCP only
         heard = heard_ago() if callable(heard_ago) else {}
         return {
@@ -296,7 +311,7 @@ class RealNode:
             "reputation": {str(p): r for p, r in node.reputation.items()},
             "excluded": sorted(node.excluded), "rejections": dict(node.rejections),
             "log_starts_at": node.history_base,  # above 0: joined from a peer's checkpoint
-            "training": self._training(commits),
+            "training": self._training(),
             "health": verdict, "uptime_seconds": time.time() - host.started,
             "peak_memory_mb": _rss_mb(),
             "transport": {"kind": self.plan.transport,
@@ -304,15 +319,16 @@ class RealNode:
                           "refusals": dict(getattr(self.transport, "refusals", {}))},
         }
 
-    def _training(self, commits: list[Any]) -> dict[str, Any]:
+    def _training(self) -> dict[str, Any]:
         """Training progress, counting the rounds this node restored from its store as well
         as those this process committed (a restarted node does not forget its past)."""
         restored, stored_loss = self.restored
         return {"rounds": self.plan.scenario.training.rounds,
                 "rounds_committed": self.node.round, "rounds_restored": restored,
-                "rounds_committed_this_run": len(commits),
-                "last_train_loss": commits[-1][0].train_loss if commits else stored_loss,
-                "last_train_loss_from": "this run" if commits else
+                "rounds_committed_this_run": self.host.commit_count,
+                "last_train_loss": (self.host.last_train_loss if self.host.commit_count
+                                    else stored_loss),
+                "last_train_loss_from": "this run" if self.host.commit_count else
                 ("store" if stored_loss is not None else None)}
 
     # ---- the loop -------------------------------------------------------------------------
@@ -372,8 +388,8 @@ class RealNode:
         """Start the node on its disk, then hand it what arrived meanwhile; False (and the
         node stopping, with one line said) when its disk holds a record it cannot read."""
         try:
-            disk = self.disk.read_all()
-            self.host.feed(Started(disk))
+            disk = self.disk.view()
+            self.host.feed(Started(disk))  # read as the node asks: not every round
         except StoreError as err:
             self.failure = f"node {self.node.id}: {self.plan.data_dir / 'node.sqlite'}: {err}"
             self.out.print(self.failure, highlight=False, soft_wrap=True, markup=False)
@@ -385,7 +401,7 @@ class RealNode:
             self.host.feed(Received(frame))
         return True
 
-    def _tell_start(self, disk: dict[str, Any]) -> None:
+    def _tell_start(self, disk: Mapping[str, Any]) -> None:
         """The log's first line: who we are, where we listen and store, what the disk held."""
         node, p = self.node, self.plan
         rounds = node.round
@@ -459,15 +475,18 @@ class RealNode:
         d = self.plan.data_dir
         np.savez(d / "models.tmp.npz", **self.host.kept_models())
         os.replace(d / "models.tmp.npz", d / "models.npz")
-        result = {"node": self.node.id, "byzantine": self.byzantine, **self.host.results(),
-                  "finished": self.node.finished, "model_hash": self.node.model_hash.hex(),
-                  "members": list(self.node.members),
-                  "epochs": [[e.round, list(e.members)] for e in self.node.epochs],
-                  "transport_bytes_sent": getattr(self.transport, "bytes_sent", 0),
-                  "queue_drops": getattr(self.transport, "dropped_full", 0),
-                  "refusals": dict(getattr(self.transport, "refusals", {}))}
-        (d / "result.tmp").write_text(json.dumps(result))
-        os.replace(d / "result.tmp", d / "result.json")  # readers never see half a file
+        # with the host's commit rows and rejections, written row by row
+        self.host.write_results(d / "result.json", {
+            "node": self.node.id, "byzantine": self.byzantine,
+            "finished": self.node.finished, "model_hash": self.node.model_hash.hex(),
+            "members": list(self.node.members),
+            "epochs": [[e.round, list(e.members)] for e in self.node.epochs],
+            "transport_bytes_sent": getattr(self.transport, "bytes_sent", 0),
+            "queue_drops": getattr(self.transport, "dropped_full", 0),
+            "refusals": dict(getattr(self.transport, "refusals", {})),
+            # an emulated network: what it did
+            **({"emulation": self.transport.stats()}
+               if hasattr(self.transport, "next_hop") else {})})
 
     async def _shutdown(self, server: Any) -> None:
         if self.plan.console:

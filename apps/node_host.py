@@ -3,14 +3,23 @@ transport, timers on the wall clock, finished compute jobs) and carries out the 
 returns (sends, timers, compute, writes to the SQLite node log, metrics).
 
 The transport is anything with `send(peer, frame)`: TCP (net/tcp.py) or MPI (net/mpi.py).
+
+Its memory does not grow with the rounds: each commit's row for `results()` goes to
+`<log>.commits.jsonl` beside the node's SQLite file once its round is `SPOOL_AFTER` rounds old (its
+bytes sent are final by then), and only the rows of recent rounds and the models asked for
+stay in memory. Older rounds a syncing peer asks for are read back from SQLite (`Load`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
+import os
 import time
-from collections.abc import Callable
+from collections import deque
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
 import numpy as np
@@ -25,6 +34,7 @@ from phalanx.engine.events import (
     Finished,
     Job,
     LinkConditions,
+    Loaded,
     Metric,
     Persist,
     RoundCommitted,
@@ -35,6 +45,9 @@ from phalanx.engine.metrics import MetricLog
 from phalanx.engine.node import Node
 
 T = TypeVar("T")
+
+SPOOL_AFTER = 16  # rounds after which nothing more is sent for a round (sync answers, votes
+# and proposals name the round the node is in): its commit row is complete
 
 
 class Transport(Protocol):
@@ -63,8 +76,13 @@ class AsyncHost:
         self.on_metric = on_metric
         self.loop = asyncio.get_running_loop()
         self.timers: dict[str, asyncio.TimerHandle] = {}
-        self.metrics = MetricLog()
-        self.bytes_sent: dict[int, int] = {}
+        self.metrics = MetricLog()  # rejections and the kept models (commits: below)
+        self.bytes_sent: dict[int, int] = {}  # round -> bytes, for the rounds not spooled yet
+        self.commit_count = 0  # commits this process made
+        self.last_train_loss: float | None = None
+        self._recent: deque[tuple[RoundCommitted, float, int]] = deque()  # not spooled yet
+        self._spool_path = disk.path.with_suffix(".commits.jsonl")
+        self._spool = self._spool_path.open("w")  # this process's commits, as `results` says
         self.finished = asyncio.Event()
         self.last_commit: float | None = None  # wall time of the latest commit
         self.started = time.time()
@@ -89,8 +107,12 @@ class AsyncHost:
 
     def broadcast(self, frame: bytes, kind: int, rnd: int) -> None:
         peers = self.peers
-        for peer in peers:
-            self.transport.send(peer, frame)
+        relay = getattr(self.transport, "broadcast", None)
+        if relay is not None:  # an emulated topology relays it down our tree (net/emulation)
+            relay(frame)
+        else:
+            for peer in peers:
+                self.transport.send(peer, frame)
         self.bytes_sent[rnd] = self.bytes_sent.get(rnd, 0) + len(frame) * len(peers)
 
     def send(self, peer: int, frame: bytes, kind: int, rnd: int) -> None:
@@ -116,15 +138,39 @@ class AsyncHost:
         self.disk.write_many([(key, value)])  # `execute` writes a batch's at once, first
 
     def emit(self, metric: Metric) -> None:
-        self.metrics.record(metric, time.time())
         if isinstance(metric, RoundCommitted):
-            self.last_commit = time.time()
-            if not self.keep_model(metric.round):
-                self.metrics.params.pop(metric.model_hash, None)
+            self._committed(metric)
+            return
+        self.metrics.record(metric, time.time())
         if isinstance(metric, Finished):
             self.finished.set()
         if self.on_metric is not None:
             self.on_metric(metric)
+
+    def load(self, token: int, keys: tuple[str, ...]) -> None:
+        # a few records a syncing peer asked for: read on the loop, as every write is
+        self.feed(Loaded(token, self.disk.load(keys)))
+
+    # ---- the commits, kept for results() without keeping them all in memory -----------------
+
+    def _committed(self, metric: RoundCommitted) -> None:
+        self.last_commit = now = time.time()
+        self.metrics.recorded += 1  # the order of metrics, as MetricLog counts it
+        self.commit_count += 1
+        self.last_train_loss = metric.train_loss
+        if self.keep_model(metric.round):
+            self.metrics.params.setdefault(metric.model_hash, metric.params)
+        self._recent.append((metric, now, self.metrics.recorded))
+        while self._recent and self._recent[0][0].round < metric.round - SPOOL_AFTER:
+            self._spool_row(*self._recent.popleft())
+        for old in [r for r in self.bytes_sent if r < metric.round - SPOOL_AFTER]:
+            del self.bytes_sent[old]
+
+    def _row(self, metric: RoundCommitted, t: float, order: int) -> dict[str, Any]:
+        return commit_row(metric, t, order, self.bytes_sent.get(metric.round, 0), False)
+
+    def _spool_row(self, metric: RoundCommitted, t: float, order: int) -> None:
+        self._spool.write(json.dumps(self._row(metric, t, order)) + "\n")
 
     # ---- compute off the loop --------------------------------------------------------------
 
@@ -147,6 +193,7 @@ class AsyncHost:
     def close(self) -> None:
         """Stop taking jobs; a job already running finishes on its thread, unheard."""
         self._worker.shutdown(wait=False, cancel_futures=True)
+        self._spool.close()
 
     @property
     def peers(self) -> list[int]:
@@ -180,9 +227,30 @@ class AsyncHost:
         self.timers.clear()
 
     def results(self) -> dict[str, Any]:
-        commits = [commit_row(m, t, order, self.bytes_sent.get(m.round, 0), False)
-                   for m, t, order in self.metrics.commits]
-        return {"commits": commits, "rejections": dict(self.metrics.rejections)}
+        """Every commit of this process (the spooled rows, then the recent ones) and the
+        rejections, built when asked (`write_results` writes them without holding them)."""
+        return {"commits": [json.loads(line) for line in self._commit_lines()],
+                "rejections": dict(self.metrics.rejections)}
+
+    def write_results(self, path: Path, extra: dict[str, Any]) -> None:
+        """`results()` and `extra` as one JSON object in `path`, replaced at once (readers
+        never see half a file); the commit rows are copied from the spool one at a time, so a
+        long run's end does not hold them all in memory."""
+        tmp = path.with_suffix(".tmp")
+        rest = json.dumps({"rejections": dict(self.metrics.rejections), **extra})
+        with tmp.open("w") as out:
+            out.write('{"commits": [')
+            for i, line in enumerate(self._commit_lines()):
+                out.write(", " + line if i else line)
+            out.write("], " + rest[1:])
+        os.replace(tmp, path)
+
+    def _commit_lines(self) -> Iterator[str]:
+        if not self._spool.closed:
+            self._spool.flush()
+        with self._spool_path.open() as spooled:
+            yield from (line.rstrip("\n") for line in spooled)
+        yield from (json.dumps(self._row(*recent)) for recent in self._recent)
 
     def kept_models(self) -> dict[str, np.ndarray]:
         return {h.hex(): p for h, p in self.metrics.params.items()}

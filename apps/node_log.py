@@ -10,6 +10,10 @@ The node persists through `Persist(key, value)` actions; this store gives each k
 Each write (or batch of writes, `write_many`) is one transaction, so a crash leaves the old
 values or the new ones.
 
+A (re)starting node gets `view()`, a mapping that reads a key only when the node asks for it:
+it reads back its newest rounds and its state, not the whole log (`read_all` does, for tools).
+`load` answers a node's `Load` (older rounds a syncing peer asks for).
+
 `audit_log` replays a log through a fresh node's state-sync path: every signature, every
 certificate and every recomputed model hash is checked, as any peer would check them.
 """
@@ -17,13 +21,16 @@ certificate and every recomputed model hash is checked, as any peer would check 
 from __future__ import annotations
 
 import sqlite3
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 import msgpack
 
 from phalanx.engine.events import Stored
+from phalanx.engine.node.persisted import StoreError
 from phalanx.net.codec import decode_payload, encode_payload
+from phalanx.net.errors import DecodeError
 from phalanx.net.messages import RoundRecord, SyncResponse, Vote
 
 _SCHEMA = """
@@ -44,6 +51,46 @@ def _decode_record(blob: bytes) -> RoundRecord:
     return response.records[0]
 
 
+def _round_of(key: str) -> int | None:
+    """The round of a "log/<round>" key, None for any other key."""
+    prefix, _, rest = key.partition("/")
+    return int(rest) if prefix == "log" and rest.isdigit() else None
+
+
+def _row_of(key: str) -> tuple[str, str, str, int | str]:
+    """Where `write` keeps `key`: (table, value column, key column, key value)."""
+    rnd = _round_of(key)
+    if rnd is not None:
+        return "rounds", "record", "round", rnd
+    prefix, _, rest = key.partition("/")
+    if prefix == "evidence" and rest.isdigit():
+        return "evidence", "proof", "offender", int(rest)
+    return "state", "value", "key", key
+
+
+class StoreView(Mapping[str, Stored]):
+    """A node's disk as `Started(disk)` hands it over, read key by key as the node asks:
+    a restart reads its state and the newest rounds, never every record of a long log."""
+
+    def __init__(self, log: NodeLog) -> None:
+        self.log = log
+
+    def __getitem__(self, key: str) -> Stored:
+        value = self.log.get(key)
+        if value is None:
+            raise KeyError(key)
+        return value
+
+    def __contains__(self, key: object) -> bool:
+        return isinstance(key, str) and self.log.has(key)
+
+    def __iter__(self) -> Iterator[str]:
+        yield from self.log.stored_keys()
+
+    def __len__(self) -> int:
+        return sum(1 for _ in self.log.stored_keys())
+
+
 class NodeLog:
     """The SQLite file behind one node's `Persist` actions."""
 
@@ -54,6 +101,7 @@ class NodeLog:
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA synchronous=FULL")
         self.db.executescript(_SCHEMA)
+        self.unreadable = 0  # records a `load` found undecodable
 
     def close(self) -> None:
         self.db.close()
@@ -103,6 +151,51 @@ class NodeLog:
         for offender, proof in self.db.execute("SELECT offender, proof FROM evidence"):
             disk[f"evidence/{offender}"] = bytes(proof)
         return disk
+
+    def view(self) -> StoreView:
+        """What the node gets back in `Started(disk)`: read as it asks."""
+        return StoreView(self)
+
+    def stored_keys(self) -> list[str]:
+        db = self.db
+        return ([key for (key,) in db.execute("SELECT key FROM state")]
+                + [f"log/{r}" for (r,) in db.execute("SELECT round FROM rounds ORDER BY round")]
+                + [f"evidence/{o}" for (o,) in db.execute("SELECT offender FROM evidence")])
+
+    def has(self, key: str) -> bool:
+        return self._select(key, "1") is not None
+
+    def get(self, key: str) -> Stored | None:
+        """The value under `key`, None if there is none; StoreError if it is unreadable."""
+        blob = self._select(key, "value")
+        if blob is None:
+            return None
+        if _round_of(key) is None:
+            return bytes(blob)
+        try:
+            return _decode_record(bytes(blob))
+        except DecodeError as err:
+            raise StoreError(f"disk record {key!r} is unreadable: {err.reason}") from None
+
+    def load(self, keys: tuple[str, ...]) -> tuple[Stored | None, ...]:
+        """A node's `Load`: what is under each key; None for a key with nothing, or with a
+        record that no longer decodes (counted in `unreadable`: the peer that asked for it
+        gets the rounds before it, and fetches a checkpoint if that is none)."""
+        values: list[Stored | None] = []
+        for key in keys:
+            try:
+                values.append(self.get(key))
+            except StoreError:
+                self.unreadable += 1
+                values.append(None)
+        return tuple(values)
+
+    def _select(self, key: str, column: str) -> Any:
+        """`column` ("value", or "1" to test) of the row that holds `key`; None if none."""
+        table, value, where, arg = _row_of(key)
+        row = self.db.execute(f"SELECT {value if column == 'value' else column} FROM {table} "
+                              f"WHERE {where} = ?", (arg,)).fetchone()
+        return None if row is None else row[0]
 
     def records(self) -> list[RoundRecord]:
         return [_decode_record(bytes(blob)) for (blob,) in

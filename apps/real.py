@@ -24,6 +24,7 @@ import numpy as np
 import polars as pl
 
 from phalanx.apps.cluster import NodeProc, alive, cluster_down, cluster_up
+from phalanx.apps.emulate import describe, emulates, for_run
 from phalanx.apps.results import RunResult, rounds_table, summarize
 from phalanx.engine.rng import RngStreams
 from phalanx.scenario.build import workload_for
@@ -36,6 +37,7 @@ class RealRunError(RuntimeError):
 
 def run_real(scenario: Scenario, printer: Any, out: Path | None = None) -> RunResult:
     """Run the scenario's nodes as processes; keep their logs under `out` when given."""
+    scenario = for_run(scenario)  # the nodes emulate the scenario's network unless it says host
     honest = set(range(scenario.nodes.count)) - scenario.byzantine_nodes()
     with tempfile.TemporaryDirectory(prefix="phalanx-real-") as tmp:
         folder = Path(tmp)
@@ -79,7 +81,8 @@ def run_real(scenario: Scenario, printer: Any, out: Path | None = None) -> RunRe
              "bytes_sent": sum(r["transport_bytes_sent"] for r in results.values()),
              "rejected_by_reason": rejections,
              "members_at_end": [list(m) for m in sorted(
-                 {tuple(r["members"]) for r in results.values()})]}
+                 {tuple(r["members"]) for r in results.values()})],
+             "network": network_summary(scenario, results)}
     return RunResult(scenario, rounds, pl.DataFrame(), summarize(scenario, rounds, extra))
 
 
@@ -99,6 +102,20 @@ def keep_nodes(folder: Path, nodes: list[NodeProc], out: Path) -> None:
         if (node.folder / "node.log").exists():
             shutil.move(node.folder / "node.log", kept / f"{node.id}.log")
     shutil.copy(folder / "members.json", out / "members.json")
+
+
+def network_summary(scenario: Scenario, results: dict[int, dict[str, Any]]) -> dict[str, Any]:
+    """The network the real nodes ran on: the emulated links and what the emulation did to
+    the honest nodes' frames, or the host's own network."""
+    if not emulates(scenario):
+        return {"method": "host network (loopback; real.network: host): the scenario's "
+                          "topology and links are not applied"}
+    stats = [r["emulation"] for r in results.values() if "emulation" in r]
+    links = [x for s in stats for x in s["links"].values()]
+    return {**describe(scenario), "frames_sent": sum(x["frames"] for x in links),
+            "frames_lost": sum(x["lost"] for x in links),
+            "frames_duplicated": sum(x["duplicated"] for x in links),
+            "frames_relayed": sum(s["relayed"] for s in stats)}
 
 
 class _Commit:

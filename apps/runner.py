@@ -22,6 +22,7 @@ from phalanx.apps.results import (
 from phalanx.engine.events import RoundCommitted
 from phalanx.engine.metrics import MetricLog
 from phalanx.scenario.schema import Scenario, load_scenario, with_seed
+from phalanx.sim.costs import CostModel
 from phalanx.sim.world import SimWorld
 
 
@@ -118,8 +119,9 @@ def reputation(scenario: Scenario, world: SimWorld) -> dict[str, float]:
                           / max(1, sum(1 for j in judges if j.id != p)), 3) for p in peers}
 
 
-def run_sim(scenario: Scenario, printer: RoundPrinter) -> RunResult:
-    world = SimWorld(scenario, on_commit=printer.commit)
+def run_sim(scenario: Scenario, printer: RoundPrinter,
+            costs: CostModel | None = None) -> RunResult:
+    world = SimWorld(scenario, on_commit=printer.commit, costs=costs)
     with printer:
         stats = world.run()
     byz = scenario.byzantine_nodes()
@@ -153,6 +155,8 @@ def run_sim(scenario: Scenario, printer: RoundPrinter) -> RunResult:
         "verify_cache_misses": world.verify_cache.misses,
         "peak_memory_mb": peak_memory_mb(),
     }
+    if costs is not None:  # the measured cost model (sim/costs.py), opt-in
+        extra["cost_model"] = costs.source
     summary = summarize(scenario, rounds, extra, {h.id for h in world.hosts if not h.up})
     events = log.frame({k: cls.__name__ for k, cls in world.opener.messages.kinds.items()})
     return RunResult(scenario, rounds, events, summary,
@@ -167,8 +171,9 @@ def suspicions(metrics: MetricLog) -> dict[str, int]:
 
 def run_scenario(scenario: str | Path | Scenario, *, seed: int | None = None,
                  out: str | Path | None = None, real: bool = False, progress: bool = False,
-                 console: Console | None = None) -> RunResult:
-    """Run one scenario; write its outputs to `out` when given; never exits the process."""
+                 console: Console | None = None, costs: CostModel | None = None) -> RunResult:
+    """Run one scenario; write its outputs to `out` when given; never exits the process.
+    `costs`: simulate with the measured cost model (sim/costs.py) instead of step_time."""
     if not isinstance(scenario, Scenario):
         scenario = load_scenario(scenario, seed)
     elif seed is not None:
@@ -181,7 +186,7 @@ def run_scenario(scenario: str | Path | Scenario, *, seed: int | None = None,
 
         result = run_real(scenario, printer, Path(out) if out is not None else None)
     else:
-        result = run_sim(scenario, printer)
+        result = run_sim(scenario, printer, costs)
     result.failures = check_expectations(scenario, result.rounds, result.summary)
     if out is not None:
         result.out = Path(out)

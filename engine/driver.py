@@ -1,7 +1,7 @@
 """The one place where a node's actions are told apart: `dispatch(actions, driver)`.
 
 Every driver (the SimPy world, Twins, the real asyncio host, the tests' pump) implements the
-seven methods of `Driver` and hands each batch a node returns to `dispatch`, so adding an
+eight methods of `Driver` and hands each batch a node returns to `dispatch`, so adding an
 action means one case here and one method per driver, and an action a driver does not know
 fails at once (`UnknownAction`) instead of being dropped on the floor.
 """
@@ -18,6 +18,7 @@ from phalanx.engine.events import (
     Compute,
     Emit,
     Job,
+    Load,
     Metric,
     Persist,
     Send,
@@ -47,6 +48,10 @@ class Driver(Protocol):
 
     def emit(self, metric: Metric) -> None: ...
 
+    def load(self, token: int, keys: tuple[str, ...]) -> None:
+        """Answer with `Loaded(token, values)` fed to the node: at once (a simulated world,
+        so a run stays a pure function of its seed) or as soon as the read is done."""
+
 
 def dispatch(actions: Iterable[Action | Any], driver: Driver) -> None:
     """Carry out `actions` in order on `driver`."""
@@ -66,5 +71,7 @@ def dispatch(actions: Iterable[Action | Any], driver: Driver) -> None:
                 driver.persist(key, value)
             case Emit(metric):
                 driver.emit(metric)
+            case Load(token, keys):
+                driver.load(token, keys)
             case _:
                 raise UnknownAction(f"not an action: {type(action).__name__}")

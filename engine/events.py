@@ -81,8 +81,18 @@ class PeerReachability:
     reachable: bool
 
 
+@dataclass(frozen=True, slots=True)
+class Loaded:
+    """The driver's answer to `Load(token, keys)`: what its durable storage holds under each
+    key, in the same order (None where it holds nothing). A deterministic driver (the
+    simulator, Twins, the tests' pump) hands it back at once, at the same time."""
+
+    token: int
+    values: tuple[Stored | None, ...]
+
+
 Event = (Started | Received | TimerFired | ComputeDone | RequestChange | LinkConditions
-         | PeerReachability)
+         | PeerReachability | Loaded)
 
 
 # ---- actions ------------------------------------------------------------------------------
@@ -144,7 +154,17 @@ class Emit:
     metric: Metric
 
 
-Action = Send | Broadcast | SetTimer | CancelTimer | Compute | Persist | Emit
+@dataclass(frozen=True, slots=True)
+class Load:
+    """Read `keys` back from the node's durable storage and answer with `Loaded(token, ...)`:
+    what the node no longer keeps in memory (committed rounds beyond its history window,
+    asked for by a peer that syncs from them)."""
+
+    token: int
+    keys: tuple[str, ...]
+
+
+Action = Send | Broadcast | SetTimer | CancelTimer | Compute | Persist | Emit | Load
 
 
 # ---- metrics a node emits -----------------------------------------------------------------

@@ -459,6 +459,10 @@ class RealSpec(Strict):
     # how long a starting node waits for every peer before it starts with those it reached
     # (the rest join late and catch up by state sync)
     start_wait: Annotated[float, Field(ge=0)] = 60.0
+    # the scenario's topology and links on real sockets (apps/emulate.py): emulate always,
+    # host never (loopback as it is, or netem set up from outside), auto: under `phalanx run
+    # --real` but not in a `phalanx cluster up` cluster
+    network: Literal["auto", "emulate", "host"] = "auto"
 
 
 class Scenario(Strict):

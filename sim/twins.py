@@ -55,6 +55,7 @@ from phalanx.engine.events import (
     Excluded,
     Finished,
     Job,
+    Loaded,
     Metric,
     Received,
     Rejected,
@@ -367,6 +368,10 @@ class _Instance:
 
     def emit(self, metric: Metric) -> None:
         self.run.metrics[self.name].append((self.run.now, metric))
+
+    def load(self, token: int, keys: tuple[str, ...]) -> None:
+        disk = self.run.disks[self.name]  # answered at once: the run stays deterministic
+        self.run.feed(self.name, Loaded(token, tuple(disk.get(k) for k in keys)))
 
 
 class TwinsRun:

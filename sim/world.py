@@ -30,6 +30,7 @@ from phalanx.engine.events import (
     Finished,
     Job,
     LinkConditions,
+    Loaded,
     MembershipChanged,
     Metric,
     Received,
@@ -44,6 +45,7 @@ from phalanx.engine.node import Node, Service, message_set
 from phalanx.engine.rng import RngStreams
 from phalanx.scenario.build import member_keys, node_config, workload_for
 from phalanx.scenario.schema import Scenario
+from phalanx.sim.costs import CostModel, CpuPool
 from phalanx.sim.eventlog import EventLog
 from phalanx.sim.faults import FaultInjector
 from phalanx.sim.links import Draws, Link, LinkParams, Network
@@ -219,6 +221,13 @@ class Host:
     def emit(self, metric: Metric) -> None:
         self.world.on_metric(self, metric)
 
+    def load(self, token: int, keys: tuple[str, ...]) -> None:
+        # answered at once, at the instant of the event that asked: a run stays a pure
+        # function of its seed, and the answer goes out as it would from memory
+        node = self.node
+        if node is not None:
+            self.feed(Loaded(token, tuple(self.disk.get(k) for k in keys)), node.now)
+
     def _account(self, rnd: int, size: int) -> None:
         self.bytes_sent[rnd] = self.bytes_sent.get(rnd, 0) + size
 
@@ -232,11 +241,22 @@ class Host:
             self.feed(ComputeDone(job, result))
 
 
+def _costed(world: SimWorld, costs: CostModel) -> list[Host]:
+    from phalanx.sim.costed import CostedHost  # it subclasses Host
+
+    cpu = CpuPool(costs.cores, costs.speed)
+    if costs.transport_latency > 0:  # the real transport's own hop, on every link
+        world.network.degrade(None, extra_latency=costs.transport_latency)
+    disk = CpuPool(costs.disks)  # flushes are measured in wall time: full speed
+    return [CostedHost(world, i, costs, cpu, disk) for i in world.members]
+
+
 class SimWorld:
     def __init__(self, scenario: Scenario,
                  on_commit: Callable[[RoundCommitted, float], None] | None = None,
-                 services: Sequence[type[Service]] = ()) -> None:
-        """`services`: services every node runs beyond the built-in ones."""
+                 services: Sequence[type[Service]] = (), costs: CostModel | None = None) -> None:
+        """`services`: services every node runs beyond the built-in ones; `costs`: the
+        measured cost model (sim/costs.py) instead of step_time alone."""
         self.scenario = scenario
         self.services = tuple(services)
         self.rngs = RngStreams(scenario.seed)
@@ -260,7 +280,7 @@ class SimWorld:
         self.workload = workload_for(scenario, self.rngs)
         self.byzantine = {node: b for b in scenario.byzantine for node in b.nodes}
         self.colluders = frozenset(self.byzantine)
-        self.hosts = [Host(self, i) for i in range(n)]
+        self.hosts = [Host(self, i) for i in range(n)] if costs is None else _costed(self, costs)
         self.faults = FaultInjector(self)
         self.on_commit = on_commit
         self.metrics = MetricLog()

@@ -36,6 +36,7 @@ from phalanx.engine.events import (
     Excluded,
     Finished,
     Job,
+    Loaded,
     Metric,
     Received,
     Rejected,
@@ -252,6 +253,10 @@ class _PumpDriver:
 
     def emit(self, metric: Metric) -> None:
         self.pump.metrics[self.src].append(metric)
+
+    def load(self, token: int, keys: tuple[str, ...]) -> None:
+        disk = self.pump.disks[self.src]  # answered at once, as the simulator does
+        self.pump.feed(self.src, Loaded(token, tuple(disk.get(k) for k in keys)))
 
 
 # ---- one seed's cluster ----------------------------------------------------------------------

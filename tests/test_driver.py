@@ -20,6 +20,7 @@ from phalanx.engine.events import (
     Compute,
     Emit,
     Finished,
+    Load,
     Persist,
     Send,
     SetTimer,
@@ -82,3 +83,43 @@ def test_every_driver_fails_on_something_that_is_not_an_action(tmp_path: Path) -
             host.close()
 
     asyncio.run(real())
+
+
+def test_every_driver_answers_a_load_at_once_from_its_disk(tmp_path: Path) -> None:
+    """`Load` -> `Loaded` with what the disk holds (None where nothing), fed to the node before
+    the next action of the batch: the simulated worlds stay deterministic."""
+    got: list[tuple[Any, ...]] = []
+
+    def ask(node: Any, execute: Any) -> None:
+        node.out = []
+        node.load(("votes", "log/7"), got.append)
+        (load,) = node.out
+        assert isinstance(load, Load)
+        execute([load, Emit(Finished(0, 1, b"h"))])
+
+    kit = Kit(1)
+    pump = Pump({0: kit.node(0)})
+    pump.disks[0]["votes"] = b"v"
+    ask(pump.nodes[0], lambda actions: pump.execute(0, actions))
+    world = SimWorld(parse_scenario({"name": "d", "nodes": {"count": 4},
+                                     "workload": {"kind": "linear"},
+                                     "training": {"rounds": 1}}))
+    host = world.hosts[0]
+    host.start()
+    host.disk["votes"] = b"v"
+    ask(host.node, host.execute)
+    twins = TwinsRun(TwinsScenario(4, ()))
+    twins.disks["0"]["votes"] = b"v"
+    ask(twins.nodes["0"], lambda actions: dispatch(actions, twins._drivers["0"]))
+
+    async def real() -> None:
+        log = NodeLog(tmp_path / "n.sqlite")
+        log.write("votes", b"v")
+        real_host = AsyncHost(kit.node(0), Recorder(), log)
+        try:
+            ask(real_host.node, real_host.execute)
+        finally:
+            real_host.close()
+
+    asyncio.run(real())
+    assert got == [(b"v", None)] * 4

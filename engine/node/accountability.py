@@ -53,8 +53,9 @@ class Accountability(Service):
         return [Route(Evidence, self.on_evidence, to_followers=True)]
 
     def restore(self, disk: Disk) -> None:
-        for key, proof in disk.items():  # exclusions survive a restart with the disk
-            if key.startswith("evidence/") and isinstance(proof, bytes):
+        for key in disk:  # exclusions survive a restart with the disk (keys only: the log's
+            proof = disk[key] if key.startswith("evidence/") else None  # records stay there)
+            if isinstance(proof, bytes):
                 offender = int(key.split("/", 1)[1])
                 self.excluded[offender] = proof
                 self.node.reputation[offender] = 0.0
@@ -73,6 +74,9 @@ class Accountability(Service):
     def forget_before(self, round: int) -> None:
         for key in [k for k in self.slots if k[2] < round]:
             del self.slots[key]
+        oldest = round - self.node.config.history_window  # forks older than the window
+        if self.traced and min(r for _, r in self.traced) < oldest:
+            self.traced = {t for t in self.traced if t[1] >= oldest}
 
     # ---- equivocation --------------------------------------------------------------------
 
@@ -130,6 +134,8 @@ class Accountability(Service):
         record of that round once, to compare certificates."""
         node = self.node
         if node.round > 0 and (peer, node.round) not in self.probed:
+            if self.probed and min(r for _, r in self.probed) < node.round:
+                self.probed = {p for p in self.probed if p[1] == node.round}  # only ours is asked
             self.probed.add((peer, node.round))
             node.send(peer, SyncRequest(node.round, node.round - 1, 1))
 

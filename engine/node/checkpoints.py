@@ -65,6 +65,8 @@ class CheckpointSync(Service):
                 or env.sender in node.accountability.excluded
                 or (env.sender, node.round) in self.served):
             return  # not behind us, nothing to offer, or already sent this round's state
+        if self.served and min(r for _, r in self.served) < node.round:
+            self.served = {s for s in self.served if s[1] == node.round}  # only ours is asked
         self.served.add((env.sender, node.round))
         node.send(env.sender, Checkpoint(node.round, history[-1], node.params, node.velocity,
                                          node.last_update, tuple(node.membership.epochs)))

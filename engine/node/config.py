@@ -41,6 +41,10 @@ class NodeConfig:
     # a node this many rounds behind a peer fetches a checkpoint (verified by a commit
     # certificate and offered identically by f + 1 peers) instead of replaying every round
     checkpoint_gap: int = 32
+    # committed rounds kept in memory (the newest ones): a peer syncing from older rounds is
+    # served from the node's disk (a `Load`), and a restart reads back only these. Above
+    # `checkpoint_gap + sync_batch`, so every peer that replays rounds is served from memory
+    history_window: int = 256
     # non-voting followers (lightweight nodes, candidates): they may ask members for records
     # and checkpoints, and to join; a node whose own id is not among the members is one of them
     observers: tuple[int, ...] = ()
@@ -56,3 +60,7 @@ class NodeConfig:
     # (clip, noise multiplier): each gradient clipped to that L2 norm, then Gaussian noise of
     # noise multiplier * clip added before it is released (engine/privacy.py)
     privacy: tuple[float, float] | None = None
+
+    def __post_init__(self) -> None:
+        if self.history_window < 1:  # a checkpoint or a joiner's first record is the last one
+            raise ValueError(f"history_window must be at least 1, got {self.history_window}")

@@ -32,6 +32,8 @@ from phalanx.engine.events import (
     Finished,
     Job,
     LinkConditions,
+    Load,
+    Loaded,
     Metric,
     PeerReachability,
     Persist,
@@ -109,6 +111,9 @@ class Node:
         self.last_set: frozenset[int] | None = None
         self._leaders: tuple[int, ...] = ()  # cached; () until first asked after a change
         self.out: list[Action] = []  # the actions of the event being handled
+        # reads from the disk asked of the driver (`load`), by token: what to do with each
+        self._loads: dict[int, Callable[[tuple[Stored | None, ...]], None]] = {}
+        self._load_token = 0
         # the parts (each reads the ones built before it)
         self.sender = Sender(self)
         self.detector = FailureDetector(self)
@@ -159,6 +164,11 @@ class Node:
             case PeerReachability(peer, reachable):
                 self.detector.link(peer, reachable)
                 self.protocol.advance()  # a leader may stop waiting for it
+            case Loaded(token, values):
+                then = self._loads.pop(token, None)
+                if then is None:
+                    raise ProtocolError(f"a load this node never asked for: {token}")
+                then(values)
         return self.behaviour.outgoing(self.out, self)
 
     def _on_timer(self, name: str) -> None:
@@ -219,6 +229,14 @@ class Node:
     def emit(self, metric: Metric) -> None:
         self.out.append(Emit(metric))
 
+    def load(self, keys: Sequence[str],
+             then: Callable[[tuple[Stored | None, ...]], None]) -> None:
+        """Ask the driver for what the disk holds under `keys`; `then(values)` runs when it
+        answers (`Loaded`), as any event's handler does."""
+        self._load_token += 1
+        self._loads[self._load_token] = then
+        self.out.append(Load(self._load_token, tuple(keys)))
+
     def reject(self, reason: str, sender: int | None) -> None:
         self.rejections[reason] += 1
         if sender in self.reputation:
@@ -258,14 +276,24 @@ class Node:
         self.last_update = np.array(saved.last_update, dtype=np.float32)
         self.sender.worker_momentum = np.array(saved.worker_momentum, dtype=np.float32)
         # the log's unbroken run of rounds up to the checkpoint (a node that started from
-        # a peer's checkpoint holds none before it)
+        # a peer's checkpoint holds none before it): its newest `history_window` records are
+        # read back, the rest stays on disk (only whether each one is there is looked up)
         base = saved.round
-        while base > 0 and isinstance(disk.get(f"log/{base - 1}"), RoundRecord):
+        floor = max(0, base - self.config.history_window)
+        kept: list[RoundRecord] = []
+        while base > floor:
+            record = disk.get(f"log/{base - 1}")
+            if not isinstance(record, RoundRecord):
+                break
+            kept.append(record)
             base -= 1
-        self.sync.history = [disk[f"log/{r}"] for r in range(base, saved.round)]  # type: ignore[misc]
+        self.sync.history = kept[::-1]
+        if base == floor:
+            while base > 0 and f"log/{base - 1}" in disk:
+                base -= 1
         self.sync.history_base = base
-        last = disk.get(f"log/{saved.round - 1}")
-        self.set_last_set(self.senders_of(last) if isinstance(last, RoundRecord) else None)
+        last = kept[0] if kept else None  # the record of the round before ours
+        self.set_last_set(self.senders_of(last) if last is not None else None)
 
     def senders_of(self, record: RoundRecord) -> tuple[int, ...] | None:
         """The senders a committed round's set named (None: its proposal does not open)."""

@@ -160,6 +160,8 @@ class RoundProtocol(Service):
                 del table[old]
         for key in [k for k in self.proposals if k[0] < r]:
             del self.proposals[key]
+        if self.certified:  # quorums of past rounds are never certified again
+            self.certified = {c for c in self.certified if c[0] >= r}
         self._judge_early_proposals(r)
         node.accountability.forget_before(r)
         node.detector.round_started()
@@ -466,7 +468,7 @@ class RoundProtocol(Service):
             cert.set_digest]
         record = RoundRecord(node.round, proposal.frame, tuple(e.frame for e in envs),
                              cert.frames, prepared)
-        node.sync.history.append(record)
+        node.sync.keep(record)
         p: Proposal = proposal.message  # type: ignore[assignment]
         if not via_sync:
             node.detector.round_committed(node.round, self.grads.get(node.round, {}))

@@ -1,7 +1,9 @@
 """State sync by records: how a node that fell behind fetches the rounds it missed.
 
 A committed round is a `RoundRecord` (the leader's proposal, the gradients it names and the
-commit certificate, all signed frames), kept in `history` and on disk. A node behind asks a
+commit certificate, all signed frames), kept on disk, and in `history` while it is one of the
+newest `history_window` (older ones are read back from disk, `Node.load`, when a peer asks for
+them: a node's memory does not grow with its log). A node behind asks a
 peer for its records from its own round on and replays them after checking every signature,
 the set, the certificate and the resulting model hash, exactly as if it had voted; the same
 check audits a node's log (`replay`). A node too far behind (`checkpoint_gap`), or asking a
@@ -12,9 +14,11 @@ Timer: "sync/follow", a follower's poll for the rounds the members committed sin
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from phalanx.engine.consensus import Certificate, check_certificate
+from phalanx.engine.events import Stored
 from phalanx.engine.node.proposals import set_digest
 from phalanx.engine.node.service import ProtocolError, Route, Service
 from phalanx.net.envelope import Envelope
@@ -39,12 +43,48 @@ class RecordSync(Service):
 
     def __init__(self, node: Node) -> None:
         super().__init__(node)
-        self.history: list[RoundRecord] = []  # committed rounds from history_base on
-        self.history_base = 0  # above 0 once the node started from a peer's checkpoint
+        # the newest committed rounds (at most `history_window`), up to the node's round
+        self.history: list[RoundRecord] = []
+        self.history_base = 0  # where the log begins: above 0 once started from a checkpoint
         self.until = -1.0  # no new unforced request before this time
         self.peer: int | None = None  # who the outstanding request went to
         self.turn = 0  # the last peer polled
         self.helped: set[tuple[int, int]] = set()  # (peer, round) we sent records unasked
+
+    # ---- the committed rounds -------------------------------------------------------------
+
+    @property
+    def kept_from(self) -> int:
+        """The first round `history` holds (the node's round when it holds none)."""
+        return self.node.round - len(self.history)
+
+    def keep(self, record: RoundRecord) -> None:
+        """`record` (of the node's round) committed: keep it, and only the window's newest."""
+        self.history.append(record)
+        over = len(self.history) - self.node.config.history_window
+        if over > 0:
+            del self.history[:over]
+        self._forget_before(record.round - self.node.config.history_window)
+
+    def _forget_before(self, round: int) -> None:
+        """Who we helped with rounds older than the window: the memory of it goes with them."""
+        if self.helped and min(r for _, r in self.helped) < round:
+            self.helped = {(p, r) for p, r in self.helped if r >= round}
+
+    def records(self, start: int, count: int,
+                then: Callable[[tuple[RoundRecord, ...]], None]) -> None:
+        """Hand `then` our records from round `start` (at most `count`, consecutive): from
+        memory, or read back from disk when they are older than the window (an empty tuple
+        for rounds before our log's beginning)."""
+        node = self.node
+        if start < self.history_base or start >= node.round:
+            then(())
+        elif start >= self.kept_from:
+            begin = start - self.kept_from
+            then(tuple(self.history[begin : begin + count]))
+        else:
+            keys = [f"log/{r}" for r in range(start, min(start + count, node.round))]
+            node.load(keys, lambda values: then(_leading_records(values)))
 
     def routes(self) -> list[Route]:
         return [Route(SyncRequest, self.on_request, from_observers=True),
@@ -102,9 +142,9 @@ class RecordSync(Service):
     def send_records(self, peer: int, from_round: int, count: int | None = None) -> None:
         node = self.node
         count = min(count or node.config.sync_batch, node.config.sync_batch)
-        start = from_round - self.history_base  # none before our base: the asker will ask
-        records = tuple(self.history[start : start + count]) if start >= 0 else ()  # for a checkpoint
-        node.send(peer, SyncResponse(node.round, records))
+        # none before our log's beginning: the asker will ask for a checkpoint
+        self.records(from_round, count,
+                     lambda records: node.send(peer, SyncResponse(node.round, records)))
 
     # ---- replaying -----------------------------------------------------------------------
 
@@ -122,9 +162,7 @@ class RecordSync(Service):
         applied = 0
         for record in resp.records:
             if record.round < node.round:
-                if record.round >= self.history_base:
-                    node.accountability.compare_records(
-                        self.history[record.round - self.history_base], record, env.sender)
+                self._compare(record, env.sender)
                 continue
             if record.round != node.round or node.finished:
                 continue  # not next in line here (records are normally consecutive)
@@ -139,6 +177,14 @@ class RecordSync(Service):
             # more to fetch: at once after a full batch, else (records we could not use yet,
             # e.g. handed to us unasked) once the outstanding request had its time
             self.request(env.sender, force=bool(applied) and applied == len(resp.records))
+
+    def _compare(self, theirs: RoundRecord, peer: int) -> None:
+        """A peer's record of a round we committed: the same outcome as ours, or a fork."""
+        def compare(ours: tuple[RoundRecord, ...]) -> None:
+            if ours:
+                self.node.accountability.compare_records(ours[0], theirs, peer)
+
+        self.records(theirs.round, 1, compare)
 
     def replay(self, records: list[RoundRecord]) -> str | None:
         """Verify and apply committed rounds from the node's round on, exactly as state sync
@@ -211,3 +257,13 @@ class RecordSync(Service):
             if g.base_hash != node.model_hash:
                 return "sync_other_model"
         return None
+
+
+def _leading_records(values: tuple[Stored | None, ...]) -> tuple[RoundRecord, ...]:
+    """The records a disk read found, up to the first key it holds none for."""
+    records = []
+    for value in values:
+        if not isinstance(value, RoundRecord):
+            break
+        records.append(value)
+    return tuple(records)

@@ -1,0 +1,121 @@
+"""A simulated machine whose node spends measured CPU time (see sim/costs.py).
+
+The node handles one event at a time, as a real node's event loop does: an event waits for
+the node's previous one, takes the input's cost (decoding and verifying a received frame),
+is handled, then its outputs' costs (signing each new frame, one SQLite transaction for the
+batch's writes, the aggregation and optimizer step of a commit) pass before its sends leave.
+Every such CPU task, and every gradient, books one of the machine's cores (`CpuPool`); the
+SQLite flush keeps the node waiting for one of the machine's disks, no core busy.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from typing import TYPE_CHECKING, Any
+
+from phalanx.engine.driver import dispatch
+from phalanx.engine.events import (
+    Action,
+    Broadcast,
+    Emit,
+    Event,
+    Job,
+    Persist,
+    Received,
+    RoundCommitted,
+    Send,
+    Stored,
+)
+from phalanx.net.codec import encode_payload
+from phalanx.net.messages import RoundRecord, SyncResponse
+from phalanx.sim.costs import CostModel, CpuPool, workload_key
+from phalanx.sim.world import Host
+
+if TYPE_CHECKING:
+    from phalanx.sim.world import SimWorld
+
+
+def stored_size(value: Stored) -> int:
+    """Bytes the real node's SQLite log writes for `value` (it encodes records as here)."""
+    if isinstance(value, bytes | bytearray | memoryview):
+        return len(value)
+    if isinstance(value, RoundRecord):
+        return len(encode_payload(SyncResponse(value.round, (value,))))
+    return len(value.to_bytes())
+
+
+class CostedHost(Host):
+    def __init__(self, world: SimWorld, node_id: int, costs: CostModel, cpu: CpuPool,
+                 disk: CpuPool) -> None:
+        super().__init__(world, node_id)
+        self.costs, self.cpu, self.disk_queue = costs, cpu, disk
+        self.gradient, self.apply = costs.for_workload(workload_key(world.scenario))
+        self.inbox: deque[Event] = deque()
+        self.busy = False
+
+    def crash(self) -> None:
+        super().crash()
+        if not self.up:  # what was queued or in hand dies with the process
+            self.inbox.clear()
+            self.busy = False
+
+    def feed(self, event: Event, now: float | None = None) -> None:
+        if self.node is None:
+            return
+        self.inbox.append(event)
+        if not self.busy:
+            self._next()
+
+    def _next(self) -> None:
+        if not self.inbox or self.node is None:
+            self.busy = False
+            return
+        self.busy = True
+        event = self.inbox.popleft()
+        cost = self.costs.frame_in(len(event.frame)) if isinstance(event, Received) else 0.0
+        w = self.world
+        w.call_at(self.cpu.run(w.now, cost), self._handle, event, self.incarnation)
+
+    def _handle(self, event: Event, incarnation: int) -> None:
+        if incarnation != self.incarnation or self.node is None:
+            return
+        w = self.world
+        actions = self.node.handle(event, w.now)
+        writes = [a for a in actions if type(a) is Persist]
+        for write in writes:  # on disk at once, as the real host writes a batch before sends
+            self.disk[write.key] = write.value
+        # the flush waits for the disk (shared by every node), not for a core
+        flush = self.costs.persist(sum(stored_size(x.value) for x in writes)) if writes else 0.0
+        end = self.disk_queue.run(self.cpu.run(w.now, self._output_cost(actions)), flush)
+        w.call_at(end, self._send, [a for a in actions if type(a) is not Persist],
+                  self.incarnation)
+
+    def _send(self, actions: list[Action], incarnation: int) -> None:
+        if incarnation != self.incarnation:
+            return
+        if actions:
+            dispatch(actions, self)
+        self._next()
+
+    def _output_cost(self, actions: list[Action]) -> float:
+        c = self.costs
+        frames: dict[int, int] = {}  # one signature per frame, however many peers get it
+        cost = 0.0
+        for a in actions:
+            if isinstance(a, Broadcast | Send):
+                frames[id(a.frame)] = len(a.frame)
+            elif isinstance(a, Emit) and isinstance(a.metric, RoundCommitted):
+                cost += self.apply
+        return cost + sum(c.frame_out(size) for size in frames.values())
+
+    def execute(self, actions: list[Action]) -> None:
+        # events reach this host only through `feed`, whose queue dispatches the results
+        dispatch(actions, self)
+
+    def compute(self, job: Job) -> None:
+        w = self.world
+        start = max(w.now, self.compute_free_at)
+        self.compute_free_at = self.cpu.run(
+            start, self.gradient * job.cost * self.slowdown / self.speed)
+        result: Any = job.run()
+        w.call_at(self.compute_free_at, self._computed, job, result, self.incarnation)
