@@ -140,10 +140,10 @@ class AsyncHost:
     def emit(self, metric: Metric) -> None:
         if isinstance(metric, RoundCommitted):
             self._committed(metric)
-            return
-        self.metrics.record(metric, time.time())
-        if isinstance(metric, Finished):
-            self.finished.set()
+        else:
+            self.metrics.record(metric, time.time())
+            if isinstance(metric, Finished):
+                self.finished.set()
         if self.on_metric is not None:
             self.on_metric(metric)
 
