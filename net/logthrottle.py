@@ -11,7 +11,9 @@ time out) writes to a node's log instead of a line, or a traceback, per attempt.
   kind's next line);
 - `throttle_accept_errors` installs, on an event loop, an exception handler that turns
   asyncio's per-attempt "socket.accept() out of system resource" report (EMFILE, ENFILE,
-  ENOBUFS, ENOMEM: asyncio itself then pauses that listener for a second) into such a line.
+  ENOBUFS, ENOMEM: asyncio itself then pauses that listener for a second) into such a line
+  (and asyncio's retry of a listener closed meanwhile, at shutdown, into an info line rather
+  than a traceback).
 """
 
 from __future__ import annotations
