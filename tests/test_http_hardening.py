@@ -6,6 +6,7 @@ descriptors, and the settings that set the limits."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
 import json
 import logging
@@ -43,21 +44,13 @@ ATTACK_SECONDS = 12.0  # at least: past the 10 s header timeout
 def exchange(port: int, request: bytes, timeout: float = 10.0) -> bytes:
     """Send `request` raw; everything the server answers until it closes."""
     with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
-        with _suppress_reset():
+        with contextlib.suppress(ConnectionResetError, BrokenPipeError):  # refused mid-send
             s.sendall(request)
         answer = b""
-        with _suppress_reset():
+        with contextlib.suppress(ConnectionResetError):
             while chunk := s.recv(65536):
                 answer += chunk
     return answer
-
-
-class _suppress_reset:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, kind: object, exc: object, tb: object) -> bool:
-        return isinstance(exc, ConnectionResetError | BrokenPipeError)
 
 
 def post(path: str, body: bytes, extra: bytes = b"") -> bytes:
