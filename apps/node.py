@@ -34,6 +34,7 @@ import torch
 from rich.console import Console
 
 from phalanx.apps.console import answer
+from phalanx.apps.http_guard import HttpLimits, raise_fd_limit
 from phalanx.apps.mpi_run import gather_ranks, run_folder
 from phalanx.apps.node_host import AsyncHost
 from phalanx.apps.node_log import NodeLog
@@ -358,10 +359,15 @@ class RealNode:
 
     def _status_server(self) -> Any:
         web = self.plan.settings
+        before, after = raise_fd_limit()  # headroom for p2p links beside the HTTP cap
+        if after > before:
+            self.out.print(f"open files limit raised from {before} to {after}", highlight=False)
         if not web.enable_web_interface:
             return None
         return status_server(self.status, web.web_host or web.host, web.web_port,
-                             self.request_change)
+                             self.request_change, HttpLimits(
+                                 web.http_max_connections, web.http_header_timeout,
+                                 web.http_body_timeout, web.http_max_body_bytes))
 
     def _check_bootstrap(self) -> None:
         listed = {f"{host}:{port}" for host, port in self.plan.addresses.values()}

@@ -10,10 +10,11 @@ the keyring that authenticates peers and signatures.
 from __future__ import annotations
 
 import json
+import resource
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, ValidationError
+from pydantic import Field, ValidationError, field_validator
 
 from phalanx.net.crypto import PUBLIC_KEY_SIZE, Identity
 from phalanx.scenario.schema import ScenarioError, Strict, describe_error
@@ -52,6 +53,22 @@ class NodeFile(Strict):
     log_file: Path | None = None
     log_max_mb: Annotated[float, Field(gt=0)] = 20.0
     log_every: Annotated[int, Field(ge=1)] = 100  # one line per this many committed rounds
+    # the status endpoint's limits (apps/http_guard.py): connections held at once (kept well
+    # below the open-file limit, so p2p links always find a descriptor), the seconds a
+    # request's headers and then its body may take to arrive, the largest body it takes
+    http_max_connections: Annotated[int, Field(ge=1)] = 256
+    http_header_timeout: Annotated[float, Field(gt=0, le=3600)] = 10.0
+    http_body_timeout: Annotated[float, Field(gt=0, le=3600)] = 30.0
+    http_max_body_bytes: Annotated[int, Field(ge=1, le=64 * 1024 * 1024)] = 64 * 1024
+
+    @field_validator("http_max_connections")
+    @classmethod
+    def _fd_headroom(cls, value: int) -> int:
+        hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+        if hard != resource.RLIM_INFINITY and value > hard // 2:
+            raise ValueError(f"at most {hard // 2}: half of the {hard} files this process may "
+                             f"open, so p2p links and the store keep the rest")
+        return value
 
 
 class Member(Strict):

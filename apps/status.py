@@ -8,19 +8,30 @@ loop): what the TUI and monitoring read.
   members to let it join or leave (202), or says why it cannot (409). It acts for the node's
   own operator, so it answers clients on the node's machine only (403 from anywhere else,
   even when `web_host` exposes the status to the network).
+
+No answer repeats what a client sent: a malformed body gets 422 naming the field and what is
+wrong with it, never the value (FastAPI's default echoes the whole input back); slow, oversized
+and excess requests are refused by `http_guard` before they reach the app.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import functools
 import ipaddress
-from collections.abc import Callable, Iterator
+import logging
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any, Literal
 
 import uvicorn
 from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict
+
+from phalanx.apps.http_guard import MAX_HEADER_BYTES, Guard, GuardedH11Protocol, HttpLimits
+from phalanx.net.logthrottle import throttle_accept_errors, throttle_logger
 
 StatusFn = Callable[[], dict[str, Any]]
 ChangeFn = Callable[[str], str | None]  # "join" | "leave" -> why not, or None once asked
@@ -45,15 +56,37 @@ def health(finished: bool, since_commit: float | None, stall_after: float, peers
     return {"status": "ok", "reasons": []}
 
 
-def make_status_app(status: StatusFn, change: ChangeFn | None = None) -> FastAPI:
-    app = FastAPI(title="phalanx node", docs_url=None, redoc_url=None)
+def invalid_reason(errors: Sequence[Any]) -> str:
+    """What is wrong with a request, by field: never the value, nor a field name the client
+    made up (an unexpected key is input too)."""
+    first = errors[0]
+    loc = [str(p) for p in first.get("loc", ())]
+    if first.get("type") == "extra_forbidden":
+        loc, msg = loc[:-1], "has a field it does not take"
+    else:
+        msg = str(first.get("msg", "invalid")).removeprefix("Value error, ")
+    where = ".".join(loc)[:100]
+    more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
+    return f"{where}: {msg[:200]}{more}" if where else f"{msg[:200]}{more}"
+
+
+async def _invalid(_: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, RequestValidationError)
+    return JSONResponse({"detail": invalid_reason(exc.errors())}, status_code=422)
+
+
+def make_status_app(status: StatusFn, change: ChangeFn | None = None,
+                    http_stats: Callable[[], dict[str, Any]] | None = None) -> FastAPI:
+    """`http_stats`: the guard's counts, shown under `http` in /status."""
+    app = FastAPI(title="phalanx node", docs_url=None, redoc_url=None,
+                  exception_handlers={RequestValidationError: _invalid})
 
     # async routes: they run on the node's own event loop, between two events the node handles,
     # so each answer is a consistent snapshot (a plain `def` would run in a worker thread and
     # read the node's attributes while the loop changes them)
     @app.get("/status")
     async def read_status() -> dict[str, Any]:
-        return status()
+        return {**status(), "http": http_stats()} if http_stats else status()
 
     @app.get("/health")
     async def read_health() -> JSONResponse:
@@ -89,15 +122,33 @@ def _local(request: Request) -> bool:
 
 class EmbeddedServer(uvicorn.Server):
     """uvicorn inside a loop it does not own: the node handles SIGTERM itself (flushing its
-    log and checkpoint), so the server must not take over the signal handlers."""
+    log and checkpoint), so the server must not take over the signal handlers; the loop's
+    reports of failed accepts (out of file descriptors) become one throttled line."""
+
+    def __init__(self, config: uvicorn.Config, guard: Guard) -> None:
+        super().__init__(config)
+        self.guard = guard
 
     @contextlib.contextmanager
     def capture_signals(self) -> Iterator[None]:
         yield
 
+    async def startup(self, sockets: list[Any] | None = None) -> None:
+        throttle_accept_errors(asyncio.get_running_loop())
+        await super().startup(sockets)
 
-def status_server(status: StatusFn, host: str, port: int,
-                  change: ChangeFn | None = None) -> EmbeddedServer:
-    config = uvicorn.Config(make_status_app(status, change), host=host, port=port, log_level="warning",
-                            lifespan="off", access_log=False)
-    return EmbeddedServer(config)
+
+def status_server(status: StatusFn, host: str, port: int, change: ChangeFn | None = None,
+                  limits: HttpLimits | None = None) -> EmbeddedServer:
+    guard = Guard(limits or HttpLimits())
+    config = uvicorn.Config(
+        make_status_app(status, change, guard.stats), host=host, port=port,
+        log_level="warning", lifespan="off", access_log=False, ws="none",
+        http=functools.partial(GuardedH11Protocol, guard=guard),  # type: ignore[arg-type]
+        h11_max_incomplete_event_size=MAX_HEADER_BYTES,
+        # the listen queue, and the most connections one turn of the loop accepts (each
+        # then admitted, or closed at once, by the guard)
+        backlog=128,
+        timeout_graceful_shutdown=5)
+    throttle_logger(logging.getLogger("uvicorn.error"))  # e.g. one line per malformed request
+    return EmbeddedServer(config, guard)

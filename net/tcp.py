@@ -72,6 +72,7 @@ from .handshake import (
     Session,
 )
 from .linkcrypto import DecryptError, RecordCodec, record_codecs
+from .logthrottle import throttle_accept_errors
 from .ratelimit import Backoff, InboundLimiter, RateLimit
 
 log = logging.getLogger(__name__)
@@ -325,6 +326,9 @@ class TcpTransport:
 
     async def start(self) -> None:
         host, port = self._addresses[self.id]
+        # out of file descriptors, asyncio pauses the listener 1 s per failed accept() and
+        # reports each: one throttled line, not a traceback per attempt
+        throttle_accept_errors(asyncio.get_running_loop())
         self._server = await asyncio.start_server(self._accept, host, port)
         bound = self._server.sockets[0].getsockname()
         self._addresses[self.id] = (host, bound[1])
