@@ -17,13 +17,19 @@ exits after `linger` seconds with `--exit-when-finished`.
 
 from __future__ import annotations
 
+import sys
+
+from phalanx.apps.numerics import pin_at_entry, threads
+
+# first: kernel paths are fixed before torch or numpy load (apps/numerics.py)
+pin_at_entry(["", "node"])  # a real node pins when PHALANX_NUMERICS=portable asks
+
 import asyncio
 import dataclasses
 import json
 import os
 import resource
 import signal
-import sys
 import time
 from collections.abc import Coroutine, Sequence
 from dataclasses import dataclass
@@ -421,10 +427,8 @@ class RealNode:
 
 def serve(plan: NodePlan, out: Console) -> str | None:
     """Run the node until it is stopped; why it failed (already printed), or None."""
-    if plan.settings.max_cpu_threads:
-        torch.set_num_threads(plan.settings.max_cpu_threads)
-    else:
-        torch.set_num_threads(1)  # steady on shared machines; raise with max_cpu_threads
+    # one thread steadies shared machines (raise with max_cpu_threads); pinned numerics keep one
+    torch.set_num_threads(threads(plan.settings.max_cpu_threads))
     for flag in ("enable_curation", "enable_rlhf"):
         if getattr(plan.settings, flag):
             out.print(f"{flag}: this build has no curation or RLHF service yet; ignored",
