@@ -20,6 +20,7 @@ from __future__ import annotations
 import sys
 
 from phalanx.apps.numerics import pin_at_entry, threads
+from phalanx.apps.numerics import report as numerics_report
 
 # first: kernel paths are fixed before torch or numpy load (apps/numerics.py)
 pin_at_entry(["", "node"])  # a real node pins when PHALANX_NUMERICS=portable asks
@@ -409,7 +410,8 @@ class RealNode:
                   "epochs": [[e.round, list(e.members)] for e in self.node.epochs],
                   "transport_bytes_sent": getattr(self.transport, "bytes_sent", 0),
                   "queue_drops": getattr(self.transport, "dropped_full", 0),
-                  "refusals": dict(getattr(self.transport, "refusals", {}))}
+                  "refusals": dict(getattr(self.transport, "refusals", {})),
+                  "numerics": numerics_report()}
         (d / "result.tmp").write_text(json.dumps(result))
         os.replace(d / "result.tmp", d / "result.json")  # readers never see half a file
 

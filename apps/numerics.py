@@ -27,10 +27,11 @@ call, so the pin runs first in every entry point (`phalanx`, `python -m phalanx.
 
 from __future__ import annotations
 
+import json
 import os
 import platform
 import sys
-from collections.abc import Mapping, MutableMapping, Sequence
+from collections.abc import Iterable, Mapping, MutableMapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -213,6 +214,13 @@ def report() -> dict[str, Any]:
             "openblas_coretype": env.get("OPENBLAS_CORETYPE"),
             "numpy_simd": _numpy_simd(np), "torch_threads": torch.get_num_threads(),
             "torch": torch.__version__, "numpy": np.__version__}
+
+
+def node_numerics(reports: Iterable[dict[str, Any] | None]) -> list[dict[str, Any]]:
+    """The distinct kernel settings the nodes of a real run computed on (one entry when alike)."""
+    keys = ("pinned", "cpu_capability", "mkl_cbwr", "torch_threads", "fallback")
+    seen = {json.dumps({k: (r or {}).get(k) for k in keys}, sort_keys=True) for r in reports}
+    return [json.loads(s) for s in sorted(seen)]
 
 
 def _numpy_simd(np: Any) -> list[str]:

@@ -19,6 +19,7 @@ import numpy as np
 import polars as pl
 
 from phalanx.apps.cluster import NodeProc, alive, cluster_down, cluster_up
+from phalanx.apps.numerics import node_numerics
 from phalanx.apps.results import RunResult, rounds_table, summarize
 from phalanx.engine.rng import RngStreams
 from phalanx.scenario.build import workload_for
@@ -66,6 +67,7 @@ def run_real(scenario: Scenario, printer: Any) -> RunResult:
              "rounds_per_second": (rounds["round"].n_unique() - 1) / span if span else 0.0,
              "bytes_sent": sum(r["transport_bytes_sent"] for r in results.values()),
              "rejected_by_reason": rejections,
+             "node_numerics": node_numerics(r.get("numerics") for r in results.values()),
              "members_at_end": [list(m) for m in sorted(
                  {tuple(r["members"]) for r in results.values()})]}
     return RunResult(scenario, rounds, pl.DataFrame(), summarize(scenario, rounds, extra))

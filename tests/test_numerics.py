@@ -70,8 +70,8 @@ def test_pinned_runs_end_on_one_hash_whatever_the_environment(tmp_path: Path, na
                                                               rounds: int | None) -> None:
     path = shortened(name, tmp_path, rounds) if rounds else SCENARIOS / name
     with ThreadPoolExecutor(2) as pool:  # two processes at a time: each waits on its own
-        runs = list(pool.map(lambda env: run_cli([str(path)], tmp_path / str(id(env)), env),
-                             [{}, *HOSTILE]))
+        runs = list(pool.map(lambda i_env: run_cli([str(path)], tmp_path / str(i_env[0]),
+                                                   i_env[1]), enumerate([{}, *HOSTILE])))
     hashes = {r["final_model_hash"] for r in runs}
     assert len(hashes) == 1 and None not in hashes, hashes
     for summary, env in zip(runs, [{}, *HOSTILE], strict=True):
@@ -107,6 +107,10 @@ def test_a_real_cluster_with_pinned_numerics_ends_on_the_simulated_hash(tmp_path
     assert real["mode"] == "real-tcp" and real["distinct_final_hashes"] == 1
     assert real["final_model_hash"] == sim["final_model_hash"]
     assert real["numerics"]["pinned"] and real["numerics"]["overridden"] == HOSTILE[0]
+    # each node process says what it computed on: all alike, pinned
+    assert real["node_numerics"] == [{"pinned": True, "cpu_capability": HERE.capability,
+                                      "mkl_cbwr": HERE.env.get("MKL_CBWR"), "torch_threads": 1,
+                                      "fallback": HERE.fallback}]
 
 
 def test_a_bad_mode_is_one_line_and_exit_2(tmp_path: Path) -> None:
