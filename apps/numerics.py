@@ -197,16 +197,18 @@ def report() -> dict[str, Any]:
     import numpy as np
     import torch
 
-    portable = pinned()
-    plan = _state.plan or (plan_for(platform.machine(), _cpu_flags(), np.__version__)
-                           if portable else None)
+    if _state.plan is None:  # not pinned here (a parent's pin, or none): the plan it would be
+        _state.plan = plan_for(platform.machine(), _cpu_flags(), np.__version__)
+    # pinned: asked for, and every setting of the plan in force (not only the mode's variable)
+    portable = pinned() and all(os.environ.get(k) == v for k, v in _state.plan.env.items())
+    plan = _state.plan if portable else None
     capability = torch.backends.cpu.get_cpu_capability()
     fallback = plan.fallback if plan else None
     if plan and capability != plan.capability:
         fallback = f"torch runs {capability} kernels where the pin asked {plan.capability}"
         _warn("capability", f"phalanx numerics: {fallback}")
     env = os.environ
-    return {"mode": "portable" if portable else "native", "pinned": portable,
+    return {"mode": os.environ.get(ENV, "native"), "pinned": portable,
             "pinned_after_torch_loaded": _state.late, "fallback": fallback,
             "overridden": dict(sorted(_state.overridden.items())),
             "machine": platform.machine(), "cpu_capability": capability,
