@@ -6,6 +6,7 @@ simulator, or over real TCP with `real=True`, and returns the result tables.
 
 from __future__ import annotations
 
+import os
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -18,6 +19,9 @@ __all__ = ["__version__", "run"]
 def run(scenario: Any, *, seed: int | None = None, out: Any = None, real: bool = False,
         progress: bool = False) -> RunResult:
     """Run a scenario and return its `RunResult` (polars tables + summary); see apps.runner."""
+    from phalanx.apps.numerics import pin, requested_mode
+
+    pin(requested_mode(os.environ, "portable"))  # the simulator's kernel paths: apps/numerics.py
     from phalanx.apps.runner import run_scenario
 
     return run_scenario(scenario, seed=seed, out=out, real=real, progress=progress)

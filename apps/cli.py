@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+import sys
+
+from phalanx.apps.numerics import pin_at_entry
+
+pin_at_entry(sys.argv)  # first: kernel paths are fixed before torch, numpy or MKL load
+
 import os
 from pathlib import Path
 from typing import Annotated

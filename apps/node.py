@@ -17,12 +17,19 @@ exits after `linger` seconds with `--exit-when-finished`.
 
 from __future__ import annotations
 
+import sys
+
+from phalanx.apps.numerics import pin_at_entry, threads
+from phalanx.apps.numerics import report as numerics_report
+
+# first: kernel paths are fixed before torch or numpy load (apps/numerics.py)
+pin_at_entry(["", "node"])  # a real node pins when PHALANX_NUMERICS=portable asks
+
 import asyncio
 import dataclasses
 import os
 import resource
 import signal
-import sys
 import time
 from collections.abc import Coroutine, Mapping, Sequence
 from dataclasses import dataclass
@@ -490,6 +497,7 @@ class RealNode:
             "transport_bytes_sent": getattr(self.transport, "bytes_sent", 0),
             "queue_drops": getattr(self.transport, "dropped_full", 0),
             "refusals": dict(getattr(self.transport, "refusals", {})),
+            "numerics": numerics_report(),
             # an emulated network: what it did
             **({"emulation": self.transport.stats()}
                if hasattr(self.transport, "next_hop") else {})})
@@ -521,10 +529,8 @@ def _configure_logging(plan: NodePlan) -> None:
 
 def serve(plan: NodePlan, out: Console) -> str | None:
     """Run the node until it is stopped; why it failed (already printed), or None."""
-    if plan.settings.max_cpu_threads:
-        torch.set_num_threads(plan.settings.max_cpu_threads)
-    else:
-        torch.set_num_threads(1)  # steady on shared machines; raise with max_cpu_threads
+    # one thread steadies shared machines (raise with max_cpu_threads); pinned numerics keep one
+    torch.set_num_threads(threads(plan.settings.max_cpu_threads))
     for flag in ("enable_curation", "enable_rlhf"):
         if getattr(plan.settings, flag):
             out.print(f"{flag}: this build has no curation or RLHF service yet; ignored",

@@ -25,6 +25,7 @@ import polars as pl
 
 from phalanx.apps.cluster import NodeProc, alive, cluster_down, cluster_up
 from phalanx.apps.emulate import describe, emulates, for_run
+from phalanx.apps.numerics import node_numerics
 from phalanx.apps.results import RunResult, rounds_table, summarize
 from phalanx.engine.rng import RngStreams
 from phalanx.scenario.build import workload_for
@@ -80,6 +81,7 @@ def run_real(scenario: Scenario, printer: Any, out: Path | None = None) -> RunRe
              "rounds_per_second": (rounds["round"].n_unique() - 1) / span if span else 0.0,
              "bytes_sent": sum(r["transport_bytes_sent"] for r in results.values()),
              "rejected_by_reason": rejections,
+             "node_numerics": node_numerics(r.get("numerics") for r in results.values()),
              "members_at_end": [list(m) for m in sorted(
                  {tuple(r["members"]) for r in results.values()})],
              "network": network_summary(scenario, results)}

@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 import polars as pl
 
+from phalanx.apps.numerics import report as numerics_report
 from phalanx.engine.events import RoundCommitted
 from phalanx.engine.workloads import Workload
 from phalanx.scenario.schema import ExpectSpec, Scenario
@@ -230,6 +231,7 @@ def summarize(scenario: Scenario, rounds: pl.DataFrame, extra: dict[str, Any],
             # worst honest node: a divergent minority must not hide behind the majority
             worst = final[col].max() if col == "eval_loss" else final[col].min()
             summary[f"final_{col}"] = float(worst)  # type: ignore[arg-type]
+    summary["numerics"] = numerics_report()  # the kernel paths the gradients were computed on
     summary.update(extra)
     return summary
 

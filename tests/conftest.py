@@ -7,8 +7,15 @@ harness's asserts get pytest's rewriting, like the test modules' own.
 
 from __future__ import annotations
 
-import json
 import os
+
+from phalanx.apps.numerics import pin, requested_mode
+
+# first: the suite computes on the simulator's pinned kernel paths (apps/numerics.py), fixed
+# before torch or numpy load, so in-process runs replay the CLI's hashes
+pin(requested_mode(os.environ, "portable"))
+
+import json
 import shutil
 import sys
 from pathlib import Path
