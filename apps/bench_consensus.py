@@ -26,7 +26,7 @@ LINK_LATENCY = 0.05
 
 
 def consensus_scenario(n: int, rounds: int, silent: int | None = None,
-                       votes: str = "broadcast") -> Scenario:
+                       votes: str = "broadcast", detector: bool = True) -> Scenario:
     byzantine = [{"nodes": [silent], "behaviour": "silent"}] if silent is not None else []
     return parse_scenario({
         "name": f"consensus-{n}", "seed": 1, "nodes": {"count": n},
@@ -34,7 +34,7 @@ def consensus_scenario(n: int, rounds: int, silent: int | None = None,
         "links": {"latency": LINK_LATENCY, "jitter": 0.002, "bandwidth": 1e9},
         "workload": {"kind": "linear", "dim": 256, "samples_per_node": 64},
         "training": {"rounds": rounds, "step_time": STEP_TIME, "round_timeout": 1.0,
-                     "view_timeout": 3.0, "votes": votes},
+                     "view_timeout": 3.0, "votes": votes, "failure_detector": detector},
         "record": "none", "byzantine": byzantine,
     }, "bench consensus")
 
@@ -48,17 +48,24 @@ def round_periods(result: Any) -> pl.DataFrame:
 
 
 def silent_leader(n: int, rounds: int) -> dict[str, Any]:
-    """Node 1 is silent: the rounds whose first leader it is commit only after a view change.
-    Their latency against the other rounds is what a silent leader costs."""
-    result = run_scenario(consensus_scenario(n, rounds, silent=1))
-    gaps = round_periods(result)
-    changed = gaps.filter(pl.col("view") > pl.col("view").shift(1).over("node"))
-    normal = gaps.filter(pl.col("view") == pl.col("view").shift(1).over("node"))
-    slow, fast = float(changed["gap"].mean()), float(normal["gap"].mean())  # type: ignore[arg-type]
-    return {"nodes": n, "rounds": rounds, "rounds_committed": result.summary[
-        "min_rounds_committed"], "view_change_rounds": changed["round"].n_unique(),
-        "round_seconds_view_change": slow, "round_seconds_normal": fast,
-        "added_seconds": slow - fast, "view_timeout": 3.0}
+    """Node 1 is silent from the start. Without the failure detector the rounds whose first
+    leader it is commit only after a view change (their latency against the other rounds is
+    what a silent leader costs) and every round waits out the gather timeout; with it, round
+    0's set lacks node 1, which then leads no round and is not waited for."""
+    out: dict[str, Any] = {"nodes": n, "rounds": rounds, "view_timeout": 3.0}
+    for detector in (False, True):
+        result = run_scenario(consensus_scenario(n, rounds, silent=1, detector=detector))
+        gaps = round_periods(result)
+        changed = gaps.filter(pl.col("view") > pl.col("view").shift(1).over("node"))
+        normal = gaps.filter(pl.col("view") == pl.col("view").shift(1).over("node"))
+        slow = changed["gap"].mean() if changed.height else None
+        fast = float(normal["gap"].mean())  # type: ignore[arg-type]
+        out["with_detector" if detector else "without_detector"] = {
+            "rounds_committed": result.summary["min_rounds_committed"],
+            "view_change_rounds": changed["round"].n_unique(),
+            "round_seconds_view_change": slow, "round_seconds_normal": fast,
+            "added_seconds": None if slow is None else slow - fast}  # type: ignore[operator]
+    return out
 
 
 def bench_one(n: int, rounds: int, votes: str) -> dict[str, Any]:
@@ -99,11 +106,15 @@ def run_bench(sizes: list[int], rounds: int, out_file: Path, console: Console) -
           f"{r['messages_per_round']:,.0f}", f"{r['bytes_per_round'] / 1e6:.2f}",
           f"{r['wall_seconds']:.1f}") for r in results])
     console.print(table)
-    console.print(f"silent leader (n=16, node 1 silent, {silent['rounds']} rounds): "
-                  f"{silent['view_change_rounds']} rounds needed a view change and took "
-                  f"{silent['round_seconds_view_change']:.3f} s against "
-                  f"{silent['round_seconds_normal']:.3f} s: +{silent['added_seconds']:.3f} s "
-                  f"(view timeout {silent['view_timeout']} s); "
-                  f"{silent['rounds_committed']} of {silent['rounds']} rounds committed")
+    for label, key in (("without", "without_detector"), ("with", "with_detector")):
+        case = silent[key]
+        cost = (f"{case['view_change_rounds']} rounds needed a view change and took "
+                f"{case['round_seconds_view_change']:.3f} s against "
+                f"{case['round_seconds_normal']:.3f} s (+{case['added_seconds']:.3f} s)"
+                if case["view_change_rounds"] else
+                f"no round needed a view change; rounds took {case['round_seconds_normal']:.3f} s")
+        console.print(f"silent leader (n={silent['nodes']}, node 1 silent, {silent['rounds']} "
+                      f"rounds, {label} the failure detector): {cost}; "
+                      f"{case['rounds_committed']} of {silent['rounds']} rounds committed")
     console.print(f"written to {out_file}")
     return report
