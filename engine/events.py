@@ -230,7 +230,8 @@ class MembershipChanged:
 @dataclass(frozen=True, slots=True)
 class Suspicion:
     """`node` began (`suspected`) or stopped suspecting that `peer` is down, at `round`;
-    `reason` says what it went by ("link down", "silent", "missed proposal", "heard")."""
+    `reason` says what it went by: "link down" or "silent" when it begins, "link up" or
+    "heard" when it stops (engine/node/detector.py)."""
 
     node: int
     peer: int

@@ -113,7 +113,7 @@ class Membership(Service):
         for m in members:
             if m != node.id:
                 node.reputation.setdefault(m, 1.0)
-        node.set_last_set(node.last_set)  # who may lead follows the members
+        node.forget_leaders()  # who may lead follows the members
         for service in node.services:
             service.on_members(members)
         self._settle_request()

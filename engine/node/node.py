@@ -197,6 +197,10 @@ class Node:
     def set_last_set(self, senders: Iterable[int] | None) -> None:
         """The committed set's senders (or None: unknown) decide who leads the next round."""
         self.last_set = None if senders is None else frozenset(senders)
+        self.forget_leaders()
+
+    def forget_leaders(self) -> None:
+        """Who may lead changed (a commit, or new members): worked out again when asked."""
         self._leaders = ()
 
     def sign(self, message: Message) -> bytes:
