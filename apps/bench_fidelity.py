@@ -4,11 +4,12 @@ For each scenario (a 4-node mlp on a complete graph, a 10-node ring of 20 ms lin
 7-node transformer with two Byzantine members), shortened to `rounds`:
 
 1. components, each timed alone on this machine (`apps/calibrate.measure_components`):
-   gradient and aggregation of each workload, signing, verifying, encoding (CPU seconds) and
-   SQLite transactions (wall seconds, flush included) as functions of size, the real
-   transport's own hop, the cores, the disk and the other tenants' load (a CPU probe's share
-   of a core, probed again just before each scenario's real runs: the load drifts). They are
-   written to the costs file; none is fitted from a run of a scenario being predicted.
+   the gradient of each workload and the node core's CPU per event kind (its nodes in one
+   process, no network), the transport's CPU per frame and its own hop (a ping-pong between
+   two processes), SQLite transactions (wall and CPU seconds, flush included) as functions of
+   size, the cores, the disk and the other tenants' load (a CPU probe's share of a core,
+   probed again just before each scenario's real runs: the load drifts). They are written to
+   the costs file; none is fitted from a real run of a scenario being predicted.
 2. predicted: the simulator with that costs file (`phalanx run --costs`) and the real nodes'
    timeouts; also the simulator as the scenario gives it (step_time, no CPU costs);
 3. measured: `real_runs` real runs (`phalanx run --real`, the scenario's topology and links
@@ -85,7 +86,7 @@ def one_scenario(scenario: Scenario, costs: dict[str, Any], real_runs: int,
     return {"scenario": s.name, "nodes": s.nodes.count, "rounds": s.training.rounds,
             "topology": s.topology.kind, "link_latency": s.links.latency,
             "workload": s.workload.kind, "gradient_seconds": costs["gradient_seconds"][key],
-            "apply_seconds": costs["apply_seconds"][key],
+            "handle_seconds": costs["handle_seconds"][key],
             "background_load": costs["background_load"], "cost_model_speed": model.speed,
             "predicted_median": predicted, "measured_median": measured,
             "measured_medians": medians, "measured_spread": [min(medians), max(medians)],

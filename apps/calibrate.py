@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
+import functools
 import json
 import os
 import platform
@@ -45,7 +45,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import polars as pl
 import torch
 from rich.console import Console
@@ -56,18 +55,16 @@ from phalanx.apps.cluster import check_runnable
 from phalanx.apps.node_host import AsyncHost
 from phalanx.apps.node_log import NodeLog
 from phalanx.apps.runner import RunResult, run_scenario
-from phalanx.engine.aggregate import AggregationContext
-from phalanx.engine.events import Received, Started
+from phalanx.engine.events import Action, Event, Received, Started
 from phalanx.engine.node import Node
 from phalanx.engine.rng import RngStreams
 from phalanx.engine.workloads.base import GradientJob
 from phalanx.net.crypto import Identity
-from phalanx.net.envelope import Envelope, open_frame, seal
-from phalanx.net.messages import Gradient
+from phalanx.net.envelope import Envelope, open_frame
 from phalanx.net.tcp import TcpTransport
 from phalanx.scenario.build import node_config, workload_for
 from phalanx.scenario.schema import Scenario, parse_scenario
-from phalanx.sim.costs import FORMAT, parse_costs, workload_key
+from phalanx.sim.costs import FORMAT, event_kind, parse_costs, workload_key
 
 PING_BYTES = 256  # about a vote's frame: the latency probe
 BULK_BYTES = 4 * 1024 * 1024  # long enough that its transfer time dwarfs the latency
@@ -204,8 +201,10 @@ def _echo_peer(host: str, parent: tuple[str, int], seed: int) -> None:
     asyncio.run(echo())
 
 
-async def _ping_pong(host: str, repeats: int, seed: int) -> dict[int, list[float]]:
-    """One-way times (round trip / 2) of frames of PING_BYTES and BULK_BYTES."""
+async def _ping_pong(host: str, repeats: int, seed: int) -> tuple[dict[int, list[float]],
+                                                                 dict[int, float]]:
+    """One-way times (round trip / 2) of frames of PING_BYTES and BULK_BYTES, and this
+    process's CPU seconds per trip of each (one frame sent, one received)."""
     ids, keyring = _pair(seed)
     arrived: asyncio.Queue[bytes] = asyncio.Queue()
     transport = TcpTransport(0, {0: (host, 0)}, arrived.put_nowait, identity=ids[0],
@@ -217,15 +216,19 @@ async def _ping_pong(host: str, repeats: int, seed: int) -> dict[int, list[float
     try:
         await _wait_for_echo(transport, peer)
         samples: dict[int, list[float]] = {}
+        cpu: dict[int, float] = {}
         for size, count in ((PING_BYTES, repeats), (BULK_BYTES, max(3, repeats // 10))):
             frame = os.urandom(size)
             times = samples[size] = []
             for i in range(count + 2):  # two warm-up trips: buffers grown, code paths hot
+                if i == 2:
+                    cpu_start = time.process_time()
                 start = time.perf_counter()
                 transport.send(1, frame)
                 await arrived.get()
                 if i >= 2:
                     times.append((time.perf_counter() - start) / 2)
+            cpu[size] = (time.process_time() - cpu_start) / count
         transport.send(1, STOP)
         with contextlib.suppress(subprocess.TimeoutExpired):
             await asyncio.to_thread(peer.wait, 10.0)
@@ -234,7 +237,7 @@ async def _ping_pong(host: str, repeats: int, seed: int) -> dict[int, list[float
             peer.kill()
             peer.wait()
         await transport.close()
-    return samples
+    return samples, cpu
 
 
 async def _wait_for_echo(transport: TcpTransport, peer: subprocess.Popen[bytes]) -> None:
@@ -256,15 +259,17 @@ def measure_link(host: str, repeats: int, seed: int = 0) -> dict[str, float]:
 
     Latency is the 10th percentile of the small frame's one-way time and jitter (uniform) twice
     its distance to the median, so the model's mean delay is the measured median; bandwidth
-    comes from how much longer the bulk frame takes."""
-    samples = asyncio.run(_ping_pong(host, repeats, seed))
+    comes from how much longer the bulk frame takes. `cpu`: the transport's CPU seconds per
+    frame sent or received (half a trip's), linear in the frame's bytes."""
+    samples, trip_cpu = asyncio.run(_ping_pong(host, repeats, seed))
     small, bulk = samples[PING_BYTES], samples[BULK_BYTES]
     p10 = statistics.quantiles(small, n=10)[0]
     median = statistics.median(small)
     transfer = max(statistics.median(bulk) - median, 1e-9)
     return {"latency": p10, "jitter": 2 * (median - p10), "one_way_median": median,
             "bandwidth": 8 * (BULK_BYTES - PING_BYTES) / transfer,
-            "bulk_one_way_median": statistics.median(bulk), "ping_samples": len(small)}
+            "bulk_one_way_median": statistics.median(bulk), "ping_samples": len(small),
+            "cpu": fit_linear([(size, seconds / 2) for size, seconds in trip_cpu.items()])}
 
 
 # ---- 3. node work without the network ------------------------------------------------------
@@ -294,7 +299,26 @@ class _Loopback:
         asyncio.get_running_loop().call_soon(self.hosts[peer].feed, Received(frame))
 
 
-async def _run_nodes(scenario: Scenario, folder: Path) -> dict[str, float]:
+class _TimedNode(Node):
+    """A node that adds the CPU time of each `handle` to `tally[event_kind(event)]`
+    ([events, seconds]): the core's own work, as the simulator's cost model prices it."""
+
+    def __init__(self, *args: Any, tally: dict[str, list[float]]) -> None:
+        super().__init__(*args)
+        self.tally = tally
+
+    def handle(self, event: Event, now: float) -> list[Action]:
+        start = time.thread_time()  # this thread's: not the gradients on the worker threads
+        try:
+            return super().handle(event, now)
+        finally:
+            entry = self.tally.setdefault(event_kind(event), [0, 0.0])
+            entry[0] += 1
+            entry[1] += time.thread_time() - start
+
+
+async def _run_nodes(scenario: Scenario, folder: Path,
+                     make_node: Callable[..., Node] = Node) -> dict[str, float]:
     n, s = scenario.nodes.count, scenario
     ids = [Identity.derive(s.seed, i) for i in range(n)]
     keyring = {i: x.public_key for i, x in enumerate(ids)}
@@ -309,8 +333,8 @@ async def _run_nodes(scenario: Scenario, folder: Path) -> dict[str, float]:
     hosts: dict[int, AsyncHost] = {}
     logs = [_TimedLog(folder / f"node-{i}.sqlite") for i in range(n)]
     for i in range(n):
-        node = Node(node_config(s, i, s.real.round_timeout, s.real.view_timeout), ids[i],
-                    workload_for(s, RngStreams(s.seed)), opener)
+        node = make_node(node_config(s, i, s.real.round_timeout, s.real.view_timeout), ids[i],
+                         workload_for(s, RngStreams(s.seed)), opener)
         hosts[i] = AsyncHost(node, _Loopback(hosts), logs[i])
     start, cpu = time.perf_counter(), time.process_time()
     try:
@@ -345,6 +369,16 @@ def node_work(scenario: Scenario, gradient: float) -> dict[str, float]:
     work["gradient"] = gradient
     work["other"] = work["node_round"] - work["sqlite"] - work["open_frames"] - gradient
     return work
+
+
+def handling_seconds(scenario: Scenario) -> dict[str, float]:
+    """The core's mean CPU seconds per event of each kind (`sim.costs.event_kind`), its nodes
+    run as `node_work` runs them: decoding and verifying frames (no cache, as a real node),
+    the protocol, signing, the aggregation and optimizer step."""
+    tally: dict[str, list[float]] = {}
+    with tempfile.TemporaryDirectory(prefix="phalanx-calibrate-") as tmp:
+        asyncio.run(_run_nodes(scenario, Path(tmp), functools.partial(_TimedNode, tally=tally)))
+    return {kind: seconds / count for kind, (count, seconds) in sorted(tally.items())}
 
 
 # ---- 4. the measured run, and the file -----------------------------------------------------
@@ -444,7 +478,6 @@ def write_calibrated(scenario: Scenario, measured: dict[str, Any], out_path: Pat
 
 # ---- components, each alone: the simulator's measured cost model (sim/costs.py) ------------
 
-FRAME_SIZES = (256, 4 * 1024, 64 * 1024, 512 * 1024)  # bytes of payload: a vote to a model
 PERSIST_SIZES = (256, 16 * 1024, 256 * 1024, 1024 * 1024)
 
 
@@ -470,55 +503,26 @@ def _timed(fn: Any, repeats: int, clock: Callable[[], float] = time.process_time
     return statistics.median(times)
 
 
-def frame_costs(repeats: int) -> dict[str, dict[str, float]]:
-    """Signing and encoding (`seal`) and decoding and verifying (`open_frame`) a gradient
-    frame of each size, as a real node does them (no verify cache), fitted linear in bytes."""
-    ident = Identity.derive(0, 0)
-    keyring = {0: ident.public_key}
-    sealed, opened = [], []
-    for size in FRAME_SIZES:
-        message = Gradient(0, bytes(32), 0.0, 1, np.ones(size // 4, dtype=np.float32))
-        frame = seal(ident, 0, 1, message)
-        sealed.append((len(frame), _timed(lambda m=message: seal(ident, 0, 1, m), repeats)))
-        opened.append((len(frame), _timed(lambda f=frame: open_frame(f, keyring), repeats)))
-    return {"frame_out": fit_linear(sealed), "frame_in": fit_linear(opened)}
-
-
-def persist_cost(repeats: int) -> dict[str, float]:
+def persist_cost(repeats: int) -> dict[str, dict[str, float]]:
     """One transaction of the node's SQLite log (`synchronous=FULL`: its flush included) of
-    each size, in the temporary folder where real runs keep their logs, fitted linear in
-    bytes."""
-    points = []
+    each size, in the temporary folder where real runs keep their logs: its wall time
+    (`persist`) and the CPU part of it (`persist_cpu`), each fitted linear in bytes."""
+    wall, cpu = [], []
     with tempfile.TemporaryDirectory(prefix="phalanx-calibrate-") as tmp:
         log = NodeLog(Path(tmp) / "node.sqlite")
         try:
             for size in PERSIST_SIZES:
                 blob = os.urandom(size)
-                points.append((size, _timed(
-                    lambda b=blob: log.write_many([("checkpoint", b), ("votes", b"x")]),
-                    max(5, repeats // 4), time.perf_counter)))  # waits for the disk: wall
+
+                def write(b: bytes = blob) -> None:
+                    log.write_many([("checkpoint", b), ("votes", b"x")])
+
+                count = max(5, repeats // 4)
+                wall.append((size, _timed(write, count, time.perf_counter)))  # waits for the disk
+                cpu.append((size, _timed(write, count)))
         finally:
             log.close()
-    return fit_linear(points)
-
-
-def apply_seconds(scenario: Scenario, repeats: int) -> float:
-    """Aggregating n gradients with the scenario's rule, the optimizer step and the model
-    hash: what a node computes once per round to vote on a set (protocol.apply)."""
-    torch.set_num_threads(1)
-    s = scenario
-    node = Node(node_config(s, 0, s.real.round_timeout, s.real.view_timeout),
-                Identity.derive(s.seed, 0), workload_for(s, RngStreams(s.seed)), open_frame)
-    rng = np.random.default_rng(0)
-    grads = [rng.standard_normal(node.params.size).astype(np.float32) for _ in range(s.n)]
-    ctx = AggregationContext(s.f, 1, node.last_update)
-
-    def apply() -> None:
-        update = node.membership.aggregate(list(grads), ctx)
-        params, _ = node.optimizer.step(node.params, node.velocity, update, 1)
-        hashlib.sha256(params.tobytes()).digest()
-
-    return _timed(apply, repeats)
+    return {"persist": fit_linear(wall), "persist_cpu": fit_linear(cpu)}
 
 
 def background_load(cores: int, seconds: float = 1.0) -> float:
@@ -541,23 +545,22 @@ def measure_components(scenarios: list[Scenario], repeats: int = 50,
     `background_load` (see `background_load`)."""
     cores = len(os.sched_getaffinity(0))
     background = background_load(cores)
-    say("components: signing, verifying, encoding frames ...")
-    frames = frame_costs(repeats)
     say("components: SQLite transactions ...")
     persist = persist_cost(repeats)
     say("components: TcpTransport between two processes ...")
     link = measure_link(scenarios[0].real.host if scenarios else "127.0.0.1", max(10, repeats))
-    gradient, applied = {}, {}
+    gradient, handling = {}, {}
     for s in scenarios:
-        say(f"components: {s.name}: gradient and aggregation ...")
+        say(f"components: {s.name}: gradient, and the core's handling of each event kind ...")
         key = workload_key(s)
         gradient[key] = gradient_seconds(s, repeats, time.process_time)
-        applied[key] = apply_seconds(s, repeats)
+        handling[key] = handling_seconds(s)
     return {"format": FORMAT, **stamp(), "cpu_model": _cpu_model(),
             "cores": cores, "background_load": background, "load_average": os.getloadavg()[0],
             "disks": 1,  # every node's log lives in the one temporary folder of a run
             "scenarios": [s.name for s in scenarios], "gradient_seconds": gradient,
-            "apply_seconds": applied, **frames, "persist": persist,
+            "handle_seconds": handling, "transport_send": link["cpu"],
+            "transport_recv": link["cpu"], **persist,
             "transport_latency": link["one_way_median"], "transport_link": link}
 
 

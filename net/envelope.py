@@ -126,6 +126,21 @@ def _header_error(fields: list[object]) -> str | None:
     return None
 
 
+def peek_kind(frame: bytes) -> int | None:
+    """The message kind a frame's header claims, unchecked (None when it has no readable
+    header): for accounting that must not pay a verification, never for trusting a frame."""
+    unpacker = msgpack.Unpacker(max_buffer_size=64, max_bin_len=0, max_str_len=0)
+    unpacker.feed(bytes(frame[:16]))
+    try:
+        if unpacker.read_array_header() != 8:
+            return None
+        unpacker.skip()  # version
+        kind = unpacker.unpack()
+    except Exception:
+        return None
+    return kind if type(kind) is int else None
+
+
 def open_frame(
     frame: bytes,
     keyring: Mapping[int, bytes],

@@ -1,11 +1,12 @@
 """A simulated machine whose node spends measured CPU time (see sim/costs.py).
 
 The node handles one event at a time, as a real node's event loop does: an event waits for
-the node's previous one, takes the input's cost (decoding and verifying a received frame),
-is handled, then its outputs' costs (signing each new frame, one SQLite transaction for the
-batch's writes, the aggregation and optimizer step of a commit) pass before its sends leave.
-Every such CPU task, and every gradient, books one of the machine's cores (`CpuPool`); the
-SQLite flush keeps the node waiting for one of the machine's disks, no core busy.
+the node's previous one, takes its input's cost (the transport receiving a frame, and the
+core's measured handling of an event of its kind), then its outputs' costs (the transport
+sending each frame to each peer, the CPU part of one SQLite transaction for the batch's
+writes) pass, then the transaction's flush, before its sends leave. Every such CPU task, and
+every gradient, books one of the machine's cores (`CpuPool`); the flush keeps the node waiting
+for one of the machine's disks, no core busy.
 """
 
 from __future__ import annotations
@@ -17,18 +18,16 @@ from phalanx.engine.driver import dispatch
 from phalanx.engine.events import (
     Action,
     Broadcast,
-    Emit,
     Event,
     Job,
     Persist,
     Received,
-    RoundCommitted,
     Send,
     Stored,
 )
 from phalanx.net.codec import encode_payload
 from phalanx.net.messages import RoundRecord, SyncResponse
-from phalanx.sim.costs import CostModel, CpuPool, workload_key
+from phalanx.sim.costs import CostModel, CpuPool, event_kind, workload_key
 from phalanx.sim.world import Host
 
 if TYPE_CHECKING:
@@ -49,7 +48,7 @@ class CostedHost(Host):
                  disk: CpuPool) -> None:
         super().__init__(world, node_id)
         self.costs, self.cpu, self.disk_queue = costs, cpu, disk
-        self.gradient, self.apply = costs.for_workload(workload_key(world.scenario))
+        self.gradient, self.handling = costs.for_workload(workload_key(world.scenario))
         self.inbox: deque[Event] = deque()
         self.busy = False
 
@@ -72,7 +71,9 @@ class CostedHost(Host):
             return
         self.busy = True
         event = self.inbox.popleft()
-        cost = self.costs.frame_in(len(event.frame)) if isinstance(event, Received) else 0.0
+        cost = self.handling(event_kind(event))
+        if isinstance(event, Received):
+            cost += self.costs.transport_recv(len(event.frame))
         w = self.world
         w.call_at(self.cpu.run(w.now, cost), self._handle, event, self.incarnation)
 
@@ -84,9 +85,14 @@ class CostedHost(Host):
         writes = [a for a in actions if type(a) is Persist]
         for write in writes:  # on disk at once, as the real host writes a batch before sends
             self.disk[write.key] = write.value
-        # the flush waits for the disk (shared by every node), not for a core
-        flush = self.costs.persist(sum(stored_size(x.value) for x in writes)) if writes else 0.0
-        end = self.disk_queue.run(self.cpu.run(w.now, self._output_cost(actions)), flush)
+        cpu, flush = self._output_cost(actions), 0.0
+        if writes:
+            size = sum(stored_size(x.value) for x in writes)
+            stored_cpu = self.costs.persist_cpu(size)
+            cpu += stored_cpu
+            # the rest of the transaction waits for the disk (shared by every node), not a core
+            flush = max(0.0, self.costs.persist(size) - stored_cpu)
+        end = self.disk_queue.run(self.cpu.run(w.now, cpu), flush)
         w.call_at(end, self._send, [a for a in actions if type(a) is not Persist],
                   self.incarnation)
 
@@ -98,15 +104,10 @@ class CostedHost(Host):
         self._next()
 
     def _output_cost(self, actions: list[Action]) -> float:
-        c = self.costs
-        frames: dict[int, int] = {}  # one signature per frame, however many peers get it
-        cost = 0.0
-        for a in actions:
-            if isinstance(a, Broadcast | Send):
-                frames[id(a.frame)] = len(a.frame)
-            elif isinstance(a, Emit) and isinstance(a.metric, RoundCommitted):
-                cost += self.apply
-        return cost + sum(c.frame_out(size) for size in frames.values())
+        """The transport's CPU for the frames going out: once per frame and peer."""
+        send, peers = self.costs.transport_send, len(self.world.members) - 1
+        return sum(send(len(a.frame)) * (peers if isinstance(a, Broadcast) else 1)
+                   for a in actions if isinstance(a, Broadcast | Send))
 
     def execute(self, actions: list[Action]) -> None:
         # events reach this host only through `feed`, whose queue dispatches the results

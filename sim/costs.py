@@ -2,29 +2,35 @@
 
 By default a simulated node spends `training.step_time x cost / speed` on a gradient and no
 time on anything else. With a costs file (written by `phalanx calibrate --components`, which
-times each component alone on one machine, never a run of the scenario being predicted) every
-node is modelled as the real node process on that machine:
+times each component alone on one machine, never a real run of the scenario being predicted)
+every node is modelled as the real node process on that machine:
 
 - `gradient_seconds[workload]`: one gradient of the workload (replaces step_time; speed and
   slow faults still scale it);
-- `apply_seconds[workload]`: aggregating a round's gradient set and the optimizer step, once
-  per committed round;
-- `frame_in` (decode + verify a received frame), `frame_out` (encode + sign a frame the node
-  sends: once per frame, however many peers get it) and `persist` (one SQLite transaction
-  with its flush, per batch of writes, as the real host writes them), each `base + per_byte x
+- `handle_seconds[workload][kind]`: the node core's own CPU time for one event of each kind
+  (`event_kind`: a received frame by its message kind, a timer, a finished gradient ...):
+  decoding and verifying what came in, the protocol's Python, signing what goes out, and the
+  aggregation and optimizer step where a set is applied. Timed in `Node.handle` with the
+  scenario's nodes in one process (calibrate's harness: no network, no other processes); a
+  kind the harness never met costs the median of the measured frame kinds;
+- `transport_send` / `transport_recv`: the real transport's CPU per frame and peer (the
+  asyncio loop's turn, the socket call, framing), `base + per_byte x bytes`, from a
+  ping-pong between two processes;
+- `persist` (wall seconds: one SQLite transaction with its flush, per batch of writes, as the
+  real host writes them) and `persist_cpu` (the CPU part of it), each `base + per_byte x
   bytes`;
 - `transport_latency`: one frame's one-way time through the real transport between two
   processes on the machine (TcpTransport over loopback, wake-ups included), added to every
   hop's latency;
-- `cores`: a node handles one event at a time (input cost, then its outputs' costs, then its
-  sends leave), and every CPU task of every node takes one of the machine's `cores`, so a
-  cluster that shares a small machine queues for it;
-- `background_load`: other tenants' runnable tasks (the load average measured before the
-  components); the cores run our tasks at cores / (cores + background_load) of their speed,
-  as a time-shared machine divides them. CPU components are CPU seconds, so this is the one
-  place the machine's load enters;
+- `cores`: a node handles one event at a time (receiving it, handling it, then sending and
+  persisting its outputs before its sends leave), and every CPU task of every node takes one
+  of the machine's `cores`, so a cluster that shares a small machine queues for it;
+- `background_load`: other tenants' runnable tasks (measured by a CPU probe); the cores run
+  our tasks at cores / (cores + background_load) of their speed, as a time-shared machine
+  divides them. CPU components are CPU seconds, so this is the one place the machine's load
+  enters;
 - `disks`: the SQLite flushes of all nodes queue for the machine's disks (one by default):
-  a flush is measured in wall time, and nodes that share a disk wait for each other's.
+  the wall time of a transaction beyond its CPU part waits for a disk, no core busy.
 
 Link parameters stay the scenario's. The file is validated here (one-line errors), and a run
 with it is a pure function of (scenario, seed, file).
@@ -39,10 +45,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-FORMAT = "phalanx-costs/1"
+from phalanx.engine.events import Event, Received
+from phalanx.net.envelope import peek_kind
+from phalanx.net.messages import KINDS
 
-__all__ = ["FORMAT", "CostError", "CostModel", "CpuPool", "Linear", "load_costs",
-           "parse_costs", "workload_key"]
+FORMAT = "phalanx-costs/2"
+
+__all__ = ["FORMAT", "CostError", "CostModel", "CpuPool", "Handling", "Linear", "event_kind",
+           "load_costs", "parse_costs", "workload_key"]
 
 
 class CostError(ValueError):
@@ -61,13 +71,28 @@ class Linear:
 
 
 @dataclass(frozen=True)
+class Handling:
+    """The node core's CPU seconds per event kind, for one workload."""
+
+    seconds: dict[str, float]
+
+    def __post_init__(self) -> None:
+        frames = sorted(v for k, v in self.seconds.items() if k.startswith("frame/"))
+        object.__setattr__(self, "_unseen", frames[len(frames) // 2] if frames else 0.0)
+
+    def __call__(self, kind: str) -> float:
+        return self.seconds.get(kind, self._unseen)  # type: ignore[attr-defined]
+
+
+@dataclass(frozen=True)
 class CostModel:
     cores: int
     gradient_seconds: dict[str, float]
-    apply_seconds: dict[str, float]
-    frame_in: Linear
-    frame_out: Linear
+    handle_seconds: dict[str, Handling]
+    transport_send: Linear
+    transport_recv: Linear
     persist: Linear
+    persist_cpu: Linear
     transport_latency: float = 0.0
     background_load: float = 0.0
     disks: int = 1
@@ -78,13 +103,26 @@ class CostModel:
         """The share of a core one of our tasks gets beside the other tenants' load."""
         return self.cores / (self.cores + self.background_load)
 
-    def for_workload(self, key: str) -> tuple[float, float]:
-        """(gradient, apply) seconds of the workload `key`; CostError when not measured."""
-        if key not in self.gradient_seconds or key not in self.apply_seconds:
-            raise CostError(f"{self.source}: no measured gradient/apply time for workload "
+    def for_workload(self, key: str) -> tuple[float, Handling]:
+        """(gradient seconds, handling costs) of the workload `key`; CostError when not
+        measured."""
+        if key not in self.gradient_seconds or key not in self.handle_seconds:
+            raise CostError(f"{self.source}: no measured gradient/handling time for workload "
                             f"{key}; measure it with phalanx calibrate SCENARIO --components "
                             f"{self.source or 'FILE'}")
-        return self.gradient_seconds[key], self.apply_seconds[key]
+        return self.gradient_seconds[key], self.handle_seconds[key]
+
+
+def event_kind(event: Event) -> str:
+    """What a handled event's cost depends on: a received frame's message kind (read from its
+    header, unverified: it only picks a cost), else the event's type."""
+    if isinstance(event, Received):
+        kind = peek_kind(event.frame)
+        if kind is None:
+            return "frame/unreadable"
+        cls = KINDS.get(kind)
+        return f"frame/{cls.__name__ if cls is not None else kind}"
+    return type(event).__name__
 
 
 def workload_key(scenario: Any) -> str:
@@ -152,6 +190,15 @@ def _table(data: dict[str, Any], name: str, source: str) -> dict[str, float]:
             for i, (k, v) in enumerate(table.items())}
 
 
+def _handling(data: dict[str, Any], source: str) -> dict[str, Handling]:
+    table = data.get("handle_seconds")
+    if not isinstance(table, dict) or not all(isinstance(v, dict) for v in table.values()):
+        raise CostError(f"{source}: handle_seconds must be an object of workload -> (event "
+                        f"kind -> seconds)")
+    return {str(k): Handling(_table(table, str(k), f"{source}: handle_seconds"))
+            for k in table}
+
+
 def parse_costs(data: Any, source: str = "costs") -> CostModel:
     """Validate a parsed costs file; CostError names the first bad field."""
     if not isinstance(data, dict):
@@ -159,10 +206,10 @@ def parse_costs(data: Any, source: str = "costs") -> CostModel:
     if data.get("format") != FORMAT:
         raise CostError(f"{source}: format must be {FORMAT!r} (written by phalanx calibrate "
                         f"--components)")
-    return CostModel(_count(data.get("cores"), "cores", source), _table(data, "gradient_seconds", source),
-                     _table(data, "apply_seconds", source),
-                     _linear(data, "frame_in", source), _linear(data, "frame_out", source),
-                     _linear(data, "persist", source),
+    return CostModel(_count(data.get("cores"), "cores", source),
+                     _table(data, "gradient_seconds", source), _handling(data, source),
+                     *(_linear(data, name, source) for name in (
+                         "transport_send", "transport_recv", "persist", "persist_cpu")),
                      _seconds(data.get("transport_latency"), f"{source}: transport_latency"),
                      _load(data.get("background_load", 0.0), source),
                      _count(data.get("disks", 1), "disks", source), source)

@@ -12,10 +12,19 @@ from typing import Any
 import pytest
 from test_cli import invoke, one_error_line
 
-from phalanx.apps.calibrate import fit_linear
+from phalanx.apps.calibrate import fit_linear, handling_seconds
 from phalanx.apps.runner import run_scenario
+from phalanx.engine.events import Received
+from phalanx.net.envelope import peek_kind
 from phalanx.scenario.schema import parse_scenario
-from phalanx.sim.costs import FORMAT, CostError, CpuPool, parse_costs, workload_key
+from phalanx.sim.costs import (
+    FORMAT,
+    CostError,
+    CpuPool,
+    event_kind,
+    parse_costs,
+    workload_key,
+)
 
 TINY = parse_scenario({
     "name": "tiny-costs", "seed": 4, "nodes": {"count": 4},
@@ -27,10 +36,12 @@ def costs(**changes: Any) -> dict[str, Any]:
     key = workload_key(TINY)
     data: dict[str, Any] = {
         "format": FORMAT, "cores": 2, "gradient_seconds": {key: 0.004},
-        "apply_seconds": {key: 0.001}, "frame_in": {"base": 1e-4, "per_byte": 1e-9},
-        "frame_out": {"base": 8e-5, "per_byte": 1e-9}, "persist": {"base": 0.002,
-                                                                     "per_byte": 1e-8},
-        "transport_latency": 5e-5}
+        "handle_seconds": {key: {"frame/Gradient": 2e-4, "frame/Vote": 1e-4,
+                                 "ComputeDone": 3e-4}},
+        "transport_send": {"base": 5e-5, "per_byte": 1e-9},
+        "transport_recv": {"base": 5e-5, "per_byte": 1e-9},
+        "persist": {"base": 0.002, "per_byte": 1e-8},
+        "persist_cpu": {"base": 2e-4, "per_byte": 1e-9}, "transport_latency": 5e-5}
     data.update(changes)
     return data
 
@@ -42,10 +53,12 @@ BAD = {
     "zero_cores": (json.dumps(costs(cores=0)), r"cores must be an integer"),
     "negative": (json.dumps(costs(persist={"base": -1, "per_byte": 0})),
                  r"persist\.base must be a finite number"),
-    "missing_part": (json.dumps(costs(frame_in={"base": 0.0})), r"frame_in must be"),
+    "missing_part": (json.dumps(costs(transport_recv={"base": 0.0})), r"transport_recv must be"),
+    "old_format": (json.dumps(costs(format="phalanx-costs/1")), r"format must be"),
+    "flat_handling": (json.dumps(costs(handle_seconds={"x": 0.1})), r"handle_seconds must be"),
     "negative_load": (json.dumps(costs(background_load=-2)), r"background_load must be"),
     "other_workload": (json.dumps(costs(gradient_seconds={"x": 0.1})),
-                       r"no measured gradient/apply time"),
+                       r"no measured gradient/handling time"),
 }
 
 
@@ -89,3 +102,25 @@ def test_cores_are_shared_and_linear_fits_hold() -> None:
     assert fit == pytest.approx({"base": 1.0, "per_byte": 0.1})
     with pytest.raises(CostError, match="cores"):
         parse_costs(costs(cores=True))
+
+
+def test_events_are_priced_by_kind_and_an_unseen_kind_by_the_median_frame() -> None:
+    model = parse_costs(costs())
+    handling = model.for_workload(workload_key(TINY))[1]
+    assert handling("frame/Vote") == 1e-4 and handling("ComputeDone") == 3e-4
+    assert handling("frame/Proposal") == 2e-4  # median of the measured frame kinds
+    assert handling("TimerFired") == 2e-4
+    assert event_kind(Received(b"\x00garbage")) == "frame/unreadable"
+    assert peek_kind(b"") is None and peek_kind(b"\x98\x01") is None
+    # a slower vote makes every round slower: votes are on the critical path
+    fast = run_scenario(TINY, costs=model)
+    slow = run_scenario(TINY, costs=parse_costs(costs(handle_seconds={
+        workload_key(TINY): {"frame/Gradient": 2e-4, "frame/Vote": 0.02, "ComputeDone": 3e-4}})))
+    assert slow.rounds["time"].max() > fast.rounds["time"].max() + 6 * 0.02
+
+
+def test_calibrate_measures_the_cores_handling_of_each_event_kind() -> None:
+    measured = handling_seconds(TINY)
+    for kind in ("Started", "ComputeDone", "frame/Gradient", "frame/Proposal", "frame/Vote"):
+        assert 0 < measured[kind] < 1.0, (kind, measured)
+    assert parse_costs(costs(handle_seconds={workload_key(TINY): measured}))
