@@ -52,6 +52,7 @@ from rich.console import Console
 from phalanx.apps.bench_consensus import round_periods
 from phalanx.apps.bench_report import stamp
 from phalanx.apps.cluster import check_runnable
+from phalanx.apps.emulate import emulates, for_run
 from phalanx.apps.node_host import AsyncHost
 from phalanx.apps.node_log import NodeLog
 from phalanx.apps.runner import RunResult, run_scenario
@@ -60,6 +61,7 @@ from phalanx.engine.node import Node
 from phalanx.engine.rng import RngStreams
 from phalanx.engine.workloads.base import GradientJob
 from phalanx.net.crypto import Identity
+from phalanx.net.emulation import EmulatedNetwork, LinkSpec
 from phalanx.net.envelope import Envelope, open_frame
 from phalanx.net.tcp import TcpTransport
 from phalanx.scenario.build import node_config, workload_for
@@ -178,10 +180,27 @@ def _pair(seed: int) -> tuple[list[Identity], dict[int, bytes]]:
     return ids, {i: x.public_key for i, x in enumerate(ids)}
 
 
-def _echo_peer(host: str, parent: tuple[str, int], seed: int) -> None:
+def _link(me: int, host: str, addresses: dict[int, tuple[str, int]], seed: int,
+          on_frame: Callable[[bytes], None], emulate: bool) -> Any:
+    """The probe's end of the link: a TcpTransport, wrapped as a real node wraps it when the
+    scenario's network is emulated (one link of zero delay: its timers and framing cost CPU,
+    the model adds the scenario's delays itself)."""
+    ids, keyring = _pair(seed)
+    peer = 1 - me
+
+    def tcp(deliver: Callable[[bytes], None]) -> TcpTransport:
+        return TcpTransport(me, {me: (host, 0), **addresses}, deliver, identity=ids[me],
+                            keyring=keyring)
+
+    if not emulate:
+        return tcp(on_frame)
+    return EmulatedNetwork(me, {peer: peer}, {me: [peer], peer: []},
+                           {peer: LinkSpec(latency=0.0)}, seed, on_frame, tcp)
+
+
+def _echo_peer(host: str, parent: tuple[str, int], seed: int, emulate: bool) -> None:
     """The far end of the link probe (its own process): send every frame back until STOP."""
     async def echo() -> None:
-        ids, keyring = _pair(seed)
         stop = asyncio.Event()
 
         def on_frame(frame: bytes) -> None:
@@ -190,8 +209,7 @@ def _echo_peer(host: str, parent: tuple[str, int], seed: int) -> None:
             else:
                 transport.send(0, frame)
 
-        transport = TcpTransport(1, {1: (host, 0), 0: parent}, on_frame, identity=ids[1],
-                                 keyring=keyring)
+        transport = _link(1, host, {0: parent}, seed, on_frame, emulate)
         await transport.start()
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(ECHO_LIFETIME):
@@ -201,18 +219,17 @@ def _echo_peer(host: str, parent: tuple[str, int], seed: int) -> None:
     asyncio.run(echo())
 
 
-async def _ping_pong(host: str, repeats: int, seed: int) -> tuple[dict[int, list[float]],
-                                                                 dict[int, float]]:
+async def _ping_pong(host: str, repeats: int, seed: int, emulate: bool
+                     ) -> tuple[dict[int, list[float]], dict[int, float]]:
     """One-way times (round trip / 2) of frames of PING_BYTES and BULK_BYTES, and this
     process's CPU seconds per trip of each (one frame sent, one received)."""
-    ids, keyring = _pair(seed)
     arrived: asyncio.Queue[bytes] = asyncio.Queue()
-    transport = TcpTransport(0, {0: (host, 0)}, arrived.put_nowait, identity=ids[0],
-                             keyring=keyring)
+    transport = _link(0, host, {}, seed, arrived.put_nowait, emulate)
     await transport.start()
     address = transport.address
     peer = subprocess.Popen([sys.executable, "-m", "phalanx.apps.calibrate", address[0],
-                             str(address[1]), str(seed)], stdin=subprocess.DEVNULL)
+                             str(address[1]), str(seed), "emulate" if emulate else "host"],
+                            stdin=subprocess.DEVNULL)
     try:
         await _wait_for_echo(transport, peer)
         samples: dict[int, list[float]] = {}
@@ -254,14 +271,16 @@ async def _wait_for_echo(transport: TcpTransport, peer: subprocess.Popen[bytes])
             raise CalibrationError("the link probe's echo process never connected")
 
 
-def measure_link(host: str, repeats: int, seed: int = 0) -> dict[str, float]:
-    """Latency, jitter and bandwidth of a TcpTransport link between two processes on `host`.
+def measure_link(host: str, repeats: int, seed: int = 0, emulate: bool = False
+                 ) -> dict[str, Any]:
+    """Latency, jitter and bandwidth of a TcpTransport link between two processes on `host`
+    (`emulate`: through the link emulation, as real nodes of an emulated network send).
 
     Latency is the 10th percentile of the small frame's one-way time and jitter (uniform) twice
     its distance to the median, so the model's mean delay is the measured median; bandwidth
     comes from how much longer the bulk frame takes. `cpu`: the transport's CPU seconds per
     frame sent or received (half a trip's), linear in the frame's bytes."""
-    samples, trip_cpu = asyncio.run(_ping_pong(host, repeats, seed))
+    samples, trip_cpu = asyncio.run(_ping_pong(host, repeats, seed, emulate))
     small, bulk = samples[PING_BYTES], samples[BULK_BYTES]
     p10 = statistics.quantiles(small, n=10)[0]
     median = statistics.median(small)
@@ -269,7 +288,8 @@ def measure_link(host: str, repeats: int, seed: int = 0) -> dict[str, float]:
     return {"latency": p10, "jitter": 2 * (median - p10), "one_way_median": median,
             "bandwidth": 8 * (BULK_BYTES - PING_BYTES) / transfer,
             "bulk_one_way_median": statistics.median(bulk), "ping_samples": len(small),
-            "cpu": fit_linear([(size, seconds / 2) for size, seconds in trip_cpu.items()])}
+            "cpu": fit_linear([(size, seconds / 2) for size, seconds in trip_cpu.items()]),
+            "stack": "TcpTransport + link emulation" if emulate else "TcpTransport"}
 
 
 # ---- 3. node work without the network ------------------------------------------------------
@@ -547,8 +567,13 @@ def measure_components(scenarios: list[Scenario], repeats: int = 50,
     background = background_load(cores)
     say("components: SQLite transactions ...")
     persist = persist_cost(repeats)
-    say("components: TcpTransport between two processes ...")
-    link = measure_link(scenarios[0].real.host if scenarios else "127.0.0.1", max(10, repeats))
+    # through the stack the real nodes run: the link emulation when the (first) scenario's
+    # network is emulated
+    emulate = bool(scenarios) and emulates(for_run(scenarios[0]))
+    say("components: TcpTransport between two processes" + (
+        ", through the link emulation ..." if emulate else " ..."))
+    link = measure_link(scenarios[0].real.host if scenarios else "127.0.0.1", max(10, repeats),
+                        emulate=emulate)
     gradient, handling = {}, {}
     for s in scenarios:
         say(f"components: {s.name}: gradient, and the core's handling of each event kind ...")
@@ -576,5 +601,6 @@ def write_components(scenarios: list[Scenario], out_path: Path, repeats: int = 5
     return costs
 
 
-if __name__ == "__main__":  # the link probe's far end: python -m phalanx.apps.calibrate HOST PORT SEED
-    _echo_peer(sys.argv[1], (sys.argv[1], int(sys.argv[2])), int(sys.argv[3]))
+if __name__ == "__main__":  # the link probe's far end: python -m phalanx.apps.calibrate HOST PORT SEED host|emulate
+    _echo_peer(sys.argv[1], (sys.argv[1], int(sys.argv[2])), int(sys.argv[3]),
+               sys.argv[4] == "emulate")
