@@ -3,13 +3,15 @@
 For each scenario (a 4-node mlp on a complete graph, a 10-node ring of 20 ms links, the
 7-node transformer with two Byzantine members), shortened to `rounds`:
 
-1. components, each timed alone on this machine (`apps/calibrate.measure_components`):
-   the gradient of each workload and the node core's CPU per event kind (its nodes in one
-   process, no network), the transport's CPU per frame and its own hop (a ping-pong between
-   two processes), SQLite transactions (wall and CPU seconds, flush included) as functions of
-   size, the cores, the disk and the other tenants' load (a CPU probe's share of a core,
-   probed again just before each scenario's real runs: the load drifts). They are written to
-   the costs file; none is fitted from a real run of a scenario being predicted.
+1. components, each timed alone on this machine (`apps/calibrate.measure_components`) just
+   before the scenario's real runs (the machine's speed and load drift over minutes), each
+   averaged over at least a second (`calibrate.WINDOW`): the gradient of the workload and
+   the node core's CPU per event kind (its nodes in one process, no network), the
+   transport's CPU per frame and its own hop (a ping-pong between two processes, through the
+   link emulation), SQLite transactions (wall and CPU seconds, flush included) as functions
+   of size, the cores, the disk and the other tenants' load (a CPU probe's share of a core).
+   They are written to a costs file per scenario; none is fitted from a real run of a
+   scenario being predicted.
 2. predicted: the simulator with that costs file (`phalanx run --costs`) and the real nodes'
    timeouts; also the simulator as the scenario gives it (step_time, no CPU costs);
 3. measured: `real_runs` real runs (`phalanx run --real`, the scenario's topology and links
@@ -33,7 +35,6 @@ from rich.console import Console
 
 from phalanx.apps.bench_report import results_table, save_report, stamp
 from phalanx.apps.calibrate import (
-    background_load,
     measure_components,
     measure_real_run,
     real_timeouts,
@@ -66,26 +67,28 @@ def fitted(scenario: Scenario, gradient: float, real_median: float) -> dict[str,
             "predicted_median": predicted, "ratio": predicted / real_median}
 
 
-def one_scenario(scenario: Scenario, costs: dict[str, Any], real_runs: int,
+def one_scenario(scenario: Scenario, repeats: int, real_runs: int, costs_file: Path,
                  console: Console) -> dict[str, Any]:
     s = real_timeouts(scenario)
-    # the other tenants' load drifts over minutes: probed again just before this scenario's
-    # real runs (a measurement of the machine, not of the run)
-    costs = {**costs, "background_load": background_load(costs["cores"])}
-    model = parse_costs(costs, "measured components")
     key = workload_key(s)
-    console.print(f"bench fidelity: {s.name}: simulating ...")
-    predicted = round_seconds(run_scenario(s, costs=model))["median"]
-    as_given = round_seconds(run_scenario(s))["median"]
+    # the components just before this scenario's real runs: a shared machine's speed and
+    # load drift over minutes, and each component is averaged over seconds (calibrate.WINDOW)
+    costs = measure_components([scenario], repeats, console.print)
+    save_report(costs, costs_file)
     reals = []
     for i in range(real_runs):
         console.print(f"bench fidelity: {s.name}: real run {i + 1} of {real_runs} ...")
         reals.append(measure_real_run(scenario, network="emulate"))
+    model = parse_costs(costs, str(costs_file))
+    console.print(f"bench fidelity: {s.name}: simulating ...")
+    predicted = round_seconds(run_scenario(s, costs=model))["median"]
+    as_given = round_seconds(run_scenario(s))["median"]
     medians = [r["round_seconds_median"] for r in reals]
     measured = statistics.median(medians)
     return {"scenario": s.name, "nodes": s.nodes.count, "rounds": s.training.rounds,
             "topology": s.topology.kind, "link_latency": s.links.latency,
-            "workload": s.workload.kind, "gradient_seconds": costs["gradient_seconds"][key],
+            "workload": s.workload.kind, "costs_file": str(costs_file),
+            "gradient_seconds": costs["gradient_seconds"][key],
             "handle_seconds": costs["handle_seconds"][key],
             "background_load": costs["background_load"], "cost_model_speed": model.speed,
             "predicted_median": predicted, "measured_median": measured,
@@ -99,17 +102,16 @@ def one_scenario(scenario: Scenario, costs: dict[str, Any], real_runs: int,
 def run_bench(out_file: Path, console: Console, real_runs: int = 1, repeats: int = 30,
               scenarios: tuple[tuple[str, int], ...] = SCENARIOS) -> dict[str, Any]:
     loaded = [with_rounds(load_scenario(path), rounds) for path, rounds in scenarios]
-    costs = measure_components(loaded, repeats, console.print)
-    costs_file = out_file.with_name(out_file.stem + ".costs.json")
-    save_report(costs, costs_file)
     report: dict[str, Any] = {
         "benchmark": "fidelity", **stamp(), "cpus": len(os.sched_getaffinity(0)),
-        "target_within": TARGET, "costs_file": str(costs_file), "real_runs_each": real_runs,
-        "rows": [one_scenario(s, costs, real_runs, console) for s in loaded]}
+        "target_within": TARGET, "real_runs_each": real_runs,
+        "rows": [one_scenario(s, repeats, real_runs,
+                              out_file.with_name(f"{out_file.stem}.{s.name}.costs.json"),
+                              console) for s in loaded]}
     report["target_holds"] = all(r["within_target"] for r in report["rows"])
     save_report(report, out_file)
     print_report(report, console)
-    console.print(f"written to {out_file} (component costs: {costs_file})")
+    console.print(f"written to {out_file} (component costs: beside it, one file per scenario)")
     return report
 
 

@@ -56,6 +56,7 @@ from phalanx.apps.emulate import emulates, for_run
 from phalanx.apps.node_host import AsyncHost
 from phalanx.apps.node_log import NodeLog
 from phalanx.apps.runner import RunResult, run_scenario
+from phalanx.apps.switch_probe import switch_seconds
 from phalanx.engine.events import Action, Event, Received, Started
 from phalanx.engine.node import Node
 from phalanx.engine.rng import RngStreams
@@ -68,6 +69,7 @@ from phalanx.scenario.build import node_config, workload_for
 from phalanx.scenario.schema import Scenario, parse_scenario
 from phalanx.sim.costs import FORMAT, event_kind, parse_costs, workload_key
 
+WINDOW = 1.0  # seconds a component is averaged over, at least (see `_timed`)
 PING_BYTES = 256  # about a vote's frame: the latency probe
 BULK_BYTES = 4 * 1024 * 1024  # long enough that its transfer time dwarfs the latency
 STOP = b"stop"
@@ -157,19 +159,16 @@ def measure_real_run(scenario: Scenario, network: str = "host") -> dict[str, Any
 
 def gradient_seconds(scenario: Scenario, repeats: int,
                      clock: Callable[[], float] = time.perf_counter) -> float:
-    """Median time of one real gradient (node 0's, over successive rounds' batches): wall
-    time, or with `clock=time.process_time` the CPU time it takes (what other tenants' load
-    does not change)."""
+    """Mean time of one real gradient (node 0's, over successive rounds' batches) over at
+    least `repeats` of them and `WINDOW` seconds: wall time, or with
+    `clock=time.process_time` the CPU time it takes (what other tenants' load does not
+    change)."""
     torch.set_num_threads(1)  # as every node process runs
     workload = workload_for(scenario, RngStreams(scenario.seed))
     params = workload.init_params()
-    GradientJob(workload, 0, 0, params).run()  # first call pays one-off set-up (shard, kernels)
-    times = []
-    for r in range(repeats):
-        start = clock()
-        GradientJob(workload, 0, r, params).run()
-        times.append(clock() - start)
-    return statistics.median(times)
+    rounds = iter(range(1 << 62))
+    # the first call pays one-off set-up (shard, kernels): `_timed` leaves it out
+    return _timed(lambda: GradientJob(workload, 0, next(rounds), params).run(), repeats, clock)
 
 
 # ---- 2. links ------------------------------------------------------------------------------
@@ -237,15 +236,17 @@ async def _ping_pong(host: str, repeats: int, seed: int, emulate: bool
         for size, count in ((PING_BYTES, repeats), (BULK_BYTES, max(3, repeats // 10))):
             frame = os.urandom(size)
             times = samples[size] = []
-            for i in range(count + 2):  # two warm-up trips: buffers grown, code paths hot
-                if i == 2:
-                    cpu_start = time.process_time()
+            for _ in range(2):  # two warm-up trips: buffers grown, code paths hot
+                transport.send(1, frame)
+                await arrived.get()
+            # at least `count` trips and WINDOW seconds (the machine's speed drifts)
+            first, cpu_start = time.perf_counter(), time.process_time()
+            while len(times) < count or time.perf_counter() - first < WINDOW:
                 start = time.perf_counter()
                 transport.send(1, frame)
                 await arrived.get()
-                if i >= 2:
-                    times.append((time.perf_counter() - start) / 2)
-            cpu[size] = (time.process_time() - cpu_start) / count
+                times.append((time.perf_counter() - start) / 2)
+            cpu[size] = (time.process_time() - cpu_start) / len(times)
         transport.send(1, STOP)
         with contextlib.suppress(subprocess.TimeoutExpired):
             await asyncio.to_thread(peer.wait, 10.0)
@@ -511,16 +512,19 @@ def fit_linear(points: list[tuple[int, float]]) -> dict[str, float]:
     return {"base": max(0.0, my - slope * mx), "per_byte": slope}
 
 
-def _timed(fn: Any, repeats: int, clock: Callable[[], float] = time.process_time) -> float:
-    """Median time of `fn`: CPU time by default (a component's cost in CPU seconds, which
-    other tenants' load does not change; the model adds their load apart), or wall time."""
+def _timed(fn: Any, repeats: int, clock: Callable[[], float] = time.process_time,
+           window: float = WINDOW) -> float:
+    """Mean time of `fn` over at least `repeats` calls and `window` seconds of wall time: CPU
+    time by default (a component's cost in CPU seconds; the model adds other tenants' load
+    apart), or wall time. A shared VM's speed drifts from one second to the next (one
+    gradient's CPU time here ranged over 0.47-0.90 ms within half a minute), so a component
+    is averaged over seconds, as a run averages it, not taken from a few milliseconds."""
     fn()  # warm-up: caches, allocations
-    times = []
-    for _ in range(repeats):
-        start = clock()
+    start_wall, start, count = time.perf_counter(), clock(), 0
+    while count < repeats or time.perf_counter() - start_wall < window:
         fn()
-        times.append(clock() - start)
-    return statistics.median(times)
+        count += 1
+    return (clock() - start) / count
 
 
 def persist_cost(repeats: int) -> dict[str, dict[str, float]]:
@@ -574,6 +578,9 @@ def measure_components(scenarios: list[Scenario], repeats: int = 50,
         ", through the link emulation ..." if emulate else " ..."))
     link = measure_link(scenarios[0].real.host if scenarios else "127.0.0.1", max(10, repeats),
                         emulate=emulate)
+    processes = min(16, max((s.nodes.count for s in scenarios), default=2))
+    say(f"components: a wake-up's cost with {processes} processes taking turns on the cores ...")
+    switch = switch_seconds(processes)
     gradient, handling = {}, {}
     for s in scenarios:
         say(f"components: {s.name}: gradient, and the core's handling of each event kind ...")
@@ -586,6 +593,7 @@ def measure_components(scenarios: list[Scenario], repeats: int = 50,
             "scenarios": [s.name for s in scenarios], "gradient_seconds": gradient,
             "handle_seconds": handling, "transport_send": link["cpu"],
             "transport_recv": link["cpu"], **persist,
+            "switch_seconds": switch["switch_seconds"], "switch_probe": switch,
             "transport_latency": link["one_way_median"], "transport_link": link}
 
 

@@ -24,8 +24,8 @@ from typing import Any, Protocol, TypeVar
 
 import numpy as np
 
+from phalanx.apps.commit_rows import commit_row
 from phalanx.apps.node_log import NodeLog
-from phalanx.apps.results import commit_row
 from phalanx.engine.driver import dispatch
 from phalanx.engine.events import (
     Action,

@@ -17,7 +17,6 @@ import numpy as np
 import polars as pl
 
 from phalanx.apps.numerics import report as numerics_report
-from phalanx.engine.events import RoundCommitted
 from phalanx.engine.workloads import Workload
 from phalanx.scenario.schema import ExpectSpec, Scenario
 
@@ -27,15 +26,6 @@ ROUND_SCHEMA = {
     "via_sync": pl.Boolean, "bytes_sent": pl.Int64, "byzantine": pl.Boolean,
     "ratio": pl.Float64,  # top-k ratio of the node's own gradient when adaptive, else null
 }
-
-
-def commit_row(metric: RoundCommitted, time: float, order: int, bytes_sent: int,
-               byzantine: bool) -> dict[str, Any]:
-    return {"round": metric.round, "order": order, "node": metric.node, "time": time,
-            "view": metric.view,
-            "contributors": metric.contributors, "train_loss": metric.train_loss,
-            "model_hash": metric.model_hash.hex(), "via_sync": metric.via_sync,
-            "bytes_sent": bytes_sent, "byzantine": byzantine, "ratio": metric.ratio}
 
 
 @dataclass

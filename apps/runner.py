@@ -11,10 +11,10 @@ import torch
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from phalanx.apps.commit_rows import commit_row
 from phalanx.apps.results import (
     RunResult,
     check_expectations,
-    commit_row,
     rounds_table,
     summarize,
     write_outputs,

@@ -21,7 +21,6 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from scipy.special import log_ndtr
 
 from phalanx.net.crypto import sha256
 
@@ -43,6 +42,8 @@ def clip_and_noise(values: np.ndarray, clip: float, noise_multiplier: float, sec
 
 def gaussian_delta(epsilon: float, noise_multiplier: float, releases: int) -> float:
     """delta(eps) of `releases` Gaussian mechanisms of this noise multiplier (exact)."""
+    from scipy.special import log_ndtr  # only the privacy report needs scipy: not every node
+
     mu = math.sqrt(releases) / noise_multiplier
     first = log_ndtr(-epsilon / mu + mu / 2)
     second = epsilon + log_ndtr(-epsilon / mu - mu / 2)

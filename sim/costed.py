@@ -1,8 +1,8 @@
 """A simulated machine whose node spends measured CPU time (see sim/costs.py).
 
 The node handles one event at a time, as a real node's event loop does: an event waits for
-the node's previous one, takes its input's cost (the transport receiving a frame, and the
-core's measured handling of an event of its kind), then its outputs' costs (the transport
+the node's previous one, takes its input's cost (the transport receiving a frame, the
+core's measured handling of an event of its kind, and a wake-up on a shared core), then its outputs' costs (the transport
 sending each frame to each peer, the CPU part of one SQLite transaction for the batch's
 writes) pass, then the transaction's flush, before its sends leave. Every such CPU task, and
 every gradient, books one of the machine's cores (`CpuPool`); the flush keeps the node waiting
@@ -71,7 +71,7 @@ class CostedHost(Host):
             return
         self.busy = True
         event = self.inbox.popleft()
-        cost = self.handling(event_kind(event))
+        cost = self.handling(event_kind(event)) + self.costs.switch_seconds
         if isinstance(event, Received):
             cost += self.costs.transport_recv(len(event.frame))
         w = self.world
@@ -117,6 +117,7 @@ class CostedHost(Host):
         w = self.world
         start = max(w.now, self.compute_free_at)
         self.compute_free_at = self.cpu.run(
-            start, self.gradient * job.cost * self.slowdown / self.speed)
+            start, self.gradient * job.cost * self.slowdown / self.speed
+            + self.costs.switch_seconds)
         result: Any = job.run()
         w.call_at(self.compute_free_at, self._computed, job, result, self.incarnation)

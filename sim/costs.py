@@ -16,6 +16,9 @@ every node is modelled as the real node process on that machine:
 - `transport_send` / `transport_recv`: the real transport's CPU per frame and peer (the
   asyncio loop's turn, the socket call, framing), `base + per_byte x bytes`, from a
   ping-pong between two processes;
+- `switch_seconds`: the CPU a wake-up adds to a node's work when node processes take turns
+  on shared cores (their caches hold the others' data: apps/switch_probe.py), added to
+  every handled event and every gradient;
 - `persist` (wall seconds: one SQLite transaction with its flush, per batch of writes, as the
   real host writes them) and `persist_cpu` (the CPU part of it), each `base + per_byte x
   bytes`;
@@ -93,6 +96,7 @@ class CostModel:
     transport_recv: Linear
     persist: Linear
     persist_cpu: Linear
+    switch_seconds: float = 0.0
     transport_latency: float = 0.0
     background_load: float = 0.0
     disks: int = 1
@@ -210,6 +214,7 @@ def parse_costs(data: Any, source: str = "costs") -> CostModel:
                      _table(data, "gradient_seconds", source), _handling(data, source),
                      *(_linear(data, name, source) for name in (
                          "transport_send", "transport_recv", "persist", "persist_cpu")),
+                     _seconds(data.get("switch_seconds"), f"{source}: switch_seconds"),
                      _seconds(data.get("transport_latency"), f"{source}: transport_latency"),
                      _load(data.get("background_load", 0.0), source),
                      _count(data.get("disks", 1), "disks", source), source)

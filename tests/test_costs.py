@@ -41,7 +41,8 @@ def costs(**changes: Any) -> dict[str, Any]:
         "transport_send": {"base": 5e-5, "per_byte": 1e-9},
         "transport_recv": {"base": 5e-5, "per_byte": 1e-9},
         "persist": {"base": 0.002, "per_byte": 1e-8},
-        "persist_cpu": {"base": 2e-4, "per_byte": 1e-9}, "transport_latency": 5e-5}
+        "persist_cpu": {"base": 2e-4, "per_byte": 1e-9}, "switch_seconds": 5e-5,
+        "transport_latency": 5e-5}
     data.update(changes)
     return data
 
