@@ -56,7 +56,7 @@ from phalanx.apps.emulate import emulates, for_run
 from phalanx.apps.node_host import AsyncHost
 from phalanx.apps.node_log import NodeLog
 from phalanx.apps.runner import RunResult, run_scenario
-from phalanx.apps.switch_probe import switch_seconds
+from phalanx.apps.switch_probe import shared_gradient_seconds, switch_seconds
 from phalanx.engine.events import Action, Event, Received, Started
 from phalanx.engine.node import Node
 from phalanx.engine.rng import RngStreams
@@ -581,16 +581,19 @@ def measure_components(scenarios: list[Scenario], repeats: int = 50,
     processes = min(16, max((s.nodes.count for s in scenarios), default=2))
     say(f"components: a wake-up's cost with {processes} processes taking turns on the cores ...")
     switch = switch_seconds(processes)
-    gradient, handling = {}, {}
+    gradient, alone, handling = {}, {}, {}
     for s in scenarios:
-        say(f"components: {s.name}: gradient, and the core's handling of each event kind ...")
+        say(f"components: {s.name}: a gradient as {s.nodes.count} node processes taking turns "
+            f"compute it, and the core's handling of each event kind ...")
         key = workload_key(s)
-        gradient[key] = gradient_seconds(s, repeats, time.process_time)
+        probe = shared_gradient_seconds(s.resolved_yaml(), s.nodes.count)
+        gradient[key], alone[key] = probe["taking_turns"], probe["back_to_back"]
         handling[key] = handling_seconds(s)
     return {"format": FORMAT, **stamp(), "cpu_model": _cpu_model(),
             "cores": cores, "background_load": background, "load_average": os.getloadavg()[0],
             "disks": 1,  # every node's log lives in the one temporary folder of a run
             "scenarios": [s.name for s in scenarios], "gradient_seconds": gradient,
+            "gradient_seconds_back_to_back": alone,
             "handle_seconds": handling, "transport_send": link["cpu"],
             "transport_recv": link["cpu"], **persist,
             "switch_seconds": switch["switch_seconds"], "switch_probe": switch,

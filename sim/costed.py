@@ -117,7 +117,6 @@ class CostedHost(Host):
         w = self.world
         start = max(w.now, self.compute_free_at)
         self.compute_free_at = self.cpu.run(
-            start, self.gradient * job.cost * self.slowdown / self.speed
-            + self.costs.switch_seconds)
+            start, self.gradient * job.cost * self.slowdown / self.speed)
         result: Any = job.run()
         w.call_at(self.compute_free_at, self._computed, job, result, self.incarnation)

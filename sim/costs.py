@@ -5,8 +5,9 @@ time on anything else. With a costs file (written by `phalanx calibrate --compon
 times each component alone on one machine, never a real run of the scenario being predicted)
 every node is modelled as the real node process on that machine:
 
-- `gradient_seconds[workload]`: one gradient of the workload (replaces step_time; speed and
-  slow faults still scale it);
+- `gradient_seconds[workload]`: one gradient of the workload as the scenario's node
+  processes compute it taking turns on the machine's cores (apps/switch_probe.py; replaces
+  step_time; speed and slow faults still scale it);
 - `handle_seconds[workload][kind]`: the node core's own CPU time for one event of each kind
   (`event_kind`: a received frame by its message kind, a timer, a finished gradient ...):
   decoding and verifying what came in, the protocol's Python, signing what goes out, and the
@@ -18,7 +19,7 @@ every node is modelled as the real node process on that machine:
   ping-pong between two processes;
 - `switch_seconds`: the CPU a wake-up adds to a node's work when node processes take turns
   on shared cores (their caches hold the others' data: apps/switch_probe.py), added to
-  every handled event and every gradient;
+  every handled event;
 - `persist` (wall seconds: one SQLite transaction with its flush, per batch of writes, as the
   real host writes them) and `persist_cpu` (the CPU part of it), each `base + per_byte x
   bytes`;
