@@ -67,6 +67,7 @@ from phalanx.net.envelope import Envelope, open_frame
 from phalanx.net.tcp import TcpTransport
 from phalanx.scenario.build import node_config, workload_for
 from phalanx.scenario.schema import Scenario, parse_scenario
+from phalanx.sim.costed import stored_size
 from phalanx.sim.costs import FORMAT, event_kind, parse_costs, workload_key
 
 WINDOW = 1.0  # seconds a component is averaged over, at least (see `_timed`)
@@ -297,15 +298,19 @@ def measure_link(host: str, repeats: int, seed: int = 0, emulate: bool = False
 
 
 class _TimedLog(NodeLog):
-    """The node's SQLite log, timing its writes."""
+    """The node's SQLite log, timing its writes: wall seconds in all, and per transaction
+    (bytes as the simulator counts them, CPU seconds of this thread)."""
 
     def __init__(self, path: Path) -> None:
         super().__init__(path)
         self.seconds, self.writes = 0.0, 0
+        self.transactions: list[tuple[int, float]] = []
 
     def write_many(self, items: list[tuple[str, Any]]) -> None:
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), time.thread_time()
         super().write_many(items)
+        self.transactions.append((sum(stored_size(v) for _, v in items),
+                                  time.thread_time() - cpu))
         self.seconds += time.perf_counter() - start
         self.writes += 1  # one flushed transaction
 
@@ -339,7 +344,7 @@ class _TimedNode(Node):
 
 
 async def _run_nodes(scenario: Scenario, folder: Path,
-                     make_node: Callable[..., Node] = Node) -> dict[str, float]:
+                     make_node: Callable[..., Node] = Node) -> dict[str, Any]:
     n, s = scenario.nodes.count, scenario
     ids = [Identity.derive(s.seed, i) for i in range(n)]
     keyring = {i: x.public_key for i, x in enumerate(ids)}
@@ -375,7 +380,8 @@ async def _run_nodes(scenario: Scenario, folder: Path,
     per = n * s.training.rounds  # node-rounds
     return {"node_round": wall / per, "node_round_cpu": cpu / per,
             "sqlite": sum(x.seconds for x in logs) / per,
-            "sqlite_writes": sum(x.writes for x in logs) / per, "open_frames": opened[0] / per}
+            "sqlite_writes": sum(x.writes for x in logs) / per, "open_frames": opened[0] / per,
+            "transactions": [t for x in logs for t in x.transactions]}
 
 
 def node_work(scenario: Scenario, gradient: float) -> dict[str, float]:
@@ -392,14 +398,18 @@ def node_work(scenario: Scenario, gradient: float) -> dict[str, float]:
     return work
 
 
-def handling_seconds(scenario: Scenario) -> dict[str, float]:
-    """The core's mean CPU seconds per event of each kind (`sim.costs.event_kind`), its nodes
-    run as `node_work` runs them: decoding and verifying frames (no cache, as a real node),
-    the protocol, signing, the aggregation and optimizer step."""
+def node_costs(scenario: Scenario) -> dict[str, Any]:
+    """What the scenario's nodes spend besides their gradients, run as `node_work` runs them:
+    the core's mean CPU seconds per event of each kind (`sim.costs.event_kind`: decoding and
+    verifying frames with no cache, as a real node, the protocol, signing, the aggregation
+    and optimizer step), and each SQLite transaction's (bytes, CPU seconds) as the node
+    writes its real records."""
     tally: dict[str, list[float]] = {}
     with tempfile.TemporaryDirectory(prefix="phalanx-calibrate-") as tmp:
-        asyncio.run(_run_nodes(scenario, Path(tmp), functools.partial(_TimedNode, tally=tally)))
-    return {kind: seconds / count for kind, (count, seconds) in sorted(tally.items())}
+        work = asyncio.run(_run_nodes(scenario, Path(tmp),
+                                      functools.partial(_TimedNode, tally=tally)))
+    return {"handle": {kind: seconds / count for kind, (count, seconds) in sorted(tally.items())},
+            "transactions": work["transactions"]}
 
 
 # ---- 4. the measured run, and the file -----------------------------------------------------
@@ -527,10 +537,10 @@ def _timed(fn: Any, repeats: int, clock: Callable[[], float] = time.process_time
     return (clock() - start) / count
 
 
-def persist_cost(repeats: int) -> dict[str, dict[str, float]]:
-    """One transaction of the node's SQLite log (`synchronous=FULL`: its flush included) of
-    each size, in the temporary folder where real runs keep their logs: its wall time
-    (`persist`) and the CPU part of it (`persist_cpu`), each fitted linear in bytes."""
+def flush_cost(repeats: int) -> dict[str, float]:
+    """The wall time one transaction of the node's SQLite log (`synchronous=FULL`) waits for
+    the disk beyond its CPU time, for each size, in the temporary folder where real runs keep
+    their logs, fitted linear in bytes."""
     wall, cpu = [], []
     with tempfile.TemporaryDirectory(prefix="phalanx-calibrate-") as tmp:
         log = NodeLog(Path(tmp) / "node.sqlite")
@@ -546,7 +556,8 @@ def persist_cost(repeats: int) -> dict[str, dict[str, float]]:
                 cpu.append((size, _timed(write, count)))
         finally:
             log.close()
-    return {"persist": fit_linear(wall), "persist_cpu": fit_linear(cpu)}
+    return fit_linear([(size, max(0.0, w - c))
+                       for (size, w), (_, c) in zip(wall, cpu, strict=True)])
 
 
 def background_load(cores: int, seconds: float = 1.0) -> float:
@@ -569,8 +580,8 @@ def measure_components(scenarios: list[Scenario], repeats: int = 50,
     `background_load` (see `background_load`)."""
     cores = len(os.sched_getaffinity(0))
     background = background_load(cores)
-    say("components: SQLite transactions ...")
-    persist = persist_cost(repeats)
+    say("components: SQLite flushes ...")
+    flush = flush_cost(repeats)
     # through the stack the real nodes run: the link emulation when the (first) scenario's
     # network is emulated
     emulate = bool(scenarios) and emulates(for_run(scenarios[0]))
@@ -581,21 +592,25 @@ def measure_components(scenarios: list[Scenario], repeats: int = 50,
     processes = min(16, max((s.nodes.count for s in scenarios), default=2))
     say(f"components: a wake-up's cost with {processes} processes taking turns on the cores ...")
     switch = switch_seconds(processes)
-    gradient, alone, handling = {}, {}, {}
+    gradient, alone, handling, transactions = {}, {}, {}, []
     for s in scenarios:
         say(f"components: {s.name}: a gradient as {s.nodes.count} node processes taking turns "
             f"compute it, and the core's handling of each event kind ...")
         key = workload_key(s)
         probe = shared_gradient_seconds(s.resolved_yaml(), s.nodes.count)
         gradient[key], alone[key] = probe["taking_turns"], probe["back_to_back"]
-        handling[key] = handling_seconds(s)
+        work = node_costs(s)
+        handling[key] = work["handle"]
+        transactions += work["transactions"]
     return {"format": FORMAT, **stamp(), "cpu_model": _cpu_model(),
             "cores": cores, "background_load": background, "load_average": os.getloadavg()[0],
             "disks": 1,  # every node's log lives in the one temporary folder of a run
             "scenarios": [s.name for s in scenarios], "gradient_seconds": gradient,
             "gradient_seconds_back_to_back": alone,
             "handle_seconds": handling, "transport_send": link["cpu"],
-            "transport_recv": link["cpu"], **persist,
+            "transport_recv": link["cpu"], "flush": flush,
+            # the CPU of the nodes' own transactions (their real records), linear in bytes
+            "persist_cpu": fit_linear(transactions),
             "switch_seconds": switch["switch_seconds"], "switch_probe": switch,
             "transport_latency": link["one_way_median"], "transport_link": link}
 

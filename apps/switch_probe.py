@@ -4,8 +4,9 @@ A node wakes for each event after other processes ran on its core, so the caches
 data, not its own, and the same work costs more CPU than when it runs back to back (on this
 2-core VM, four processes taking turns: x1.25-1.4 for sealing and opening one frame, x1.8
 for one gradient of the small mlp, whose torch calls touch much memory). The probe times a
-unit of work back to back in this process, then in `processes` processes that pass a token
-around a ring, each doing one unit per turn, and reports both: the cost model (sim/costs.py)
+unit of work back to back in this process, then in `processes` processes that pass tokens
+around a ring (as many tokens as cores, so that many run at once, as in a busy cluster),
+each doing one unit per turn, and reports both: the cost model (sim/costs.py)
 takes a gradient's CPU as it is taking turns, and adds the frame unit's difference
 (`switch_seconds`) to every event a node handles.
 """
@@ -117,12 +118,16 @@ def taking_turns(unit_args: list[str], processes: int) -> dict[str, Any]:
                                  f"({p.wait()})")
         unit = _unit(unit_args)
         before = back_to_back(unit)
-        turns = max(10, min(MAX_TURNS, int(RING_SECONDS / (processes * before))))
+        # as many tokens as cores: as in a busy cluster, that many processes run at once
+        # (contending for memory and the shared cache) while the others wait their turn
+        tokens = min(len(os.sched_getaffinity(0)), processes)
+        turns = max(10, min(MAX_TURNS, int(RING_SECONDS * tokens / (processes * before))))
         for p in ring:
             assert p.stdin is not None
             p.stdin.write(f"{turns}\n")
             p.stdin.flush()
-        os.write(pipes[0][1], b"t")  # the token: process 0 goes first
+        for k in range(tokens):  # spread around the ring
+            os.write(pipes[k * processes // tokens][1], b"t")
         shared = []
         for p in ring:
             out, _ = p.communicate(timeout=600)
@@ -139,7 +144,7 @@ def taking_turns(unit_args: list[str], processes: int) -> dict[str, Any]:
         for fds in pipes:
             for fd in fds:
                 os.close(fd)
-    return {"processes": processes, "turns": turns, "back_to_back": alone,
+    return {"processes": processes, "tokens": tokens, "turns": turns, "back_to_back": alone,
             "taking_turns": statistics.median(shared)}
 
 

@@ -88,10 +88,8 @@ class CostedHost(Host):
         cpu, flush = self._output_cost(actions), 0.0
         if writes:
             size = sum(stored_size(x.value) for x in writes)
-            stored_cpu = self.costs.persist_cpu(size)
-            cpu += stored_cpu
-            # the rest of the transaction waits for the disk (shared by every node), not a core
-            flush = max(0.0, self.costs.persist(size) - stored_cpu)
+            cpu += self.costs.persist_cpu(size)
+            flush = self.costs.flush(size)  # waits for the disk (shared by every node)
         end = self.disk_queue.run(self.cpu.run(w.now, cpu), flush)
         w.call_at(end, self._send, [a for a in actions if type(a) is not Persist],
                   self.incarnation)

@@ -20,9 +20,9 @@ every node is modelled as the real node process on that machine:
 - `switch_seconds`: the CPU a wake-up adds to a node's work when node processes take turns
   on shared cores (their caches hold the others' data: apps/switch_probe.py), added to
   every handled event;
-- `persist` (wall seconds: one SQLite transaction with its flush, per batch of writes, as the
-  real host writes them) and `persist_cpu` (the CPU part of it), each `base + per_byte x
-  bytes`;
+- `persist_cpu`: the CPU of one SQLite transaction of the node's records (encoding them,
+  SQLite's work), and `flush`: the wall time it then waits for the disk, each `base +
+  per_byte x bytes`, per batch of writes, as the real host writes them;
 - `transport_latency`: one frame's one-way time through the real transport between two
   processes on the machine (TcpTransport over loopback, wake-ups included), added to every
   hop's latency;
@@ -33,8 +33,8 @@ every node is modelled as the real node process on that machine:
   our tasks at cores / (cores + background_load) of their speed, as a time-shared machine
   divides them. CPU components are CPU seconds, so this is the one place the machine's load
   enters;
-- `disks`: the SQLite flushes of all nodes queue for the machine's disks (one by default):
-  the wall time of a transaction beyond its CPU part waits for a disk, no core busy.
+- `disks`: the SQLite flushes of all nodes queue for the machine's disks (one by default),
+  no core busy.
 
 Link parameters stay the scenario's. The file is validated here (one-line errors), and a run
 with it is a pure function of (scenario, seed, file).
@@ -95,8 +95,8 @@ class CostModel:
     handle_seconds: dict[str, Handling]
     transport_send: Linear
     transport_recv: Linear
-    persist: Linear
     persist_cpu: Linear
+    flush: Linear
     switch_seconds: float = 0.0
     transport_latency: float = 0.0
     background_load: float = 0.0
@@ -214,7 +214,7 @@ def parse_costs(data: Any, source: str = "costs") -> CostModel:
     return CostModel(_count(data.get("cores"), "cores", source),
                      _table(data, "gradient_seconds", source), _handling(data, source),
                      *(_linear(data, name, source) for name in (
-                         "transport_send", "transport_recv", "persist", "persist_cpu")),
+                         "transport_send", "transport_recv", "persist_cpu", "flush")),
                      _seconds(data.get("switch_seconds"), f"{source}: switch_seconds"),
                      _seconds(data.get("transport_latency"), f"{source}: transport_latency"),
                      _load(data.get("background_load", 0.0), source),

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 from test_cli import invoke, one_error_line
 
-from phalanx.apps.calibrate import fit_linear, handling_seconds
+from phalanx.apps.calibrate import fit_linear, node_costs
 from phalanx.apps.runner import run_scenario
 from phalanx.engine.events import Received
 from phalanx.net.envelope import peek_kind
@@ -40,8 +40,8 @@ def costs(**changes: Any) -> dict[str, Any]:
                                  "ComputeDone": 3e-4}},
         "transport_send": {"base": 5e-5, "per_byte": 1e-9},
         "transport_recv": {"base": 5e-5, "per_byte": 1e-9},
-        "persist": {"base": 0.002, "per_byte": 1e-8},
-        "persist_cpu": {"base": 2e-4, "per_byte": 1e-9}, "switch_seconds": 5e-5,
+        "persist_cpu": {"base": 2e-4, "per_byte": 1e-9},
+        "flush": {"base": 0.002, "per_byte": 1e-8}, "switch_seconds": 5e-5,
         "transport_latency": 5e-5}
     data.update(changes)
     return data
@@ -52,8 +52,8 @@ BAD = {
     "a_list": ("[]", r"expected a JSON object"),
     "wrong_format": (json.dumps(costs(format="other")), r"format must be"),
     "zero_cores": (json.dumps(costs(cores=0)), r"cores must be an integer"),
-    "negative": (json.dumps(costs(persist={"base": -1, "per_byte": 0})),
-                 r"persist\.base must be a finite number"),
+    "negative": (json.dumps(costs(flush={"base": -1, "per_byte": 0})),
+                 r"flush\.base must be a finite number"),
     "missing_part": (json.dumps(costs(transport_recv={"base": 0.0})), r"transport_recv must be"),
     "old_format": (json.dumps(costs(format="phalanx-costs/1")), r"format must be"),
     "flat_handling": (json.dumps(costs(handle_seconds={"x": 0.1})), r"handle_seconds must be"),
@@ -88,8 +88,7 @@ def test_a_run_with_a_costs_file_is_deterministic_and_models_the_costs() -> None
     # the same rounds and models, other times: the cost model changes only when things happen
     assert a.rounds["model_hash"].to_list() == plain.rounds["model_hash"].to_list()
     assert a.rounds["time"].to_list() != plain.rounds["time"].to_list()
-    slower = run_scenario(TINY, costs=parse_costs(costs(persist={"base": 0.05,
-                                                                 "per_byte": 0.0})))
+    slower = run_scenario(TINY, costs=parse_costs(costs(flush={"base": 0.05, "per_byte": 0.0})))
     assert slower.rounds["time"].max() > a.rounds["time"].max() + 6 * 0.05
 
 
@@ -121,7 +120,11 @@ def test_events_are_priced_by_kind_and_an_unseen_kind_by_the_median_frame() -> N
 
 
 def test_calibrate_measures_the_cores_handling_of_each_event_kind() -> None:
-    measured = handling_seconds(TINY)
+    measured = node_costs(TINY)
     for kind in ("Started", "ComputeDone", "frame/Gradient", "frame/Proposal", "frame/Vote"):
-        assert 0 < measured[kind] < 1.0, (kind, measured)
-    assert parse_costs(costs(handle_seconds={workload_key(TINY): measured}))
+        assert 0 < measured["handle"][kind] < 1.0, (kind, measured["handle"])
+    # every node's transactions: real records, with their sizes as the simulator counts them
+    sizes = [size for size, _ in measured["transactions"]]
+    assert len(sizes) >= 4 * TINY.training.rounds and min(sizes) > 0
+    assert parse_costs(costs(handle_seconds={workload_key(TINY): measured["handle"]},
+                             persist_cpu=fit_linear(measured["transactions"])))
