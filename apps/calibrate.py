@@ -219,7 +219,7 @@ def _echo_peer(host: str, parent: tuple[str, int], seed: int, emulate: bool) -> 
     asyncio.run(echo())
 
 
-async def _ping_pong(host: str, repeats: int, seed: int, emulate: bool
+async def _ping_pong(host: str, repeats: int, seed: int, emulate: bool, window: float
                      ) -> tuple[dict[int, list[float]], dict[int, float]]:
     """One-way times (round trip / 2) of frames of PING_BYTES and BULK_BYTES, and this
     process's CPU seconds per trip of each (one frame sent, one received)."""
@@ -240,9 +240,9 @@ async def _ping_pong(host: str, repeats: int, seed: int, emulate: bool
             for _ in range(2):  # two warm-up trips: buffers grown, code paths hot
                 transport.send(1, frame)
                 await arrived.get()
-            # at least `count` trips and WINDOW seconds (the machine's speed drifts)
+            # at least `count` trips and `window` seconds (the machine's speed drifts)
             first, cpu_start = time.perf_counter(), time.process_time()
-            while len(times) < count or time.perf_counter() - first < WINDOW:
+            while len(times) < count or time.perf_counter() - first < window:
                 start = time.perf_counter()
                 transport.send(1, frame)
                 await arrived.get()
@@ -273,8 +273,8 @@ async def _wait_for_echo(transport: TcpTransport, peer: subprocess.Popen[bytes])
             raise CalibrationError("the link probe's echo process never connected")
 
 
-def measure_link(host: str, repeats: int, seed: int = 0, emulate: bool = False
-                 ) -> dict[str, Any]:
+def measure_link(host: str, repeats: int, seed: int = 0, emulate: bool = False,
+                 window: float = WINDOW) -> dict[str, Any]:
     """Latency, jitter and bandwidth of a TcpTransport link between two processes on `host`
     (`emulate`: through the link emulation, as real nodes of an emulated network send).
 
@@ -282,7 +282,7 @@ def measure_link(host: str, repeats: int, seed: int = 0, emulate: bool = False
     its distance to the median, so the model's mean delay is the measured median; bandwidth
     comes from how much longer the bulk frame takes. `cpu`: the transport's CPU seconds per
     frame sent or received (half a trip's), linear in the frame's bytes."""
-    samples, trip_cpu = asyncio.run(_ping_pong(host, repeats, seed, emulate))
+    samples, trip_cpu = asyncio.run(_ping_pong(host, repeats, seed, emulate, window))
     small, bulk = samples[PING_BYTES], samples[BULK_BYTES]
     p10 = statistics.quantiles(small, n=10)[0]
     median = statistics.median(small)
@@ -537,7 +537,7 @@ def _timed(fn: Any, repeats: int, clock: Callable[[], float] = time.process_time
     return (clock() - start) / count
 
 
-def flush_cost(repeats: int) -> dict[str, float]:
+def flush_cost(repeats: int, window: float = WINDOW) -> dict[str, float]:
     """The wall time one transaction of the node's SQLite log (`synchronous=FULL`) waits for
     the disk beyond its CPU time, for each size, in the temporary folder where real runs keep
     their logs, fitted linear in bytes."""
@@ -552,8 +552,8 @@ def flush_cost(repeats: int) -> dict[str, float]:
                     log.write_many([("checkpoint", b), ("votes", b"x")])
 
                 count = max(5, repeats // 4)
-                wall.append((size, _timed(write, count, time.perf_counter)))  # waits for the disk
-                cpu.append((size, _timed(write, count)))
+                wall.append((size, _timed(write, count, time.perf_counter, window)))  # + disk
+                cpu.append((size, _timed(write, count, window=window)))
         finally:
             log.close()
     return fit_linear([(size, max(0.0, w - c))
@@ -574,30 +574,30 @@ def background_load(cores: int, seconds: float = 1.0) -> float:
 
 
 def measure_components(scenarios: list[Scenario], repeats: int = 50,
-                       say: Any = lambda *_: None) -> dict[str, Any]:
+                       say: Any = lambda *_: None, window: float = WINDOW) -> dict[str, Any]:
     """The costs file's content (sim/costs.py's format): each component timed alone, CPU
-    components in CPU seconds; the other tenants' load as a CPU probe meets it is
-    `background_load` (see `background_load`)."""
+    components in CPU seconds, each averaged over at least `window` seconds; the other
+    tenants' load as a CPU probe meets it is `background_load` (see `background_load`)."""
     cores = len(os.sched_getaffinity(0))
     background = background_load(cores)
     say("components: SQLite flushes ...")
-    flush = flush_cost(repeats)
+    flush = flush_cost(repeats, window)
     # through the stack the real nodes run: the link emulation when the (first) scenario's
     # network is emulated
     emulate = bool(scenarios) and emulates(for_run(scenarios[0]))
     say("components: TcpTransport between two processes" + (
         ", through the link emulation ..." if emulate else " ..."))
     link = measure_link(scenarios[0].real.host if scenarios else "127.0.0.1", max(10, repeats),
-                        emulate=emulate)
+                        emulate=emulate, window=window)
     processes = min(16, max((s.nodes.count for s in scenarios), default=2))
     say(f"components: a wake-up's cost with {processes} processes taking turns on the cores ...")
-    switch = switch_seconds(processes)
+    switch = switch_seconds(processes, 2 * window)
     gradient, alone, handling, transactions = {}, {}, {}, []
     for s in scenarios:
         say(f"components: {s.name}: a gradient as {s.nodes.count} node processes taking turns "
             f"compute it, and the core's handling of each event kind ...")
         key = workload_key(s)
-        probe = shared_gradient_seconds(s.resolved_yaml(), s.nodes.count)
+        probe = shared_gradient_seconds(s.resolved_yaml(), s.nodes.count, 2 * window)
         gradient[key], alone[key] = probe["taking_turns"], probe["back_to_back"]
         work = node_costs(s)
         handling[key] = work["handle"]

@@ -30,7 +30,7 @@ from phalanx.net.crypto import Identity
 from phalanx.net.envelope import open_frame, seal
 from phalanx.net.messages import Gradient
 
-RING_SECONDS = 2.0  # about how long the ring runs: enough turns for a stable median
+RING_SECONDS = 2.0  # about how long the ring runs by default: turns for a stable median
 MAX_TURNS = 1000
 
 Unit = Callable[[], None]
@@ -98,7 +98,8 @@ def back_to_back(unit: Unit, seconds: float = 0.5) -> float:
     return (time.thread_time() - start) / count
 
 
-def taking_turns(unit_args: list[str], processes: int) -> dict[str, Any]:
+def taking_turns(unit_args: list[str], processes: int, seconds: float = RING_SECONDS
+                 ) -> dict[str, Any]:
     """A unit's CPU seconds back to back (here, before and after the ring) and as each of
     `processes` (at least 2) processes taking turns does it (the median process's mean).
     `unit_args`: `frame`, or `gradient SCENARIO_FILE`."""
@@ -117,11 +118,11 @@ def taking_turns(unit_args: list[str], processes: int) -> dict[str, Any]:
                 raise ProbeError(f"a ring process of the {unit_args[0]} probe exited "
                                  f"({p.wait()})")
         unit = _unit(unit_args)
-        before = back_to_back(unit)
+        before = back_to_back(unit, seconds / 4)
         # as many tokens as cores: as in a busy cluster, that many processes run at once
         # (contending for memory and the shared cache) while the others wait their turn
         tokens = min(len(os.sched_getaffinity(0)), processes)
-        turns = max(10, min(MAX_TURNS, int(RING_SECONDS * tokens / (processes * before))))
+        turns = max(10, min(MAX_TURNS, int(seconds * tokens / (processes * before))))
         for p in ring:
             assert p.stdin is not None
             p.stdin.write(f"{turns}\n")
@@ -135,7 +136,7 @@ def taking_turns(unit_args: list[str], processes: int) -> dict[str, Any]:
                 raise ProbeError(f"a ring process of the {unit_args[0]} probe exited "
                                  f"({p.returncode})")
             shared.append(float(out))
-        alone = (before + back_to_back(unit)) / 2
+        alone = (before + back_to_back(unit, seconds / 4)) / 2
     finally:
         for p in ring:
             if p.poll() is None:
@@ -154,19 +155,20 @@ def _unit(args: list[str]) -> Unit:
     return gradient_unit(Path(args[1]).read_text())
 
 
-def switch_seconds(processes: int) -> dict[str, Any]:
+def switch_seconds(processes: int, seconds: float = RING_SECONDS) -> dict[str, Any]:
     """The frame unit's extra CPU when `processes` take turns (>= 0): what a wake-up on a
     shared core adds to an event's handling."""
-    probe = taking_turns(["frame"], processes)
+    probe = taking_turns(["frame"], processes, seconds)
     return {**probe, "switch_seconds": max(0.0, probe["taking_turns"] - probe["back_to_back"])}
 
 
-def shared_gradient_seconds(scenario_yaml: str, processes: int) -> dict[str, Any]:
+def shared_gradient_seconds(scenario_yaml: str, processes: int,
+                            seconds: float = RING_SECONDS) -> dict[str, Any]:
     """A gradient's CPU seconds back to back and as `processes` node processes taking turns."""
     with tempfile.TemporaryDirectory(prefix="phalanx-probe-") as tmp:
         path = Path(tmp) / "scenario.yaml"
         path.write_text(scenario_yaml)
-        return taking_turns(["gradient", str(path)], processes)
+        return taking_turns(["gradient", str(path)], processes, seconds)
 
 
 class ProbeError(RuntimeError):

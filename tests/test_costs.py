@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 from test_cli import invoke, one_error_line
 
-from phalanx.apps.calibrate import fit_linear, node_costs
+from phalanx.apps.calibrate import fit_linear, measure_components, node_costs
 from phalanx.apps.runner import run_scenario
 from phalanx.engine.events import Received
 from phalanx.net.envelope import peek_kind
@@ -128,3 +128,18 @@ def test_calibrate_measures_the_cores_handling_of_each_event_kind() -> None:
     assert len(sizes) >= 4 * TINY.training.rounds and min(sizes) > 0
     assert parse_costs(costs(handle_seconds={workload_key(TINY): measured["handle"]},
                              persist_cpu=fit_linear(measured["transactions"])))
+
+
+def test_measured_components_make_a_costs_file_the_simulator_runs() -> None:
+    measured = measure_components([TINY], repeats=5, window=0.02)
+    model = parse_costs(json.loads(json.dumps(measured)), "measured")
+    key = workload_key(TINY)
+    gradient, handling = model.for_workload(key)
+    assert 0 < gradient < 1 and measured["gradient_seconds_back_to_back"][key] > 0
+    assert handling("frame/Vote") > 0 and model.transport_send(256) > 0
+    assert model.persist_cpu(1000) > 0 and model.switch_seconds >= 0
+    probe = measured["switch_probe"]  # 4 node processes taking turns, 2 at a time
+    assert (probe["processes"], probe["tokens"]) == (4, 2) and probe["turns"] >= 10
+    assert measured["transport_link"]["stack"] == "TcpTransport + link emulation"
+    run = run_scenario(TINY, costs=model)
+    assert run.summary["min_rounds_committed"] == TINY.training.rounds
