@@ -7,10 +7,11 @@ are sampled every `--every` seconds. Memory is flat when the RSS at the end is w
 `TARGET` of the RSS once warmed up (the first sample at or past `--warmup` rounds); the slope
 after warm-up (MB per 1000 rounds, a least-squares line) says how it would go on.
 
-Then node 0 is started again alone on its disk, as an operator restarts one node, and then the
-whole cluster at once (every node importing on the shared cores): the restart time is from
-node 0's process spawn until its /status reports the last round, i.e. its disk was read back
-(the checkpoint and the window of newest rounds, not the whole log) and it finished again. The interpreter's start
+Then the whole cluster is started again on its disks (every node importing on the shared
+cores), and once it is up, node 0 is stopped and started again alone among its running peers,
+as an operator restarts one node: each restart time is from node 0's process spawn until its
+/status reports the last round, i.e. its disk was read back (the checkpoint and the window of
+newest rounds, not the whole log) and it finished again. The interpreter's start
 and imports are part of it, as an operator sees it (on a loaded machine they are most of it), so
 the node's own part is timed too, in this process on node 0's disk: a fresh Node handed
 `Started(log.view())` (what a restart does now) and `Started(log.read_all())` (what it did).
@@ -32,7 +33,14 @@ import numpy as np
 from rich.console import Console
 
 from phalanx.apps.bench_report import results_table, save_report, stamp
-from phalanx.apps.cluster import NodeProc, alive, cluster_down, cluster_up, node_status
+from phalanx.apps.cluster import (
+    NodeProc,
+    alive,
+    cluster_down,
+    cluster_up,
+    node_status,
+    serve_on,
+)
 from phalanx.apps.node_log import NodeLog
 from phalanx.apps.node_settings import load_members
 from phalanx.engine.events import Started
@@ -191,12 +199,11 @@ def run_bench(rounds: int, nodes: int, every: float, warmup: int, folder: Path,
     flat = flatness(series, min(warmup, rounds // 2))
     restore = restore_seconds(scenario, folder)
     restore["import_seconds"] = import_seconds()
-    try:  # node 0 alone (its peers stay down), then every node at once on the shared cores
-        alone = _restart_seconds(scenario, folder, rounds, time.time() + 120, only=0)
-    finally:
-        cluster_down(folder, grace=10.0)
-    try:
+    serve_on(folder)  # restarted nodes stay up: node 0 then restarts among running peers
+    try:  # every node at once on the shared cores, then node 0 alone as its peers serve on
         restart = _restart_seconds(scenario, folder, rounds, time.time() + 120)
+        cluster_down(folder, grace=10.0, only=0)
+        alone = _restart_seconds(scenario, folder, rounds, time.time() + 120, only=0)
     finally:
         cluster_down(folder, grace=10.0)
     restart.update({f"{key}_one_node": value for key, value in alone.items()})

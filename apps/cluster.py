@@ -123,6 +123,14 @@ def _write_cluster(folder: Path, data: dict[str, Any]) -> None:
     os.replace(tmp, folder / CLUSTER_FILE)
 
 
+def serve_on(folder: Path) -> None:
+    """From their next start, the cluster's nodes serve on after their last round instead of
+    exiting (`--exit-when-finished` dropped): peers stay up while one node restarts."""
+    data = read_cluster(folder)
+    data["extra"] = [x for x in data["extra"] if x != "--exit-when-finished"]
+    _write_cluster(folder, data)
+
+
 def nodes_of(data: dict[str, Any]) -> list[NodeProc]:
     return [NodeProc(n["id"], n["pid"], n["p2p_port"], n["web_port"], Path(n["folder"]),
                      n["status_host"]) for n in data["nodes"]]
