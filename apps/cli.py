@@ -86,7 +86,8 @@ def run(
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="no progress output")] = False,
     costs: Annotated[Path | None, typer.Option(
         "--costs", help="simulate with the component costs measured by `phalanx calibrate "
-        "--components` (gradient, signing, verifying, SQLite, cores) instead of step_time")
+        "--components` (gradient, per-event handling, transport, SQLite, cores) instead of "
+        "step_time")
     ] = None,
 ) -> None:
     """Run a scenario; exit code 1 when an `expect:` assertion fails."""
@@ -445,9 +446,9 @@ def calibrate(
     rounds: Annotated[int, typer.Option(help="rounds of the measured real run")] = 60,
     repeats: Annotated[int, typer.Option(help="repetitions of each micro-measurement")] = 200,
     components: Annotated[Path | None, typer.Option(
-        "--components", help="instead: time each component alone (gradient, aggregation, "
-        "signing, verifying, SQLite) and write the costs file for `phalanx run --costs`; no "
-        "real run")] = None,
+        "--components", help="instead: time each component alone (gradient, the node core's "
+        "handling of each event kind, transport, SQLite, shared cores) and write the costs "
+        "file for `phalanx run --costs`; no real run")] = None,
 ) -> None:
     """Measure this machine (gradient time, loopback link, a node's own work, one real run)
     and write the scenario with the simulator's compute and link parameters set from it;
