@@ -129,7 +129,12 @@ def sweep(
     out_dir: Annotated[Path | None, typer.Option("--out", help="output folder "
                                                  "(default: runs/<scenario name>-sweep)")] = None,
     save_failures: Annotated[Path | None, typer.Option(
-        "--save-failures", help="write <name>-seed<S>.yaml here for each failing seed")] = None,
+        "--save-failures", help="write a regression file <name>-seed<S>.yaml here for each "
+        "failing seed, shrunk to the smallest variant that fails the same way")] = None,
+    shrink_runs: Annotated[int, typer.Option(
+        help="runs each shrink may spend (0: save the scenario as it is)")] = 120,
+    expectations: Annotated[bool, typer.Option(
+        "--expect", help="a seed that misses its `expect:` checks fails too")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="no progress bar")] = False,
 ) -> None:
     """Run a scenario over many seeds in parallel and check every run's invariants.
@@ -145,9 +150,12 @@ def sweep(
         raise fail(f"--start: must be at least 0 (got {start})")
     if workers is not None and workers < 1:
         raise fail(f"--workers: must be at least 1 (got {workers})")
+    if shrink_runs < 0:
+        raise fail(f"--shrink-runs: must be at least 0 (got {shrink_runs})")
     try:
         report = run_sweep(scenario, range(start, start + seeds), workers, out_dir,
-                           save_failures=save_failures, progress=not quiet, console=err)
+                           save_failures=save_failures, expectations=expectations,
+                           shrink_runs=shrink_runs, progress=not quiet, console=err)
     except (ScenarioError, SweepError) as e:
         raise fail(str(e)) from None
     except TopologyError as e:

@@ -89,6 +89,7 @@ class SweepReport:
     wall_seconds: float
     out: Path | None = None
     saved: list[Path] = field(default_factory=list)  # --save-failures files
+    expectations: bool = False  # a seed whose `expect:` checks fail counts as failed
 
     @property
     def violations(self) -> list[Violation]:
@@ -96,7 +97,8 @@ class SweepReport:
 
     @property
     def failed_seeds(self) -> list[int]:
-        return [o.seed for o in self.outcomes if not o.ok]
+        return [o.seed for o in self.outcomes
+                if not o.ok or (self.expectations and o.expect_failures)]
 
     @property
     def ok(self) -> bool:
@@ -117,7 +119,9 @@ class SweepReport:
 
     def headline(self) -> str:
         n, v, f = len(self.outcomes), len(self.violations), len(self.failed_seeds)
-        return (f"sweep: {n} seed{'s' * (n != 1)}, {v} violation{'s' * (v != 1)} "
+        e = sum(1 for o in self.outcomes if o.expect_failures) if self.expectations else 0
+        missed = f", {e} missing `expect:`" if e else ""
+        return (f"sweep: {n} seed{'s' * (n != 1)}, {v} violation{'s' * (v != 1)}{missed} "
                 f"({f} seed{'s' * (f != 1)} failed)")
 
     def markdown(self) -> str:
@@ -141,17 +145,22 @@ class SweepReport:
                 f"{k} {by_kind[k]}" for k in sorted(by_kind)))
         expect = sum(1 for o in self.outcomes if o.expect_failures)
         if expect:
-            lines.append(f"- seeds whose `expect:` checks failed (not counted as violations): "
-                         f"{expect}")
+            counted = "counted as failures" if self.expectations else "not counted as violations"
+            lines.append(f"- seeds whose `expect:` checks failed ({counted}): {expect}")
         if not self.violations:
             lines += ["", "No invariant was violated."]
-            return "\n".join(lines) + "\n"
-        lines += ["", "## Violations", "",
-                  "Replay any of them with the command in its row.", "",
-                  "| seed | invariant | detail | replay |", "|---:|---|---|---|"]
-        for v in self.violations:
-            detail = v.detail.replace("|", "\\|")
-            lines.append(f"| {v.seed} | {v.invariant} | {detail} | `{self.replay(v.seed)}` |")
+        else:
+            lines += ["", "## Violations", "",
+                      "Replay any of them with the command in its row.", "",
+                      "| seed | invariant | detail | replay |", "|---:|---|---|---|"]
+            for v in self.violations:
+                detail = v.detail.replace("|", "\\|")
+                lines.append(f"| {v.seed} | {v.invariant} | {detail} | "
+                             f"`{self.replay(v.seed)}` |")
+        missed = [o.seed for o in self.outcomes if o.ok and o.expect_failures]
+        if self.expectations and missed:
+            lines += ["", "## Seeds that missed their `expect:` checks", ""]
+            lines += [f"- seed {seed}: `{self.replay(seed)}`" for seed in missed]
         if self.saved:
             lines += ["", "## Saved failing scenarios", ""]
             lines += [f"- `{p}`" for p in self.saved]
@@ -201,13 +210,15 @@ def safe_name(name: str) -> str:
 
 def sweep(scenario_path: str | Path, seeds: range, workers: int | None = None,
           out_dir: str | Path | None = None, *, save_failures: str | Path | None = None,
-          progress: bool = False, console: Console | None = None,
+          expectations: bool = False, shrink_runs: int = 120, progress: bool = False,
+          console: Console | None = None,
           worker: Callable[[str, int], SeedOutcome] = run_seed) -> SweepReport:
     """Run `scenario_path` once per seed in `seeds` over `workers` spawned processes (default:
     one per CPU, never more than seeds) and check every invariant; `worker` (default
     `run_seed`) must be importable by name in a fresh interpreter. Writes `sweep.parquet` and `sweep.md` to `out_dir`
-    (default `runs/<scenario name>-sweep/`) and, with `save_failures`, a copy of the scenario
-    per failing seed. Raises `SweepError`, `ScenarioError` or `TopologyError` for bad
+    (default `runs/<scenario name>-sweep/`) and, with `save_failures`, one regression file per
+    failing seed, shrunk (apps/shrink.py) within `shrink_runs` runs (0: the scenario as it is).
+    `expectations`: a seed that misses its `expect:` checks fails too. Raises `SweepError`, `ScenarioError` or `TopologyError` for bad
     arguments and `OSError` when the folders cannot be made, all before any seed runs."""
     path = Path(scenario_path)
     if len(seeds) < 1 or seeds.step != 1:
@@ -234,10 +245,13 @@ def sweep(scenario_path: str | Path, seeds: range, workers: int | None = None,
     start = time.perf_counter()
     outcomes = _run_all(str(path), seeds, workers, worker, progress, console)
     report = SweepReport(scenario, path, seeds, workers, sorted(outcomes, key=lambda o: o.seed),
-                         time.perf_counter() - start, out)
+                         time.perf_counter() - start, out, expectations=expectations)
     report.table().write_parquet(out / "sweep.parquet")
     if saves is not None:
-        report.saved = [save_failure(path, seed, saves, report) for seed in report.failed_seeds]
+        say = (lambda line: console.print(line, highlight=False, soft_wrap=True)) if progress \
+            else None
+        report.saved = [save_failure(path, seed, saves, report, shrink_runs, say)
+                        for seed in report.failed_seeds]
     (out / "sweep.md").write_text(report.markdown())
     return report
 
@@ -327,12 +341,33 @@ def with_seed_text(text: str, seed: int) -> str:
     return edited
 
 
-def save_failure(path: Path, seed: int, folder: Path, report: SweepReport) -> Path:
-    kinds = sorted({v.invariant for v in report.violations if v.seed == seed})
-    header = (f"# Regression found by `phalanx sweep {path}` (seed {seed}: "
-              f"{', '.join(kinds)}).\n# Replay: phalanx run <this file>\n")
+def save_failure(path: Path, seed: int, folder: Path, report: SweepReport,
+                 shrink_runs: int = 0, say: Callable[[str], None] | None = None) -> Path:
+    """Write the failing seed's scenario to `folder` as a regression file: shrunk to the
+    smallest variant that fails the same way (within `shrink_runs` runs), or as written."""
+    from phalanx.apps.shrink import failure_of, shrink, size
+
     target = folder / f"{safe_name(report.scenario.name)}-seed{seed}.yaml"
-    target.write_text(header + with_seed_text(path.read_text(), seed))
+    found = f"`phalanx sweep {path}` (seed {seed}"
+    data = yaml.safe_load(path.read_text())
+    failure = failure_of(data, seed) if shrink_runs > 0 else None
+    if failure is None:  # not asked to shrink, or the failure needs what the sweep ran apart
+        kinds = sorted({v.invariant for v in report.violations if v.seed == seed}
+                       or {"expect"})
+        header = (f"# Regression found by {found}: {', '.join(kinds)}).\n"
+                  f"# Replay: phalanx run <this file>\n")
+        target.write_text(header + with_seed_text(path.read_text(), seed))
+        return target
+    if say:
+        say(f"shrinking seed {seed} ({failure}) ...")
+    small = shrink(data, seed, failure, max_runs=shrink_runs, say=say)
+    steps = "".join(f"#   - {step}\n" for step in small.steps) or "#   (none failed)\n"
+    header = (f"# Regression found by {found}), shrunk: it still fails with {failure}.\n"
+              f"# Rounds × nodes {size(data)} → {small.size_after} ({small.factor:.1f}× "
+              f"smaller) after {small.runs} runs; the edits kept:\n{steps}"
+              f"# Replay: phalanx run <this file>\n")
+    body = yaml.safe_dump({**small.data, "seed": seed}, sort_keys=False, allow_unicode=True)
+    target.write_text(header + body)
     return target
 
 
