@@ -168,6 +168,60 @@ def sweep(
 
 
 @app.command()
+def check(
+    suite: Annotated[Path, typer.Argument(help="a folder of scenario and matrix files (or one "
+                                          "file)")],
+    out_dir: Annotated[Path | None, typer.Option("--out", help="output folder (default: "
+                                                 "runs/check-<suite name>)")] = None,
+    junit: Annotated[Path | None, typer.Option(help="JUnit XML file (default: "
+                                               "<out>/junit.xml)")] = None,
+    workers: Annotated[int | None, typer.Option(help="worker processes "
+                                                "(default: one per CPU)")] = None,
+) -> None:
+    """Run a regression suite: every scenario and every matrix cell must keep its invariants
+    and its `expect:` entries. Exit code 1 naming each failing case and its replay command."""
+    from phalanx.apps.check import CheckError, report_line
+    from phalanx.apps.check import check as run_check
+
+    if workers is not None and workers < 1:
+        raise fail(f"--workers: must be at least 1 (got {workers})")
+    try:
+        report = run_check(suite, out_dir, junit, workers)
+    except (CheckError, ScenarioError) as e:
+        raise fail(str(e)) from None
+    except OSError as e:
+        raise fail(f"cannot write outputs to {e.filename or out_dir}: {e.strerror}") from None
+    out.print((report.out / "report.md").read_text(), highlight=False, soft_wrap=True)
+    out.print(report_line(report), highlight=False, soft_wrap=True)
+    if not report.ok:
+        raise typer.Exit(1)
+
+
+@app.command()
+def plugins() -> None:
+    """List the aggregators, attacks and workloads that installed packages add (entry points
+    in the groups phalanx.aggregators, phalanx.attacks, phalanx.workloads)."""
+    from phalanx.engine.aggregate import AGGREGATORS
+    from phalanx.engine.byzantine import BEHAVIOURS
+    from phalanx.engine.plugins import GROUPS, registered, shadowed
+    from phalanx.engine.workloads import WORKLOADS
+
+    builtins = {"aggregators": frozenset(AGGREGATORS), "attacks": frozenset(BEHAVIOURS),
+                "workloads": frozenset(WORKLOADS)}
+    found = 0
+    for group in GROUPS:
+        hidden = set(shadowed(group, builtins[group]))
+        for name, target in sorted(registered(group).items()):
+            found += 1
+            note = "  (ignored: a built-in has this name)" if name in hidden else ""
+            out.print(f"{group[:-1]:<10} {name:<24} {target}{note}", highlight=False,
+                      soft_wrap=True)
+    if not found:
+        out.print("no plugins installed (entry points in phalanx.aggregators, "
+                  "phalanx.attacks, phalanx.workloads)", highlight=False, soft_wrap=True)
+
+
+@app.command()
 def validate(scenario: Annotated[Path, typer.Argument(help="scenario YAML file")]) -> None:
     """Check a scenario file (schema and topology) and print it with every default filled in."""
     from phalanx.engine.rng import RngStreams

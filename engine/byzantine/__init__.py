@@ -6,8 +6,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from phalanx.engine.byzantine.attacks import GradientAttack
 from phalanx.engine.byzantine.base import Behaviour, NodeView
-from phalanx.engine.byzantine.gradients import LabelFlip, gradient_behaviours
+from phalanx.engine.byzantine.gradients import LabelFlip, attack_behaviour, gradient_behaviours
 from phalanx.engine.byzantine.protocol import (
     BadSignature,
     BogusChange,
@@ -30,11 +31,24 @@ BEHAVIOURS: dict[str, type[Behaviour]] = {
 }
 
 
+def behaviour_class(name: str) -> type[Behaviour]:
+    """The behaviour called `name`: a built-in, or a user's from engine/plugins.py (an entry
+    point in `phalanx.attacks` or `module:Class`): a `Behaviour` subclass as it is, a
+    `GradientAttack` sent in place of the node's gradient as the built-in attacks are."""
+    from phalanx.engine.plugins import known_names, load_class
+
+    if name in BEHAVIOURS:
+        return BEHAVIOURS[name]
+    cls = load_class("attacks", name, (Behaviour, GradientAttack), frozenset(BEHAVIOURS))
+    if cls is None:
+        raise ValueError(f"unknown behaviour {name!r}; known: "
+                         f"{known_names('attacks', frozenset(BEHAVIOURS))}")
+    return attack_behaviour(name) if issubclass(cls, GradientAttack) else cls
+
+
 def make_behaviour(name: str, from_round: int = 0, colluders: frozenset[int] = frozenset(),
                    seed: int = 0, **params: Any) -> Behaviour:
-    if name not in BEHAVIOURS:
-        raise ValueError(f"unknown behaviour {name!r}; known: {', '.join(sorted(BEHAVIOURS))}")
-    return BEHAVIOURS[name](from_round, colluders, seed, **params)
+    return behaviour_class(name)(from_round, colluders, seed, **params)
 
 
-__all__ = ["BEHAVIOURS", "Behaviour", "NodeView", "make_behaviour"]
+__all__ = ["BEHAVIOURS", "Behaviour", "NodeView", "behaviour_class", "make_behaviour"]

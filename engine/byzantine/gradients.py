@@ -14,7 +14,12 @@ from typing import Any
 
 import numpy as np
 
-from phalanx.engine.byzantine.attacks import GRADIENT_ATTACKS, AttackContext, make_attack
+from phalanx.engine.byzantine.attacks import (
+    GRADIENT_ATTACKS,
+    AttackContext,
+    attack_class,
+    make_attack,
+)
 from phalanx.engine.byzantine.base import Behaviour, NodeView
 from phalanx.engine.events import Action, Broadcast, Compute
 from phalanx.engine.workloads import GradientJob
@@ -77,20 +82,22 @@ class GradientAttackBehaviour(Behaviour):
 def _attack_fields(name: str) -> set[str]:
     from dataclasses import fields, is_dataclass
 
-    cls = GRADIENT_ATTACKS[name]
+    cls = attack_class(name)
     if not is_dataclass(cls):
         return set()
     return {f.name for f in fields(cls) if f.init and not f.name.startswith("_")}
 
 
+def attack_behaviour(name: str) -> type[Behaviour]:
+    """The behaviour that sends gradient attack `name` (a built-in or a user's)."""
+    fields_ = tuple(sorted(_attack_fields(name)))
+    return type(f"Attack_{name}", (GradientAttackBehaviour,),
+                {"name": name, "attack_name": name, "params": ("wait", *fields_)})
+
+
 def gradient_behaviours() -> dict[str, type[Behaviour]]:
-    """One behaviour class per gradient attack, named after it."""
-    out: dict[str, type[Behaviour]] = {}
-    for name in GRADIENT_ATTACKS:
-        fields_ = tuple(sorted(_attack_fields(name)))
-        out[name] = type(f"Attack_{name}", (GradientAttackBehaviour,),
-                         {"name": name, "attack_name": name, "params": ("wait", *fields_)})
-    return out
+    """One behaviour class per built-in gradient attack, named after it."""
+    return {name: attack_behaviour(name) for name in GRADIENT_ATTACKS}
 
 
 class LabelFlip(Behaviour):

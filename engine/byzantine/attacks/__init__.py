@@ -52,6 +52,7 @@ __all__ = [
     "SignFlip",
     "ZRule",
     "alie_z",
+    "attack_class",
     "make_attack",
 ]
 
@@ -60,17 +61,27 @@ GRADIENT_ATTACKS: dict[str, type[GradientAttack]] = {
 }
 
 
+def attack_class(name: str) -> type[GradientAttack]:
+    """The attack called `name`: a built-in, or a user's (engine/plugins.py: an entry point
+    in `phalanx.attacks`, or `module:Class`). ValueError naming the known ones otherwise."""
+    from phalanx.engine.plugins import known_names, load_class
+
+    if name in GRADIENT_ATTACKS:
+        return GRADIENT_ATTACKS[name]
+    cls = load_class("attacks", name, GradientAttack, frozenset(GRADIENT_ATTACKS))
+    if cls is None:
+        raise ValueError(f"unknown gradient attack {name!r}; known: "
+                         f"{known_names('attacks', frozenset(GRADIENT_ATTACKS))}")
+    return cls
+
+
 def make_attack(name: str, **params: object) -> GradientAttack:
-    """Build the attack registered as `name` with its parameters.
+    """Build the attack registered as `name` (a built-in or a user's) with its parameters.
 
     Raises ValueError naming the unknown attack (and listing the known ones), an unknown
     parameter (and listing the attack's parameters), or a bad parameter value.
     """
-    if name not in GRADIENT_ATTACKS:
-        raise ValueError(
-            f"unknown gradient attack {name!r}; known: {', '.join(sorted(GRADIENT_ATTACKS))}"
-        )
-    cls = GRADIENT_ATTACKS[name]
+    cls = attack_class(name)
     known = [f.name for f in fields(cls) if f.init]  # type: ignore[arg-type]
     for p in params:
         if p not in known:

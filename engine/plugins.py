@@ -1,0 +1,105 @@
+"""Rules, attacks and workloads from the user's own package, without forking phalanx.
+
+A scenario names a user class in one of two ways:
+
+- by an entry point of the user's installed package, in the group of its kind::
+
+      # the user's pyproject.toml
+      [project.entry-points."phalanx.aggregators"]
+      clipped_mean = "mylab.rules:ClippedMean"
+
+  then ``aggregator: clipped_mean`` in a scenario (groups: ``phalanx.aggregators``,
+  ``phalanx.attacks``, ``phalanx.workloads``);
+- by its import path, ``module:Class`` (``aggregator: {kind: "mylab.rules:ClippedMean"}``),
+  for a module on the Python path that is not packaged.
+
+A user class subclasses the built-ins' base (``phalanx.engine.aggregate.Aggregator``,
+``phalanx.engine.byzantine.attacks.GradientAttack`` or ``phalanx.engine.byzantine.Behaviour``,
+``phalanx.engine.workloads.Workload``), so it is built, validated and called exactly as a
+built-in is, in the simulator and in every real node process (each process resolves the name
+again: the package must be installed where the nodes run). Built-in names always win: an entry
+point that reuses one is ignored (`phalanx plugins` lists it as shadowed), so a built-in name
+means the same thing on every machine.
+
+Loading is not I/O the core performs while it runs: a name is resolved once, when the scenario
+is built, and the class is cached.
+"""
+
+from __future__ import annotations
+
+import importlib
+from functools import cache
+from importlib.metadata import entry_points
+
+GROUPS = ("aggregators", "attacks", "workloads")
+
+
+class PluginError(ValueError):
+    """A user class that cannot be used; `str()` is one line naming it and why."""
+
+
+def is_path(name: str) -> bool:
+    """`module:Class` rather than a registered name."""
+    return ":" in name
+
+
+@cache
+def registered(group: str) -> dict[str, str]:
+    """Entry point name → its `module:Class` value, for the group `phalanx.<group>`."""
+    if group not in GROUPS:
+        raise PluginError(f"unknown plugin group {group!r}; groups: {', '.join(GROUPS)}")
+    return {ep.name: ep.value for ep in entry_points(group=f"phalanx.{group}")}
+
+
+@cache
+def load_class(group: str, name: str, base: type | tuple[type, ...],
+               builtins: frozenset[str] = frozenset()) -> type | None:
+    """The class `name` names in `group` (a `module:Class` path or an entry point), checked
+    to subclass `base` (or one of them); None when `name` is a built-in or names nothing (the
+    caller reports it as unknown)."""
+    if name in builtins:
+        return None
+    what = f"{group[:-1]} {name!r}"
+    if is_path(name):
+        target = name
+    else:
+        target = registered(group).get(name, "")
+        if not target:
+            return None
+        what += f" (entry point phalanx.{group} → {target})"
+    module_name, _, attr = target.partition(":")
+    if not module_name or not attr:
+        raise PluginError(f"{what}: expected 'module:Class'")
+    try:
+        obj: object = importlib.import_module(module_name)
+        for part in attr.split("."):
+            obj = getattr(obj, part)
+    except ImportError as err:
+        raise PluginError(f"{what}: cannot import {module_name} ({err})") from None
+    except AttributeError:
+        raise PluginError(f"{what}: {module_name} has no {attr}") from None
+    except Exception as err:  # the user's module failed while importing
+        raise PluginError(f"{what}: importing {module_name} raised "
+                          f"{type(err).__name__}: {err}") from None
+    if not (isinstance(obj, type) and issubclass(obj, base)):
+        bases = base if isinstance(base, tuple) else (base,)
+        raise PluginError(f"{what}: {target} is not a subclass of " + " or ".join(
+            f"{b.__module__}.{b.__qualname__}" for b in bases))
+    return obj
+
+
+def shadowed(group: str, builtins: frozenset[str]) -> list[str]:
+    """Entry points of `group` whose names a built-in already takes (they are never used)."""
+    return sorted(set(registered(group)) & builtins)
+
+
+def known_names(group: str, builtins: frozenset[str]) -> str:
+    """The names a scenario may use in `group`, for error messages."""
+    extra = sorted(set(registered(group)) - builtins)
+    names = ", ".join(sorted(builtins))
+    return names + (f"; from installed packages: {', '.join(extra)}" if extra else "") + \
+        "; or 'module:Class'"
+
+
+__all__ = ["GROUPS", "PluginError", "is_path", "known_names", "load_class", "registered",
+           "shadowed"]
