@@ -1,7 +1,8 @@
 """`phalanx check SUITE`: a regression suite of scenarios and matrices, for CI.
 
 A suite is a folder (searched recursively) of YAML files: each is a scenario (run once at its
-seed; it passes when every invariant holds and every `expect:` entry is met) or a matrix
+seed; it passes when every invariant holds and every `expect:` entry is met; a matrix's base
+file is not run on its own) or a matrix
 (a file with `groups:`; every cell is a case, passing under the same rule, and a cell the
 scenario schema refuses up front is reported as skipped with its reason). Cases run in
 parallel worker processes. The check writes to its output folder:
@@ -73,15 +74,18 @@ def collect(suite: Path) -> list[Case]:
     files = [suite] if suite.is_file() else sorted(
         p for p in suite.rglob("*") if p.suffix in (".yaml", ".yml") and p.is_file())
     root = suite.parent if suite.is_file() else suite
+    documents = {path: read_yaml(path) for path in files}
+    bases = {(path.parent / str(group.get("base", ""))).resolve()
+             for path, data in documents.items() if is_matrix(data)
+             for group in data.get("groups") or [] if isinstance(group, dict)}
     cases: list[Case] = []
-    for path in files:
+    for path, data in documents.items():
         name = path.relative_to(root).as_posix()
-        data = read_yaml(path)
         if is_matrix(data):
             cases += _matrix_cases(path, name)
             continue
-        if not (isinstance(data, dict) and "nodes" in data):
-            continue  # a base file that a matrix names, or another YAML file
+        if not (isinstance(data, dict) and "nodes" in data) or path.resolve() in bases:
+            continue  # another YAML file, or a matrix's base (its cells are the cases)
         try:
             cases.append(Case(path, name, load_scenario(path)))
         except ScenarioError as err:

@@ -223,7 +223,8 @@ def plugins() -> None:
 
 @app.command()
 def validate(scenario: Annotated[Path, typer.Argument(help="scenario YAML file")]) -> None:
-    """Check a scenario file (schema and topology) and print it with every default filled in."""
+    """Check a scenario file (schema, topology, and that the n − f gradients sure to arrive
+    are enough for the aggregator) and print it with every default filled in."""
     from phalanx.engine.rng import RngStreams
     from phalanx.sim.world import build_graph_routes
 
@@ -567,7 +568,8 @@ def matrix(
     if write is not None:
         write.mkdir(parents=True, exist_ok=True)
         for c in cells:
-            (write / f"{c.scenario.name}.yaml").write_text(c.scenario.resolved_yaml())
+            if c.scenario is not None:  # a refused cell has no scenario to replay
+                (write / f"{c.scenario.name}.yaml").write_text(c.scenario.resolved_yaml())
     out.print(f"matrix {mspec.name}: {len(cells)} cells ...")
     df = table(run_matrix(cells, workers))
     target = out_dir or Path("runs") / mspec.name

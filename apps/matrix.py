@@ -2,10 +2,12 @@
 
 A matrix file names groups; each group takes a base scenario file and expands into one cell
 per (topology, attack, aggregator). A cell is the base with the topology swapped in, the attack
-given to the group's Byzantine nodes and the aggregator set; its expectations are the base's
-`expect:` plus the attack's own (e.g. `excluded:` for equivocation). Every cell is a complete
-scenario, so `phalanx matrix FILE --write DIR` can dump it as a YAML file that `phalanx run`
-replays on its own.
+given to the group's Byzantine nodes (a behaviour, or faults such as their crash) and the
+aggregator set; its expectations are the base's `expect:` plus the attack's own (e.g.
+`excluded:` for equivocation). Every cell is a complete scenario, so `phalanx matrix FILE
+--write DIR` can dump it as a YAML file that `phalanx run` replays on its own; a cell whose
+rule needs more gradients than the members are sure to send is refused as `phalanx validate`
+refuses it, and reported with that line instead of run.
 """
 
 from __future__ import annotations
@@ -17,20 +19,62 @@ from collections.abc import Iterable
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 import polars as pl
 import yaml
-from pydantic import Field, ValidationError
+from pydantic import Field, TypeAdapter, ValidationError, model_validator
 
-from phalanx.scenario.schema import Scenario, ScenarioError, Strict, describe_error, parse_scenario
+from phalanx.scenario.schema import (
+    Fault,
+    Scenario,
+    ScenarioError,
+    ScenarioRefused,
+    Strict,
+    describe_error,
+    parse_scenario,
+)
 
 
 class AttackSpec(Strict):
-    behaviour: str
+    """A Byzantine behaviour given to the group's `byzantine_nodes`, or faults instead
+    (`faults: [{kind: crash, at_round: 2}]`): scenario fault entries, where one that names no
+    `nodes` hits the group's `byzantine_nodes`."""
+
+    behaviour: str | None = None
     params: dict[str, float | int | str | bool] = Field(default_factory=dict)
+    faults: list[dict[str, Any]] = Field(default_factory=list)
     # added to the base's expectations in this attack's cells
     expect: dict[str, Any] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> AttackSpec:
+        if (self.behaviour is None) == (not self.faults):
+            raise ValueError("give either 'behaviour' (Byzantine nodes) or 'faults'")
+        if self.faults and self.params:
+            raise ValueError("'params' belong to a behaviour; a fault takes its own fields")
+        for i, fault in enumerate(self.faults):
+            try:  # checked once here, with a stand-in node where the group's go
+                _FAULT.validate_python(with_nodes(fault, [0]))
+            except ValidationError as err:
+                raise ValueError(f"faults.{i}: {describe_error(err.errors()[0])}") from None
+        return self
+
+    def faults_for(self, nodes: list[int]) -> list[dict[str, Any]]:
+        return [with_nodes(f, nodes) for f in self.faults]
+
+
+def with_nodes(fault: dict[str, Any], nodes: list[int]) -> dict[str, Any]:
+    """A fault entry with `nodes` filled in where its kind takes nodes and it names none."""
+    if not isinstance(fault, dict) or "nodes" in fault or fault.get("kind") not in _NODE_KINDS:
+        return fault
+    return {**fault, "nodes": list(nodes)}
+
+
+_FAULT: TypeAdapter[Any] = TypeAdapter(Fault)
+# the fault kinds that take a `nodes` list
+_NODE_KINDS = {get_args(cls.model_fields["kind"].annotation)[0]
+               for cls in get_args(get_args(Fault)[0]) if "nodes" in cls.model_fields}
 
 
 class GroupSpec(Strict):
@@ -53,23 +97,39 @@ class MatrixSpec(Strict):
 
 @dataclass(frozen=True)
 class Cell:
+    """One scenario of the matrix, or (`scenario` None) one that `phalanx validate` refuses,
+    with its one-line reason: its rule needs more gradients than the members are sure to send,
+    so it is reported as refused up front rather than run into endless view changes."""
+
     group: str
     topology: str
     attack: str
     aggregator: str
-    scenario: Scenario
+    scenario: Scenario | None
+    n: int
+    f: int
+    refused: str | None = None
 
     @property
     def id(self) -> str:
         return f"{self.group}/{self.topology}/{self.attack}/{self.aggregator}"
 
 
+def _step_label(step: str | dict[str, Any]) -> str:
+    if isinstance(step, str):
+        return step
+    params = ",".join(f"{k}={v}" for k, v in sorted(step.items()) if k != "name")
+    return f"{step.get('name')}({params})" if params else str(step.get("name"))
+
+
 def aggregator_label(spec: str | dict[str, Any]) -> str:
+    """`krum`, `krum,f=2`, `median+bucketing(s=2),f=1`, `multi_krum,m=4`."""
     if isinstance(spec, str):
         return spec
-    label = "+".join([spec.get("kind", "mean"), *spec.get("pre", [])])
+    label = "+".join([spec.get("kind", "mean"), *map(_step_label, spec.get("pre", []))])
     params = spec.get("params", {})
-    return label + "".join(f",{k}={v}" for k, v in sorted(params.items()))
+    label += "".join(f",{k}={v}" for k, v in sorted(params.items()))
+    return label + (f",f={spec['f']}" if spec.get("f") is not None else "")
 
 
 def topology_label(topo: dict[str, Any]) -> str:
@@ -119,12 +179,23 @@ def _cell(spec: MatrixSpec, group: GroupSpec, base: dict[str, Any], topo: dict[s
     expect = dict(data.get("expect", {}))
     if attack != "none":
         a = spec.attacks[attack]
-        data["byzantine"] = [{"nodes": group.byzantine_nodes, "behaviour": a.behaviour,
-                              "params": a.params}]
+        if a.behaviour is not None:
+            data["byzantine"] = [{"nodes": group.byzantine_nodes, "behaviour": a.behaviour,
+                                  "params": a.params}]
+        else:
+            data["faults"] = [*data.get("faults", []), *a.faults_for(group.byzantine_nodes)]
         expect.update(a.expect)
     data["expect"] = expect
-    scenario = parse_scenario(data, f"{path} ({label})")
-    return Cell(group.name, topology_label(topo), attack, aggregator_label(agg), scenario)
+    source = f"{path} ({label})"
+    names = (topology_label(topo), attack, aggregator_label(agg))
+    try:
+        scenario = parse_scenario(data, source)
+    except ScenarioRefused as err:  # any other bad field stops the loading
+        nodes = data.get("nodes", {})
+        n = nodes.get("count", 0) - len(nodes.get("observers", []))
+        return Cell(group.name, *names, None, nodes.get("count", 0), (n - 1) // 3,
+                    refused=str(err).removeprefix(f"{source}: "))
+    return Cell(group.name, *names, scenario, scenario.nodes.count, scenario.f)
 
 
 def honest_split_rounds(rounds: pl.DataFrame) -> list[int]:
@@ -142,7 +213,9 @@ def run_cell(cell: Cell) -> dict[str, Any]:
 
     row: dict[str, Any] = {"group": cell.group, "topology": cell.topology,
                            "attack": cell.attack, "aggregator": cell.aggregator,
-                           "n": cell.scenario.nodes.count, "f": cell.scenario.f}
+                           "n": cell.n, "f": cell.f, "refused": cell.refused}
+    if cell.scenario is None:  # refused up front: neither run nor a failure
+        return {**row, "failures": [], "safety_violations": [], "rounds_committed": 0}
     try:
         result = run_scenario(cell.scenario)
     except Exception as err:  # reported in the table, not raised: one cell never hides others
@@ -215,6 +288,9 @@ def markdown(df: pl.DataFrame, title: str) -> str:
                 if not len(r):
                     cells.append("")
                     continue
+                if "refused" in r.columns and r["refused"][0] is not None:
+                    cells.append("refused")
+                    continue
                 acc, loss = r["final_accuracy"][0], r["final_loss"][0]
                 mark = " ✗" if len(r["failures"][0]) else ""
                 cells.append((f"{acc:.3f}" if acc is not None else
@@ -224,14 +300,24 @@ def markdown(df: pl.DataFrame, title: str) -> str:
         lines.append("")
     lines += robustness_markdown(df)
     failed = df.filter(pl.col("failures").list.len() > 0)
-    lines += [f"{len(df)} cells, {len(failed)} with failed expectations (✗)", ""]
+    refused = (df.filter(pl.col("refused").is_not_null()) if "refused" in df.columns
+               else df.clear())
+    lines += [f"{len(df)} cells, {len(refused)} refused up front (`phalanx validate` refuses "
+              f"their scenario), {len(failed)} with failed expectations (✗)", ""]
     for r in failed.iter_rows(named=True):
         lines.append(f"- {r['group']}/{r['topology']}/{r['attack']}/{r['aggregator']}: "
                      + "; ".join(r["failures"]))
+    if len(refused):
+        lines += ["", "Refused up front:", ""]
+        lines += [f"- {r['group']}/{r['topology']}/{r['attack']}/{r['aggregator']}: "
+                  f"{r['refused']}" for r in refused.iter_rows(named=True)]
     return "\n".join(lines) + "\n"
 
 
 CLASSIC = ("krum", "median", "trimmed_mean")  # the rules ALIE and IPM were designed against
+# a classic rule's cell label: the rule alone, or with its parameters or tolerance (krum,f=2),
+# but not after a pre-aggregation step (median+nnm)
+_CLASSIC_LABEL = rf"^({'|'.join(CLASSIC)})(,|$)"
 
 
 def robustness(df: pl.DataFrame) -> pl.DataFrame:
@@ -247,7 +333,7 @@ def robustness(df: pl.DataFrame) -> pl.DataFrame:
         if not len(robust):
             continue  # a group that runs the mean only says nothing about robust rules
         mean = part.filter(pl.col("aggregator") == "mean")
-        classic = part.filter(pl.col("aggregator").is_in(CLASSIC)).with_columns(
+        classic = part.filter(pl.col("aggregator").str.contains(_CLASSIC_LABEL)).with_columns(
             (pl.col("baseline_accuracy") - pl.col("final_accuracy")).alias("cost"))
         worst = classic.sort("cost", descending=True)
         rows.append({

@@ -85,7 +85,8 @@ def run_real(scenario: Scenario, printer: Any, out: Path | None = None) -> RunRe
              "members_at_end": [list(m) for m in sorted(
                  {tuple(r["members"]) for r in results.values()})],
              "network": network_summary(scenario, results)}
-    return RunResult(scenario, rounds, pl.DataFrame(), summarize(scenario, rounds, extra))
+    return RunResult(scenario, rounds, pl.DataFrame(),
+                     summarize(scenario, rounds, extra, workload=workload))
 
 
 def keep_nodes(folder: Path, nodes: list[NodeProc], out: Path) -> None:

@@ -66,8 +66,21 @@ def rounds_table(rows: list[dict[str, Any]], workload: Workload, params: dict[st
             cache[h] = workload.evaluate(params[h])
         evals.append(cache[h])
     keys = sorted({k for e in evals for k in e})
-    return df.with_columns([
+    df = df.with_columns([
         pl.Series(f"eval_{k}", [e.get(k) for e in evals], dtype=pl.Float64) for k in keys])
+    # each row's node's training samples per class (a classifier's only; fixed for the run)
+    hists = {node: workload.label_histogram(node) for node in df["node"].unique().to_list()}
+    if not hists or any(h is None for h in hists.values()):
+        return df
+    return df.with_columns(pl.Series("label_histogram", [hists[n] for n in df["node"]],
+                                     dtype=pl.List(pl.Int64)))
+
+
+def label_histograms(workload: Workload, nodes: int) -> dict[str, list[int]]:
+    """Node id (as a string, a JSON key) -> its training samples per class; empty for a
+    workload without class labels."""
+    hists = {str(i): workload.label_histogram(i) for i in range(nodes)}
+    return {i: h for i, h in hists.items() if h is not None}
 
 
 def standing(rounds: pl.DataFrame, honest_only: bool = True) -> pl.DataFrame:
@@ -179,9 +192,10 @@ _CHECKS: tuple[_Check, ...] = (_honest_hashes_equal, _rounds_committed_at_least,
 
 
 def summarize(scenario: Scenario, rounds: pl.DataFrame, extra: dict[str, Any],
-              down: set[int] | None = None) -> dict[str, Any]:
+              down: set[int] | None = None, workload: Workload | None = None) -> dict[str, Any]:
     """Figures of a run. `down` are nodes crashed at the end: they may lag, and
-    `min_rounds_committed` looks at the honest nodes still running."""
+    `min_rounds_committed` looks at the honest nodes still running. With the run's `workload`,
+    a classifier's `label_histograms` (each node's training samples per class)."""
     honest = standing(rounds)
     down = down or set()
     honest_ids = sorted(set(range(scenario.nodes.count)) - scenario.byzantine_nodes())
@@ -221,6 +235,8 @@ def summarize(scenario: Scenario, rounds: pl.DataFrame, extra: dict[str, Any],
             # worst honest node: a divergent minority must not hide behind the majority
             worst = final[col].max() if col == "eval_loss" else final[col].min()
             summary[f"final_{col}"] = float(worst)  # type: ignore[arg-type]
+    if workload is not None and (hists := label_histograms(workload, scenario.nodes.count)):
+        summary["label_histograms"] = hists
     summary["numerics"] = numerics_report()  # the kernel paths the gradients were computed on
     summary.update(extra)
     return summary

@@ -157,7 +157,8 @@ def run_sim(scenario: Scenario, printer: RoundPrinter,
     }
     if costs is not None:  # the measured cost model (sim/costs.py), opt-in
         extra["cost_model"] = costs.source
-    summary = summarize(scenario, rounds, extra, {h.id for h in world.hosts if not h.up})
+    summary = summarize(scenario, rounds, extra, {h.id for h in world.hosts if not h.up},
+                        world.workload)
     events = log.frame({k: cls.__name__ for k, cls in world.opener.messages.kinds.items()})
     return RunResult(scenario, rounds, events, summary,
                      disks={h.id: h.disk for h in world.hosts} if scenario.node_logs else {})

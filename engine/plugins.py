@@ -28,8 +28,12 @@ is built, and the class is cached.
 from __future__ import annotations
 
 import importlib
+from collections.abc import Mapping
 from functools import cache
 from importlib.metadata import entry_points
+from typing import TypeVar
+
+T = TypeVar("T")
 
 GROUPS = ("aggregators", "attacks", "workloads")
 
@@ -88,6 +92,19 @@ def load_class(group: str, name: str, base: type | tuple[type, ...],
     return obj
 
 
+def resolve(group: str, name: str, builtins: Mapping[str, T], base: type | tuple[type, ...],
+            what: str) -> T | type:
+    """The built-in `builtins[name]`, else the user class `name` names in `group`; ValueError
+    "unknown <what> ...; known: ..." when it names neither."""
+    if name in builtins:
+        return builtins[name]
+    names = frozenset(builtins)
+    cls = load_class(group, name, base, names)
+    if cls is None:
+        raise ValueError(f"unknown {what} {name!r}; known: {known_names(group, names)}")
+    return cls
+
+
 def shadowed(group: str, builtins: frozenset[str]) -> list[str]:
     """Entry points of `group` whose names a built-in already takes (they are never used)."""
     return sorted(set(registered(group)) & builtins)
@@ -102,4 +119,4 @@ def known_names(group: str, builtins: frozenset[str]) -> str:
 
 
 __all__ = ["GROUPS", "PluginError", "is_path", "known_names", "load_class", "registered",
-           "shadowed"]
+           "resolve", "shadowed"]

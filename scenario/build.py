@@ -10,13 +10,18 @@ from phalanx.engine.workloads import Workload, make_workload
 from phalanx.net.codec import CORE, MessageSet
 from phalanx.net.crypto import Identity, VerifyCache
 from phalanx.net.envelope import FrameOpener
-from phalanx.scenario.schema import Scenario
+from phalanx.scenario.schema import Scenario, ScenarioError
 
 
 def workload_for(scenario: Scenario, rngs: RngStreams) -> Workload:
+    """The run's workload; ScenarioError when the workload cannot serve this many nodes (e.g.
+    the digits' training images shared among more nodes than there are images)."""
     params = scenario.workload.model_dump(exclude={"kind"})
     params["batch"] = scenario.training.batch
-    return make_workload(scenario.workload.kind, params, scenario.nodes.count, rngs)
+    try:
+        return make_workload(scenario.workload.kind, params, scenario.nodes.count, rngs)
+    except ValueError as e:
+        raise ScenarioError(f"{scenario.name}: workload: {e}") from None
 
 
 def node_config(scenario: Scenario, node: int, round_timeout: float | None = None,
@@ -26,7 +31,8 @@ def node_config(scenario: Scenario, node: int, round_timeout: float | None = Non
                       observers=tuple(sorted(scenario.nodes.observers)), rounds=t.rounds,
                       lr=t.lr, momentum=t.momentum, aggregator=t.aggregator.kind,
                       aggregator_params=tuple(sorted(t.aggregator.params.items())),
-                      pre_aggregation=tuple(t.aggregator.pre),
+                      pre_aggregation=t.aggregator.frozen_steps(),
+                      aggregator_f=t.aggregator.f,
                       max_gradient_norm=t.max_gradient_norm,
                       votes_to_leader=t.votes == "leader",
                       detect_failures=t.failure_detector,

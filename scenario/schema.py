@@ -8,19 +8,24 @@ every default filled in, so a result folder always says exactly what ran.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import yaml
 from pydantic import (
     AfterValidator,
     BaseModel,
     ConfigDict,
+    Discriminator,
     Field,
+    Tag,
     ValidationError,
     model_validator,
 )
 
 from phalanx.engine.model.config import FFN
+
+if TYPE_CHECKING:
+    from phalanx.engine.aggregate import Need
 
 NodeId = Annotated[int, Field(ge=0)]
 Seconds = Annotated[float, Field(ge=0)]
@@ -33,6 +38,16 @@ class ScenarioError(ValueError):
     def __init__(self, message: str) -> None:
         # user text (a key, a tag, a path) may hold line breaks: escape them to stay one line
         super().__init__(message.replace("\r", "\\r").replace("\n", "\\n"))
+
+
+class ScenarioRefused(ScenarioError):
+    """A well-formed scenario that could not stay live: its aggregation rule needs more
+    gradients than the members are sure to send (the Byzantine matrix reports such a cell as
+    refused instead of running it)."""
+
+
+class InputsRefused(ValueError):
+    """Raised inside validation for what `parse_scenario` turns into `ScenarioRefused`."""
 
 
 class Strict(BaseModel):
@@ -104,6 +119,47 @@ class LinksSpec(Strict):
 # ---- workload and training -----------------------------------------------------------------
 
 
+class IidSplit(Strict):
+    """Shards drawn IID (the default; engine/workloads/splits.py has every split)."""
+
+    kind: Literal["iid"] = "iid"
+
+
+class DirichletSplit(Strict):
+    """Each class shared among the nodes in proportions drawn from Dirichlet(alpha)."""
+
+    kind: Literal["dirichlet"]
+    alpha: Annotated[float, Field(gt=0)] = 0.5  # small: a class on few nodes; large: IID
+
+
+class ExtremeSplit(Strict):
+    """The samples sorted by label and cut into one contiguous shard per node."""
+
+    kind: Literal["extreme"]
+
+
+class GammaSimilaritySplit(Strict):
+    """A fraction gamma of the samples spread IID, the rest sorted by label and cut."""
+
+    kind: Literal["gamma_similarity"]
+    gamma: Probability = 0.5  # 1: IID, 0: extreme
+
+
+Split = Annotated[IidSplit | DirichletSplit | ExtremeSplit | GammaSimilaritySplit,
+                  Field(discriminator="kind")]
+
+
+class _SplitByName(Strict):
+    """Lets a workload's `split` be a bare kind (`split: extreme`), like `aggregator: krum`."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _split_from_name(cls, data: Any) -> Any:
+        if isinstance(data, dict) and isinstance(data.get("split"), str):
+            return {**data, "split": {"kind": data["split"]}}
+        return data
+
+
 class LinearWorkload(Strict):
     kind: Literal["linear"]
     dim: Annotated[int, Field(ge=1, le=1_000_000)] = 16
@@ -112,7 +168,7 @@ class LinearWorkload(Strict):
     eval_samples: Annotated[int, Field(ge=1)] = 1000
 
 
-class MlpWorkload(Strict):
+class MlpWorkload(_SplitByName):
     kind: Literal["mlp"]
     features: Annotated[int, Field(ge=1)] = 16
     classes: Annotated[int, Field(ge=2)] = 4
@@ -121,6 +177,25 @@ class MlpWorkload(Strict):
     label_noise: Probability = 0.05
     eval_samples: Annotated[int, Field(ge=1)] = 2000
     skew: Probability = 0.0  # non-IID: share of a node's shard drawn from its home class
+    split: Split = IidSplit()  # non-IID splits share one pool of n × samples_per_node
+
+    @model_validator(mode="after")
+    def _one_skew(self) -> MlpWorkload:
+        if self.skew > 0 and self.split.kind != "iid":
+            raise ValueError(f"skew ({self.skew}) and split ({self.split.kind}) both make the "
+                             f"shards non-IID: give one of them")
+        return self
+
+
+class DigitsWorkload(_SplitByName):
+    """scikit-learn's bundled 8×8 digits (engine/workloads/digits.py): 1438 training images
+    shared among the nodes by `split`, 359 held out; a one-hidden-layer classifier."""
+
+    kind: Literal["digits"]
+    hidden: Annotated[int, Field(ge=1)] = 64
+    # null: share out every training image; a number: a seeded subset of n × samples_per_node
+    samples_per_node: Annotated[int, Field(ge=1)] | None = None
+    split: Split = IidSplit()
 
 
 class TransformerWorkload(Strict):
@@ -153,8 +228,82 @@ class TransformerWorkload(Strict):
         return self
 
 
-Workload = Annotated[LinearWorkload | MlpWorkload | TransformerWorkload,
-                     Field(discriminator="kind")]
+class UserWorkload(BaseModel):
+    """A workload from the user's own package (engine/plugins.py): `kind` is its entry point
+    name in `phalanx.workloads` or `module:Class`; the other fields are the class's keyword
+    parameters, checked against its constructor, `Class(n_nodes=, rngs=, batch=, **params)`.
+    A class that declares a pydantic model `Params` has them validated by it as well."""
+
+    model_config = ConfigDict(extra="allow", frozen=True, allow_inf_nan=False)
+    kind: str
+
+    @model_validator(mode="after")
+    def _buildable(self) -> UserWorkload:
+        import inspect
+
+        from phalanx.engine.workloads import workload_class
+
+        cls = workload_class(self.kind)
+        params = dict(self.model_extra or {})
+        signature = inspect.signature(cls.__init__)
+        takes = {name for name, p in signature.parameters.items()
+                 if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)} - {"self"}
+        if not any(p.kind == p.VAR_KEYWORD for p in signature.parameters.values()):
+            own = sorted(takes - {"n_nodes", "rngs", "batch"})
+            for key in params:
+                if key not in own:
+                    raise ValueError(f"workload {self.kind!r} has no parameter {key!r}; its "
+                                     f"parameters: {', '.join(own) or '(none)'}")
+        for needed in ("n_nodes", "rngs", "batch"):
+            if needed not in takes and not any(
+                    p.kind == p.VAR_KEYWORD for p in signature.parameters.values()):
+                raise ValueError(f"workload {self.kind!r}: its constructor must take "
+                                 f"n_nodes, rngs and batch as keywords")
+        checker = getattr(cls, "Params", None)
+        if isinstance(checker, type) and issubclass(checker, BaseModel):
+            try:
+                checker.model_validate(params)
+            except ValidationError as err:
+                raise ValueError(f"workload {self.kind!r}: "
+                                 f"{describe_error(err.errors()[0])}") from None
+        return self
+
+
+_BUILTIN_WORKLOADS = ("linear", "mlp", "digits", "transformer")
+
+
+def _workload_tag(value: Any) -> str:
+    kind = value.get("kind") if isinstance(value, dict) else getattr(value, "kind", None)
+    return kind if kind in _BUILTIN_WORKLOADS else "kind"  # the tag names the field at fault
+
+
+Workload = Annotated[
+    Annotated[LinearWorkload, Tag("linear")] | Annotated[MlpWorkload, Tag("mlp")]
+    | Annotated[DigitsWorkload, Tag("digits")] | Annotated[TransformerWorkload, Tag("transformer")]
+    | Annotated[UserWorkload, Tag("kind")],
+    Discriminator(_workload_tag)]
+
+
+PRE_STEP_SHAPE = "a step is a name or a mapping of `name` and its parameters ({name: bucketing, s: 3})"
+
+
+def _pre_step(step: Any) -> str | dict[str, Any]:
+    """One pre-aggregation step: a name (`nnm`) or a mapping of `name` and the step's
+    parameters (`{name: bucketing, s: 3}`), checked by building the step."""
+    from phalanx.engine.aggregate import make_aggregator
+
+    if isinstance(step, str):
+        name, params = step, {}
+    elif isinstance(step, dict) and isinstance(step.get("name"), str):
+        name, params = step["name"], {k: v for k, v in step.items() if k != "name"}
+    else:
+        # (the loader adds "(got ...)" to a value that is not a mapping)
+        raise ValueError(PRE_STEP_SHAPE + (f"; got {step!r}" if isinstance(step, dict) else ""))
+    for key, value in params.items():
+        if not isinstance(value, int | float | str):
+            raise ValueError(f"{name}: parameter {key!r} must be a number or a word; got {value!r}")
+    make_aggregator("mean", 0, [(name, params)])  # unknown step, unknown parameter, bad value
+    return step
 
 
 class AggregatorSpec(Strict):
@@ -162,8 +311,12 @@ class AggregatorSpec(Strict):
     (`aggregator: krum`)."""
 
     kind: str = "mean"
-    pre: list[str] = []  # pre-aggregation steps applied in order: bucketing, nnm
+    # pre-aggregation steps applied in order: a name (bucketing, nnm) or {name: ..., param: ...}
+    pre: list[Annotated[Any, AfterValidator(_pre_step)]] = []
     params: dict[str, float | int | str] = {}
+    # how many Byzantine inputs the rule is built to tolerate (default: the scenario's f, and
+    # through membership changes ⌊(n − 1)/3⌋ of the round's members); at most the scenario's f
+    f: Annotated[int, Field(ge=0, strict=True)] | None = None
 
     @model_validator(mode="before")
     @classmethod
@@ -174,8 +327,94 @@ class AggregatorSpec(Strict):
     def _buildable(self) -> AggregatorSpec:
         from phalanx.engine.aggregate import make_aggregator
 
-        make_aggregator(self.kind, 0, tuple(self.pre), **self.params)
+        make_aggregator(self.kind, 0, self.steps(), **self.params)
         return self
+
+    def steps(self) -> tuple[str | tuple[str, dict[str, Any]], ...]:
+        """`pre` as make_aggregator takes it: a name, or (name, {param: value})."""
+        return tuple(s if isinstance(s, str) else
+                     (s["name"], {k: v for k, v in s.items() if k != "name"}) for s in self.pre)
+
+    def frozen_steps(self) -> tuple[str | tuple[str, tuple[tuple[str, Any], ...]], ...]:
+        """`pre` for the node's (hashable) config: a name, or (name, ((param, value), ...))."""
+        return tuple(s if isinstance(s, str) else (s[0], tuple(sorted(s[1].items())))
+                     for s in self.steps())
+
+    def rule_f(self, n: int) -> int:
+        """The rule's tolerance with n members: `f`, never above ⌊(n − 1)/3⌋."""
+        return (n - 1) // 3 if self.f is None else min(self.f, (n - 1) // 3)
+
+    def need(self, f_rule: int, most: int) -> Need | None:
+        """The inputs the rule needs when built to tolerate `f_rule` (probed up to `most` for a
+        rule that does not declare it)."""
+        from phalanx.engine.aggregate import make_aggregator, required_inputs
+
+        rule = make_aggregator(self.kind, f_rule, self.steps(), **self.params)
+        return required_inputs(rule, f_rule, most)
+
+    def fits(self, n: int) -> bool:
+        """With n members, the n − f gradients sure to arrive are enough for the rule."""
+        sure = n - (n - 1) // 3
+        need = self.need(self.rule_f(n), sure)
+        return need is not None and need.inputs <= sure
+
+    def inputs_problem(self, n: int) -> str | None:
+        """Why n members cannot be sure to feed the rule, in one line; None when they can.
+
+        A round is sure to receive only n − f gradients (f members may be silent, crashed or
+        excluded for equivocating), and a rule that needs more stalls the run in endless view
+        changes. Refusing is the only safe answer: building the rule for a smaller f on the
+        inputs that did arrive would let a Byzantine leader propose a set of n − f holding all
+        f Byzantine gradients to a rule that tolerates fewer.
+        """
+        if self.fits(n):
+            return None
+        f = (n - 1) // 3
+        sure = n - f
+        f_rule = self.rule_f(n)
+        need = self.need(f_rule, sure)
+        from phalanx.engine.aggregate import describe, make_aggregator
+
+        label = describe(make_aggregator(self.kind, f_rule, self.steps(), **self.params))
+        needs = need.why if need is not None else f"more than {sure} inputs"
+        if self.f is None:
+            head = (f"{label} needs {needs} with f = {f_rule}, but only n − f = {sure} are sure "
+                    f"to arrive (f members may be silent or crashed)")
+        else:
+            head = (f"{label} needs {needs} with training.aggregator.f = {f_rule}, but only "
+                    f"n − f = {n} − {f} = {sure} are sure to arrive (f members may be silent "
+                    f"or crashed)")
+        lower = next((g for g in range(f_rule - 1, -1, -1)
+                      if (k := self.need(g, sure)) is not None and k.inputs <= sure), None)
+        alternative = (f"lower the rule's tolerance (training.aggregator.f: {lower})"
+                       if lower is not None else None)
+        smallest = self.smallest_n(n)
+        if smallest is not None:
+            tail = f"the smallest n that works is {smallest}" + (
+                f", or {alternative}" if alternative else "")
+        else:
+            tail = "no n works while the rule tolerates f = ⌊(n − 1)/3⌋" + (
+                f"; {alternative}" if alternative else "")
+        return f"training.aggregator: {head}; {tail}"
+
+    def smallest_n(self, n: int, most: int = 100_000) -> int | None:
+        """The fewest members above n whose n − f sure gradients the rule can take, with
+        f = ⌊(n − 1)/3⌋ (and the rule's own f when set); None if none up to `most` (or, with
+        the rule's tolerance following f, none within 100 more tolerated faults)."""
+        if self.f is not None:
+            need = self.need(self.f, 4 * n + 16)  # fixed: a probed rule is tried this far
+            if need is None:
+                return None
+            m = n + 1
+            while m - (m - 1) // 3 < need.inputs:
+                m += 1
+            return m if m <= most else None
+        for f in range((n - 1) // 3, (n - 1) // 3 + 100):  # n = 3f + 1 .. 3f + 3
+            need = self.need(f, 2 * f + 3)
+            if need is not None and need.inputs <= 2 * f + 3:
+                m = max(n + 1, 3 * f + 1 + max(0, need.inputs - (2 * f + 1)))
+                return m if m <= most else None
+        return None
 
 
 class TrainingSpec(Strict):
@@ -218,10 +457,10 @@ class TrainingSpec(Strict):
 
 
 def _known_behaviour(name: str) -> str:
-    from phalanx.engine.byzantine import BEHAVIOURS
+    """A built-in behaviour, or a user's attack (engine/plugins.py)."""
+    from phalanx.engine.byzantine import behaviour_class
 
-    if name not in BEHAVIOURS:
-        raise ValueError(f"unknown behaviour {name!r}; allowed: {', '.join(sorted(BEHAVIOURS))}")
+    behaviour_class(name)  # ValueError naming the known ones
     return name
 
 
@@ -505,16 +744,17 @@ class Scenario(Strict):
         return {n for b in self.byzantine for n in b.nodes}
 
     def _aggregator_fits(self, n: int) -> None:
-        """The rule must work on all n gradients (sets smaller than it needs are never
-        proposed); refuse it now rather than fail inside a node mid-run."""
-        from phalanx.engine.aggregate import make_aggregator, min_inputs
-
+        """The rule must work on the n − f gradients a round is sure to get (sets smaller than
+        it needs are never proposed, so a rule that needs more stalls the run): refuse it now
+        rather than let the nodes change views forever (AggregatorSpec.inputs_problem)."""
         spec = self.training.aggregator
-        rule = make_aggregator(spec.kind, self.f, tuple(spec.pre), **spec.params)
-        if min_inputs(rule, self.f, n) is None:
-            raise ValueError(f"training.aggregator: {spec.kind} with pre-aggregation "
-                             f"{spec.pre or 'none'} cannot aggregate even all n={n} gradients "
-                             f"with f={self.f}")
+        if spec.f is not None and spec.f > self.f:
+            raise ValueError(f"training.aggregator.f: {spec.f} is above the scenario's "
+                             f"f = {self.f} (n = {n} members tolerate ⌊(n − 1)/3⌋ Byzantine); "
+                             f"allowed: 0 to {self.f}")
+        problem = spec.inputs_problem(n)
+        if problem is not None:
+            raise InputsRefused(problem)
 
     @model_validator(mode="after")
     def _consistent(self) -> Scenario:
@@ -577,7 +817,9 @@ def parse_scenario(data: Any, source: str = "scenario") -> Scenario:
     except ValidationError as err:
         errors = err.errors()
         more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
-        raise ScenarioError(f"{source}: {describe_error(errors[0])}{more}") from None
+        refused = isinstance(errors[0].get("ctx", {}).get("error"), InputsRefused)
+        raise (ScenarioRefused if refused else ScenarioError)(
+            f"{source}: {describe_error(errors[0])}{more}") from None
 
 
 def read_yaml(path: Path, what: str = "scenario") -> Any:

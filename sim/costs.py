@@ -132,9 +132,11 @@ def event_kind(event: Event) -> str:
 
 def workload_key(scenario: Any) -> str:
     """What a gradient's and an aggregation's cost depends on: the workload, the batch, the
-    node count (aggregation), the aggregator, optimizer and compression."""
+    node count (aggregation), the aggregator, optimizer and compression; not which samples
+    a node holds (the workload's `split`)."""
     t = scenario.training
-    return json.dumps({"workload": scenario.workload.model_dump(mode="json"), "batch": t.batch,
+    workload = scenario.workload.model_dump(mode="json", exclude={"split"})
+    return json.dumps({"workload": workload, "batch": t.batch,
                        "n": scenario.n, "aggregator": t.aggregator.model_dump(mode="json"),
                        "optimizer": t.optimizer,
                        "compression": scenario.compression.model_dump(mode="json")},

@@ -46,6 +46,10 @@ BAD_FILES = {
     "yaml_syntax": (TINY + "\tbroken: tab\n", r"line 6: invalid YAML"),
     "top_level_list": ("- name: tiny\n", r"expected a mapping"),
     "key_with_newline": (TINY + '"a\\nb": 1\n', r"a\\nb\b"),
+    # n − f = 3 gradients are sure to arrive and Krum needs 2f + 3 = 5
+    "aggregator_refused": (TINY.replace("{rounds: 3}", "{rounds: 3, aggregator: krum}"),
+                           r"training\.aggregator: krum needs 2f \+ 3 = 5 inputs with f = 1, "
+                           r"but only n − f = 3 are sure to arrive.*smallest n that works is 6"),
 }
 
 
@@ -98,7 +102,8 @@ def test_validate_quickstart_prints_every_section(tmp_path: Path) -> None:
 
 # `validate` keeps these cheap (no torch import); `run` is covered by the unbuildable-topology
 # subprocess below and by the in-process table
-@pytest.mark.parametrize("case", ["unknown_topology", "negative_latency", "yaml_syntax"])
+@pytest.mark.parametrize("case", ["unknown_topology", "negative_latency", "yaml_syntax",
+                                  "aggregator_refused"])
 def test_bad_scenario_subprocess(tmp_path: Path, case: str) -> None:
     text, pattern = BAD_FILES[case]
     path = write(tmp_path, text)

@@ -61,7 +61,11 @@ def test_tiny_matrix_runs_writes_its_table_and_replayable_cells(folder: Path) ->
     (("silent: {behaviour: silent}", "silent: {behaviour: quiet}"), "unknown behaviour 'quiet'"),
     (("attacks: [none, silent, double_vote]", "attacks: [none, loud]"), "attack 'loud'"),
     (("base: base.yaml", "base: nowhere.yaml"), "cannot read"),
-    (("aggregators: [mean, median]", "aggregators: [krum]"), "cannot aggregate even all n=4"),
+    (("double_vote: {behaviour: double_vote, expect: {excluded: [3]}}",
+      "double_vote: {faults: [{kind: crash}]}"), "attacks.double_vote: faults.0: crash: give exactly one of"),
+    (("double_vote: {behaviour: double_vote, expect: {excluded: [3]}}",
+      "double_vote: {behaviour: silent, faults: [{kind: crash, at_round: 1}]}"),
+     "either 'behaviour'"),
 ])
 def test_bad_matrix_is_one_line(folder: Path, edit: tuple[str, str], message: str) -> None:
     (folder / "m.yaml").write_text(MATRIX.replace(*edit))
@@ -78,3 +82,32 @@ def test_a_failing_cell_exits_1(folder: Path) -> None:
                                       "--out", str(folder / "out")])
     assert result.exit_code == 1
     assert "excluded" in (folder / "out" / "matrix.md").read_text()
+
+
+def test_refused_cells_are_reported_not_run_and_not_failed(folder: Path) -> None:
+    """At n = 4 only n − f = 3 gradients are sure to arrive and Krum needs 2f + 3 = 5: its
+    cells are refused with validate's line, beside the crash cells that run."""
+    (folder / "m.yaml").write_text(MATRIX.replace("aggregators: [mean, median]",
+                                                  "aggregators: [mean, krum]")
+                                   .replace("double_vote: {behaviour: double_vote, "
+                                            "expect: {excluded: [3]}}",
+                                            "crash: {faults: [{kind: crash, at_round: 1}]}")
+                                   .replace("[none, silent, double_vote]",
+                                            "[none, silent, crash]"))
+    result = CliRunner().invoke(app, ["matrix", str(folder / "m.yaml"), "--workers", "1",
+                                      "--out", str(folder / "out"), "--write",
+                                      str(folder / "cells")])
+    assert result.exit_code == 0, result.output
+    df = pl.read_parquet(folder / "out" / "matrix.parquet")
+    refused = df.filter(pl.col("refused").is_not_null())
+    assert sorted(refused["attack"].to_list()) == ["crash", "none", "silent"]
+    assert set(refused["aggregator"].to_list()) == {"krum"}
+    assert all(r.startswith("training.aggregator: krum needs 2f + 3 = 5 inputs")
+               for r in refused["refused"].to_list())
+    ran = df.filter(pl.col("refused").is_null())
+    assert ran.height == 3 and ran["rounds_committed"].to_list() == [3, 3, 3]
+    text = (folder / "out" / "matrix.md").read_text()
+    assert "3 refused up front" in text and "g/complete/crash/krum: training.aggregator" in text
+    assert len(list((folder / "cells").glob("*.yaml"))) == 3  # the refused have no scenario
+    crash = load_scenario(next((folder / "cells").glob("*crash*.yaml")))
+    assert [(f.kind, f.nodes) for f in crash.faults] == [("crash", [3])]  # the group's node

@@ -112,7 +112,8 @@ def test_the_operator_hears_why_a_change_cannot_be_asked_for() -> None:
     outsider = kit.node(1, 4)  # its file lists no observers: node 1 is a member there
     assert outsider.change_problem("leave") is None
     lonely = Node(config(0, 4, members=(0,)), kit.ids[0], kit.workload, kit.open)
-    assert lonely.change_problem("leave") == "leaving would leave 0 members, fewer than mean needs"
+    assert lonely.change_problem("leave") == ("leaving would leave 0 members, whose n − f sure "
+                                              "gradients are fewer than mean needs")
     pump.feed(1, RequestChange("leave"))
     assert pump.nodes[1].change_problem("leave") == "a request to leave is already pending"
 

@@ -26,7 +26,10 @@ def test_robust_rules_hold_and_attacks_bite() -> None:
         assert row["best_gap"] <= 0.02, (attack, row)
     # the plain mean loses at least 10 points under sign flip and scaled gradients
     assert r["sign_flip"]["mean_lost"] >= 0.10 and r["scaled"]["mean_lost"] >= 0.10
-    # ALIE or IPM costs at least one classic rule (Krum, median, trimmed mean) 5 points or more
-    assert max(r[a]["worst_classic_cost"] for a in ("alie", "ipm", "ipm100")) >= 0.05
+    # ALIE or IPM costs at least one classic rule (Krum, median, trimmed mean) 4 points or more.
+    # (IPM cost Krum 6.6 points when it was built for f = 3; since issue 17 it is built for
+    # f = 2, as only n − f = 7 gradients are sure to arrive and Krum needs 2f + 3: 4.7 points,
+    # with the trimmed mean's 4.6 under IPM ε = 100 next)
+    assert max(r[a]["worst_classic_cost"] for a in ("alie", "ipm", "ipm100")) >= 0.04
     # every cell stayed safe and live
     assert df.filter(pl.col("failures").list.len() > 0).height == 0

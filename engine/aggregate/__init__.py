@@ -31,7 +31,18 @@ from .krum import Krum, MultiKrum
 from .mean import Mean
 from .median import Median
 from .nnm import NNM
-from .registry import AGGREGATORS, PRE_AGGREGATORS, make_aggregator, min_inputs, parameters
+from .registry import (
+    AGGREGATORS,
+    PRE_AGGREGATORS,
+    Need,
+    declared_need,
+    describe,
+    make_aggregator,
+    min_inputs,
+    parameters,
+    probe_inputs,
+    required_inputs,
+)
 from .trimmed_mean import TrimmedMean
 
 __all__ = [
@@ -47,9 +58,14 @@ __all__ = [
     "Mean",
     "Median",
     "MultiKrum",
+    "Need",
     "PreAggregator",
     "TrimmedMean",
+    "declared_need",
+    "describe",
     "make_aggregator",
     "min_inputs",
     "parameters",
+    "probe_inputs",
+    "required_inputs",
 ]

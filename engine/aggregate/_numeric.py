@@ -135,3 +135,10 @@ def pairwise_sq_dists(x: np.ndarray) -> np.ndarray:
 def exact_sum(values: Sequence[float]) -> float:
     """Exactly rounded sum of a few scalars (independent of their order)."""
     return math.fsum(values)
+
+
+def kth_smallest(values: Sequence[float], k: int) -> float:
+    """The k-th smallest (1-based) of a few scalars, by sorting: independent of their order."""
+    if not 1 <= k <= len(values):
+        raise ValueError(f"k must be in 1..{len(values)}; got {k}")
+    return sorted(values)[k - 1]

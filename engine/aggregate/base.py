@@ -108,6 +108,21 @@ class Aggregator(ABC):
         if not ok:
             raise ValueError(f"{self.name}: {message}")
 
+    def min_inputs(self, f: int) -> int | None:
+        """The fewest inputs the rule aggregates while tolerating ``f`` Byzantine among them
+        (Krum: 2f + 3), or None where the rule does not declare it.
+
+        A rule of your own overrides this; it must then accept every count from there up (a
+        round may agree on any set of at least that many gradients). Undeclared,
+        :func:`.registry.required_inputs` finds the count by trying the rule on probe inputs.
+        The built-in rules and steps answer from the registry's table (``RULE_NEEDS``,
+        ``STEP_NEEDS``), pre-aggregation steps composed through the rule they wrap.
+        """
+        from .registry import declared_need  # the registry imports the rules: import it late
+
+        need = declared_need(self, f)
+        return None if need is None else need.inputs
+
 
 @dataclass(frozen=True)
 class PreAggregator(Aggregator):
@@ -125,6 +140,13 @@ class PreAggregator(Aggregator):
                 f"{self.name}: inner must be an Aggregator; got {type(self.inner).__name__}"
             )
         super().__post_init__()
+
+    def inputs_for(self, outputs: int, f: int) -> int | None:
+        """The fewest inputs this step accepts with ``f`` and turns into at least ``outputs``
+        vectors for the inner rule (bucketing with s: s·(outputs − 1) + 1), or None where the
+        step does not declare it. A step of your own overrides this; ``min_inputs`` then
+        composes it with the inner rule's need."""
+        return None
 
     @abstractmethod
     def transform(self, x: np.ndarray, ctx: AggregationContext) -> np.ndarray:

@@ -35,15 +35,10 @@ def behaviour_class(name: str) -> type[Behaviour]:
     """The behaviour called `name`: a built-in, or a user's from engine/plugins.py (an entry
     point in `phalanx.attacks` or `module:Class`): a `Behaviour` subclass as it is, a
     `GradientAttack` sent in place of the node's gradient as the built-in attacks are."""
-    from phalanx.engine.plugins import known_names, load_class
+    from phalanx.engine.plugins import resolve
 
-    if name in BEHAVIOURS:
-        return BEHAVIOURS[name]
-    cls = load_class("attacks", name, (Behaviour, GradientAttack), frozenset(BEHAVIOURS))
-    if cls is None:
-        raise ValueError(f"unknown behaviour {name!r}; known: "
-                         f"{known_names('attacks', frozenset(BEHAVIOURS))}")
-    return attack_behaviour(name) if issubclass(cls, GradientAttack) else cls
+    cls = resolve("attacks", name, BEHAVIOURS, (Behaviour, GradientAttack), "behaviour")
+    return attack_behaviour(name) if issubclass(cls, GradientAttack) else cls  # type: ignore[arg-type,return-value]
 
 
 def make_behaviour(name: str, from_round: int = 0, colluders: frozenset[int] = frozenset(),

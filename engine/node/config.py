@@ -17,7 +17,11 @@ class NodeConfig:
     view_timeout: float  # how long a node waits in a view before moving to the next
     aggregator: str = "mean"
     aggregator_params: tuple[tuple[str, float | int | str], ...] = ()
-    pre_aggregation: tuple[str, ...] = ()  # e.g. ("nnm",) or ("bucketing",), applied in order
+    # applied in order: a name, or (name, ((param, value), ...)): ("nnm", ("bucketing", (("s", 3),)))
+    pre_aggregation: tuple[str | tuple[str, tuple[tuple[str, float | int | str], ...]], ...] = ()
+    # the Byzantine inputs the rule tolerates, capped by each membership's ⌊(n − 1)/3⌋; None:
+    # that bound itself
+    aggregator_f: int | None = None
     max_gradient_norm: float | None = None  # gradients with a larger L2 norm are invalid
     # votes go to the view's leader, which broadcasts each quorum it collects (O(n) messages
     # per phase instead of O(n^2), one more message delay): for large memberships

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from phalanx.engine.aggregate import Aggregator, make_aggregator, min_inputs
+from phalanx.engine.aggregate import Aggregator, make_aggregator, required_inputs
 from phalanx.engine.consensus import (
     OP_NAMES,
     OPS,
@@ -52,6 +52,7 @@ class Membership(Service):
         self.observers: frozenset[int] = frozenset()  # may follow, and may ask to join
         self.follower = True
         self.n = self.quorum = self.f = self.min_set = 0
+        self.rule_f = 0  # the Byzantine inputs the rule tolerates (<= f)
         self.aggregate: Aggregator
 
     def routes(self) -> list[Route]:
@@ -82,14 +83,30 @@ class Membership(Service):
     def members_at(self, round: int) -> tuple[int, ...]:
         return members_at(self.epochs, round)
 
+    def _rule_f(self, n: int) -> int:
+        """The rule's tolerance with n members: the configured one, at most max_faulty(n)."""
+        chosen = self.node.config.aggregator_f
+        return max_faulty(n) if chosen is None else min(chosen, max_faulty(n))
+
     def _rule(self, n: int) -> Aggregator:
         c = self.node.config
-        return make_aggregator(c.aggregator, f=max_faulty(n), pre=c.pre_aggregation,
+        pre = tuple(s if isinstance(s, str) else (s[0], dict(s[1])) for s in c.pre_aggregation)
+        return make_aggregator(c.aggregator, f=self._rule_f(n), pre=pre,
                                **dict(c.aggregator_params))
 
+    def _needs(self, n: int) -> int | None:
+        """The fewest gradients the rule takes with n members (None: more than n)."""
+        need = required_inputs(self._rule(n), self._rule_f(n), n)
+        return None if need is None or need.inputs > n else need.inputs
+
     def _fits(self, n: int) -> bool:
-        """A membership of n can run rounds: someone to vote, and enough inputs for the rule."""
-        return n >= 1 and min_inputs(self._rule(n), max_faulty(n), n) is not None
+        """A membership of n can run rounds: someone to vote, and enough inputs for the rule
+        in the n − f gradients sure to arrive (f may be silent or crashed), so that no change
+        of members can stall the rounds (scenario/schema.py refuses the initial ones)."""
+        if n < 1:
+            return False
+        need = self._needs(n)
+        return need is not None and need <= n - max_faulty(n)
 
     def set_members(self, members: tuple[int, ...]) -> None:
         """Everything that follows from who the members are: at the start, after a committed
@@ -106,10 +123,12 @@ class Membership(Service):
         self.n = len(members)
         self.quorum = quorum(self.n)
         self.f = max_faulty(self.n)
+        self.rule_f = self._rule_f(self.n)
         self.aggregate = self._rule(self.n)
-        # the smallest set a round may agree on: a quorum, or more if the rule needs more
-        # (Krum needs 2f + 3 inputs: above n - f when n < 3f + 3... then f silent peers stall it)
-        self.min_set = max(self.quorum, min_inputs(self.aggregate, self.f, self.n) or self.n)
+        # the smallest set a round may agree on: a quorum, or more if the rule needs more (at
+        # most n − f: the scenario and `_fits` refuse a rule that needs more, as f silent
+        # members would then stall it; Krum needs 2f + 3 with f its own tolerance)
+        self.min_set = max(self.quorum, self._needs(self.n) or self.n)
         for m in members:
             if m != node.id:
                 node.reputation.setdefault(m, 1.0)
@@ -145,12 +164,14 @@ class Membership(Service):
                 return "already a member"
             if self.node.id not in self.observers:
                 return "not an observer of the members file"
-            return None if self._fits(self.n + 1) else "the aggregation rule cannot take more"
+            return None if self._fits(self.n + 1) else (
+                f"{self.n + 1} members could not feed {self.node.config.aggregator}: it needs "
+                f"more than the n − f gradients sure to arrive")
         if self.follower:
             return "not a member"
         if not self._fits(self.n - 1):
-            return (f"leaving would leave {self.n - 1} members, fewer than "
-                    f"{self.node.config.aggregator} needs")
+            return (f"leaving would leave {self.n - 1} members, whose n − f sure gradients "
+                    f"are fewer than {self.node.config.aggregator} needs")
         return None
 
     def request_change(self, op: str) -> None:

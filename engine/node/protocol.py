@@ -373,9 +373,11 @@ class RoundProtocol(Service):
         return results[digest]
 
     def apply(self, envs: list[Envelope], digest: bytes) -> Result:
-        # the context is the same on every honest node: f, a seed from the set, the last update
+        # the context is the same on every honest node: the rule's f, a seed from the set, the
+        # last update
         node, m = self.node, self.node.membership
-        ctx = AggregationContext(m.f, int.from_bytes(digest[:8], "big") >> 1, node.last_update)
+        ctx = AggregationContext(m.rule_f, int.from_bytes(digest[:8], "big") >> 1,
+                                 node.last_update)
         update = m.aggregate([node.dense(e) for e in envs], ctx)
         params, velocity = node.optimizer.step(node.params, node.velocity, update,
                                                node.round + 1)

@@ -6,22 +6,32 @@ from typing import Any
 
 from phalanx.engine.rng import RngStreams
 from phalanx.engine.workloads.base import GradientJob, GradientResult, Workload
+from phalanx.engine.workloads.digits import DigitsClassifier
 from phalanx.engine.workloads.linear import LinearRegression
 from phalanx.engine.workloads.mlp import MlpClassifier
 from phalanx.engine.workloads.transformer import TransformerLM
 
 WORKLOADS: dict[str, type[Workload]] = {
+    "digits": DigitsClassifier,
     "linear": LinearRegression,
     "mlp": MlpClassifier,
     "transformer": TransformerLM,
 }
 
 
+def workload_class(kind: str) -> type[Workload]:
+    """The workload called `kind`: a built-in, or a user's (engine/plugins.py: an entry point
+    in `phalanx.workloads`, or `module:Class`); ValueError naming the known ones otherwise."""
+    from phalanx.engine.plugins import resolve
+
+    return resolve("workloads", kind, WORKLOADS, Workload, "workload")  # type: ignore[return-value]
+
+
 def make_workload(kind: str, params: dict[str, Any], n_nodes: int, rngs: RngStreams) -> Workload:
-    """Build the workload `kind` with its scenario parameters (already validated)."""
-    if kind not in WORKLOADS:
-        raise ValueError(f"unknown workload {kind!r}; known: {', '.join(sorted(WORKLOADS))}")
-    return WORKLOADS[kind](n_nodes=n_nodes, rngs=rngs, **params)
+    """Build the workload `kind` with its scenario parameters (already validated): the class
+    is called as `Class(n_nodes=..., rngs=..., batch=..., **params)`."""
+    return workload_class(kind)(n_nodes=n_nodes, rngs=rngs, **params)
 
 
-__all__ = ["WORKLOADS", "GradientJob", "GradientResult", "Workload", "make_workload"]
+__all__ = ["WORKLOADS", "GradientJob", "GradientResult", "Workload", "make_workload",
+           "workload_class"]

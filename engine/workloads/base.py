@@ -37,6 +37,11 @@ class Workload(ABC):
     def evaluate(self, params: np.ndarray) -> dict[str, float]:
         """Held-out metrics: always "loss", plus "accuracy" for classifiers."""
 
+    def label_histogram(self, node: int) -> list[int] | None:
+        """How many training samples of each class node `node`'s shard holds; None for a
+        workload without class labels."""
+        return None
+
 
 @dataclass(frozen=True, slots=True)
 class GradientJob:

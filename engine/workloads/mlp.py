@@ -1,41 +1,49 @@
 """A small torch classifier on a synthetic task with a held-out set.
 
 Labels come from a random teacher network (with a little label noise), so the task is
-non-linear and a one-hidden-layer student has to learn it. The student is written as a pure
-function of a flat parameter vector: nodes exchange and average flat float32 vectors.
+non-linear and a one-hidden-layer student (engine/workloads/classifier.py) has to learn it.
 
-`skew` makes the shards non-IID: node i's shard holds a fraction `skew` of samples of its "home"
-class (i mod classes) on top of an IID share, the label-skew setting in which robust rules
-struggle (Karimireddy, He, Jaggi 2022).
+Shards: by default (`split` IID) each node draws its own `samples_per_node` samples from its own
+stream. Any other split (engine/workloads/splits.py: dirichlet, extreme, gamma_similarity) draws
+one pool of n × samples_per_node samples from the "pool" stream and shares it out with the
+split, drawing from the "split" stream. `skew`, the older non-IID knob, is kept as it was: node
+i's shard holds a fraction `skew` of samples of its "home" class (i mod classes) on top of an
+IID share, the label-skew setting in which robust rules struggle (Karimireddy, He, Jaggi 2022).
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from phalanx.engine.rng import RngStreams
-from phalanx.engine.workloads.base import GradientResult, Workload
+from phalanx.engine.workloads.classifier import HiddenLayerClassifier
+from phalanx.engine.workloads.splits import IidSplit, Split, make_split
 
 
-class MlpClassifier(Workload):
+class MlpClassifier(HiddenLayerClassifier):
     name = "mlp"
 
     def __init__(self, *, n_nodes: int, rngs: RngStreams, features: int = 16, classes: int = 4,
                  hidden: int = 32, samples_per_node: int = 512, batch: int = 32,
-                 label_noise: float = 0.05, eval_samples: int = 2000, skew: float = 0.0) -> None:
-        self.features, self.classes, self.hidden = features, classes, hidden
-        self.batch, self.label_noise = min(batch, samples_per_node), label_noise
-        self.samples_per_node, self.rngs, self.skew = samples_per_node, rngs, skew
+                 label_noise: float = 0.05, eval_samples: int = 2000, skew: float = 0.0,
+                 split: Split | Mapping[str, Any] | str | None = None) -> None:
+        super().__init__(rngs=rngs, features=features, classes=classes, hidden=hidden,
+                         batch=batch)
+        self.n_nodes, self.label_noise = n_nodes, label_noise
+        self.samples_per_node, self.skew = samples_per_node, skew
+        self.split = make_split(split)
+        if skew > 0.0 and not isinstance(self.split, IidSplit):
+            raise ValueError(f"skew ({skew}) and split ({self.split.kind}) both make the shards "
+                             f"non-IID: give one of them")
         teacher = rngs.stream("task")
         self._t1 = teacher.standard_normal((features, 2 * hidden)) / np.sqrt(features)
         self._t2 = teacher.standard_normal((2 * hidden, classes)) / np.sqrt(2 * hidden)
         self.eval_x, self.eval_y = self._draw(rngs.stream("eval"), eval_samples)
         self._shards: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
-        # slices of the flat vector: W1 (hidden×features), b1, W2 (classes×hidden), b2
-        sizes = [hidden * features, hidden, classes * hidden, classes]
-        self._bounds = np.cumsum([0, *sizes])
 
     def _draw(self, rng: np.random.Generator, count: int) -> tuple[torch.Tensor, torch.Tensor]:
         x = rng.standard_normal((count, self.features))
@@ -46,54 +54,29 @@ class MlpClassifier(Workload):
 
     def _shard(self, node: int) -> tuple[torch.Tensor, torch.Tensor]:
         if node not in self._shards:
-            rng = self.rngs.stream("shard", node)
-            if self.skew <= 0.0:
-                self._shards[node] = self._draw(rng, self.samples_per_node)
-            else:  # draw a pool, then keep `skew` of the shard from the home class
-                x, y = self._draw(rng, 4 * self.classes * self.samples_per_node)
-                home = int(torch.sum(y == node % self.classes))
-                k = min(home, round(self.skew * self.samples_per_node))
-                at_home = torch.nonzero(y == node % self.classes).flatten()[:k]
-                rest = torch.nonzero(y != node % self.classes).flatten()[
-                    : self.samples_per_node - k]
-                idx = torch.cat([at_home, rest])
-                self._shards[node] = x[idx], y[idx]
+            if not isinstance(self.split, IidSplit):
+                self._split_pool()
+            elif self.skew <= 0.0:
+                self._shards[node] = self._draw(self.rngs.stream("shard", node),
+                                                self.samples_per_node)
+            else:
+                self._shards[node] = self._skewed(node)
         return self._shards[node]
 
-    @property
-    def size(self) -> int:
-        return int(self._bounds[-1])
+    def _split_pool(self) -> None:
+        """Every node's shard at once: one pool, shared out by the split."""
+        x, y = self._draw(self.rngs.stream("pool"), self.n_nodes * self.samples_per_node)
+        parts = self.split(y.numpy(), self.n_nodes, self.rngs.stream("split"))
+        for node, idx in enumerate(parts):
+            idx_t = torch.from_numpy(idx)
+            self._shards[node] = x[idx_t], y[idx_t]
 
-    def init_params(self) -> np.ndarray:
-        rng = self.rngs.stream("init")
-        w1 = rng.uniform(-1, 1, (self.hidden, self.features)) / np.sqrt(self.features)
-        w2 = rng.uniform(-1, 1, (self.classes, self.hidden)) / np.sqrt(self.hidden)
-        parts = [w1.ravel(), np.zeros(self.hidden), w2.ravel(), np.zeros(self.classes)]
-        return np.concatenate(parts).astype(np.float32)
-
-    def _logits(self, flat: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        b = self._bounds
-        w1 = flat[b[0] : b[1]].view(self.hidden, self.features)
-        w2 = flat[b[2] : b[3]].view(self.classes, self.hidden)
-        return F.linear(F.relu(F.linear(x, w1, flat[b[1] : b[2]])), w2, flat[b[3] : b[4]])
-
-    def gradient(self, params: np.ndarray, node: int, round: int,
-                 poisoned: bool = False) -> GradientResult:
-        x, y = self._shard(node)
-        idx = self.rngs.stream("batch", node, round).choice(len(y), self.batch, replace=False)
-        idx_t = torch.from_numpy(idx)
-        labels = y[idx_t]
-        if poisoned:  # label flipping: class c trains as class (classes - 1 - c)
-            labels = self.classes - 1 - labels
-        flat = torch.tensor(params, dtype=torch.float32, requires_grad=True)
-        loss = F.cross_entropy(self._logits(flat, x[idx_t]), labels)
-        loss.backward()
-        assert flat.grad is not None
-        return GradientResult(flat.grad.numpy().copy(), float(loss.item()), len(idx))
-
-    def evaluate(self, params: np.ndarray) -> dict[str, float]:
-        with torch.no_grad():
-            logits = self._logits(torch.from_numpy(np.array(params, np.float32)), self.eval_x)
-            loss = F.cross_entropy(logits, self.eval_y).item()
-            accuracy = (logits.argmax(1) == self.eval_y).float().mean().item()
-        return {"loss": float(loss), "accuracy": float(accuracy)}
+    def _skewed(self, node: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Draw a pool, then keep `skew` of the shard from the home class."""
+        x, y = self._draw(self.rngs.stream("shard", node), 4 * self.classes * self.samples_per_node)
+        home = int(torch.sum(y == node % self.classes))
+        k = min(home, round(self.skew * self.samples_per_node))
+        at_home = torch.nonzero(y == node % self.classes).flatten()[:k]
+        rest = torch.nonzero(y != node % self.classes).flatten()[: self.samples_per_node - k]
+        idx = torch.cat([at_home, rest])
+        return x[idx], y[idx]

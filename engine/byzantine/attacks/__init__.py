@@ -64,15 +64,10 @@ GRADIENT_ATTACKS: dict[str, type[GradientAttack]] = {
 def attack_class(name: str) -> type[GradientAttack]:
     """The attack called `name`: a built-in, or a user's (engine/plugins.py: an entry point
     in `phalanx.attacks`, or `module:Class`). ValueError naming the known ones otherwise."""
-    from phalanx.engine.plugins import known_names, load_class
+    from phalanx.engine.plugins import resolve
 
-    if name in GRADIENT_ATTACKS:
-        return GRADIENT_ATTACKS[name]
-    cls = load_class("attacks", name, GradientAttack, frozenset(GRADIENT_ATTACKS))
-    if cls is None:
-        raise ValueError(f"unknown gradient attack {name!r}; known: "
-                         f"{known_names('attacks', frozenset(GRADIENT_ATTACKS))}")
-    return cls
+    return resolve("attacks", name, GRADIENT_ATTACKS, GradientAttack,  # type: ignore[return-value]
+                   "gradient attack")
 
 
 def make_attack(name: str, **params: object) -> GradientAttack:
