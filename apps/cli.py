@@ -547,6 +547,8 @@ def matrix(
                                                  "runs/<matrix name>)")] = None,
     write: Annotated[Path | None, typer.Option(help="also write every cell as a scenario "
                                                "file here")] = None,
+    seeds: Annotated[str | None, typer.Option(help="run every cell under each of these seeds "
+                                              "(e.g. 5,6,7; the report averages them)")] = None,
 ) -> None:
     """Run an attacks x aggregators x topologies matrix of scenarios in parallel.
 
@@ -557,7 +559,14 @@ def matrix(
     if workers is not None and workers < 1:
         raise fail(f"--workers: must be at least 1 (got {workers})")
     try:
-        mspec, cells = load_matrix(spec)
+        seed_list = [int(x) for x in seeds.split(",")] if seeds else None
+    except ValueError:
+        raise fail(f"--seeds: a comma-separated list of integers (e.g. 5,6,7); got "
+                   f"{seeds[:40]!r}") from None
+    if seed_list and min(seed_list) < 0:
+        raise fail("--seeds: seeds must be >= 0")
+    try:
+        mspec, cells = load_matrix(spec, seed_list)
     except ScenarioError as e:
         raise fail(str(e)) from None
     known = {c.group for c in cells}

@@ -19,7 +19,7 @@ from collections.abc import Iterable
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, get_args
+from typing import Annotated, Any, get_args
 
 import polars as pl
 import yaml
@@ -86,6 +86,11 @@ class GroupSpec(Strict):
     aggregators: list[str | dict[str, Any]]
     # fields set on the base for this group, a section at a time: {training: {votes: leader}}
     overrides: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    # data heterogeneity as a dimension: values of the workload's `split` (a name or
+    # {kind: dirichlet, alpha: 0.1}); empty: the base's own
+    splits: list[str | dict[str, Any]] = Field(default_factory=list)
+    # every cell once per seed (the report averages over them); empty: the base's seed
+    seeds: list[Annotated[int, Field(ge=0)]] = Field(default_factory=list)
 
 
 class MatrixSpec(Strict):
@@ -109,10 +114,14 @@ class Cell:
     n: int
     f: int
     refused: str | None = None
+    split: str = ""  # the split's label when the group has a `splits` dimension
+    seed: int | None = None  # set when the group lists `seeds`
 
     @property
     def id(self) -> str:
-        return f"{self.group}/{self.topology}/{self.attack}/{self.aggregator}"
+        parts = [self.group, self.topology, self.split, self.attack, self.aggregator,
+                 "" if self.seed is None else f"seed={self.seed}"]
+        return "/".join(p for p in parts if p)
 
 
 def _step_label(step: str | dict[str, Any]) -> str:
@@ -132,13 +141,23 @@ def aggregator_label(spec: str | dict[str, Any]) -> str:
     return label + (f",f={spec['f']}" if spec.get("f") is not None else "")
 
 
+def split_label(split: str | dict[str, Any]) -> str:
+    """`iid`, `dirichlet(alpha=0.1)`, `extreme`."""
+    if isinstance(split, str):
+        return split
+    params = ",".join(f"{k}={v}" for k, v in sorted(split.items()) if k != "kind")
+    return f"{split.get('kind')}({params})" if params else str(split.get("kind"))
+
+
 def topology_label(topo: dict[str, Any]) -> str:
     extra = "".join(f"-{v}" for k, v in sorted(topo.items()) if k != "kind")
     return topo["kind"] + extra
 
 
-def load_matrix(path: str | Path) -> tuple[MatrixSpec, list[Cell]]:
-    """Parse a matrix file and expand it; ScenarioError (one line) on any bad field."""
+def load_matrix(path: str | Path, seeds: list[int] | None = None
+                ) -> tuple[MatrixSpec, list[Cell]]:
+    """Parse a matrix file and expand it (`seeds`: every group runs each cell under these,
+    in place of its own `seeds`); ScenarioError (one line) on any bad field."""
     path = Path(path)
     try:
         raw = yaml.safe_load(path.read_text())
@@ -160,20 +179,31 @@ def load_matrix(path: str | Path) -> tuple[MatrixSpec, list[Cell]]:
             if attack != "none" and attack not in spec.attacks:
                 raise ScenarioError(f"{path}: group {group.name}: attack {attack!r} is not in "
                                     f"the attacks table ({', '.join(sorted(spec.attacks))})")
-        for topo in group.topologies:
-            for attack in group.attacks:
-                for agg in group.aggregators:
-                    cells.append(_cell(spec, group, base, topo, attack, agg, path))
+        for split in group.splits or [None]:
+            for seed in seeds or group.seeds or [None]:
+                for topo in group.topologies:
+                    for attack in group.attacks:
+                        for agg in group.aggregators:
+                            cells.append(_cell(spec, group, base, topo, attack, agg, path,
+                                               split, seed))
     return spec, cells
 
 
 def _cell(spec: MatrixSpec, group: GroupSpec, base: dict[str, Any], topo: dict[str, Any],
-          attack: str, agg: str | dict[str, Any], path: Path) -> Cell:
+          attack: str, agg: str | dict[str, Any], path: Path,
+          split: str | dict[str, Any] | None = None, seed: int | None = None) -> Cell:
     data = json.loads(json.dumps(base))  # a deep copy
-    label = f"{group.name}-{topology_label(topo)}-{attack}-{aggregator_label(agg)}"
+    split_name = "" if split is None else split_label(split)
+    label = "-".join(p for p in (group.name, topology_label(topo), split_name, attack,
+                                 aggregator_label(agg), "" if seed is None else f"seed{seed}")
+                     if p)
     data["name"] = label
     for section, fields in group.overrides.items():
         data[section] = {**data.get(section, {}), **fields}
+    if split is not None:
+        data["workload"] = {**data.get("workload", {}), "split": split}
+    if seed is not None:
+        data["seed"] = seed
     data["topology"] = topo
     data.setdefault("training", {})["aggregator"] = agg
     expect = dict(data.get("expect", {}))
@@ -194,8 +224,9 @@ def _cell(spec: MatrixSpec, group: GroupSpec, base: dict[str, Any], topo: dict[s
         nodes = data.get("nodes", {})
         n = nodes.get("count", 0) - len(nodes.get("observers", []))
         return Cell(group.name, *names, None, nodes.get("count", 0), (n - 1) // 3,
-                    refused=str(err).removeprefix(f"{source}: "))
-    return Cell(group.name, *names, scenario, scenario.nodes.count, scenario.f)
+                    refused=str(err).removeprefix(f"{source}: "), split=split_name, seed=seed)
+    return Cell(group.name, *names, scenario, scenario.nodes.count, scenario.f,
+                split=split_name, seed=seed)
 
 
 def honest_split_rounds(rounds: pl.DataFrame) -> list[int]:
@@ -212,7 +243,8 @@ def run_cell(cell: Cell) -> dict[str, Any]:
     from phalanx.apps.runner import run_scenario
 
     row: dict[str, Any] = {"group": cell.group, "topology": cell.topology,
-                           "attack": cell.attack, "aggregator": cell.aggregator,
+                           "split": cell.split, "attack": cell.attack,
+                           "aggregator": cell.aggregator, "seed": cell.seed,
                            "n": cell.n, "f": cell.f, "refused": cell.refused}
     if cell.scenario is None:  # refused up front: neither run nor a failure
         return {**row, "failures": [], "safety_violations": [], "rounds_committed": 0}
@@ -226,6 +258,8 @@ def run_cell(cell: Cell) -> dict[str, Any]:
     failures = list(result.failures)
     if split:
         failures.append(f"safety: honest nodes committed different models in rounds {split}")
+    if cell.seed is not None:
+        failures = [f"seed {cell.seed}: {line}" for line in failures]
     return {**row,
             "final_accuracy": s.get("final_eval_accuracy"),
             "final_loss": s.get("final_eval_loss"),
@@ -250,35 +284,64 @@ def run_matrix(cells: Iterable[Cell], workers: int | None = None) -> list[dict[s
         return list(pool.map(run_cell, cells))
 
 
+KEYS = ["group", "topology", "split"]  # a grid of the report: attacks × aggregators
+BELOW_MEAN = 0.01  # a robust rule this far (accuracy) below the mean under the same attack: flagged
+
+
 def table(rows: list[dict[str, Any]]) -> pl.DataFrame:
-    """The rows with each cell's attack-free baseline (same group, topology, aggregator) and
-    the accuracy it lost to the attack."""
+    """One row per cell, averaged over its seeds (accuracy and loss; `lowest_accuracy` is the
+    worst seed's; failures of every seed), with the cell's attack-free baseline (same grid and
+    aggregator), the accuracy it lost against the attack-free mean, the mean's accuracy under
+    the same attack, and `below_mean` for a robust rule that ends more than BELOW_MEAN below
+    it."""
     df = pl.DataFrame(rows, infer_schema_length=None)
-    for col, dtype in (("final_accuracy", pl.Float64), ("final_loss", pl.Float64)):
+    for col, dtype in (("final_accuracy", pl.Float64), ("final_loss", pl.Float64),
+                       ("split", pl.Utf8), ("seed", pl.Int64), ("refused", pl.Utf8)):
         if col not in df.columns:
             df = df.with_columns(pl.lit(None, dtype).alias(col))
+    df = df.with_columns(pl.col("split").fill_null(""))
+    df = (df.group_by([*KEYS, "attack", "aggregator"], maintain_order=True)
+          .agg(pl.col("n").first(), pl.col("f").first(), pl.col("refused").first(),
+               pl.len().alias("seeds"),
+               pl.col("final_accuracy").mean(),
+               pl.col("final_accuracy").min().alias("lowest_accuracy"),
+               pl.col("final_loss").mean(),
+               pl.col("rounds_committed").min(),
+               *[pl.col(c).max() for c in ("distinct_final_hashes", "view_changes",
+                                           "sim_seconds") if c in df.columns],
+               *([pl.col("excluded").first()] if "excluded" in df.columns else []),
+               pl.col("failures").list.explode(keep_nulls=False, empty_as_null=False),
+               pl.col("safety_violations").list.explode(keep_nulls=False, empty_as_null=False)))
     base = (df.filter(pl.col("attack") == "none")
-            .select("group", "topology", "aggregator",
-                    pl.col("final_accuracy").alias("baseline_accuracy"),
+            .select(*KEYS, "aggregator", pl.col("final_accuracy").alias("baseline_accuracy"),
                     pl.col("final_loss").alias("baseline_loss")))
     # the attack-free mean: the reference every robust rule is compared with
     free = (df.filter((pl.col("attack") == "none") & (pl.col("aggregator") == "mean"))
-            .select("group", "topology", pl.col("final_accuracy").alias("attack_free_accuracy")))
-    return (df.join(base, on=["group", "topology", "aggregator"], how="left")
-            .join(free, on=["group", "topology"], how="left")
+            .select(*KEYS, pl.col("final_accuracy").alias("attack_free_accuracy")))
+    mean = (df.filter(pl.col("aggregator") == "mean")
+            .select(*KEYS, "attack", pl.col("final_accuracy").alias("mean_accuracy")))
+    return (df.join(base, on=[*KEYS, "aggregator"], how="left")
+            .join(free, on=KEYS, how="left")
+            .join(mean, on=[*KEYS, "attack"], how="left")
             .with_columns((pl.col("attack_free_accuracy") - pl.col("final_accuracy"))
-                          .alias("accuracy_lost"))
-            .sort("group", "topology", "attack", "aggregator"))
+                          .alias("accuracy_lost"),
+                          ((pl.col("aggregator") != "mean")
+                           & (pl.col("mean_accuracy") - pl.col("final_accuracy") > BELOW_MEAN))
+                          .fill_null(False).alias("below_mean"))
+            .sort(*KEYS, "attack", "aggregator"))
 
 
 def markdown(df: pl.DataFrame, title: str) -> str:
     """One accuracy grid (attacks × aggregators) per group and topology, then the failures."""
-    lines = [f"# {title}", ""]
-    for (group, topo), part in df.group_by(["group", "topology"], maintain_order=True):
+    lines = [f"# {title}", "", "Final accuracy of the worst honest node (loss where the "
+             "workload has no accuracy); ↓: more than 1 point below the plain mean under the "
+             "same attack; ✗: a failed expectation.", ""]
+    for (group, topo, split), part in df.group_by(KEYS, maintain_order=True):
         aggs = part["aggregator"].unique(maintain_order=True).to_list()
-        lines += [f"## {group}, {topo} (n={part['n'][0]}, f={part['f'][0]})", "",
-                  "final accuracy (worst honest node); loss where the workload has no "
-                  "accuracy", "",
+        seeds = int(part["seeds"].max() or 1)
+        over = f", mean of {seeds} seeds" if seeds > 1 else ""
+        lines += [f"## {', '.join(str(k) for k in (group, topo, split) if k)} "
+                  f"(n={part['n'][0]}, f={part['f'][0]}{over})", "",
                   "| attack | " + " | ".join(aggs) + " |",
                   "|---|" + "---:|" * len(aggs)]
         for attack, rows in part.group_by("attack", maintain_order=True):
@@ -292,26 +355,38 @@ def markdown(df: pl.DataFrame, title: str) -> str:
                     cells.append("refused")
                     continue
                 acc, loss = r["final_accuracy"][0], r["final_loss"][0]
-                mark = " ✗" if len(r["failures"][0]) else ""
+                mark = (" ↓" if r["below_mean"][0] else "") + (
+                    " ✗" if len(r["failures"][0]) else "")
                 cells.append((f"{acc:.3f}" if acc is not None else
                               f"{loss:.4g}" if loss is not None else "—") + mark)
             lines.append(f"| {attack[0] if isinstance(attack, tuple) else attack} | "
                          + " | ".join(cells) + " |")
         lines.append("")
     lines += robustness_markdown(df)
+    below = df.filter(pl.col("below_mean"))
+    if len(below):
+        per_rule = below.group_by("aggregator").len().sort("aggregator")
+        lines += [f"Robust rules ending more than {100 * BELOW_MEAN:.0f} point below the plain "
+                  f"mean under the same attack (↓): {len(below)} cells; "
+                  + ", ".join(f"{a} {k}" for a, k in per_rule.iter_rows()) + ".", ""]
     failed = df.filter(pl.col("failures").list.len() > 0)
     refused = (df.filter(pl.col("refused").is_not_null()) if "refused" in df.columns
                else df.clear())
     lines += [f"{len(df)} cells, {len(refused)} refused up front (`phalanx validate` refuses "
               f"their scenario), {len(failed)} with failed expectations (✗)", ""]
     for r in failed.iter_rows(named=True):
-        lines.append(f"- {r['group']}/{r['topology']}/{r['attack']}/{r['aggregator']}: "
-                     + "; ".join(r["failures"]))
+        lines.append(f"- {cell_name(r)}: " + "; ".join(r["failures"]))
     if len(refused):
         lines += ["", "Refused up front:", ""]
-        lines += [f"- {r['group']}/{r['topology']}/{r['attack']}/{r['aggregator']}: "
-                  f"{r['refused']}" for r in refused.iter_rows(named=True)]
+        lines += [f"- {cell_name(r)}: {r['refused']}" for r in refused.iter_rows(named=True)]
     return "\n".join(lines) + "\n"
+
+
+def cell_name(row: dict[str, Any]) -> str:
+    """group/topology[/split]/attack/aggregator, as Cell.id (without the seed)."""
+    parts = [row["group"], row["topology"], row.get("split") or "", row["attack"],
+             row["aggregator"]]
+    return "/".join(p for p in parts if p)
 
 
 CLASSIC = ("krum", "median", "trimmed_mean")  # the rules ALIE and IPM were designed against
@@ -326,8 +401,8 @@ def robustness(df: pl.DataFrame) -> pl.DataFrame:
     the worst it costs a classic rule (against that rule's own attack-free run)."""
     scored = df.filter(pl.col("final_accuracy").is_not_null() & (pl.col("attack") != "none"))
     rows = []
-    for (group, topo, attack), part in scored.group_by(["group", "topology", "attack"],
-                                                       maintain_order=True):
+    for (group, topo, split, attack), part in scored.group_by([*KEYS, "attack"],
+                                                              maintain_order=True):
         robust = part.filter(pl.col("aggregator") != "mean").sort("final_accuracy",
                                                                     descending=True)
         if not len(robust):
@@ -337,7 +412,7 @@ def robustness(df: pl.DataFrame) -> pl.DataFrame:
             (pl.col("baseline_accuracy") - pl.col("final_accuracy")).alias("cost"))
         worst = classic.sort("cost", descending=True)
         rows.append({
-            "group": group, "topology": topo, "attack": attack,
+            "group": group, "topology": topo, "split": split, "attack": attack,
             "best_rule": robust["aggregator"][0],
             "best_accuracy": robust["final_accuracy"][0],
             "best_gap": robust["accuracy_lost"][0],
@@ -361,7 +436,8 @@ def robustness_markdown(df: pl.DataFrame) -> list[str]:
              "| group | topology | attack | best rule | its accuracy | below attack-free | "
              "mean loses | worst classic rule | it loses |", "|---|---|---|---|---:|---:|---:|---|---:|"]
     for x in r.iter_rows(named=True):
-        lines.append(f"| {x['group']} | {x['topology']} | {x['attack']} | {x['best_rule']} | "
+        topo = f"{x['topology']}, {x['split']}" if x["split"] else x["topology"]
+        lines.append(f"| {x['group']} | {topo} | {x['attack']} | {x['best_rule']} | "
                      f"{x['best_accuracy']:.3f} | {_points(x['best_gap'])} | {_points(x['mean_lost'])} | "
                      f"{x['worst_classic'] or ''} | {_points(x['worst_classic_cost'])} |")
     return [*lines, ""]

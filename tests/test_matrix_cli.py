@@ -111,3 +111,55 @@ def test_refused_cells_are_reported_not_run_and_not_failed(folder: Path) -> None
     assert len(list((folder / "cells").glob("*.yaml"))) == 3  # the refused have no scenario
     crash = load_scenario(next((folder / "cells").glob("*crash*.yaml")))
     assert [(f.kind, f.nodes) for f in crash.faults] == [("crash", [3])]  # the group's node
+
+
+HETERO_BASE = """
+name: hetero
+seed: 1
+nodes: {count: 4}
+workload: {kind: mlp, samples_per_node: 64, eval_samples: 200}
+training: {rounds: 4, lr: 0.1, step_time: 0.02, round_timeout: 0.3, view_timeout: 1.0}
+record: none
+node_logs: false
+"""
+
+HETERO = """
+name: hetero-matrix
+attacks:
+  sign_flip: {behaviour: sign_flip, params: {scale: 50}}
+groups:
+  - name: h
+    base: base.yaml
+    byzantine_nodes: [3]
+    splits: [iid, {kind: dirichlet, alpha: 0.1}]
+    seeds: [1, 2]
+    attacks: [none, sign_flip]
+    aggregators: [mean, median]
+"""
+
+
+def test_heterogeneity_and_seeds_are_dimensions_and_the_report_averages_seeds(
+        tmp_path: Path) -> None:
+    from phalanx.apps.matrix import load_matrix, markdown, run_matrix, table
+
+    (tmp_path / "base.yaml").write_text(HETERO_BASE)
+    (tmp_path / "m.yaml").write_text(HETERO)
+    _, cells = load_matrix(tmp_path / "m.yaml")
+    assert len(cells) == 2 * 2 * 2 * 2
+    ids = {c.id for c in cells}
+    assert "h/complete/dirichlet(alpha=0.1)/sign_flip/median/seed=2" in ids
+    cell = next(c for c in cells if c.split == "dirichlet(alpha=0.1)" and c.seed == 2)
+    assert cell.scenario is not None and cell.scenario.seed == 2
+    assert cell.scenario.workload.split.kind == "dirichlet"  # type: ignore[union-attr]
+    df = table(run_matrix(cells, workers=2))
+    assert len(df) == 8 and set(df["seeds"].to_list()) == {2}
+    row = df.filter((pl.col("split") == "iid") & (pl.col("attack") == "sign_flip")
+                    & (pl.col("aggregator") == "median")).row(0, named=True)
+    assert row["lowest_accuracy"] <= row["final_accuracy"]
+    # the mean under the same attack is the reference of the ↓ flag
+    mean = df.filter((pl.col("split") == "iid") & (pl.col("attack") == "sign_flip")
+                     & (pl.col("aggregator") == "mean"))["final_accuracy"][0]
+    assert row["mean_accuracy"] == mean
+    assert row["below_mean"] == (mean - row["final_accuracy"] > 0.01)
+    text = markdown(df, "hetero-matrix")
+    assert "## h, complete, dirichlet(alpha=0.1) (n=4, f=1, mean of 2 seeds)" in text
