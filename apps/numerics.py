@@ -37,8 +37,9 @@ from typing import Any
 
 ENV = "PHALANX_NUMERICS"
 MODES = ("portable", "native")
-#: commands whose gradients are computed by real nodes, which pin only when asked
-NATIVE_COMMANDS = frozenset({"node", "cluster"})
+#: commands that pin only when asked: real nodes' gradients, and the one-machine trainer
+#: (no consensus to replay; MKL's COMPATIBLE branch halves its matrix-multiply speed)
+NATIVE_COMMANDS = frozenset({"node", "cluster", "train"})
 
 # numpy's dispatched x86 features above AVX2, named as numpy >= 2.4 groups them and as before
 _NPY_ABOVE_AVX2 = "X86_V4 AVX512_ICL AVX512_SPR"

@@ -367,8 +367,19 @@ def save_failure(path: Path, seed: int, folder: Path, report: SweepReport,
               f"smaller) after {small.runs} runs; the edits kept:\n{steps}"
               f"# Replay: phalanx run <this file>\n")
     body = yaml.safe_dump({**small.data, "seed": seed}, sort_keys=False, allow_unicode=True)
-    target.write_text(header + body)
+    target.write_text(header + _opening_comment(path.read_text()) + body)
     return target
+
+
+def _opening_comment(text: str) -> str:
+    """The scenario file's first comment lines, kept above a shrunk copy (which is rewritten
+    as plain YAML and loses the rest)."""
+    lines = []
+    for line in text.splitlines():
+        if not line.startswith("#"):
+            break
+        lines.append(line)
+    return "# The original file began:\n" + "\n".join(lines) + "\n" if lines else ""
 
 
 # ---- presenting ------------------------------------------------------------------------------

@@ -4,6 +4,7 @@ beside the built-ins, and a deliberately weak user rule fails the check with its
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -243,3 +244,30 @@ def test_a_user_workload_runs_and_its_parameters_are_checked(
     with pytest.raises(ScenarioError, match="has no parameter 'volume'; its parameters: "
                                             "loudness"):
         parse_scenario(bad)
+
+
+def test_a_user_rule_runs_in_real_tcp_nodes_and_ends_on_the_simulated_model(
+        tmp_path: Path) -> None:
+    """Every real node process resolves the user's `module:Class` again (it is on their
+    path through the environment) and the cluster ends on the simulator's hash."""
+    (tmp_path / "lab_rules.py").write_text(RULES)
+    (tmp_path / "s.yaml").write_text("""\
+name: user-rule-real
+seed: 3
+nodes: {count: 4}
+workload: {kind: mlp}
+training: {rounds: 6, step_time: 0.02, aggregator: {kind: "lab_rules:CoordMedian"}}
+""")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(
+        [str(tmp_path), *filter(None, [os.environ.get("PYTHONPATH")])])}
+    hashes = []
+    for mode in ([], ["--real"]):
+        out = tmp_path / ("real" if mode else "sim")
+        done = subprocess.run([sys.executable, "-m", "phalanx.apps.cli", "run",
+                               str(tmp_path / "s.yaml"), *mode, "-q", "--out", str(out)],
+                              capture_output=True, text=True, env=env, timeout=300)
+        assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+        summary = json.loads((out / "summary.json").read_text())
+        assert summary["min_rounds_committed"] == 6
+        hashes.append(summary["final_model_hash"])
+    assert hashes[0] == hashes[1]
