@@ -90,3 +90,45 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
 
 
 _ROWS = pytest.StashKey[Path]()
+
+
+# ---- longest tests first ---------------------------------------------------------------------
+# pytest-xdist's load scheduling hands each worker a first chunk of consecutive tests
+# (about a quarter of its share) and then feeds whoever is free. A test of several minutes that
+# lands at the end of the order runs alone while the other workers sit idle, so the suite's wall
+# time becomes its own. These tests (the slowest measured with `--durations`) are placed at the
+# starts of the workers' first chunks, the longest first: the longest-processing-time rule.
+LONGEST = (
+    "test_learning.py::test_shakespeare_reaches_nanogpts_published_cpu_loss",
+    "test_learning.py::test_synthetic_corpus_is_learned_to_within_a_tenth_of_a_nat_of_its_entropy_rate",
+    "test_robustness.py::test_robust_rules_hold_and_attacks_bite",
+    "test_membership_real.py::test_a_new_machine_is_added_to_a_running_cluster_and_joins",
+    "test_transformer_workload.py::test_transformer_trains_through_consensus_despite_sign_flippers",
+    "test_adaptive.py::test_real_nodes_size_their_gradients_from_what_tcp_measured",
+)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    rank = {name: i for i, name in enumerate(LONGEST)}
+    slow = sorted((it for it in items if _short_id(it) in rank),
+                  key=lambda it: rank[_short_id(it)])
+    if not slow:
+        return
+    rest = [it for it in items if _short_id(it) not in rank]
+    workers = int(getattr(config, "workerinput", {}).get("workercount", 1))
+    chunk = max(min(len(items) // workers // 4, len(items)), 2)  # xdist's first chunk per worker
+    order: list[pytest.Item | None] = [None] * len(items)
+    for i, item in enumerate(slow):  # worker i % workers, position i // workers in its chunk
+        spot = (i % workers) * chunk + i // workers
+        while spot < len(order) and order[spot] is not None:
+            spot += 1
+        if spot < len(order):
+            order[spot] = item
+        else:
+            rest.insert(0, item)
+    fill = iter(rest)
+    items[:] = [it if it is not None else next(fill) for it in order]
+
+
+def _short_id(item: pytest.Item) -> str:
+    return item.nodeid.split("/")[-1]
