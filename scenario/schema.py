@@ -254,9 +254,7 @@ class UserWorkload(BaseModel):
                 if key not in own:
                     raise ValueError(f"workload {self.kind!r} has no parameter {key!r}; its "
                                      f"parameters: {', '.join(own) or '(none)'}")
-        for needed in ("n_nodes", "rngs", "batch"):
-            if needed not in takes and not any(
-                    p.kind == p.VAR_KEYWORD for p in signature.parameters.values()):
+            if not {"n_nodes", "rngs", "batch"} <= takes:
                 raise ValueError(f"workload {self.kind!r}: its constructor must take "
                                  f"n_nodes, rngs and batch as keywords")
         checker = getattr(cls, "Params", None)
