@@ -75,6 +75,11 @@ class SeedOutcome:
     wall_seconds: float
 
     @property
+    def missed_expectations(self) -> list[int]:
+        """Seeds whose run missed its scenario's `expect:` checks (counted or not)."""
+        return [o.seed for o in self.outcomes if o.expect_failures]
+
+    @property
     def ok(self) -> bool:
         return not self.violations
 
@@ -101,6 +106,11 @@ class SweepReport:
                 if not o.ok or (self.expectations and o.expect_failures)]
 
     @property
+    def missed_expectations(self) -> list[int]:
+        """Seeds whose run missed its scenario's `expect:` checks (counted or not)."""
+        return [o.seed for o in self.outcomes if o.expect_failures]
+
+    @property
     def ok(self) -> bool:
         return not self.failed_seeds
 
@@ -119,8 +129,11 @@ class SweepReport:
 
     def headline(self) -> str:
         n, v, f = len(self.outcomes), len(self.violations), len(self.failed_seeds)
-        e = sum(1 for o in self.outcomes if o.expect_failures) if self.expectations else 0
+        e = len(self.missed_expectations)
+        # always said: a seed that misses `expect:` is news even when it does not fail the sweep
         missed = f", {e} missing `expect:`" if e else ""
+        if e and not self.expectations:
+            missed += " (not counted: --expect counts them)"
         return (f"sweep: {n} seed{'s' * (n != 1)}, {v} violation{'s' * (v != 1)}{missed} "
                 f"({f} seed{'s' * (f != 1)} failed)")
 
@@ -143,7 +156,7 @@ class SweepReport:
         if by_kind:
             lines.append("- by invariant: " + ", ".join(
                 f"{k} {by_kind[k]}" for k in sorted(by_kind)))
-        expect = sum(1 for o in self.outcomes if o.expect_failures)
+        expect = len(self.missed_expectations)
         if expect:
             counted = "counted as failures" if self.expectations else "not counted as violations"
             lines.append(f"- seeds whose `expect:` checks failed ({counted}): {expect}")
@@ -158,7 +171,7 @@ class SweepReport:
                 lines.append(f"| {v.seed} | {v.invariant} | {detail} | "
                              f"`{self.replay(v.seed)}` |")
         missed = [o.seed for o in self.outcomes if o.ok and o.expect_failures]
-        if self.expectations and missed:
+        if missed:
             lines += ["", "## Seeds that missed their `expect:` checks", ""]
             lines += [f"- seed {seed}: `{self.replay(seed)}`" for seed in missed]
         if self.saved:
@@ -400,12 +413,13 @@ def print_report(report: SweepReport, console: Console, limit: int = 50) -> None
         if len(report.violations) > limit:
             console.print(f"... and {len(report.violations) - limit} more (see "
                           f"{report.out}/sweep.md)", highlight=False, soft_wrap=True)
-        first = report.failed_seeds[0]
+    if report.failed_seeds or report.missed_expectations:
+        first = (report.failed_seeds or report.missed_expectations)[0]
         console.print(f"replay a failing seed: {report.replay(first)}", highlight=False,
                       soft_wrap=True)
-        if report.saved:
-            console.print(f"failing scenarios saved: {len(report.saved)} file(s) in "
-                          f"{report.saved[0].parent}/", highlight=False, soft_wrap=True)
+    if report.saved:
+        console.print(f"failing scenarios saved: {len(report.saved)} file(s) in "
+                      f"{report.saved[0].parent}/", highlight=False, soft_wrap=True)
     if report.out:
         console.print(f"outputs in {report.out}/ (sweep.parquet, sweep.md)", highlight=False,
                       soft_wrap=True)

@@ -59,6 +59,9 @@ expect: {final_loss_below: 0.0}
 """)
     quiet = sweep(path, range(1), workers=1, out_dir=tmp_path / "a")
     assert quiet.ok and quiet.outcomes[0].expect_failures == 1
+    # not counted, but said in the terminal's last line, not only in sweep.md
+    assert quiet.headline() == ("sweep: 1 seed, 0 violations, 1 missing `expect:` "
+                                "(not counted: --expect counts them) (0 seeds failed)")
     report = sweep(path, range(1), workers=1, out_dir=tmp_path / "b", expectations=True,
                    save_failures=tmp_path / "saved", shrink_runs=30)
     assert report.failed_seeds == [0]
