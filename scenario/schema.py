@@ -741,7 +741,8 @@ class ChangeRequest(FaultBase):
     from its next round on (engine/consensus/membership.py)."""
 
     nodes: Annotated[list[NodeId], Field(min_length=1, description=(
-        "Ids of the nodes that ask; only observers (nodes.observers) may join."))]
+        "Ids of the nodes that ask: observers (nodes.observers) to join, members to "
+        "leave."))]
 
     @model_validator(mode="after")
     def _no_duration(self) -> ChangeRequest:
