@@ -84,10 +84,11 @@ class Entry:
     def leaf(self) -> bool:
         return not self.children and not self.variants
 
-    def walk(self) -> Iterator[Entry]:
+    def walk(self, registries: bool = True) -> Iterator[Entry]:
+        """This entry and everything below it (the registries' built-ins only if asked)."""
         yield self
-        for sub in (*self.children, *self.items):
-            yield from sub.walk()
+        for sub in (*self.children, *(self.items if registries else self.variants)):
+            yield from sub.walk(registries)
 
 
 # ---- the registries behind free-text fields ---------------------------------------------------
@@ -310,25 +311,41 @@ def all_paths() -> list[str]:
     return [e.path for e in reference().walk() if e.path]
 
 
-def find(path: str) -> Entry:
-    """The entry at a dotted path; list indices (`faults.0.kind`, as errors name them) are
-    skipped. UnknownField with a "did you mean" hint otherwise."""
-    parts = [p for p in path.strip().split(".") if p and not p.isdigit()]
+def _parts(path: str) -> list[str]:
+    """A dotted path's keys; list indices (`faults.0.kind`, as error lines name them) are
+    skipped."""
+    return [p for p in path.strip().split(".") if p and not p.isdigit()]
+
+
+def _deepest(parts: list[str]) -> tuple[Entry, int]:
+    """The entry the longest known prefix of `parts` names, and how many parts it took."""
     entry = reference()
-    for part in parts:
+    for depth, part in enumerate(parts):
         nxt = next((e for e in (*entry.children, *entry.items)
                     if e.path.rsplit(".", 1)[-1] == part), None)
         if nxt is None:
-            raise UnknownField(_unknown(path))
+            return entry, depth
         entry = nxt
+    return entry, len(parts)
+
+
+def find(path: str) -> Entry:
+    """The entry at a dotted path; UnknownField with a "did you mean" hint otherwise."""
+    parts = _parts(path)
+    entry, depth = _deepest(parts)
+    if depth < len(parts):
+        raise UnknownField(_unknown(path, entry))
     return entry
 
 
-def _unknown(path: str) -> str:
+def _unknown(path: str, near: Entry) -> str:
     shown = path if len(path) <= SHOWN_QUERY else path[:SHOWN_QUERY] + "…"
     shown = shown.replace("\n", "\\n").replace("\r", "\\r")
-    paths = all_paths()
-    wanted = ".".join(p for p in path.strip().split(".") if p and not p.isdigit())
+    # the registries' built-ins are suggested only next to the known part of the path: loading
+    # every registry imports torch, seconds for a typo
+    paths = [e.path for e in reference().walk(registries=False) if e.path] + [
+        item.path for e in (near, *near.children) if e.registry for item in e.items]
+    wanted = ".".join(_parts(path))
     by_suffix = [p for p in paths if p.endswith("." + wanted)]
     close = by_suffix or difflib.get_close_matches(wanted, paths, n=1, cutoff=0.6)
     hint = f"did you mean {close[0]}? " if close else ""
