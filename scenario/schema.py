@@ -71,7 +71,6 @@ class NodesSpec(Strict):
     speeds: Annotated[dict[NodeId, Annotated[float, Field(gt=0)]], Field(description=(
         "Per-node overrides of `speed`, node id to speed, e.g. {3: 0.25} for one slow "
         "node."))] = {}
-    # n, f and the quorum count the members only
     observers: Annotated[list[NodeId], Field(description=(
         "Nodes that start outside the membership: they follow the committed chain without a "
         "vote and may ask to join it (faults: kind join). n, f and the quorum count the "
