@@ -24,7 +24,7 @@ import annotated_types as at
 import yaml
 from pydantic import BaseModel
 from pydantic.fields import FieldInfo
-from pydantic_core import PydanticUndefined, to_jsonable_python
+from pydantic_core import to_jsonable_python
 
 from phalanx.scenario.schema import (
     AggregatorSpec,
@@ -250,7 +250,6 @@ def _default(info: FieldInfo) -> str | None:
     if isinstance(value, BaseModel):
         kind = getattr(value, DISCRIMINATOR, None)
         return f"{{{DISCRIMINATOR}: {kind}}}" if kind else "{}"  # {}: every sub-field's default
-    assert value is not PydanticUndefined
     return json.dumps(to_jsonable_python(value), ensure_ascii=False)
 
 
