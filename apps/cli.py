@@ -222,9 +222,26 @@ def plugins() -> None:
 
 
 @app.command()
-def validate(scenario: Annotated[Path, typer.Argument(help="scenario YAML file")]) -> None:
+def validate(
+    scenario: Annotated[Path | None, typer.Argument(
+        help="scenario YAML file (with --explain: a field, e.g. training.aggregator)")] = None,
+    explain: Annotated[bool, typer.Option(
+        help="explain the scenario format: the tree of sections, or the field given")] = False,
+    markdown: Annotated[bool, typer.Option(
+        help="with --explain: the full reference as Markdown (docs/scenario.md)")] = False,
+) -> None:
     """Check a scenario file (schema, topology, and that the n − f gradients sure to arrive
     are enough for the aggregator) and print it with every default filled in."""
+    if explain or markdown:
+        from phalanx.scenario.reference import ExplainError, render
+
+        try:
+            typer.echo(render(None if scenario is None else str(scenario), markdown))
+        except ExplainError as e:
+            raise fail(str(e)) from None
+        return
+    if scenario is None:
+        raise fail("give a scenario file, or --explain to see the format")
     from phalanx.engine.rng import RngStreams
     from phalanx.sim.world import build_graph_routes
 

@@ -59,43 +59,77 @@ class Strict(BaseModel):
 
 
 class NodesSpec(Strict):
-    count: Annotated[int, Field(ge=1, le=100_000)]
-    speed: Annotated[float, Field(gt=0)] = 1.0  # relative compute speed of every node
-    speeds: dict[NodeId, Annotated[float, Field(gt=0)]] = {}  # per-node overrides
-    # nodes that start outside the membership: they follow the chain without a vote, and may
-    # ask to join it (faults: kind join); n, f and the quorum count the other nodes
-    observers: list[NodeId] = []
+    """The nodes of the run, numbered 0 to count − 1, and how fast each one computes."""
+
+    count: Annotated[int, Field(ge=1, le=100_000, description=(
+        "How many nodes take part, members and observers together; node ids run from 0 to "
+        "count − 1. The members (every node but the observers) set n, and f = ⌊(n − 1)/3⌋ is "
+        "how many Byzantine or faulty members the run tolerates."))]
+    speed: Annotated[float, Field(gt=0, description=(
+        "Relative compute speed of every node: a simulated gradient step takes "
+        "training.step_time / speed seconds (2.0: twice as fast)."))] = 1.0
+    speeds: Annotated[dict[NodeId, Annotated[float, Field(gt=0)]], Field(description=(
+        "Per-node overrides of `speed`, node id to speed, e.g. {3: 0.25} for one slow "
+        "node."))] = {}
+    observers: Annotated[list[NodeId], Field(description=(
+        "Nodes that start outside the membership: they follow the committed chain without a "
+        "vote and may ask to join it (faults: kind join). n, f and the quorum count the "
+        "other nodes."))] = []
 
 
 class CompleteTopology(Strict):
-    kind: Literal["complete"] = "complete"
+    """Every node linked directly to every other (the default)."""
+
+    kind: Annotated[Literal["complete"], Field(description="`complete`.")] = "complete"
 
 
 class RingTopology(Strict):
-    kind: Literal["ring"]
+    """Each node linked to its two neighbours (i − 1 and i + 1, wrapping around)."""
+
+    kind: Annotated[Literal["ring"], Field(description="`ring`.")]
 
 
 class RandomRegularTopology(Strict):
-    kind: Literal["random_regular"]
-    degree: Annotated[int, Field(ge=2)] = 4
+    """A random graph in which every node has `degree` links, redrawn from the seed until
+    connected."""
+
+    kind: Annotated[Literal["random_regular"], Field(description="`random_regular`.")]
+    degree: Annotated[int, Field(ge=2, description=(
+        "Links per node; below count, and count × degree must be even."))] = 4
 
 
 class WattsStrogatzTopology(Strict):
-    kind: Literal["watts_strogatz"]
-    k: Annotated[int, Field(ge=2)] = 4
-    p: Probability = 0.1
+    """A small world (Watts–Strogatz): a ring lattice whose links are rewired at random."""
+
+    kind: Annotated[Literal["watts_strogatz"], Field(description="`watts_strogatz`.")]
+    k: Annotated[int, Field(ge=2, description=(
+        "Each node starts linked to its k nearest ring neighbours; below count."))] = 4
+    p: Annotated[Probability, Field(description=(
+        "Probability that each lattice link is rewired to a random node (0: the plain "
+        "lattice, 1: close to a random graph)."))] = 0.1
 
 
 class BarabasiAlbertTopology(Strict):
-    kind: Literal["barabasi_albert"]
-    m: Annotated[int, Field(ge=1)] = 2
+    """A scale-free graph (Barabási–Albert preferential attachment): a few hubs, many leaves."""
+
+    kind: Annotated[Literal["barabasi_albert"], Field(description="`barabasi_albert`.")]
+    m: Annotated[int, Field(ge=1, description=(
+        "Links each newly added node makes to existing ones; below count."))] = 2
 
 
 class GeoClustersTopology(Strict):
-    kind: Literal["geo_clusters"]
-    clusters: Annotated[int, Field(ge=1)] = 3
-    intra_latency: Seconds = 0.002
-    inter_latency: Seconds = 0.05
+    """Regional clusters: nodes dealt round-robin into `clusters` complete clusters whose
+    gateways (nodes 0 .. clusters − 1) are linked to each other; other traffic between
+    clusters is relayed through them."""
+
+    kind: Annotated[Literal["geo_clusters"], Field(description="`geo_clusters`.")]
+    clusters: Annotated[int, Field(ge=1, description=(
+        "How many clusters; at most count."))] = 3
+    intra_latency: Annotated[Seconds, Field(description=(
+        "One-way latency of a link inside a cluster, in seconds (replaces links.latency)."
+        ))] = 0.002
+    inter_latency: Annotated[Seconds, Field(description=(
+        "One-way latency of a link between two gateways, in seconds."))] = 0.05
 
 
 Topology = Annotated[
@@ -106,14 +140,30 @@ Topology = Annotated[
 
 
 class LinksSpec(Strict):
-    latency: Seconds = 0.005  # one-way propagation per hop (geo_clusters sets its own)
-    jitter: Seconds = 0.001
-    jitter_dist: Literal["uniform", "normal", "exponential"] = "uniform"
-    bandwidth: Annotated[float, Field(gt=0)] | None = 1e9  # bits/s per link; null = infinite
-    loss: Probability = 0.0
-    duplicate: Probability = 0.0
-    reorder: Probability = 0.0
-    reorder_delay: Seconds = 0.01
+    """What every link of the topology does to a message: delay, queueing, loss, duplication
+    and reordering (simulation; under --real, see real.network)."""
+
+    latency: Annotated[Seconds, Field(description=(
+        "One-way propagation delay per hop, in seconds; a message between nodes that are not "
+        "linked crosses several hops (geo_clusters sets its own latencies)."))] = 0.005
+    jitter: Annotated[Seconds, Field(description=(
+        "Scale of a random extra delay per message, in seconds; its shape is "
+        "`jitter_dist`."))] = 0.001
+    jitter_dist: Annotated[Literal["uniform", "normal", "exponential"], Field(description=(
+        "Distribution of the extra delay: uniform in [0, jitter], |normal(0, jitter)|, or "
+        "exponential with mean jitter."))] = "uniform"
+    bandwidth: Annotated[Annotated[float, Field(gt=0)] | None, Field(description=(
+        "Bits per second of each directed link: a message queues behind earlier ones for "
+        "size × 8 / bandwidth seconds; null: infinite (no queueing)."))] = 1e9
+    loss: Annotated[Probability, Field(description=(
+        "Probability that a message is lost on a hop."))] = 0.0
+    duplicate: Annotated[Probability, Field(description=(
+        "Probability that a message arrives twice (the copy has its own jitter)."))] = 0.0
+    reorder: Annotated[Probability, Field(description=(
+        "Probability that a message is held back by `reorder_delay`, so later ones overtake "
+        "it."))] = 0.0
+    reorder_delay: Annotated[Seconds, Field(description=(
+        "Extra delay of a reordered message, in seconds."))] = 0.01
 
 
 # ---- workload and training -----------------------------------------------------------------
@@ -122,31 +172,36 @@ class LinksSpec(Strict):
 class IidSplit(Strict):
     """Shards drawn IID (the default; engine/workloads/splits.py has every split)."""
 
-    kind: Literal["iid"] = "iid"
+    kind: Annotated[Literal["iid"], Field(description="`iid`.")] = "iid"
 
 
 class DirichletSplit(Strict):
     """Each class shared among the nodes in proportions drawn from Dirichlet(alpha)."""
 
-    kind: Literal["dirichlet"]
-    alpha: Annotated[float, Field(gt=0)] = 0.5  # small: a class on few nodes; large: IID
+    kind: Annotated[Literal["dirichlet"], Field(description="`dirichlet`.")]
+    alpha: Annotated[float, Field(gt=0, description=(
+        "Concentration: small (0.1) puts each class on few nodes, large (100) is close to "
+        "IID."))] = 0.5
 
 
 class ExtremeSplit(Strict):
     """The samples sorted by label and cut into one contiguous shard per node."""
 
-    kind: Literal["extreme"]
+    kind: Annotated[Literal["extreme"], Field(description="`extreme`.")]
 
 
 class GammaSimilaritySplit(Strict):
     """A fraction gamma of the samples spread IID, the rest sorted by label and cut."""
 
-    kind: Literal["gamma_similarity"]
-    gamma: Probability = 0.5  # 1: IID, 0: extreme
+    kind: Annotated[Literal["gamma_similarity"], Field(description="`gamma_similarity`.")]
+    gamma: Annotated[Probability, Field(description=(
+        "Fraction of the samples spread IID: 1 is the iid split, 0 the extreme one."))] = 0.5
 
 
 Split = Annotated[IidSplit | DirichletSplit | ExtremeSplit | GammaSimilaritySplit,
                   Field(discriminator="kind")]
+SPLIT_HELP = ("How the training samples are shared among the nodes: a kind name "
+              "(`split: extreme`) or a mapping of `kind` and its parameters.")
 
 
 class _SplitByName(Strict):
@@ -161,23 +216,42 @@ class _SplitByName(Strict):
 
 
 class LinearWorkload(Strict):
-    kind: Literal["linear"]
-    dim: Annotated[int, Field(ge=1, le=1_000_000)] = 16
-    samples_per_node: Annotated[int, Field(ge=1)] = 256
-    noise: Annotated[float, Field(ge=0)] = 0.1
-    eval_samples: Annotated[int, Field(ge=1)] = 1000
+    """Least squares on synthetic data, y = X·w* + noise: tiny and fast, for runs at scale
+    (the loss floor is noise²/2; it reports loss only)."""
+
+    kind: Annotated[Literal["linear"], Field(description="`linear`.")]
+    dim: Annotated[int, Field(ge=1, le=1_000_000, description=(
+        "Number of model parameters (features of x)."))] = 16
+    samples_per_node: Annotated[int, Field(ge=1, description=(
+        "Training samples each node draws for its own shard."))] = 256
+    noise: Annotated[float, Field(ge=0, description=(
+        "Standard deviation of the noise added to the targets."))] = 0.1
+    eval_samples: Annotated[int, Field(ge=1, description=(
+        "Held-out samples the final and periodic evaluations score."))] = 1000
 
 
 class MlpWorkload(_SplitByName):
-    kind: Literal["mlp"]
-    features: Annotated[int, Field(ge=1)] = 16
-    classes: Annotated[int, Field(ge=2)] = 4
-    hidden: Annotated[int, Field(ge=1)] = 32
-    samples_per_node: Annotated[int, Field(ge=1)] = 512
-    label_noise: Probability = 0.05
-    eval_samples: Annotated[int, Field(ge=1)] = 2000
-    skew: Probability = 0.0  # non-IID: share of a node's shard drawn from its home class
-    split: Split = IidSplit()  # non-IID splits share one pool of n × samples_per_node
+    """A one-hidden-layer classifier on a synthetic task whose labels come from a random
+    teacher network (engine/workloads/mlp.py); reports loss and accuracy."""
+
+    kind: Annotated[Literal["mlp"], Field(description="`mlp`.")]
+    features: Annotated[int, Field(ge=1, description="Input features per sample.")] = 16
+    classes: Annotated[int, Field(ge=2, description="Number of classes.")] = 4
+    hidden: Annotated[int, Field(ge=1, description=(
+        "Width of the classifier's hidden layer."))] = 32
+    samples_per_node: Annotated[int, Field(ge=1, description=(
+        "Training samples per node."))] = 512
+    label_noise: Annotated[Probability, Field(description=(
+        "Probability that a sample's label is replaced by a random class."))] = 0.05
+    eval_samples: Annotated[int, Field(ge=1, description=(
+        "Held-out samples the evaluations score."))] = 2000
+    skew: Annotated[Probability, Field(description=(
+        "The older non-IID knob: share of node i's shard drawn from its home class "
+        "(i mod classes) on top of an IID share; 0: off. Give either skew or a non-iid "
+        "split, not both."))] = 0.0
+    split: Annotated[Split, Field(description=SPLIT_HELP + (
+        " Any split but iid deals out one pool of count × samples_per_node samples."
+        ))] = IidSplit()
 
     @model_validator(mode="after")
     def _one_skew(self) -> MlpWorkload:
@@ -191,29 +265,45 @@ class DigitsWorkload(_SplitByName):
     """scikit-learn's bundled 8×8 digits (engine/workloads/digits.py): 1438 training images
     shared among the nodes by `split`, 359 held out; a one-hidden-layer classifier."""
 
-    kind: Literal["digits"]
-    hidden: Annotated[int, Field(ge=1)] = 64
-    # null: share out every training image; a number: a seeded subset of n × samples_per_node
-    samples_per_node: Annotated[int, Field(ge=1)] | None = None
-    split: Split = IidSplit()
+    kind: Annotated[Literal["digits"], Field(description="`digits`.")]
+    hidden: Annotated[int, Field(ge=1, description=(
+        "Width of the classifier's hidden layer."))] = 64
+    samples_per_node: Annotated[Annotated[int, Field(ge=1)] | None, Field(description=(
+        "null: share out every training image; a number: a seeded subset of count × "
+        "samples_per_node images (at most the 1438 there are)."))] = None
+    split: Annotated[Split, Field(description=SPLIT_HELP)] = IidSplit()
 
 
 class TransformerWorkload(Strict):
     """A small GPT on the synthetic Markov corpus (engine/workloads/transformer.py)."""
 
-    kind: Literal["transformer"]
-    vocab: Annotated[int, Field(ge=2, le=62)] = 16
-    order: Annotated[int, Field(ge=0, le=4)] = 2
-    concentration: Annotated[float, Field(gt=0)] = 0.3
-    block_size: Annotated[int, Field(ge=2)] = 32
-    n_layer: Annotated[int, Field(ge=1)] = 2
-    n_head: Annotated[int, Field(ge=1)] = 2
-    n_embd: Annotated[int, Field(ge=2)] = 32
-    ffn: FFN = "swiglu"
-    n_experts: Annotated[int, Field(ge=1)] = 4
-    top_k: Annotated[int, Field(ge=1)] = 2
-    tokens_per_node: Annotated[int, Field(ge=64)] = 20_000
-    val_tokens: Annotated[int, Field(ge=64)] = 8_192
+    kind: Annotated[Literal["transformer"], Field(description="`transformer`.")]
+    vocab: Annotated[int, Field(ge=2, le=62, description=(
+        "Symbols of the synthetic corpus, and the model's vocabulary size."))] = 16
+    order: Annotated[int, Field(ge=0, le=4, description=(
+        "Order of the Markov chain that generates the corpus: each symbol depends on the "
+        "`order` symbols before it."))] = 2
+    concentration: Annotated[float, Field(gt=0, description=(
+        "Dirichlet concentration of the chain's next-symbol distributions: small is peaky "
+        "(low entropy, easy to learn), large is close to uniform."))] = 0.3
+    block_size: Annotated[int, Field(ge=2, description=(
+        "Context length in tokens of each training window."))] = 32
+    n_layer: Annotated[int, Field(ge=1, description="Transformer blocks.")] = 2
+    n_head: Annotated[int, Field(ge=1, description=(
+        "Attention heads per block; must divide n_embd."))] = 2
+    n_embd: Annotated[int, Field(ge=2, description="Embedding width.")] = 32
+    ffn: Annotated[FFN, Field(description=(
+        "Feed-forward layer of each block: swiglu, gelu (GPT-2's MLP) or moe (a mixture of "
+        "`n_experts` experts, `top_k` per token)."))] = "swiglu"
+    n_experts: Annotated[int, Field(ge=1, description=(
+        "Experts per block when ffn is moe."))] = 4
+    top_k: Annotated[int, Field(ge=1, description=(
+        "Experts each token is routed to when ffn is moe (capped at n_experts)."))] = 2
+    tokens_per_node: Annotated[int, Field(ge=64, description=(
+        "Length of each node's own training shard, in tokens; at least block_size + 2."
+        ))] = 20_000
+    val_tokens: Annotated[int, Field(ge=64, description=(
+        "Length of the held-out stream the evaluations score, in tokens."))] = 8_192
 
     @model_validator(mode="after")
     def _buildable(self) -> TransformerWorkload:
@@ -235,7 +325,8 @@ class UserWorkload(BaseModel):
     A class that declares a pydantic model `Params` has them validated by it as well."""
 
     model_config = ConfigDict(extra="allow", frozen=True, allow_inf_nan=False)
-    kind: str
+    kind: Annotated[str, Field(description=(
+        "The workload's entry point name in `phalanx.workloads`, or `module:Class`."))]
 
     @model_validator(mode="after")
     def _buildable(self) -> UserWorkload:
@@ -308,13 +399,22 @@ class AggregatorSpec(Strict):
     """A robust rule with its parameters and pre-aggregation steps; a bare name also works
     (`aggregator: krum`)."""
 
-    kind: str = "mean"
-    # pre-aggregation steps applied in order: a name (bucketing, nnm) or {name: ..., param: ...}
-    pre: list[Annotated[Any, AfterValidator(_pre_step)]] = []
-    params: dict[str, float | int | str] = {}
-    # how many Byzantine inputs the rule is built to tolerate (default: the scenario's f, and
-    # through membership changes ⌊(n − 1)/3⌋ of the round's members); at most the scenario's f
-    f: Annotated[int, Field(ge=0, strict=True)] | None = None
+    kind: Annotated[str, Field(description=(
+        "The robust rule every honest node applies to the agreed gradient set: a built-in "
+        "name below, or a user's rule (an entry point in `phalanx.aggregators`, or "
+        "`module:Class`). It must work on the n − f gradients a round is sure to receive, "
+        "or the scenario is refused."))] = "mean"
+    pre: Annotated[list[Annotated[Any, AfterValidator(_pre_step)]], Field(description=(
+        "Pre-aggregation steps applied in order before the rule, each a name (`nnm`) or a "
+        "mapping of `name` and the step's parameters (`{name: bucketing, s: 3}`)."))] = []
+    params: Annotated[dict[str, float | int | str], Field(description=(
+        "The rule's own parameters, e.g. {m: 4} for multi_krum; each rule lists its "
+        "own."))] = {}
+    f: Annotated[Annotated[int, Field(ge=0, strict=True)] | None, Field(description=(
+        "How many Byzantine inputs the rule is built to tolerate, 0 to the scenario's f. "
+        "null: the scenario's f, and after membership changes ⌊(n − 1)/3⌋ of the round's "
+        "members. Lowering it lets a rule that needs many inputs (krum) run with fewer "
+        "members."))] = None
 
     @model_validator(mode="before")
     @classmethod
@@ -416,30 +516,55 @@ class AggregatorSpec(Strict):
 
 
 class TrainingSpec(Strict):
-    rounds: Annotated[int, Field(ge=1)]
-    lr: Annotated[float, Field(gt=0)] = 0.05
-    momentum: Annotated[float, Field(ge=0, lt=1)] = 0.9  # heavy ball, or Adam's beta1
-    optimizer: Literal["sgd", "adam"] = "sgd"  # the step every node applies to the aggregate
-    batch: Annotated[int, Field(ge=1)] = 32
-    aggregator: AggregatorSpec = AggregatorSpec()
-    max_gradient_norm: Annotated[float, Field(gt=0)] | None = None  # larger gradients: invalid
-    # "broadcast": every vote to everyone (O(n^2) per phase, fastest for small n); "leader":
-    # votes to the view's leader, which broadcasts each quorum (O(n), for large n)
-    votes: Literal["broadcast", "leader"] = "broadcast"
-    # honest nodes send beta * momentum + (1 - beta) * gradient (worker momentum, 0 = off)
-    worker_momentum: Annotated[float, Field(ge=0, lt=1)] = 0.0
-    # "adam": honest nodes send their own Adam direction (beta1 = `momentum`, beta2 0.99) and
-    # the shared step is plain SGD at `lr` (optimizer sgd): top-k's friend under Adam (issue 6)
-    worker_optimizer: Literal["none", "adam"] = "none"
-    step_time: Seconds = 0.05  # simulated seconds per gradient step at speed 1.0
-    round_timeout: Annotated[float, Field(gt=0)] = 1.0  # leader: wait for all, then a quorum
-    # suspect crashed or silent members: the leader stops waiting for them and a member that
-    # missed the last committed set does not lead (engine/node/detector.py); off: the fixed
-    # waits above, as before issue 16
-    failure_detector: bool = True
-    view_timeout: Annotated[float, Field(gt=0)] = 3.0  # others: wait this long for a proposal
-    eval_every: Annotated[int, Field(ge=1)] = 1
-    max_time: Annotated[float, Field(gt=0)] | None = None  # simulated-time cap; default derived
+    """The BFT training rounds: how many, the optimizer step every honest node applies to the
+    agreed aggregate, the robust rule, and the protocol's timeouts."""
+
+    rounds: Annotated[int, Field(ge=1, description=(
+        "Rounds to train: each commits one agreed gradient set and one optimizer step."))]
+    lr: Annotated[float, Field(gt=0, description="Learning rate of the shared step.")] = 0.05
+    momentum: Annotated[float, Field(ge=0, lt=1, description=(
+        "Heavy-ball momentum of sgd, or Adam's beta1 (with optimizer adam or "
+        "worker_optimizer adam)."))] = 0.9
+    optimizer: Annotated[Literal["sgd", "adam"], Field(description=(
+        "The step every honest node applies identically to the aggregate: sgd (heavy-ball "
+        "momentum) or adam (beta2 0.99)."))] = "sgd"
+    batch: Annotated[int, Field(ge=1, description=(
+        "Samples (sequences, for the transformer) per gradient step on each node."))] = 32
+    aggregator: Annotated[AggregatorSpec, Field(description=(
+        "The robust aggregation rule: a bare name (`aggregator: krum`) or a mapping of kind, "
+        "params, pre and f."))] = AggregatorSpec()
+    max_gradient_norm: Annotated[Annotated[float, Field(gt=0)] | None, Field(description=(
+        "A received gradient with a larger L2 norm is invalid: nodes refuse to vote for a "
+        "set holding it; null: no bound."))] = None
+    votes: Annotated[Literal["broadcast", "leader"], Field(description=(
+        "broadcast: every vote to everyone (O(n²) messages per phase, fastest for small n); "
+        "leader: votes to the view's leader, which broadcasts each quorum (O(n) messages, one "
+        "more message delay, for large n)."))] = "broadcast"
+    worker_momentum: Annotated[float, Field(ge=0, lt=1, description=(
+        "Honest nodes send beta × momentum + (1 − beta) × gradient instead of the gradient "
+        "(worker momentum, which helps robust rules); 0: off."))] = 0.0
+    worker_optimizer: Annotated[Literal["none", "adam"], Field(description=(
+        "adam: each honest node sends its own Adam direction (beta1 = momentum, beta2 0.99) "
+        "and the shared step is plain SGD at lr; needs optimizer sgd and worker_momentum 0. "
+        "Top-k compression under Adam wants it."))] = "none"
+    step_time: Annotated[Seconds, Field(description=(
+        "Simulated seconds one gradient step takes on a node of speed 1.0."))] = 0.05
+    round_timeout: Annotated[float, Field(gt=0, description=(
+        "Seconds a leader waits for every gradient before proposing the quorum it has."
+        ))] = 1.0
+    failure_detector: Annotated[bool, Field(description=(
+        "Suspect crashed or silent members: the leader stops waiting for them, and a member "
+        "that missed the last committed set does not lead (engine/node/detector.py). false: "
+        "the fixed waits of round_timeout and view_timeout only."))] = True
+    view_timeout: Annotated[float, Field(gt=0, description=(
+        "Seconds a member waits in a view for its round to commit before it moves to the next "
+        "leader (a view change); must exceed round_timeout."))] = 3.0
+    eval_every: Annotated[int, Field(ge=1, description=(
+        "Score the model on held-out data every this many rounds (and after the last)."
+        ))] = 1
+    max_time: Annotated[Annotated[float, Field(gt=0)] | None, Field(description=(
+        "Simulated seconds after which the run stops, finished or not; null: derived from "
+        "rounds, timeouts and the faults' end."))] = None
 
     @model_validator(mode="after")
     def _timeouts(self) -> TrainingSpec:
@@ -463,10 +588,21 @@ def _known_behaviour(name: str) -> str:
 
 
 class ByzantineSpec(Strict):
-    nodes: list[NodeId]
-    behaviour: Annotated[str, AfterValidator(_known_behaviour)]
-    from_round: Annotated[int, Field(ge=0)] = 0
-    params: dict[str, float | int | str | bool] = {}  # the behaviour's own, e.g. {epsilon: 100}
+    """Nodes that attack: one behaviour given to a list of nodes, active from a round on.
+    More than f Byzantine nodes need `unsafe: true`."""
+
+    nodes: Annotated[list[NodeId], Field(description=(
+        "Ids of the attacking nodes; they collude (the colluding attacks share what they "
+        "know)."))]
+    behaviour: Annotated[str, AfterValidator(_known_behaviour), Field(description=(
+        "What they do: a built-in behaviour below, or a user's attack (an entry point in "
+        "`phalanx.attacks`, or `module:Class`)."))]
+    from_round: Annotated[int, Field(ge=0, description=(
+        "First round in which they misbehave; before it they are honest."))] = 0
+    params: Annotated[dict[str, float | int | str | bool], Field(description=(
+        "The behaviour's own parameters, e.g. {epsilon: 100} for ipm; gradient attacks also "
+        "take `wait`, the simulated seconds they wait for the honest gradients (default 1)."
+        ))] = {}
 
     @model_validator(mode="after")
     def _params_fit(self) -> ByzantineSpec:
@@ -480,9 +616,14 @@ class ByzantineSpec(Strict):
 
 
 class FaultBase(Strict):
-    at: Seconds | None = None  # simulated time at which the fault starts ...
-    at_round: Annotated[int, Field(ge=0)] | None = None  # ... or when a node first commits it
-    duration: Annotated[float, Field(gt=0)] | None = None  # seconds until healed; null = never
+    """When a fault of the timeline starts and how long it lasts (every fault kind has these)."""
+
+    at: Annotated[Seconds | None, Field(description=(
+        "Simulated second at which the fault starts; give this or at_round."))] = None
+    at_round: Annotated[Annotated[int, Field(ge=0)] | None, Field(description=(
+        "Start when the first node commits this round; give this or at."))] = None
+    duration: Annotated[Annotated[float, Field(gt=0)] | None, Field(description=(
+        "Seconds until the fault heals; null: never."))] = None
 
     @model_validator(mode="after")
     def _one_trigger(self) -> FaultBase:
@@ -495,9 +636,12 @@ class FaultBase(Strict):
 
 
 class CrashFault(FaultBase):
-    kind: Literal["crash"]
-    nodes: Annotated[list[NodeId], Field(min_length=1)]
-    keep_disk: bool = True  # restart from the node's checkpoint and log, or from nothing
+    """Nodes stop; when the fault heals they restart and catch up by state sync."""
+
+    kind: Annotated[Literal["crash"], Field(description="`crash`.")]
+    nodes: Annotated[list[NodeId], Field(min_length=1, description="Ids of the nodes that crash.")]
+    keep_disk: Annotated[bool, Field(description=(
+        "true: a node restarts from its checkpoint and log; false: from nothing."))] = True
 
     def nodes_involved(self) -> set[int]:
         return set(self.nodes)
@@ -516,16 +660,22 @@ def _disjoint(groups: list[list[int]]) -> list[list[int]]:
 class PartitionFault(FaultBase):
     """Clean split: nodes in different groups cannot talk (unlisted nodes form one more group)."""
 
-    kind: Literal["partition"]
-    groups: Annotated[list[list[NodeId]], Field(min_length=1), AfterValidator(_disjoint)]
+    kind: Annotated[Literal["partition"], Field(description="`partition`.")]
+    groups: Annotated[list[list[NodeId]], Field(min_length=1), AfterValidator(_disjoint),
+                      Field(description=(
+                          "Disjoint groups of node ids, e.g. [[0, 1], [2, 3]]; the nodes "
+                          "listed in no group form one more group."))]
 
     def nodes_involved(self) -> set[int]:
         return {n for g in self.groups for n in g}
 
 
 class IsolateFault(FaultBase):
-    kind: Literal["isolate"]
-    nodes: Annotated[list[NodeId], Field(min_length=1)]
+    """The listed nodes are cut off from every node outside the list."""
+
+    kind: Annotated[Literal["isolate"], Field(description="`isolate`.")]
+    nodes: Annotated[list[NodeId], Field(min_length=1, description=(
+        "Ids of the isolated nodes (they still reach each other)."))]
 
     def nodes_involved(self) -> set[int]:
         return set(self.nodes)
@@ -534,9 +684,11 @@ class IsolateFault(FaultBase):
 class OneWayFault(FaultBase):
     """Traffic from `source` to `target` is dropped; the other direction still flows."""
 
-    kind: Literal["one_way"]
-    source: Annotated[list[NodeId], Field(min_length=1)]
-    target: Annotated[list[NodeId], Field(min_length=1)]
+    kind: Annotated[Literal["one_way"], Field(description="`one_way`.")]
+    source: Annotated[list[NodeId], Field(min_length=1, description=(
+        "Nodes whose messages to `target` are dropped."))]
+    target: Annotated[list[NodeId], Field(min_length=1, description=(
+        "Nodes that no longer hear from `source`."))]
 
     def nodes_involved(self) -> set[int]:
         return set(self.source) | set(self.target)
@@ -545,9 +697,11 @@ class OneWayFault(FaultBase):
 class BridgeFault(FaultBase):
     """Two sides cut apart; the nodes in neither side (the bridge) still reach both."""
 
-    kind: Literal["bridge"]
+    kind: Annotated[Literal["bridge"], Field(description="`bridge`.")]
     sides: Annotated[list[list[NodeId]], Field(min_length=2, max_length=2),
-                     AfterValidator(_disjoint)]
+                     AfterValidator(_disjoint), Field(description=(
+                         "Exactly two disjoint lists of node ids that cannot reach each "
+                         "other."))]
 
     def nodes_involved(self) -> set[int]:
         return {n for g in self.sides for n in g}
@@ -556,19 +710,25 @@ class BridgeFault(FaultBase):
 class DegradeFault(FaultBase):
     """Extra latency and loss on every link touching `nodes` (all links when omitted)."""
 
-    kind: Literal["degrade"]
-    nodes: list[NodeId] | None = None
-    extra_latency: Seconds = 0.0
-    loss: Probability = 0.0
+    kind: Annotated[Literal["degrade"], Field(description="`degrade`.")]
+    nodes: Annotated[list[NodeId] | None, Field(description=(
+        "Nodes whose links are degraded; null: every link."))] = None
+    extra_latency: Annotated[Seconds, Field(description=(
+        "Seconds added to each affected link's latency."))] = 0.0
+    loss: Annotated[Probability, Field(description=(
+        "Loss probability added to each affected link's (capped at 1)."))] = 0.0
 
     def nodes_involved(self) -> set[int]:
         return set(self.nodes or [])
 
 
 class SlowFault(FaultBase):
-    kind: Literal["slow"]
-    nodes: Annotated[list[NodeId], Field(min_length=1)]
-    factor: Annotated[float, Field(gt=1)] = 10.0  # compute takes this many times longer
+    """Nodes compute slower (a straggler)."""
+
+    kind: Annotated[Literal["slow"], Field(description="`slow`.")]
+    nodes: Annotated[list[NodeId], Field(min_length=1, description="Ids of the slowed nodes.")]
+    factor: Annotated[float, Field(gt=1, description=(
+        "Their gradient steps take this many times longer."))] = 10.0
 
     def nodes_involved(self) -> set[int]:
         return set(self.nodes)
@@ -579,7 +739,9 @@ class ChangeRequest(FaultBase):
     members (an observer) or to leave them, and the round that commits the request applies it
     from its next round on (engine/consensus/membership.py)."""
 
-    nodes: Annotated[list[NodeId], Field(min_length=1)]
+    nodes: Annotated[list[NodeId], Field(min_length=1, description=(
+        "Ids of the nodes that ask: observers (nodes.observers) to join, members to "
+        "leave."))]
 
     @model_validator(mode="after")
     def _no_duration(self) -> ChangeRequest:
@@ -590,11 +752,15 @@ class ChangeRequest(FaultBase):
 
 
 class JoinRequest(ChangeRequest):
-    kind: Literal["join"]
+    """Observers ask to become members."""
+
+    kind: Annotated[Literal["join"], Field(description="`join`.")]
 
 
 class LeaveRequest(ChangeRequest):
-    kind: Literal["leave"]
+    """Members ask to leave the membership."""
+
+    kind: Annotated[Literal["leave"], Field(description="`leave`.")]
 
 
 Fault = Annotated[
@@ -609,13 +775,22 @@ class NemesisSpec(Strict):
     than `max_faulty` nodes faulty at once (default: f)."""
 
     kinds: Annotated[
-        list[Literal["crash", "isolate", "partition", "slow", "degrade"]], Field(min_length=1)]
-    interval: Annotated[float, Field(gt=0)] = 5.0
-    duration: Annotated[float, Field(gt=0)] = 2.0
-    start: Seconds = 1.0
-    stop: Seconds | None = None
-    max_faulty: Annotated[int, Field(ge=1)] | None = None
-    keep_disk: bool = True
+        list[Literal["crash", "isolate", "partition", "slow", "degrade"]], Field(
+            min_length=1, description=(
+                "Fault kinds to draw from (slow: 10× slower; degrade: 10 × links.latency "
+                "extra and 0.2 loss on the chosen nodes' links)."))]
+    interval: Annotated[float, Field(gt=0, description=(
+        "Simulated seconds between two draws."))] = 5.0
+    duration: Annotated[float, Field(gt=0, description=(
+        "Seconds each drawn fault lasts."))] = 2.0
+    start: Annotated[Seconds, Field(description="Simulated second of the first draw.")] = 1.0
+    stop: Annotated[Seconds | None, Field(description=(
+        "Simulated second after which nothing more is drawn; null: never."))] = None
+    max_faulty: Annotated[Annotated[int, Field(ge=1)] | None, Field(description=(
+        "Most nodes faulty at once, Byzantine nodes and timeline faults included; null: f. "
+        "Above f needs `unsafe: true`."))] = None
+    keep_disk: Annotated[bool, Field(description=(
+        "Crashed nodes restart from their checkpoint and log (false: from nothing)."))] = True
 
 
 # ---- gradients on the wire -------------------------------------------------------------------
@@ -625,9 +800,13 @@ class AdaptiveSpec(Strict):
     """Top-k whose ratio each node picks per gradient from its measured uplink: as many entries
     as reach its peers within `target_seconds`, clamped to [min_ratio, max_ratio]."""
 
-    target_seconds: Annotated[float, Field(gt=0)]
-    min_ratio: Annotated[float, Field(gt=0, le=1)]
-    max_ratio: Annotated[float, Field(gt=0, le=1)]
+    target_seconds: Annotated[float, Field(gt=0, description=(
+        "Seconds a gradient should take to reach the node's peers over its measured uplink."))]
+    min_ratio: Annotated[float, Field(gt=0, le=1, description=(
+        "Smallest fraction of the entries sent, however slow the link."))]
+    max_ratio: Annotated[float, Field(gt=0, le=1, description=(
+        "Largest fraction of the entries sent (and the most a receiver accepts); at least "
+        "min_ratio."))]
 
     @model_validator(mode="after")
     def _ordered(self) -> AdaptiveSpec:
@@ -640,12 +819,20 @@ class CompressionSpec(Strict):
     """How gradients go on the wire (engine/compress): every member uses this method, and a
     gradient in another encoding is refused."""
 
-    method: str = "none"  # none, topk, randomk, threshold, fp16, bf16, int8, sign, powersgd
-    params: dict[str, float | int | str] = {}  # the method's own, e.g. {ratio: 0.1}
-    error_feedback: bool = True  # the sender carries its compression error into the next one
-    adaptive: AdaptiveSpec | None = None  # top-k only: the ratio follows the link
-    # < 1: leaky error feedback, the residual shrinks by this factor each round
-    feedback_decay: Annotated[float, Field(ge=0, le=1)] = 1.0
+    method: Annotated[str, Field(description=(
+        "The encoding of every gradient on the wire (methods below); none: dense float32."
+        ))] = "none"
+    params: Annotated[dict[str, float | int | str], Field(description=(
+        "The method's own parameters, e.g. {ratio: 0.01} for topk."))] = {}
+    error_feedback: Annotated[bool, Field(description=(
+        "Each sender carries what compression dropped into its next gradient (biased "
+        "methods such as topk and sign need it to converge); ignored for none."))] = True
+    adaptive: Annotated[AdaptiveSpec | None, Field(description=(
+        "topk only, without a ratio parameter: each node picks the ratio per gradient from "
+        "its measured uplink; null: the fixed params.ratio."))] = None
+    feedback_decay: Annotated[float, Field(ge=0, le=1, description=(
+        "Below 1: leaky error feedback, the carried residual shrinks by this factor each "
+        "round."))] = 1.0
 
     @model_validator(mode="after")
     def _known(self) -> CompressionSpec:
@@ -665,64 +852,113 @@ class PrivacySpec(Strict):
     """Differential privacy of each node's releases (engine/privacy.py): its gradient clipped to
     L2 norm `clip` plus Gaussian noise of standard deviation `noise_multiplier * clip`."""
 
-    clip: Annotated[float, Field(gt=0)]
-    noise_multiplier: Annotated[float, Field(gt=0)]
-    delta: Annotated[float, Field(gt=0, lt=1)] = 1e-5  # the (eps, delta) the summary reports
+    clip: Annotated[float, Field(gt=0, description=(
+        "L2 norm each gradient is clipped to before anything else touches it."))]
+    noise_multiplier: Annotated[float, Field(gt=0, description=(
+        "Gaussian noise of standard deviation noise_multiplier × clip is added per "
+        "coordinate."))]
+    delta: Annotated[float, Field(gt=0, lt=1, description=(
+        "The δ of the (ε, δ) guarantee the summary reports for the run's releases."))] = 1e-5
 
 
 # ---- expectations, real mode, the scenario -------------------------------------------------
 
 
 class ExpectSpec(Strict):
-    final_loss_below: float | None = None
-    final_accuracy_above: Probability | None = None
-    honest_hashes_equal: bool | None = None
-    rounds_committed_at_least: Annotated[int, Field(ge=0)] | None = None
-    dropped_messages_at_least: Annotated[int, Field(ge=0)] | None = None
-    # exactly these nodes end excluded (for equivocation) by every running honest node
-    excluded: list[NodeId] | None = None
-    excluded_within_rounds: Annotated[int, Field(ge=0)] | None = None  # of its first offence
-    members_at_end: list[NodeId] | None = None  # every running honest node ends with these
+    """Assertions the run must satisfy: `phalanx run` exits with code 1 and names each one that
+    fails; null (the default) checks nothing."""
+
+    final_loss_below: Annotated[float | None, Field(description=(
+        "The final held-out loss must be below this."))] = None
+    final_accuracy_above: Annotated[Probability | None, Field(description=(
+        "The final held-out accuracy (classifiers) must be above this, 0 to 1."))] = None
+    honest_hashes_equal: Annotated[bool | None, Field(description=(
+        "true: honest nodes hold the same model hash after every round they committed "
+        "(safety)."))] = None
+    rounds_committed_at_least: Annotated[Annotated[int, Field(ge=0)] | None, Field(description=(
+        "Every running honest node committed at least this many rounds (liveness)."))] = None
+    dropped_messages_at_least: Annotated[Annotated[int, Field(ge=0)] | None, Field(description=(
+        "At least this many messages were dropped (shows a fault really bit)."))] = None
+    excluded: Annotated[list[NodeId] | None, Field(description=(
+        "Exactly these nodes end excluded (for equivocation) by every running honest node."
+        ))] = None
+    excluded_within_rounds: Annotated[Annotated[int, Field(ge=0)] | None, Field(description=(
+        "Each excluded node is excluded within this many rounds of its first offence."
+        ))] = None
+    members_at_end: Annotated[list[NodeId] | None, Field(description=(
+        "Every running honest node ends with exactly these members."))] = None
 
 
 class RealSpec(Strict):
     """Settings for `--real`: wall-clock timeouts replace the simulated ones."""
 
-    host: str = "127.0.0.1"
-    base_port: Annotated[int, Field(ge=0, le=65535)] = 0  # 0: pick free ports
-    round_timeout: Annotated[float, Field(gt=0)] = 5.0
-    view_timeout: Annotated[float, Field(gt=0)] = 15.0
-    deadline: Annotated[float, Field(gt=0)] = 300.0  # whole run, wall seconds
-    # how long a starting node waits for every peer before it starts with those it reached
-    # (the rest join late and catch up by state sync)
-    start_wait: Annotated[float, Field(ge=0)] = 60.0
-    # the scenario's topology and links on real sockets (apps/emulate.py): emulate always,
-    # host never (loopback as it is, or netem set up from outside), auto: under `phalanx run
-    # --real` but not in a `phalanx cluster up` cluster
-    network: Literal["auto", "emulate", "host"] = "auto"
+    host: Annotated[str, Field(description=(
+        "Address the node processes listen on and connect to."))] = "127.0.0.1"
+    base_port: Annotated[int, Field(ge=0, le=65535, description=(
+        "First of the consecutive ports the nodes listen on (node i's protocol port is "
+        "base_port + i); 0: pick free ports."))] = 0
+    round_timeout: Annotated[float, Field(gt=0, description=(
+        "Wall-clock seconds in place of training.round_timeout."))] = 5.0
+    view_timeout: Annotated[float, Field(gt=0, description=(
+        "Wall-clock seconds in place of training.view_timeout."))] = 15.0
+    deadline: Annotated[float, Field(gt=0, description=(
+        "Wall-clock seconds the whole run may take before it is stopped as failed."))] = 300.0
+    start_wait: Annotated[float, Field(ge=0, description=(
+        "Seconds a starting node waits for every peer before it starts with those it reached "
+        "(the rest join late and catch up by state sync)."))] = 60.0
+    network: Annotated[Literal["auto", "emulate", "host"], Field(description=(
+        "The scenario's topology and links on real sockets (apps/emulate.py): emulate "
+        "always; host never (loopback as it is, or netem set up from outside); auto: under "
+        "`phalanx run --real` but not in a `phalanx cluster up` cluster."))] = "auto"
 
 
 class Scenario(Strict):
-    name: str
-    description: str = ""
-    seed: Annotated[int, Field(ge=0, lt=2**63)] = 0
-    nodes: NodesSpec
-    topology: Topology = CompleteTopology()
-    links: LinksSpec = LinksSpec()
-    workload: Workload
-    training: TrainingSpec
-    compression: CompressionSpec = CompressionSpec()
-    privacy: PrivacySpec | None = None
-    byzantine: list[ByzantineSpec] = []
-    faults: list[Fault] = []
-    nemesis: NemesisSpec | None = None
-    expect: ExpectSpec = ExpectSpec()
-    record: Literal["all", "drops", "none"] = "all"  # which message events go to events.parquet
-    # write each node's SQLite log (nodes/<id>.sqlite) with the outputs: every committed round
-    # with its signed gradients, so a 1000-node run would write about 2 GB
-    node_logs: bool = True
-    real: RealSpec = RealSpec()
-    unsafe: bool = False  # allow more than f Byzantine/faulty nodes (to show what breaks)
+    """One run: nodes, network, workload, training, attacks, faults and expectations. A
+    simulated run is a pure function of the scenario and its seed."""
+
+    name: Annotated[str, Field(description=(
+        "Name of the run; results go to runs/<name> unless --out says otherwise."))]
+    description: Annotated[str, Field(description=(
+        "Free text saying what the scenario shows."))] = ""
+    seed: Annotated[int, Field(ge=0, lt=2**63, description=(
+        "Every random choice (data, topology, losses, keys, attacks) derives from it; "
+        "`--seed` overrides it."))] = 0
+    nodes: Annotated[NodesSpec, Field(description=(
+        "How many nodes, their compute speeds, and which start as observers."))]
+    topology: Annotated[Topology, Field(description=(
+        "Which nodes are linked; messages between others are relayed along the "
+        "lowest-latency path."))] = CompleteTopology()
+    links: Annotated[LinksSpec, Field(description=(
+        "Latency, jitter, bandwidth, loss, duplication and reordering of every link."
+        ))] = LinksSpec()
+    workload: Annotated[Workload, Field(description=(
+        "The model and data each node trains on, chosen by `kind`."))]
+    training: Annotated[TrainingSpec, Field(description=(
+        "Rounds, optimizer, aggregation rule and protocol timeouts."))]
+    compression: Annotated[CompressionSpec, Field(description=(
+        "How gradients travel on the wire."))] = CompressionSpec()
+    privacy: Annotated[PrivacySpec | None, Field(description=(
+        "Differential privacy of each node's gradients; null: off."))] = None
+    byzantine: Annotated[list[ByzantineSpec], Field(description=(
+        "Which nodes attack, how, and from which round; at most f nodes unless unsafe."
+        ))] = []
+    faults: Annotated[list[Fault], Field(description=(
+        "The fault timeline: crashes, cuts, degraded links, slow nodes and membership "
+        "changes, each started at a simulated time or a round."))] = []
+    nemesis: Annotated[NemesisSpec | None, Field(description=(
+        "Seeded random faults on top of the timeline; null: none."))] = None
+    expect: Annotated[ExpectSpec, Field(description=(
+        "Assertions the run must satisfy."))] = ExpectSpec()
+    record: Annotated[Literal["all", "drops", "none"], Field(description=(
+        "Which message events go to events.parquet: all (every delivery and drop), drops "
+        "only, or none; faults and membership events are always recorded."))] = "all"
+    node_logs: Annotated[bool, Field(description=(
+        "Write each node's SQLite log (nodes/<id>.sqlite) with the outputs: every committed "
+        "round with its signed gradients, about 2 GB for a 1000-node run."))] = True
+    real: Annotated[RealSpec, Field(description=(
+        "Settings that apply only under --real (processes over TCP)."))] = RealSpec()
+    unsafe: Annotated[bool, Field(description=(
+        "Allow more than f Byzantine or faulty nodes, to show what breaks."))] = False
 
     @property
     def members(self) -> tuple[int, ...]:
