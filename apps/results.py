@@ -251,7 +251,7 @@ def write_outputs(out: Path, result: RunResult) -> None:
     result.rounds.write_parquet(out / "rounds.parquet")
     summary = {**result.summary, "failures": result.failures}
     (out / "summary.json").write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n")
-    plot_run(result.rounds, out / "run.png", result.scenario.name)
+    plot_run(result, out / "run.png")
     if result.disks:
         from phalanx.apps.node_log import NodeLog
 
