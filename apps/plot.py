@@ -15,6 +15,7 @@ import numpy as np
 import polars as pl
 from matplotlib.artist import Artist
 from matplotlib.axes import Axes
+from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 from matplotlib.ticker import FuncFormatter, MaxNLocator
@@ -37,6 +38,14 @@ PLAIN = FuncFormatter(lambda v, _: f"{v:g}")
 
 def plot_run(result: RunResult, path: Path) -> list[Span]:
     """Write run.png to `path`; return the fault and attack spans it shaded."""
+    fig, spans = run_figure(result)
+    fig.savefig(path, dpi=DPI)
+    plt.close(fig)
+    return spans
+
+
+def run_figure(result: RunResult) -> tuple[Figure, list[Span]]:
+    """The figure of a run (its panels share the round axis) and the spans shaded on it."""
     rounds, scenario = result.rounds, result.scenario
     honest = standing(rounds)
     has_accuracy = "eval_accuracy" in rounds.columns and rounds["eval_accuracy"].drop_nulls().len()
@@ -49,6 +58,7 @@ def plot_run(result: RunResult, path: Path) -> list[Span]:
         axes[1].set(ylabel="accuracy", ylim=(0, 1.02))
     _latency(ax_lat, rounds)
     ax_lat.set_xlabel("round")
+    ax_lat.xaxis.set_major_locator(MaxNLocator(integer=True))
     spans = fault_spans(scenario, rounds, result.events)
     marks = _shade(axes, spans)
     _time_axis(ax_loss, rounds, "simulated seconds" if result.summary.get("mode") == "sim"
@@ -63,9 +73,7 @@ def plot_run(result: RunResult, path: Path) -> list[Span]:
         fig.legend(handles, labels, loc="lower center", ncols=min(3, len(marks)),
                    fontsize="small", frameon=False)
     fig.tight_layout(rect=(0, 0.06 if marks else 0, 1, 1))
-    fig.savefig(path, dpi=DPI)
-    plt.close(fig)
-    return spans
+    return fig, spans
 
 
 def _per_round(ax: Axes, rows: pl.DataFrame, col: str, label: str, **style: object) -> None:
