@@ -48,10 +48,16 @@ def fault_spans(scenario: Scenario, rounds: pl.DataFrame, events: pl.DataFrame) 
     return sorted(spans, key=lambda s: (s.start, s.kind, s.label))
 
 
+def commit_knots(first: pl.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+    """Matching times and round-axis positions, from round_latencies' table `first`: the run
+    starts at 0 s before round 0's bar (-0.5), and round r's bar ends (r + 0.5) when r is
+    first committed."""
+    return (np.concatenate([[0.0], first["first_commit"].to_numpy()]),
+            np.concatenate([[-0.5], first["round"].to_numpy() + 0.5]))
+
+
 def _time_to_round(first: pl.DataFrame) -> ToRound:
-    """`first`: round_latencies' table (each round's first commit)."""
-    knots_t = np.concatenate([[0.0], first["first_commit"].to_numpy()])
-    knots_x = np.concatenate([[-0.5], first["round"].to_numpy() + 0.5])
+    knots_t, knots_x = commit_knots(first)
 
     def to_round(t: float) -> float:
         return float(np.interp(t, knots_t, knots_x))
@@ -72,20 +78,25 @@ def _recorded(events: pl.DataFrame, to_round: ToRound, last: float,
             open_.setdefault(detail, deque()).append(time)
         elif open_.get(detail):  # a heal closes the oldest open fault with its label
             start = open_[detail].popleft()
-            note = (f"healed at {time:.2f} s, after the last round" if time > last_commit
-                    else "")
+            note = (f"{_healed(fault)} at {time:.2f} s, after the last round"
+                    if time > last_commit else "")
             spans.append(Span(fault["kind"], describe(fault), to_round(start), to_round(time),
                               True, note))
     for detail, starts in open_.items():
         fault = json.loads(detail)
-        spans += [Span(fault["kind"], describe(fault), to_round(t), last, False, "not healed")
-                  for t in starts]
+        spans += [Span(fault["kind"], describe(fault), to_round(t), last, False,
+                       f"not {_healed(fault)}") for t in starts]
     return spans
 
 
+def _healed(fault: dict[str, Any]) -> str:
+    return "restarted" if fault["kind"] == "crash" else "healed"
+
+
 def _attacks(scenario: Scenario, last: float) -> list[Span]:
-    return [Span("byzantine", f"{b.behaviour} by {_who(b.nodes)} from round {b.from_round}", b.from_round - 0.5, last,
-                 False) for b in scenario.byzantine if b.from_round - 0.5 < last]
+    return [Span("byzantine", f"{b.behaviour} by {_who(b.nodes)} from round {b.from_round}",
+                 b.from_round - 0.5, last, False)
+            for b in scenario.byzantine if b.from_round - 0.5 < last]
 
 
 def describe(fault: dict[str, Any]) -> str:

@@ -20,7 +20,7 @@ from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 from matplotlib.ticker import FuncFormatter, MaxNLocator
 
-from phalanx.apps.fault_spans import Span, fault_spans
+from phalanx.apps.fault_spans import Span, commit_knots, fault_spans
 from phalanx.apps.results import RunResult, round_latencies, standing
 
 WIDTH, PANEL_HEIGHT, DPI = 9.0, 2.3, 100  # inches: about 900 px wide, fits a README
@@ -48,7 +48,8 @@ def run_figure(result: RunResult) -> tuple[Figure, list[Span]]:
     """The figure of a run (its panels share the round axis) and the spans shaded on it."""
     rounds, scenario = result.rounds, result.scenario
     honest = standing(rounds)
-    has_accuracy = "eval_accuracy" in rounds.columns and rounds["eval_accuracy"].drop_nulls().len()
+    has_accuracy = ("eval_accuracy" in rounds.columns
+                    and rounds["eval_accuracy"].drop_nulls().len() > 0)
     panels = 3 if has_accuracy else 2
     fig, axes = plt.subplots(panels, 1, sharex=True, figsize=(WIDTH, PANEL_HEIGHT * panels + 1.0))
     ax_loss, ax_lat = axes[0], axes[-1]
@@ -180,8 +181,7 @@ def _time_axis(ax: Axes, rounds: pl.DataFrame, label: str) -> None:
     first = round_latencies(rounds)
     if len(first) < 2:
         return
-    t = np.concatenate([[0.0], first["first_commit"].to_numpy()])
-    x = np.concatenate([[-0.5], first["round"].to_numpy() + 0.5])
+    t, x = commit_knots(first)
     # beyond the last round at the median pace, so ticks past the end fall off the axis
     pace = float(np.median(np.diff(t)))
     t, x = np.append(t, t[-1] + 1e6 * pace), np.append(x, x[-1] + 1e6)
