@@ -113,7 +113,9 @@ def describe(fault: dict[str, Any]) -> str:
             return f"degrade {'all links' if nodes is None else 'links of ' + _who(nodes)}"
         case "slow":
             return f"slow {_who(fault['nodes'])} ×{fault['factor']:g}"
-        case _:  # crash, isolate, join, leave
+        case "join" | "leave":  # the request; the change itself follows a committed round
+            return f"{_who(fault['nodes'])} asks to {kind}"
+        case _:  # crash, isolate
             return f"{kind} {_who(fault['nodes'])}"
 
 
