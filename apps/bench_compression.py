@@ -150,6 +150,24 @@ def breaking_point(rows: list[dict[str, Any]], workload: str,
             "largest_ratio_beyond_2pct": max(breaks) if breaks else None}
 
 
+def breaking_point_text(point: dict[str, Any]) -> str:
+    """A breaking point in words, the cases with no ratio on one side of 2% included."""
+    how = " (Adam at the sender, leaky feedback)" if point["sender_adam"] else ""
+    holds, breaks = point["smallest_ratio_within_2pct"], point["largest_ratio_beyond_2pct"]
+    if holds is None and breaks is None:
+        verdict = "was not measured"
+    elif holds is None:
+        verdict = (f"ends more than 2% above the uncompressed loss at every ratio tried "
+                   f"(the largest: {breaks})")
+    elif breaks is None:
+        verdict = (f"stays within 2% of the uncompressed loss at every ratio tried (down to "
+                   f"{holds}): no breaking point in this range")
+    else:
+        verdict = (f"stays within 2% of the uncompressed loss down to ratio {holds}; the "
+                   f"largest ratio more than 2% above it is {breaks}")
+    return f"{point['workload']}{how}: top-k with error feedback {verdict}"
+
+
 def wire_fit(rows: list[dict[str, Any]], workload: str) -> dict[str, Any]:
     """Round latency against the bytes each link carries per round, fitted by least squares:
     in proportion to the bytes saved means a slope near the links' 8 / bandwidth seconds per
@@ -195,10 +213,7 @@ def run_bench(workloads: list[str], ratios: tuple[float, ...], rounds: int | Non
           _fmt(r["final_accuracy"], ".3f"), _fmt(r["round_seconds"], ".3f"),
           _fmt(r["round_speedup"], ".2f") + "x") for r in rows]))
     for b in report["breaking_points"]:
-        how = " (Adam at the sender, leaky feedback)" if b["sender_adam"] else ""
-        console.print(f"{b['workload']}{how}: top-k with error feedback stays within 2% down to "
-                      f"ratio {b['smallest_ratio_within_2pct']}; beyond at "
-                      f"{b['largest_ratio_beyond_2pct']}", highlight=False)
+        console.print(breaking_point_text(b), highlight=False)
     for f in report["wire_fits"]:
         console.print(f"{f['workload']}: round latency = {1e3 * f['fixed_seconds']:.1f} ms + "
                       f"{1e6 * f['seconds_per_link_byte']:.3f} µs per byte each link carries "

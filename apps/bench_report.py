@@ -11,6 +11,8 @@ from typing import Any
 
 from rich.table import Table
 
+from phalanx.apps.tables import WholeNumbers
+
 
 def stamp() -> dict[str, Any]:
     return {"date": datetime.now(UTC).isoformat(timespec="seconds"),
@@ -23,10 +25,11 @@ def save_report(report: dict[str, Any], out_file: Path) -> None:
     out_file.write_text(json.dumps(report, indent=2) + "\n")
 
 
-def results_table(title: str, columns: tuple[str, ...], rows: list[tuple[str, ...]]) -> Table:
+def results_table(title: str, columns: tuple[str, ...],
+                  rows: list[tuple[str, ...]]) -> WholeNumbers:
     table = Table(title=title)
     for col in columns:
         table.add_column(col, justify="right")
     for row in rows:
         table.add_row(*row)
-    return table
+    return WholeNumbers(table)

@@ -17,6 +17,7 @@ import typer
 from rich.table import Table
 
 from phalanx.apps.node_command import node as node_command
+from phalanx.apps.tables import WholeNumbers
 from phalanx.apps.terminal import err, fail, out
 from phalanx.scenario.schema import ScenarioError, load_scenario
 from phalanx.sim.topology import TopologyError
@@ -43,13 +44,13 @@ def print_summary(result: object) -> None:
              "lagging_nodes", "down_at_end",
              "final_model_hash", "final_eval_loss", "final_eval_accuracy",
              "synced_commits", "privacy", "exclusions", "membership_changes", "members_at_end",
-             "reputation", "view_changes", "suspicions", "sim_seconds", "wall_seconds", "messages_delivered",
+             "reputation", "view_changes", "suspicions", "last_commit_seconds", "sim_seconds", "wall_seconds", "messages_delivered",
              "messages_dropped", "dropped_by_reason", "messages_per_round", "rejected_by_reason",
              "sim_events_per_wall_second", "peak_memory_mb"]
     for key in shown:
         if key in s:
             table.add_row(key, _summary_text(key, s[key]))
-    out.print(table)
+    out.print(WholeNumbers(table))
     if result.out:
         nodes = ("" if not (result.out / "nodes").exists() else
                  ", nodes/<id>.sqlite and .log, members.json" if s["mode"] == "real-tcp"
@@ -623,7 +624,7 @@ def audit(run_dir: Annotated[Path, typer.Argument(help="a run's output folder")]
         table.add_column(col)
     for a in audits:
         table.add_row(str(a.node), str(a.since), str(a.rounds), (a.model_hash or "")[:16], a.problem or "")
-    out.print(table)
+    out.print(WholeNumbers(table))
     for line in split:
         err.print(f"[bold red]logs disagree:[/] {line}", highlight=False)
     bad = [a for a in audits if a.problem]
@@ -717,7 +718,7 @@ def cluster_status_cmd(
                       if st else "-",
                       f"{st['peers_up']}/{len(st['peers'])}" if st else "-",
                       st["health"]["status"] if st else "-")
-    out.print(table)
+    out.print(WholeNumbers(table))
 
 
 def _cluster_change(folder: Path, node: int, op: str) -> None:

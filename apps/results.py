@@ -221,6 +221,10 @@ def summarize(scenario: Scenario, rounds: pl.DataFrame, extra: dict[str, Any],
         "distinct_final_hashes": len(final_hashes),
         "final_model_hash": final_hashes[0] if len(final_hashes) == 1 else None,
         "synced_commits": int(rounds["via_sync"].sum()),
+        # when the last honest node committed the last round: the time the progress bar ends
+        # on; `sim_seconds` (the simulator's) adds the quiet time the nodes settle before it stops
+        "last_commit_seconds": float(final["time"].max()) if len(final)  # type: ignore[arg-type]
+        else 0.0,
     }
     if scenario.privacy is not None:  # each node releases at most one gradient per round
         from phalanx.engine.privacy import gaussian_epsilon
@@ -251,7 +255,7 @@ def write_outputs(out: Path, result: RunResult) -> None:
     result.rounds.write_parquet(out / "rounds.parquet")
     summary = {**result.summary, "failures": result.failures}
     (out / "summary.json").write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n")
-    plot_run(result.rounds, out / "run.png", result.scenario.name)
+    plot_run(result, out / "run.png")
     if result.disks:
         from phalanx.apps.node_log import NodeLog
 

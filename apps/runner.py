@@ -40,8 +40,10 @@ class RoundPrinter:
         self.total = scenario.training.rounds
         self._seen: dict[int, list[tuple[float, float, str]]] = {}
         self._printed = -1
+        # t: when the round shown was committed (summary.json's last_commit_seconds at the end)
         self.progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(),
-                                 MofNCompleteColumn(), TextColumn("sim t={task.fields[t]:.2f}s"),
+                                 MofNCompleteColumn(),
+                                 TextColumn("committed at t={task.fields[t]:.2f}s"),
                                  TimeElapsedColumn(), console=console, disable=not enabled)
         self.task = self.progress.add_task("rounds", total=self.total, t=0.0)
 
