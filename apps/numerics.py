@@ -166,6 +166,20 @@ def pin(mode: str = "portable") -> None:
         _warn("fallback", f"phalanx numerics: fallback: {plan.fallback}")
 
 
+def unpinned(environ: Mapping[str, str]) -> dict[str, str]:
+    """A copy of `environ` with this process's pin undone (the settings it wrote removed, the
+    ones it overrode restored) and PHALANX_NUMERICS=native: the environment for a child that
+    should compute natively, e.g. the trainer launched from the pinned test suite (an inherited
+    MKL_CBWR=COMPATIBLE alone halves its matrix multiplies)."""
+    env = dict(environ)
+    if _state.plan is not None:
+        for key in _state.plan.env:
+            env.pop(key, None)
+        env.update(_state.overridden)
+    env[ENV] = "native"
+    return env
+
+
 def pin_at_entry(argv: Sequence[str]) -> None:
     """An entry point's first call: the mode from PHALANX_NUMERICS, else by command (`argv[1]`;
     a real node pins only when asked). A bad value is a one-line error, exit code 2."""

@@ -12,6 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from phalanx.apps.numerics import unpinned
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -29,8 +31,9 @@ SHAKESPEARE = shakespeare_text()
 
 def train(tmp_path: Path, *args: str) -> dict[str, object]:
     """`phalanx train` as a user runs it: in a process of its own with the trainer's native
-    numerics (this test process is pinned by conftest.py, which would halve its speed)."""
-    env = {**os.environ, "PHALANX_NUMERICS": "native"}
+    numerics (this test process is pinned by conftest.py, and the pin, inherited, would halve
+    its speed)."""
+    env = unpinned(os.environ)
     done = subprocess.run([sys.executable, "-m", "phalanx.apps.cli", "train", *args, "--out",
                            str(tmp_path / "run")], capture_output=True, text=True, env=env,
                           timeout=1800)

@@ -166,6 +166,20 @@ def test_this_test_process_is_pinned_before_torch_loaded() -> None:
     assert not any("512" in f or f == "X86_V4" for f in numerics["numpy_simd"])
 
 
+def test_unpinned_undoes_the_pin_for_a_native_child() -> None:
+    """A pinned process launching a native child (the trainer from this suite): the settings
+    the pin wrote are gone, the one it overrode is back, everything else is kept."""
+    code = ("import json, os; from phalanx.apps.numerics import pin, unpinned; pin(); "
+            "print(json.dumps(unpinned(os.environ)))")
+    start = {k: v for k, v in os.environ.items() if k not in HERE.env and k != ENV}
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          env={**start, "MKL_CBWR": "AVX2", "UNRELATED": "kept"}, timeout=60)
+    child = json.loads(done.stdout)
+    assert child[ENV] == "native" and child["UNRELATED"] == "kept"
+    assert child["MKL_CBWR"] == "AVX2"  # the user's own, which the pin had overridden
+    assert not (set(HERE.env) - {"MKL_CBWR"}) & set(child)
+
+
 def test_a_node_pins_when_asked_and_only_then() -> None:
     """`python -m phalanx.apps.node` leaves the environment alone unless PHALANX_NUMERICS says
     portable (a node started by `phalanx run --real` inherits that from its pinned launcher)."""
