@@ -23,6 +23,7 @@ from pydantic import (
 )
 
 from phalanx.engine.model.config import FFN
+from phalanx.scenario.errors import InputsRefused, ScenarioError, ScenarioRefused
 
 if TYPE_CHECKING:
     from phalanx.engine.aggregate import Need
@@ -30,24 +31,6 @@ if TYPE_CHECKING:
 NodeId = Annotated[int, Field(ge=0)]
 Seconds = Annotated[float, Field(ge=0)]
 Probability = Annotated[float, Field(ge=0, le=1)]
-
-
-class ScenarioError(ValueError):
-    """A scenario that cannot run; `str()` is one line naming the field and what is allowed."""
-
-    def __init__(self, message: str) -> None:
-        # user text (a key, a tag, a path) may hold line breaks: escape them to stay one line
-        super().__init__(message.replace("\r", "\\r").replace("\n", "\\n"))
-
-
-class ScenarioRefused(ScenarioError):
-    """A well-formed scenario that could not stay live: its aggregation rule needs more
-    gradients than the members are sure to send (the Byzantine matrix reports such a cell as
-    refused instead of running it)."""
-
-
-class InputsRefused(ValueError):
-    """Raised inside validation for what `parse_scenario` turns into `ScenarioRefused`."""
 
 
 class Strict(BaseModel):

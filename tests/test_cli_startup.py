@@ -1,0 +1,66 @@
+"""The CLI's import budget: `phalanx --help`, `validate` and a failing command load none of the
+heavy libraries (torch, FastAPI, polars, matplotlib, scipy, ...), which take seconds to import;
+each command imports its own heavy modules when it runs. A test of module sets, not of time.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import phalanx
+
+SCENARIOS = Path(phalanx.__file__).resolve().parent / "scenarios"
+
+# seconds of CPU each: none of them belongs on a path that only parses options or a scenario
+HEAVY = ("torch", "triton", "fastapi", "uvicorn", "polars", "matplotlib", "scipy", "sklearn",
+         "simpy", "mpi4py")
+
+# runs the CLI as its console script does, then reports which modules it loaded
+PROBE = """
+import json, sys
+sys.argv = ["phalanx", *json.loads(sys.argv[1])]
+from phalanx.apps.cli import main
+try:
+    main()
+except SystemExit:
+    pass
+print("MODULES " + json.dumps(sorted(sys.modules)))
+"""
+
+
+def loaded_modules(*args: str) -> set[str]:
+    done = subprocess.run([sys.executable, "-c", PROBE, json.dumps(list(args))],
+                          capture_output=True, text=True, timeout=120)
+    last = done.stdout.strip().splitlines()[-1]
+    assert last.startswith("MODULES "), done.stdout + done.stderr
+    return set(json.loads(last.removeprefix("MODULES ")))
+
+
+def heavy_in(modules: set[str]) -> list[str]:
+    return sorted(name for name in HEAVY if name in modules)
+
+
+def test_entry_module_imports_no_command_and_no_scenario_schema() -> None:
+    modules = loaded_modules("--help")
+    assert heavy_in(modules) == []
+    # --help builds no pydantic model and no numpy: the schema loads with the first scenario
+    assert "phalanx.scenario.schema" not in modules
+    assert "numpy" not in modules
+    assert not {"phalanx.apps.node", "phalanx.apps.runner", "phalanx.sim.world"} & modules
+
+
+@pytest.mark.parametrize("args", [
+    ["validate", str(SCENARIOS / "quickstart.yaml")],
+    ["validate", "no-such-scenario.yaml"],
+    ["run", "no-such-scenario.yaml"],
+    ["node"],
+    ["bench", "--help"],
+    ["cluster", "up", "--help"],
+], ids=lambda args: " ".join(a if "/" not in a else Path(a).name for a in args))
+def test_validate_help_and_error_paths_stay_light(args: list[str]) -> None:
+    assert heavy_in(loaded_modules(*args)) == []
