@@ -8,11 +8,17 @@ __all__ = ["InputsRefused", "ScenarioError", "ScenarioRefused"]
 
 
 class ScenarioError(ValueError):
-    """A scenario that cannot run; `str()` is one line naming the field and what is allowed."""
+    """A scenario that cannot run; `str()` is one line per problem (`lines`), each naming the
+    field and what is allowed."""
 
-    def __init__(self, message: str) -> None:
-        # user text (a key, a tag, a path) may hold line breaks: escape them to stay one line
-        super().__init__(message.replace("\r", "\\r").replace("\n", "\\n"))
+    def __init__(self, message: str, *more: str) -> None:
+        # user text (a key, a tag, a path) may hold line breaks: escape them, so that a line
+        # break only ever separates two problems
+        self.lines = tuple(m.replace("\r", "\\r").replace("\n", "\\n") for m in (message, *more))
+        super().__init__(*self.lines)  # (args: the lines, so a pickled copy reads the same)
+
+    def __str__(self) -> str:
+        return "\n".join(self.lines)
 
 
 class ScenarioRefused(ScenarioError):

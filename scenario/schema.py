@@ -7,8 +7,11 @@ every default filled in, so a result folder always says exactly what ran.
 
 from __future__ import annotations
 
+import difflib
+import types
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal, Union, get_args, get_origin
 
 import yaml
 from pydantic import (
@@ -36,6 +39,48 @@ Probability = Annotated[float, Field(ge=0, le=1)]
 class Strict(BaseModel):
     # no inf/nan anywhere: a scenario of infinite bandwidth says `null`, not `.inf`
     model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_flag_as_number(cls, data: Any) -> Any:
+        """`count: true` is a mistake, not 1 (pydantic's lax mode takes a bool as a number):
+        a true/false where the field takes no bool becomes a `Flag`, which every validator
+        refuses, so the error names the field and the other errors are still collected."""
+        if not isinstance(data, dict):
+            return data
+        fields = cls.model_fields
+        return {key: _flagged(value, fields[key].annotation) if key in fields else value
+                for key, value in data.items()}
+
+
+class Flag:
+    """A YAML true/false given where a number (or a name) is expected."""
+
+    def __init__(self, value: bool) -> None:
+        self.value = value
+
+    def __repr__(self) -> str:
+        return "true" if self.value else "false"
+
+
+def _flagged(value: Any, annotation: Any) -> Any:
+    """`value` with the bools that `annotation` does not take (the value, or the items of a
+    list or mapping of plain values) made `Flag`s; a nested model checks its own."""
+    if _mentions(annotation, lambda t: t is bool or t is Any):
+        return value
+    if isinstance(value, bool):
+        return Flag(value)
+    if _mentions(annotation, lambda t: isinstance(t, type) and issubclass(t, BaseModel)):
+        return value
+    if isinstance(value, list):
+        return [Flag(v) if isinstance(v, bool) else v for v in value]
+    if isinstance(value, dict):
+        return {k: Flag(v) if isinstance(v, bool) else v for k, v in value.items()}
+    return value
+
+
+def _mentions(annotation: Any, test: Callable[[Any], bool]) -> bool:
+    return test(annotation) or any(_mentions(a, test) for a in get_args(annotation))
 
 
 # ---- nodes, topology, links ----------------------------------------------------------------
@@ -781,26 +826,117 @@ class Scenario(Strict):
 # ---- loading ---------------------------------------------------------------------------------
 
 
+_UNION_MEMBERS = frozenset({"float", "int", "str", "bool"})  # how pydantic names them in a path
+
+
 def describe_error(error: dict[str, Any]) -> str:
     loc = ".".join(str(p) for p in error["loc"] if not str(p).startswith("function-after"))
     msg = error["msg"].removeprefix("Value error, ")
     value = error.get("input")
+    if isinstance(value, Flag):
+        loc = ".".join(str(p) for p in error["loc"] if p not in _UNION_MEMBERS)
+        if error["type"].startswith(("int", "float")):
+            return f"{loc}: expected a number, got {value!r}"
     shown = "" if isinstance(value, dict | list) or error["type"] == "missing" else (
         f" (got {value!r})")
     return f"{loc}: {msg}{shown}" if loc else f"{msg}"
 
 
+# an unknown key that is another word for a field: the CLI says `--attack`, the schema `behaviour`
+SYNONYMS = {"attack": "behaviour", "attacks": "behaviour", "behavior": "behaviour",
+            "rule": "aggregator", "nodes_count": "count", "n": "count"}
+
+
 def parse_scenario(data: Any, source: str = "scenario") -> Scenario:
+    """The validated scenario; ScenarioError with one line per mistake, all of them at once."""
     if not isinstance(data, dict):
         raise ScenarioError(f"{source}: expected a mapping of fields at the top level")
     try:
         return Scenario.model_validate(data)
     except ValidationError as err:
         errors = err.errors()
-        more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
-        refused = isinstance(errors[0].get("ctx", {}).get("error"), InputsRefused)
-        raise (ScenarioRefused if refused else ScenarioError)(
-            f"{source}: {describe_error(errors[0])}{more}") from None
+        lines = list(dict.fromkeys(f"{source}: {line}" for line in explain_errors(errors)))
+        refused = any(isinstance(e.get("ctx", {}).get("error"), InputsRefused) for e in errors)
+        raise (ScenarioRefused if refused else ScenarioError)(*lines) from None
+
+
+def explain_errors(errors: list[Any]) -> list[str]:
+    """One line per error; an unknown key gets a "did you mean" hint, and a required field
+    that the hint names is not reported missing as well."""
+    lines: list[str] = []
+    meant: set[tuple[Any, ...]] = set()  # (path..., field) that an unknown key stands for
+    flagged: set[str] = set()
+    for error in errors:
+        if error["type"] == "extra_forbidden":
+            *where, key = error["loc"]
+            allowed = _fields_at(tuple(where))
+            guess = _guess(str(key), allowed)
+            if guess is not None:
+                meant.add((*where, guess))
+            path = ".".join(str(p) for p in error["loc"])
+            hint = (f"did you mean {guess!r}?" if guess is not None else
+                    f"allowed: {', '.join(allowed)}" if allowed else "")
+            lines.append(f"{path}: unknown field" + (f"; {hint}" if hint else ""))
+    for error in errors:
+        if error["type"] == "missing" and tuple(error["loc"]) in meant:
+            continue
+        if error["type"] != "extra_forbidden":
+            line = describe_error(error)
+            path = line.partition(":")[0]
+            if isinstance(error.get("input"), Flag) and path in flagged:
+                continue  # a union refuses it once per member
+            flagged.add(path)
+            lines.append(line)
+    return lines
+
+
+def _guess(key: str, allowed: list[str]) -> str | None:
+    synonym = SYNONYMS.get(key.lower())
+    if synonym in allowed:
+        return synonym
+    close = difflib.get_close_matches(key, allowed, n=1, cutoff=0.6)
+    return close[0] if close else None
+
+
+def _fields_at(path: tuple[Any, ...]) -> list[str]:
+    """The field names of the model at `path` (a pydantic error's location), [] if unknown."""
+    annotation: Any = Scenario
+    parts = list(path)
+    while True:
+        annotation = _unwrapped(annotation)
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            if not parts:
+                return list(annotation.model_fields)
+            field = annotation.model_fields.get(str(parts.pop(0)))
+            if field is None:
+                return []
+            annotation = field.annotation
+        elif get_origin(annotation) in (list, dict) and parts:
+            parts.pop(0)  # an index or a key
+            annotation = get_args(annotation)[-1]
+        elif get_origin(annotation) in (Union, types.UnionType):
+            models = [m for m in map(_unwrapped, get_args(annotation)) if m is not type(None)]
+            if len(models) == 1:
+                annotation = models[0]
+            elif parts:  # a tagged union: the path names the member by its kind
+                tag = parts.pop(0)
+                annotation = next((m for m in models if _kind_of(m) == tag), None)
+            else:
+                return []
+        else:
+            return []
+
+
+def _unwrapped(annotation: Any) -> Any:
+    while get_origin(annotation) is Annotated:
+        annotation = get_args(annotation)[0]
+    return annotation
+
+
+def _kind_of(model: Any) -> Any:
+    field = getattr(model, "model_fields", {}).get("kind")
+    kinds = get_args(field.annotation) if field is not None else ()
+    return kinds[0] if len(kinds) == 1 else None
 
 
 def read_yaml(path: Path, what: str = "scenario") -> Any:

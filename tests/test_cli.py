@@ -213,7 +213,7 @@ def test_run_errors_outside_the_schema_are_one_line(tmp_path: Path) -> None:
     path = write(tmp_path, TINY)
     blocker = tmp_path / "a-file"
     blocker.write_text("")
-    cases = [(("run", path, "--out", blocker, "-q"), "cannot write outputs"),
+    cases = [(("run", path, "--out", blocker, "-q"), "is a file, not a folder"),
              (("run", path, "--seed", "-1", "-q"), "seed"),
              (("run", write(tmp_path, TINY + "real: {deadline: 0.2}\n", "r.yaml"), "--real",
                "-q", "--out", tmp_path / "o"), "real.deadline")]
