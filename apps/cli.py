@@ -15,6 +15,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
+from phalanx.apps.cli_help import Typer
 from phalanx.apps.node_command import node as node_command
 from phalanx.apps.outputs import output_file, output_folder
 from phalanx.apps.terminal import err, fail, out
@@ -24,13 +25,28 @@ from phalanx.scenario.errors import ScenarioError
 # stderr unless its level is set above those traces (6) before torch loads
 os.environ.setdefault("KINETO_LOG_LEVEL", "6")
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
-                  help="Decentralized, Byzantine-fault-tolerant training: simulate, run, measure.")
-bench_app = typer.Typer(no_args_is_help=True, help="Benchmarks that write JSON results.")
+app = Typer(no_args_is_help=True, pretty_exceptions_enable=False,
+            help="Decentralized, Byzantine-fault-tolerant training: simulate, run, measure.")
+bench_app = Typer(no_args_is_help=True, help="Benchmarks that write JSON results.")
 app.add_typer(bench_app, name="bench")
-cluster_app = typer.Typer(no_args_is_help=True,
-                          help="A local cluster of real node processes from a scenario.")
+cluster_app = Typer(no_args_is_help=True,
+                    help="A local cluster of real node processes from a scenario.")
 app.add_typer(cluster_app, name="cluster")
+
+
+def _print_version(asked: bool) -> None:
+    if asked:
+        from importlib.metadata import version
+
+        out.print(f"phalanx {version('phalanx')}", highlight=False)
+        raise typer.Exit()
+
+
+@app.callback()
+def _options(version: Annotated[bool, typer.Option(
+        "--version", is_eager=True, callback=_print_version,
+        help="print the installed version and exit")] = False) -> None:
+    """Decentralized, Byzantine-fault-tolerant training: simulate, run, measure."""
 
 def print_summary(result: object) -> None:
     from phalanx.apps.results import RunResult
@@ -273,6 +289,8 @@ def train(
     from phalanx.engine.model.tokenizer import TokenizerError
     from phalanx.engine.train.data import DataError
 
+    if out_dir is not None:
+        output_folder(out_dir)
     overrides: dict[str, object] = {}
     if data is not None:
         overrides["data.path"] = str(data)

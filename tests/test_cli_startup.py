@@ -59,6 +59,11 @@ def test_entry_module_imports_no_command_and_no_scenario_schema() -> None:
     ["validate", "no-such-scenario.yaml"],
     ["run", "no-such-scenario.yaml"],
     ["node"],
+    # a bad --out is refused before the command loads what does the work
+    ["run", str(SCENARIOS / "quickstart.yaml"), "--out", "/proc/phalanx-test"],
+    ["sweep", str(SCENARIOS / "quickstart.yaml"), "--out", "/proc/phalanx-test"],
+    ["matrix", str(SCENARIOS / "byzantine" / "matrix.yaml"), "--out", "/proc/phalanx-test"],
+    ["bench", "sim", "--out", "/proc/phalanx-test/sim.json"],
     ["bench", "--help"],
     ["cluster", "up", "--help"],
 ], ids=lambda args: " ".join(a if "/" not in a else Path(a).name for a in args))
