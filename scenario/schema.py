@@ -861,26 +861,20 @@ def parse_scenario(data: Any, source: str = "scenario") -> Scenario:
 
 
 def explain_errors(errors: list[Any]) -> list[str]:
-    """One line per error; an unknown key gets a "did you mean" hint, and a required field
-    that the hint names is not reported missing as well."""
+    """One line per error, in the file's order; an unknown key gets a "did you mean" hint, and
+    a required field that the hint names is not reported missing as well."""
+    hints = {tuple(e["loc"]): _unknown_key(tuple(e["loc"])) for e in errors
+             if e["type"] == "extra_forbidden"}
+    meant = {(*loc[:-1], guess) for loc, (_, guess) in hints.items() if guess is not None}
     lines: list[str] = []
-    meant: set[tuple[Any, ...]] = set()  # (path..., field) that an unknown key stands for
     flagged: set[str] = set()
     for error in errors:
-        if error["type"] == "extra_forbidden":
-            *where, key = error["loc"]
-            allowed = _fields_at(tuple(where))
-            guess = _guess(str(key), allowed)
-            if guess is not None:
-                meant.add((*where, guess))
-            path = ".".join(str(p) for p in error["loc"])
-            hint = (f"did you mean {guess!r}?" if guess is not None else
-                    f"allowed: {', '.join(allowed)}" if allowed else "")
-            lines.append(f"{path}: unknown field" + (f"; {hint}" if hint else ""))
-    for error in errors:
-        if error["type"] == "missing" and tuple(error["loc"]) in meant:
+        loc = tuple(error["loc"])
+        if loc in hints:
+            lines.append(hints[loc][0])
+        elif error["type"] == "missing" and loc in meant:
             continue
-        if error["type"] != "extra_forbidden":
+        else:
             line = describe_error(error)
             path = line.partition(":")[0]
             if isinstance(error.get("input"), Flag) and path in flagged:
@@ -888,6 +882,15 @@ def explain_errors(errors: list[Any]) -> list[str]:
             flagged.add(path)
             lines.append(line)
     return lines
+
+
+def _unknown_key(loc: tuple[Any, ...]) -> tuple[str, str | None]:
+    """The line for an unknown key at `loc`, and the field it most likely stands for."""
+    allowed = _fields_at(loc[:-1])
+    guess = _guess(str(loc[-1]), allowed)
+    hint = (f"; did you mean {guess!r}?" if guess is not None else
+            f"; allowed: {', '.join(allowed)}" if allowed else "")
+    return f"{'.'.join(str(p) for p in loc)}: unknown field{hint}", guess
 
 
 def _guess(key: str, allowed: list[str]) -> str | None:
