@@ -160,10 +160,6 @@ def sweep(
 
     Safety, agreement, liveness and nothing lost are checked per seed; exit code 1 when any is
     violated. Every failing seed replays with `phalanx run SCENARIO --seed S`."""
-    from phalanx.apps.sweep import SweepError, print_report
-    from phalanx.apps.sweep import sweep as run_sweep
-    from phalanx.sim.topology import TopologyError
-
     if seeds < 1:
         raise fail(f"--seeds: must be at least 1 (got {seeds})")
     if start < 0:
@@ -176,6 +172,10 @@ def sweep(
         output_folder(out_dir)
     if save_failures is not None:
         output_folder(save_failures, "--save-failures")
+    from phalanx.apps.sweep import SweepError, print_report
+    from phalanx.apps.sweep import sweep as run_sweep
+    from phalanx.sim.topology import TopologyError
+
     try:
         report = run_sweep(scenario, range(start, start + seeds), workers, out_dir,
                            save_failures=save_failures, expectations=expectations,
@@ -600,16 +600,16 @@ def matrix(
 
     Writes matrix.parquet and matrix.md; exit code 1 when a cell breaks safety, liveness or its
     expectations."""
-    import polars as pl
-
-    from phalanx.apps.matrix import load_matrix, markdown, run_matrix, table, write_table
-
     if workers is not None and workers < 1:
         raise fail(f"--workers: must be at least 1 (got {workers})")
     for folder, option in ((out_dir, "--out"), (write, "--write")):
         if folder is not None:
             output_folder(folder, option)
     seed_list = _seed_list(seeds) if seeds else None
+    import polars as pl
+
+    from phalanx.apps.matrix import load_matrix, markdown, run_matrix, table, write_table
+
     try:
         mspec, cells = load_matrix(spec, seed_list)
     except ScenarioError as e:

@@ -842,9 +842,10 @@ def describe_error(error: dict[str, Any]) -> str:
     return f"{loc}: {msg}{shown}" if loc else f"{msg}"
 
 
-# an unknown key that is another word for a field: the CLI says `--attack`, the schema `behaviour`
-SYNONYMS = {"attack": "behaviour", "attacks": "behaviour", "behavior": "behaviour",
-            "rule": "aggregator", "nodes_count": "count", "n": "count"}
+# an unknown key that is another word for a field (the first that the place allows): the CLI
+# says `--attack` where the schema says `behaviour`, and a whole scenario's attackers `byzantine`
+SYNONYMS = {"attack": ("behaviour", "byzantine"), "attacks": ("behaviour", "byzantine"),
+            "behavior": ("behaviour",), "rule": ("aggregator",), "n": ("count",)}
 
 
 def parse_scenario(data: Any, source: str = "scenario") -> Scenario:
@@ -894,8 +895,8 @@ def _unknown_key(loc: tuple[Any, ...]) -> tuple[str, str | None]:
 
 
 def _guess(key: str, allowed: list[str]) -> str | None:
-    synonym = SYNONYMS.get(key.lower())
-    if synonym in allowed:
+    synonym = next((s for s in SYNONYMS.get(key.lower(), ()) if s in allowed), None)
+    if synonym is not None:
         return synonym
     close = difflib.get_close_matches(key, allowed, n=1, cutoff=0.6)
     return close[0] if close else None

@@ -56,6 +56,8 @@ def test_entry_module_imports_no_command_and_no_scenario_schema() -> None:
 
 @pytest.mark.parametrize("args", [
     ["validate", str(SCENARIOS / "quickstart.yaml")],
+    # Byzantine behaviours and a transformer workload are checked by name and parameters
+    ["validate", str(SCENARIOS / "transformer_byzantine.yaml")],
     ["validate", "no-such-scenario.yaml"],
     ["run", "no-such-scenario.yaml"],
     ["node"],

@@ -89,8 +89,10 @@ def test_flags_stay_flags(tmp_path: Path) -> None:
     (GOOD + "links: {latncy: 0.01}\n", "links.latncy: unknown field; did you mean 'latency'?"),
     (GOOD + "faults: [{kind: crash, nodes: [1], at: 1.0, keepdisk: false}]\n",
      "faults.0.crash.keepdisk: unknown field; did you mean 'keep_disk'?"),
+    (GOOD + "attack: [{nodes: [1], behaviour: silent}]\n",
+     "attack: unknown field; did you mean 'byzantine'?"),
     (GOOD + "colour: red\n", "colour: unknown field; allowed: name, description, seed, nodes"),
-], ids=["attack", "typo", "in_a_tagged_list", "no_close_name"])
+], ids=["attack", "typo", "in_a_tagged_list", "top_level_attack", "no_close_name"])
 def test_unknown_key_names_what_was_meant(tmp_path: Path, text: str, line: str) -> None:
     code, lines = validate(tmp_path, text)
     assert code == 2
