@@ -855,16 +855,22 @@ def parse_scenario(data: Any, source: str = "scenario") -> Scenario:
     try:
         return Scenario.model_validate(data)
     except ValidationError as err:
-        errors = err.errors()
-        lines = list(dict.fromkeys(f"{source}: {line}" for line in explain_errors(errors)))
-        refused = any(isinstance(e.get("ctx", {}).get("error"), InputsRefused) for e in errors)
-        raise (ScenarioRefused if refused else ScenarioError)(*lines) from None
+        raise invalid(err, source, Scenario) from None
 
 
-def explain_errors(errors: list[Any]) -> list[str]:
+def invalid(err: ValidationError, source: str, root: type[BaseModel]) -> ScenarioError:
+    """The error to raise for a document of `root` that failed validation: one line per
+    mistake, each `<source>: <field path>: <problem>`."""
+    errors = err.errors()
+    lines = dict.fromkeys(f"{source}: {line}" for line in explain_errors(errors, root))
+    refused = any(isinstance(e.get("ctx", {}).get("error"), InputsRefused) for e in errors)
+    return (ScenarioRefused if refused else ScenarioError)(*lines)
+
+
+def explain_errors(errors: list[Any], root: type[BaseModel]) -> list[str]:
     """One line per error, in the file's order; an unknown key gets a "did you mean" hint, and
     a required field that the hint names is not reported missing as well."""
-    hints = {tuple(e["loc"]): _unknown_key(tuple(e["loc"])) for e in errors
+    hints = {tuple(e["loc"]): _unknown_key(tuple(e["loc"]), root) for e in errors
              if e["type"] == "extra_forbidden"}
     meant = {(*loc[:-1], guess) for loc, (_, guess) in hints.items() if guess is not None}
     lines: list[str] = []
@@ -885,9 +891,9 @@ def explain_errors(errors: list[Any]) -> list[str]:
     return lines
 
 
-def _unknown_key(loc: tuple[Any, ...]) -> tuple[str, str | None]:
+def _unknown_key(loc: tuple[Any, ...], root: type[BaseModel]) -> tuple[str, str | None]:
     """The line for an unknown key at `loc`, and the field it most likely stands for."""
-    allowed = _fields_at(loc[:-1])
+    allowed = _fields_at(loc[:-1], root)
     guess = _guess(str(loc[-1]), allowed)
     hint = (f"; did you mean {guess!r}?" if guess is not None else
             f"; allowed: {', '.join(allowed)}" if allowed else "")
@@ -902,9 +908,10 @@ def _guess(key: str, allowed: list[str]) -> str | None:
     return close[0] if close else None
 
 
-def _fields_at(path: tuple[Any, ...]) -> list[str]:
-    """The field names of the model at `path` (a pydantic error's location), [] if unknown."""
-    annotation: Any = Scenario
+def _fields_at(path: tuple[Any, ...], root: type[BaseModel]) -> list[str]:
+    """The field names of the model at `path` (a pydantic error's location) in `root`, []
+    if unknown."""
+    annotation: Any = root
     parts = list(path)
     while True:
         annotation = _unwrapped(annotation)
