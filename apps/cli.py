@@ -46,7 +46,8 @@ def _print_version(asked: bool) -> None:
 def _options(version: Annotated[bool, typer.Option(
         "--version", is_eager=True, callback=_print_version,
         help="print the installed version and exit")] = False) -> None:
-    """Decentralized, Byzantine-fault-tolerant training: simulate, run, measure."""
+    """(the options before a command; the group's help is the Typer's)"""
+
 
 def print_summary(result: object) -> None:
     from phalanx.apps.results import RunResult

@@ -1,6 +1,7 @@
-"""The help screens' look: `phalanx run SCENARIO [OPTIONS]`, not typer's `{scenario}`, and no
-`<bool>` beside a flag (a flag takes no value). `Typer` here is typer's, with these commands
-and groups as its defaults."""
+"""The help screens' look: `phalanx run [OPTIONS] SCENARIO`, not typer's `{scenario}`; no
+`<bool>` beside a flag (a flag takes no value); docstrings wrapped to the terminal, not at
+their source's line breaks. `Typer` here is typer's, with these commands and groups as its
+defaults."""
 
 from __future__ import annotations
 
@@ -30,7 +31,18 @@ def _usage(command: TyperCommand, ctx: typer.Context) -> list[str]:
     return pieces
 
 
+def _reflowed(text: str | None) -> str | None:
+    """A docstring's paragraphs without its hard line breaks: the help screen wraps them to the
+    terminal's width (kept, they break lines mid-sentence on a narrow one)."""
+    if text is None:
+        return None
+    return "\n\n".join(" ".join(p.split()) for p in text.strip().split("\n\n"))
+
+
 class Command(TyperCommand):
+    def __init__(self, *args: Any, help: str | None = None, **kwargs: Any) -> None:
+        super().__init__(*args, help=_reflowed(help), **kwargs)
+
     def get_params(self, ctx: typer.Context) -> list[Any]:
         return _plain_params(super().get_params(ctx))
 

@@ -301,7 +301,10 @@ def test_help_screens_show_no_typer_artifacts() -> None:
             words, text)
     usage = ANSI.sub("", invoke("run", "--help").stdout)
     assert re.search(r"Usage: \S+ run \[OPTIONS\] SCENARIO\s*$", usage, re.MULTILINE), usage
-    assert "--show-completion" in ANSI.sub("", invoke("--help").stdout)
+    main_help = ANSI.sub("", invoke("--help").stdout)
+    assert "--show-completion" in main_help
+    # a docstring's hard line breaks are not kept: at 200 columns a sentence stays on one line
+    assert "must keep its invariants and its `expect:` entries" in main_help
 
 
 def test_node_without_real_says_what_to_run_instead() -> None:
