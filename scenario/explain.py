@@ -58,8 +58,14 @@ def describe_error(error: dict[str, Any]) -> str:
         if error["type"].startswith(("int", "float")):
             return f"{loc}: expected a number, got {value!r}"
     shown = "" if isinstance(value, dict | list) or error["type"] == "missing" else (
-        f" (got {value!r})")
+        f" (got {_short(value)})")
     return f"{loc}: {msg}{shown}" if loc else f"{msg}"
+
+
+def _short(value: Any, most: int = 80) -> str:
+    """`repr(value)`, cut: an error line never echoes a huge value back."""
+    text = repr(value)
+    return text if len(text) <= most else f"{text[:most]}... ({len(text)} characters)"
 
 
 # an unknown key that is another word for a field (the first that the place allows): the CLI

@@ -98,3 +98,9 @@ def test_unknown_key_names_what_was_meant(tmp_path: Path, text: str, line: str) 
     assert code == 2
     # one line: `attack:` is not also reported as "behaviour: Field required"
     assert len(lines) == 1 and line in lines[0], lines
+
+
+def test_a_huge_value_is_not_echoed(tmp_path: Path) -> None:
+    code, lines = validate(tmp_path, GOOD.replace("count: 4", "count: " + "9x" * 50_000))
+    assert code == 2 and len(lines) == 1
+    assert fields(lines) == ["nodes.count"] and len(lines[0]) < 300, lines[0][:400]
