@@ -17,7 +17,8 @@ from typing import Annotated, Any, Literal
 from pydantic import Field, ValidationError, field_validator
 
 from phalanx.net.crypto import PUBLIC_KEY_SIZE, Identity
-from phalanx.scenario.schema import ScenarioError, Strict, invalid
+from phalanx.scenario.explain import invalid
+from phalanx.scenario.schema import ScenarioError, Strict
 
 Port = Annotated[int, Field(ge=0, le=65535)]
 LogLevel = Literal["debug", "info", "warning", "error"]

@@ -9,7 +9,8 @@ from typing import Annotated, Any, Literal
 from pydantic import Field, ValidationError, model_validator
 
 from phalanx.engine.model.config import FFN, ConfigError, GPTConfig, Positions
-from phalanx.scenario.schema import ScenarioError, Strict, invalid, read_yaml
+from phalanx.scenario.explain import invalid
+from phalanx.scenario.schema import ScenarioError, Strict, read_yaml
 
 Positive = Annotated[int, Field(ge=1)]
 NonNegative = Annotated[int, Field(ge=0)]
