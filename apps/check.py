@@ -89,7 +89,7 @@ def collect(suite: Path) -> list[Case]:
         try:
             cases.append(Case(path, name, load_scenario(path)))
         except ScenarioError as err:
-            cases.append(Case(path, name, None, str(err)))
+            cases.append(Case(path, name, None, "; ".join(err.lines)))  # a report row
     if not cases:
         raise CheckError(f"{suite}: no scenario or matrix files (*.yaml) in it")
     return cases

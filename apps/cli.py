@@ -12,27 +12,43 @@ import os
 from pathlib import Path
 from typing import Annotated
 
-import polars as pl
 import typer
 from rich.table import Table
 
+from phalanx.apps.cli_help import Typer
 from phalanx.apps.node_command import node as node_command
+from phalanx.apps.outputs import output_file, output_folder
 from phalanx.apps.tables import WholeNumbers
 from phalanx.apps.terminal import err, fail, out
-from phalanx.scenario.schema import ScenarioError, load_scenario
-from phalanx.sim.topology import TopologyError
+from phalanx.scenario.errors import ScenarioError
 
 # torch's profiler (the trainer's memory probe measures with it) logs each start and stop to
 # stderr unless its level is set above those traces (6) before torch loads
 os.environ.setdefault("KINETO_LOG_LEVEL", "6")
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
-                  help="Decentralized, Byzantine-fault-tolerant training: simulate, run, measure.")
-bench_app = typer.Typer(no_args_is_help=True, help="Benchmarks that write JSON results.")
+app = Typer(no_args_is_help=True, pretty_exceptions_enable=False,
+            help="Decentralized, Byzantine-fault-tolerant training: simulate, run, measure.")
+bench_app = Typer(no_args_is_help=True, help="Benchmarks that write JSON results.")
 app.add_typer(bench_app, name="bench")
-cluster_app = typer.Typer(no_args_is_help=True,
-                          help="A local cluster of real node processes from a scenario.")
+cluster_app = Typer(no_args_is_help=True,
+                    help="A local cluster of real node processes from a scenario.")
 app.add_typer(cluster_app, name="cluster")
+
+
+def _print_version(asked: bool) -> None:
+    if asked:
+        from importlib.metadata import version
+
+        out.print(f"phalanx {version('phalanx')}", highlight=False)
+        raise typer.Exit()
+
+
+@app.callback()
+def _options(version: Annotated[bool, typer.Option(
+        "--version", is_eager=True, callback=_print_version,
+        help="print the installed version and exit")] = False) -> None:
+    """(the options before a command; the group's help is the Typer's)"""
+
 
 def print_summary(result: object) -> None:
     from phalanx.apps.results import RunResult
@@ -92,28 +108,32 @@ def run(
     ] = None,
 ) -> None:
     """Run a scenario; exit code 1 when an `expect:` assertion fails."""
+    from phalanx.scenario.schema import load_scenario
+
+    if costs is not None and real:
+        raise fail("--costs models a simulated run; --real measures one")
+    try:
+        loaded = load_scenario(scenario, seed)
+    except ScenarioError as e:
+        raise fail(str(e)) from None
+    target = output_folder(out_dir or Path("runs") / (loaded.name + ("-real" if real else "")))
     from phalanx.apps.real import RealRunError
     from phalanx.apps.runner import run_scenario
     from phalanx.sim.costs import CostError, load_costs, workload_key
+    from phalanx.sim.topology import TopologyError
 
     try:
-        if costs is not None and real:
-            raise ScenarioError("--costs models a simulated run; --real measures one")
         model = load_costs(costs) if costs is not None else None
-        loaded = load_scenario(scenario, seed)
         if model is not None:
             model.for_workload(workload_key(loaded))  # before the run, not in it
-        target = out_dir or Path("runs") / (loaded.name + ("-real" if real else ""))
         result = run_scenario(loaded, out=target, real=real, progress=not quiet, costs=model)
-    except CostError as e:
-        raise fail(str(e)) from None
-    except ScenarioError as e:
+    except (CostError, ScenarioError) as e:
         raise fail(str(e)) from None
     except TopologyError as e:
         raise fail(f"{scenario}: topology: {e}") from None
     except RealRunError as e:
         raise fail(f"{scenario}: --real: {e}") from None
-    except OSError as e:  # e.g. --out names a file, or a folder we may not write
+    except OSError as e:  # a disk that fills up or goes away during the run
         raise fail(f"cannot write outputs to {e.filename or target}: {e.strerror}") from None
     print_summary(result)
     if result.failures:
@@ -142,9 +162,6 @@ def sweep(
 
     Safety, agreement, liveness and nothing lost are checked per seed; exit code 1 when any is
     violated. Every failing seed replays with `phalanx run SCENARIO --seed S`."""
-    from phalanx.apps.sweep import SweepError, print_report
-    from phalanx.apps.sweep import sweep as run_sweep
-
     if seeds < 1:
         raise fail(f"--seeds: must be at least 1 (got {seeds})")
     if start < 0:
@@ -153,6 +170,14 @@ def sweep(
         raise fail(f"--workers: must be at least 1 (got {workers})")
     if shrink_runs < 0:
         raise fail(f"--shrink-runs: must be at least 0 (got {shrink_runs})")
+    if out_dir is not None:
+        output_folder(out_dir)
+    if save_failures is not None:
+        output_folder(save_failures, "--save-failures")
+    from phalanx.apps.sweep import SweepError, print_report
+    from phalanx.apps.sweep import sweep as run_sweep
+    from phalanx.sim.topology import TopologyError
+
     try:
         report = run_sweep(scenario, range(start, start + seeds), workers, out_dir,
                            save_failures=save_failures, expectations=expectations,
@@ -186,6 +211,10 @@ def check(
 
     if workers is not None and workers < 1:
         raise fail(f"--workers: must be at least 1 (got {workers})")
+    if out_dir is not None:
+        output_folder(out_dir)
+    if junit is not None:
+        output_file(junit, "--junit")
     try:
         report = run_check(suite, out_dir, junit, workers)
     except (CheckError, ScenarioError) as e:
@@ -243,14 +272,17 @@ def validate(
         return
     if scenario is None:
         raise fail("give a scenario file, or --explain to see the format")
-    from phalanx.engine.rng import RngStreams
-    from phalanx.sim.world import build_graph_routes
+    from phalanx.scenario.schema import load_scenario
 
     try:
         loaded = load_scenario(scenario)
-        build_graph_routes(loaded, RngStreams(loaded.seed))
     except ScenarioError as e:
         raise fail(str(e)) from None
+    from phalanx.engine.rng import RngStreams
+    from phalanx.sim.topology import TopologyError, scenario_graph
+
+    try:
+        scenario_graph(loaded, RngStreams(loaded.seed))  # connected, as the run draws it
     except TopologyError as e:
         raise fail(f"{scenario}: topology: {e}") from None
     out.print(loaded.resolved_yaml(), highlight=False)
@@ -276,6 +308,8 @@ def train(
     from phalanx.engine.model.tokenizer import TokenizerError
     from phalanx.engine.train.data import DataError
 
+    if out_dir is not None:
+        output_folder(out_dir)
     overrides: dict[str, object] = {}
     if data is not None:
         overrides["data.path"] = str(data)
@@ -285,7 +319,7 @@ def train(
         loaded = load_train_file(config, overrides)
         if data is not None and loaded.data.kind == "synthetic":
             loaded = load_train_file(config, {**overrides, "data.kind": "text"})
-        target = out_dir or Path("runs") / "train" / loaded.name
+        target = output_folder(out_dir or Path("runs") / "train" / loaded.name)
         result = run_training(loaded, target, out, resume=resume, until=until)
     except ScenarioError as e:
         raise fail(str(e)) from None
@@ -315,6 +349,7 @@ def bench_sim(
         "benchmarks/out/sim.json"),
 ) -> None:
     """Simulated events per wall second: phalanx vs a bare-SimPy run of the same traffic."""
+    output_file(out_file)
     counts = _counts("--nodes", nodes, 4)
     if against is None:
         from phalanx.apps.bench_sim import run_bench
@@ -349,6 +384,7 @@ def bench_consensus(
         "benchmarks/out/consensus.json"),
 ) -> None:
     """Simulated commit latency per round and messages/bytes per round as n grows."""
+    output_file(out_file)
     from phalanx.apps.bench_consensus import run_bench
 
     if rounds < 2:
@@ -367,12 +403,14 @@ def bench_crash(
         "benchmarks/out/crash.json"),
 ) -> None:
     """Round latency with one member crashed (within f): failure detector on and off."""
+    output_file(out_file)
     from phalanx.apps.bench_crash import run_bench
 
     if not 3 <= crash_round <= rounds - 5:
         raise fail(f"--crash-round: between 3 and rounds - 5 (got {crash_round})")
+    counts = _counts("--nodes", nodes, 4)
     try:
-        run_bench(_counts("--nodes", nodes, 4), rounds, crash_round, real, out_file, out)
+        run_bench(counts, rounds, crash_round, real, out_file, out)
     except RuntimeError as e:
         raise fail(str(e)) from None
 
@@ -392,6 +430,7 @@ def bench_compression(
 ) -> None:
     """Bytes per round, final loss and round latency per compression method, beside the
     uncompressed run, at 10 Mbit/s."""
+    output_file(out_file)
     from phalanx.apps.bench_compression import WORKLOADS, run_bench
 
     names = [w.strip() for w in workloads.split(",") if w.strip()]
@@ -417,6 +456,7 @@ def bench_train(
         "benchmarks/out/train.json"),
 ) -> None:
     """Training tokens/s of phalanx's step vs a plain PyTorch loop; peak memory."""
+    output_file(out_file)
     from phalanx.apps.bench_train import Size, run_bench
 
     if steps < 1 or repeats < 1:
@@ -431,6 +471,7 @@ def bench_kernels(
         "benchmarks/out/kernels.json"),
 ) -> None:
     """Triton kernels on CUDA against torch: time, TFLOP/s or GB/s, device peaks."""
+    output_file(out_file)
     from phalanx.apps.bench_kernels import run_bench
 
     if seq < 16:
@@ -449,6 +490,7 @@ def bench_real(
                                             "machine and compare its prediction")] = True,
 ) -> None:
     """Rounds/s and bytes/round of a real loopback cluster beside the simulator's prediction."""
+    output_file(out_file)
     from phalanx.apps.bench_real import run_bench
     from phalanx.apps.calibrate import CalibrationError
     from phalanx.apps.real import RealRunError
@@ -478,12 +520,15 @@ def bench_memory(
 ) -> None:
     """A real node's resident memory over a long run (flat after warm-up?) and its restart
     time on the disk that run left."""
+    output_file(out_file)
     import tempfile
 
     from phalanx.apps.bench_memory import BenchMemoryError, run_bench
 
     if rounds < 10 or nodes < 1 or every <= 0 or warmup < 0:
         raise fail("--rounds at least 10, --nodes at least 1, --every above 0, --warmup >= 0")
+    if folder is not None:
+        output_folder(folder, "--dir")
     try:
         with tempfile.TemporaryDirectory(prefix="phalanx-bench-memory-") as tmp:
             run_bench(rounds, nodes, every, warmup, folder or Path(tmp), out_file, out,
@@ -504,6 +549,7 @@ def bench_fidelity(
 ) -> None:
     """The simulator with separately measured component costs against real runs with the
     scenario's links emulated: a 4-node mlp, a 10-node ring of 20 ms links, the transformer."""
+    output_file(out_file)
     from phalanx.apps.bench_fidelity import run_bench
     from phalanx.apps.calibrate import CalibrationError
     from phalanx.apps.real import RealRunError
@@ -537,15 +583,16 @@ def calibrate(
     from phalanx.apps.calibrate import CalibrationError, write_components
     from phalanx.apps.calibrate import calibrate as run_calibration
     from phalanx.apps.real import RealRunError
+    from phalanx.scenario.schema import load_scenario
 
     try:
         loaded = load_scenario(scenario)
         if components is not None:
+            output_file(components, "--components")
             write_components([loaded], components, repeats=min(repeats, 50), console=out)
             out.print(f"component costs written to {components}")
             return
-        target = out_file or Path("runs") / f"{loaded.name}.calibrated.yaml"
-        target.parent.mkdir(parents=True, exist_ok=True)
+        target = output_file(out_file or Path("runs") / f"{loaded.name}.calibrated.yaml")
         run_calibration(loaded, target, rounds=rounds, repeats=repeats, console=out)
     except (ScenarioError, RealRunError, CalibrationError) as e:
         raise fail(str(e)) from None
@@ -572,21 +619,21 @@ def matrix(
 
     Writes matrix.parquet and matrix.md; exit code 1 when a cell breaks safety, liveness or its
     expectations."""
-    from phalanx.apps.matrix import load_matrix, markdown, run_matrix, table, write_table
-
     if workers is not None and workers < 1:
         raise fail(f"--workers: must be at least 1 (got {workers})")
-    try:
-        seed_list = [int(x) for x in seeds.split(",")] if seeds else None
-    except ValueError:
-        raise fail(f"--seeds: a comma-separated list of integers (e.g. 5,6,7); got "
-                   f"{seeds[:40]!r}") from None
-    if seed_list and min(seed_list) < 0:
-        raise fail("--seeds: seeds must be >= 0")
+    for folder, option in ((out_dir, "--out"), (write, "--write")):
+        if folder is not None:
+            output_folder(folder, option)
+    seed_list = _seed_list(seeds) if seeds else None
+    import polars as pl
+
+    from phalanx.apps.matrix import load_matrix, markdown, run_matrix, table, write_table
+
     try:
         mspec, cells = load_matrix(spec, seed_list)
     except ScenarioError as e:
         raise fail(str(e)) from None
+    target = output_folder(out_dir or Path("runs") / mspec.name)
     known = {c.group for c in cells}
     for g in group or []:
         if g not in known:
@@ -599,12 +646,22 @@ def matrix(
                 (write / f"{c.scenario.name}.yaml").write_text(c.scenario.resolved_yaml())
     out.print(f"matrix {mspec.name}: {len(cells)} cells ...")
     df = table(run_matrix(cells, workers))
-    target = out_dir or Path("runs") / mspec.name
     write_table(df, target, mspec.name)
     out.print(markdown(df, mspec.name))
     out.print(f"written to {target}/matrix.parquet and matrix.md")
     if df.filter(pl.col("failures").list.len() > 0).height:
         raise typer.Exit(1)
+
+
+def _seed_list(seeds: str) -> list[int]:
+    try:
+        seed_list = [int(x) for x in seeds.split(",")]
+    except ValueError:
+        raise fail(f"--seeds: a comma-separated list of integers (e.g. 5,6,7); got "
+                   f"{seeds[:40]!r}") from None
+    if min(seed_list) < 0:
+        raise fail("--seeds: seeds must be >= 0")
+    return seed_list
 
 
 @app.command()
@@ -669,7 +726,7 @@ def cluster_up_cmd(
     """Start the scenario's nodes (Byzantine ones with their attack); on a folder whose cluster
     is partly down, restart the missing nodes on their old data."""
     from phalanx.apps.cluster import ClusterError, cluster_up
-    from phalanx.scenario.schema import parse_scenario
+    from phalanx.scenario.schema import load_scenario, parse_scenario
 
     try:
         loaded = load_scenario(scenario)

@@ -548,11 +548,10 @@ def serve(plan: NodePlan, out: Console) -> str | None:
 
 def main() -> None:
     """`python -m phalanx.apps.node --real ...`: the same command as `phalanx node`."""
-    import typer
-
+    from phalanx.apps.cli_help import Typer
     from phalanx.apps.node_command import node
 
-    app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
+    app = Typer(add_completion=False, pretty_exceptions_enable=False)  # help as `phalanx node`'s
     app.command()(node)
     app(prog_name="python -m phalanx.apps.node")
 

@@ -8,10 +8,7 @@ from typing import Annotated
 
 import typer
 
-from phalanx.apps.node import plan_node, serve
-from phalanx.apps.node_settings import load_members, load_node_file
 from phalanx.apps.terminal import fail, out
-from phalanx.scenario.schema import ScenarioError, load_scenario
 
 
 def node(
@@ -53,10 +50,17 @@ def node(
 ) -> None:
     """Run one production node: TCP (or MPI), its SQLite log, HTTP status, console."""
     if not real:
-        raise fail("phalanx node runs a real node: pass --real (simulated nodes run with "
-                   "`phalanx run SCENARIO`)")
+        raise fail("phalanx node starts one real node process: add --real (with --scenario, "
+                   "--node-id and --members; see `phalanx node --help`). To simulate the "
+                   "scenario's nodes instead: `phalanx run SCENARIO`; for a local cluster of "
+                   "real nodes: `phalanx cluster up SCENARIO`")
     if transport not in ("tcp", "mpi"):
         raise fail(f"--transport must be tcp or mpi, got {transport!r}")
+    # loaded here, not at import: `phalanx --help` must not pay for torch and FastAPI
+    from phalanx.apps.node import plan_node, serve
+    from phalanx.apps.node_settings import load_members, load_node_file
+    from phalanx.scenario.schema import ScenarioError, load_scenario
+
     try:
         settings = load_node_file(config, {
             "node_type": node_type, "node_id": node_id, "p2p_port": p2p_port,

@@ -17,7 +17,8 @@ from typing import Annotated, Any, Literal
 from pydantic import Field, ValidationError, field_validator
 
 from phalanx.net.crypto import PUBLIC_KEY_SIZE, Identity
-from phalanx.scenario.schema import ScenarioError, Strict, describe_error
+from phalanx.scenario.explain import invalid
+from phalanx.scenario.schema import ScenarioError, Strict
 
 Port = Annotated[int, Field(ge=0, le=65535)]
 LogLevel = Literal["debug", "info", "warning", "error"]
@@ -109,10 +110,7 @@ def load_node_file(path: Path | None, overrides: dict[str, Any]) -> NodeFile:
     try:
         settings = NodeFile.model_validate(data)
     except ValidationError as err:
-        errors = err.errors()
-        more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
-        raise ScenarioError(f"{path or 'node options'}: {describe_error(errors[0])}{more}") \
-            from None
+        raise invalid(err, str(path or "node options"), NodeFile) from None
     for i, peer in enumerate(settings.bootstrap_peers):
         parse_address(peer, f"bootstrap_peers.{i}")
     return settings
@@ -125,7 +123,7 @@ def load_members(path: Path) -> tuple[Roster, Roster]:
     except OSError as err:
         raise ScenarioError(f"{path}: cannot read ({err.strerror})") from None
     except ValidationError as err:
-        raise ScenarioError(f"{path}: {describe_error(err.errors()[0])}") from None
+        raise invalid(err, str(path), MembersFile) from None
     members = _roster(path, "members", parsed.members, set())
     return members, _roster(path, "observers", parsed.observers, set(members))
 

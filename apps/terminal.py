@@ -10,5 +10,8 @@ out = Console()
 
 
 def fail(message: str) -> typer.Exit:
-    err.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    """Print `message` (one error per line, e.g. every mistake of a scenario) and return the
+    exit to raise."""
+    for line in message.splitlines() or [""]:
+        err.print(f"[bold red]error:[/] {line}", highlight=False, soft_wrap=True)
     return typer.Exit(2)

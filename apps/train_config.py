@@ -9,7 +9,8 @@ from typing import Annotated, Any, Literal
 from pydantic import Field, ValidationError, model_validator
 
 from phalanx.engine.model.config import FFN, ConfigError, GPTConfig, Positions
-from phalanx.scenario.schema import ScenarioError, Strict, describe_error, read_yaml
+from phalanx.scenario.explain import invalid
+from phalanx.scenario.schema import ScenarioError, Strict, read_yaml
 
 Positive = Annotated[int, Field(ge=1)]
 NonNegative = Annotated[int, Field(ge=0)]
@@ -123,9 +124,7 @@ def parse_train_file(data: Any, source: str) -> TrainFile:
         parsed = TrainFile.model_validate(data)
         parsed.model.gpt(vocab_size=2)  # the model's own consistency checks, early
     except ValidationError as err:
-        errors = err.errors()
-        more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
-        raise ScenarioError(f"{source}: {describe_error(errors[0])}{more}") from None
+        raise invalid(err, source, TrainFile) from None
     except ConfigError as err:
         raise ScenarioError(f"{source}: model: {err}") from None
     return parsed

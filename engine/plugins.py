@@ -28,7 +28,7 @@ is built, and the class is cached.
 from __future__ import annotations
 
 import importlib
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from functools import cache
 from importlib.metadata import entry_points
 from typing import TypeVar
@@ -92,6 +92,25 @@ def load_class(group: str, name: str, base: type | tuple[type, ...],
     return obj
 
 
+class LazyClasses(Mapping[str, T]):
+    """Built-in classes by name, each imported from its `module:Class` when first looked up:
+    listing or checking names (a scenario's validation, `phalanx --help`) then never loads the
+    modules behind them, some of which load torch (seconds of CPU)."""
+
+    def __init__(self, paths: Mapping[str, str]) -> None:
+        self._paths = dict(paths)
+
+    def __getitem__(self, name: str) -> T:
+        module, _, attr = self._paths[name].partition(":")
+        return getattr(importlib.import_module(module), attr)  # type: ignore[no-any-return]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._paths)
+
+    def __len__(self) -> int:
+        return len(self._paths)
+
+
 def resolve(group: str, name: str, builtins: Mapping[str, T], base: type | tuple[type, ...],
             what: str) -> T | type:
     """The built-in `builtins[name]`, else the user class `name` names in `group`; ValueError
@@ -118,5 +137,5 @@ def known_names(group: str, builtins: frozenset[str]) -> str:
         "; or 'module:Class'"
 
 
-__all__ = ["GROUPS", "PluginError", "is_path", "known_names", "load_class", "registered",
+__all__ = ["GROUPS", "LazyClasses", "PluginError", "is_path", "known_names", "load_class", "registered",
            "resolve", "shadowed"]

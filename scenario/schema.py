@@ -23,6 +23,9 @@ from pydantic import (
 )
 
 from phalanx.engine.model.config import FFN
+from phalanx.scenario.errors import InputsRefused, ScenarioError
+from phalanx.scenario.errors import ScenarioRefused as ScenarioRefused  # (re-exported)
+from phalanx.scenario.explain import describe_error, flagged, invalid
 
 if TYPE_CHECKING:
     from phalanx.engine.aggregate import Need
@@ -32,27 +35,21 @@ Seconds = Annotated[float, Field(ge=0)]
 Probability = Annotated[float, Field(ge=0, le=1)]
 
 
-class ScenarioError(ValueError):
-    """A scenario that cannot run; `str()` is one line naming the field and what is allowed."""
-
-    def __init__(self, message: str) -> None:
-        # user text (a key, a tag, a path) may hold line breaks: escape them to stay one line
-        super().__init__(message.replace("\r", "\\r").replace("\n", "\\n"))
-
-
-class ScenarioRefused(ScenarioError):
-    """A well-formed scenario that could not stay live: its aggregation rule needs more
-    gradients than the members are sure to send (the Byzantine matrix reports such a cell as
-    refused instead of running it)."""
-
-
-class InputsRefused(ValueError):
-    """Raised inside validation for what `parse_scenario` turns into `ScenarioRefused`."""
-
-
 class Strict(BaseModel):
     # no inf/nan anywhere: a scenario of infinite bandwidth says `null`, not `.inf`
     model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_flag_as_number(cls, data: Any) -> Any:
+        """`count: true` is a mistake, not 1 (pydantic's lax mode takes a bool as a number):
+        a true/false where the field takes no bool becomes a `Flag`, which every validator
+        refuses, so the error names the field and the other errors are still collected."""
+        if not isinstance(data, dict):
+            return data
+        fields = cls.model_fields
+        return {key: flagged(value, fields[key].annotation) if key in fields else value
+                for key, value in data.items()}
 
 
 # ---- nodes, topology, links ----------------------------------------------------------------
@@ -1034,26 +1031,14 @@ class Scenario(Strict):
 # ---- loading ---------------------------------------------------------------------------------
 
 
-def describe_error(error: dict[str, Any]) -> str:
-    loc = ".".join(str(p) for p in error["loc"] if not str(p).startswith("function-after"))
-    msg = error["msg"].removeprefix("Value error, ")
-    value = error.get("input")
-    shown = "" if isinstance(value, dict | list) or error["type"] == "missing" else (
-        f" (got {value!r})")
-    return f"{loc}: {msg}{shown}" if loc else f"{msg}"
-
-
 def parse_scenario(data: Any, source: str = "scenario") -> Scenario:
+    """The validated scenario; ScenarioError with one line per mistake, all of them at once."""
     if not isinstance(data, dict):
         raise ScenarioError(f"{source}: expected a mapping of fields at the top level")
     try:
         return Scenario.model_validate(data)
     except ValidationError as err:
-        errors = err.errors()
-        more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
-        refused = isinstance(errors[0].get("ctx", {}).get("error"), InputsRefused)
-        raise (ScenarioRefused if refused else ScenarioError)(
-            f"{source}: {describe_error(errors[0])}{more}") from None
+        raise invalid(err, source, Scenario) from None
 
 
 def read_yaml(path: Path, what: str = "scenario") -> Any:

@@ -11,13 +11,18 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
 import networkx as nx
 import numpy as np
-import scipy.sparse as sp
-from scipy.sparse.csgraph import dijkstra
 
-__all__ = ["KINDS", "Routes", "TopologyError", "build_topology"]
+if TYPE_CHECKING:  # scipy loads with the first Routes: `phalanx validate` checks graphs only
+    import scipy.sparse as sp
+
+    from phalanx.engine.rng import RngStreams
+    from phalanx.scenario.schema import Scenario
+
+__all__ = ["KINDS", "Routes", "TopologyError", "build_topology", "scenario_graph"]
 
 KINDS: tuple[str, ...] = (
     "complete",
@@ -121,6 +126,13 @@ def build_topology(
     if not nx.is_connected(out):  # pragma: no cover - generators above guarantee it
         raise TopologyError(f"{kind}: generated graph is not connected (n={n}, seed={seed})")
     return out
+
+
+def scenario_graph(scenario: Scenario, rngs: RngStreams) -> nx.Graph:
+    """The scenario's topology, drawn from the run's `topology` stream."""
+    params = scenario.topology.model_dump(exclude={"kind"})
+    return build_topology(scenario.topology.kind, scenario.nodes.count, rngs.seed("topology"),
+                          latency=scenario.links.latency, **params)
 
 
 def _check_request(kind: str, n: int, seed: int, given: dict[str, object]) -> tuple[int, int]:
@@ -247,6 +259,8 @@ class Routes:
 
     @staticmethod
     def _latency_matrix(graph: nx.Graph, n: int) -> sp.csr_matrix:
+        import scipy.sparse as sp
+
         rows: list[int] = []
         cols: list[int] = []
         data: list[float] = []
@@ -270,6 +284,8 @@ class Routes:
         return matrix
 
     def _fill(self, roots: np.ndarray) -> None:
+        from scipy.sparse.csgraph import dijkstra
+
         dist, pred = dijkstra(self._lat, directed=True, indices=roots, return_predecessors=True)
         if np.isinf(dist).any():
             raise TopologyError("Routes: graph is not connected")

@@ -49,14 +49,11 @@ from phalanx.sim.costs import CostModel, CpuPool
 from phalanx.sim.eventlog import EventLog
 from phalanx.sim.faults import FaultInjector
 from phalanx.sim.links import Draws, Link, LinkParams, Network
-from phalanx.sim.topology import Routes, build_topology
+from phalanx.sim.topology import Routes, scenario_graph
 
 
 def build_graph_routes(scenario: Scenario, rngs: RngStreams) -> Routes:
-    topo = scenario.topology.model_dump(exclude={"kind"})
-    graph = build_topology(scenario.topology.kind, scenario.nodes.count, rngs.seed("topology"),
-                           latency=scenario.links.latency, **topo)
-    return Routes(graph)
+    return Routes(scenario_graph(scenario, rngs))
 
 
 @contextmanager

@@ -213,7 +213,7 @@ def test_run_errors_outside_the_schema_are_one_line(tmp_path: Path) -> None:
     path = write(tmp_path, TINY)
     blocker = tmp_path / "a-file"
     blocker.write_text("")
-    cases = [(("run", path, "--out", blocker, "-q"), "cannot write outputs"),
+    cases = [(("run", path, "--out", blocker, "-q"), "is a file, not a folder"),
              (("run", path, "--seed", "-1", "-q"), "seed"),
              (("run", write(tmp_path, TINY + "real: {deadline: 0.2}\n", "r.yaml"), "--real",
                "-q", "--out", tmp_path / "o"), "real.deadline")]
@@ -231,3 +231,84 @@ def test_summary_shows_a_long_reputation_list_by_its_lowest_scores() -> None:
     assert text.startswith("1000 peers; lowest: 7: 0.0, 12: 0.5, 0: 1.0") and "\n" not in text
     assert _summary_text("reputation", {"0": 1.0}) == "{'0': 1.0}"  # short lists in full
     assert _summary_text("wall_seconds", 1.23456) == "1.235"
+
+
+# ---- --out, checked before any work; --version; help text ---------------------------------
+
+
+@pytest.mark.parametrize("args", [
+    ("run", "{quickstart}", "--out", "{out}"),
+    ("sweep", "{quickstart}", "--seeds", "2", "--out", "{out}"),
+    ("sweep", "{quickstart}", "--seeds", "2", "--save-failures", "{out}"),
+    ("check", "{quickstart}", "--out", "{out}"),
+    ("matrix", "{matrix}", "--out", "{out}"),
+    ("matrix", "{matrix}", "--write", "{out}"),
+    ("train", "{train}", "--out", "{out}"),
+    ("bench", "sim", "--out", "{out}/sim.json"),
+    ("bench", "consensus", "--out", "{out}/consensus.json"),
+    ("calibrate", "{quickstart}", "--out", "{out}/c.yaml"),
+], ids=lambda args: " ".join(a for a in args if not a.startswith(("{", "-"))))
+@pytest.mark.parametrize("where", ["proc", "a_file"])
+def test_unusable_out_fails_at_once_in_one_line(tmp_path: Path, args: tuple[str, ...],
+                                                where: str) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    out = "/proc/phalanx-test" if where == "proc" else str(blocker)
+    filled = [a.format(quickstart=SCENARIOS_DIR / "quickstart.yaml", out=out,
+                       matrix=SCENARIOS_DIR / "byzantine" / "matrix.yaml",
+                       train=SCENARIOS_DIR.parent / "configs" / "synthetic.yaml") for a in args]
+    result = invoke(*filled)
+    assert result.exit_code == 2, result.output
+    line = one_error_line(result.stderr)
+    option = next(a for a in args if a.startswith("--") and "{out}" in args[args.index(a) + 1])
+    assert line.startswith(f"error: {option} {out}"), line
+    assert ("cannot write" if where == "proc" else "is a file, not a folder") in line, line
+
+
+def test_out_naming_a_folder_where_a_file_is_expected(tmp_path: Path) -> None:
+    result = invoke("bench", "sim", "--out", tmp_path)
+    assert result.exit_code == 2
+    assert one_error_line(result.stderr) == f"error: --out {tmp_path}: is a folder, not a file"
+
+
+def test_version_comes_from_the_package_metadata() -> None:
+    from importlib.metadata import version
+
+    result = invoke("--version")
+    assert result.exit_code == 0
+    assert result.stdout.strip() == f"phalanx {version('phalanx')}"
+
+
+def all_help_screens() -> list[list[str]]:
+    import typer
+
+    group = typer.main.get_command(app)
+    screens: list[list[str]] = [[]]
+    for name, command in group.commands.items():  # type: ignore[attr-defined]
+        screens.append([name])
+        screens += [[name, sub] for sub in getattr(command, "commands", {})]
+    return screens
+
+
+def test_help_screens_show_no_typer_artifacts() -> None:
+    screens = all_help_screens()
+    assert ["bench", "sim"] in screens and ["cluster", "up"] in screens
+    for words in screens:
+        result = invoke(*words, "--help")
+        assert result.exit_code == 0, (words, result.output)
+        text = ANSI.sub("", result.stdout)
+        assert "<bool>" not in text and "{" not in text.split("Usage:")[1].splitlines()[0], (
+            words, text)
+    usage = ANSI.sub("", invoke("run", "--help").stdout)
+    assert re.search(r"Usage: \S+ run \[OPTIONS\] SCENARIO\s*$", usage, re.MULTILINE), usage
+    main_help = ANSI.sub("", invoke("--help").stdout)
+    assert "--show-completion" in main_help
+    # a docstring's hard line breaks are not kept: at 200 columns a sentence stays on one line
+    assert "must keep its invariants and its `expect:` entries" in main_help
+
+
+def test_node_without_real_says_what_to_run_instead() -> None:
+    result = invoke("node")
+    assert result.exit_code == 2
+    line = one_error_line(result.stderr)
+    assert "add --real" in line and "`phalanx run SCENARIO`" in line

@@ -138,7 +138,7 @@ def test_node_refuses_bad_settings_in_one_line(tmp_path: Path) -> None:
     config = tmp_path / "node.json"
     config.write_text(json.dumps({"node_id": 0, "p2p_port": 70000}))
     cases = [
-        (["node"], "pass --real"),
+        (["node"], "add --real"),
         (["node", "--real", "--config", str(config)], "p2p_port"),
         (["node", "--real", "--node-type", "annotation", "--scenario",
           str(SCENARIOS / "quickstart.yaml"), "--data-dir", str(tmp_path / "d")],

@@ -117,7 +117,7 @@ BASE = {"name": "t", "nodes": {"count": 4}, "training": {"rounds": 2}}
     ({"kind": "zipf"}, r"^scenario: workload\.mlp\.split: Input tag 'zipf' found using 'kind' "
                        r"does not match any of the expected tags: 'iid', 'dirichlet'"),
     ({"kind": "extreme", "alpha": 1}, r"^scenario: workload\.mlp\.split\.extreme\.alpha: "
-                                      r"Extra inputs are not permitted"),
+                                      r"unknown field; allowed: kind$"),
     ({"kind": "gamma_similarity", "gamma": 1.5}, r"gamma: Input should be less than or equal "
                                                  r"to 1 \(got 1\.5\)$"),
     ("zipf", r"^scenario: workload\.mlp\.split: Input tag 'zipf'"),

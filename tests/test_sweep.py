@@ -321,7 +321,7 @@ def test_user_errors_exit_2_with_one_line(tmp_path: Path, case: str) -> None:
     expect = {"missing": r"nope\.yaml.*cannot read", "bad_field": r"links\.latency\b.*-0\.5",
               "topology": r"topology.*random_regular", "seeds": r"--seeds\b.*\b0\b",
               "workers": r"--workers\b.*\b0\b", "start": r"--start\b", "out_is_file":
-              r"cannot write outputs to .*out"}[case]
+              r"--out .*out: is a file, not a folder"}[case]
     match case:
         case "missing":
             args[1] = tmp_path / "nope.yaml"

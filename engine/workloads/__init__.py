@@ -2,28 +2,25 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
+from phalanx.engine.plugins import LazyClasses, resolve
 from phalanx.engine.rng import RngStreams
 from phalanx.engine.workloads.base import GradientJob, GradientResult, Workload
-from phalanx.engine.workloads.digits import DigitsClassifier
-from phalanx.engine.workloads.linear import LinearRegression
-from phalanx.engine.workloads.mlp import MlpClassifier
-from phalanx.engine.workloads.transformer import TransformerLM
 
-WORKLOADS: dict[str, type[Workload]] = {
-    "digits": DigitsClassifier,
-    "linear": LinearRegression,
-    "mlp": MlpClassifier,
-    "transformer": TransformerLM,
-}
+# imported when first built: the classifiers and the transformer load torch
+WORKLOADS: Mapping[str, type[Workload]] = LazyClasses({
+    "digits": "phalanx.engine.workloads.digits:DigitsClassifier",
+    "linear": "phalanx.engine.workloads.linear:LinearRegression",
+    "mlp": "phalanx.engine.workloads.mlp:MlpClassifier",
+    "transformer": "phalanx.engine.workloads.transformer:TransformerLM",
+})
 
 
 def workload_class(kind: str) -> type[Workload]:
     """The workload called `kind`: a built-in, or a user's (engine/plugins.py: an entry point
     in `phalanx.workloads`, or `module:Class`); ValueError naming the known ones otherwise."""
-    from phalanx.engine.plugins import resolve
-
     return resolve("workloads", kind, WORKLOADS, Workload, "workload")  # type: ignore[return-value]
 
 
