@@ -224,8 +224,10 @@ def plugins() -> None:
 @app.command()
 def validate(scenario: Annotated[Path, typer.Argument(help="scenario YAML file")]) -> None:
     """Check a scenario file (schema, topology, and that the n − f gradients sure to arrive
-    are enough for the aggregator) and print it with every default filled in."""
+    are enough for the aggregator) and print it with every default filled in, then the disk
+    and memory a simulated run of it will take (an estimate)."""
     from phalanx.engine.rng import RngStreams
+    from phalanx.scenario.footprint import estimate
     from phalanx.sim.world import build_graph_routes
 
     try:
@@ -236,6 +238,8 @@ def validate(scenario: Annotated[Path, typer.Argument(help="scenario YAML file")
     except TopologyError as e:
         raise fail(f"{scenario}: topology: {e}") from None
     out.print(loaded.resolved_yaml(), highlight=False)
+    for line in estimate(loaded).lines():  # a YAML comment: the output still loads as YAML
+        out.print(f"# {line}", highlight=False, markup=False, soft_wrap=True)
 
 
 @app.command()

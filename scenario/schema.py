@@ -22,7 +22,7 @@ from pydantic import (
     model_validator,
 )
 
-from phalanx.engine.model.config import FFN
+from phalanx.engine.model.config import FFN, GPTConfig
 
 if TYPE_CHECKING:
     from phalanx.engine.aggregate import Need
@@ -215,13 +215,15 @@ class TransformerWorkload(Strict):
     tokens_per_node: Annotated[int, Field(ge=64)] = 20_000
     val_tokens: Annotated[int, Field(ge=64)] = 8_192
 
+    def gpt_config(self) -> GPTConfig:
+        return GPTConfig(vocab_size=self.vocab, block_size=self.block_size,
+                         n_layer=self.n_layer, n_head=self.n_head, n_embd=self.n_embd,
+                         ffn=self.ffn, n_experts=self.n_experts,
+                         top_k=min(self.top_k, self.n_experts))
+
     @model_validator(mode="after")
     def _buildable(self) -> TransformerWorkload:
-        from phalanx.engine.model.config import GPTConfig
-
-        GPTConfig(vocab_size=self.vocab, block_size=self.block_size, n_layer=self.n_layer,
-                  n_head=self.n_head, n_embd=self.n_embd, ffn=self.ffn,
-                  n_experts=self.n_experts, top_k=min(self.top_k, self.n_experts))
+        self.gpt_config()  # ConfigError (a ValueError) names the bad field
         if self.tokens_per_node < self.block_size + 2:
             raise ValueError(f"tokens_per_node {self.tokens_per_node} cannot fill a window of "
                              f"block_size {self.block_size} + 1")
