@@ -111,6 +111,7 @@ def audit_run(run_dir: Path) -> tuple[list[NodeAudit], list[str]]:
 
     workload = workload_for(scenario, RngStreams(scenario.seed))
     audits, hashes = [], {}
+    frames: dict[bytes, bytes] = {}  # one copy of each gradient frame, however many logs hold it
     for node_id, path in sorted(logs.items()):
         try:
             log = NodeLog(path)
@@ -130,7 +131,8 @@ def audit_run(run_dir: Path) -> tuple[list[NodeAudit], list[str]]:
             records = [r for r in records if r.round >= node.round]
         problem = problem or node.replay(records)
         for record in node.history:
-            hashes.setdefault(record.round, {})[node_id] = record
+            shared = tuple(frames.setdefault(frame, frame) for frame in record.gradients)
+            hashes.setdefault(record.round, {})[node_id] = replace(record, gradients=shared)
         since = node.history[0].round if node.history else 0
         audits.append(NodeAudit(node_id, since, len(node.history), node.model_hash.hex(), problem))
     split = []
