@@ -139,7 +139,8 @@ class NodeLog:
 
     def _open_frames(self, frames: Path | None) -> None:
         row = self.db.execute("SELECT value FROM meta WHERE key = 'frames'").fetchone()
-        if row is None and frames is not None:  # a new log: record where its frames go
+        empty = self.db.execute("SELECT 1 FROM rounds LIMIT 1").fetchone() is None
+        if row is None and frames is not None and empty:  # a new log: where its frames go
             name = str(frames.relative_to(self.path.parent))
             self.db.execute("INSERT INTO meta VALUES ('frames', ?)", (name,))
             row = (name,)
@@ -199,6 +200,8 @@ class NodeLog:
         if self.format == 1:
             return record
         digests = tuple(frame_digest(frame) for frame in record.gradients)
+        # frames first: a crash between the two leaves a frame no record names, never a
+        # record without its frames
         self.db.executemany(f"INSERT OR IGNORE INTO {self.frames}.frames VALUES (?, ?)",
                             zip(digests, record.gradients, strict=True))
         return replace(record, gradients=digests)
