@@ -111,13 +111,17 @@ def audit_run(run_dir: Path) -> tuple[list[NodeAudit], list[str]]:
 
     workload = workload_for(scenario, RngStreams(scenario.seed))
     audits, hashes = [], {}
-    frames: dict[bytes, bytes] = {}  # one copy of each gradient frame, however many logs hold it
+    frames: dict[bytes, bytes] = {}
     for node_id, path in sorted(logs.items()):
         try:
             log = NodeLog(path)
         except StoreError as e:
             raise ScenarioError(str(e)) from None
-        records, base = log.records(), log.get("base")
+        # each gradient frame is kept once however many logs hold it (read, then swapped for
+        # the copy already kept): memory for one log's frames, not one per log
+        records = [replace(r, gradients=tuple(frames.setdefault(f, f) for f in r.gradients))
+                   for r in log.each_record()]
+        base = log.get("base")
         log.close()
         # verifying signs nothing: any key does for the auditing node's own; it keeps every
         # record it replays in memory (their outcomes are compared across nodes below)
@@ -131,8 +135,7 @@ def audit_run(run_dir: Path) -> tuple[list[NodeAudit], list[str]]:
             records = [r for r in records if r.round >= node.round]
         problem = problem or node.replay(records)
         for record in node.history:
-            shared = tuple(frames.setdefault(frame, frame) for frame in record.gradients)
-            hashes.setdefault(record.round, {})[node_id] = replace(record, gradients=shared)
+            hashes.setdefault(record.round, {})[node_id] = record
         since = node.history[0].round if node.history else 0
         audits.append(NodeAudit(node_id, since, len(node.history), node.model_hash.hex(), problem))
     split = []

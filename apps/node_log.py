@@ -277,5 +277,9 @@ class NodeLog:
         return None if row is None else row[0]
 
     def records(self) -> list[RoundRecord]:
-        return [self._with_frames(bytes(blob)) for (blob,) in
-                self.db.execute("SELECT record FROM rounds ORDER BY round")]
+        return list(self.each_record())
+
+    def each_record(self) -> Iterator[RoundRecord]:
+        """The committed rounds in order, read one at a time."""
+        for (blob,) in self.db.execute("SELECT record FROM rounds ORDER BY round"):
+            yield self._with_frames(bytes(blob))
