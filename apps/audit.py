@@ -27,6 +27,7 @@ from phalanx.apps.node_settings import load_members
 from phalanx.engine.consensus import equivocations, signed_in
 from phalanx.engine.events import Started
 from phalanx.engine.node import Node
+from phalanx.engine.node.persisted import StoreError
 from phalanx.net.crypto import Identity
 from phalanx.net.envelope import FrameOpener
 from phalanx.net.messages import RoundRecord
@@ -110,9 +111,17 @@ def audit_run(run_dir: Path) -> tuple[list[NodeAudit], list[str]]:
 
     workload = workload_for(scenario, RngStreams(scenario.seed))
     audits, hashes = [], {}
+    frames: dict[bytes, bytes] = {}
     for node_id, path in sorted(logs.items()):
-        log = NodeLog(path)
-        records, base = log.records(), log.read_all().get("base")
+        try:
+            log = NodeLog(path)
+        except StoreError as e:
+            raise ScenarioError(str(e)) from None
+        # each gradient frame is kept once however many logs hold it (read, then swapped for
+        # the copy already kept): memory for one log's frames, not one per log
+        records = [replace(r, gradients=tuple(frames.setdefault(f, f) for f in r.gradients))
+                   for r in log.each_record()]
+        base = log.get("base")
         log.close()
         # verifying signs nothing: any key does for the auditing node's own; it keeps every
         # record it replays in memory (their outcomes are compared across nodes below)

@@ -261,7 +261,8 @@ def validate(
         help="with --explain: the full reference as Markdown (docs/scenario.md)")] = False,
 ) -> None:
     """Check a scenario file (schema, topology, and that the n − f gradients sure to arrive
-    are enough for the aggregator) and print it with every default filled in."""
+    are enough for the aggregator) and print it with every default filled in, then the disk
+    and memory a simulated run of it will take (an estimate)."""
     if explain or markdown:
         from phalanx.scenario.reference import ExplainError, render
 
@@ -272,6 +273,7 @@ def validate(
         return
     if scenario is None:
         raise fail("give a scenario file, or --explain to see the format")
+    from phalanx.scenario.footprint import estimate
     from phalanx.scenario.schema import load_scenario
 
     try:
@@ -286,6 +288,8 @@ def validate(
     except TopologyError as e:
         raise fail(f"{scenario}: topology: {e}") from None
     out.print(loaded.resolved_yaml(), highlight=False)
+    for line in estimate(loaded).lines():  # a YAML comment: the output still loads as YAML
+        out.print(f"# {line}", highlight=False, markup=False, soft_wrap=True)
 
 
 @app.command()

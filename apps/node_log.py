@@ -3,7 +3,11 @@
 The node persists through `Persist(key, value)` actions; this store gives each key a home:
 - `rounds`: one row per committed round (view, set digest, model hash after it, and the whole
   signed record: proposal, gradients and the commit certificate), queryable with any SQLite
-  client;
+  client; each gradient frame in a record stands as the SHA-256 of the frame, the frame itself
+  being kept once in `frames` (the dense payloads are nearly all of a log's bytes);
+- `frames`: the gradient frames by digest, in the node's own file; or, for a simulated run's
+  output, in one `frames.sqlite` beside the logs that all nodes share (every node logs the same
+  frames: one copy instead of n), named in the log's `meta`;
 - `evidence`: the signed proofs that excluded equivocating peers;
 - `state`: everything else (checkpoint, the votes and lock of the round in progress, each
   encoded here from the typed record the node persisted).
@@ -20,8 +24,10 @@ certificate and every recomputed model hash is checked, as any peer would check 
 
 from __future__ import annotations
 
+import hashlib
 import sqlite3
 from collections.abc import Iterator, Mapping
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +39,11 @@ from phalanx.net.codec import decode_payload, encode_payload
 from phalanx.net.errors import DecodeError
 from phalanx.net.messages import RoundRecord, SyncResponse, Vote
 
+# 1: each record held its gradient frames (still read, and still written to such a file, so an
+# upgraded node restarts on its old disk); 2: frames by digest (PRAGMA user_version)
+FORMAT = 2
 _SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS state (key TEXT PRIMARY KEY, value BLOB NOT NULL);
 CREATE TABLE IF NOT EXISTS rounds (
     round INTEGER PRIMARY KEY, view INTEGER NOT NULL, set_digest TEXT NOT NULL,
@@ -49,6 +59,10 @@ def _encode_record(record: RoundRecord) -> bytes:
 def _decode_record(blob: bytes) -> RoundRecord:
     response: SyncResponse = decode_payload(SyncResponse.KIND, blob)  # type: ignore[assignment]
     return response.records[0]
+
+
+def frame_digest(frame: bytes) -> bytes:
+    return hashlib.sha256(frame).digest()
 
 
 def _round_of(key: str) -> int | None:
@@ -94,14 +108,53 @@ class StoreView(Mapping[str, Stored]):
 class NodeLog:
     """The SQLite file behind one node's `Persist` actions."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, frames: Path | None = None) -> None:
+        """Open (or create) the log at `path`. `frames`: where a new log keeps its gradient
+        frames, a file several logs share (default: a table of this file); an existing log
+        keeps where it was created with."""
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
         self.db = sqlite3.connect(path, isolation_level=None)  # autocommit: one write, one txn
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA synchronous=FULL")
+        self.format = self._format()
         self.db.executescript(_SCHEMA)
+        self.frames = "main"  # the schema that holds the `frames` table
+        if self.format == FORMAT:
+            self._open_frames(frames)
         self.unreadable = 0  # records a `load` found undecodable
+
+    def _format(self) -> int:
+        """This file's format: FORMAT for a new one (set now), 1 for a log from before."""
+        (version,) = self.db.execute("PRAGMA user_version").fetchone()
+        if version > FORMAT:
+            self.db.close()
+            raise StoreError(f"{self.path}: node log format {version} is newer than this "
+                             f"phalanx reads (formats 1 to {FORMAT}); upgrade phalanx")
+        if version == 0 and self.db.execute(
+                "SELECT 1 FROM sqlite_master WHERE name = 'rounds'").fetchone():
+            return 1
+        self.db.execute(f"PRAGMA user_version = {FORMAT}")
+        return FORMAT
+
+    def _open_frames(self, frames: Path | None) -> None:
+        row = self.db.execute("SELECT value FROM meta WHERE key = 'frames'").fetchone()
+        empty = self.db.execute("SELECT 1 FROM rounds LIMIT 1").fetchone() is None
+        if row is None and frames is not None and empty:  # a new log: where its frames go
+            name = str(frames.relative_to(self.path.parent))
+            self.db.execute("INSERT INTO meta VALUES ('frames', ?)", (name,))
+            row = (name,)
+        if row is not None:
+            shared = self.path.parent / row[0]
+            if frames is None and not shared.exists():
+                self.db.close()
+                raise StoreError(f"{self.path}: its gradient frames are kept in {shared}, "
+                                 f"which is missing")
+            self.db.execute("ATTACH DATABASE ? AS shared", (str(shared),))
+            self.db.execute("PRAGMA shared.journal_mode=WAL")
+            self.frames = "shared"
+        self.db.execute(f"CREATE TABLE IF NOT EXISTS {self.frames}.frames "
+                        f"(digest BLOB PRIMARY KEY, frame BLOB NOT NULL)")
 
     def close(self) -> None:
         self.db.close()
@@ -114,7 +167,7 @@ class NodeLog:
             self.db.execute(
                 "INSERT OR REPLACE INTO rounds VALUES (?, ?, ?, ?, ?, ?)",
                 (value.round, vote.view, vote.set_digest.hex(), vote.model_hash.hex(),
-                 len(value.certificate), _encode_record(value)))
+                 len(value.certificate), _encode_record(self._by_digest(value))))
         elif key.startswith("evidence/"):
             self.db.execute("INSERT OR REPLACE INTO evidence VALUES (?, ?)",
                             (int(key.split("/", 1)[1]), value))
@@ -139,15 +192,41 @@ class NodeLog:
         self.db.execute("COMMIT")
 
     def write_all(self, disk: dict[str, Any]) -> None:
-        for key, value in disk.items():
-            self.write(key, value)
+        self.write_many(list(disk.items()))  # one transaction: one flush, not one per key
+
+    def _by_digest(self, record: RoundRecord) -> RoundRecord:
+        """`record` as this log keeps it: in format 2 its gradient frames go to `frames` (once
+        per digest) and the record names them by digest."""
+        if self.format == 1:
+            return record
+        digests = tuple(frame_digest(frame) for frame in record.gradients)
+        # frames first: a crash between the two leaves a frame no record names, never a
+        # record without its frames
+        self.db.executemany(f"INSERT OR IGNORE INTO {self.frames}.frames VALUES (?, ?)",
+                            zip(digests, record.gradients, strict=True))
+        return replace(record, gradients=digests)
+
+    def _with_frames(self, blob: bytes) -> RoundRecord:
+        """The record stored as `blob`, its gradient frames read back (DecodeError if a frame
+        is missing: a record is whole or unreadable)."""
+        record = _decode_record(blob)
+        if self.format == 1 or not record.gradients:
+            return record
+        frames = []
+        for digest in record.gradients:
+            row = self.db.execute(f"SELECT frame FROM {self.frames}.frames WHERE digest = ?",
+                                  (digest,)).fetchone()
+            if row is None:
+                raise DecodeError("bad_digest", f"gradient frame {digest.hex()[:16]} is missing")
+            frames.append(bytes(row[0]))
+        return replace(record, gradients=tuple(frames))
 
     def read_all(self) -> dict[str, Stored]:
         """What the node gets back in `Started(disk)`."""
         disk: dict[str, Stored] = {
             key: bytes(value) for key, value in self.db.execute("SELECT key, value FROM state")}
         for rnd, blob in self.db.execute("SELECT round, record FROM rounds ORDER BY round"):
-            disk[f"log/{rnd}"] = _decode_record(bytes(blob))
+            disk[f"log/{rnd}"] = self._with_frames(bytes(blob))
         for offender, proof in self.db.execute("SELECT offender, proof FROM evidence"):
             disk[f"evidence/{offender}"] = bytes(proof)
         return disk
@@ -173,7 +252,7 @@ class NodeLog:
         if _round_of(key) is None:
             return bytes(blob)
         try:
-            return _decode_record(bytes(blob))
+            return self._with_frames(bytes(blob))
         except DecodeError as err:
             raise StoreError(f"disk record {key!r} is unreadable: {err.reason}") from None
 
@@ -198,5 +277,9 @@ class NodeLog:
         return None if row is None else row[0]
 
     def records(self) -> list[RoundRecord]:
-        return [_decode_record(bytes(blob)) for (blob,) in
-                self.db.execute("SELECT record FROM rounds ORDER BY round")]
+        return list(self.each_record())
+
+    def each_record(self) -> Iterator[RoundRecord]:
+        """The committed rounds in order, read one at a time."""
+        for (blob,) in self.db.execute("SELECT record FROM rounds ORDER BY round"):
+            yield self._with_frames(bytes(blob))

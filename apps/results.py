@@ -259,9 +259,12 @@ def write_outputs(out: Path, result: RunResult) -> None:
     if result.disks:
         from phalanx.apps.node_log import NodeLog
 
+        # every node logs the same gradient frames: the logs share one copy of each
+        frames = out / "nodes" / "frames.sqlite"
+        for path in (frames, *(out / "nodes" / f"{node}.sqlite" for node in result.disks)):
+            for stale in (path, *(path.with_name(path.name + end) for end in ("-wal", "-shm"))):
+                stale.unlink(missing_ok=True)
         for node, disk in result.disks.items():
-            path = out / "nodes" / f"{node}.sqlite"
-            path.unlink(missing_ok=True)
-            log = NodeLog(path)
+            log = NodeLog(out / "nodes" / f"{node}.sqlite", frames=frames)
             log.write_all(disk)
             log.close()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections import Counter
+from dataclasses import replace
 
 import numpy as np
 
@@ -41,7 +42,9 @@ class MetricLog:
         self.recorded += 1
         match metric:
             case RoundCommitted():
-                self.params.setdefault(metric.model_hash, metric.params)
+                model = self.params.setdefault(metric.model_hash, metric.params)
+                if model is not metric.params:  # the same model (one hash): keep one copy,
+                    metric = replace(metric, params=model)  # not every node's, of each round
                 self.commits.append((metric, now, self.recorded))
             case Rejected(reason=reason):
                 self.rejections[reason] += 1

@@ -22,7 +22,7 @@ from pydantic import (
     model_validator,
 )
 
-from phalanx.engine.model.config import FFN
+from phalanx.engine.model.config import FFN, GPTConfig
 from phalanx.scenario.errors import InputsRefused, ScenarioError
 from phalanx.scenario.errors import ScenarioRefused as ScenarioRefused  # (re-exported)
 from phalanx.scenario.explain import describe_error, flagged, invalid
@@ -302,13 +302,15 @@ class TransformerWorkload(Strict):
     val_tokens: Annotated[int, Field(ge=64, description=(
         "Length of the held-out stream the evaluations score, in tokens."))] = 8_192
 
+    def gpt_config(self) -> GPTConfig:
+        return GPTConfig(vocab_size=self.vocab, block_size=self.block_size,
+                         n_layer=self.n_layer, n_head=self.n_head, n_embd=self.n_embd,
+                         ffn=self.ffn, n_experts=self.n_experts,
+                         top_k=min(self.top_k, self.n_experts))
+
     @model_validator(mode="after")
     def _buildable(self) -> TransformerWorkload:
-        from phalanx.engine.model.config import GPTConfig
-
-        GPTConfig(vocab_size=self.vocab, block_size=self.block_size, n_layer=self.n_layer,
-                  n_head=self.n_head, n_embd=self.n_embd, ffn=self.ffn,
-                  n_experts=self.n_experts, top_k=min(self.top_k, self.n_experts))
+        self.gpt_config()  # ConfigError (a ValueError) names the bad field
         if self.tokens_per_node < self.block_size + 2:
             raise ValueError(f"tokens_per_node {self.tokens_per_node} cannot fill a window of "
                              f"block_size {self.block_size} + 1")

@@ -12,7 +12,8 @@ from typer.testing import CliRunner
 import phalanx
 from phalanx.apps.audit import audit_run
 from phalanx.apps.cli import app
-from phalanx.apps.node_log import NodeLog, _decode_record, _encode_record
+from phalanx.apps.node_log import FORMAT, NodeLog, _encode_record
+from phalanx.engine.node.persisted import StoreError
 from phalanx.net.messages import RoundRecord
 
 SMALL = """
@@ -54,9 +55,9 @@ def test_audit_verifies_every_round_of_every_node(run_dir: Path) -> None:
 
 
 def _tamper(path: Path, rnd: int, change: str) -> None:
-    db = sqlite3.connect(path)
-    (blob,) = db.execute("SELECT record FROM rounds WHERE round = ?", (rnd,)).fetchone()
-    record = _decode_record(bytes(blob))
+    log = NodeLog(path)
+    record = log.get(f"log/{rnd}")
+    assert isinstance(record, RoundRecord)
     if change == "certificate":  # one signer short of a quorum
         record = RoundRecord(record.round, record.proposal, record.gradients,
                              record.certificate[:2])
@@ -65,9 +66,8 @@ def _tamper(path: Path, rnd: int, change: str) -> None:
         frame[6] = bytes([frame[6][0] ^ 1]) + frame[6][1:]
         record = RoundRecord(record.round, record.proposal,
                              (msgpack.packb(frame), *record.gradients[1:]), record.certificate)
-    db.execute("UPDATE rounds SET record = ? WHERE round = ?", (_encode_record(record), rnd))
-    db.commit()
-    db.close()
+    log.write(f"log/{rnd}", record)
+    log.close()
 
 
 @pytest.mark.parametrize(("change", "reason"), [("certificate", "certificate_too_small"),
@@ -83,6 +83,76 @@ def test_audit_finds_a_tampered_record(run_dir: Path, tmp_path: Path, change: st
     bad = {a.node: a for a in audits if a.problem}
     assert set(bad) == {1} and bad[1].rounds == 2 and reason in (bad[1].problem or "")
     assert CliRunner().invoke(app, ["audit", str(copy)]).exit_code == 1
+
+
+def test_a_run_keeps_each_gradient_frame_once_for_all_its_nodes(run_dir: Path) -> None:
+    """Every node logs the same signed gradients: the logs name them by digest and the
+    frames are kept once, in nodes/frames.sqlite."""
+    frames = sqlite3.connect(run_dir / "nodes" / "frames.sqlite")
+    stored = dict(frames.execute("SELECT digest, frame FROM frames"))
+    frames.close()
+    logged = set()
+    for node in range(4):
+        log = NodeLog(run_dir / "nodes" / f"{node}.sqlite")
+        for record in log.records():
+            logged |= set(record.gradients)
+        raw = log.db.execute("SELECT record FROM rounds").fetchall()
+        assert all(len(blob) < 2000 for (blob,) in raw)  # digests, not 4-dim gradient frames
+        log.close()
+    assert sorted(logged) == sorted(stored.values())
+
+
+def test_a_log_of_the_format_before_is_read_and_audited(run_dir: Path, tmp_path: Path) -> None:
+    """Format 1 (each record holding its gradient frames, no user_version) is still read, and
+    a node restarting on such a disk goes on writing it in that format."""
+    import shutil
+
+    copy = tmp_path / "run"
+    shutil.copytree(run_dir, copy)
+    path = copy / "nodes" / "3.sqlite"
+    disk = NodeLog(path).read_all()
+    path.unlink()
+    db = sqlite3.connect(path)
+    db.executescript("""
+        CREATE TABLE state (key TEXT PRIMARY KEY, value BLOB NOT NULL);
+        CREATE TABLE rounds (round INTEGER PRIMARY KEY, view INTEGER NOT NULL,
+            set_digest TEXT NOT NULL, model_hash TEXT NOT NULL, signers INTEGER NOT NULL,
+            record BLOB NOT NULL);
+        CREATE TABLE evidence (offender INTEGER PRIMARY KEY, proof BLOB NOT NULL);""")
+    for key, value in disk.items():
+        if isinstance(value, RoundRecord):
+            db.execute("INSERT INTO rounds VALUES (?, 0, '', '', 3, ?)",
+                       (value.round, _encode_record(value)))
+        else:
+            db.execute("INSERT INTO state VALUES (?, ?)", (key, value))
+    db.commit()
+    db.close()
+    old = NodeLog(path)
+    assert old.format == 1 and old.read_all() == disk
+    old.write("log/0", disk["log/0"])
+    (blob,) = old.db.execute("SELECT record FROM rounds WHERE round = 0").fetchone()
+    assert len(blob) > 100 * len(disk["log/0"].gradients)  # the frames, inline as before
+    old.close()
+    audits, split = audit_run(copy)
+    assert [(a.node, a.rounds, a.problem) for a in audits] == [(i, 4, None) for i in range(4)]
+    assert split == []
+
+
+def test_a_log_without_its_frames_or_of_a_newer_format_fails_in_one_line(
+        run_dir: Path, tmp_path: Path) -> None:
+    import shutil
+
+    copy = tmp_path / "run"
+    shutil.copytree(run_dir, copy)
+    (copy / "nodes" / "frames.sqlite").unlink()
+    result = CliRunner().invoke(app, ["audit", str(copy)])
+    assert result.exit_code == 2 and "frames.sqlite, which is missing" in result.output
+    newer = tmp_path / "newer.sqlite"
+    db = sqlite3.connect(newer)
+    db.execute(f"PRAGMA user_version = {FORMAT + 1}")
+    db.close()
+    with pytest.raises(StoreError, match=f"node log format {FORMAT + 1} is newer"):
+        NodeLog(newer)
 
 
 def test_audit_of_a_folder_that_is_not_a_run_is_one_line(tmp_path: Path) -> None:

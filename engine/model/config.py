@@ -67,6 +67,22 @@ class GPTConfig:
             return 4 * self.n_embd
         return -(-8 * self.n_embd // 3 // 8) * 8
 
+    @property
+    def num_params(self) -> int:
+        """The model's parameter count, by arithmetic (GPT(config).num_params() builds it)."""
+        c, h, bias = self.n_embd, self.hidden, int(self.bias)
+        norm = c * (2 if self.norm == "layer" and self.bias else 1)
+        kv = self.kv_heads * self.head_dim
+        attention = c * (c + 2 * kv) + bias * (c + 2 * kv) + c * c + bias * c
+        if self.ffn == "moe":
+            ffn = c * self.n_experts + 3 * self.n_experts * c * h
+        else:
+            mats = 3 if self.ffn == "swiglu" else 2
+            ffn = mats * c * h + bias * ((mats - 1) * h + c)
+        embeddings = self.vocab_size * c * (1 if self.tie_weights else 2)
+        positions = self.block_size * c if self.positions == "learned" else 0
+        return embeddings + positions + self.n_layer * (2 * norm + attention + ffn) + norm
+
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
