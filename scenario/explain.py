@@ -57,8 +57,16 @@ def describe_error(error: dict[str, Any]) -> str:
         loc = ".".join(str(p) for p in error["loc"] if p not in _UNION_MEMBERS)
         if error["type"].startswith(("int", "float")):
             return f"{loc}: expected a number, got {value!r}"
-    shown = "" if isinstance(value, dict | list) or error["type"] == "missing" else (
-        f" (got {_short(value)})")
+    if error["type"] == "missing":
+        return f"{loc}: required, and missing"
+    if error["type"] == "union_tag_invalid":  # a `kind` no variant has
+        ctx = error.get("ctx", {})
+        tags = [t.strip(" '") for t in str(ctx.get("expected_tags", "")).split(",")]
+        tag, key = str(ctx.get("tag", "")), ctx.get("discriminator", "").strip("'")
+        guess = _guess(tag, tags)
+        hint = f"did you mean {guess!r}" if guess is not None else f"one of {', '.join(tags)}"
+        return f"{loc}.{key}: unknown {key} {_short(tag, 40)}; {hint}"
+    shown = "" if isinstance(value, dict | list) else f" (got {_short(value)})"
     return f"{loc}: {msg}{shown}" if loc else f"{msg}"
 
 

@@ -35,7 +35,7 @@ training: {rounds: 3}
 # (id, file content, regex the error line must match)
 BAD_FILES = {
     "unknown_topology": (TINY + "topology: {kind: star}\n",
-                         r"topology\b.*'star'.*'complete'.*'geo_clusters'"),
+                         r"topology\.kind: unknown kind 'star'; one of complete, .*geo_clusters"),
     "negative_latency": (TINY + "links: {latency: -0.5}\n", r"links\.latency\b.*-0\.5"),
     "count_is_a_word": (TINY.replace("count: 4", "count: four"), r"nodes\.count\b.*'four'"),
     "unknown_field": (TINY + "links: {latncy: 0.1}\n", r"links\.latncy\b"),

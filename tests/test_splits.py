@@ -114,13 +114,13 @@ BASE = {"name": "t", "nodes": {"count": 4}, "training": {"rounds": 2}}
 @pytest.mark.parametrize(("split", "message"), [
     ({"kind": "dirichlet", "alpha": 0}, r"^scenario: workload\.mlp\.split\.dirichlet\.alpha: "
                                         r"Input should be greater than 0 \(got 0\)$"),
-    ({"kind": "zipf"}, r"^scenario: workload\.mlp\.split: Input tag 'zipf' found using 'kind' "
-                       r"does not match any of the expected tags: 'iid', 'dirichlet'"),
+    ({"kind": "zipf"}, r"^scenario: workload\.mlp\.split\.kind: unknown kind 'zipf'; one of "
+                       r"iid, dirichlet, extreme, gamma_similarity$"),
     ({"kind": "extreme", "alpha": 1}, r"^scenario: workload\.mlp\.split\.extreme\.alpha: "
                                       r"unknown field; allowed: kind$"),
     ({"kind": "gamma_similarity", "gamma": 1.5}, r"gamma: Input should be less than or equal "
                                                  r"to 1 \(got 1\.5\)$"),
-    ("zipf", r"^scenario: workload\.mlp\.split: Input tag 'zipf'"),
+    ("zipf", r"^scenario: workload\.mlp\.split\.kind: unknown kind 'zipf'"),
 ])
 def test_bad_split_fields_are_one_error_line(split: object, message: str) -> None:
     with pytest.raises(ScenarioError, match=message) as info:

@@ -92,7 +92,12 @@ def test_flags_stay_flags(tmp_path: Path) -> None:
     (GOOD + "attack: [{nodes: [1], behaviour: silent}]\n",
      "attack: unknown field; did you mean 'byzantine'?"),
     (GOOD + "colour: red\n", "colour: unknown field; allowed: name, description, seed, nodes"),
-], ids=["attack", "typo", "in_a_tagged_list", "top_level_attack", "no_close_name"])
+    (GOOD + "topology: {kind: rign}\n", "topology.kind: unknown kind 'rign'; did you mean 'ring'"),
+    (GOOD + "topology: {kind: star}\n",
+     "topology.kind: unknown kind 'star'; one of complete, ring, random_regular,"),
+    (GOOD.replace("training: {rounds: 3}\n", ""), "training: required, and missing"),
+], ids=["attack", "typo", "in_a_tagged_list", "top_level_attack", "no_close_name",
+        "kind_typo", "unknown_kind", "missing_section"])
 def test_unknown_key_names_what_was_meant(tmp_path: Path, text: str, line: str) -> None:
     code, lines = validate(tmp_path, text)
     assert code == 2
