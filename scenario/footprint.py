@@ -11,7 +11,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from phalanx.engine.compress import make_compressor
 from phalanx.scenario.schema import (
     DigitsWorkload,
     LinearWorkload,
@@ -83,12 +82,22 @@ def messages_per_round(scenario: Scenario) -> int:
     return n * (n - 1) + (n - 1) + votes
 
 
+def _ratio(method: str, params: dict[str, object], size: int) -> float:
+    """The compressor's dense-to-wire ratio; `none` is 1 without loading the compressors
+    (and numpy with them: `phalanx validate` stays light)."""
+    if method == "none":
+        return 1.0
+    from phalanx.engine.compress import make_compressor
+
+    return make_compressor(method, **params).ratio(size)
+
+
 def estimate(scenario: Scenario) -> Footprint:
     params = parameter_count(scenario)
     if params is None:
         return Footprint(None, 0, 0, 0, 0)
     c = scenario.compression
-    payload = 4 * params / make_compressor(c.method, **c.params).ratio(params)
+    payload = 4 * params / _ratio(c.method, c.params, params)
     gradient = int(payload) + FRAME_BYTES
     n, rounds = scenario.nodes.count, scenario.training.rounds
     quorum = 2 * ((scenario.n - 1) // 3) + 1
