@@ -29,6 +29,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from itertools import pairwise
 from types import MappingProxyType
 from typing import Any
 
@@ -140,7 +141,7 @@ class Task:
         if any(not 0 <= i < top for i in choice):
             raise TaskError(f"{self.kind} answer {_clip(choice)}: indices must be in 0..{top - 1}")
         if self.kind == "multi_label":
-            if any(a >= b for a, b in zip(choice, choice[1:], strict=False)):
+            if any(a >= b for a, b in pairwise(choice)):
                 raise TaskError("a multi_label answer lists option indices in increasing order")
         elif len(choice) != 1:
             raise TaskError(f"a {self.kind} answer is exactly one index, got {len(choice)}")
