@@ -84,8 +84,7 @@ class CurationLog:
         self._equivocators: set[bytes] = set()
         self._last: dict[bytes, tuple[int, bytes]] = {}  # annotator -> (seq, digest) of head
         self._root: bytes | None = None
-        stored = [self._decoded(data) for data in self._store.records()]
-        self._apply(stored, Counter())
+        self._apply(self._decode_batch(self._store.records(), None, self.counts), self.counts)
 
     # --- taking records ---------------------------------------------------------------------
 
@@ -95,23 +94,12 @@ class CurationLog:
         digests asked for when the batch answers a sync request — a record hashing to
         anything else was altered on the way."""
         refused: Counter[str] = Counter()
-        batch: list[tuple[bytes, SignedAnnotation]] = []
-        for i, item in enumerate(records):
-            if i >= self.limits.max_batch:
-                refused["flood"] += 1
-                continue
-            try:
-                record = self._decoded(item)
-                digest = record.digest
-                if expected is not None and digest not in expected:
-                    raise RecordRefused("altered", "content does not hash to a digest asked for")
-                batch.append((digest, record))
-            except RecordRefused as e:
-                refused[e.reason] += 1
+        batch = self._decode_batch(records, expected, refused, self.limits.max_batch)
         accepted, forks = self._apply(batch, refused)
         self._store.append([(d, self._records[d].encode()) for d in accepted])
         self.counts.update(refused)
-        self.counts["equivocation"] += forks
+        if forks:
+            self.counts["equivocation"] += forks
         return MergeReport(tuple(accepted), MappingProxyType(dict(refused)), forks)
 
     def add(self, record: bytes | SignedAnnotation) -> bytes:
@@ -124,8 +112,30 @@ class CurationLog:
             self.counts[e.reason] += 1
             raise
         self._store.append([(digest, decoded.encode())])
-        self.counts["equivocation"] += forks
+        if forks:
+            self.counts["equivocation"] += forks
         return digest
+
+    def _decode_batch(self, records: Iterable[bytes | SignedAnnotation],
+                      expected: Collection[bytes] | None,
+                      refused: Counter[str], limit: int | None = None
+                      ) -> list[tuple[bytes, SignedAnnotation]]:
+        """Decoded (digest, record) pairs; refusals counted, and records past `limit` refused
+        as a flood."""
+        batch: list[tuple[bytes, SignedAnnotation]] = []
+        for i, item in enumerate(records):
+            if limit is not None and i >= limit:
+                refused["flood"] += 1
+                continue
+            try:
+                record = self._decoded(item)
+                digest = record.digest
+                if expected is not None and digest not in expected:
+                    raise RecordRefused("altered", "content does not hash to a digest asked for")
+                batch.append((digest, record))
+            except RecordRefused as e:
+                refused[e.reason] += 1
+        return batch
 
     def _decoded(self, item: bytes | SignedAnnotation) -> SignedAnnotation:
         if isinstance(item, SignedAnnotation):
