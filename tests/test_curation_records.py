@@ -20,7 +20,6 @@ from phalanx.engine.curation.log import CurationLog, LogLimits
 from phalanx.engine.curation.records import (
     GENESIS,
     MAX_RECORD_BYTES,
-    Annotation,
     RecordRefused,
     SignedAnnotation,
     decode_annotation,
