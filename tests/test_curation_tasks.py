@@ -124,6 +124,8 @@ def test_csv_header_and_cells_are_checked() -> None:
         tasks_from_csv(b"id,kind,text,max_length\nq,free_text,t,2.5\n")
     with pytest.raises(TaskImportError, match="row 2: more cells"):
         tasks_from_csv(b"id,kind,text,options\nq,single_choice,t,a|b\nr,x,y,z,extra\n")
+    with pytest.raises(TaskImportError, match="line 2: not CSV"):
+        tasks_from_csv(b"id,kind,text\nq,free_text," + b"w" * 200_000 + b"\n")
     with pytest.raises(TaskImportError, match="not UTF-8"):
         tasks_from_csv(b"id,kind,text\n\xff\xfe,x,y\n")
 

@@ -86,7 +86,10 @@ def tasks_from_csv(data: bytes) -> TaskSet:
             else:
                 yield {k: v for k, v in row.items() if v != ""}
 
-    return _import(rows(), listed=False)
+    try:
+        return _import(rows(), listed=False)
+    except csv.Error as e:  # a cell over csv's size limit, a NUL byte, a stray quote
+        raise TaskImportError([f"line {reader.line_num + 1}: not CSV ({str(e)[:80]})"]) from None
 
 
 def _text(data: bytes) -> str:

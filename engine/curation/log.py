@@ -68,6 +68,12 @@ class AnswerRow:
     digest: bytes
 
 
+def _later(seq: int, digest: bytes, other_seq: int, other_digest: bytes) -> bool:
+    """Whether a record comes after another of the same annotator: by seq, and between the
+    two sides of a fork by the smaller digest (any fixed rule will do; this is the one)."""
+    return seq > other_seq or (seq == other_seq and digest < other_digest)
+
+
 class CurationLog:
     def __init__(self, tasks: TaskSet, store: RecordStore | None = None,
                  limits: LogLimits = LogLimits(), verify: Verify = verify_signature) -> None:
@@ -184,7 +190,7 @@ class CurationLog:
         self._records[digest] = record
         self._per_annotator[body.annotator] += 1
         last = self._last.get(body.annotator)
-        if last is None or body.seq > last[0] or (body.seq == last[0] and digest < last[1]):
+        if last is None or _later(body.seq, digest, *last):
             self._last[body.annotator] = (body.seq, digest)
         self._root = None
         return int(len(siblings) > 1)
@@ -212,9 +218,10 @@ class CurationLog:
         if parent is None:
             raise RecordRefused("sequence_gap", f"previous record {body.prev.hex()[:16]} "
                                                 f"(seq {body.seq - 1}) is not held")
-        if parent.body.annotator != body.annotator or parent.body.seq != body.seq - 1:
-            raise RecordRefused("chain_link", f"previous record is seq {parent.body.seq} of "
-                                              f"{'this' if parent.body.annotator == body.annotator else 'another'} annotator")
+        if parent.body.annotator != body.annotator:
+            raise RecordRefused("chain_link", "previous record is another annotator's")
+        if parent.body.seq != body.seq - 1:
+            raise RecordRefused("chain_link", f"seq {body.seq} follows seq {parent.body.seq}")
 
     # --- reading the state ------------------------------------------------------------------
 
@@ -256,10 +263,10 @@ class CurationLog:
             body = record.body
             if body.annotator in self._equivocators and not include_equivocators:
                 continue
-            key, mine = (body.task, body.annotator), (body.seq, digest)
+            key = (body.task, body.annotator)
             best = latest.get(key)
-            if best is None or (mine[0], best[1]) > (best[0], mine[1]):
-                latest[key] = mine
+            if best is None or _later(body.seq, digest, *best):
+                latest[key] = (body.seq, digest)
         return [AnswerRow(task, annotator, self._records[digest].body.answer, seq, digest)
                 for (task, annotator), (seq, digest) in sorted(latest.items())]
 

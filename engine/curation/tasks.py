@@ -93,6 +93,9 @@ class Task:
     def make(cls, **fields: Any) -> Task:
         """A checked task (a rating scale may be given as ints); TaskError names the first
         bad field."""
+        for name in ("options", "completions"):
+            if isinstance(fields.get(name), list):  # JSON and callers give lists
+                fields[name] = tuple(fields[name])
         scale = fields.get("scale", ())
         if isinstance(scale, list | tuple) and all(
                 isinstance(v, int | float) and not isinstance(v, bool) for v in scale):
