@@ -28,6 +28,7 @@ from phalanx.engine.curation.records import (
 from phalanx.engine.curation.store import SqliteStore
 from phalanx.engine.curation.tasks import Answer, Task, TaskSet
 from phalanx.net.crypto import Identity
+from phalanx.net.merkle import verify_chunk
 
 TASKS = TaskSet([
     Task.make(id=f"t{i}", kind="single_choice", text=f"item {i}", options=("a", "b", "c"))
@@ -252,7 +253,9 @@ def test_a_killed_writer_loses_no_finished_batch_and_leaves_no_partial_one(
                               stdout=subprocess.PIPE, text=True)
     assert writer.stdout is not None
     for _ in range(30):  # thirty batches returned, then kill it, likely inside a write
-        last = int(writer.stdout.readline())
+        line = writer.stdout.readline()
+        assert line, "the writer died before it was killed"
+        last = int(line)
     writer.send_signal(signal.SIGKILL)
     writer.wait(timeout=30)
     tasks = TaskSet([Task.make(id=f"t{i}", kind="single_choice", text="x", options=("a", "b"))
@@ -261,3 +264,24 @@ def test_a_killed_writer_loses_no_finished_batch_and_leaves_no_partial_one(
     assert len(log) % 10 == 0 and len(log) >= 10 * (last + 1)
     assert not log.counts  # every stored chain is whole
     log.close()
+
+
+def test_a_record_proves_its_place_in_the_committed_root() -> None:
+    log = CurationLog(TASKS)
+    records = crowd(annotators=3, each=3)
+    log.merge(records)
+    for record in records:
+        index, count, path = log.proof(record.digest)
+        assert verify_chunk(log.root, index, count, record.digest, path)
+        assert not verify_chunk(log.root, index, count, bytes(32), path)
+
+
+def test_new_tasks_extend_the_log_but_none_may_vanish() -> None:
+    extra = Task.make(id="late", kind="single_choice", text="later", options=("x", "y"))
+    record = client(0).sign(extra, Answer((1,)))
+    log = CurationLog(TASKS)
+    assert refusal(log, record) == "unknown_task"
+    log.extend_tasks(TaskSet([*TASKS.tasks.values(), extra]))
+    log.add(record)
+    with pytest.raises(ValueError, match="lacks 9 of the log's tasks"):
+        log.extend_tasks(TaskSet([extra]))

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from types import MappingProxyType
 
 from phalanx.net.crypto import verify_signature
+from phalanx.net.merkle import ProofStep, merkle_proof
 
 from .records import (
     GENESIS,
@@ -92,6 +93,14 @@ class CurationLog:
         self._root: bytes | None = None
         self._apply(self._decode_batch(self._store.records(), None, self.counts), self.counts)
 
+    def extend_tasks(self, tasks: TaskSet) -> None:
+        """Take a grown task set (a committed import): every task held so far must be in it,
+        so no record already taken loses its task."""
+        lost = len(self.tasks.tasks.keys() - tasks.tasks.keys())
+        if lost:
+            raise ValueError(f"the new task set lacks {lost} of the log's tasks")
+        self.tasks = tasks
+
     # --- taking records ---------------------------------------------------------------------
 
     def merge(self, records: Iterable[bytes | SignedAnnotation],
@@ -102,6 +111,8 @@ class CurationLog:
         refused: Counter[str] = Counter()
         batch = self._decode_batch(records, expected, refused, self.limits.max_batch)
         accepted, forks = self._apply(batch, refused)
+        # Should the store fail, the error propagates and the node reopens the log from its
+        # store: in memory, this batch is already applied.
         self._store.append([(d, self._records[d].encode()) for d in accepted])
         self.counts.update(refused)
         if forks:
@@ -241,6 +252,16 @@ class CurationLog:
             self._root = ordered_root(self._records)
         return self._root
 
+    def proof(self, digest: bytes) -> tuple[int, int, list[ProofStep]]:
+        """(index, leaf count, Merkle path) showing `digest` is in the snapshot whose root is
+        `root`: check with net.merkle.verify_chunk(root, index, count, digest, path).
+        KeyError for a record not held."""
+        if digest not in self._records:
+            raise KeyError(f"record {digest.hex()[:16]} is not held")
+        ordered = self.digests()
+        index = ordered.index(digest)
+        return index, len(ordered), merkle_proof(b"".join(ordered), index, chunk_size=32)
+
     @property
     def equivocators(self) -> frozenset[bytes]:
         """Annotators with two records at one seq (both kept as evidence)."""
@@ -272,11 +293,11 @@ class CurationLog:
 
     def answered(self) -> dict[bytes, frozenset[bytes]]:
         """Task digest -> annotators holding a record for it (equivocators included: they
-        did answer, and assignment must not hand them the task again)."""
+        did answer, and assignment must not hand them the task again), by task digest."""
         out: dict[bytes, set[bytes]] = {}
         for record in self._records.values():
             out.setdefault(record.body.task, set()).add(record.body.annotator)
-        return {task: frozenset(who) for task, who in out.items()}
+        return {task: frozenset(out[task]) for task in sorted(out)}
 
     # --- sync -------------------------------------------------------------------------------
 
