@@ -13,6 +13,8 @@ from pathlib import Path
 
 import msgpack
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from nacl.signing import VerifyKey
 
 from phalanx.engine.curation.client import AnnotatorClient
@@ -285,3 +287,32 @@ def test_new_tasks_extend_the_log_but_none_may_vanish() -> None:
     log.add(record)
     with pytest.raises(ValueError, match="lacks 9 of the log's tasks"):
         log.extend_tasks(TaskSet([extra]))
+
+
+def _with_a_fork() -> list[SignedAnnotation]:
+    twin = AnnotatorClient(Identity.derive(7, 0))  # annotator 0's key, a second history
+    return [*crowd(annotators=3, each=3), twin.sign(CHOICE[5], Answer((2,))),
+            twin.sign(CHOICE[6], Answer((2,)))]
+
+
+MIXED = _with_a_fork()
+MIXED_REFERENCE = CurationLog(TASKS)
+MIXED_REFERENCE.merge(MIXED)
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.permutations(range(len(MIXED))), st.lists(st.integers(1, len(MIXED)), max_size=6))
+def test_any_arrival_order_and_batching_gives_the_same_state(order: list[int],
+                                                              cuts: list[int]) -> None:
+    arrivals = [MIXED[i] for i in order]
+    log = CurationLog(TASKS)
+    start = 0
+    for cut in sorted(cuts):
+        log.merge(arrivals[start:cut])
+        start = cut
+    log.merge(arrivals)  # redelivery, as a sync exchange does: fills every gap
+    assert log.root == MIXED_REFERENCE.root
+    assert log.equivocators == MIXED_REFERENCE.equivocators == {client(0).public_key}
+    assert log.answers(include_equivocators=True) == MIXED_REFERENCE.answers(
+        include_equivocators=True)
+    assert log.head(client(0).public_key) == MIXED_REFERENCE.head(client(0).public_key)

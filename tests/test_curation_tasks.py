@@ -105,15 +105,17 @@ def test_a_bad_file_names_each_bad_row_and_field_and_imports_nothing() -> None:
         {"id": "r3", "kind": "single_choice", "text": "t", "options": ["a", "b"], "gold": huge},
         {"id": "ok", "kind": "free_text", "text": "t", "max_length": 5},
         {"id": "r5", "kind": "single_choice", "text": "t", "options": ["a", "b"], "colour": 1},
+        {"id": "r6", "kind": "free_text", "text": "t", "max_length": 10**400},
+        {"id": "r7", "kind": "free_text", "text": "t", "max_length": 9, "gold": "words"},
     ]
     data = "\n".join(json.dumps(r) for r in rows).encode() + b"\n{not json\n"
     with pytest.raises(TaskImportError) as caught:
         tasks_from_jsonl(data)
     lines = str(caught.value).splitlines()
-    assert [line.split(":")[0] for line in lines] == ["row 2", "row 3", "row 4", "row 5",
-                                                      "row 6"]
+    assert [line.split(":")[0] for line in lines] == [f"row {n}" for n in range(2, 9)]
     assert "field max" in lines[0] and "field gold" in lines[1] and "field id" in lines[2]
-    assert "'colour'" in lines[3] and "not JSON" in lines[4]
+    assert "'colour'" in lines[3] and "field max_length" in lines[4]
+    assert "field gold" in lines[5] and "not JSON" in lines[6]
     assert max(len(line) for line in lines) < 300  # the huge value is clipped
 
 

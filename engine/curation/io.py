@@ -162,13 +162,16 @@ def _task(row: Mapping[str, Any], listed: bool) -> tuple[Task, Answer | None]:
         task = Task.make(**fields)
     except TaskError as e:
         raise _RowError(None, str(e)) from None
-    if "gold" not in row:
-        return task, None
-    value = row["gold"]
+    return task, (_gold(task, row["gold"], listed) if "gold" in row else None)
+
+
+def _gold(task: Task, value: Any, listed: bool) -> Answer:
+    if task.kind == "free_text":
+        raise _RowError("gold", "free_text tasks have no gold answer")
     if task.kind == "multi_label" and not listed:
         value = value.split("|") if value else []
     try:
-        return task, task.answer_from(value)
+        return task.answer_from(value)
     except TaskError as e:
         raise _RowError("gold", str(e)) from None
 
@@ -195,7 +198,7 @@ def _number(row: Mapping[str, Any], name: str, integer: bool = False) -> float:
         if isinstance(value, bool) or not isinstance(value, int | float | str):
             raise ValueError
         number = float(value)
-    except ValueError:
+    except (ValueError, OverflowError):
         raise _RowError(name, f"a number, got {_clip(value)}") from None
     if not math.isfinite(number) or (integer and number != int(number)):
         raise _RowError(name, f"a {'whole' if integer else 'finite'} number, got {_clip(value)}")
