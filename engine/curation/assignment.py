@@ -76,6 +76,24 @@ def lease_holders(task: bytes, answered: Collection[bytes], roster: Collection[b
     return eligible[:open_slots]
 
 
+def _holds(annotator: bytes, task: bytes, answered: Collection[bytes],
+           roster: Collection[bytes], epoch: int, policy: AssignmentPolicy) -> bool:
+    """Whether `annotator` is among `lease_holders(task, ...)`, stopping as soon as `open`
+    others outrank it."""
+    open_slots = policy.redundancy - len(answered)
+    if open_slots <= 0 or annotator in answered or annotator not in roster:
+        return False
+    mine = _weight(policy, epoch, task, annotator)
+    above = 0
+    for other in roster:
+        if other != annotator and other not in answered and (
+                _weight(policy, epoch, task, other) > mine):
+            above += 1
+            if above >= open_slots:
+                return False
+    return True
+
+
 def _fraction(digest: bytes) -> float:
     return int.from_bytes(digest[:8], "big") / 2.0**64
 
@@ -105,11 +123,12 @@ def assign(annotator: bytes, count: int, *, tasks: TaskSet,
     if count < 0:
         raise ValueError(f"count must be >= 0, got {count}")
     scores = uncertainty or {}
-    held = [t for t in sorted(tasks.tasks) if not tasks.is_gold(t)
-            and annotator in lease_holders(t, answered.get(t, ()), roster, committed_round,
-                                           policy)]
-    held.sort(key=lambda t: (-scores.get(t, 1.0), len(answered.get(t, ())), t))
-    regular = iter(held)
+    epoch = committed_round // policy.lease_rounds
+    candidates = sorted((t for t in tasks.tasks if not tasks.is_gold(t)),
+                        key=lambda t: (-scores.get(t, 1.0), len(answered.get(t, ())), t))
+    # Lazily: only as many lease checks as it takes to fill the regular slots.
+    regular = (t for t in candidates
+               if _holds(annotator, t, answered.get(t, ()), roster, epoch, policy))
     out: list[bytes] = []
     for n in range(done, done + count):
         pick = _gold_pick(tasks, annotator, n, policy, out, answered)
