@@ -89,8 +89,7 @@ def alpha_or_none(data: Annotations) -> float | None:
         return None
 
 
-def run_level(crowd: SimulatedCrowd, level: int) -> dict[str, Any]:
-    data = crowd.annotations(level)
+def run_level(crowd: SimulatedCrowd, data: Annotations) -> dict[str, Any]:
     fitted = {name: cls().fit(data) for name, cls in METHODS.items()}
     errors = annotator_errors(data, crowd.truth)
     honest_ids = {a.id for a in crowd.annotators if a.honest}
@@ -102,7 +101,7 @@ def run_level(crowd: SimulatedCrowd, level: int) -> dict[str, Any]:
     hq_rows = hq_tasks[data.task]
     hq_labels = {t: ds.labels_[t] for t, keep in zip(data.tasks, hq_tasks, strict=True) if keep}
     return {
-        "labels_per_task": level, "annotations": len(data),
+        "labels_per_task": int(data.labels_per_task().max()), "annotations": len(data),
         "accuracy": {name: accuracy(m.labels_, crowd.truth) for name, m in fitted.items()},
         "single_annotator_error": {
             "mean": statistics.fmean(errors.values()),
@@ -114,13 +113,13 @@ def run_level(crowd: SimulatedCrowd, level: int) -> dict[str, Any]:
         "high_quality": {"tasks": int(hq_tasks.sum()),
                          "accuracy": accuracy(hq_labels, {t: crowd.truth[t] for t in hq_labels})
                          if hq_labels else None},
-        "records": data.records(),
     }
 
 
-def run_crowdkit(python: Path, runs: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
-    """crowd-kit's labels and alpha for each run, computed in the interpreter ``python``."""
-    payload = json.dumps([{"key": r["key"], "records": r["records"]} for r in runs])
+def run_crowdkit(python: Path, records: dict[str, list[Any]]) -> dict[str, dict[str, Any]]:
+    """crowd-kit's labels and alpha for each run's records, computed in the interpreter
+    ``python``."""
+    payload = json.dumps([{"key": key, "records": rows} for key, rows in records.items()])
     try:
         done = subprocess.run([str(python), "-c", CROWDKIT_SCRIPT], input=payload,
                               capture_output=True, text=True, timeout=1800, check=False)
@@ -192,22 +191,23 @@ def run_bench(seeds: int, out_file: Path, console: Console,
               crowdkit_python: Path | None = None) -> dict[str, Any]:
     if crowdkit_python is not None and not crowdkit_python.is_file():
         raise BenchError(f"--crowdkit-python {crowdkit_python}: no such file")
-    runs = []
+    runs, records, truths = [], {}, {}
     for seed in range(seeds):
         crowd = SimulatedCrowd(CrowdSpec(seed=seed))
+        truths[seed] = crowd.truth
         for level in LEVELS:
             console.print(f"bench crowd: seed {seed}, {level} labels per task ...")
-            runs.append({"seed": seed, "key": f"{seed}/{level}", **run_level(crowd, level)})
-            runs[-1]["truth"] = crowd.truth
+            data = crowd.annotations(level)
+            runs.append({"seed": seed, "key": f"{seed}/{level}", **run_level(crowd, data)})
+            records[runs[-1]["key"]] = data.records()
     if crowdkit_python is not None:
         console.print(f"bench crowd: crowd-kit in {crowdkit_python} on the same labels ...")
-        theirs = run_crowdkit(crowdkit_python, runs)
+        theirs = run_crowdkit(crowdkit_python, records)
         for run in runs:
             got = theirs[run["key"]]
-            run["crowdkit"] = {"accuracy": {m: accuracy(got[m], run["truth"]) for m in METHODS},
+            run["crowdkit"] = {"accuracy": {m: accuracy(got[m], truths[run["seed"]])
+                                            for m in METHODS},
                                "alpha_all": got["alpha_all"]}
-    for run in runs:
-        del run["records"], run["truth"]
     levels = summarize(runs, crowdkit_python is not None)
     report = {"benchmark": "crowd", **stamp(),
               "crowd": {"seeds": list(range(seeds)), **vars(CrowdSpec())} | {"seed": "per run"},

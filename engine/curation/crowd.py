@@ -10,7 +10,7 @@ labelled in.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
@@ -18,6 +18,8 @@ import numpy as np
 from ..rng import RngStreams
 from .labels.annotations import Annotations
 
+COUNT_FIELDS = ("tasks", "classes", "honest", "random", "constant", "permuters", "colluders",
+                "seed")
 Kind = Literal["honest", "random", "constant", "permuter", "colluder"]
 
 
@@ -46,28 +48,32 @@ class CrowdSpec:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        for f in fields(self):
-            value = getattr(self, f.name)
-            if f.type == "int" and (isinstance(value, bool) or not isinstance(value, int)
-                                    or value < 0):
-                raise CrowdError(f"CrowdSpec.{f.name} must be an integer >= 0; got {value!r}")
+        for name in COUNT_FIELDS:
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise CrowdError(f"CrowdSpec.{name} must be an integer >= 0; got {value!r}")
         if self.tasks < 1 or self.classes < 2:
             raise CrowdError(f"a crowd needs >= 1 task and >= 2 classes; got tasks={self.tasks}, "
                              f"classes={self.classes}")
         if self.annotators < 1:
             raise CrowdError("a crowd needs at least one annotator")
-        low, high = self.accuracy
-        if not 0 <= low <= high <= 1:
+        bounds = self.accuracy
+        if not (isinstance(bounds, tuple) and len(bounds) == 2 and all(map(_is_share, bounds))
+                and bounds[0] <= bounds[1]):
             raise CrowdError(f"CrowdSpec.accuracy must be (low, high) with 0 <= low <= high <= 1;"
                              f" got {self.accuracy!r}")
         for name in ("class_spread", "bias", "adversary_accuracy"):
             value = getattr(self, name)
-            if not 0 <= value <= 1:
+            if not _is_share(value):
                 raise CrowdError(f"CrowdSpec.{name} must be in [0, 1]; got {value!r}")
 
     @property
     def annotators(self) -> int:
         return self.honest + self.random + self.constant + self.permuters + self.colluders
+
+
+def _is_share(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and 0 <= value <= 1
 
 
 @dataclass(frozen=True, eq=False)
@@ -119,14 +125,12 @@ class SimulatedCrowd:
 
     def _annotator(self, kind: Kind, index: int) -> SimulatedAnnotator:
         rng = self._streams.stream("annotator", kind, index)
-        k = self.spec.classes
         if kind == "honest":
             confusion = self._honest_confusion(rng)
             seconds = rng.uniform(8.0, 20.0)
         else:
             confusion = self._spammer_confusion(kind, rng)
             seconds = rng.uniform(1.0, 4.0)  # spammers do not read the text
-        assert confusion.shape == (k, k)
         return SimulatedAnnotator(f"{kind}-{index}", kind, confusion, float(seconds))
 
     def _honest_confusion(self, rng: np.random.Generator) -> np.ndarray:

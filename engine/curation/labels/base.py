@@ -6,6 +6,7 @@ so the posteriors are the same bits on every machine for the same records.
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Self
@@ -38,15 +39,16 @@ class ClassProbabilities(Mapping[Id, dict[Id, float]]):
 
 
 @dataclass
-class Aggregator:
+class Aggregator(ABC):
     """Base of the classification aggregators: ``fit(data)`` sets ``labels_`` (task → label)
     and, where the method has them, ``probas_``; ties go to the first class in sorted order."""
 
     labels_: dict[Id, Id] = field(init=False, repr=False)
     probas_: ClassProbabilities = field(init=False, repr=False)
 
+    @abstractmethod
     def fit(self, data: Annotations) -> Self:
-        raise NotImplementedError
+        """Estimate the labels of ``data``'s tasks; returns self."""
 
     def fit_predict(self, data: Annotations) -> dict[Id, Id]:
         return self.fit(data).labels_

@@ -85,7 +85,8 @@ class GLAD(Aggregator):
         slope = probas[data.task, data.label] - sigmoid(a * beta)
         grad_alpha = ordered_sum(data.worker, slope * beta, len(alpha)) - (alpha - 1.0)
         grad_log_beta = ordered_sum(data.task, slope * a * beta, len(log_beta)) - log_beta
-        alpha = alpha + self.learning_rate * grad_alpha / (np.bincount(data.worker, minlength=len(alpha)) + 1)
+        per_worker = np.bincount(data.worker, minlength=len(alpha))
+        alpha = alpha + self.learning_rate * grad_alpha / (per_worker + 1)
         log_beta = log_beta + self.learning_rate * grad_log_beta / (data.labels_per_task() + 1)
         return alpha, np.clip(log_beta, -LOG_BETA_BOUND, LOG_BETA_BOUND)
 

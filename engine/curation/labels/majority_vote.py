@@ -33,7 +33,7 @@ class MajorityVote(Aggregator):
         require_data(data, "MajorityVote")
         weights = None if skills is None else worker_weights(data, skills)[data.worker]
         self._set_probas(data, majority_probas(data, weights))
-        best = np.array([data.classes.index(self.labels_[t]) for t in data.tasks])
+        best = np.argmax(self.probas_.matrix, axis=1)
         agrees = (data.label == best[data.task]).astype(np.float64)
         per_worker = np.bincount(data.worker, weights=agrees, minlength=len(data.workers))
         self.skills_ = dict(zip(data.workers,
