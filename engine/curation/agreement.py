@@ -44,7 +44,7 @@ def krippendorff_alpha(data: Annotations, level: Level = "nominal",
         raise LabelError(f"krippendorff_alpha: {len(data.classes)} distinct values, "
                          f"at most {MAX_VALUES} allowed")
     coincidence = coincidences(data)
-    marginals = coincidence.sum(axis=1)
+    marginals = np.cumsum(coincidence, axis=1)[:, -1]
     delta = _distance(data.classes, marginals, level, order)
     n = math.fsum(marginals.tolist())
     observed = math.fsum((coincidence * delta).ravel().tolist())
@@ -59,7 +59,7 @@ def coincidences(data: Annotations) -> np.ndarray:
     """values × values matrix o[c, k] = Σ over units of (pairs of values c, k from different
     coders in the unit) / (values in the unit − 1)."""
     counts = data.counts()
-    m = counts.sum(axis=1)
+    m = counts.sum(axis=1)  # whole numbers: exact in any order
     pairable = m >= 2
     counts, m = counts[pairable], m[pairable]
     scaled = counts / (m - 1.0)[:, None]
@@ -171,7 +171,8 @@ def pairwise_cohen_kappa(data: Annotations, min_overlap: int = 10) -> PairwiseKa
 
 def _cohen(joint: np.ndarray) -> float | None:
     observed = math.fsum(np.diag(joint).tolist())
-    chance = math.fsum((joint.sum(axis=1) * joint.sum(axis=0)).tolist())
+    rows, columns = np.cumsum(joint, axis=1)[:, -1], np.cumsum(joint, axis=0)[-1]
+    chance = math.fsum((rows * columns).tolist())
     return None if chance == 1.0 else (observed - chance) / (1.0 - chance)
 
 
