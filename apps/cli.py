@@ -509,6 +509,27 @@ def bench_real(
         raise fail(f"bench real: {e.strerror or e}") from None
 
 
+@bench_app.command("crowd")
+def bench_crowd(
+    seeds: Annotated[int, typer.Option(help="simulated crowds (seeds 0..N-1)")] = 5,
+    crowdkit_python: Annotated[Path | None, typer.Option(
+        help="python of a scratch venv with crowd-kit: compare its aggregators on the same "
+             "labels")] = None,
+    out_file: Annotated[Path, typer.Option("--out", help="JSON result file")] = Path(
+        "benchmarks/out/crowd.json"),
+) -> None:
+    """Label aggregation accuracy and agreement on a simulated crowd with spammers."""
+    output_file(out_file)
+    from phalanx.apps.bench_crowd import BenchError, run_bench
+
+    if seeds < 1:
+        raise fail(f"--seeds: at least 1 (got {seeds})")
+    try:
+        run_bench(seeds, out_file, out, crowdkit_python)
+    except BenchError as e:
+        raise fail(str(e)) from None
+
+
 @bench_app.command("memory")
 def bench_memory(
     rounds: Annotated[int, typer.Option(help="rounds the cluster runs")] = 20_000,

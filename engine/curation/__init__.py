@@ -1,2 +1,3 @@
 """Data curation: annotation tasks, signed annotation records and their replicated log,
-assignment, label aggregation, reputation and agreement metrics (sans-IO, deterministic)."""
+assignment, label aggregation and agreement metrics, all sans-IO and deterministic so every
+node derives the same labels from the same committed records."""
