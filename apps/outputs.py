@@ -11,8 +11,9 @@ from phalanx.apps.terminal import fail
 
 
 def output_folder(path: Path, option: str = "--out") -> Path:
-    """`path` as a folder this process can write into, created if missing (the command would
-    create it anyway); `fail` naming the option otherwise."""
+    """`path` as a folder this process can write into; `fail` naming the option otherwise.
+    A missing folder is not created here (a command refused for another reason leaves
+    nothing behind): its nearest existing ancestor must be a folder that can be written."""
     if path.exists() and not path.is_dir():
         raise fail(f"{option} {_short(path)}: is a file, not a folder")
     problem = _unwritable(path)
@@ -34,11 +35,18 @@ def output_file(path: Path, option: str = "--out") -> Path:
 
 
 def _unwritable(folder: Path) -> str | None:
-    """Why files cannot be written in `folder` (created if missing), or None."""
+    """Why files cannot be written in `folder` (or, when it is missing, created in its nearest
+    existing ancestor), or None."""
+    existing = folder
+    while not existing.exists():
+        if existing.parent == existing:
+            return "no such folder"
+        existing = existing.parent
+    if not existing.is_dir():
+        return f"{_short(existing)} is a file, not a folder"
     try:
-        folder.mkdir(parents=True, exist_ok=True)
         # a real write: permission bits do not tell root about read-only mounts or /proc
-        with tempfile.TemporaryFile(dir=folder, prefix=".phalanx-probe-"):
+        with tempfile.TemporaryFile(dir=existing, prefix=".phalanx-probe-"):
             pass
     except OSError as e:
         return e.strerror or type(e).__name__
