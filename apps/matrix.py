@@ -238,6 +238,11 @@ def honest_split_rounds(rounds: pl.DataFrame) -> list[int]:
     return sorted(per_round.filter(pl.col("k") > 1)["round"].to_list())
 
 
+def row_file(cell: Cell) -> str:
+    """The file name a cell's row is kept under (one folder per session or run)."""
+    return cell.id.replace("/", "__") + ".json"
+
+
 def run_cell(cell: Cell) -> dict[str, Any]:
     """Run one cell; a row of the matrix table (never raises: a crash is a failed row)."""
     from phalanx.apps.runner import run_scenario

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from phalanx.apps.matrix import Cell, load_matrix, run_cell
+from phalanx.apps.matrix import Cell, load_matrix, row_file, run_cell
 from phalanx.engine.aggregate import AGGREGATORS
 from phalanx.engine.byzantine import BEHAVIOURS
 
@@ -24,7 +24,10 @@ SPEC, CELLS = load_matrix(MATRIX)
 def test_cell_is_safe_and_live(cell: Cell, matrix_rows: Path) -> None:
     row = run_cell(cell)
     matrix_rows.mkdir(parents=True, exist_ok=True)
-    (matrix_rows / (cell.id.replace("/", "__") + ".json")).write_text(json.dumps(row))
+    # written whole, then renamed: tests/test_robustness.py may read it from another worker
+    part = matrix_rows / (row_file(cell) + ".part")
+    part.write_text(json.dumps(row))
+    part.replace(matrix_rows / row_file(cell))
     assert not row["safety_violations"], row
     assert not row["failures"], row["failures"]
     if cell.scenario is None:  # refused up front, with validate's one line
