@@ -17,16 +17,26 @@ REASONS: tuple[str, ...] = (
 )
 
 
-class DecodeError(Exception):
-    """A frame or payload was rejected; `reason` is one of REASONS, `detail` says what was wrong."""
+class ReasonedError(Exception):
+    """An error whose `reason` is one of its class's fixed `REASONS` (counted and logged without
+    parsing text) and whose `detail` says what was wrong."""
+
+    REASONS: tuple[str, ...] = ()
 
     def __init__(self, reason: str, detail: str = "") -> None:
         # A plain check rather than `assert`, so a typo cannot slip through under `python -O`.
-        if reason not in REASONS:
-            raise ValueError(f"unknown DecodeError reason {reason!r}; allowed: {REASONS}")
+        if reason not in self.REASONS:
+            raise ValueError(f"unknown {type(self).__name__} reason {reason!r}; "
+                             f"allowed: {self.REASONS}")
         super().__init__(reason, detail)  # args kept so the error pickles across processes
         self.reason = reason
         self.detail = detail
 
     def __str__(self) -> str:
         return f"{self.reason}: {self.detail}"
+
+
+class DecodeError(ReasonedError):
+    """A frame or payload was rejected; `reason` is one of REASONS, `detail` says what was wrong."""
+
+    REASONS = REASONS

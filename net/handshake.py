@@ -29,6 +29,7 @@ from nacl.hash import blake2b
 from nacl.public import PrivateKey
 
 from .crypto import PUBLIC_KEY_SIZE, SIGNATURE_SIZE, Identity, sha256, verify_signature
+from .errors import ReasonedError
 
 PROTOCOL_VERSION = 1
 NONCE_SIZE = 32
@@ -56,18 +57,10 @@ REASONS: tuple[str, ...] = (
 )
 
 
-class HandshakeError(Exception):
+class HandshakeError(ReasonedError):
     """The peer failed authentication; `reason` is one of REASONS."""
 
-    def __init__(self, reason: str, detail: str = "") -> None:
-        if reason not in REASONS:
-            raise ValueError(f"unknown handshake reason {reason!r}; allowed: {REASONS}")
-        super().__init__(reason, detail)
-        self.reason = reason
-        self.detail = detail
-
-    def __str__(self) -> str:
-        return f"{self.reason}: {self.detail}"
+    REASONS = REASONS
 
 
 @dataclass(frozen=True, slots=True)

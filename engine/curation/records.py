@@ -28,7 +28,7 @@ from typing import Annotated, Final
 
 from phalanx.net.codec import Limits, decode_record, encode_record
 from phalanx.net.crypto import PUBLIC_KEY_SIZE, SIGNATURE_SIZE, Identity, sha256
-from phalanx.net.errors import DecodeError
+from phalanx.net.errors import DecodeError, ReasonedError
 from phalanx.net.messages import FixedLen, Hash32
 
 from .tasks import MAX_FREE_TEXT_CHARS, Answer
@@ -69,18 +69,10 @@ REFUSALS: Final = (
 )
 
 
-class RecordRefused(Exception):
+class RecordRefused(ReasonedError):
     """A record a log will not take; `reason` is one of REFUSALS, the message one line."""
 
-    def __init__(self, reason: str, detail: str) -> None:
-        if reason not in REFUSALS:
-            raise ValueError(f"unknown refusal reason {reason!r}; allowed: {REFUSALS}")
-        super().__init__(reason, detail)
-        self.reason = reason
-        self.detail = detail
-
-    def __str__(self) -> str:
-        return f"{self.reason}: {self.detail}"
+    REASONS = REFUSALS
 
 
 @dataclass(frozen=True, slots=True)
