@@ -167,7 +167,7 @@ class RealNode:
         keyring = plan.keyring
         config = dataclasses.replace(
             node_config(s, plan.node_id, s.real.round_timeout, s.real.view_timeout),
-            observers=plan.observers)
+            observers=plan.observers, patience_floor=s.real.patience_floor)
         messages = message_set(services)
         self.node = Node(config, plan.identity, workload_for(s, RngStreams(s.seed)),
                          lambda frame: open_frame(frame, keyring, messages=messages), behaviour,

@@ -900,6 +900,12 @@ class RealSpec(Strict):
         "Wall-clock seconds in place of training.round_timeout."))] = 5.0
     view_timeout: Annotated[float, Field(gt=0, description=(
         "Wall-clock seconds in place of training.view_timeout."))] = 15.0
+    patience_floor: Annotated[float, Field(ge=0, description=(
+        "Wall-clock seconds a leader holding a quorum waits at least for the members it does "
+        "not suspect, however fast they were before (capped by round_timeout): a load spike "
+        "on a busy machine is not taken for a failure, so the round's set, and the model, stay "
+        "those of the simulation. Suspected members (link down, silent) are not waited for."
+        ))] = 1.0
     deadline: Annotated[float, Field(gt=0, description=(
         "Wall-clock seconds the whole run may take before it is stopped as failed."))] = 300.0
     start_wait: Annotated[float, Field(ge=0, description=(

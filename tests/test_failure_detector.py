@@ -92,3 +92,19 @@ def test_a_real_cluster_keeps_its_pace_after_a_member_is_killed() -> None:
     result = real_case(5, 45, 15)
     assert result["distinct_final_hashes"] == 1
     assert result["ratio_after_detection"] <= 1.5, result
+
+
+@pytest.mark.parametrize(("floor", "waits"), [(0.0, None), (0.8, 0.8), (9.0, 1.0)])
+def test_a_real_node_waits_at_least_its_patience_floor_for_an_unsuspected_member(
+        floor: float, waits: float | None) -> None:
+    """After fast rounds the learned patience is a few milliseconds; a real node (floor > 0)
+    still waits `patience_floor` for a member it does not suspect, capped by round_timeout."""
+    pump = KIT.cluster(rounds=4, patience_floor=floor, round_timeout=1.0)
+    pump.start()
+    pump.run(until=lambda: all(len(pump.commits(i)) >= 3 for i in MEMBERS))
+    detector = pump.nodes[0].detector
+    wait = detector.wait_until([3]) - detector.round_start
+    if waits is None:
+        assert wait < 0.5  # what past arrivals taught it
+    else:
+        assert wait == pytest.approx(waits)

@@ -29,6 +29,10 @@ class NodeConfig:
     # suspect crashed or silent members (engine/node/detector.py): the leader proposes without
     # them and a member missing from the last committed set does not lead
     detect_failures: bool = True
+    # the least a leader holding a quorum waits for members it does not suspect (seconds): 0 in
+    # simulation; a real node's wall clock has load spikes that are not failures, and proposing
+    # without a member that was merely slow changes the round's set (and the model's hash)
+    patience_floor: float = 0.0
     # honest workers send a momentum of their gradients instead of the gradient itself
     # (Karimireddy, He, Jaggi 2021: lower variance makes Byzantine vectors stand out)
     worker_momentum: float = 0.0

@@ -10,7 +10,8 @@ waited for its gradient) and each of its turns as leader a view timeout. Two rul
   whose missing gradients all belong to suspected members proposes at once with the quorum it
   holds; otherwise it waits for the members it still expects, each until the arrival time it
   has shown in past rounds (a smoothed mean plus four deviations, doubled: RFC 6298's shape,
-  with room for a slow round), never past `round_timeout`.
+  with room for a slow round), never less than `patience_floor` (a real node's, so that a
+  load spike is not taken for a failure) and never past `round_timeout`.
 - **Leader eligibility** (committed, the same at every honest node): the leader of a round is
   drawn from the members whose gradients the previous committed round's set named
   (`Node.leader`). A member that crashed drops out of the set of the first round that commits
@@ -117,7 +118,7 @@ class FailureDetector:
             if seen is None:
                 return self.round_start + timeout  # nothing to go by yet
             longest = max(longest, seen.patience())
-        return self.round_start + min(timeout, longest)
+        return self.round_start + min(timeout, max(longest, self.node.config.patience_floor))
 
     # ---- transitions ---------------------------------------------------------------------------
 
