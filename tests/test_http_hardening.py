@@ -208,7 +208,9 @@ def test_a_node_under_slowloris_keeps_committing_and_serving(
     assert found["committed"] >= 5
     assert max(latencies) < 5.0
     assert http["open"] <= http["max_connections"] == 256
-    assert http["evicted"] + http["refused"] >= 5000 - 256
+    # every connection beyond the cap was closed one of three ways: evicted for a newer one,
+    # refused, or (on a slow machine, the attack lasting longer) timed out on its headers
+    assert http["evicted"] + http["refused"] + http["header_timeout"] >= 5000 - 256, http
     assert "Traceback" not in said and len(said) < 16 * 1024, said[-3000:]
 
 
