@@ -7,7 +7,7 @@ so the posteriors are the same bits on every machine for the same records.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Self
 
@@ -114,3 +114,22 @@ def require_iterations(method: str, n_iter: int, tol: float) -> None:
         raise LabelError(f"{method}.n_iter must be an integer >= 1; got {n_iter!r}")
     if not isinstance(tol, int | float) or isinstance(tol, bool) or not tol >= 0:
         raise LabelError(f"{method}.tol must be a number >= 0; got {tol!r}")
+
+
+def expectation_maximization(data: Annotations, n_iter: int, tol: float,
+                             model: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]
+                             ) -> tuple[np.ndarray, int]:
+    """EM from majority vote: `model(probas)` is a method's M-step, giving class priors and
+    each row's likelihood per true class; stops after `n_iter` steps or once no posterior
+    moves more than `tol`. The final posteriors and the steps taken."""
+    probas = majority_probas(data)
+    steps = 0
+    for _ in range(n_iter):
+        priors, likelihood = model(probas)
+        updated = posterior(data, priors, likelihood)
+        steps += 1
+        moved = float(np.max(np.abs(updated - probas)))
+        probas = updated
+        if moved < tol:
+            break
+    return probas, steps

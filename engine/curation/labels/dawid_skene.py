@@ -11,8 +11,7 @@ from .annotations import Annotations, Id, ordered_sum
 from .base import (
     CLIP,
     Aggregator,
-    majority_probas,
-    posterior,
+    expectation_maximization,
     require_data,
     require_iterations,
 )
@@ -48,16 +47,11 @@ class DawidSkene(Aggregator):
     def fit(self, data: Annotations) -> Self:
         require_data(data, "DawidSkene")
         require_iterations("DawidSkene", self.n_iter, self.tol)
-        probas = majority_probas(data)
-        self.n_iter_ = 0
-        for _ in range(self.n_iter):
+        def model(probas: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
             priors, errors = confusion_m_step(data, probas)
-            updated = posterior(data, priors, errors[data.worker, :, data.label])
-            self.n_iter_ += 1
-            moved = float(np.max(np.abs(updated - probas)))
-            probas = updated
-            if moved < self.tol:
-                break
+            return priors, errors[data.worker, :, data.label]
+
+        probas, self.n_iter_ = expectation_maximization(data, self.n_iter, self.tol, model)
         self.priors_, self.errors_ = confusion_m_step(data, probas)
         self._set_probas(data, probas)
         accuracy = np.zeros(len(data.workers))

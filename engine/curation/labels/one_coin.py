@@ -8,7 +8,7 @@ from typing import Self
 import numpy as np
 
 from .annotations import Annotations, Id, ordered_sum
-from .base import CLIP, Aggregator, majority_probas, posterior, require_data, require_iterations
+from .base import CLIP, Aggregator, expectation_maximization, require_data, require_iterations
 from .dawid_skene import class_priors
 
 
@@ -35,16 +35,11 @@ class OneCoinDawidSkene(Aggregator):
     def fit(self, data: Annotations) -> Self:
         require_data(data, "OneCoinDawidSkene")
         require_iterations("OneCoinDawidSkene", self.n_iter, self.tol)
-        probas = majority_probas(data)
-        self.n_iter_ = 0
-        for _ in range(self.n_iter):
+        def model(probas: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
             priors, skill = one_coin_m_step(data, probas)
-            updated = posterior(data, priors, one_coin_likelihood(data, skill))
-            self.n_iter_ += 1
-            moved = float(np.max(np.abs(updated - probas)))
-            probas = updated
-            if moved < self.tol:
-                break
+            return priors, one_coin_likelihood(data, skill)
+
+        probas, self.n_iter_ = expectation_maximization(data, self.n_iter, self.tol, model)
         self.priors_, skill = one_coin_m_step(data, probas)
         self._set_probas(data, probas)
         self.skills_ = dict(zip(data.workers, skill.tolist(), strict=True))
