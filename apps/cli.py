@@ -70,7 +70,7 @@ def print_summary(result: object) -> None:
     if result.out:
         nodes = ("" if not (result.out / "nodes").exists() else
                  ", nodes/<id>.sqlite and .log, members.json" if s["mode"] == "real-tcp"
-                 else ", nodes/<id>.sqlite")
+                 else ", nodes/<id>.sqlite, nodes/frames.sqlite")
         out.print(f"outputs in {result.out}/ (rounds.parquet, events.parquet, "
                   f"scenario.resolved.yaml, summary.json, run.png{nodes})")
     for failure in result.failures:
