@@ -5,10 +5,7 @@ annotation nodes and the reputation policy.
 top of `curation:`:
 
     curation:
-      crowd:                       # simulated annotators on synthetic tasks
-        tasks: 200
-        classes: 3
-        gold: 20
+      crowd:                       # simulated annotators on the synthetic tasks
         annotators: 20
         groups:
           - {kind: honest, share: 0.8, accuracy: [0.65, 0.9]}
@@ -26,7 +23,6 @@ from pydantic import Field, model_validator
 
 from phalanx.engine.curation.crowd import AnnotatorGroup, CrowdSpec, SimulatedCrowd
 from phalanx.engine.curation.reputation import FLAGS, ReputationPolicy
-from phalanx.engine.rng import RngStreams
 from phalanx.scenario.schema import NodeId, Probability, Seconds, Strict
 
 __all__ = ["ANNOTATION_BEHAVIOURS", "AnnotationNodeAttack", "AnnotatorGroupSpec",
@@ -105,20 +101,12 @@ def _largest_remainder(total: int, shares: list[float]) -> list[int]:
 
 
 class CrowdSection(Strict):
-    """Simulated annotators labelling synthetic single-choice tasks whose true class is
-    hidden from everyone but the run's report. Each annotator asks a curation node for tasks,
+    """Simulated annotators labelling the synthetic tasks (curation.tasks), whose true
+    answers are hidden from everyone but the run's report. Each annotator asks a curation node for tasks,
     answers them at the pace of their speed, signs each answer with their own key and submits
     it; an answer not committed within `patience` seconds is submitted again through another
     node, as a real client would."""
 
-    tasks: Annotated[int, Field(ge=1, le=100_000, description=(
-        "Synthetic tasks, t0000, t0001, ..., each with a true class drawn from the seed."
-        ))] = 200
-    classes: Annotated[int, Field(ge=2, le=64, description=(
-        "Classes (options) per task."))] = 3
-    gold: Annotated[int, Field(ge=0, description=(
-        "How many of the tasks are gold (honeypots: their true class is known to the nodes, "
-        "never shown to annotators); at most tasks."))] = 20
     annotators: Annotated[Annotated[int, Field(ge=1, le=100_000)] | None, Field(description=(
         "Annotators in all, shared among the groups that give a `share`; null: only groups "
         "with a `count`."))] = None
@@ -141,15 +129,9 @@ class CrowdSection(Strict):
 
     @model_validator(mode="after")
     def _sizes(self) -> CrowdSection:
-        if self.gold > self.tasks:
-            raise ValueError(f"gold ({self.gold}) is more than tasks ({self.tasks})")
         if any(g.share is not None for g in self.groups) and self.annotators is None:
             raise ValueError("groups give a share: say how many annotators in all "
                              "(annotators: N)")
-        for i, group in enumerate(self.groups):
-            if group.per_class and len(group.per_class) != self.classes:
-                raise ValueError(f"groups.{i}.per_class: {len(group.per_class)} accuracies "
-                                 f"for {self.classes} classes")
         if sum(self.counts()) < 1:
             raise ValueError("the groups add up to no annotator")
         return self
@@ -162,12 +144,20 @@ class CrowdSection(Strict):
         by_share = dict(zip(shared, rounded, strict=True))
         return [by_share.get(i, g.count or 0) for i, g in enumerate(self.groups)]
 
-    def simulated(self, seed: int) -> SimulatedCrowd:
-        """The crowd this section describes under the scenario's seed."""
-        spec = CrowdSpec(tasks=self.tasks, classes=self.classes,
-                         seed=RngStreams(seed).seed("curation", "crowd"))
+    def classes_problem(self, classes: int) -> str | None:
+        """Why the groups do not fit tasks of `classes` answers, or None."""
+        for i, group in enumerate(self.groups):
+            if group.per_class and len(group.per_class) != classes:
+                return (f"crowd.groups.{i}.per_class: {len(group.per_class)} accuracies for "
+                        f"tasks of {classes} answers")
+        return None
+
+    def simulated(self, tasks: int, classes: int, seed: int) -> SimulatedCrowd:
+        """The crowd on the synthetic tasks t0000... drawn from `seed` (the scenario's, as
+        engine/curation/synthetic.py draws them: the crowd's hidden truth is theirs), each
+        with `classes` possible answers."""
         groups = [g.engine_group(n) for g, n in zip(self.groups, self.counts(), strict=True)]
-        return SimulatedCrowd(spec, groups)
+        return SimulatedCrowd(CrowdSpec(tasks=tasks, classes=classes, seed=seed), groups)
 
 
 class AnnotationNodeAttack(Strict):

@@ -6,6 +6,13 @@ permutation (permuters) or all give the same wrong label to a task (colluders). 
 comes from a named stream of :class:`~phalanx.engine.rng.RngStreams` keyed by task and
 annotator, so a crowd is a pure function of its spec and seed, whatever order tasks are
 labelled in.
+
+Annotators come from the spec's per-kind counts, or from `AnnotatorGroup`s (a scenario's
+`curation.crowd.groups`: per-class accuracy, speed). `label(k)` draws k annotators per task
+(the benchmark's crowd); `answer(task, annotator)` is an annotator's answer to a task the
+platform assigned them (a simulated run). The truth is drawn from the stream "truth" as
+synthetic.py draws it, so a crowd on the same seed, task count and classes labels the
+synthetic tasks against their hidden truth.
 """
 
 from __future__ import annotations
@@ -18,7 +25,6 @@ import numpy as np
 
 from ..rng import RngStreams
 from .labels.annotations import Annotations
-from .tasks import Answer, Task, TaskSet
 
 COUNT_FIELDS = ("tasks", "classes", "honest", "random", "constant", "permuters", "colluders",
                 "seed")
@@ -278,20 +284,6 @@ class SimulatedCrowd:
         if task not in self.truth:
             raise CrowdError(f"no task {task[:40]!r} in this crowd")
         return self._answer(task, annotator, 0)
-
-    def task_set(self, gold: int = 0) -> TaskSet:
-        """The crowd's tasks as single-choice tasks (options "class 0", "class 1", ...), with
-        `gold` of them, drawn from the seed, carrying their true class as a gold answer."""
-        if isinstance(gold, bool) or not isinstance(gold, int) or not 0 <= gold <= len(self.tasks):
-            raise CrowdError(f"gold must be an integer from 0 to {len(self.tasks)} (the tasks); "
-                             f"got {gold!r}")
-        options = tuple(f"class {c}" for c in range(self.spec.classes))
-        tasks = [Task.make(id=t, kind="single_choice", text=f"item {t}", options=options)
-                 for t in self.tasks]
-        picked = self._streams.stream("gold").choice(len(self.tasks), size=gold, replace=False)
-        golden = {self.tasks[i]: Answer((self.truth[self.tasks[i]],))
-                  for i in sorted(picked.tolist())}
-        return TaskSet(tasks, gold=golden)
 
     def _collusion_label(self, task: str) -> int:
         """The wrong label every colluder gives this task (they agree among themselves)."""
