@@ -52,7 +52,7 @@ def _simulated_run(run_dir: Path) -> Found:
     logs = {int(p.stem): p for p in (run_dir / "nodes").glob("*.sqlite") if p.stem.isdigit()}
     if _mode(run_dir) != "real-tcp":
         _, opener, _ = member_keys(scenario)
-        return scenario, opener, logs, tuple(scenario.nodes.observers)
+        return scenario, opener, logs, scenario.followers
     if not (run_dir / "members.json").exists():
         raise ScenarioError(f"{run_dir}: a --real run's folder needs its members.json (the "
                             f"nodes' public keys)")

@@ -40,7 +40,8 @@ __all__ = ["AnnotatorView", "CurationDesk", "LabelRow", "PlatformStats", "RoundP
 
 DEFAULT_POLICY = AssignmentPolicy()
 DEFAULT_LIMITS = LogLimits()
-HISTORY_POINTS = 1000  # rounds kept in `stats().history`: enough for a chart, bounded
+HISTORY_POINTS = 1000
+MAX_ORPHANS = 4096  # forwarded records held back until their predecessor arrives  # rounds kept in `stats().history`: enough for a chart, bounded
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,6 +116,7 @@ class CurationDesk:
         self.counts: Counter[str] = Counter()  # refusals by reason, and "equivocation"
         self._answered_by: dict[bytes, set[bytes]] = {}  # annotator -> tasks (held)
         self._history: list[RoundPoint] = []
+        self._orphans: dict[bytes, SignedAnnotation] = {}  # digest -> record awaiting its prev
         self._cache: dict[str, object] = {}  # derived from the committed log, per commit
         for row in self._held.answers(include_equivocators=True):
             self._answered_by.setdefault(row.annotator, set()).add(row.task)
@@ -134,7 +136,9 @@ class CurationDesk:
 
     def receive(self, records: Iterable[bytes]) -> MergeReport:
         """Records a peer forwarded: the new ones verified and held, those held already
-        skipped silently (peers resend what is pending until it commits); refusals counted."""
+        skipped silently (peers resend what is pending until it commits). One that arrives
+        ahead of its predecessor waits among the orphans (at most MAX_ORPHANS, the oldest
+        dropped) and is taken once the predecessor comes. Other refusals are counted."""
         fresh: list[SignedAnnotation] = []
         refused: Counter[str] = Counter()
         for n, data in enumerate(records):
@@ -146,15 +150,28 @@ class CurationDesk:
             except RecordRefused as e:
                 refused[e.reason] += 1
                 continue
-            if record.digest not in self._held:
+            digest = record.digest
+            if digest not in self._held and digest not in self._orphans:
                 fresh.append(record)
-        report = self._held.merge(fresh)
-        refused.update(report.refused)
+        for digest in [d for d in self._orphans if d in self._held]:  # came by a commit
+            del self._orphans[digest]
+        report = self._held.merge([*fresh, *self._orphans.values()])
+        taken = set(report.accepted)
+        for digest in taken:
+            self._orphans.pop(digest, None)
+            self._note(digest)
+        for record in fresh:  # the gaps among the new: kept to retry, not refused
+            digest = record.digest
+            if digest not in taken and record.body.prev not in self._held:
+                self._orphans[digest] = record
+        while len(self._orphans) > MAX_ORPHANS:
+            del self._orphans[next(iter(self._orphans))]
+        for reason, count in report.refused.items():
+            if reason not in ("sequence_gap", "replay"):  # orphans retried, or held already
+                refused[reason] += count
         self.counts.update(refused)
         if report.equivocations:
             self.counts["equivocation"] += report.equivocations
-        for digest in report.accepted:
-            self._note(digest)
         return MergeReport(report.accepted, refused, report.equivocations)
 
     def _note(self, digest: bytes) -> None:
@@ -250,6 +267,8 @@ class CurationDesk:
         if new:
             for digest in self._held.merge(self._committed.encoded(new)).accepted:
                 self._note(digest)
+            if self._orphans:  # some may follow what just came
+                self.receive([])
         self._cache.clear()
         self._history.append(RoundPoint(round, len(self._committed), self._alpha()))
         del self._history[:-HISTORY_POINTS]
