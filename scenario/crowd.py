@@ -23,7 +23,11 @@ from pydantic import Field, model_validator
 
 from phalanx.engine.curation.crowd import AnnotatorGroup, CrowdSpec, SimulatedCrowd
 from phalanx.engine.curation.reputation import FLAGS, ReputationPolicy
-from phalanx.scenario.schema import NodeId, Probability, Seconds, Strict
+from phalanx.scenario.section import Section
+
+NodeId = Annotated[int, Field(ge=0)]
+Seconds = Annotated[float, Field(ge=0)]
+Probability = Annotated[float, Field(ge=0, le=1)]
 
 __all__ = ["ANNOTATION_BEHAVIOURS", "AnnotationNodeAttack", "AnnotatorGroupSpec",
            "CrowdFields", "CrowdSection", "ReputationSpec"]
@@ -33,7 +37,7 @@ Range = Annotated[list[Probability], Field(min_length=2, max_length=2)]
 Positive = Annotated[float, Field(gt=0)]
 
 
-class AnnotatorGroupSpec(Strict):
+class AnnotatorGroupSpec(Section):
     """Simulated annotators of one kind who behave alike; give `count` or `share`."""
 
     kind: Annotated[Literal["honest", "random", "constant", "colluder", "permuter"], Field(
@@ -100,7 +104,7 @@ def _largest_remainder(total: int, shares: list[float]) -> list[int]:
     return counts
 
 
-class CrowdSection(Strict):
+class CrowdSection(Section):
     """Simulated annotators labelling the synthetic tasks (curation.tasks), whose true
     answers are hidden from everyone but the run's report. Each annotator asks a curation node for tasks,
     answers them at the pace of their speed, signs each answer with their own key and submits
@@ -160,7 +164,7 @@ class CrowdSection(Strict):
         return SimulatedCrowd(CrowdSpec(tasks=tasks, classes=classes, seed=seed), groups)
 
 
-class AnnotationNodeAttack(Strict):
+class AnnotationNodeAttack(Section):
     """Annotation nodes that misbehave with the records their annotators submit: they
     acknowledge each submission, then drop it, forward it late, forward forged or altered
     records, or forward different records to different members. They cannot make a forged
@@ -183,7 +187,7 @@ class AnnotationNodeAttack(Strict):
         return self.at <= now and (self.duration is None or now < self.at + self.duration)
 
 
-class ReputationSpec(Strict):
+class ReputationSpec(Section):
     """How much each annotator's answers count (engine/curation/reputation.py): skill from
     gold accuracy and from agreement with the gold-weighted vote of the others, with decay;
     spam flags that lower the weight and can suspend; rewards per accepted answer."""
@@ -230,7 +234,7 @@ class ReputationSpec(Strict):
         return ReputationPolicy(**values)
 
 
-class CrowdFields(Strict):
+class CrowdFields(Section):
     """The crowd's fields of the `curation:` section (the section subclasses this)."""
 
     crowd: Annotated[CrowdSection | None, Field(description=(
