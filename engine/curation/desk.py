@@ -204,8 +204,10 @@ class CurationDesk:
         if count < 0:
             raise ValueError(f"count must be >= 0, got {count}")
         mine = self._answered_by.get(annotator, set())
-        answered = self._committed_answered()
-        roster = set(self._committed_annotators()) | {annotator}
+        answered, suspended = self._assignable()
+        # a suspended annotator holds no lease (they are shown gold only, to earn their way
+        # back), and their answers fill no slot: the task goes to someone who counts
+        roster = (set(self._committed_annotators()) | {annotator}) - suspended
         uncertainty = {row.task: 1.0 - (row.confidence or 0.0) for row in self.labels()
                        if row.confidence is not None}
         picks = assign(annotator, count + len(mine), tasks=self.tasks, answered=answered,
@@ -304,6 +306,13 @@ class CurationDesk:
 
     def _committed_answered(self) -> Mapping[bytes, frozenset[bytes]]:
         return self._cached("answered", self._committed.answered)  # type: ignore[return-value]
+
+    def _assignable(self) -> tuple[Mapping[bytes, frozenset[bytes]], frozenset[bytes]]:
+        """(task -> the annotators whose committed answers fill its slots, the suspended)."""
+        def make() -> tuple[dict[bytes, frozenset[bytes]], frozenset[bytes]]:
+            out = frozenset(a for a, s in self.standings().items() if s.suspended)
+            return {t: group - out for t, group in self._committed_answered().items()}, out
+        return self._cached("assignable", make)  # type: ignore[return-value]
 
     def _committed_annotators(self) -> list[bytes]:
         return self._cached("annotators", lambda: sorted(  # type: ignore[return-value]
