@@ -150,8 +150,31 @@ class CurationDesk:
         skipped silently (peers resend what is pending until it commits). One that arrives
         ahead of its predecessor waits among the orphans (at most MAX_ORPHANS, the oldest
         dropped) and is taken once the predecessor comes. Other refusals are counted."""
-        fresh: list[SignedAnnotation] = []
         refused: Counter[str] = Counter()
+        fresh = self._unheld(records, refused)
+        for digest in [d for d in self._orphans if d in self._held]:  # came by a commit
+            del self._orphans[digest]
+        report = self._held.merge([*fresh, *self._orphans.values()])
+        for digest in report.accepted:
+            self._orphans.pop(digest, None)
+            self._note(digest)
+        for record in fresh:  # the gaps among the new: kept to retry, not refused
+            if record.body.prev not in self._held:
+                self._orphans[record.digest] = record
+        while len(self._orphans) > MAX_ORPHANS:
+            del self._orphans[next(iter(self._orphans))]
+        refused.update({reason: count for reason, count in report.refused.items()
+                        if reason not in ("sequence_gap", "replay")})  # orphans; held
+        self.counts.update(refused)
+        if report.equivocations:
+            self.counts["equivocation"] += report.equivocations
+        return MergeReport(report.accepted, refused, report.equivocations)
+
+    def _unheld(self, records: Iterable[bytes], refused: Counter[str]
+                ) -> list[SignedAnnotation]:
+        """The decodable records of a forwarded batch not held yet (nor waiting as orphans);
+        the undecodable and those past the batch bound counted in `refused`."""
+        fresh = []
         for n, data in enumerate(records):
             if n >= self.limits.max_batch:
                 refused["flood"] += 1
@@ -161,29 +184,9 @@ class CurationDesk:
             except RecordRefused as e:
                 refused[e.reason] += 1
                 continue
-            digest = record.digest
-            if digest not in self._held and digest not in self._orphans:
+            if record.digest not in self._held and record.digest not in self._orphans:
                 fresh.append(record)
-        for digest in [d for d in self._orphans if d in self._held]:  # came by a commit
-            del self._orphans[digest]
-        report = self._held.merge([*fresh, *self._orphans.values()])
-        taken = set(report.accepted)
-        for digest in taken:
-            self._orphans.pop(digest, None)
-            self._note(digest)
-        for record in fresh:  # the gaps among the new: kept to retry, not refused
-            digest = record.digest
-            if digest not in taken and record.body.prev not in self._held:
-                self._orphans[digest] = record
-        while len(self._orphans) > MAX_ORPHANS:
-            del self._orphans[next(iter(self._orphans))]
-        for reason, count in report.refused.items():
-            if reason not in ("sequence_gap", "replay"):  # orphans retried, or held already
-                refused[reason] += count
-        self.counts.update(refused)
-        if report.equivocations:
-            self.counts["equivocation"] += report.equivocations
-        return MergeReport(report.accepted, refused, report.equivocations)
+        return fresh
 
     def _note(self, digest: bytes) -> None:
         body = self._held.get(digest).body  # type: ignore[union-attr]
