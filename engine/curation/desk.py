@@ -126,11 +126,12 @@ class CurationDesk:
         self.round = -1  # the last committed round
         self.counts: Counter[str] = Counter()  # refusals by reason, and "equivocation"
         self._answered_by: dict[bytes, set[bytes]] = {}  # annotator -> tasks (held)
+        self._answerers: dict[bytes, set[bytes]] = {}  # task -> annotators (held)
         self._history: list[RoundPoint] = []
         self._orphans: dict[bytes, SignedAnnotation] = {}  # digest -> record awaiting its prev
         self._cache: dict[str, object] = {}  # derived from the committed log, per commit
-        for row in self._held.answers(include_equivocators=True):
-            self._answered_by.setdefault(row.annotator, set()).add(row.task)
+        for digest in self._held.digests():
+            self._note(digest)
 
     # --- intake --------------------------------------------------------------------------
 
@@ -191,6 +192,7 @@ class CurationDesk:
     def _note(self, digest: bytes) -> None:
         body = self._held.get(digest).body  # type: ignore[union-attr]
         self._answered_by.setdefault(body.annotator, set()).add(body.task)
+        self._answerers.setdefault(body.task, set()).add(body.annotator)
 
     def head(self, annotator: bytes) -> tuple[int, bytes]:
         """(next seq, prev digest) of the annotator's next record, pending ones included."""
@@ -213,16 +215,20 @@ class CurationDesk:
         return self.tasks.get(digest)
 
     def next_tasks(self, annotator: bytes, count: int) -> list[Task]:
-        """Up to `count` tasks for `annotator` (assignment.py's leases over the committed
-        log): blind, never one they answered (pending answers included), gold mixed in."""
+        """Up to `count` tasks for `annotator` (assignment.py's leases over the records this
+        node holds, pending ones included, and the annotators it knows): blind, never one
+        they answered, gold mixed in. Within one node a slot is leased once; two nodes that
+        hold different pending records may lease it twice (a task then gets more than k
+        answers, never fewer) until a round commits what they hold."""
         if count < 0:
             raise ValueError(f"count must be >= 0, got {count}")
         mine = self._answered_by.get(annotator, set())
-        answered = self._committed_answered()
-        roster = set(self._committed_annotators()) | {annotator}
+        # the roster: every annotator this node has seen (pending records too: annotators
+        # at work here share the slots even before a round commits their first record)
+        roster = set(self._answered_by) | {annotator}
         uncertainty = {row.task: 1.0 - (row.confidence or 0.0) for row in self.labels()
                        if row.confidence is not None}
-        picks = assign(annotator, count + len(mine), tasks=self.tasks, answered=answered,
+        picks = assign(annotator, count + len(mine), tasks=self.tasks, answered=self._answerers,
                        roster=roster, committed_round=max(self.round, 0),
                        done=self._held.records_of(annotator), policy=self.policy,
                        uncertainty=uncertainty)
