@@ -31,6 +31,7 @@ from .io import Label, label_rows, labels_jsonl, labels_parquet
 from .labels import Annotations
 from .log import AnswerRow, CurationLog, LogLimits, MergeReport, Verify
 from .records import GENESIS, RecordRefused, SignedAnnotation, decode_annotation
+from .reputation import ReputationPolicy, Standing, reputation
 from .store import MemoryStore, RecordStore
 from .tasks import Task, TaskError, TaskSet
 
@@ -41,18 +42,6 @@ DEFAULT_POLICY = AssignmentPolicy()
 DEFAULT_LIMITS = LogLimits()
 HISTORY_POINTS = 1000
 MAX_ORPHANS = 4096  # forwarded records held back until their predecessor arrives  # rounds kept in `stats().history`: enough for a chart, bounded
-
-
-@dataclass(frozen=True, slots=True)
-class Standing:
-    """What the labels and the leaderboard read of an annotator's record."""
-
-    weight: float = 1.0
-    gold_seen: int = 0
-    gold_correct: int = 0
-    reward: float = 0.0
-    suspended: bool = False
-    flags: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,13 +100,13 @@ def merge_tasks(current: TaskSet, more: TaskSet) -> tuple[TaskSet, int]:
 class CurationDesk:
     def __init__(self, tasks: TaskSet, *, policy: AssignmentPolicy = DEFAULT_POLICY,
                  store: RecordStore | None = None, limits: LogLimits = DEFAULT_LIMITS,
-                 reputation: object | None = None,
+                 reputation: ReputationPolicy | None = None,
                  verify: Verify | None = None) -> None:
         """`store`: where held records are kept (reloaded, and checked again, from it);
         `verify`: the signature check (a shared cache in the simulator)."""
         self.tasks = tasks
         self.policy = policy
-        self.reputation_policy = reputation  # reputation.py's policy (c19-crowd)
+        self.reputation_policy = reputation  # None: off, every annotator weighs 1
         extra = {} if verify is None else {"verify": verify}
         self._held = CurationLog(tasks, store if store is not None else MemoryStore(), limits,
                                  **extra)
@@ -334,15 +323,24 @@ class CurationDesk:
         return self._cached("standings", self._standings)  # type: ignore[return-value]
 
     def _standings(self) -> dict[bytes, Standing]:
-        # The one place standings are computed. Until reputation.py lands every annotator
-        # weighs 1.0 and earns nothing; the gold record is already real.
+        # The one place standings are computed: reputation.py over the committed answers
+        # (equivocators included, to flag them), or, with reputation off, weight 1 for all.
+        policy = self.reputation_policy
+        if policy is not None:
+            return reputation(self.answers(), self.tasks, None, policy,
+                              equivocators=self._committed.equivocators)
         seen: Counter[bytes] = Counter()
         correct: Counter[bytes] = Counter()
+        answered: Counter[bytes] = Counter()
         for row in self.answers():
             gold = self.tasks.gold.get(row.task)
+            answered[row.annotator] += 1
             seen[row.annotator] += gold is not None
             correct[row.annotator] += gold is not None and gold == row.answer
-        return {a: Standing(1.0, seen[a], correct[a]) for a in self._committed_annotators()}
+        return {a: Standing(weight=1.0, skill=0.0, gold_seen=seen[a], gold_correct=correct[a],
+                            answers=answered[a], accepted=0, flags=(), suspended=False,
+                            reward=0.0)
+                for a in self._committed_annotators()}
 
     def labels(self) -> list[LabelRow]:
         """The label of every task with a committed answer, by task id."""
