@@ -40,8 +40,8 @@ __all__ = ["AnnotatorView", "CurationDesk", "LabelRow", "PlatformStats", "RoundP
 
 DEFAULT_POLICY = AssignmentPolicy()
 DEFAULT_LIMITS = LogLimits()
-HISTORY_POINTS = 1000
-MAX_ORPHANS = 4096  # forwarded records held back until their predecessor arrives  # rounds kept in `stats().history`: enough for a chart, bounded
+HISTORY_POINTS = 1000  # rounds kept in `stats().history`: enough for a chart, bounded
+MAX_ORPHANS = 4096  # forwarded records held back until their predecessor arrives
 
 
 @dataclass(frozen=True, slots=True)
