@@ -57,6 +57,7 @@ if TYPE_CHECKING:
 __all__ = ["CurationService", "CurationSetup"]
 
 BENIGN = frozenset({"replay", "sequence_gap"})  # what honest forwarding causes too
+MAX_PENDING_IMPORTS = 16  # task imports held at once, waiting for a round
 
 
 @dataclass(frozen=True)
@@ -182,6 +183,9 @@ class CurationService(Service):
         _, added = merge_tasks(self.desk.tasks, decode_import(data))
         digest = sha256(data)
         if added and digest not in self.imports:
+            if len(self.imports) >= MAX_PENDING_IMPORTS:
+                raise TaskError(f"{MAX_PENDING_IMPORTS} task imports already wait for a "
+                                f"round; try again in a moment")
             self.imports[digest] = data
             if persist:
                 self.persist(f"i/{digest.hex()}", data)
