@@ -25,6 +25,7 @@ forwarded twice, or ahead of its predecessor, is not an offence and is not count
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, ClassVar
@@ -145,7 +146,8 @@ class CurationService(Service):
         for key in sorted(k for k in disk if k.startswith("curation/i/")):
             value = disk[key]
             if isinstance(value, bytes):
-                self._hold_import(value, persist=False)
+                with contextlib.suppress(TaskError):  # one a commit covered since, say
+                    self._hold_import(value, persist=False)
 
     def start(self) -> None:
         self.node.set_timer(self, "offer", self.setup.offer_interval)
