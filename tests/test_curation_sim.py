@@ -196,3 +196,17 @@ def test_a_member_down_longer_than_the_checkpoint_gap_catches_up_by_records() ->
     assert world.metrics.rejections == {}
     assert committed_everywhere(world, crowd.acknowledged) and len(crowd.acknowledged) == 16
     assert len(final_state(world)) == 1 and world.hosts[2].node.round == 80  # type: ignore[union-attr]
+
+
+def test_a_curation_run_is_a_pure_function_of_scenario_and_seed() -> None:
+    def run() -> list[tuple[int, int, bytes, int]]:
+        world = SimWorld(scenario([{"kind": "partition", "at": 0.5, "duration": 0.5,
+                                    "groups": [[3, 5]]}], rounds=30))
+        crowd = Annotators(world, 4)
+        for i in range(4):
+            crowd.at(0.2 + 0.03 * i, i, ANNOTATION[i % 2], tasks=3)
+        world.run()
+        return [(m.node, m.round, m.root, m.records) for m in world.metrics.curation]
+
+    first = run()
+    assert first == run() and first[-1][3] == 12
