@@ -24,13 +24,21 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, TypeVar
 
+from phalanx.net.crypto import verify_signature
+
 from .aggregate import LabelRow, aggregate_labels
 from .agreement import AgreementError, krippendorff_alpha
 from .assignment import AssignmentPolicy, assign
 from .io import Label, label_rows, labels_jsonl, labels_parquet
 from .labels import Annotations
 from .log import AnswerRow, CurationLog, LogLimits, MergeReport, Verify
-from .records import GENESIS, RecordRefused, SignedAnnotation, decode_annotation
+from .records import (
+    GENESIS,
+    RecordRefused,
+    SignedAnnotation,
+    decode_annotation,
+    signed_message,
+)
 from .reputation import ReputationPolicy, Standing, reputation
 from .store import MemoryStore, RecordStore
 from .tasks import Task, TaskError, TaskSet
@@ -42,6 +50,7 @@ T = TypeVar("T")
 DEFAULT_POLICY = AssignmentPolicy()
 DEFAULT_LIMITS = LogLimits()
 HISTORY_POINTS = 1000  # rounds kept in `stats().history`: enough for a chart, bounded
+ALPHA_GROWTH = 1.05  # a history point gets alpha once the log grew 5% since the last one
 MAX_ORPHANS = 4096  # forwarded records held back until their predecessor arrives
 
 
@@ -108,10 +117,10 @@ class CurationDesk:
         self.tasks = tasks
         self.policy = policy
         self.reputation_policy = reputation  # None: off, every annotator weighs 1
-        extra = {} if verify is None else {"verify": verify}
+        self._verify = verify or verify_signature
         self._held = CurationLog(tasks, store if store is not None else MemoryStore(), limits,
-                                 **extra)
-        self._committed = CurationLog(tasks, MemoryStore(), limits, **extra)
+                                 self._verify)
+        self._committed = CurationLog(tasks, MemoryStore(), limits, self._verify_known)
         self.limits = limits
         self.round = -1  # the last committed round
         self.counts: Counter[str] = Counter()  # refusals by reason, and "equivocation"
@@ -120,9 +129,19 @@ class CurationDesk:
         self._history: list[RoundPoint] = []
         self._orphans: dict[bytes, SignedAnnotation] = {}  # digest -> record awaiting its prev
         self._pending: dict[bytes, SignedAnnotation] = {}  # held, not committed
+        self._uncertain: tuple[int, dict[bytes, float]] | None = None  # (round, by task)
         self._cache: dict[str, Any] = {}  # derived from the committed log, per commit
         for digest in self._held.digests():
             self._note(digest)
+
+    def _verify_known(self, public_key: bytes, message: bytes, signature: bytes) -> bool:
+        """The committed log's signature check: a record this node verified when it took it
+        (same digest, key and signature) is not verified twice."""
+        held = self._held.get(message[-32:]) if message == signed_message(message[-32:]) else None
+        if held is not None and held.signature == signature and (
+                held.body.annotator == public_key):
+            return True
+        return self._verify(public_key, message, signature)
 
     # --- intake --------------------------------------------------------------------------
 
@@ -222,13 +241,25 @@ class CurationDesk:
         # the roster: every annotator this node has seen (pending records too: annotators
         # at work here share the slots even before a round commits their first record)
         roster = set(self._answered_by) | {annotator}
-        uncertainty = {row.task: 1.0 - (row.confidence or 0.0) for row in self.labels()
-                       if row.confidence is not None}
         picks = assign(annotator, count + len(mine), tasks=self.tasks, answered=self._answerers,
                        roster=roster, committed_round=max(self.round, 0),
                        done=self._held.records_of(annotator), policy=self.policy,
-                       uncertainty=uncertainty)
+                       uncertainty=self._uncertainty())
         return [self.tasks.tasks[t] for t in picks if t not in mine][:count]
+
+    def _uncertainty(self) -> Mapping[bytes, float]:
+        """1 − confidence of each labelled task: the order in which tasks are offered. The
+        labels of the current snapshot when they were computed anyway, else those of a
+        snapshot at most `lease_rounds` rounds old (recomputing them for every assignment
+        after every commit would cost more than the assignment; the order only ranks tasks,
+        the leases still decide who may take which)."""
+        stale = self._uncertain is None or self.round - self._uncertain[0] >= (
+            self.policy.lease_rounds)
+        if stale or "labels" in self._cache:
+            self._uncertain = (self.round, {row.task: 1.0 - row.confidence
+                                            for row in self.labels()
+                                            if row.confidence is not None})
+        return self._uncertain[1]  # type: ignore[index]
 
     # --- the round -------------------------------------------------------------------------
 
@@ -286,8 +317,17 @@ class CurationDesk:
             if self._orphans:  # some may follow what just came
                 self.receive([])
         self._cache.clear()
-        self._history.append(RoundPoint(round, len(self._committed), self._alpha()))
+        self._history.append(RoundPoint(round, len(self._committed), self._history_alpha()))
         del self._history[:-HISTORY_POINTS]
+
+    def _history_alpha(self) -> float | None:
+        """Alpha for the history point of a commit: computed once the committed log grew by
+        ALPHA_GROWTH since the last point that has one (every node commits the same batches,
+        so every node skips the same points), None in between; a chart draws the others."""
+        last = next((p.records for p in reversed(self._history) if p.alpha is not None), 0)
+        if last and len(self._committed) < last * ALPHA_GROWTH:
+            return None
+        return self._alpha()
 
     # --- reads: the committed snapshot --------------------------------------------------
 
