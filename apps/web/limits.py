@@ -5,10 +5,11 @@ tokens a second up to `burst`. Keys live in an LRU of at most `max_keys` entries
 of made-up addresses costs a fixed amount of memory (an evicted key starts again with a full
 bucket: the cost of the bound, paid only under such a flood).
 
-Logins: each failure for a username or from an address doubles the wait before the next try
-from it (1 s, 2 s, 4 s, ... up to 15 min), counted from the failure; a success clears the
-username's count. An attacker guessing one account's password is slowed to a crawl, and
-spreading guesses over accounts is slowed by the address's own count.
+Logins: past a few free failures (3 for a username, 10 from an address: typos, a shared
+office address), each failure doubles the wait before the next try (1 s, 2 s, 4 s, ... up to
+15 min), counted from the failure; a success clears the username's count. An attacker
+guessing one account's password is slowed to a crawl, and spreading guesses over accounts is
+slowed by the address's own count.
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass
+from types import MappingProxyType
+from typing import Final
 
 __all__ = ["LoginThrottle", "RateLimiter", "RateLimits"]
 
@@ -92,24 +95,28 @@ class LoginThrottle:
 
     FIRST_WAIT = 1.0
     MOST_WAIT = 15 * 60.0
+    FREE: Final = MappingProxyType({"user": 3, "addr": 10})  # failures before any wait
 
     def __init__(self, max_keys: int = 100_000,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.max_keys = max_keys
         self.clock = clock
-        self._failures: OrderedDict[Hashable, tuple[int, float]] = OrderedDict()
+        self._failures: OrderedDict[tuple[str, str], tuple[int, float]] = OrderedDict()
 
     def wait(self, username: str, address: str) -> float:
         """Seconds before a login for `username` from `address` may be tried (0: now)."""
         now = self.clock()
         return max(self._until(("user", username), now), self._until(("addr", address), now))
 
-    def _until(self, key: Hashable, now: float) -> float:
+    def _until(self, key: tuple[str, str], now: float) -> float:
         held = self._failures.get(key)
         if held is None:
             return 0.0
         failures, last = held
-        pause = min(self.MOST_WAIT, self.FIRST_WAIT * 2 ** (failures - 1))
+        over = failures - self.FREE[key[0]]
+        if over < 0:
+            return 0.0
+        pause = min(self.MOST_WAIT, self.FIRST_WAIT * 2 ** over)
         return max(0.0, last + pause - now)
 
     def failed(self, username: str, address: str) -> None:

@@ -142,6 +142,7 @@ class Platform(BaseModel):
     gold: int
     records: int
     pending: int
+    annotators: int
     labelled: int
     mean_confidence: float | None
     alpha: float | None = Field(description="Krippendorff's alpha over committed answers")

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TypeVar
+from typing import Annotated, TypeVar
 
-from fastapi import APIRouter, HTTPException, Request, Response
+from fastapi import APIRouter, HTTPException, Path, Request, Response
 from starlette.concurrency import run_in_threadpool
 
 from phalanx.net.crypto import verify_signature
@@ -153,6 +153,6 @@ async def list_tokens(who: CallerDep, context: WebDep) -> TokenList:
 
 
 @router.delete("/tokens/{token_id}", status_code=204, responses={404: {"model": Problem}})
-async def revoke_token(token_id: int, who: CallerDep, context: WebDep) -> None:
+async def revoke_token(token_id: Annotated[int, Path(ge=1, le=2**62)], who: CallerDep, context: WebDep) -> None:
     if not context.accounts.revoke_token(who.account, token_id):
         raise HTTPException(404, "no such token on this account")
