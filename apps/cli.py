@@ -20,6 +20,7 @@ from phalanx.apps.node_command import node as node_command
 from phalanx.apps.outputs import output_file, output_folder
 from phalanx.apps.tables import WholeNumbers
 from phalanx.apps.terminal import err, fail, out
+from phalanx.apps.web_command import web_app
 from phalanx.scenario.errors import ScenarioError
 
 # torch's profiler (the trainer's memory probe measures with it) logs each start and stop to
@@ -33,6 +34,7 @@ app.add_typer(bench_app, name="bench")
 cluster_app = Typer(no_args_is_help=True,
                     help="A local cluster of real node processes from a scenario.")
 app.add_typer(cluster_app, name="cluster")
+app.add_typer(web_app, name="web")
 
 
 def _print_version(asked: bool) -> None:
