@@ -532,6 +532,27 @@ def bench_crowd(
         raise fail(str(e)) from None
 
 
+@bench_app.command("web")
+def bench_web(
+    clients: Annotated[int, typer.Option(help="concurrent annotator clients")] = 200,
+    seconds: Annotated[float, typer.Option(help="how long they submit")] = 60.0,
+    out_file: Annotated[Path, typer.Option("--out", help="JSON result file")] = Path(
+        "benchmarks/out/web.json"),
+) -> None:
+    """Web submissions per second and latency under concurrent annotators; none lost."""
+    output_file(out_file)
+    from phalanx.apps.bench_web import BenchWebError, run_bench
+
+    if not 1 <= clients <= 250:
+        raise fail(f"--clients: 1..250, the server's connection cap leaves room (got {clients})")
+    if not seconds > 0:
+        raise fail(f"--seconds: more than 0 (got {seconds})")
+    try:
+        run_bench(clients, seconds, out_file, out)
+    except BenchWebError as e:
+        raise fail(str(e)) from None
+
+
 @bench_app.command("memory")
 def bench_memory(
     rounds: Annotated[int, typer.Option(help="rounds the cluster runs")] = 20_000,

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from phalanx.apps.http_guard import Guard, HttpLimits
 from phalanx.apps.http_serving import EmbeddedServer, guarded_server
+from phalanx.engine.curation.assignment import AssignmentPolicy
 from phalanx.engine.curation.desk import CurationDesk, merge_tasks
 from phalanx.engine.curation.io import tasks_from_csv, tasks_from_jsonl
 from phalanx.engine.curation.store import SqliteStore
@@ -47,7 +48,8 @@ def read_task_file(path: Path) -> TaskSet:
     return tasks_from_csv(data) if path.suffix.lower() == ".csv" else tasks_from_jsonl(data)
 
 
-def open_local(data: Path, tasks_file: Path | None, commit_seconds: float) -> LocalPort:
+def open_local(data: Path, tasks_file: Path | None, commit_seconds: float,
+               policy: AssignmentPolicy | None = None) -> LocalPort:
     """The folder's desk with the tasks it kept, grown by `tasks_file` (kept from then on)."""
     data.mkdir(parents=True, exist_ok=True)
     kept = data / TASKS
@@ -56,7 +58,8 @@ def open_local(data: Path, tasks_file: Path | None, commit_seconds: float) -> Lo
         tasks, added = merge_tasks(tasks, read_task_file(tasks_file))
         if added:
             save_tasks(tasks, kept)
-    desk = CurationDesk(tasks, store=SqliteStore(data / RECORDS))
+    desk = CurationDesk(tasks, store=SqliteStore(data / RECORDS),
+                        policy=policy or AssignmentPolicy())
     return LocalPort(desk, commit_seconds, tasks_file=kept)
 
 
@@ -71,10 +74,11 @@ class LocalServe:
     tasks_file: Path | None = None
 
 
-async def serve_local(options: LocalServe, ready: Callable[[str], None]) -> None:
+async def serve_local(options: LocalServe, ready: Callable[[str], None],
+                      policy: AssignmentPolicy | None = None) -> None:
     """Serve until SIGINT or SIGTERM; `ready(url)` once listening (with the bound port when
     0 was asked). The pending records are committed one last time on the way out."""
-    local = open_local(options.data, options.tasks_file, options.commit_seconds)
+    local = open_local(options.data, options.tasks_file, options.commit_seconds, policy)
     app = create_app(local, accounts_path=options.data / ACCOUNTS, settings=options.settings)
     server = web_server(app, options.host, options.port, options.settings, options.tls)
     loop = asyncio.get_running_loop()
