@@ -53,3 +53,15 @@ export async function loadKey(account) {
   if (!row) return null;
   return { privateKey: row.privateKey, publicKey: row.publicKey, publicHex: toHex(row.publicKey) };
 }
+
+const KEY_DOMAIN = new TextEncoder().encode("phalanx/key/v1");
+
+/** Hex of the signature that proves `username` holds `key`: Ed25519 over
+ * "phalanx/key/v1" + the username in UTF-8, what the node asks with a key registration. */
+export async function proveKey(key, username) {
+  const name = new TextEncoder().encode(username);
+  const message = new Uint8Array(KEY_DOMAIN.length + name.length);
+  message.set(KEY_DOMAIN);
+  message.set(name, KEY_DOMAIN.length);
+  return toHex(new Uint8Array(await crypto.subtle.sign("Ed25519", key.privateKey, message)));
+}

@@ -1,9 +1,10 @@
 // Create an account with a signing key made right here: the public half goes to the node with
 // the sign-up, the private half stays in this browser's IndexedDB, non-extractable.
 import { api, setCsrf } from "../api.js";
-import { generateKey, saveKey, supported } from "../keys.js";
+import { generateKey, proveKey, saveKey, supported } from "../keys.js";
 import { $, showError } from "../ui.js";
 
+const MIN_PASSWORD = 10;
 const form = $("#auth-form");
 const status = $("#key-status");
 let keyPromise = null;
@@ -21,8 +22,8 @@ form.addEventListener("submit", async (event) => {
   error.hidden = true;
   const username = $("#username").value.trim();
   const password = $("#password").value;
-  if (password.length < 8) {
-    showError(error, new Error("Your password needs at least 8 characters."));
+  if (password.length < MIN_PASSWORD) {
+    showError(error, new Error(`Your password needs at least ${MIN_PASSWORD} characters.`));
     return;
   }
   const button = form.querySelector("button[type=submit]");
@@ -30,7 +31,7 @@ form.addEventListener("submit", async (event) => {
   try {
     const key = keyPromise ? await keyPromise.catch(() => null) : null;
     const body = { username, password };
-    if (key) body.public_key = key.publicHex;
+    if (key) Object.assign(body, { public_key: key.publicHex, proof: await proveKey(key, username) });
     const me = await api("/api/auth/signup", { method: "POST", json: body });
     setCsrf(me.csrf);
     if (key) await saveKey(username, key);
