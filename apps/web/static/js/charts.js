@@ -4,8 +4,8 @@
 // alternative naming what it shows.
 
 const SVG = "http://www.w3.org/2000/svg";
-const W = 640;
 const H = 260;
+let W = 640; // set to the container's width before each drawing, so text keeps its size
 const PAD = { top: 16, right: 16, bottom: 40, left: 48 };
 
 function svgEl(tag, attrs = {}, text) {
@@ -66,6 +66,7 @@ function empty(container, message) {
 /** points: [{x, y}] (y may be null: a gap). opts: {xLabel, yLabel, yMin, yMax, threshold:
  * {value, label}, title, emptyText}. */
 export function lineChart(container, points, opts) {
+  W = Math.max(320, Math.round(container.clientWidth || 640));
   const shown = points.filter((p) => p.y !== null && p.y !== undefined && Number.isFinite(p.y));
   if (!shown.length) return empty(container, opts.emptyText);
   const xs = shown.map((p) => p.x);
@@ -96,6 +97,7 @@ export function lineChart(container, points, opts) {
 
 /** Columns: [{x, y}] with y >= 0. opts: {xLabel, yLabel, title, emptyText}. */
 export function columnChart(container, columns, opts) {
+  W = Math.max(320, Math.round(container.clientWidth || 640));
   if (!columns.length) return empty(container, opts.emptyText);
   const shown = columns.slice(-60);
   const yHi = Math.max(1, ...shown.map((c) => c.y));
@@ -118,6 +120,7 @@ export function columnChart(container, columns, opts) {
 /** Grouped horizontal bars in [0, 1]: rows [{name, a, b}] (a, b may be null). opts:
  * {aLabel, bLabel, title, emptyText}. */
 export function qualityBars(container, rows, opts) {
+  W = Math.max(320, Math.round(container.clientWidth || 640));
   if (!rows.length) return empty(container, opts.emptyText);
   const shown = rows.slice(0, 30);
   const rowH = 28;

@@ -78,7 +78,7 @@ function updateLine() {
 
 function emptyState() {
   fill(card, el("div", { class: "empty" },
-    el("div", { class: "icon", "aria-hidden": "true", text: "🎉" }),
+    el("div", { class: "icon done", "aria-hidden": "true" }),
     el("h2", { text: "You're all caught up" }),
     el("p", { class: "muted", text: "No task needs your answer right now. New tasks arrive as others finish theirs." }),
     el("div", { class: "button-row" },

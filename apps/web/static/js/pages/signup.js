@@ -10,7 +10,7 @@ const status = $("#key-status");
 let keyPromise = null;
 if (supported()) {
   keyPromise = generateKey();
-  keyPromise.then((key) => { status.textContent = `🔑 Signing key ready: ${key.publicHex.slice(0, 12)}…`; },
+  keyPromise.then((key) => { status.textContent = `Signing key ready: ${key.publicHex.slice(0, 12)}…`; },
     () => { status.textContent = "This browser cannot make an Ed25519 key; you can sign up and annotate from a current browser."; });
 } else {
   status.textContent = "Signing needs a secure page (HTTPS or localhost): you can sign up, but annotate over HTTPS.";
