@@ -4,10 +4,12 @@ Playwright, skipped with a reason when either is missing."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import shutil
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Coroutine, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -17,15 +19,31 @@ import pytest
 CHROMIUM = Path("/usr/bin/chromium")
 
 
+Background = Callable[[], Coroutine[Any, Any, None]]
+
+
 @contextmanager
-def served(app: Any) -> Iterator[str]:
-    """`app` on a free loopback port; yields its base URL and stops it afterwards."""
+def served(app: Any, background: Sequence[Background] = ()) -> Iterator[str]:
+    """`app` on a free loopback port, with `background` coroutines (e.g. a LocalPort's
+    commits) running on the server's own event loop; yields the base URL, stops it after."""
     import uvicorn
 
     config = uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning",
                             lifespan="off")
     server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, name="web-under-test", daemon=True)
+
+    async def serve() -> None:
+        tasks = [asyncio.create_task(work()) for work in background]
+        try:
+            await server.serve()
+        finally:
+            for task in tasks:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+
+    thread = threading.Thread(target=asyncio.run, args=(serve(),), name="web-under-test",
+                              daemon=True)
     thread.start()
     deadline = time.monotonic() + 10
     while not server.started:

@@ -97,9 +97,13 @@ function render() {
   card.setAttribute("aria-busy", "false");
   const task = current();
   if (!task) {
+    delete card.dataset.kind;
+    delete card.dataset.task;
     emptyState();
     return;
   }
+  card.dataset.kind = task.kind;
+  card.dataset.task = task.id;
   const answer = answerOf(task);
   const controls = renderTask(task, answer, {
     onPick: (index, typed) => pick(index, typed),
