@@ -228,6 +228,10 @@ function onKey(event) {
       event.preventDefault();
       submit();
     } else if (event.key === "Escape") target.blur();
+    else if ((event.key === "ArrowRight" || event.key === "ArrowLeft") && !target.value) {
+      event.preventDefault(); // an empty box has no caret to move: the arrows change task
+      move(event.key === "ArrowRight" ? 1 : -1);
+    }
     return;
   }
   if (/^[0-9]$/.test(event.key)) {
