@@ -108,7 +108,9 @@ def browser() -> Iterator[Any]:
 
 
 def _page(browser: Any, errors: list[str]) -> Any:
-    page = browser.new_context(viewport={"width": 1280, "height": 860}).new_page()
+    # reduced motion: the page skips its transitions, so screenshots are never mid-fade
+    page = browser.new_context(viewport={"width": 1280, "height": 860},
+                               reduced_motion="reduce").new_page()
     page.set_default_timeout(10_000)
     page.on("pageerror", lambda e: errors.append(str(e)))
     # script errors; Chromium's own lines for 4xx answers are expected (signed out, refusals)

@@ -77,7 +77,8 @@ function choiceList(task, answer, onPick) {
     options.map((option) => el("label", { class: "choice" },
       optionInput(task, option, answer, `answer-${task.digest}`, onPick),
       el("span", { text: option.label }),
-      option.index < MAX_KEYED ? el("kbd", { text: keyName(option.index) }) : null)));
+      option.index < MAX_KEYED && option.label !== keyName(option.index)
+        ? el("kbd", { text: keyName(option.index) }) : null)));
 }
 
 function ratingScale(task, answer, onPick) {

@@ -46,6 +46,8 @@ export const fmt = {
   int: (n) => (n === null || n === undefined ? "—" : integer.format(n)),
   num: (n, digits = 2) => (n === null || n === undefined || Number.isNaN(n) ? "—"
     : new Intl.NumberFormat(undefined, { maximumFractionDigits: digits }).format(n)),
+  fixed: (n, digits = 2) => (n === null || n === undefined || Number.isNaN(n) ? "—"
+    : new Intl.NumberFormat(undefined, { minimumFractionDigits: digits, maximumFractionDigits: digits }).format(n)),
   pct: (n) => (n === null || n === undefined || Number.isNaN(n) ? "—" : `${decimal.format(100 * n)}%`),
   short: (hex) => (hex ? `${hex.slice(0, 8)}…${hex.slice(-4)}` : "—"),
 };

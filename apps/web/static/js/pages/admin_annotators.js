@@ -10,7 +10,7 @@ function weightCell(stats) {
   if (!stats) return el("td", { class: "muted", text: "—" });
   const bar = el("span", { class: "bar", "aria-hidden": "true" }, el("span"));
   bar.firstChild.style.width = `${Math.round(stats.weight * 100)}%`;
-  return el("td", {}, bar, fmt.num(stats.weight));
+  return el("td", {}, bar, fmt.fixed(stats.weight));
 }
 
 async function change(account, body, done) {

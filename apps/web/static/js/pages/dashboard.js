@@ -25,7 +25,7 @@ function showMine(stats, rank, rows) {
   const mine = stats || { committed: 0, pending: 0, gold_seen: 0, gold_correct: 0, weight: 1, reward: 0, flags: [], suspended: false };
   show("#stat-records", fmt.int(mine.committed + mine.pending));
   $("#stat-records-note").textContent = `${fmt.int(mine.committed)} committed · ${fmt.int(mine.pending)} pending`;
-  show("#stat-reputation", fmt.num(mine.weight));
+  show("#stat-reputation", fmt.fixed(mine.weight));
   $("#reputation-meter").value = mine.weight;
   $("#stat-reputation-note").textContent = "how much your answers weigh in the labels";
   show("#stat-gold", mine.gold_seen ? fmt.pct(mine.gold_correct / mine.gold_seen) : "—");

@@ -5,7 +5,7 @@ import { $, el, fill, fmt, requireUser } from "../ui.js";
 function weightCell(weight) {
   const bar = el("span", { class: "bar", "aria-hidden": "true" }, el("span"));
   bar.firstChild.style.width = `${Math.round(weight * 100)}%`;
-  return el("td", {}, bar, fmt.num(weight));
+  return el("td", {}, bar, fmt.fixed(weight));
 }
 
 async function start() {
