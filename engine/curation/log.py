@@ -21,7 +21,7 @@ and text bounds as "oversized".
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Callable, Collection, Iterable, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from types import MappingProxyType
 
@@ -219,13 +219,17 @@ class CurationLog:
         except TaskError as e:
             raise RecordRefused("invalid_answer", str(e)) from None
 
-    def _check_link(self, record: SignedAnnotation) -> None:
+    def _check_link(self, record: SignedAnnotation,
+                    also: Mapping[bytes, SignedAnnotation] | None = None) -> None:
+        """`also`: records not held yet that may precede this one (a batch being checked)."""
         body = record.body
         if body.seq == 0 or body.prev == GENESIS:
             if body.seq != 0 or body.prev != GENESIS:
                 raise RecordRefused("chain_link", "only seq 0 links to genesis, and it must")
             return
         parent = self._records.get(body.prev)
+        if parent is None and also is not None:
+            parent = also.get(body.prev)
         if parent is None:
             raise RecordRefused("sequence_gap", f"previous record {body.prev.hex()[:16]} "
                                                 f"(seq {body.seq - 1}) is not held")
@@ -233,6 +237,43 @@ class CurationLog:
             raise RecordRefused("chain_link", "previous record is another annotator's")
         if parent.body.seq != body.seq - 1:
             raise RecordRefused("chain_link", f"seq {body.seq} follows seq {parent.body.seq}")
+
+    def batch_problem(self, records: Sequence[bytes]) -> str | None:
+        """Why `merge(records)` would not take every record of the batch (the first refusal
+        reason, by the order `merge` applies them), or None: each record decodes, is new,
+        is signed by its annotator, fits its task, and links to a held record or to an
+        earlier one (by seq) of the batch. Changes nothing: what a voter asks of a proposal."""
+        if len(records) > self.limits.max_batch:
+            return "flood"
+        batch: list[tuple[bytes, SignedAnnotation]] = []
+        try:
+            for item in records:
+                record = self._decoded(item)
+                batch.append((record.digest, record))
+        except RecordRefused as e:
+            return e.reason
+        batch.sort(key=lambda pair: (pair[1].body.annotator, pair[1].body.seq, pair[0]))
+        earlier: dict[bytes, SignedAnnotation] = {}
+        grown: Counter[bytes] = Counter()
+        for digest, record in batch:
+            body = record.body
+            if digest in self._records or digest in earlier:
+                return "replay"
+            if not self._verify(body.annotator, signed_message(digest), record.signature):
+                return "bad_signature"
+            try:
+                self._check_answer(record)
+                self._check_link(record, earlier)
+            except RecordRefused as e:
+                return e.reason
+            earlier[digest] = record
+            grown[body.annotator] += 1
+            if self._per_annotator[body.annotator] + grown[body.annotator] > (
+                    self.limits.max_per_annotator):
+                return "flood"
+        if len(self._records) + len(earlier) > self.limits.max_records:
+            return "flood"
+        return None
 
     # --- reading the state ------------------------------------------------------------------
 

@@ -1,0 +1,372 @@
+"""The curation desk: everything a curation node holds and computes, sans-IO.
+
+A desk keeps two curation logs over the same tasks:
+
+- `held`: every record the node verified, from its own annotators (`submit`), from peers
+  (`receive`) and from committed rounds. What it holds and has not seen committed is
+  *pending*: offered to the round (`proposal`) until a round commits it. Its store is the
+  node's durable copy: a submission is in it before `submit` returns.
+- `committed`: only what rounds committed (`commit`), in round order. It is a pure function
+  of committed data, so every node that reached round r holds the same committed log, the
+  same snapshot `root` and the same `labels()`; a voter checks a leader's batch against it
+  (`batch_problem`).
+
+Reads (`labels`, `annotator`, `leaderboard`, `stats`, `export_labels`) are of the committed
+snapshot; `head`, `next_tasks` and `pending` see the pending records too, since an annotator
+must never be handed a task they already answered, committed or not.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+from .aggregate import LabelRow, aggregate_labels
+from .agreement import AgreementError, krippendorff_alpha
+from .assignment import AssignmentPolicy, assign
+from .io import Label, label_rows, labels_jsonl, labels_parquet
+from .labels import Annotations
+from .log import AnswerRow, CurationLog, LogLimits, MergeReport, Verify
+from .records import GENESIS, RecordRefused, SignedAnnotation, decode_annotation
+from .store import MemoryStore, RecordStore
+from .tasks import Task, TaskError, TaskSet
+
+__all__ = ["AnnotatorView", "CurationDesk", "LabelRow", "PlatformStats", "RoundPoint",
+           "merge_tasks"]
+
+DEFAULT_POLICY = AssignmentPolicy()
+DEFAULT_LIMITS = LogLimits()
+HISTORY_POINTS = 1000  # rounds kept in `stats().history`: enough for a chart, bounded
+
+
+@dataclass(frozen=True, slots=True)
+class Standing:
+    """What the labels and the leaderboard read of an annotator's record."""
+
+    weight: float = 1.0
+    gold_seen: int = 0
+    gold_correct: int = 0
+    reward: float = 0.0
+    suspended: bool = False
+    flags: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class AnnotatorView:
+    """One annotator as the platform sees them (committed records, except `pending`)."""
+
+    annotator: bytes
+    committed: int
+    pending: int
+    gold_seen: int
+    gold_correct: int
+    weight: float  # in [0, 1]: what their answers weigh in the labels
+    reward: float
+    suspended: bool
+    flags: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class RoundPoint:
+    """A round that committed records: how many the log held after it, and the agreement."""
+
+    round: int
+    records: int
+    alpha: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class PlatformStats:
+    round: int  # the last committed round (-1: none yet)
+    root: bytes
+    tasks: int
+    gold: int
+    records: int
+    pending: int
+    annotators: int
+    labelled: int  # tasks with a label (free text excluded)
+    mean_confidence: float | None
+    alpha: float | None  # Krippendorff's alpha (nominal) over single-choice answers
+    history: tuple[RoundPoint, ...]
+
+
+def merge_tasks(current: TaskSet, more: TaskSet) -> tuple[TaskSet, int]:
+    """`current` grown by the tasks of `more` it lacks, and how many those were. TaskError
+    when `more` reuses a task id for a different task (an id names one task forever)."""
+    fresh = [t for d, t in more.tasks.items() if d not in current.tasks]
+    for task in fresh:
+        if task.id in current.by_id:
+            raise TaskError(f"task id {task.id[:40]!r} is taken by a different task")
+    if not fresh:
+        return current, 0
+    gold = {current.tasks[d].id: a for d, a in current.gold.items()}
+    gold.update((more.tasks[d].id, a) for d, a in more.gold.items() if d not in current.tasks)
+    return TaskSet([*current.tasks.values(), *fresh], gold), len(fresh)
+
+
+class CurationDesk:
+    def __init__(self, tasks: TaskSet, *, policy: AssignmentPolicy = DEFAULT_POLICY,
+                 store: RecordStore | None = None, limits: LogLimits = DEFAULT_LIMITS,
+                 reputation: object | None = None,
+                 verify: Verify | None = None) -> None:
+        """`store`: where held records are kept (reloaded, and checked again, from it);
+        `verify`: the signature check (a shared cache in the simulator)."""
+        self.tasks = tasks
+        self.policy = policy
+        self.reputation_policy = reputation  # reputation.py's policy (c19-crowd)
+        extra = {} if verify is None else {"verify": verify}
+        self._held = CurationLog(tasks, store if store is not None else MemoryStore(), limits,
+                                 **extra)
+        self._committed = CurationLog(tasks, MemoryStore(), limits, **extra)
+        self.limits = limits
+        self.round = -1  # the last committed round
+        self.counts: Counter[str] = Counter()  # refusals by reason, and "equivocation"
+        self._answered_by: dict[bytes, set[bytes]] = {}  # annotator -> tasks (held)
+        self._history: list[RoundPoint] = []
+        self._cache: dict[str, object] = {}  # derived from the committed log, per commit
+        for row in self._held.answers(include_equivocators=True):
+            self._answered_by.setdefault(row.annotator, set()).add(row.task)
+
+    # --- intake --------------------------------------------------------------------------
+
+    def submit(self, record: bytes) -> bytes:
+        """Verify and hold one annotator's record; its digest once durable, or RecordRefused
+        (its reason counted in `counts`)."""
+        try:
+            digest = self._held.add(record)
+        except RecordRefused as e:
+            self.counts[e.reason] += 1
+            raise
+        self._note(digest)
+        return digest
+
+    def receive(self, records: Iterable[bytes]) -> MergeReport:
+        """Records a peer forwarded: the new ones verified and held, those held already
+        skipped silently (peers resend what is pending until it commits); refusals counted."""
+        fresh: list[SignedAnnotation] = []
+        refused: Counter[str] = Counter()
+        for n, data in enumerate(records):
+            if n >= self.limits.max_batch:
+                refused["flood"] += 1
+                continue
+            try:
+                record = decode_annotation(data)
+            except RecordRefused as e:
+                refused[e.reason] += 1
+                continue
+            if record.digest not in self._held:
+                fresh.append(record)
+        report = self._held.merge(fresh)
+        refused.update(report.refused)
+        self.counts.update(refused)
+        if report.equivocations:
+            self.counts["equivocation"] += report.equivocations
+        for digest in report.accepted:
+            self._note(digest)
+        return MergeReport(report.accepted, refused, report.equivocations)
+
+    def _note(self, digest: bytes) -> None:
+        body = self._held.get(digest).body  # type: ignore[union-attr]
+        self._answered_by.setdefault(body.annotator, set()).add(body.task)
+
+    def head(self, annotator: bytes) -> tuple[int, bytes]:
+        """(next seq, prev digest) of the annotator's next record, pending ones included."""
+        return self._held.head(annotator)
+
+    # --- tasks -------------------------------------------------------------------------------
+
+    def add_tasks(self, tasks: TaskSet) -> int:
+        """Take the tasks of `tasks` not held yet (a committed import); how many were new.
+        TaskError when one reuses a held task's id for different content."""
+        grown, added = merge_tasks(self.tasks, tasks)
+        if added:
+            self.tasks = grown
+            self._held.extend_tasks(grown)
+            self._committed.extend_tasks(grown)
+            self._cache.clear()
+        return added
+
+    def task(self, digest: bytes) -> Task | None:
+        return self.tasks.get(digest)
+
+    def next_tasks(self, annotator: bytes, count: int) -> list[Task]:
+        """Up to `count` tasks for `annotator` (assignment.py's leases over the committed
+        log): blind, never one they answered (pending answers included), gold mixed in."""
+        if count < 0:
+            raise ValueError(f"count must be >= 0, got {count}")
+        mine = self._answered_by.get(annotator, set())
+        answered = self._committed_answered()
+        roster = set(self._committed_annotators()) | {annotator}
+        uncertainty = {row.task: 1.0 - (row.confidence or 0.0) for row in self.labels()
+                       if row.confidence is not None}
+        picks = assign(annotator, count + len(mine), tasks=self.tasks, answered=answered,
+                       roster=roster, committed_round=max(self.round, 0),
+                       done=self._held.records_of(annotator), policy=self.policy,
+                       uncertainty=uncertainty)
+        return [self.tasks.tasks[t] for t in picks if t not in mine][:count]
+
+    # --- the round -------------------------------------------------------------------------
+
+    @property
+    def pending(self) -> int:
+        return len(self._held) - len(self._committed)
+
+    def pending_records(self) -> list[bytes]:
+        """Every pending record, encoded, chain order (annotator, seq, digest)."""
+        return [r.encode() for _, r in self._pending_sorted()]
+
+    def _pending_sorted(self) -> list[tuple[bytes, SignedAnnotation]]:
+        committed = self._committed
+        pending = [(d, self._held.get(d)) for d in self._held.digests() if d not in committed]
+        return sorted(((d, r) for d, r in pending if r is not None),
+                      key=lambda p: (p[1].body.annotator, p[1].body.seq, p[0]))
+
+    def proposal(self, max_records: int = 512, max_bytes: int = 256 * 1024) -> list[bytes]:
+        """Pending records for a leader's proposal, in chain order, each linking to the
+        committed log or to an earlier one of the batch, within both bounds."""
+        out: list[bytes] = []
+        taken: set[bytes] = set()
+        size = 0
+        for digest, record in self._pending_sorted():
+            if len(out) >= max_records:
+                break
+            prev = record.body.prev
+            if prev != GENESIS and prev not in self._committed and prev not in taken:
+                continue  # its predecessor waits for a later batch: so does it
+            data = record.encode()
+            if size + len(data) > max_bytes:
+                continue
+            out.append(data)
+            taken.add(digest)
+            size += len(data)
+        return out
+
+    def batch_problem(self, records: Sequence[bytes]) -> str | None:
+        """Why a proposal carrying `records` must not be voted for (a refusal reason of
+        records.REFUSALS), or None."""
+        return self._committed.batch_problem(records)
+
+    def commit(self, records: Sequence[bytes], round: int) -> None:
+        """Round `round` committed `records`: into the committed log (and held, if new)."""
+        if round <= self.round:
+            raise ValueError(f"round {round} committed after round {self.round}")
+        self.round = round
+        if not records:
+            return
+        report = self._committed.merge(records)
+        new = [d for d in report.accepted if d not in self._held]
+        if new:
+            for digest in self._held.merge(self._committed.encoded(new)).accepted:
+                self._note(digest)
+        self._cache.clear()
+        self._history.append(RoundPoint(round, len(self._committed), self._alpha()))
+        del self._history[:-HISTORY_POINTS]
+
+    # --- reads: the committed snapshot --------------------------------------------------
+
+    @property
+    def root(self) -> bytes:
+        return self._committed.root
+
+    @property
+    def committed(self) -> int:
+        return len(self._committed)
+
+    @property
+    def held(self) -> CurationLog:
+        """Every verified record (read-only use: sync, proofs)."""
+        return self._held
+
+    @property
+    def committed_log(self) -> CurationLog:
+        """The committed records (read-only use: proofs, audits)."""
+        return self._committed
+
+    def _cached(self, key: str, make: object) -> object:
+        if key not in self._cache:
+            self._cache[key] = make()  # type: ignore[operator]
+        return self._cache[key]
+
+    def answers(self) -> list[AnswerRow]:
+        """The committed answers (one per task and annotator; equivocators left out)."""
+        return self._cached("answers", self._committed.answers)  # type: ignore[return-value]
+
+    def _committed_answered(self) -> Mapping[bytes, frozenset[bytes]]:
+        return self._cached("answered", self._committed.answered)  # type: ignore[return-value]
+
+    def _committed_annotators(self) -> list[bytes]:
+        return self._cached("annotators", lambda: sorted(  # type: ignore[return-value]
+            {a for group in self._committed_answered().values() for a in group}))
+
+    def standings(self) -> Mapping[bytes, Standing]:
+        """Each annotator's standing over the committed answers."""
+        return self._cached("standings", self._standings)  # type: ignore[return-value]
+
+    def _standings(self) -> dict[bytes, Standing]:
+        # The one place standings are computed. Until reputation.py lands every annotator
+        # weighs 1.0 and earns nothing; the gold record is already real.
+        seen: Counter[bytes] = Counter()
+        correct: Counter[bytes] = Counter()
+        for row in self.answers():
+            gold = self.tasks.gold.get(row.task)
+            seen[row.annotator] += gold is not None
+            correct[row.annotator] += gold is not None and gold == row.answer
+        return {a: Standing(1.0, seen[a], correct[a]) for a in self._committed_annotators()}
+
+    def labels(self) -> list[LabelRow]:
+        """The label of every task with a committed answer, by task id."""
+        def make() -> list[LabelRow]:
+            weights = {a: s.weight for a, s in self.standings().items()}
+            return aggregate_labels(self.tasks, self.answers(), weights)
+        return self._cached("labels", make)  # type: ignore[return-value]
+
+    def annotator(self, annotator: bytes) -> AnnotatorView:
+        standing = self.standings().get(annotator)
+        committed = self._committed.records_of(annotator)
+        pending = self._held.records_of(annotator) - committed
+        if standing is None:
+            return AnnotatorView(annotator, committed, pending, 0, 0, 1.0, 0.0, False, ())
+        return AnnotatorView(annotator, committed, pending, standing.gold_seen,
+                             standing.gold_correct, standing.weight, standing.reward,
+                             standing.suspended, tuple(standing.flags))
+
+    def leaderboard(self, limit: int = 50) -> list[AnnotatorView]:
+        """Annotators by reward, then committed records, then key; at most `limit`."""
+        views = [self.annotator(a) for a in self._committed_annotators()]
+        views.sort(key=lambda v: (-v.reward, -v.committed, v.annotator))
+        return views[:max(0, limit)]
+
+    def stats(self) -> PlatformStats:
+        labelled = [row for row in self.labels() if row.confidence is not None]
+        confidence = (math.fsum(r.confidence for r in labelled) / len(labelled)  # type: ignore[misc]
+                      if labelled else None)
+        return PlatformStats(self.round, self.root, len(self.tasks), len(self.tasks.gold),
+                             self.committed, self.pending, len(self._committed_annotators()),
+                             len(labelled), confidence, self._alpha(), tuple(self._history))
+
+    def _alpha(self) -> float | None:
+        def make() -> float | None:
+            rows = [(r.task.hex(), r.annotator.hex(), r.answer.choice[0])
+                    for r in self.answers() if self.tasks.tasks[r.task].kind == "single_choice"]
+            if not rows:
+                return None
+            try:
+                return krippendorff_alpha(Annotations.from_records(rows))
+            except AgreementError:
+                return None
+        return self._cached("alpha", make)  # type: ignore[return-value]
+
+    def export_labels(self, fmt: Literal["jsonl", "parquet"]) -> bytes:
+        """The labels with their confidence and provenance (io.py's formats)."""
+        if fmt not in ("jsonl", "parquet"):
+            raise ValueError(f"format must be jsonl or parquet, got {str(fmt)[:20]!r}")
+        chosen = {row.task: Label(row.answer, row.confidence) for row in self.labels()
+                  if row.answer is not None and row.confidence is not None}
+        rows = label_rows(self.tasks, self.answers(), chosen.get)
+        return labels_jsonl(rows) if fmt == "jsonl" else labels_parquet(rows)
+
+    def close(self) -> None:
+        self._held.close()
