@@ -216,6 +216,59 @@ def test_an_annotator_signs_up_and_annotates_with_the_keyboard(site: Site, brows
     assert not errors, errors
 
 
+def _sign_up(page: Any, site: Site, username: str) -> None:
+    page.goto(site.base + "/signup")
+    page.fill("#username", username)
+    page.fill("#password", PASSWORD)
+    expect(page.locator("#key-status")).to_contain_text("Signing key ready")
+    page.press("#password", "Enter")
+    expect(page).to_have_url(site.base + "/dashboard")
+
+
+def test_two_tabs_of_one_annotator_never_fork_their_chain(site: Site, browser: Any) -> None:
+    """Both tabs load their queue at seq 0; what the second signs after the first submitted
+    links to the first's record (a second record at seq 0 would be an equivocation, which
+    costs the annotator their answers), and a task the first answered is not answered
+    twice."""
+    errors: list[str] = []
+    first = _page(browser, errors)
+    _sign_up(first, site, "dora")
+    second = first.context.new_page()
+    for tab in (first, second):
+        tab.goto(site.base + "/annotate")
+        expect(tab.locator("#task")).to_have_attribute("data-kind", ANY_KIND)
+    shared = first.locator("#task").get_attribute("data-task")
+    assert second.locator("#task").get_attribute("data-task") == shared  # same queue
+
+    def answer(tab: Any) -> None:
+        task_id = tab.locator("#task").get_attribute("data-task")
+        if tab.locator("#task").get_attribute("data-kind") == "free_text":
+            tab.keyboard.type(SUMMARY)
+        else:
+            for key in KEYS[task_id][0]:
+                tab.keyboard.press(key)
+        tab.keyboard.press("Enter")
+
+    answer(first)
+    expect(first.locator("#done-count")).to_have_text("1")
+    second.bring_to_front()
+    answer(second)  # the task the first tab answered
+    expect(second.locator("#toast")).to_contain_text("answered this task in another tab")
+    expect(second.locator("#task")).not_to_have_attribute("data-task", shared)
+    answer(second)
+    expect(second.locator("#done-count")).to_have_text("1")
+
+    _wait_committed(site, site.desk.committed + 1)
+    key = bytes.fromhex(second.evaluate("""async () => {
+        const { loadKey } = await import("/static/js/keys.js");
+        return (await loadKey("dora")).publicHex; }"""))
+    assert site.desk.head(key)[0] == 2  # seq 0 and seq 1: one chain
+    assert site.desk.counts["equivocation"] == 0
+    mine = [r for r in site.desk.answers() if r.annotator == key]
+    assert len(mine) == 2 and len({r.task for r in mine}) == 2
+    assert not errors, errors
+
+
 def test_an_admin_imports_tasks_and_exports_labels(site: Site, browser: Any,
                                                    tmp_path: Path) -> None:
     errors: list[str] = []
@@ -255,7 +308,9 @@ def test_an_admin_imports_tasks_and_exports_labels(site: Site, browser: Any,
     rows = [json.loads(line) for line in Path(jsonl.value.path()).read_text().splitlines()]
     labels = {row["task_id"]: row for row in rows}
     assert labels["spam"]["label"] == "spam" and 0 < labels["spam"]["confidence"] <= 1
-    assert len(labels["spam"]["provenance"]) == 3  # the records it came from
+    spam = TASKS.by_id["spam"].digest  # provenance: the signed records it came from
+    assert labels["spam"]["provenance"] == sorted(
+        r.digest.hex() for r in site.desk.answers() if r.task == spam)
     with page.expect_download() as parquet:
         page.click("#export-parquet")
     frame = pl.read_parquet(parquet.value.path())

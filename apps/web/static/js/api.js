@@ -5,9 +5,12 @@ const CSRF_KEY = "phalanx.csrf";
 const UNSAFE = new Set(["POST", "PUT", "PATCH", "DELETE"]);
 
 export class ApiError extends Error {
-  constructor(status, reason) {
-    super(reason);
+  /** `message`: the node's one-line reason; `code`: a refused record's reason code
+   * (engine/curation/records.py REFUSALS), when the node gave one. */
+  constructor(status, message, code = null) {
+    super(message);
     this.status = status;
+    this.code = code;
   }
 }
 
@@ -45,7 +48,8 @@ export async function api(path, { method = "GET", json, body, type, raw = false 
   }
   if (!response.ok) {
     const payload = await response.json().catch(() => null);
-    throw new ApiError(response.status, reasonOf(response.status, payload));
+    const code = payload && typeof payload.reason === "string" ? payload.reason : null;
+    throw new ApiError(response.status, reasonOf(response.status, payload), code);
   }
   if (raw) return response;
   return response.status === 204 ? null : response.json();

@@ -2,10 +2,11 @@
 // the mouse, each answer signed here and submitted without reloading the page.
 //
 // The chain head (seq, prev) comes from the first GET /api/tasks and then advances locally
-// after each acknowledged submission; submissions go one at a time, since each record links
-// to the one before it.
+// after each acknowledged submission (chain.js keeps it one chain across tabs); submissions
+// go one at a time, since each record links to the one before it.
 import { api, ApiError } from "../api.js";
-import { fromHex, toBase64, toHex } from "../bytes.js";
+import { fromHex, toBase64 } from "../bytes.js";
+import { AlreadyAnswered, Chain } from "../chain.js";
 import { signRecord } from "../record.js";
 import { readySigner, SignerProblem } from "../signer.js";
 import { choose, emptyAnswer, incomplete, KIND_LABELS, renderTask } from "../taskview.js";
@@ -16,7 +17,7 @@ const AHEAD = 2; // fetch more when this few are left
 
 const state = {
   key: null,
-  head: null, // {seq, prev: Uint8Array}
+  chain: null, // set by the first GET /api/tasks
   queue: [], // tasks not yet submitted
   answers: new Map(), // digest -> answer in progress
   seen: new Set(), // digests queued or submitted in this session
@@ -34,7 +35,7 @@ async function fetchTasks() {
   state.fetching = (async () => {
     try {
       const reply = await api(`/api/tasks?count=${BATCH}`);
-      if (!state.head) state.head = { seq: reply.head.seq, prev: fromHex(reply.head.prev) };
+      if (!state.chain) state.chain = new Chain(state.key.publicHex, headOf(reply), nodeHead);
       const fresh = reply.tasks.filter((task) => !state.seen.has(task.digest));
       for (const task of fresh) {
         state.seen.add(task.digest);
@@ -156,24 +157,30 @@ async function move(step) {
   render();
 }
 
-async function send(task, answer) {
-  const fields = {
-    task: fromHex(task.digest), kind: task.kind, annotator: state.key.publicKey,
-    seq: state.head.seq, prev: state.head.prev, choice: answer.choice,
-    text: answer.text, clientTimeMs: Date.now(),
-  };
-  const { digest, record } = await signRecord(state.key.privateKey, fields);
-  await api("/api/submit", { method: "POST", json: { record: toBase64(record) } });
-  state.head = { seq: state.head.seq + 1, prev: digest };
+function headOf(reply) {
+  return { seq: reply.head.seq, prev: fromHex(reply.head.prev) };
 }
 
-async function resync() {
-  // the node's view of our chain (e.g. another tab submitted): take its head and try again
-  const reply = await api("/api/tasks?count=1");
-  const head = { seq: reply.head.seq, prev: fromHex(reply.head.prev) };
-  const moved = head.seq !== state.head.seq || toHex(head.prev) !== toHex(state.head.prev);
-  state.head = head;
-  return moved;
+async function nodeHead() {
+  return headOf(await api("/api/tasks?count=1"));
+}
+
+function send(task, answer) {
+  return state.chain.extend(task.digest, async (head) => {
+    const fields = {
+      task: fromHex(task.digest), kind: task.kind, annotator: state.key.publicKey,
+      seq: head.seq, prev: head.prev, choice: answer.choice, text: answer.text,
+      clientTimeMs: Date.now(),
+    };
+    const { digest, record } = await signRecord(state.key.privateKey, fields);
+    try {
+      await api("/api/submit", { method: "POST", json: { record: toBase64(record) } });
+    } catch (error) {
+      // "replay": the node holds this very record (its answer was lost on the way back)
+      if (!(error instanceof ApiError && error.code === "replay")) throw error;
+    }
+    return digest;
+  });
 }
 
 async function submit() {
@@ -192,22 +199,33 @@ async function submit() {
     try {
       await send(task, answer);
     } catch (error) {
-      if (!(error instanceof ApiError) || error.status !== 409 || !(await resync())) throw error;
+      if (error instanceof AlreadyAnswered) {
+        dropCurrent();
+        throw error;
+      }
+      // the node knows a different head (a record of ours this browser never saw acknowledged)
+      if (!(error instanceof ApiError && ["chain_link", "sequence_gap"].includes(error.code))) throw error;
+      await state.chain.resync();
       await send(task, answer);
     }
-    state.queue.splice(state.index, 1);
-    state.answers.delete(task.digest);
+    dropCurrent();
     state.done += 1;
-    if (state.index >= state.queue.length && state.index > 0 && state.exhausted) state.index -= 1;
     toast("Signed and submitted ✓", "ok");
     if (state.index >= state.queue.length && !state.exhausted) await fetchTasks().catch(report);
     render();
   } catch (error) {
     report(error);
-    if (button) button.disabled = false;
+    if (error instanceof AlreadyAnswered) render();
+    else if (button) button.disabled = false;
   } finally {
     state.busy = false;
   }
+}
+
+function dropCurrent() {
+  const [task] = state.queue.splice(state.index, 1);
+  state.answers.delete(task.digest);
+  if (state.index >= state.queue.length && state.index > 0 && state.exhausted) state.index -= 1;
 }
 
 function report(error) {
