@@ -213,6 +213,9 @@ def test_an_annotator_signs_up_and_annotates_with_the_keyboard(site: Site, brows
     expect(page.locator("#board tr.me")).to_contain_text("alice")
     expect(page.locator("#board tr.me")).to_contain_text("6")
     _shot(page, site, "leaderboard")
+    page.goto(site.base + "/admin")  # an annotator sees no admin data
+    expect(page.locator("main")).to_contain_text("Admins only")
+    expect(page.locator("nav a[href='/admin']")).to_be_hidden()
     assert not errors, errors
 
 
@@ -285,6 +288,9 @@ def test_an_admin_imports_tasks_and_exports_labels(site: Site, browser: Any,
     expect(page.locator("#chart-quality svg")).to_be_visible()
     expect(page.locator("#chart-throughput svg rect").first).to_be_visible()
     _shot(page, site, "admin-overview")
+    page.emulate_media(color_scheme="dark")
+    _shot(page, site, "admin-overview-dark")
+    page.emulate_media(color_scheme="light")
 
     page.goto(site.base + "/admin/tasks")
     bad = tmp_path / "bad.jsonl"
