@@ -1,7 +1,7 @@
 // Annotator management (GET /api/admin/annotators, POST /api/admin/annotators/{username}):
 // every account on this node with its committed work, suspend or reinstate, make admin.
 import { api } from "../api.js";
-import { $, el, fill, fmt, requireUser, toast } from "../ui.js";
+import { $, boot, el, fill, fmt, requireUser, toast } from "../ui.js";
 
 let accounts = [];
 let me = null;
@@ -68,4 +68,4 @@ async function start() {
   await load();
 }
 
-start();
+boot(start);

@@ -2,7 +2,7 @@
 // (GET /api/admin/labels?format=jsonl|parquet), with a preview of the current labels.
 import { api } from "../api.js";
 import { KIND_LABELS } from "../taskview.js";
-import { $, el, fill, fmt, requireUser, showError } from "../ui.js";
+import { $, boot, el, fill, fmt, requireUser, showError } from "../ui.js";
 
 const PREVIEW_ROWS = 20;
 const TYPES = { jsonl: "application/x-ndjson", csv: "text/csv" };
@@ -85,4 +85,4 @@ async function start() {
   await preview();
 }
 
-start();
+boot(start);

@@ -10,7 +10,7 @@ import { AlreadyAnswered, Chain } from "../chain.js";
 import { signRecord } from "../record.js";
 import { readySigner, SignerProblem } from "../signer.js";
 import { choose, emptyAnswer, incomplete, KIND_LABELS, renderTask } from "../taskview.js";
-import { $, el, fill, fmt, requireUser, toast } from "../ui.js";
+import { $, boot, el, fill, fmt, requireUser, toast } from "../ui.js";
 
 const BATCH = 5; // tasks asked for at a time
 const AHEAD = 2; // fetch more when this few are left
@@ -288,4 +288,4 @@ async function start() {
   render();
 }
 
-start();
+boot(start);
