@@ -91,8 +91,21 @@ class Loaded:
     values: tuple[Stored | None, ...]
 
 
+@dataclass(frozen=True, slots=True)
+class LocalRequest:
+    """Someone at the node's own door (its web app, its API) asks service `service` to do
+    `op` with `data`, e.g. the curation service to take an annotator's signed record. The
+    node answers with a `LocalAnswer` metric among the actions of this event (`answer_of`),
+    after the Persist actions that make what it took durable."""
+
+    service: str
+    op: str
+    data: bytes
+    token: int = 0  # handed back in the answer, for a caller matching answers to requests
+
+
 Event = (Started | Received | TimerFired | ComputeDone | RequestChange | LinkConditions
-         | PeerReachability | Loaded)
+         | PeerReachability | Loaded | LocalRequest)
 
 
 # ---- actions ------------------------------------------------------------------------------
@@ -240,5 +253,40 @@ class Suspicion:
     reason: str
 
 
+@dataclass(frozen=True, slots=True)
+class CurationCommitted:
+    """`node` committed `round` with its curation log at `root`, holding `records` (the
+    curation service emits it at each commit: honest nodes at one round hold one root)."""
+
+    node: int
+    round: int
+    root: bytes
+    records: int
+
+
+@dataclass(frozen=True, slots=True)
+class LocalAnswer:
+    """A service's answer to a `LocalRequest`: `result` when `ok` (e.g. a record's digest),
+    else `reason` (a short refusal code) and `detail` (one line, never echoing the input)."""
+
+    node: int
+    service: str
+    op: str
+    token: int
+    ok: bool
+    result: bytes = b""
+    reason: str = ""
+    detail: str = ""
+
+
+def answer_of(actions: list[Action], token: int | None = None) -> LocalAnswer | None:
+    """The LocalAnswer among a node's actions (the one for `token`, if given)."""
+    for action in actions:
+        if isinstance(action, Emit) and isinstance(action.metric, LocalAnswer) and (
+                token is None or action.metric.token == token):
+            return action.metric
+    return None
+
+
 Metric = (RoundCommitted | Rejected | Excluded | ViewChanged | Finished | MembershipChanged
-          | Suspicion)
+          | Suspicion | LocalAnswer | CurationCommitted)

@@ -8,6 +8,7 @@ from dataclasses import replace
 import numpy as np
 
 from phalanx.engine.events import (
+    CurationCommitted,
     Excluded,
     Finished,
     MembershipChanged,
@@ -36,6 +37,7 @@ class MetricLog:
         self.membership: list[tuple[MembershipChanged, float]] = []
         # (node, peer, reason) -> times the node began suspecting the peer: bounded by n^2
         self.suspicions: Counter[tuple[int, int, str]] = Counter()
+        self.curation: list[CurationCommitted] = []  # curation scenarios only
         self.recorded = 0
 
     def record(self, metric: Metric, now: float) -> None:
@@ -56,5 +58,7 @@ class MetricLog:
                 self.view_changes.append((metric, now))
             case MembershipChanged():
                 self.membership.append((metric, now))
+            case CurationCommitted():
+                self.curation.append(metric)
             case Suspicion(node=node, peer=peer, suspected=True, reason=reason):
                 self.suspicions[node, peer, reason] += 1

@@ -4,6 +4,8 @@ the real node, so all of them run the node a scenario describes in exactly the s
 
 from __future__ import annotations
 
+from phalanx.engine.curation.log import Verify
+from phalanx.engine.curation.service import CurationSetup
 from phalanx.engine.node import NodeConfig
 from phalanx.engine.rng import RngStreams
 from phalanx.engine.workloads import Workload, make_workload
@@ -28,7 +30,7 @@ def node_config(scenario: Scenario, node: int, round_timeout: float | None = Non
                 view_timeout: float | None = None) -> NodeConfig:
     t = scenario.training
     return NodeConfig(node_id=node, members=scenario.members,
-                      observers=tuple(sorted(scenario.nodes.observers)), rounds=t.rounds,
+                      observers=scenario.followers, rounds=t.rounds,
                       lr=t.lr, momentum=t.momentum, aggregator=t.aggregator.kind,
                       aggregator_params=tuple(sorted(t.aggregator.params.items())),
                       pre_aggregation=t.aggregator.frozen_steps(),
@@ -60,3 +62,19 @@ def member_keys(scenario: Scenario, messages: MessageSet = CORE,
     # decoding and verifying a frame is a pure function of its bytes: memoize it across the
     # simulated nodes (a forged frame has other bytes, so it is still checked and rejected)
     return identities, FrameOpener(keyring, verify=cache.verify, messages=messages), cache
+
+
+def curation_setup(scenario: Scenario, verify: Verify | None = None) -> CurationSetup | None:
+    """What the scenario's curation nodes share (None without a `curation:` section);
+    ScenarioError when its task file cannot be read or has bad rows."""
+    c = scenario.curation
+    if c is None:
+        return None
+    try:
+        tasks = c.task_set(scenario.seed)
+    except ValueError as e:
+        raise ScenarioError(f"{scenario.name}: {e}") from None
+    return CurationSetup(tasks, c.policy(scenario.seed), max_records=c.batch.max_records,
+                         max_bytes=c.batch.max_bytes,
+                         offer_interval=scenario.training.round_timeout, verify=verify,
+                         reputation=c.reputation.policy() if c.reputation else None)

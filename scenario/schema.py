@@ -23,6 +23,7 @@ from pydantic import (
 )
 
 from phalanx.engine.model.config import FFN, GPTConfig
+from phalanx.scenario.curation import CurationSection
 from phalanx.scenario.errors import InputsRefused, ScenarioError
 from phalanx.scenario.errors import ScenarioRefused as ScenarioRefused  # (re-exported)
 from phalanx.scenario.explain import describe_error, flagged, invalid
@@ -964,11 +965,26 @@ class Scenario(Strict):
         "Settings that apply only under --real (processes over TCP)."))] = RealSpec()
     unsafe: Annotated[bool, Field(description=(
         "Allow more than f Byzantine or faulty nodes, to show what breaks."))] = False
+    curation: Annotated[CurationSection | None, Field(description=(
+        "Crowdsourced labelling on the run's nodes: annotation nodes, tasks, assignment and "
+        "what a round commits (docs/curation.md); null: none."))] = None
+
+    @property
+    def annotation_nodes(self) -> tuple[int, ...]:
+        """The annotation nodes: the last `curation.annotation_nodes` ids, never members."""
+        count = self.curation.annotation_nodes if self.curation else 0
+        return tuple(range(self.nodes.count - count, self.nodes.count))
+
+    @property
+    def followers(self) -> tuple[int, ...]:
+        """The nodes outside the initial membership: observers and annotation nodes."""
+        return tuple(sorted({*self.nodes.observers, *self.annotation_nodes}))
 
     @property
     def members(self) -> tuple[int, ...]:
-        """The initial members: every node but the observers."""
-        return tuple(i for i in range(self.nodes.count) if i not in set(self.nodes.observers))
+        """The initial members: every node but the observers and the annotation nodes."""
+        outside = set(self.followers)
+        return tuple(i for i in range(self.nodes.count) if i not in outside)
 
     @property
     def n(self) -> int:
@@ -995,6 +1011,25 @@ class Scenario(Strict):
         if problem is not None:
             raise InputsRefused(problem)
 
+    def _annotation_nodes_fit(self) -> None:
+        annotation = set(self.annotation_nodes)
+        attacked = sorted(set(self.curation.misbehaving()) - annotation) if self.curation else []
+        if attacked:
+            ids = (f"ids {min(annotation)}..{max(annotation)}" if annotation else "none: "
+                   "set curation.annotation_nodes")
+            raise ValueError(f"curation.byzantine: nodes {attacked} are not annotation nodes "
+                             f"({ids})")
+        if not annotation:
+            return
+        if len(annotation) >= self.nodes.count:
+            raise ValueError(f"curation.annotation_nodes: {len(annotation)} of "
+                             f"{self.nodes.count} nodes leaves no member")
+        taken = sorted(annotation & {*self.nodes.observers, *self.byzantine_nodes()})
+        if taken:
+            raise ValueError(f"curation.annotation_nodes: nodes {taken} (the last ids) are "
+                             f"also observers or Byzantine members; annotation nodes are the "
+                             f"last {len(annotation)} ids, neither")
+
     @model_validator(mode="after")
     def _consistent(self) -> Scenario:
         n = self.nodes.count
@@ -1006,6 +1041,7 @@ class Scenario(Strict):
 
         check_ids("nodes.speeds", set(self.nodes.speeds))
         check_ids("nodes.observers", set(self.nodes.observers))
+        self._annotation_nodes_fit()
         if not self.members:
             raise ValueError("nodes.observers: every node is an observer; a run needs members")
         for i, fault in enumerate(self.faults):

@@ -22,6 +22,8 @@ import simpy
 from simpy.core import NORMAL
 
 from phalanx.engine.byzantine import make_behaviour
+from phalanx.engine.curation.desk import CurationDesk
+from phalanx.engine.curation.service import CurationService
 from phalanx.engine.driver import dispatch
 from phalanx.engine.events import (
     Action,
@@ -31,6 +33,8 @@ from phalanx.engine.events import (
     Job,
     LinkConditions,
     Loaded,
+    LocalAnswer,
+    LocalRequest,
     MembershipChanged,
     Metric,
     Received,
@@ -39,11 +43,12 @@ from phalanx.engine.events import (
     Stored,
     Suspicion,
     TimerFired,
+    answer_of,
 )
 from phalanx.engine.metrics import MetricLog
 from phalanx.engine.node import Node, Service, message_set
 from phalanx.engine.rng import RngStreams
-from phalanx.scenario.build import member_keys, node_config, workload_for
+from phalanx.scenario.build import curation_setup, member_keys, node_config, workload_for
 from phalanx.scenario.schema import Scenario
 from phalanx.sim.costs import CostModel, CpuPool
 from phalanx.sim.eventlog import EventLog
@@ -252,10 +257,12 @@ class SimWorld:
     def __init__(self, scenario: Scenario,
                  on_commit: Callable[[RoundCommitted, float], None] | None = None,
                  services: Sequence[type[Service]] = (), costs: CostModel | None = None) -> None:
-        """`services`: services every node runs beyond the built-in ones; `costs`: the
-        measured cost model (sim/costs.py) instead of step_time alone."""
+        """`services`: services every node runs beyond the built-in ones (and the curation
+        service, on every node, when the scenario has `curation:`); `costs`: the measured
+        cost model (sim/costs.py) instead of step_time alone."""
         self.scenario = scenario
-        self.services = tuple(services)
+        curated = (CurationService,) if scenario.curation is not None else ()
+        self.services = (*services, *curated)
         self.rngs = RngStreams(scenario.seed)
         self.env = simpy.Environment()
         self.stats = SimStats()
@@ -274,6 +281,9 @@ class SimWorld:
         self.members = range(n)
         self.identities, self.opener, self.verify_cache = member_keys(
             scenario, message_set(self.services))
+        setup = curation_setup(scenario, self.verify_cache.verify)
+        if setup is not None:  # configured now: it verifies records through the shared cache
+            self.services = (*services, CurationService.configured(setup))
         self.workload = workload_for(scenario, self.rngs)
         self.byzantine = {node: b for b in scenario.byzantine for node in b.nodes}
         self.colluders = frozenset(self.byzantine)
@@ -407,6 +417,29 @@ class SimWorld:
             self.log.drop(now, src, dst, kind, rnd, len(frame), now - sent, "loss")
         for t in arrivals:
             self.call_later(t - now, self._hop, nxt, src, dst, frame, kind, rnd, sent)
+
+    # ---- curation: submissions arriving at a node, and each node's desk ----------------
+
+    def submit(self, node_id: int, record: bytes, token: int = 0) -> LocalAnswer | None:
+        """An annotator's signed record arriving at `node_id` now (call it from a callback
+        scheduled with `call_at`); the node's answer, or None while the node is down."""
+        host = self.hosts[node_id]
+        node = host.node
+        if node is None:
+            return None
+        actions = node.handle(LocalRequest("curation", "submit", record, token), self.now)
+        host.execute(actions)
+        return answer_of(actions, token)
+
+    def desk(self, node_id: int) -> CurationDesk | None:
+        """The curation desk of `node_id` (None while it is down, or without curation)."""
+        node = self.hosts[node_id].node
+        if node is None:
+            return None
+        for service in node.extra_services:
+            if isinstance(service, CurationService):
+                return service.desk
+        return None
 
     # ---- metrics from the nodes ------------------------------------------------------------
 

@@ -34,6 +34,8 @@ from phalanx.engine.events import (
     LinkConditions,
     Load,
     Loaded,
+    LocalAnswer,
+    LocalRequest,
     Metric,
     PeerReachability,
     Persist,
@@ -164,12 +166,23 @@ class Node:
             case PeerReachability(peer, reachable):
                 self.detector.link(peer, reachable)
                 self.protocol.advance()  # a leader may stop waiting for it
+            case LocalRequest():
+                self._on_local(event)
             case Loaded(token, values):
                 then = self._loads.pop(token, None)
                 if then is None:
                     raise ProtocolError(f"a load this node never asked for: {token}")
                 then(values)
         return self.behaviour.outgoing(self.out, self)
+
+    def _on_local(self, request: LocalRequest) -> None:
+        service = self._by_name.get(request.service)
+        if service is None:
+            self.emit(LocalAnswer(self.id, request.service[:40], request.op[:40], request.token,
+                                  False, reason="unknown_service",
+                                  detail="this node runs no such service"))
+            return
+        self.emit(service.on_local(request))
 
     def _on_timer(self, name: str) -> None:
         owner, _, rest = name.partition("/")

@@ -14,6 +14,8 @@ the node, and so will be curation and RLHF. A service declares:
   proposal only if `contribution_problem(data)` finds nothing wrong, so the commit certificate
   covers it (through the set digest), and `on_commit(data)` runs at every node that commits
   the round, by voting or by state sync, in the same order;
+- requests from the node's own door (`on_local`: a web app or API handing it work, e.g. an
+  annotator's signed record), answered with a LocalAnswer the node emits;
 - its part of the node's store (`persist`, keys "<service>/<key>"), what it reads back from
   it on a (re)start (`restore`, `stored`), what it does once the node has started (`start`),
   and what follows from a new membership (`on_members`).
@@ -28,7 +30,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, ClassVar
 
-from phalanx.engine.events import Stored
+from phalanx.engine.events import LocalAnswer, LocalRequest, Stored
 from phalanx.net.envelope import Envelope
 
 if TYPE_CHECKING:
@@ -87,6 +89,15 @@ class Service:
 
     def on_members(self, members: tuple[int, ...]) -> None:
         """The members are now `members` (start, a committed change, a restart, a checkpoint)."""
+
+    def on_local(self, request: LocalRequest) -> LocalAnswer:
+        """Answer a request from the node's own door (engine/events.py, LocalRequest); what
+        it must make durable it persists first, the node emits the answer after."""
+        return self.refuse(request, "unknown_op", f"service {self.name!r} takes no such request")
+
+    def refuse(self, request: LocalRequest, reason: str, detail: str) -> LocalAnswer:
+        return LocalAnswer(self.node.id, self.name, request.op[:40], request.token, False,
+                           reason=reason, detail=detail)
 
     def contribution(self) -> bytes:
         """What a leader's fresh proposal of the current round carries for this service."""

@@ -1,0 +1,133 @@
+"""A scenario's `curation:` section: annotation nodes, the tasks, assignment and batch bounds.
+
+With the section, every node of the run runs the curation service (engine/curation/service.py):
+members are full nodes (they train, vote and curate), and the last `annotation_nodes` node
+ids are annotation nodes, outside the membership: they follow the chain like observers, take
+submissions and forward them to the members. Without it a run is exactly as before.
+
+Models here are the schema's kind (unknown fields refused, frozen, no inf/nan, no bool taken
+for a number) but live beside it, so sections others add (scenario/crowd.py) stay apart.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import Field, model_validator
+
+from phalanx.engine.curation.assignment import AssignmentPolicy
+from phalanx.engine.curation.crowd import SimulatedCrowd
+from phalanx.engine.curation.io import TaskImportError, tasks_from_csv, tasks_from_jsonl
+from phalanx.engine.curation.messages import MAX_BATCH_RECORDS
+from phalanx.engine.curation.synthetic import SCHEMAS, synthetic_tasks
+from phalanx.engine.curation.tasks import TaskSet
+from phalanx.scenario.crowd import CrowdFields
+from phalanx.scenario.section import Section
+
+Count = Annotated[int, Field(strict=True)]
+
+
+class SyntheticTasks(Section):
+    """Generated tasks with a hidden true answer (drawn from the seed): the truth of the
+    first `gold` tasks is also their gold answer."""
+
+    kind: Annotated[Literal["synthetic"], Field(description="`synthetic`.")] = "synthetic"
+    count: Annotated[Count, Field(ge=1, le=100_000, description="How many tasks.")] = 100
+    classes: Annotated[Count, Field(ge=2, le=64, description=(
+        "Options of a single_choice task, points of a rating scale (1 to classes); pairwise "
+        "tasks always have two completions."))] = 3
+    schema_kind: Annotated[Literal[SCHEMAS], Field(description=(  # type: ignore[valid-type]
+        "The tasks' schema kind: single_choice, rating or pairwise."))] = "single_choice"
+    gold: Annotated[Count, Field(ge=0, description=(
+        "How many tasks are gold (honeypots with a known answer)."))] = 10
+
+    @property
+    def answers(self) -> int:
+        """How many answers a task has: its classes, or left and right for pairwise."""
+        return 2 if self.schema_kind == "pairwise" else self.classes
+
+    @model_validator(mode="after")
+    def _gold_fits(self) -> SyntheticTasks:
+        if self.gold > self.count:
+            raise ValueError(f"gold: {self.gold} gold tasks but only {self.count} tasks")
+        return self
+
+
+class TaskFile(Section):
+    """Tasks from a JSONL or CSV file (engine/curation/io.py's columns), by its suffix."""
+
+    kind: Annotated[Literal["file"], Field(description="`file`.")]
+    path: Annotated[str, Field(min_length=1, description=(
+        "The file, .jsonl or .csv; a relative path is taken from the working directory."))]
+
+    @model_validator(mode="after")
+    def _suffix(self) -> TaskFile:
+        if Path(self.path).suffix.lower() not in (".jsonl", ".csv"):
+            raise ValueError("path: a task file ends in .jsonl or .csv")
+        return self
+
+
+class BatchBounds(Section):
+    """What one round may commit (a voter refuses a proposal carrying more)."""
+
+    max_records: Annotated[Count, Field(ge=1, le=MAX_BATCH_RECORDS, description=(
+        "Records per round at most."))] = 512
+    max_bytes: Annotated[Count, Field(ge=1024, le=64 * 1024 * 1024, description=(
+        "Bytes of records per round at most."))] = 256 * 1024
+
+
+class CurationSection(CrowdFields):
+    """Crowdsourced labelling on the run's nodes (docs/curation.md)."""
+
+    annotation_nodes: Annotated[Count, Field(ge=0, le=1000, description=(
+        "How many of the last node ids are annotation nodes: outside the membership, they "
+        "follow the chain, take submissions and forward them to the members."))] = 0
+    tasks: Annotated[SyntheticTasks | TaskFile, Field(discriminator="kind", description=(
+        "The tasks every curation node starts with, chosen by `kind`."))] = SyntheticTasks()
+    redundancy: Annotated[Count, Field(ge=1, le=100, description=(
+        "Answers wanted per task (k)."))] = 3
+    gold_rate: Annotated[float, Field(ge=0, le=1, description=(
+        "Share of an annotator's tasks that are gold."))] = 0.1
+    lease_rounds: Annotated[Count, Field(ge=1, description=(
+        "Committed rounds a task assignment (lease) lasts."))] = 20
+    batch: Annotated[BatchBounds, Field(description=(
+        "What one round may commit."))] = BatchBounds()
+
+    @model_validator(mode="after")
+    def _crowd_fits(self) -> CurationSection:
+        if self.crowd is None:
+            return self
+        if not isinstance(self.tasks, SyntheticTasks):
+            raise ValueError("crowd: simulated annotators answer synthetic tasks (tasks: "
+                             "{kind: synthetic}); a task file has no hidden truth")
+        problem = self.crowd.classes_problem(self.tasks.answers)
+        if problem is not None:
+            raise ValueError(problem)
+        return self
+
+    def simulated_crowd(self, seed: int) -> SimulatedCrowd | None:
+        """The simulated annotators on the synthetic tasks (None without a crowd)."""
+        if self.crowd is None or not isinstance(self.tasks, SyntheticTasks):
+            return None
+        return self.crowd.simulated(self.tasks.count, self.tasks.answers, seed)
+
+    def policy(self, seed: int) -> AssignmentPolicy:
+        return AssignmentPolicy(self.redundancy, self.gold_rate, self.lease_rounds, seed)
+
+    def task_set(self, seed: int) -> TaskSet:
+        """The tasks; ValueError with one line per bad row of a file, or naming the file."""
+        spec = self.tasks
+        if isinstance(spec, SyntheticTasks):
+            return synthetic_tasks(spec.count, spec.classes, spec.schema_kind, spec.gold,
+                                   seed).tasks
+        try:
+            data = Path(spec.path).read_bytes()
+        except OSError as e:
+            raise ValueError(f"curation.tasks.path: cannot read {spec.path[:200]} "
+                             f"({e.strerror})") from None
+        parse = tasks_from_csv if spec.path.lower().endswith(".csv") else tasks_from_jsonl
+        try:
+            return parse(data)
+        except TaskImportError as e:
+            raise ValueError(f"curation.tasks.path {spec.path[:200]}: {e}") from None
