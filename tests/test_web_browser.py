@@ -272,6 +272,26 @@ def test_two_tabs_of_one_annotator_never_fork_their_chain(site: Site, browser: A
     assert not errors, errors
 
 
+def test_skipping_with_the_arrows_reaches_every_task(site: Site, browser: Any) -> None:
+    """The queue is fetched a batch at a time (5); skipping past it fetches more rather than
+    ending at the batch."""
+    errors: list[str] = []
+    page = _page(browser, errors)
+    _sign_up(page, site, "erin")
+    page.goto(site.base + "/annotate")
+    card = page.locator("#task")
+    expect(card).to_have_attribute("data-kind", ANY_KIND)
+    seen = [card.get_attribute("data-task")]
+    for _ in range(len(TASKS) - 1):
+        page.keyboard.press("ArrowRight")
+        expect(card).not_to_have_attribute("data-task", seen[-1])
+        seen.append(card.get_attribute("data-task"))
+    assert sorted(seen) == sorted(TASKS.by_id)
+    page.keyboard.press("ArrowRight")
+    expect(page.locator("#toast")).to_contain_text("last task in your queue")
+    assert not errors, errors
+
+
 def test_an_admin_imports_tasks_and_exports_labels(site: Site, browser: Any,
                                                    tmp_path: Path) -> None:
     errors: list[str] = []
