@@ -35,7 +35,8 @@ expect = pytest.importorskip("playwright.sync_api", reason="the playwright packa
 ADMIN, ADMIN_PASSWORD = "root", "admin password 19"
 PASSWORD = "a long enough password"
 TASKS = TaskSet([
-    Task.make(id="sentiment", kind="single_choice", text="The battery lasts all day.",
+    Task.make(id="sentiment", kind="single_choice",
+              text="The battery lasts all day. <img src=x onerror=alert(1)>",  # shown as text
               options=["negative", "positive", "neutral"]),
     Task.make(id="topics", kind="multi_label", text="Central bank raises rates as housing cools",
               options=["economy", "sport", "housing"]),
@@ -170,6 +171,9 @@ def test_an_annotator_signs_up_and_annotates_with_the_keyboard(site: Site, brows
         kind = card.get_attribute("data-kind")
         task_id = card.get_attribute("data-task")
         _shot(page, site, f"annotate-{kind}")
+        if task_id == "sentiment":  # markup in a task is text, never markup
+            expect(card.locator(".prompt")).to_contain_text("<img src=x onerror=alert(1)>")
+            expect(card.locator("img")).to_have_count(0)
         if kind == "free_text":
             page.keyboard.type(SUMMARY)  # the answer box has the focus
             answered[task_id] = ((), SUMMARY)
