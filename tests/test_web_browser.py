@@ -11,14 +11,14 @@ from __future__ import annotations
 import json
 import re
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import polars as pl
 import pytest
-from browserkit import chromium, served
+from browserkit import Served, chromium, served
 
 from phalanx.apps.web.accounts import Accounts
 from phalanx.apps.web.app import create_app
@@ -31,7 +31,9 @@ from phalanx.engine.curation.tasks import Answer, Task, TaskSet
 
 expect = pytest.importorskip("playwright.sync_api", reason="the playwright package is not "
                              "installed (pip install playwright)").expect
+expect.set_options(timeout=15_000)  # generous: the suite shares two cores with other work
 
+T = TypeVar("T")
 ADMIN, ADMIN_PASSWORD = "root", "admin password 19"
 PASSWORD = "a long enough password"
 TASKS = TaskSet([
@@ -67,10 +69,17 @@ IMPORT = "\n".join(json.dumps(row) for row in [
 
 @dataclass
 class Site:
-    base: str
-    desk: CurationDesk
+    server: Served
+    desk: CurationDesk  # read it through `read` only: the server's loop owns it
     shots: Path
     others: set[bytes]
+
+    @property
+    def base(self) -> str:
+        return self.server.url
+
+    def read(self, look: Callable[[CurationDesk], T]) -> T:
+        return self.server.call(lambda: look(self.desk))
 
 
 def _seed_other_annotators(desk: CurationDesk, port: LocalPort) -> set[bytes]:
@@ -98,8 +107,8 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
     port = LocalPort(desk, commit_seconds=0.2)
     others = _seed_other_annotators(desk, port)
     app = create_app(port, accounts_path=folder / "web.sqlite", settings=settings)
-    with served(app, background=[port.run]) as base:
-        yield Site(base, desk, folder / "screenshots", others)
+    with served(app, background=[port.run]) as server:
+        yield Site(server, desk, folder / "screenshots", others)
 
 
 @pytest.fixture(scope="module")
@@ -112,7 +121,7 @@ def _page(browser: Any, errors: list[str]) -> Any:
     # reduced motion: the page skips its transitions, so screenshots are never mid-fade
     page = browser.new_context(viewport={"width": 1280, "height": 860},
                                reduced_motion="reduce").new_page()
-    page.set_default_timeout(10_000)
+    page.set_default_timeout(15_000)
     page.on("pageerror", lambda e: errors.append(str(e)))
     # script errors; Chromium's own lines for 4xx answers are expected (signed out, refusals)
     page.on("console", lambda m: errors.append(m.text) if m.type == "error"
@@ -125,9 +134,10 @@ def _shot(page: Any, site: Site, name: str) -> None:
     page.screenshot(path=str(site.shots / f"{name}.png"), full_page=True)
 
 
-def _wait_committed(site: Site, records: int) -> None:
-    deadline = time.monotonic() + 10
-    while site.desk.committed < records:  # an int read: the loop thread owns the desk
+def _wait_until(site: Site, done: Callable[[CurationDesk], bool]) -> None:
+    """Until the desk (read on its loop) shows `done`: the LocalPort commits every 0.2 s."""
+    deadline = time.monotonic() + 15
+    while not site.read(done):
         assert time.monotonic() < deadline, "the LocalPort stopped committing"
         time.sleep(0.05)
 
@@ -186,7 +196,7 @@ def test_an_annotator_signs_up_and_annotates_with_the_keyboard(site: Site, brows
         session += 1
         expect(page.locator("#done-count")).to_have_text(str(session))
         if n == 3:
-            _wait_committed(site, 3 + 3)  # the seeded three, and these three
+            _wait_until(site, lambda d: d.committed == 3 + 3)  # the seeded three, and these
             page.goto(site.base + "/dashboard")
             expect(page.locator("#stat-records")).to_have_text("3")
             expect(page.locator("#stat-records-note")).to_contain_text("3 committed")
@@ -200,8 +210,8 @@ def test_an_annotator_signs_up_and_annotates_with_the_keyboard(site: Site, brows
     _shot(page, site, "annotate-done")
 
     # what the browser signed is what the desk holds, answer by answer
-    _wait_committed(site, 3 + 6)
-    mine = [r for r in site.desk.answers() if r.annotator not in site.others]
+    _wait_until(site, lambda d: d.committed == 3 + 6)
+    mine = [r for r in site.read(CurationDesk.answers) if r.annotator not in site.others]
     got = {TASKS.tasks[r.task].id: (r.answer.choice, r.answer.text) for r in mine}
     assert set(got) == {t.id for t in TASKS.tasks.values()}  # every task, gold included
     for task_id, answer in answered.items():
@@ -265,13 +275,13 @@ def test_two_tabs_of_one_annotator_never_fork_their_chain(site: Site, browser: A
     answer(second)
     expect(second.locator("#done-count")).to_have_text("1")
 
-    _wait_committed(site, site.desk.committed + 1)
     key = bytes.fromhex(second.evaluate("""async () => {
         const { loadKey } = await import("/static/js/keys.js");
         return (await loadKey("dora")).publicHex; }"""))
-    assert site.desk.head(key)[0] == 2  # seq 0 and seq 1: one chain
-    assert site.desk.counts["equivocation"] == 0
-    mine = [r for r in site.desk.answers() if r.annotator == key]
+    _wait_until(site, lambda d: d.committed_log.records_of(key) == 2)
+    assert site.read(lambda d: d.head(key))[0] == 2  # seq 0 and seq 1: one chain
+    assert site.read(lambda d: d.counts["equivocation"]) == 0
+    mine = [r for r in site.read(CurationDesk.answers) if r.annotator == key]
     assert len(mine) == 2 and len({r.task for r in mine}) == 2
     assert not errors, errors
 
@@ -323,13 +333,13 @@ def test_an_admin_imports_tasks_and_exports_labels(site: Site, browser: Any,
     page.click("#import-submit")
     expect(page.locator("#import-error")).to_contain_text("row 1")
     expect(page.locator("#import-error")).not_to_contain_text("SECRET-VALUE")
-    before = len(site.desk.tasks)
+    before = site.read(lambda d: len(d.tasks))
     good = tmp_path / "more.jsonl"
     good.write_text(IMPORT)
     page.set_input_files("#import-file", str(good))
     page.click("#import-submit")
     expect(page.locator("#import-result")).to_contain_text("Imported 3 new tasks")
-    assert len(site.desk.tasks) == before + 3
+    assert site.read(lambda d: len(d.tasks)) == before + 3
     expect(page.locator("#label-preview tbody tr").first).not_to_contain_text("No labels")
     _shot(page, site, "admin-tasks")
 
@@ -340,7 +350,7 @@ def test_an_admin_imports_tasks_and_exports_labels(site: Site, browser: Any,
     assert labels["spam"]["label"] == "spam" and 0 < labels["spam"]["confidence"] <= 1
     spam = TASKS.by_id["spam"].digest  # provenance: the signed records it came from
     assert labels["spam"]["provenance"] == sorted(
-        r.digest.hex() for r in site.desk.answers() if r.task == spam)
+        r.digest.hex() for r in site.read(CurationDesk.answers) if r.task == spam)
     with page.expect_download() as parquet:
         page.click("#export-parquet")
     frame = pl.read_parquet(parquet.value.path())

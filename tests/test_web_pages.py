@@ -40,8 +40,8 @@ def _get(url: str, headers: dict[str, str] | None = None) -> tuple[int, dict[str
 def base() -> Iterator[str]:
     app = FastAPI()
     app.include_router(pages.router)
-    with served(app) as url:
-        yield url
+    with served(app) as server:
+        yield server.url
 
 
 @pytest.mark.parametrize("page", pages.PAGES, ids=lambda p: p.path)
