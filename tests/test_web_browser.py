@@ -100,8 +100,10 @@ def _seed_other_annotators(desk: CurationDesk, port: LocalPort) -> set[bytes]:
 def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
     folder = tmp_path_factory.mktemp("web")
     settings = WebSettings(argon2_time_cost=1, argon2_memory_kib=8 * 1024)
-    Accounts(folder / "web.sqlite", hasher=settings.hasher()).create(
-        ADMIN, ADMIN_PASSWORD, role="admin")
+    accounts = Accounts(folder / "web.sqlite", hasher=settings.hasher())
+    accounts.create(ADMIN, ADMIN_PASSWORD, role="admin")
+    accounts.create("frank", PASSWORD)  # an annotator for the admin to manage
+    accounts.close()
     # gold first (rate 1), so the one gold task is surely among the annotator's six
     desk = CurationDesk(TASKS, policy=AssignmentPolicy(redundancy=5, gold_rate=1.0))
     port = LocalPort(desk, commit_seconds=0.2)
@@ -315,9 +317,11 @@ def test_an_admin_imports_tasks_and_exports_labels(site: Site, browser: Any,
     page.fill("#password", "not the password")
     page.press("#password", "Enter")
     expect(page.locator("#form-error")).to_be_visible()
+    page.goto(site.base + "/login?next=/%5Cexample.com/")  # "/\\example.com": another site
+    page.fill("#username", ADMIN)
     page.fill("#password", ADMIN_PASSWORD)
     page.press("#password", "Enter")
-    expect(page).to_have_url(site.base + "/admin")
+    expect(page).to_have_url(site.base + "/admin")  # not sent off this node
     expect(page.locator("#health-status")).to_have_text("Healthy")
     expect(page.locator("#chart-quality svg")).to_be_visible()
     expect(page.locator("#chart-throughput svg rect").first).to_be_visible()
@@ -339,7 +343,12 @@ def test_an_admin_imports_tasks_and_exports_labels(site: Site, browser: Any,
     page.set_input_files("#import-file", str(good))
     page.click("#import-submit")
     expect(page.locator("#import-result")).to_contain_text("Imported 3 new tasks")
-    assert site.read(lambda d: len(d.tasks)) == before + 3
+    page.click("summary")  # or rows pasted, here as CSV
+    page.fill("#import-text", "id,kind,text,options\nnew-4,multi_label,Tags?,red|green|blue\n")
+    page.select_option("#import-format", "csv")
+    page.click("#import-submit")
+    expect(page.locator("#import-result")).to_contain_text("Imported 1 new task;")
+    assert site.read(lambda d: len(d.tasks)) == before + 4
     expect(page.locator("#label-preview tbody tr").first).not_to_contain_text("No labels")
     _shot(page, site, "admin-tasks")
 
@@ -357,11 +366,11 @@ def test_an_admin_imports_tasks_and_exports_labels(site: Site, browser: Any,
     assert sorted(frame["task_id"].to_list()) == sorted(labels)
 
     page.goto(site.base + "/admin/annotators")
-    row = page.locator("#annotators tr[data-username=alice]")
+    row = page.locator("#annotators tr[data-username=frank]")
     expect(row).to_contain_text("annotator")
-    row.get_by_role("button", name="Suspend alice").click()
+    row.get_by_role("button", name="Suspend frank").click()
     expect(row).to_contain_text("suspended")
     _shot(page, site, "admin-annotators")
-    row.get_by_role("button", name="Reinstate alice").click()
+    row.get_by_role("button", name="Reinstate frank").click()
     expect(row).not_to_contain_text("suspended")
     assert not errors, errors
