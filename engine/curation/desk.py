@@ -20,9 +20,9 @@ from __future__ import annotations
 
 import math
 from collections import Counter
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal, TypeVar
 
 from .aggregate import LabelRow, aggregate_labels
 from .agreement import AgreementError, krippendorff_alpha
@@ -38,6 +38,7 @@ from .tasks import Task, TaskError, TaskSet
 __all__ = ["AnnotatorView", "CurationDesk", "LabelRow", "PlatformStats", "RoundPoint",
            "merge_tasks"]
 
+T = TypeVar("T")
 DEFAULT_POLICY = AssignmentPolicy()
 DEFAULT_LIMITS = LogLimits()
 HISTORY_POINTS = 1000  # rounds kept in `stats().history`: enough for a chart, bounded
@@ -118,7 +119,8 @@ class CurationDesk:
         self._answerers: dict[bytes, set[bytes]] = {}  # task -> annotators (held)
         self._history: list[RoundPoint] = []
         self._orphans: dict[bytes, SignedAnnotation] = {}  # digest -> record awaiting its prev
-        self._cache: dict[str, object] = {}  # derived from the committed log, per commit
+        self._pending: dict[bytes, SignedAnnotation] = {}  # held, not committed
+        self._cache: dict[str, Any] = {}  # derived from the committed log, per commit
         for digest in self._held.digests():
             self._note(digest)
 
@@ -179,7 +181,12 @@ class CurationDesk:
         return fresh
 
     def _note(self, digest: bytes) -> None:
-        body = self._held.get(digest).body  # type: ignore[union-attr]
+        """A record newly held: pending unless committed, and who answered what."""
+        record = self._held.get(digest)
+        assert record is not None
+        if digest not in self._committed:
+            self._pending[digest] = record
+        body = record.body
         self._answered_by.setdefault(body.annotator, set()).add(body.task)
         self._answerers.setdefault(body.task, set()).add(body.annotator)
 
@@ -227,16 +234,14 @@ class CurationDesk:
 
     @property
     def pending(self) -> int:
-        return len(self._held) - len(self._committed)
+        return len(self._pending)
 
     def pending_records(self) -> list[bytes]:
         """Every pending record, encoded, chain order (annotator, seq, digest)."""
         return [r.encode() for _, r in self._pending_sorted()]
 
     def _pending_sorted(self) -> list[tuple[bytes, SignedAnnotation]]:
-        committed = self._committed
-        pending = [(d, self._held.get(d)) for d in self._held.digests() if d not in committed]
-        return sorted(((d, r) for d, r in pending if r is not None),
+        return sorted(self._pending.items(),
                       key=lambda p: (p[1].body.annotator, p[1].body.seq, p[0]))
 
     def proposal(self, max_records: int = 512, max_bytes: int = 256 * 1024) -> list[bytes]:
@@ -272,6 +277,8 @@ class CurationDesk:
         if not records:
             return
         report = self._committed.merge(records)
+        for digest in report.accepted:
+            self._pending.pop(digest, None)
         new = [d for d in report.accepted if d not in self._held]
         if new:
             for digest in self._held.merge(self._committed.encoded(new)).accepted:
@@ -302,25 +309,27 @@ class CurationDesk:
         """The committed records (read-only use: proofs, audits)."""
         return self._committed
 
-    def _cached(self, key: str, make: object) -> object:
+    def _cached(self, key: str, make: Callable[[], T]) -> T:
+        """`make()`, computed once per committed snapshot (commits and task imports clear
+        the cache)."""
         if key not in self._cache:
-            self._cache[key] = make()  # type: ignore[operator]
-        return self._cache[key]
+            self._cache[key] = make()
+        return self._cache[key]  # type: ignore[no-any-return]
 
     def answers(self) -> list[AnswerRow]:
         """The committed answers (one per task and annotator; equivocators left out)."""
-        return self._cached("answers", self._committed.answers)  # type: ignore[return-value]
+        return self._cached("answers", self._committed.answers)
 
     def _committed_answered(self) -> Mapping[bytes, frozenset[bytes]]:
-        return self._cached("answered", self._committed.answered)  # type: ignore[return-value]
+        return self._cached("answered", self._committed.answered)
 
     def _committed_annotators(self) -> list[bytes]:
-        return self._cached("annotators", lambda: sorted(  # type: ignore[return-value]
+        return self._cached("annotators", lambda: sorted(
             {a for group in self._committed_answered().values() for a in group}))
 
     def standings(self) -> Mapping[bytes, Standing]:
         """Each annotator's standing over the committed answers."""
-        return self._cached("standings", self._standings)  # type: ignore[return-value]
+        return self._cached("standings", self._standings)
 
     def _standings(self) -> dict[bytes, Standing]:
         # The one place standings are computed: reputation.py over the committed answers
@@ -347,7 +356,7 @@ class CurationDesk:
         def make() -> list[LabelRow]:
             weights = {a: s.weight for a, s in self.standings().items()}
             return aggregate_labels(self.tasks, self.answers(), weights)
-        return self._cached("labels", make)  # type: ignore[return-value]
+        return self._cached("labels", make)
 
     def annotator(self, annotator: bytes) -> AnnotatorView:
         standing = self.standings().get(annotator)
@@ -383,7 +392,7 @@ class CurationDesk:
                 return krippendorff_alpha(Annotations.from_records(rows))
             except AgreementError:
                 return None
-        return self._cached("alpha", make)  # type: ignore[return-value]
+        return self._cached("alpha", make)
 
     def export_labels(self, fmt: Literal["jsonl", "parquet"]) -> bytes:
         """The labels with their confidence and provenance (io.py's formats)."""
