@@ -27,6 +27,7 @@ from phalanx.apps.web.settings import WebSettings
 from phalanx.engine.curation.assignment import AssignmentPolicy
 from phalanx.engine.curation.client import AnnotatorClient
 from phalanx.engine.curation.desk import CurationDesk
+from phalanx.engine.curation.reputation import ReputationPolicy
 from phalanx.engine.curation.tasks import Answer, Task, TaskSet
 
 expect = pytest.importorskip("playwright.sync_api", reason="the playwright package is not "
@@ -105,7 +106,8 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
     accounts.create("frank", PASSWORD)  # an annotator for the admin to manage
     accounts.close()
     # gold first (rate 1), so the one gold task is surely among the annotator's six
-    desk = CurationDesk(TASKS, policy=AssignmentPolicy(redundancy=5, gold_rate=1.0))
+    desk = CurationDesk(TASKS, policy=AssignmentPolicy(redundancy=5, gold_rate=1.0),
+                        reputation=ReputationPolicy())
     port = LocalPort(desk, commit_seconds=0.2)
     others = _seed_other_annotators(desk, port)
     app = create_app(port, accounts_path=folder / "web.sqlite", settings=settings)
@@ -136,6 +138,16 @@ def _shot(page: Any, site: Site, name: str) -> None:
     page.screenshot(path=str(site.shots / f"{name}.png"), full_page=True)
 
 
+def _fits_a_phone(page: Any, site: Site, name: str) -> None:
+    """At a phone's width the page reflows: nothing wider than the screen (tables scroll
+    inside their cards)."""
+    page.set_viewport_size({"width": 390, "height": 844})
+    wide = page.evaluate("() => document.documentElement.scrollWidth")
+    _shot(page, site, f"{name}-phone")
+    page.set_viewport_size({"width": 1280, "height": 860})
+    assert wide <= 390, f"{name}: {wide} px wide at a 390 px screen"
+
+
 def _wait_until(site: Site, done: Callable[[CurationDesk], bool]) -> None:
     """Until the desk (read on its loop) shows `done`: the LocalPort commits every 0.2 s."""
     deadline = time.monotonic() + 15
@@ -163,7 +175,9 @@ def test_an_annotator_signs_up_and_annotates_with_the_keyboard(site: Site, brows
     expect(page.locator("#stat-records")).to_have_text("0")
     expect(page.locator("#stat-rank")).to_have_text("—")
     expect(page.locator("#stat-gold")).to_have_text("—")
+    expect(page.locator("#stat-reward")).to_have_text("0")
     expect(page.locator("#mini-board")).not_to_contain_text("alice")
+    reputation = page.locator("#stat-reputation").inner_text()
     _shot(page, site, "dashboard-before")
 
     page.keyboard.press("a")  # the dashboard's shortcut to the queue
@@ -183,6 +197,8 @@ def test_an_annotator_signs_up_and_annotates_with_the_keyboard(site: Site, brows
         kind = card.get_attribute("data-kind")
         task_id = card.get_attribute("data-task")
         _shot(page, site, f"annotate-{kind}")
+        if kind == "pairwise":  # two completions side by side, stacked on a phone
+            _fits_a_phone(page, site, "annotate-pairwise")
         if task_id == "sentiment":  # markup in a task is text, never markup
             expect(card.locator(".prompt")).to_contain_text("<img src=x onerror=alert(1)>")
             expect(card.locator("img")).to_have_count(0)
@@ -223,12 +239,15 @@ def test_an_annotator_signs_up_and_annotates_with_the_keyboard(site: Site, brows
     expect(page.locator("#stat-records")).to_have_text("6")
     expect(page.locator("#stat-gold")).to_have_text("100%")  # the gold "spam" task, right
     expect(page.locator("#stat-gold-note")).to_contain_text("1 of 1")
-    expect(page.locator("#stat-reputation")).not_to_have_text("—")
+    expect(page.locator("#stat-reputation")).not_to_have_text(re.compile(f"^(—|{reputation})$"))
+    expect(page.locator("#stat-reward")).not_to_have_text("0")
     _shot(page, site, "dashboard-after")
+    _fits_a_phone(page, site, "dashboard")
     page.goto(site.base + "/leaderboard")
     expect(page.locator("#board tr.me")).to_contain_text("alice")
     expect(page.locator("#board tr.me")).to_contain_text("6")
     _shot(page, site, "leaderboard")
+    _fits_a_phone(page, site, "leaderboard")
     page.goto(site.base + "/admin")  # an annotator sees no admin data
     expect(page.locator("main")).to_contain_text("Admins only")
     expect(page.locator("nav a[href='/admin']")).to_be_hidden()
@@ -326,6 +345,7 @@ def test_an_admin_imports_tasks_and_exports_labels(site: Site, browser: Any,
     expect(page.locator("#chart-quality svg")).to_be_visible()
     expect(page.locator("#chart-throughput svg rect").first).to_be_visible()
     _shot(page, site, "admin-overview")
+    _fits_a_phone(page, site, "admin-overview")
     page.emulate_media(color_scheme="dark")
     _shot(page, site, "admin-overview-dark")
     page.emulate_media(color_scheme="light")
@@ -351,6 +371,7 @@ def test_an_admin_imports_tasks_and_exports_labels(site: Site, browser: Any,
     assert site.read(lambda d: len(d.tasks)) == before + 4
     expect(page.locator("#label-preview tbody tr").first).not_to_contain_text("No labels")
     _shot(page, site, "admin-tasks")
+    _fits_a_phone(page, site, "admin-tasks")
 
     with page.expect_download() as jsonl:
         page.click("#export-jsonl")
@@ -371,6 +392,7 @@ def test_an_admin_imports_tasks_and_exports_labels(site: Site, browser: Any,
     row.get_by_role("button", name="Suspend frank").click()
     expect(row).to_contain_text("suspended")
     _shot(page, site, "admin-annotators")
+    _fits_a_phone(page, site, "admin-annotators")
     row.get_by_role("button", name="Reinstate frank").click()
     expect(row).not_to_contain_text("suspended")
     assert not errors, errors
