@@ -50,15 +50,20 @@ TASKS = TaskSet([
                            "Russian dolls: each holds a smaller one, down to the last."]),
     Task.make(id="summary", kind="free_text", text="Summarize: the meeting moved to Thursday.",
               max_length=80),
+    Task.make(id="score", kind="rating", text="How complete is this answer, 0 to 100?",
+              scale=[0, 100, 5]),  # too many steps for number keys: a number box
     Task.make(id="spam", kind="single_choice", text="You won a cruise, click here!",
               options=["spam", "not spam"]),
 ], gold={"spam": Answer((0,))})
 
-# What the annotator presses on each task, and the answer that must land in the record (the
-# gold task "spam" answered right).
-KEYS = {"sentiment": (["2"], (1,)), "topics": (["1", "3"], (0, 2)), "fluency": (["4"], (3,)),
-        "recursion": (["2"], (1,)), "spam": (["1"], (0,))}
-SUMMARY = "Moved to Thursday."
+# What the annotator presses on each task (a string is typed: the focus is in its answer box),
+# and the answer that must land in the record; the gold task "spam" answered right.
+KEYS: dict[str, tuple[list[str] | str, tuple[tuple[int, ...], str]]] = {
+    "sentiment": (["2"], ((1,), "")), "topics": (["1", "3"], ((0, 2), "")),
+    "fluency": (["4"], ((3,), "")), "recursion": (["2"], ((1,), "")),
+    "spam": (["1"], ((0,), "")), "score": ("45", ((9,), "")),
+    "summary": ("Moved to Thursday.", ((), "Moved to Thursday.")),
+}
 ANY_KIND = re.compile(r"^(single_choice|multi_label|rating|pairwise|free_text)$")
 TOP_THREE = re.compile(r"^#[1-3]$")
 IMPORT = "\n".join(json.dumps(row) for row in [
@@ -105,7 +110,7 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
     accounts.create(ADMIN, ADMIN_PASSWORD, role="admin")
     accounts.create("frank", PASSWORD)  # an annotator for the admin to manage
     accounts.close()
-    # gold first (rate 1), so the one gold task is surely among the annotator's six
+    # gold first (rate 1), so the one gold task is surely among the annotator's
     desk = CurationDesk(TASKS, policy=AssignmentPolicy(redundancy=5, gold_rate=1.0),
                         reputation=ReputationPolicy())
     port = LocalPort(desk, commit_seconds=0.2)
@@ -136,6 +141,15 @@ def _page(browser: Any, errors: list[str]) -> Any:
 def _shot(page: Any, site: Site, name: str) -> None:
     site.shots.mkdir(exist_ok=True)
     page.screenshot(path=str(site.shots / f"{name}.png"), full_page=True)
+
+
+def _press(page: Any, task_id: str) -> None:
+    keys = KEYS[task_id][0]
+    if isinstance(keys, str):
+        page.keyboard.type(keys)
+    else:
+        for key in keys:
+            page.keyboard.press(key)
 
 
 def _fits_a_phone(page: Any, site: Site, name: str) -> None:
@@ -202,14 +216,8 @@ def test_an_annotator_signs_up_and_annotates_with_the_keyboard(site: Site, brows
         if task_id == "sentiment":  # markup in a task is text, never markup
             expect(card.locator(".prompt")).to_contain_text("<img src=x onerror=alert(1)>")
             expect(card.locator("img")).to_have_count(0)
-        if kind == "free_text":
-            page.keyboard.type(SUMMARY)  # the answer box has the focus
-            answered[task_id] = ((), SUMMARY)
-        else:
-            presses, choice = KEYS[task_id]
-            for key in presses:
-                page.keyboard.press(key)
-            answered[task_id] = (choice, "")
+        _press(page, task_id)
+        answered[task_id] = KEYS[task_id][1]
         page.keyboard.press("Enter")
         session += 1
         expect(page.locator("#done-count")).to_have_text(str(session))
@@ -228,7 +236,7 @@ def test_an_annotator_signs_up_and_annotates_with_the_keyboard(site: Site, brows
     _shot(page, site, "annotate-done")
 
     # what the browser signed is what the desk holds, answer by answer
-    _wait_until(site, lambda d: d.committed == 3 + 6)
+    _wait_until(site, lambda d: d.committed == 3 + len(TASKS))
     mine = [r for r in site.read(CurationDesk.answers) if r.annotator not in site.others]
     got = {TASKS.tasks[r.task].id: (r.answer.choice, r.answer.text) for r in mine}
     assert set(got) == {t.id for t in TASKS.tasks.values()}  # every task, gold included
@@ -236,7 +244,7 @@ def test_an_annotator_signs_up_and_annotates_with_the_keyboard(site: Site, brows
         assert got[task_id] == answer, task_id
 
     page.goto(site.base + "/dashboard")
-    expect(page.locator("#stat-records")).to_have_text("6")
+    expect(page.locator("#stat-records")).to_have_text(str(len(TASKS)))
     expect(page.locator("#stat-gold")).to_have_text("100%")  # the gold "spam" task, right
     expect(page.locator("#stat-gold-note")).to_contain_text("1 of 1")
     expect(page.locator("#stat-reputation")).not_to_have_text(re.compile(f"^(—|{reputation})$"))
@@ -245,7 +253,7 @@ def test_an_annotator_signs_up_and_annotates_with_the_keyboard(site: Site, brows
     _fits_a_phone(page, site, "dashboard")
     page.goto(site.base + "/leaderboard")
     expect(page.locator("#board tr.me")).to_contain_text("alice")
-    expect(page.locator("#board tr.me")).to_contain_text("6")
+    expect(page.locator("#board tr.me")).to_contain_text(str(len(TASKS)))
     _shot(page, site, "leaderboard")
     _fits_a_phone(page, site, "leaderboard")
     page.goto(site.base + "/admin")  # an annotator sees no admin data
@@ -279,12 +287,7 @@ def test_two_tabs_of_one_annotator_never_fork_their_chain(site: Site, browser: A
     assert second.locator("#task").get_attribute("data-task") == shared  # same queue
 
     def answer(tab: Any) -> None:
-        task_id = tab.locator("#task").get_attribute("data-task")
-        if tab.locator("#task").get_attribute("data-kind") == "free_text":
-            tab.keyboard.type(SUMMARY)
-        else:
-            for key in KEYS[task_id][0]:
-                tab.keyboard.press(key)
+        _press(tab, tab.locator("#task").get_attribute("data-task"))
         tab.keyboard.press("Enter")
 
     answer(first)

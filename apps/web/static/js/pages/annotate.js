@@ -128,8 +128,8 @@ function render() {
   card.classList.remove("enter");
   void card.offsetWidth; // restart the entry animation
   card.classList.add("enter");
-  const text = card.querySelector("textarea");
-  if (text) text.focus();
+  const box = card.querySelector("textarea, input[type=number]"); // typed answers start typed
+  if (box) box.focus();
   else card.focus({ preventScroll: true });
   prefetch();
 }
