@@ -210,7 +210,7 @@ def test_an_annotator_signs_up_and_annotates_with_the_keyboard(site: Site, brows
         expect(card).to_have_attribute("data-kind", ANY_KIND)
         kind = card.get_attribute("data-kind")
         task_id = card.get_attribute("data-task")
-        _shot(page, site, f"annotate-{kind}")
+        _shot(page, site, f"annotate-{kind}-{task_id}")
         if kind == "pairwise":  # two completions side by side, stacked on a phone
             _fits_a_phone(page, site, "annotate-pairwise")
         if task_id == "sentiment":  # markup in a task is text, never markup
