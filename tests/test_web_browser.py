@@ -330,6 +330,37 @@ def test_skipping_with_the_arrows_reaches_every_task(site: Site, browser: Any) -
     assert not errors, errors
 
 
+FORK = """async ({ tasks }) => {
+  const { api } = await import("/static/js/api.js");
+  const { fromHex, toBase64 } = await import("/static/js/bytes.js");
+  const { loadKey } = await import("/static/js/keys.js");
+  const { GENESIS, signRecord } = await import("/static/js/record.js");
+  const key = await loadKey("gil");
+  for (const task of tasks) {  // two records at seq 0, past the page's own guard
+    const { record } = await signRecord(key.privateKey, { task: fromHex(task),
+      kind: "single_choice", annotator: key.publicKey, seq: 0, prev: GENESIS, choice: [0],
+      text: "", clientTimeMs: 0 });
+    await api("/api/submit", { method: "POST", json: { record: toBase64(record) } });
+  }
+  return key.publicHex;
+}"""
+
+
+def test_a_key_the_reputation_rules_suspend_is_told_so(site: Site, browser: Any) -> None:
+    """A key that forked its chain (signed outside the page's guard) is suspended by the
+    reputation rules; the annotation page says so instead of offering tasks."""
+    errors: list[str] = []
+    page = _page(browser, errors)
+    _sign_up(page, site, "gil")
+    tasks = [TASKS.by_id[t].digest.hex() for t in ("sentiment", "spam")]
+    key = bytes.fromhex(page.evaluate(FORK, {"tasks": tasks}))
+    _wait_until(site, lambda d: d.annotator(key).suspended)
+    page.goto(site.base + "/annotate")
+    expect(page.locator("#task")).to_contain_text("Your answers are on hold")
+    expect(page.locator("#task")).to_contain_text("equivocation")
+    assert not errors, errors
+
+
 def test_an_admin_imports_tasks_and_exports_labels(site: Site, browser: Any,
                                                    tmp_path: Path) -> None:
     errors: list[str] = []
