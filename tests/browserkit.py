@@ -11,8 +11,9 @@ import threading
 import time
 from collections.abc import Callable, Coroutine, Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import pytest
 
@@ -20,19 +21,36 @@ CHROMIUM = Path("/usr/bin/chromium")
 
 
 Background = Callable[[], Coroutine[Any, Any, None]]
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Served:
+    url: str  # http://127.0.0.1:PORT
+    loop: asyncio.AbstractEventLoop
+
+    def call(self, read: Callable[[], T], timeout: float = 15) -> T:
+        """`read()` run on the server's event loop, between two of its requests (what the
+        app's routes see), never beside them from the test's thread."""
+        async def run() -> T:
+            return read()
+
+        return asyncio.run_coroutine_threadsafe(run(), self.loop).result(timeout)
 
 
 @contextmanager
-def served(app: Any, background: Sequence[Background] = ()) -> Iterator[str]:
+def served(app: Any, background: Sequence[Background] = ()) -> Iterator[Served]:
     """`app` on a free loopback port, with `background` coroutines (e.g. a LocalPort's
-    commits) running on the server's own event loop; yields the base URL, stops it after."""
+    commits) running on the server's own event loop; stopped on exit."""
     import uvicorn
 
     config = uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning",
                             lifespan="off")
     server = uvicorn.Server(config)
+    loops: list[asyncio.AbstractEventLoop] = []
 
     async def serve() -> None:
+        loops.append(asyncio.get_running_loop())
         tasks = [asyncio.create_task(work()) for work in background]
         try:
             await server.serve()
@@ -52,7 +70,7 @@ def served(app: Any, background: Sequence[Background] = ()) -> Iterator[str]:
         time.sleep(0.02)
     port = server.servers[0].sockets[0].getsockname()[1]
     try:
-        yield f"http://127.0.0.1:{port}"
+        yield Served(f"http://127.0.0.1:{port}", loops[0])
     finally:
         server.should_exit = True
         thread.join(timeout=10)

@@ -4,6 +4,7 @@ list with ETags, and no request path reaches the file system."""
 
 from __future__ import annotations
 
+import re
 import tomllib
 import urllib.error
 import urllib.request
@@ -40,8 +41,8 @@ def _get(url: str, headers: dict[str, str] | None = None) -> tuple[int, dict[str
 def base() -> Iterator[str]:
     app = FastAPI()
     app.include_router(pages.router)
-    with served(app) as url:
-        yield url
+    with served(app) as server:
+        yield server.url
 
 
 @pytest.mark.parametrize("page", pages.PAGES, ids=lambda p: p.path)
@@ -50,7 +51,9 @@ def test_every_page_renders_its_shell_under_a_strict_csp(base: str, page: pages.
     assert status == 200 and headers["content-type"].startswith("text/html")
     html = body.decode()
     assert f'<script type="module" src="/static/js/pages/{page.script}.js"></script>' in html
-    assert f"js/pages/{page.script}.js" in pages.STATIC  # the script it names exists
+    linked = re.findall(r'(?:href|src)="/static/([^"]+)"', html)
+    assert f"js/pages/{page.script}.js" in linked
+    assert all(name in pages.STATIC for name in linked), linked  # every file it names exists
     assert "<script>" not in html and " style=" not in html  # nothing the CSP would block
     csp = headers["content-security-policy"]
     assert "script-src 'self'" in csp and "frame-ancestors 'none'" in csp

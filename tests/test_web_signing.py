@@ -69,9 +69,9 @@ def _js_fields(body: Annotation) -> dict[str, Any]:
 def page() -> Iterator[Any]:
     app = FastAPI()
     app.include_router(pages.router)
-    with served(app) as base, chromium() as browser:
+    with served(app) as server, chromium() as browser:
         tab = browser.new_page()
-        tab.goto(base + "/login")  # any page of the app: a secure context on loopback
+        tab.goto(server.url + "/login")  # any page of the app: a secure context on loopback
         assert tab.evaluate("window.isSecureContext")
         yield tab
 

@@ -1,7 +1,7 @@
 // The annotator's signing key: an Ed25519 pair made by WebCrypto with a non-extractable private
 // half, kept in this browser's IndexedDB under the account name (IndexedDB is per origin, so
 // per node). The node only ever sees the public key.
-import { toHex } from "./bytes.js";
+import { concat, toHex } from "./bytes.js";
 
 const DB = "phalanx-annotator";
 const STORE = "keys";
@@ -59,9 +59,6 @@ const KEY_DOMAIN = new TextEncoder().encode("phalanx/key/v1");
 /** Hex of the signature that proves `username` holds `key`: Ed25519 over
  * "phalanx/key/v1" + the username in UTF-8, what the node asks with a key registration. */
 export async function proveKey(key, username) {
-  const name = new TextEncoder().encode(username);
-  const message = new Uint8Array(KEY_DOMAIN.length + name.length);
-  message.set(KEY_DOMAIN);
-  message.set(name, KEY_DOMAIN.length);
+  const message = concat(KEY_DOMAIN, new TextEncoder().encode(username));
   return toHex(new Uint8Array(await crypto.subtle.sign("Ed25519", key.privateKey, message)));
 }

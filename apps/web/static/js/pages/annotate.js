@@ -128,8 +128,8 @@ function render() {
   card.classList.remove("enter");
   void card.offsetWidth; // restart the entry animation
   card.classList.add("enter");
-  const text = card.querySelector("textarea");
-  if (text) text.focus();
+  const box = card.querySelector("textarea, input[type=number]"); // typed answers start typed
+  if (box) box.focus();
   else card.focus({ preventScroll: true });
   prefetch();
 }
@@ -281,13 +281,16 @@ async function start() {
       el("p", { class: "muted", text: message })));
     return;
   }
+  const { me: standing } = await api("/api/stats");
+  if (standing && standing.suspended) {
+    const flags = standing.flags.map((f) => f.replaceAll("_", " ")).join(", ");
+    fill(card, el("div", { class: "empty" }, el("h2", { text: "Your answers are on hold" }),
+      el("p", { class: "muted", text: `The platform's quality rules suspended your key${flags ? ` (${flags})` : ""}; it takes no answers from it for now.` })));
+    return;
+  }
+  await fetchTasks(); // if the node cannot say, the page says so (boot), not "all caught up"
   card.tabIndex = -1;
   document.addEventListener("keydown", onKey);
-  try {
-    await fetchTasks();
-  } catch (error) {
-    report(error);
-  }
   render();
 }
 

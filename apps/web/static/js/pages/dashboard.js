@@ -8,6 +8,7 @@ import { $, boot, el, fill, fmt, requireUser } from "../ui.js";
 
 const REFRESH_MS = 5000;
 const PREVIEW = 20;
+const BOARD = 50;
 let me = null;
 
 function show(id, text) {
@@ -33,7 +34,7 @@ function showMine(stats, rank, rows) {
     ? `${mine.gold_correct} of ${mine.gold_seen} quality checks right` : "no quality checks committed yet";
   show("#stat-reward", fmt.num(mine.reward, 1));
   show("#stat-rank", rank ? `#${rank}` : "—");
-  $("#stat-rank-note").textContent = rank ? `of ${fmt.int(rows)} on the leaderboard` : "ranked once your work is committed";
+  $("#stat-rank-note").textContent = rank ? `of ${fmt.int(rows)}${rows === BOARD ? "+" : ""} on the leaderboard` : "ranked once your work is committed";
   const flags = $("#flags");
   const problems = [...(mine.suspended ? ["Your account is suspended: your answers are not counted."] : []),
     ...mine.flags.map((f) => `Flag: ${f.replaceAll("_", " ")}`)];
@@ -77,7 +78,7 @@ function showNext(reply) {
 
 async function refresh() {
   const [stats, board, next] = await Promise.all([
-    api("/api/stats"), api("/api/leaderboard?limit=50"), api(`/api/tasks?count=${PREVIEW}`)]);
+    api("/api/stats"), api(`/api/leaderboard?limit=${BOARD}`), api(`/api/tasks?count=${PREVIEW}`)]);
   showMine(stats.me, stats.rank, board.rows.length);
   showPlatform(stats.platform);
   showBoard(board);

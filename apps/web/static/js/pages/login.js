@@ -1,11 +1,17 @@
 // Sign in, then go where the visitor was headed (a same-site path only).
-import { api, setCsrf } from "../api.js";
+import { api, currentUser, setCsrf } from "../api.js";
 import { $, showError } from "../ui.js";
 
 function nextPath(fallback) {
   const next = new URLSearchParams(location.search).get("next");
-  return next && next.startsWith("/") && !next.startsWith("//") ? next : fallback;
+  if (!next || !next.startsWith("/")) return fallback;
+  // resolved as the browser would ("//x" and "/\x" name other sites): this node's pages only
+  const url = new URL(next, location.origin);
+  return url.origin === location.origin ? url.pathname + url.search + url.hash : fallback;
 }
+
+// signed in already (a bookmark, the back button): straight on
+currentUser().then((me) => { if (me) location.replace(nextPath("/dashboard")); }, () => {});
 
 const form = $("#auth-form");
 form.addEventListener("submit", async (event) => {
