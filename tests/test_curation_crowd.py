@@ -14,6 +14,7 @@ import yaml
 from test_cli import cli, one_error_line
 
 from phalanx.apps.runner import run_scenario
+from phalanx.engine.curation.crowd import AnnotatorGroup, CrowdError, CrowdSpec, SimulatedCrowd
 from phalanx.engine.curation.records import decode_annotation
 from phalanx.scenario.schema import Scenario, parse_scenario
 from phalanx.sim.world import SimWorld
@@ -225,3 +226,37 @@ def test_a_bad_crowd_section_is_refused_in_one_line(tmp_path: Path, curation: di
     done = cli("validate", path, cwd=tmp_path)
     assert done.returncode == 2
     assert one_error_line(done.stderr) == f"error: {path}: {expected}"
+
+
+def test_annotator_groups_set_each_kinds_skill_and_speed() -> None:
+    spec = CrowdSpec(tasks=50, classes=3, seed=4)
+    legacy = SimulatedCrowd(spec)
+    grouped = SimulatedCrowd(spec, spec.groups())  # the spec's counts, as groups
+    assert [(a.id, a.confusion.tolist(), a.seconds_per_label) for a in legacy.annotators] == [
+        (a.id, a.confusion.tolist(), a.seconds_per_label) for a in grouped.annotators]
+    crowd = SimulatedCrowd(spec, [
+        AnnotatorGroup("honest", 2, per_class=(0.9, 0.6, 0.3), seconds=(30.0, 30.0)),
+        AnnotatorGroup("colluder", 2)])
+    first, _, colluder, other = crowd.annotators
+    assert first.confusion.diagonal().tolist() == [0.9, 0.6, 0.3]
+    assert first.seconds_per_label == 30.0 and colluder.seconds_per_label < 4.0
+    labels = [crowd.answer(t, colluder).label for t in crowd.tasks]
+    assert labels == [crowd.answer(t, other).label for t in crowd.tasks]  # they collude
+    assert all(label != crowd.truth[t] for t, label in zip(crowd.tasks, labels, strict=True))
+    assert crowd.answer("t0007", first) == crowd.answer("t0007", first)
+    with pytest.raises(CrowdError, match="no task 'nope' in this crowd"):
+        crowd.answer("nope", first)
+
+
+@pytest.mark.parametrize(("fields", "message"), [
+    ({"kind": "lazy"}, "AnnotatorGroup.kind must be one of honest, random, constant"),
+    ({"count": -1}, "AnnotatorGroup.count must be an integer >= 0; got -1"),
+    ({"accuracy": (0.9, 0.5)}, r"AnnotatorGroup.accuracy must be \(low, high\) with 0 <= low"),
+    ({"seconds": (0.0, 3.0)}, r"AnnotatorGroup.seconds must be \(low, high\) with 0 < low"),
+    ({"per_class": (1.5,)}, "AnnotatorGroup.per_class must be a tuple of accuracies"),
+    ({"bias": 2}, r"AnnotatorGroup.bias must be in \[0, 1\]; got 2"),
+])
+def test_a_bad_annotator_group_is_refused_in_one_line(fields: dict[str, Any],
+                                                     message: str) -> None:
+    with pytest.raises(CrowdError, match=message):
+        AnnotatorGroup(**{"kind": "honest", "count": 1, **fields})  # type: ignore[arg-type]
