@@ -137,7 +137,8 @@ class CurationDesk:
     def _verify_known(self, public_key: bytes, message: bytes, signature: bytes) -> bool:
         """The committed log's signature check: a record this node verified when it took it
         (same digest, key and signature) is not verified twice."""
-        held = self._held.get(message[-32:]) if message == signed_message(message[-32:]) else None
+        digest = message[-32:]
+        held = self._held.get(digest) if message == signed_message(digest) else None
         if held is not None and held.signature == signature and (
                 held.body.annotator == public_key):
             return True
@@ -413,7 +414,7 @@ class CurationDesk:
     def annotator(self, annotator: bytes) -> AnnotatorView:
         standing = self.standings().get(annotator)
         committed = self._committed.records_of(annotator)
-        pending = self._held.records_of(annotator) - committed
+        pending = max(0, self._held.records_of(annotator) - committed)
         if standing is None:
             return AnnotatorView(annotator, committed, pending, 0, 0, 1.0, 0.0, False, ())
         return AnnotatorView(annotator, committed, pending, standing.gold_seen,
