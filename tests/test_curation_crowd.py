@@ -14,6 +14,7 @@ import yaml
 from test_cli import cli, invoke, one_error_line
 
 from phalanx.apps.runner import run_scenario
+from phalanx.engine.byzantine.curation import annotation_attack
 from phalanx.engine.curation.crowd import AnnotatorGroup, CrowdError, CrowdSpec, SimulatedCrowd
 from phalanx.engine.curation.records import decode_annotation
 from phalanx.scenario.schema import Scenario, parse_scenario
@@ -265,3 +266,13 @@ def test_a_bad_annotator_group_is_refused_in_one_line(fields: dict[str, Any],
                                                      message: str) -> None:
     with pytest.raises(CrowdError, match=message):
         AnnotatorGroup(**{"kind": "honest", "count": 1, **fields})  # type: ignore[arg-type]
+
+
+def test_an_unknown_or_bad_annotation_attack_is_refused_in_one_line() -> None:
+    with pytest.raises(ValueError, match="unknown annotation node behaviour 'steal'; known: "
+                                         "drop, delay, forge, equivocate"):
+        annotation_attack("steal")
+    with pytest.raises(ValueError, match=r"delay: delay must be > 0 seconds \(got 0\)"):
+        annotation_attack("delay", delay=0)
+    attack = annotation_attack("drop", at=5.0, duration=10.0)
+    assert [attack.on(t) for t in (4.9, 5.0, 14.9, 15.0)] == [False, True, True, False]
