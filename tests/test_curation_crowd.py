@@ -163,6 +163,17 @@ def test_a_partition_between_the_annotation_nodes_heals_to_one_set_of_labels() -
     assert len(labels) == 36 and len(standings) == 8
 
 
+def test_annotators_move_on_when_their_node_crashes() -> None:
+    data = small(None).model_dump(mode="json")
+    data["faults"] = [{"kind": "crash", "nodes": [5, 6], "at": 30.0, "duration": 60.0}]
+    world = SimWorld(parse_scenario(data))
+    world.run()
+    actions = world.crowd.annotators.counts  # type: ignore[union-attr]
+    assert actions["node_switches"] > 0
+    (_, committed, pending, _, _), = settled(world)
+    assert pending == 0 and committed == actions["answered"] == actions["committed"]
+
+
 @pytest.fixture(scope="module")
 def dropped() -> SimWorld:
     """The small run with a dropping annotation node, run once for the tests that read it."""
