@@ -84,7 +84,7 @@ def small(behaviour: str | None, **crowd: Any) -> Scenario:
     (5 and 6), node 6 misbehaving as `behaviour`."""
     data = shipped()
     data["nodes"]["count"] = 7
-    data["training"]["rounds"] = 40
+    data["training"]["rounds"] = 30
     c = data["curation"]
     c["annotation_nodes"] = 2
     c["tasks"] = {"kind": "synthetic", "count": 36, "classes": 3, "gold": 6}
