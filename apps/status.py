@@ -16,22 +16,19 @@ and excess requests are refused by `http_guard` before they reach the app.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import functools
 import ipaddress
-import logging
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable
 from typing import Any, Literal
 
-import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict
 
-from phalanx.apps.http_guard import MAX_HEADER_BYTES, Guard, GuardedH11Protocol, HttpLimits
-from phalanx.net.logthrottle import throttle_accept_errors, throttle_logger
+from phalanx.apps.http_guard import Guard, HttpLimits
+from phalanx.apps.http_serving import EmbeddedServer, guarded_server, invalid_handler
+
+__all__ = ["EmbeddedServer", "health", "make_status_app", "status_server"]
 
 StatusFn = Callable[[], dict[str, Any]]
 ChangeFn = Callable[[str], str | None]  # "join" | "leave" -> why not, or None once asked
@@ -56,30 +53,11 @@ def health(finished: bool, since_commit: float | None, stall_after: float, peers
     return {"status": "ok", "reasons": []}
 
 
-def invalid_reason(errors: Sequence[Any]) -> str:
-    """What is wrong with a request, by field: never the value, nor a field name the client
-    made up (an unexpected key is input too)."""
-    first = errors[0]
-    loc = [str(p) for p in first.get("loc", ())]
-    if first.get("type") == "extra_forbidden":
-        loc, msg = loc[:-1], "has a field it does not take"
-    else:
-        msg = str(first.get("msg", "invalid")).removeprefix("Value error, ")
-    where = ".".join(loc)[:100]
-    more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
-    return f"{where}: {msg[:200]}{more}" if where else f"{msg[:200]}{more}"
-
-
-async def _invalid(_: Request, exc: Exception) -> JSONResponse:
-    assert isinstance(exc, RequestValidationError)
-    return JSONResponse({"detail": invalid_reason(exc.errors())}, status_code=422)
-
-
 def make_status_app(status: StatusFn, change: ChangeFn | None = None,
                     http_stats: Callable[[], dict[str, Any]] | None = None) -> FastAPI:
     """`http_stats`: the guard's counts, shown under `http` in /status."""
     app = FastAPI(title="phalanx node", docs_url=None, redoc_url=None,
-                  exception_handlers={RequestValidationError: _invalid})
+                  exception_handlers={RequestValidationError: invalid_handler})
 
     # async routes: they run on the node's own event loop, between two events the node handles,
     # so each answer is a consistent snapshot (a plain `def` would run in a worker thread and
@@ -120,35 +98,7 @@ def _local(request: Request) -> bool:
         return False
 
 
-class EmbeddedServer(uvicorn.Server):
-    """uvicorn inside a loop it does not own: the node handles SIGTERM itself (flushing its
-    log and checkpoint), so the server must not take over the signal handlers; the loop's
-    reports of failed accepts (out of file descriptors) become one throttled line."""
-
-    def __init__(self, config: uvicorn.Config, guard: Guard) -> None:
-        super().__init__(config)
-        self.guard = guard
-
-    @contextlib.contextmanager
-    def capture_signals(self) -> Iterator[None]:
-        yield
-
-    async def startup(self, sockets: list[Any] | None = None) -> None:
-        throttle_accept_errors(asyncio.get_running_loop())
-        await super().startup(sockets)
-
-
 def status_server(status: StatusFn, host: str, port: int, change: ChangeFn | None = None,
                   limits: HttpLimits | None = None) -> EmbeddedServer:
     guard = Guard(limits or HttpLimits())
-    config = uvicorn.Config(
-        make_status_app(status, change, guard.stats), host=host, port=port,
-        log_level="warning", lifespan="off", access_log=False, ws="none",
-        http=functools.partial(GuardedH11Protocol, guard=guard),  # type: ignore[arg-type]
-        h11_max_incomplete_event_size=MAX_HEADER_BYTES,
-        # the listen queue, and the most connections one turn of the loop accepts (each
-        # then admitted, or closed at once, by the guard)
-        backlog=128,
-        timeout_graceful_shutdown=5)
-    throttle_logger(logging.getLogger("uvicorn.error"))  # e.g. one line per malformed request
-    return EmbeddedServer(config, guard)
+    return guarded_server(make_status_app(status, change, guard.stats), host, port, guard)

@@ -38,6 +38,7 @@ if _TESTS not in sys.path:
 
 pytest.register_assert_rewrite("nodekit")
 pytest.register_assert_rewrite("tcpkit")
+pytest.register_assert_rewrite("webkit")
 
 
 # ---- the Byzantine matrix's summary table -------------------------------------------------
