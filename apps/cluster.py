@@ -172,7 +172,7 @@ def _lay_out(scenario: Scenario, folder: Path, extra: list[str], placement: Plac
     """Keys, members.json and each node's node.json, for a first start."""
     n, host = scenario.nodes.count, scenario.real.host
     total = n + lightweight
-    members = set(scenario.members)
+    members, annotation = set(scenario.members), set(scenario.annotation_nodes)
     if placement is not None:  # a host each: the same ports everywhere
         hosts = [placement.hosts[i] for i in range(total)]
         p2p, web = [placement.p2p_port] * total, [placement.web_port] * total
@@ -191,7 +191,8 @@ def _lay_out(scenario: Scenario, folder: Path, extra: list[str], placement: Plac
     nodes = []
     for i in range(total):
         node_dir = folder / f"node-{i}"
-        kind = "full" if i in members else "training" if i < n else "lightweight"
+        kind = ("annotation" if i in annotation else "full" if i in members
+                else "training" if i < n else "lightweight")
         settings = {**common, "node_id": i, "node_type": kind,
                     "p2p_port": p2p[i], "web_port": web[i],
                     "host": hosts[i], "data_dir": str(node_dir),

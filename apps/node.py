@@ -275,7 +275,7 @@ class RealNode:
     def _on_peer_state(self, peer: int, up: bool) -> None:
         """The transport's word on a peer's link, for the failure detector (before the node
         started there is no round to speed up: silence in the first rounds tells it)."""
-        if self.early is None:
+        if self.early is None and not self.stop.is_set():  # links close after the log does
             self.host.feed(PeerReachability(peer, up))
 
     def _on_frame(self, frame: bytes) -> None:
