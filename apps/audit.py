@@ -25,13 +25,14 @@ from phalanx.apps.mpi_run import MPI_FILE, load_ranks
 from phalanx.apps.node_log import NodeLog
 from phalanx.apps.node_settings import load_members
 from phalanx.engine.consensus import equivocations, signed_in
+from phalanx.engine.curation.service import CurationService
 from phalanx.engine.events import Started
 from phalanx.engine.node import Node
 from phalanx.engine.node.persisted import StoreError
 from phalanx.net.crypto import Identity
 from phalanx.net.envelope import FrameOpener
 from phalanx.net.messages import RoundRecord
-from phalanx.scenario.build import member_keys, node_config, workload_for
+from phalanx.scenario.build import curation_setup, member_keys, node_config, workload_for
 from phalanx.scenario.schema import Scenario, ScenarioError, load_scenario
 
 
@@ -110,6 +111,8 @@ def audit_run(run_dir: Path) -> tuple[list[NodeAudit], list[str]]:
     from phalanx.engine.rng import RngStreams
 
     workload = workload_for(scenario, RngStreams(scenario.seed))
+    setup = curation_setup(scenario)  # its batches are checked and replayed as nodes do
+    services = [CurationService.configured(setup)] if setup is not None else []
     audits, hashes = [], {}
     frames: dict[bytes, bytes] = {}
     for node_id, path in sorted(logs.items()):
@@ -127,7 +130,7 @@ def audit_run(run_dir: Path) -> tuple[list[NodeAudit], list[str]]:
         # record it replays in memory (their outcomes are compared across nodes below)
         config = replace(node_config(scenario, node_id), observers=observers,
                          history_window=len(records) + 1)
-        node = Node(config, Identity.generate(), workload, opener)
+        node = Node(config, Identity.generate(), workload, opener, services=services)
         node.handle(Started(), 0.0)
         problem = None
         if isinstance(base, bytes):  # the node joined from a checkpoint: audit from there

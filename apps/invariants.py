@@ -11,6 +11,8 @@ returning a list of `Violation`s with a one-line human detail:
   every planned round (or the `expect: rounds_committed_at_least` the scenario asks for);
 - **nothing_lost**: a node that restarted with its disk does not commit again a round it held
   before the crash (its state was lost);
+- **curation**: in a scenario with `curation:`, honest nodes that committed a round hold one
+  curation snapshot root after it (read from the summary the runner writes);
 - **crash**: the run itself raised (see `crash_violation`).
 
 Honest means not listed under the scenario's `byzantine:` section. The tables may come from a
@@ -24,7 +26,7 @@ import traceback
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import polars as pl
 
@@ -40,7 +42,7 @@ from phalanx.scenario.schema import (
 if TYPE_CHECKING:
     from phalanx.apps.results import RunResult
 
-INVARIANTS = ("safety", "agreement", "liveness", "nothing_lost", "crash")
+INVARIANTS = ("safety", "agreement", "liveness", "nothing_lost", "curation", "crash")
 SHOWN_NODES = 8  # node lists in a detail line are cut after this many
 SHOWN_ROUNDS = 10
 
@@ -258,6 +260,21 @@ def crash_violation(seed: int, error: BaseException, where: bool = True) -> Viol
     return Violation(seed, "crash", f"the run raised {message}{where_text}")
 
 
+def check_curation(summary: dict[str, Any], *, seed: int) -> list[Violation]:
+    """Honest nodes that committed a round hold one curation root after it."""
+    found = summary.get("curation") or {}
+    out = []
+    for split in found.get("root_splits", []):
+        parts = [f"{root[:8]} (nodes {_ids(nodes)})" for root, nodes in split["roots"].items()]
+        out.append(Violation(seed, "curation", f"round {split['round']}: honest nodes hold "
+                                               f"{len(parts)} curation roots: "
+                                               f"{'; '.join(parts)}"))
+    more = found.get("rounds_split", 0) - len(out)
+    if more > 0:
+        out.append(Violation(seed, "curation", f"and {more} more rounds with split roots"))
+    return out
+
+
 # ---- all of them over one run --------------------------------------------------------------
 
 
@@ -274,4 +291,5 @@ def check_run(result: RunResult, seed: int | None = None) -> list[Violation]:
         *check_liveness(result.rounds, seed=seed, nodes=scenario.nodes.count, target=target,
                         byzantine=byz, down=down, why=why),
         *check_nothing_lost(result.rounds, result.events, seed=seed, byzantine=byz),
+        *check_curation(result.summary, seed=seed),
     ]

@@ -121,6 +121,31 @@ def reputation(scenario: Scenario, world: SimWorld) -> dict[str, float]:
                           / max(1, sum(1 for j in judges if j.id != p)), 3) for p in peers}
 
 
+def curation(scenario: Scenario, world: SimWorld) -> dict[str, Any]:
+    """Each curation node's log at the end (round, snapshot root, committed and pending
+    records, refusals by reason), and the rounds at which honest nodes held different roots
+    (none, unless something is wrong: the `curation` invariant reads them)."""
+    nodes: dict[str, Any] = {}
+    for host in world.hosts:
+        desk = world.desk(host.id)
+        if desk is not None:
+            nodes[str(host.id)] = {"round": desk.round, "root": desk.root.hex(),
+                                   "committed": desk.committed, "pending": desk.pending,
+                                   "refused": dict(sorted(desk.counts.items()))}
+    byz = scenario.byzantine_nodes()
+    roots: dict[int, dict[str, set[int]]] = {}
+    for m in world.metrics.curation:
+        if m.node not in byz:
+            roots.setdefault(m.round, {}).setdefault(m.root.hex(), set()).add(m.node)
+    splits = [{"round": r, "roots": {root: sorted(ids) for root, ids in sorted(held.items())}}
+              for r, held in sorted(roots.items()) if len(held) > 1]
+    return {"nodes": nodes, "root_splits": splits[:SPLITS_SHOWN],
+            "rounds_split": len(splits)}
+
+
+SPLITS_SHOWN = 10
+
+
 def run_sim(scenario: Scenario, printer: RoundPrinter,
             costs: CostModel | None = None) -> RunResult:
     world = SimWorld(scenario, on_commit=printer.commit, costs=costs)
@@ -159,6 +184,8 @@ def run_sim(scenario: Scenario, printer: RoundPrinter,
     }
     if costs is not None:  # the measured cost model (sim/costs.py), opt-in
         extra["cost_model"] = costs.source
+    if scenario.curation is not None:
+        extra["curation"] = curation(scenario, world)
     summary = summarize(scenario, rounds, extra, {h.id for h in world.hosts if not h.up},
                         world.workload)
     events = log.frame({k: cls.__name__ for k, cls in world.opener.messages.kinds.items()})

@@ -76,4 +76,5 @@ def curation_setup(scenario: Scenario, verify: Verify | None = None) -> Curation
         raise ScenarioError(f"{scenario.name}: {e}") from None
     return CurationSetup(tasks, c.policy(scenario.seed), max_records=c.batch.max_records,
                          max_bytes=c.batch.max_bytes,
-                         offer_interval=scenario.training.round_timeout, verify=verify)
+                         offer_interval=scenario.training.round_timeout, verify=verify,
+                         reputation=c.reputation.policy() if c.reputation else None)

@@ -14,19 +14,18 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field, model_validator
 
 from phalanx.engine.curation.assignment import AssignmentPolicy
+from phalanx.engine.curation.crowd import SimulatedCrowd
 from phalanx.engine.curation.io import TaskImportError, tasks_from_csv, tasks_from_jsonl
 from phalanx.engine.curation.messages import MAX_BATCH_RECORDS
 from phalanx.engine.curation.synthetic import SCHEMAS, synthetic_tasks
 from phalanx.engine.curation.tasks import TaskSet
+from phalanx.scenario.crowd import CrowdFields
+from phalanx.scenario.section import Section
 
 Count = Annotated[int, Field(strict=True)]
-
-
-class Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False, strict=True)
 
 
 class SyntheticTasks(Section):
@@ -42,6 +41,11 @@ class SyntheticTasks(Section):
         "The tasks' schema kind: single_choice, rating or pairwise."))] = "single_choice"
     gold: Annotated[Count, Field(ge=0, description=(
         "How many tasks are gold (honeypots with a known answer)."))] = 10
+
+    @property
+    def answers(self) -> int:
+        """How many answers a task has: its classes, or left and right for pairwise."""
+        return 2 if self.schema_kind == "pairwise" else self.classes
 
     @model_validator(mode="after")
     def _gold_fits(self) -> SyntheticTasks:
@@ -73,7 +77,7 @@ class BatchBounds(Section):
         "Bytes of records per round at most."))] = 256 * 1024
 
 
-class CurationSection(Section):
+class CurationSection(CrowdFields):
     """Crowdsourced labelling on the run's nodes (docs/curation.md)."""
 
     annotation_nodes: Annotated[Count, Field(ge=0, le=1000, description=(
@@ -89,6 +93,24 @@ class CurationSection(Section):
         "Committed rounds a task assignment (lease) lasts."))] = 20
     batch: Annotated[BatchBounds, Field(description=(
         "What one round may commit."))] = BatchBounds()
+
+    @model_validator(mode="after")
+    def _crowd_fits(self) -> CurationSection:
+        if self.crowd is None:
+            return self
+        if not isinstance(self.tasks, SyntheticTasks):
+            raise ValueError("crowd: simulated annotators answer synthetic tasks (tasks: "
+                             "{kind: synthetic}); a task file has no hidden truth")
+        problem = self.crowd.classes_problem(self.tasks.answers)
+        if problem is not None:
+            raise ValueError(problem)
+        return self
+
+    def simulated_crowd(self, seed: int) -> SimulatedCrowd | None:
+        """The simulated annotators on the synthetic tasks (None without a crowd)."""
+        if self.crowd is None or not isinstance(self.tasks, SyntheticTasks):
+            return None
+        return self.crowd.simulated(self.tasks.count, self.tasks.answers, seed)
 
     def policy(self, seed: int) -> AssignmentPolicy:
         return AssignmentPolicy(self.redundancy, self.gold_rate, self.lease_rounds, seed)

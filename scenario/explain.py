@@ -67,6 +67,11 @@ def describe_error(error: dict[str, Any]) -> str:
         hint = f"did you mean {guess!r}" if guess is not None else f"one of {', '.join(tags)}"
         return f"{loc}.{key}: unknown {key} {_short(tag, 40)}; {hint}"
     shown = "" if isinstance(value, dict | list) else f" (got {_short(value)})"
+    if error["type"] == "literal_error" and isinstance(value, str):  # a misspelt choice
+        expected = [v.strip(" '") for v in str(error.get("ctx", {}).get("expected", ""))
+                    .replace(" or ", ", ").split(",")]
+        guess = _guess(value, expected)
+        shown += f"; did you mean {guess!r}?" if guess is not None else ""
     return f"{loc}: {msg}{shown}" if loc else f"{msg}"
 
 

@@ -1013,6 +1013,12 @@ class Scenario(Strict):
 
     def _annotation_nodes_fit(self) -> None:
         annotation = set(self.annotation_nodes)
+        attacked = sorted(set(self.curation.misbehaving()) - annotation) if self.curation else []
+        if attacked:
+            ids = (f"ids {min(annotation)}..{max(annotation)}" if annotation else "none: "
+                   "set curation.annotation_nodes")
+            raise ValueError(f"curation.byzantine: nodes {attacked} are not annotation nodes "
+                             f"({ids})")
         if not annotation:
             return
         if len(annotation) >= self.nodes.count:

@@ -22,6 +22,8 @@ import simpy
 from simpy.core import NORMAL
 
 from phalanx.engine.byzantine import make_behaviour
+from phalanx.engine.curation.desk import CurationDesk
+from phalanx.engine.curation.service import CurationService
 from phalanx.engine.driver import dispatch
 from phalanx.engine.events import (
     Action,
@@ -31,6 +33,8 @@ from phalanx.engine.events import (
     Job,
     LinkConditions,
     Loaded,
+    LocalAnswer,
+    LocalRequest,
     MembershipChanged,
     Metric,
     Received,
@@ -39,13 +43,11 @@ from phalanx.engine.events import (
     Stored,
     Suspicion,
     TimerFired,
+    answer_of,
 )
 from phalanx.engine.metrics import MetricLog
 from phalanx.engine.node import Node, Service, message_set
 from phalanx.engine.rng import RngStreams
-from phalanx.engine.curation.desk import CurationDesk
-from phalanx.engine.curation.service import CurationService
-from phalanx.engine.events import LocalAnswer, LocalRequest, answer_of
 from phalanx.scenario.build import curation_setup, member_keys, node_config, workload_for
 from phalanx.scenario.schema import Scenario
 from phalanx.sim.costs import CostModel, CpuPool

@@ -31,6 +31,7 @@ from .io import Label, label_rows, labels_jsonl, labels_parquet
 from .labels import Annotations
 from .log import AnswerRow, CurationLog, LogLimits, MergeReport, Verify
 from .records import GENESIS, RecordRefused, SignedAnnotation, decode_annotation
+from .reputation import ReputationPolicy, Standing, reputation
 from .store import MemoryStore, RecordStore
 from .tasks import Task, TaskError, TaskSet
 
@@ -39,20 +40,8 @@ __all__ = ["AnnotatorView", "CurationDesk", "LabelRow", "PlatformStats", "RoundP
 
 DEFAULT_POLICY = AssignmentPolicy()
 DEFAULT_LIMITS = LogLimits()
-HISTORY_POINTS = 1000
-MAX_ORPHANS = 4096  # forwarded records held back until their predecessor arrives  # rounds kept in `stats().history`: enough for a chart, bounded
-
-
-@dataclass(frozen=True, slots=True)
-class Standing:
-    """What the labels and the leaderboard read of an annotator's record."""
-
-    weight: float = 1.0
-    gold_seen: int = 0
-    gold_correct: int = 0
-    reward: float = 0.0
-    suspended: bool = False
-    flags: tuple[str, ...] = ()
+HISTORY_POINTS = 1000  # rounds kept in `stats().history`: enough for a chart, bounded
+MAX_ORPHANS = 4096  # forwarded records held back until their predecessor arrives
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,13 +100,13 @@ def merge_tasks(current: TaskSet, more: TaskSet) -> tuple[TaskSet, int]:
 class CurationDesk:
     def __init__(self, tasks: TaskSet, *, policy: AssignmentPolicy = DEFAULT_POLICY,
                  store: RecordStore | None = None, limits: LogLimits = DEFAULT_LIMITS,
-                 reputation: object | None = None,
+                 reputation: ReputationPolicy | None = None,
                  verify: Verify | None = None) -> None:
         """`store`: where held records are kept (reloaded, and checked again, from it);
         `verify`: the signature check (a shared cache in the simulator)."""
         self.tasks = tasks
         self.policy = policy
-        self.reputation_policy = reputation  # reputation.py's policy (c19-crowd)
+        self.reputation_policy = reputation  # None: off, every annotator weighs 1
         extra = {} if verify is None else {"verify": verify}
         self._held = CurationLog(tasks, store if store is not None else MemoryStore(), limits,
                                  **extra)
@@ -126,11 +115,12 @@ class CurationDesk:
         self.round = -1  # the last committed round
         self.counts: Counter[str] = Counter()  # refusals by reason, and "equivocation"
         self._answered_by: dict[bytes, set[bytes]] = {}  # annotator -> tasks (held)
+        self._answerers: dict[bytes, set[bytes]] = {}  # task -> annotators (held)
         self._history: list[RoundPoint] = []
         self._orphans: dict[bytes, SignedAnnotation] = {}  # digest -> record awaiting its prev
         self._cache: dict[str, object] = {}  # derived from the committed log, per commit
-        for row in self._held.answers(include_equivocators=True):
-            self._answered_by.setdefault(row.annotator, set()).add(row.task)
+        for digest in self._held.digests():
+            self._note(digest)
 
     # --- intake --------------------------------------------------------------------------
 
@@ -150,8 +140,31 @@ class CurationDesk:
         skipped silently (peers resend what is pending until it commits). One that arrives
         ahead of its predecessor waits among the orphans (at most MAX_ORPHANS, the oldest
         dropped) and is taken once the predecessor comes. Other refusals are counted."""
-        fresh: list[SignedAnnotation] = []
         refused: Counter[str] = Counter()
+        fresh = self._unheld(records, refused)
+        for digest in [d for d in self._orphans if d in self._held]:  # came by a commit
+            del self._orphans[digest]
+        report = self._held.merge([*fresh, *self._orphans.values()])
+        for digest in report.accepted:
+            self._orphans.pop(digest, None)
+            self._note(digest)
+        for record in fresh:  # the gaps among the new: kept to retry, not refused
+            if record.body.prev not in self._held:
+                self._orphans[record.digest] = record
+        while len(self._orphans) > MAX_ORPHANS:
+            del self._orphans[next(iter(self._orphans))]
+        refused.update({reason: count for reason, count in report.refused.items()
+                        if reason not in ("sequence_gap", "replay")})  # orphans; held
+        self.counts.update(refused)
+        if report.equivocations:
+            self.counts["equivocation"] += report.equivocations
+        return MergeReport(report.accepted, refused, report.equivocations)
+
+    def _unheld(self, records: Iterable[bytes], refused: Counter[str]
+                ) -> list[SignedAnnotation]:
+        """The decodable records of a forwarded batch not held yet (nor waiting as orphans);
+        the undecodable and those past the batch bound counted in `refused`."""
+        fresh = []
         for n, data in enumerate(records):
             if n >= self.limits.max_batch:
                 refused["flood"] += 1
@@ -161,33 +174,14 @@ class CurationDesk:
             except RecordRefused as e:
                 refused[e.reason] += 1
                 continue
-            digest = record.digest
-            if digest not in self._held and digest not in self._orphans:
+            if record.digest not in self._held and record.digest not in self._orphans:
                 fresh.append(record)
-        for digest in [d for d in self._orphans if d in self._held]:  # came by a commit
-            del self._orphans[digest]
-        report = self._held.merge([*fresh, *self._orphans.values()])
-        taken = set(report.accepted)
-        for digest in taken:
-            self._orphans.pop(digest, None)
-            self._note(digest)
-        for record in fresh:  # the gaps among the new: kept to retry, not refused
-            digest = record.digest
-            if digest not in taken and record.body.prev not in self._held:
-                self._orphans[digest] = record
-        while len(self._orphans) > MAX_ORPHANS:
-            del self._orphans[next(iter(self._orphans))]
-        for reason, count in report.refused.items():
-            if reason not in ("sequence_gap", "replay"):  # orphans retried, or held already
-                refused[reason] += count
-        self.counts.update(refused)
-        if report.equivocations:
-            self.counts["equivocation"] += report.equivocations
-        return MergeReport(report.accepted, refused, report.equivocations)
+        return fresh
 
     def _note(self, digest: bytes) -> None:
         body = self._held.get(digest).body  # type: ignore[union-attr]
         self._answered_by.setdefault(body.annotator, set()).add(body.task)
+        self._answerers.setdefault(body.task, set()).add(body.annotator)
 
     def head(self, annotator: bytes) -> tuple[int, bytes]:
         """(next seq, prev digest) of the annotator's next record, pending ones included."""
@@ -210,16 +204,20 @@ class CurationDesk:
         return self.tasks.get(digest)
 
     def next_tasks(self, annotator: bytes, count: int) -> list[Task]:
-        """Up to `count` tasks for `annotator` (assignment.py's leases over the committed
-        log): blind, never one they answered (pending answers included), gold mixed in."""
+        """Up to `count` tasks for `annotator` (assignment.py's leases over the records this
+        node holds, pending ones included, and the annotators it knows): blind, never one
+        they answered, gold mixed in. Within one node a slot is leased once; two nodes that
+        hold different pending records may lease it twice (a task then gets more than k
+        answers, never fewer) until a round commits what they hold."""
         if count < 0:
             raise ValueError(f"count must be >= 0, got {count}")
         mine = self._answered_by.get(annotator, set())
-        answered = self._committed_answered()
-        roster = set(self._committed_annotators()) | {annotator}
+        # the roster: every annotator this node has seen (pending records too: annotators
+        # at work here share the slots even before a round commits their first record)
+        roster = set(self._answered_by) | {annotator}
         uncertainty = {row.task: 1.0 - (row.confidence or 0.0) for row in self.labels()
                        if row.confidence is not None}
-        picks = assign(annotator, count + len(mine), tasks=self.tasks, answered=answered,
+        picks = assign(annotator, count + len(mine), tasks=self.tasks, answered=self._answerers,
                        roster=roster, committed_round=max(self.round, 0),
                        done=self._held.records_of(annotator), policy=self.policy,
                        uncertainty=uncertainty)
@@ -325,15 +323,24 @@ class CurationDesk:
         return self._cached("standings", self._standings)  # type: ignore[return-value]
 
     def _standings(self) -> dict[bytes, Standing]:
-        # The one place standings are computed. Until reputation.py lands every annotator
-        # weighs 1.0 and earns nothing; the gold record is already real.
+        # The one place standings are computed: reputation.py over the committed answers
+        # (equivocators included, to flag them), or, with reputation off, weight 1 for all.
+        policy = self.reputation_policy
+        if policy is not None:
+            return reputation(self.answers(), self.tasks, None, policy,
+                              equivocators=self._committed.equivocators)
         seen: Counter[bytes] = Counter()
         correct: Counter[bytes] = Counter()
+        answered: Counter[bytes] = Counter()
         for row in self.answers():
             gold = self.tasks.gold.get(row.task)
+            answered[row.annotator] += 1
             seen[row.annotator] += gold is not None
             correct[row.annotator] += gold is not None and gold == row.answer
-        return {a: Standing(1.0, seen[a], correct[a]) for a in self._committed_annotators()}
+        return {a: Standing(weight=1.0, skill=0.0, gold_seen=seen[a], gold_correct=correct[a],
+                            answers=answered[a], accepted=0, flags=(), suspended=False,
+                            reward=0.0)
+                for a in self._committed_annotators()}
 
     def labels(self) -> list[LabelRow]:
         """The label of every task with a committed answer, by task id."""

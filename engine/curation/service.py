@@ -48,6 +48,7 @@ from .messages import (
     encode_batch,
 )
 from .records import RecordRefused
+from .reputation import ReputationPolicy
 from .tasks import TaskError, TaskSet
 
 if TYPE_CHECKING:
@@ -70,6 +71,7 @@ class CurationSetup:
     max_bytes: int = 256 * 1024
     offer_interval: float = 1.0  # seconds between offers of what is still pending
     verify: Verify | None = None  # a shared signature cache (the simulator)
+    reputation: ReputationPolicy | None = field(default_factory=ReputationPolicy)  # None: off
 
     def __post_init__(self) -> None:
         if not 1 <= self.max_records <= MAX_BATCH_RECORDS:
@@ -122,7 +124,7 @@ class CurationService(Service):
     def _new_desk(self, disk: Disk) -> CurationDesk:
         s = self.setup
         return CurationDesk(s.tasks, policy=s.policy, store=_NodeStore(self, disk),
-                            limits=s.limits, verify=s.verify)
+                            limits=s.limits, reputation=s.reputation, verify=s.verify)
 
     def routes(self) -> list[Route]:
         return [Route(CurationRecords, self.on_records, from_observers=True),

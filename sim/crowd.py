@@ -1,0 +1,170 @@
+"""Simulated annotators at work in a simulated run: they ask a curation node for tasks, answer
+at their own pace, sign each answer with their own key and submit it, and resubmit through
+another node what a node never got committed.
+
+Each annotator behaves as a real client does: it keeps its own chain head (seq, prev), holds
+every record it submitted until it sees it in the committed snapshot, and once a record has
+waited `patience` seconds it moves on to the next node of its list and resubmits, in chain
+order, everything not yet committed (a Byzantine node may have acknowledged and dropped it).
+Everything is drawn from the scenario's seed (keys, first node, start times, answers and
+their durations), and every action is an event of the world's clock, so a run stays a pure
+function of scenario and seed.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from phalanx.engine.curation.client import AnnotatorClient
+from phalanx.engine.curation.crowd import SimulatedAnnotator, SimulatedCrowd
+from phalanx.engine.curation.desk import CurationDesk
+from phalanx.engine.curation.records import RecordRefused, decode_annotation
+from phalanx.engine.curation.tasks import Answer, Task
+from phalanx.engine.rng import RngStreams
+from phalanx.net.crypto import Identity
+from phalanx.scenario.crowd import CrowdSection
+
+__all__ = ["CurationPort", "SimulatedAnnotators", "annotator_identity"]
+
+
+class CurationPort(Protocol):
+    """What simulated annotators need of the world: its clock, and each curation node's
+    desk (None while the node is down) and intake."""
+
+    @property
+    def now(self) -> float: ...
+
+    def call_at(self, at: float, fn: Callable[..., None], *args: Any) -> None: ...
+
+    def desk(self, node: int) -> CurationDesk | None: ...
+
+    def submit(self, node: int, record: bytes) -> bytes:
+        """Hand `record` to `node`'s intake as its API would; RecordRefused when refused."""
+        ...
+
+
+def annotator_identity(seed: int, index: int) -> Identity:
+    """The key of the scenario's `index`-th simulated annotator."""
+    return Identity.derive(RngStreams(seed).seed("curation", "annotator-keys"), index)
+
+
+@dataclass(eq=False)
+class _Annotator:
+    sim: SimulatedAnnotator
+    client: AnnotatorClient
+    nodes: list[int]  # the curation nodes in the order this annotator tries them
+    at: int = 0  # which of them it uses now
+    # digest -> (record, when last submitted): submitted, not yet seen committed; in seq order
+    waiting: dict[bytes, tuple[bytes, float]] = field(default_factory=dict)
+
+    @property
+    def node(self) -> int:
+        return self.nodes[self.at]
+
+    def move_on(self) -> None:
+        self.at = (self.at + 1) % len(self.nodes)
+
+
+class SimulatedAnnotators:
+    """The crowd of a scenario's `curation.crowd`, working through `port`'s curation nodes."""
+
+    def __init__(self, port: CurationPort, crowd: SimulatedCrowd, section: CrowdSection,
+                 nodes: Sequence[int], seed: int) -> None:
+        if not nodes:
+            raise ValueError("simulated annotators need at least one curation node")
+        self.port = port
+        self.crowd = crowd
+        self.section = section
+        self.counts: Counter[str] = Counter()  # submitted, resubmitted, refused/<reason>, ...
+        streams = RngStreams(seed)
+        self._streams = streams
+        self.annotators: list[_Annotator] = []
+        for i, sim in enumerate(crowd.annotators):
+            first = int(streams.stream("curation", "first-node", i).integers(len(nodes)))
+            order = [*nodes[first:], *nodes[:first]]
+            self.annotators.append(_Annotator(sim, AnnotatorClient(annotator_identity(seed, i)),
+                                              order))
+        self.kinds = {a.client.public_key: a.sim.kind for a in self.annotators}
+
+    def start(self) -> None:
+        """Schedule every annotator's first visit."""
+        s = self.section
+        for i, a in enumerate(self.annotators):
+            offset = float(self._streams.stream("curation", "start", i).uniform(0.0, s.stagger))
+            self.port.call_at(s.start + offset, self._visit, a)
+
+    # --- one annotator's loop ------------------------------------------------------------
+
+    def _visit(self, a: _Annotator) -> None:
+        """Check what got committed, resubmit what waited too long, then fetch tasks."""
+        now = self.port.now
+        desk = self.port.desk(a.node)
+        if desk is None:  # the node is down: try the next one after a while
+            a.move_on()
+            self.port.call_at(now + self.section.idle, self._visit, a)
+            return
+        committed = desk.committed_log
+        for digest in [d for d in a.waiting if d in committed]:
+            del a.waiting[digest]
+            self.counts["committed"] += 1
+        if any(at + self.section.patience <= now for _, at in a.waiting.values()):
+            a.move_on()
+            self.counts["node_switches"] += 1
+            desk = self.port.desk(a.node)
+            if desk is None:
+                self.port.call_at(now + self.section.idle, self._visit, a)
+                return
+            self._resubmit(a)
+        tasks = [t for t in desk.next_tasks(a.client.public_key, self.section.batch)
+                 if t.id in self.crowd.truth]  # tasks from elsewhere are not this crowd's
+        if not tasks:
+            self.port.call_at(now + self.section.idle, self._visit, a)
+            return
+        at = now
+        for task in tasks:
+            at += self.crowd.answer(task.id, a.sim).seconds
+            self.port.call_at(at, self._answer, a, task)
+        self.port.call_at(at, self._visit, a)
+
+    def _answer(self, a: _Annotator, task: Task) -> None:
+        label = self.crowd.answer(task.id, a.sim).label
+        record = a.client.sign(task, Answer((label,)),
+                               client_time_ms=int(self.port.now * 1000)).encode()
+        self.counts["answered"] += 1
+        self._submit(a, record, resubmit=False)
+
+    def _resubmit(self, a: _Annotator) -> None:
+        for record, _ in list(a.waiting.values()):
+            self._submit(a, record, resubmit=True)
+
+    def _submit(self, a: _Annotator, record: bytes, resubmit: bool) -> None:
+        now = self.port.now
+        if self.port.desk(a.node) is None:  # down since the visit: resubmitted later
+            a.waiting[_digest(record)] = (record, float("-inf"))
+            return
+        try:
+            digest = self.port.submit(a.node, record)
+        except RecordRefused as e:
+            self.counts[f"refused/{e.reason}"] += 1
+            if e.reason == "replay":  # the node holds it already: wait for it as usual
+                digest = _digest(record)
+            elif e.reason == "sequence_gap" and not resubmit:
+                # the node lacks an earlier record of this chain: send the chain, then this
+                a.waiting[_digest(record)] = (record, now)
+                self._resubmit(a)
+                return
+            else:  # never takeable: forget it and continue the chain from what nodes hold
+                a.waiting.pop(_digest(record), None)
+                desk = self.port.desk(a.node)
+                if desk is not None:
+                    a.client.resume(*desk.head(a.client.public_key))
+                return
+        self.counts["resubmitted" if resubmit else "submitted"] += 1
+        a.waiting[digest] = (record, now)
+
+
+def _digest(record: bytes) -> bytes:
+    return decode_annotation(record).digest
