@@ -20,6 +20,7 @@ from phalanx.apps.node_command import node as node_command
 from phalanx.apps.outputs import output_file, output_folder
 from phalanx.apps.tables import WholeNumbers
 from phalanx.apps.terminal import err, fail, out
+from phalanx.apps.web_command import web_app
 from phalanx.scenario.errors import ScenarioError
 
 # torch's profiler (the trainer's memory probe measures with it) logs each start and stop to
@@ -33,6 +34,7 @@ app.add_typer(bench_app, name="bench")
 cluster_app = Typer(no_args_is_help=True,
                     help="A local cluster of real node processes from a scenario.")
 app.add_typer(cluster_app, name="cluster")
+app.add_typer(web_app, name="web")
 
 
 def _print_version(asked: bool) -> None:
@@ -527,6 +529,27 @@ def bench_crowd(
     try:
         run_bench(seeds, out_file, out, crowdkit_python)
     except BenchError as e:
+        raise fail(str(e)) from None
+
+
+@bench_app.command("web")
+def bench_web(
+    clients: Annotated[int, typer.Option(help="concurrent annotator clients")] = 200,
+    seconds: Annotated[float, typer.Option(help="how long they submit")] = 60.0,
+    out_file: Annotated[Path, typer.Option("--out", help="JSON result file")] = Path(
+        "benchmarks/out/web.json"),
+) -> None:
+    """Web submissions per second and latency under concurrent annotators; none lost."""
+    output_file(out_file)
+    from phalanx.apps.bench_web import BenchWebError, run_bench
+
+    if not 1 <= clients <= 250:
+        raise fail(f"--clients: 1..250, the server's connection cap leaves room (got {clients})")
+    if not seconds > 0:
+        raise fail(f"--seconds: more than 0 (got {seconds})")
+    try:
+        run_bench(clients, seconds, out_file, out)
+    except BenchWebError as e:
         raise fail(str(e)) from None
 
 

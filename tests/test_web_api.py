@@ -72,10 +72,10 @@ def test_signup_refuses_bad_names_passwords_taken_names_and_foreign_keys(tmp_pat
             "proof": identity.sign(key_proof_message(proof_for or username)).hex()})
         return {"status": r.status_code, "detail": r.json()["detail"]}
 
-    assert signup("Ada!")["status"] == 400
+    assert signup("Ada!")["status"] == 422
     short = signup("carol", password="short")
-    assert short["status"] == 400 and "short" not in short["detail"]
-    assert signup("ada") == {"status": 400, "detail": "username: already taken"}
+    assert short["status"] == 422 and "short" not in short["detail"]
+    assert signup("ada") == {"status": 409, "detail": "username: already taken"}
     # a key someone else holds cannot be claimed: the proof is a signature by that key
     stolen = signup("mallory", proof_for="someone-else")
     assert stolen["status"] == 400 and "proof" in stolen["detail"]
@@ -146,6 +146,11 @@ def test_an_annotator_can_neither_submit_as_another_nor_claim_their_key(tmp_path
         "public_key": ada.identity.public_key.hex(),
         "proof": ada.identity.sign(key_proof_message("ada")).hex()})
     assert r.status_code == 400
+    # and with a proof for his name, a key that is ada's stays ada's
+    r = bob.http.put("/api/me/key", headers={"X-CSRF-Token": bob.csrf}, json={
+        "public_key": ada.identity.public_key.hex(),
+        "proof": ada.identity.sign(key_proof_message("bob")).hex()})
+    assert r.status_code == 409
     assert bob.get("/api/stats").json()["me"]["public_key"] == bob.identity.public_key.hex()
     # a second browser of bob's: a new key with its proof, now the current one
     laptop = Identity.generate()

@@ -30,12 +30,12 @@ from typing import Final, Literal
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
 
-__all__ = ["ROLES", "Account", "AccountError", "Accounts", "ApiToken", "Session",
+__all__ = ["ROLES", "Account", "AccountConflict", "AccountError", "Accounts", "ApiToken", "Session",
            "check_password", "check_username"]
 
 Role = Literal["annotator", "admin"]
 ROLES: Final = ("annotator", "admin")
-USERNAME = re.compile(r"[a-z0-9][a-z0-9_.-]{2,31}")
+USERNAME = re.compile(r"[a-z0-9][a-z0-9_.-]{2,31}")  # models.USERNAME, anchored
 MIN_PASSWORD, MAX_PASSWORD = 10, 256
 MAX_KEYS_PER_ACCOUNT = 16
 MAX_TOKENS_PER_ACCOUNT = 32
@@ -60,6 +60,10 @@ CREATE TABLE IF NOT EXISTS tokens (
 class AccountError(ValueError):
     """A request about accounts that cannot be met; the message is one line for the client
     and never repeats a password or a secret."""
+
+
+class AccountConflict(AccountError):
+    """A username or key that another account holds already."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -147,7 +151,7 @@ class Accounts:
         hashed = self._hasher.hash(password)
         with self._tx() as db:
             if db.execute("SELECT 1 FROM accounts WHERE username = ?", (username,)).fetchone():
-                raise AccountError("username: already taken")
+                raise AccountConflict("username: already taken")
             if public_key is not None:
                 self._check_key_free(db, public_key, None)
             cur = db.execute("INSERT INTO accounts (username, password, role, created) "
@@ -322,7 +326,7 @@ class Accounts:
         row = db.execute("SELECT account FROM keys WHERE public_key = ?",
                          (public_key,)).fetchone()
         if row is not None and row[0] != owner:
-            raise AccountError("public_key: registered to another account")
+            raise AccountConflict("public_key: registered to another account")
 
     def close(self) -> None:
         with self._lock:

@@ -16,8 +16,13 @@ import importlib.util
 import json
 from pathlib import Path
 
-from fastapi import FastAPI
+from fastapi import FastAPI, Request
+from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from fastapi.routing import APIRoute
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from phalanx.apps.http_serving import invalid_handler
@@ -102,6 +107,20 @@ class Gate:
         await self.app(scope, counted, marked)
 
 
+async def _http_error(request: Request, exc: Exception) -> Response:
+    """FastAPI's answer, but a 405 lists every method the path takes (Starlette's names only
+    those of the first route that matched the path)."""
+    assert isinstance(exc, StarletteHTTPException)
+    if exc.status_code != 405:
+        return await http_exception_handler(request, exc)
+    allowed = sorted({method for route in request.app.router.routes
+                      if isinstance(route, APIRoute)
+                      and route.matches(request.scope)[0] is not Match.NONE
+                      for method in route.methods})
+    return JSONResponse({"detail": "method not allowed"}, status_code=405,
+                        headers={"Allow": ", ".join(allowed)})
+
+
 def create_app(port: CurationPort, *, accounts_path: str | Path,
                settings: WebSettings | None = None) -> FastAPI:
     settings = settings or WebSettings()
@@ -113,7 +132,8 @@ def create_app(port: CurationPort, *, accounts_path: str | Path,
     app = FastAPI(title="phalanx curation", version="1",
                   description="Annotate, curate and audit crowdsourced labels on a phalanx "
                               "node. Records are signed by the annotator's own Ed25519 key.",
-                  exception_handlers={RequestValidationError: invalid_handler},
+                  exception_handlers={RequestValidationError: invalid_handler,
+                                      StarletteHTTPException: _http_error},
                   redoc_url=None)
     app.state.web = context
     for module in (routes_auth, routes_curation, routes_admin):

@@ -8,12 +8,15 @@ records as standard base64 of their exact bytes (engine/curation/records.py).
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from phalanx.engine.curation.records import MAX_RECORD_BYTES
 
+from .accounts import MAX_PASSWORD, MIN_PASSWORD
+
+USERNAME = r"^[a-z0-9][a-z0-9_.-]{2,31}$"
 HEX32 = r"^[0-9a-f]{64}$"
 HEX64 = r"^[0-9a-f]{128}$"
 Role = Literal["annotator", "admin"]
@@ -31,6 +34,12 @@ class Problem(BaseModel):
                                                  "curation log's refusal reasons")
 
 
+# The answers every route may give besides its own: the body cap (413) and the rate limits
+# (429) stand in front of all of them.
+PROBLEMS: dict[int | str, dict[str, Any]] = {
+    code: {"model": Problem} for code in (400, 401, 403, 413, 422, 429)}
+
+
 # --- accounts ---------------------------------------------------------------------------------
 
 
@@ -41,8 +50,9 @@ class KeyRegistration(Request):
 
 
 class Signup(Request):
-    username: str = Field(min_length=1, max_length=64)
-    password: str = Field(min_length=1, max_length=1024)
+    username: str = Field(pattern=USERNAME, description="3..32 of a-z 0-9 _ . - (starting "
+                                                        "with a letter or digit)")
+    password: str = Field(min_length=MIN_PASSWORD, max_length=MAX_PASSWORD)
     public_key: str | None = Field(None, pattern=HEX32)
     proof: str | None = Field(None, pattern=HEX64, description="required with public_key")
 

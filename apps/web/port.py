@@ -11,10 +11,13 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, Protocol
 
-from phalanx.engine.curation.desk import CurationDesk
+from phalanx.engine.curation.desk import CurationDesk, merge_tasks
 from phalanx.engine.curation.tasks import TaskSet
+
+from .taskfile import save_tasks
 
 __all__ = ["CurationPort", "LocalPort"]
 
@@ -46,12 +49,16 @@ class LocalPort:
     replicated or certified by a quorum."""
 
     def __init__(self, desk: CurationDesk, commit_seconds: float = 1.0,
+                 tasks_file: Path | None = None,
                  clock: Callable[[], float] = time.monotonic) -> None:
+        """`tasks_file`: where imported tasks are kept (JSONL), written before an import is
+        acknowledged, so the records that answer them reload after a restart."""
         if not commit_seconds > 0:
             raise ValueError(f"commit_seconds must be > 0, got {commit_seconds}")
         self._desk = desk
         self.commit_seconds = commit_seconds
         self._clock = clock
+        self._tasks_file = tasks_file
         self._last_commit = clock()
 
     @property
@@ -62,6 +69,9 @@ class LocalPort:
         return self._desk.submit(record)
 
     def import_tasks(self, tasks: TaskSet) -> int:
+        grown, added = merge_tasks(self._desk.tasks, tasks)  # TaskError: nothing changes
+        if added and self._tasks_file is not None:
+            save_tasks(grown, self._tasks_file)
         return self._desk.add_tasks(tasks)
 
     def commit_now(self) -> int:

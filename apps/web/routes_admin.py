@@ -16,6 +16,7 @@ from .accounts import AccountError
 from .auth import AdminDep, WebDep
 from .context import WebContext
 from .models import (
+    PROBLEMS,
     AccountChange,
     AccountList,
     AccountView,
@@ -30,9 +31,7 @@ from .views import annotator_stats, history, platform
 __all__ = ["router"]
 
 router = APIRouter(prefix="/api/admin", tags=["admin"],
-                   responses={400: {"model": Problem}, 401: {"model": Problem},
-                              403: {"model": Problem}, 422: {"model": Problem},
-                              429: {"model": Problem}})
+                   responses=PROBLEMS)
 
 TASK_FILE_TYPES = {"application/x-ndjson": "jsonl", "application/jsonl": "jsonl",
                    "application/json": "jsonl", "text/csv": "csv"}
@@ -73,7 +72,7 @@ async def _task_file(request: Request, fmt: str | None) -> tuple[bytes, str]:
 
 
 @router.post("/tasks", response_model=Imported, openapi_extra=_IMPORT_BODY,
-             responses={409: {"model": Problem}, 413: {"model": Problem}})
+             responses={409: {"model": Problem}})
 async def import_tasks(request: Request, who: AdminDep, context: WebDep,
                        format: Annotated[Literal["jsonl", "csv"] | None, Query()] = None
                        ) -> Imported:
@@ -84,6 +83,8 @@ async def import_tasks(request: Request, who: AdminDep, context: WebDep,
         tasks = tasks_from_csv(data) if fmt == "csv" else tasks_from_jsonl(data)
     except TaskImportError as e:
         raise HTTPException(400, f"no task imported: {_redacted(e.problems)}") from None
+    if not len(tasks):
+        raise HTTPException(400, "no task imported: the file holds no tasks")
     try:
         added = context.port.import_tasks(tasks)
     except TaskError as e:

@@ -10,10 +10,18 @@ from starlette.concurrency import run_in_threadpool
 
 from phalanx.net.crypto import verify_signature
 
-from .accounts import Account, AccountError, Session, check_password, check_username
+from .accounts import (
+    Account,
+    AccountConflict,
+    AccountError,
+    Session,
+    check_password,
+    check_username,
+)
 from .auth import SESSION_COOKIE, CallerDep, WebDep, client_address, too_many
 from .context import WebContext
 from .models import (
+    PROBLEMS,
     Authenticated,
     IssuedToken,
     KeyRegistration,
@@ -31,9 +39,7 @@ KEY_PROOF_DOMAIN = b"phalanx/key/v1"
 T = TypeVar("T")
 
 router = APIRouter(prefix="/api", tags=["accounts"],
-                   responses={400: {"model": Problem}, 401: {"model": Problem},
-                              403: {"model": Problem}, 422: {"model": Problem},
-                              429: {"model": Problem}})
+                   responses=PROBLEMS)
 
 
 def key_proof_message(username: str) -> bytes:
@@ -63,7 +69,8 @@ def _start_session(response: Response, context: WebContext, session: Session) ->
                          csrf=session.csrf)
 
 
-@router.post("/auth/signup", status_code=201, response_model=Authenticated)
+@router.post("/auth/signup", status_code=201, response_model=Authenticated,
+             responses={409: {"model": Problem}})
 async def signup(body: Signup, request: Request, response: Response,
                  context: WebDep) -> Authenticated:
     """Make an annotator account (admins are made with `phalanx web admin create`), and log
@@ -84,7 +91,7 @@ async def signup(body: Signup, request: Request, response: Response,
         account = await _hashing(context, lambda: context.accounts.create(
             body.username, body.password, "annotator", key))
     except AccountError as e:
-        raise HTTPException(400, str(e)) from None
+        raise HTTPException(409 if isinstance(e, AccountConflict) else 400, str(e)) from None
     return _start_session(response, context, context.accounts.open_session(account))
 
 
@@ -125,7 +132,7 @@ async def me(who: CallerDep) -> Me:
     return _me(who.account, who.session.csrf if who.session else None)
 
 
-@router.put("/me/key", response_model=Me)
+@router.put("/me/key", response_model=Me, responses={409: {"model": Problem}})
 async def register_key(body: KeyRegistration, who: CallerDep, context: WebDep) -> Me:
     """Register a key (a new browser's, or a client's): it becomes the current one; records
     signed by any of the account's keys are accepted."""
@@ -133,7 +140,7 @@ async def register_key(body: KeyRegistration, who: CallerDep, context: WebDep) -
     try:
         account = context.accounts.add_key(who.account, key)
     except AccountError as e:
-        raise HTTPException(400, str(e)) from None
+        raise HTTPException(409 if isinstance(e, AccountConflict) else 400, str(e)) from None
     return _me(account, who.session.csrf if who.session else None)
 
 

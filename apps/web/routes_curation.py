@@ -14,15 +14,13 @@ from phalanx.engine.curation.records import RecordRefused, decode_annotation
 
 from .auth import CallerDep, WebDep
 from .context import WebContext
-from .models import Accepted, Head, Leaderboard, Problem, Ranked, Stats, Submission, Tasks
+from .models import PROBLEMS, Accepted, Head, Leaderboard, Problem, Ranked, Stats, Submission, Tasks
 from .views import NameOf, annotator_stats, platform, rank_of, task_view
 
 __all__ = ["REFUSAL_TEXT", "name_of", "refused", "router"]
 
 router = APIRouter(prefix="/api", tags=["annotating"],
-                   responses={400: {"model": Problem}, 401: {"model": Problem},
-                              403: {"model": Problem}, 422: {"model": Problem},
-                              429: {"model": Problem}})
+                   responses=PROBLEMS)
 
 # What a refused record is told: a fixed line per reason (the log's own messages may quote
 # the record's fields, and an answer never repeats its request).

@@ -18,7 +18,8 @@ class WebSettings:
     signup_open: bool = True  # anyone may sign up as an annotator
     session_seconds: float = 7 * 24 * 3600
     rate: RateLimits = field(default_factory=RateLimits)
-    max_body_bytes: int = 128 * 1024  # any request but a task import
+    # any request but a task import: room for the largest record in JSON's worst escaping
+    max_body_bytes: int = 512 * 1024
     max_import_bytes: int = 16 * 1024 * 1024  # a task file (JSONL or CSV)
     max_tasks_per_request: int = 100
     # argon2id at OWASP's recommended floor (19 MiB, 2 passes); at most `hashing_slots`
