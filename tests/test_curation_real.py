@@ -173,7 +173,10 @@ def test_records_from_both_annotation_nodes_commit_everywhere_and_forgeries_are_
 
 # ---- a partition between the two annotation nodes, and the same in simulation -------------
 
-SPLIT, HEAL = 1.0, 3.0  # simulated seconds: node 5 is cut off from every other node between
+# simulated seconds: node 5 is cut off from every other node between them, after the first
+# rounds: cut before its first round, a follower catches up from a checkpoint, and the
+# curation batches of the rounds that checkpoint covers do not reach its desk (yet)
+SPLIT, HEAL = 1.5, 2.5
 
 
 def simulated(data: dict[str, Any], before: dict[int, list[bytes]],
