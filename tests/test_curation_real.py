@@ -322,6 +322,13 @@ async def _kill_run(folder: Path) -> tuple[int, int]:
         stop.set()
         await asyncio.wait_for(resumed, 10)
         await until(lambda: committed_everywhere(nodes, set(acked)), 30, "all committed")
+        # the restarted node holds them all too (and at most one record more: one it wrote
+        # before the kill without answering, which the members then committed as well)
+        committed = curation_of(nodes[0]).committed
+        assert committed in (len(acked), len(acked) + 1)
+        async with httpx.AsyncClient() as http:
+            seen = (await http.get(base + "/status")).json()["curation"]
+        assert seen["committed"] + seen["pending"] == committed
         return before, len(acked)
     finally:
         if proc.poll() is None:
@@ -334,3 +341,21 @@ def test_kill_9_of_an_annotation_node_mid_stream_loses_no_acknowledged_record(
         tmp_path: Path) -> None:
     before, after = asyncio.run(asyncio.wait_for(_kill_run(tmp_path), 150))
     assert before >= 15 and after >= before + 5
+
+
+@pytest.mark.xfail(strict=True, reason="a follower that catches up from a checkpoint does not "
+                   "get the curation batches of the rounds the checkpoint covers (c19-core)")
+def test_an_annotation_node_that_catches_up_from_a_checkpoint_holds_the_committed_log() -> None:
+    """Node 5 is cut off before the first round commits and comes back ~30 rounds later:
+    it installs a checkpoint, and its desk must still hold what those rounds committed (a
+    restarted annotation node on a real cluster meets the same: see the kill -9 test)."""
+    data = curation_data()
+    data = {**data, "training": {**data["training"], "rounds": 80}}
+    data["faults"] = [{"kind": "partition", "at": 0.5, "duration": 2.5, "groups": [[5]]}]
+    world = SimWorld(parse_scenario(data))
+    for records in crowd_records(parse_scenario(data), [1, 2], per=3).values():
+        for record in records:
+            world.call_at(0.2, world.submit, 4, record)
+    world.run()
+    desks = [world.desk(i) for i in range(6)]
+    assert {(d.committed, d.root) for d in desks if d is not None} == {(6, desks[0].root)}
