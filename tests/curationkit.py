@@ -75,10 +75,11 @@ def crowd_records(scenario: Scenario, annotators: Iterable[int], per: int,
     return out
 
 
-def curation_cluster(folder: Path, scenario: Scenario,
-                     web: Iterable[int] = ()) -> list[RealNode]:
+def curation_cluster(folder: Path, scenario: Scenario, web: Iterable[int] = (),
+                     settings: dict[int, dict[str, Any]] | None = None) -> list[RealNode]:
     """Every node of `scenario` in this process: members (full nodes) and the annotation
-    nodes; the nodes in `web` serve the web app (and /status) on a port of their own."""
+    nodes; the nodes in `web` serve the web app (and /status) on a port of their own;
+    `settings`: more node.json keys for some nodes."""
     count = scenario.nodes.count
     p2p, ports = free_ports(count), free_ports(count)
     keys = {i: node_identity(folder / f"node-{i}") for i in range(count)}
@@ -87,16 +88,16 @@ def curation_cluster(folder: Path, scenario: Scenario,
     observers = {i: roster[i] for i in range(count) if i not in members}
     serving = set(web)
     return [node_at(folder, scenario, i, (members, observers), p2p[i], ports[i],
-                    serve=i in serving) for i in range(count)]
+                    serve=i in serving, **(settings or {}).get(i, {})) for i in range(count)]
 
 
 def node_at(folder: Path, scenario: Scenario, i: int, roster: Any, p2p: int, web: int,
-            serve: bool) -> RealNode:
+            serve: bool, **more: Any) -> RealNode:
     """Node `i` of `scenario` in this process: an annotation node if the scenario says so,
     else a full node; `serve`: with the web app on `web`."""
     kind = "annotation" if i in scenario.annotation_nodes else "full"
     settings = NodeFile(node_id=i, node_type=kind, p2p_port=p2p, data_dir=folder / f"node-{i}",
-                        web_port=web, enable_web_interface=serve)
+                        web_port=web, enable_web_interface=serve, **more)
     plan = plan_node(settings, scenario, roster, "tcp", False, False, 0.5)
     return RealNode(plan, Console(file=io.StringIO()))
 

@@ -38,6 +38,7 @@ from realkit import free_ports
 from phalanx.apps.node import RealNode
 from phalanx.apps.node_settings import node_identity, write_members
 from phalanx.apps.web.client import ApiError, WebClient
+from phalanx.apps.web.tls import self_signed
 from phalanx.engine.curation.records import (
     Annotation,
     SignedAnnotation,
@@ -77,6 +78,20 @@ def url(node: RealNode) -> str:
     return node.web.url.rstrip("/")
 
 
+def client(node: RealNode, who: Identity) -> WebClient:
+    """The Python client of `node`'s web app, trusting its certificate when it has one."""
+    assert node.web is not None
+    tls = node.web.tls
+    return WebClient(url(node), who, verify=str(tls.cert) if tls else True)
+
+
+async def status_of(node: RealNode) -> dict[str, Any]:
+    assert node.web is not None
+    tls = node.web.tls
+    async with httpx.AsyncClient(verify=str(tls.cert) if tls else True) as http:
+        return dict((await http.get(url(node) + "/status")).json())
+
+
 def snapshot(node: RealNode) -> tuple[str, int, bytes]:
     desk = curation_of(node)
     return desk.root.hex(), desk.committed, desk.export_labels("jsonl")
@@ -110,14 +125,14 @@ async def hostile(node: RealNode, mallory: Identity, own: bytes) -> dict[str, in
     """Mallory (an account holding her key) sends her own committed record again, one
     forged in her name and one altered after signing: the reasons the node answers."""
     reasons: dict[str, int] = {}
-    async with WebClient(url(node), mallory) as client:
-        await client.signup("mallory", PASSWORD)
+    async with client(node, mallory) as web:
+        await web.signup("mallory", PASSWORD)
         body = decode_annotation(own).body
         for record in (own, forged_for(mallory, body.task, body.seq + 1, sha256(b"x")),
                        altered_from(own)):
-            response = await client.http.post("/api/submit", json={
+            response = await web.http.post("/api/submit", json={
                 "record": base64.b64encode(record).decode()},
-                headers={"X-CSRF-Token": client.csrf or ""})
+                headers={"X-CSRF-Token": web.csrf or ""})
             assert response.status_code in (400, 409), response.text
             reason = response.json()["reason"]
             reasons[reason] = reasons.get(reason, 0) + 1
@@ -126,16 +141,21 @@ async def hostile(node: RealNode, mallory: Identity, own: bytes) -> dict[str, in
 
 async def _cluster_run(folder: Path) -> None:
     scenario = curation_scenario()
-    nodes = curation_cluster(folder, scenario, web=range(scenario.nodes.count))
+    # node 5 serves over TLS with its operator's certificate (off loopback a node makes a
+    # self-signed one); the clients check it against that certificate
+    tls = self_signed(folder / "operator", "127.0.0.1")
+    nodes = curation_cluster(folder, scenario, web=range(scenario.nodes.count), settings={
+        5: {"tls_cert": tls.cert, "tls_key": tls.key}})
     tasks = await started(nodes)
     try:
+        assert url(nodes[5]).startswith("https://") and url(nodes[4]).startswith("http://")
         crowd = crowd_records(scenario, [1, 2, 3], per=5)
         acked: set[bytes] = set()
         for a, node in ((1, nodes[4]), (2, nodes[5]), (3, nodes[5])):
-            async with WebClient(url(node), annotator(a)) as client:
-                await client.signup(f"annotator{a}", PASSWORD)
+            async with client(node, annotator(a)) as web:
+                await web.signup(f"annotator{a}", PASSWORD)
                 for record in crowd[a]:
-                    receipt = await client.submit(record)
+                    receipt = await web.submit(record)
                     acked.add(bytes.fromhex(receipt.digest))
         assert len(acked) == 15
         await until(lambda: committed_everywhere(nodes, acked), 30, "15 records everywhere")
@@ -146,19 +166,18 @@ async def _cluster_run(folder: Path) -> None:
 
         mallory = annotator(99)
         (own,) = crowd_records(scenario, [99], per=1)[99]
-        async with WebClient(url(nodes[0]), mallory) as client:
-            await client.signup("mallory", PASSWORD)
-            await client.submit(own)
+        async with client(nodes[0], mallory) as web:
+            await web.signup("mallory", PASSWORD)
+            await web.submit(own)
         await until(lambda: committed_everywhere(nodes, {decode_annotation(own).digest}), 30,
                     "mallory's record everywhere")
         for node in nodes[1:]:
             assert await hostile(node, mallory, own) == {"replay": 1, "bad_signature": 2}
-        async with httpx.AsyncClient() as http:
-            for node in nodes[1:]:
-                status = (await http.get(url(node) + "/status")).json()
-                assert status["curation"]["refusals"] == {"bad_signature": 2, "replay": 1}
-                assert status["curation"]["root"] == curation_of(nodes[0]).root.hex()
-                assert status["health"]["status"] in ("ok", "degraded")
+        for node in nodes[1:]:
+            status = await status_of(node)
+            assert status["curation"]["refusals"] == {"bad_signature": 2, "replay": 1}
+            assert status["curation"]["root"] == curation_of(nodes[0]).root.hex()
+            assert status["health"]["status"] in ("ok", "degraded")
         # nothing refused reached a round: every node still holds the 16 genuine records
         assert {curation_of(n).committed for n in nodes} == {16}
         assert root != curation_of(nodes[0]).root.hex()
