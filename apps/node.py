@@ -354,8 +354,7 @@ class RealNode:
     def status(self) -> dict[str, Any]:
         node, host = self.node, self.host
         up = self.peer_states()
-        verdict = self.health()
-        del verdict["seconds_since_commit"]
+        verdict = {k: v for k, v in self.health().items() if k != "seconds_since_commit"}
         heard_ago = getattr(self.transport, "heard_ago", None)  # TCP only
         heard = heard_ago() if callable(heard_ago) else {}
         return {
@@ -597,7 +596,9 @@ class RealNode:
         self.write_results()
         self.disk.close()  # every write was its own transaction: nothing is pending
         await self.transport.close()
-        if server is not None:
+        if self.web is not None:
+            self.web.close()
+        elif server is not None:
             server.should_exit = True
 
 

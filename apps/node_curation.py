@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from fastapi import HTTPException
+from fastapi import FastAPI, HTTPException
 
 from phalanx.apps.http_guard import Guard, HttpLimits
 from phalanx.apps.http_serving import EmbeddedServer, guarded_server
@@ -94,8 +94,14 @@ class NodePort:
 @dataclass(frozen=True)
 class WebServer:
     server: EmbeddedServer
+    app: FastAPI
     host: str
     tls: TlsFiles | None
+
+    def close(self) -> None:
+        """Stop serving (at the loop's next turn) and close the accounts file."""
+        self.server.should_exit = True
+        self.app.state.web.accounts.close()
 
     @property
     def port(self) -> int:
@@ -130,4 +136,4 @@ def serve_curation(port: NodePort, status: StatusFn, change: ChangeFn | None, *,
     app.include_router(status_router(status, change, guard.stats))
     server = guarded_server(app, host, web_port, guard,
                             certfile=tls.cert if tls else None, keyfile=tls.key if tls else None)
-    return WebServer(server, host, tls)
+    return WebServer(server, app, host, tls)

@@ -12,6 +12,7 @@ import base64
 import json
 import os
 import signal
+import ssl
 import subprocess
 import sys
 import time
@@ -88,7 +89,8 @@ def client(node: RealNode, who: Identity) -> WebClient:
 async def status_of(node: RealNode) -> dict[str, Any]:
     assert node.web is not None
     tls = node.web.tls
-    async with httpx.AsyncClient(verify=str(tls.cert) if tls else True) as http:
+    trust = ssl.create_default_context(cafile=str(tls.cert)) if tls else True
+    async with httpx.AsyncClient(verify=trust) as http:
         return dict((await http.get(url(node) + "/status")).json())
 
 
