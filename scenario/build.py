@@ -26,9 +26,15 @@ def workload_for(scenario: Scenario, rngs: RngStreams) -> Workload:
         raise ScenarioError(f"{scenario.name}: workload: {e}") from None
 
 
+# A checkpoint carries the model, not the curation log: nodes of a curation run catch up by
+# the round records themselves (whose proposals carry the batches), however far behind.
+CURATION_CHECKPOINT_GAP = 2**62
+
+
 def node_config(scenario: Scenario, node: int, round_timeout: float | None = None,
                 view_timeout: float | None = None) -> NodeConfig:
     t = scenario.training
+    curated = {"checkpoint_gap": CURATION_CHECKPOINT_GAP} if scenario.curation else {}
     return NodeConfig(node_id=node, members=scenario.members,
                       observers=scenario.followers, rounds=t.rounds,
                       lr=t.lr, momentum=t.momentum, aggregator=t.aggregator.kind,
@@ -48,7 +54,7 @@ def node_config(scenario: Scenario, node: int, round_timeout: float | None = Non
                       feedback_decay=scenario.compression.feedback_decay,
                       worker_optimizer=t.worker_optimizer,
                       privacy=(scenario.privacy.clip, scenario.privacy.noise_multiplier)
-                      if scenario.privacy else None)
+                      if scenario.privacy else None, **curated)
 
 
 def member_keys(scenario: Scenario, messages: MessageSet = CORE,

@@ -127,6 +127,9 @@ class CrowdSection(Section):
     patience: Annotated[Positive, Field(description=(
         "Seconds an annotator waits for a submitted answer to be committed before submitting "
         "it again through another node (the first one may have dropped it)."))] = 30.0
+    report_every: Annotated[int, Field(ge=1, le=10_000, description=(
+        "labels.parquet gets a row every this many committed rounds (when the snapshot "
+        "changed since the last row) and one after the last."))] = 1
     idle: Annotated[Positive, Field(description=(
         "Seconds an annotator waits before asking again when a node has no task for them."
         ))] = 10.0
@@ -183,8 +186,10 @@ class AnnotationNodeAttack(Section):
     duration: Annotated[Positive | None, Field(description=(
         "Seconds they misbehave for; null: to the end of the run."))] = None
 
-    def active(self, now: float) -> bool:
-        return self.at <= now and (self.duration is None or now < self.at + self.duration)
+    def params(self) -> dict[str, float | None]:
+        """The attack's parameters as engine/byzantine/curation.py takes them."""
+        timing = {"at": self.at, "duration": self.duration}
+        return {**timing, "delay": self.delay} if self.behaviour == "delay" else timing
 
 
 class ReputationSpec(Section):
@@ -214,9 +219,9 @@ class ReputationSpec(Section):
         "constant: one answer makes up at least this share of an annotator's answers."
         ))] = 0.9
     min_gold: Annotated[int, Field(ge=1, description=(
-        "Gold answers before the low-gold-accuracy rule applies."))] = 3
+        "Gold answers before the low-gold-accuracy rule applies."))] = 5
     min_gold_accuracy: Annotated[Probability, Field(description=(
-        "low_gold_accuracy: decayed gold accuracy below this."))] = 0.5
+        "low_gold_accuracy: decayed gold accuracy below this."))] = 0.4
     suspend_on: Annotated[list[Literal["too_fast", "constant", "low_gold_accuracy",
                                        "equivocation"]], Field(description=(
         "Flags that suspend by themselves (a suspended annotator weighs 0 and earns "

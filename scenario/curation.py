@@ -116,7 +116,7 @@ class CurationSection(CrowdFields):
         return AssignmentPolicy(self.redundancy, self.gold_rate, self.lease_rounds, seed)
 
     def task_set(self, seed: int) -> TaskSet:
-        """The tasks; ValueError with one line per bad row of a file, or naming the file."""
+        """The tasks; ValueError (one line: the file's bad rows, `;`-separated) otherwise."""
         spec = self.tasks
         if isinstance(spec, SyntheticTasks):
             return synthetic_tasks(spec.count, spec.classes, spec.schema_kind, spec.gold,
@@ -130,4 +130,5 @@ class CurationSection(CrowdFields):
         try:
             return parse(data)
         except TaskImportError as e:
-            raise ValueError(f"curation.tasks.path {spec.path[:200]}: {e}") from None
+            raise ValueError(f"curation.tasks.path {spec.path[:200]}: "
+                             f"{'; '.join(e.problems)}") from None

@@ -37,6 +37,11 @@ class CurationPort(Protocol):
     @property
     def now(self) -> float: ...
 
+    @property
+    def closed(self) -> bool:
+        """No round will commit any more (the run's members are done): annotators stop."""
+        ...
+
     def call_at(self, at: float, fn: Callable[..., None], *args: Any) -> None: ...
 
     def desk(self, node: int) -> CurationDesk | None: ...
@@ -72,9 +77,13 @@ class SimulatedAnnotators:
     """The crowd of a scenario's `curation.crowd`, working through `port`'s curation nodes."""
 
     def __init__(self, port: CurationPort, crowd: SimulatedCrowd, section: CrowdSection,
-                 nodes: Sequence[int], seed: int) -> None:
+                 nodes: Sequence[int], seed: int, doors: int | None = None) -> None:
+        """`nodes`: the curation nodes annotators may submit through; each starts at one of
+        the first `doors` of them (default: any), drawn from the seed, and moves on in
+        `nodes`' order."""
         if not nodes:
             raise ValueError("simulated annotators need at least one curation node")
+        doors = len(nodes) if doors is None else max(1, min(doors, len(nodes)))
         self.port = port
         self.crowd = crowd
         self.section = section
@@ -83,7 +92,7 @@ class SimulatedAnnotators:
         self._streams = streams
         self.annotators: list[_Annotator] = []
         for i, sim in enumerate(crowd.annotators):
-            first = int(streams.stream("curation", "first-node", i).integers(len(nodes)))
+            first = int(streams.stream("curation", "first-node", i).integers(doors))
             order = [*nodes[first:], *nodes[:first]]
             self.annotators.append(_Annotator(sim, AnnotatorClient(annotator_identity(seed, i)),
                                               order))
@@ -101,6 +110,8 @@ class SimulatedAnnotators:
     def _visit(self, a: _Annotator) -> None:
         """Check what got committed, resubmit what waited too long, then fetch tasks."""
         now = self.port.now
+        if self.port.closed:
+            return
         desk = self.port.desk(a.node)
         if desk is None:  # the node is down: try the next one after a while
             a.move_on()

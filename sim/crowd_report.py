@@ -66,16 +66,28 @@ class CurationRecorder:
     """Collects a `LabelPoint` whenever the reference desk's snapshot root changes."""
 
     def __init__(self, crowd: SimulatedCrowd, kinds: Mapping[bytes, str],
-                 desk: Callable[[], CurationDesk | None]) -> None:
+                 desk: Callable[[], CurationDesk | None], every: int = 1) -> None:
         """`kinds`: annotator key -> its kind (honest, random, constant, permuter, colluder);
-        `desk`: the reference node's desk, None while it is down."""
+        `desk`: the reference node's desk, None while it is down; a row every `every`
+        rounds at most (and one at `close`)."""
         self.crowd = crowd
         self.kinds = dict(kinds)
         self._desk = desk
+        self.every = every
         self.points: list[LabelPoint] = []
         self._root: bytes | None = None
 
     def on_commit(self, round: int, time: float) -> None:
+        if round % self.every == 0:
+            self._record(round, time)
+
+    def close(self, time: float) -> None:
+        """The run is over: a last row for what changed since the last one."""
+        desk = self._desk()
+        if desk is not None:
+            self._record(desk.round, time)
+
+    def _record(self, round: int, time: float) -> None:
         desk = self._desk()
         if desk is None or desk.round != round or desk.root == self._root:
             return

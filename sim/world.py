@@ -22,12 +22,14 @@ import simpy
 from simpy.core import NORMAL
 
 from phalanx.engine.byzantine import make_behaviour
+from phalanx.engine.byzantine.curation import annotation_attack
 from phalanx.engine.curation.desk import CurationDesk
 from phalanx.engine.curation.service import CurationService
 from phalanx.engine.driver import dispatch
 from phalanx.engine.events import (
     Action,
     ComputeDone,
+    CurationCommitted,
     Event,
     Finished,
     Job,
@@ -51,6 +53,7 @@ from phalanx.engine.rng import RngStreams
 from phalanx.scenario.build import curation_setup, member_keys, node_config, workload_for
 from phalanx.scenario.schema import Scenario
 from phalanx.sim.costs import CostModel, CpuPool
+from phalanx.sim.curation import SimulatedCuration
 from phalanx.sim.eventlog import EventLog
 from phalanx.sim.faults import FaultInjector
 from phalanx.sim.links import Draws, Link, LinkParams, Network
@@ -145,6 +148,10 @@ class Host:
         spec = w.byzantine.get(self.id)
         behaviour = make_behaviour(spec.behaviour, spec.from_round, w.colluders,
                                    w.rngs.seed("byzantine"), **spec.params) if spec else None
+        attack = w.annotation_attacks.get(self.id)
+        if attack is not None:  # a Byzantine annotation node (curation.byzantine)
+            behaviour = annotation_attack(attack.behaviour, w.rngs.seed("annotation-attacks"),
+                                          **attack.params())
         self.node = Node(node_config(w.scenario, self.id), w.identities[self.id], w.workload,
                          w.opener, behaviour, w.services)
         self.up, self.finished = True, False
@@ -287,6 +294,7 @@ class SimWorld:
         self.workload = workload_for(scenario, self.rngs)
         self.byzantine = {node: b for b in scenario.byzantine for node in b.nodes}
         self.colluders = frozenset(self.byzantine)
+        self.annotation_attacks = scenario.curation.misbehaving() if scenario.curation else {}
         self.hosts = [Host(self, i) for i in range(n)] if costs is None else _costed(self, costs)
         self.faults = FaultInjector(self)
         self.on_commit = on_commit
@@ -296,6 +304,9 @@ class SimWorld:
         self._done = self.env.event()
         self._stop_pending = False
         self._last_activity = 0.0
+        # simulated annotators and the labels' report (sim/curation.py), with curation.crowd
+        self.crowd = (SimulatedCuration(self) if scenario.curation is not None
+                      and scenario.curation.crowd is not None else None)
 
     @property
     def now(self) -> float:
@@ -454,6 +465,9 @@ class SimWorld:
                 if metric.round not in self._first_commit:
                     self._first_commit.add(metric.round)
                     self.faults.on_commit(metric.round)
+            case CurationCommitted():
+                if self.crowd is not None:
+                    self.crowd.on_commit(metric)
             case Finished():
                 host.finished = True
                 self.check_done()
@@ -513,9 +527,13 @@ class SimWorld:
         self.faults.schedule(list(self.scenario.faults), self.scenario.nemesis)
         for host in self.hosts:
             host.start()
+        if self.crowd is not None:
+            self.crowd.start()
         wall = time.perf_counter()
         with gc_paused():
             self.env.run(until=simpy.AnyOf(self.env, [self._done, self.env.timeout(max_time)]))
         self.stats.wall_seconds = time.perf_counter() - wall
         self.stats.sim_seconds = self.env.now
+        if self.crowd is not None:
+            self.crowd.close()
         return self.stats

@@ -150,6 +150,9 @@ def test_forged_and_altered_batches_are_refused() -> None:
     wrong_link = AnnotatorClient(c.identity, seq=1, prev=GENESIS).sign(CHOICE[2], Answer((0,)))
     assert d.batch_problem([wrong_link.encode()]) == "chain_link"
     assert d.batch_problem([good.encode()]) is None
+    d.submit(good.encode())  # held: the committed log trusts its verification, not its digest
+    resigned = replace(good, signature=bytes(64)).encode()
+    assert d.batch_problem([resigned]) == "bad_signature"
     assert d.committed == 0  # checking changes nothing
 
 

@@ -168,3 +168,28 @@ def test_a_restarted_member_comes_back_with_its_committed_and_pending_records() 
     assert {desk(pump, i).committed for i in MEMBERS} == {4}
     assert len({desk(pump, i).root for i in MEMBERS}) == 1
 
+
+
+def test_a_task_import_replicates_through_a_round_and_bad_requests_get_a_reason() -> None:
+    kit = Kit(8)
+    pump = cluster(kit, rounds=6)
+    pump.start()
+    extra = Task.make(id="new", kind="single_choice", text="fresh", options=("a", "b"))
+    imported = encode_import(TaskSet([extra], gold={"new": Answer((1,))}))
+    answer = answer_of(pump.feed(2, LocalRequest("curation", "import", imported)))
+    assert answer is not None and answer.ok and int.from_bytes(answer.result, "big") == 1
+    pump.run_to_end()
+    for i in MEMBERS:
+        assert desk(pump, i).task(extra.digest) == extra
+        assert desk(pump, i).tasks.is_gold(extra.digest)  # gold travels between nodes
+    record = AnnotatorClient(Identity.derive(5, 4)).sign(extra, Answer((0,))).encode()
+    assert submit(pump, 0, record).ok
+    clash = encode_import(TaskSet([Task.make(id="new", kind="rating", text="x",
+                                             scale=(1, 3, 1))]))
+    for request, reason in ((LocalRequest("curation", "import", clash), "invalid_import"),
+                            (LocalRequest("curation", "import", b"\x00" * 9), "invalid_import"),
+                            (LocalRequest("curation", "erase", b""), "unknown_op"),
+                            (LocalRequest("labels", "submit", record), "unknown_service")):
+        refused = answer_of(pump.feed(1, request))
+        assert refused is not None and not refused.ok and refused.reason == reason
+        assert "\n" not in refused.detail and "\x00" not in refused.detail

@@ -180,3 +180,33 @@ def test_phalanx_audit_replays_the_committed_batches(tmp_path: Path) -> None:
     audits, split = audit_run(tmp_path)
     assert split == [] and [a.problem for a in audits] == [None] * 6
     assert {a.rounds for a in audits} == {16}
+
+
+def test_a_member_down_longer_than_the_checkpoint_gap_catches_up_by_records() -> None:
+    """Node 2 loses its disk and is down for more rounds than a checkpoint would be fetched
+    after; curation nodes catch up by the round records (which carry the batches) instead,
+    so it ends with the records committed while it was away."""
+    crash = {"kind": "crash", "at": 0.4, "duration": 3.5, "nodes": [2], "keep_disk": False}
+    world = SimWorld(scenario([crash], rounds=80))
+    crowd = Annotators(world, 4)
+    for i in range(4):
+        crowd.at(0.2 + 0.02 * i, i, ANNOTATION[i % 2])
+        crowd.at(1.5 + 0.02 * i, i, ANNOTATION[i % 2])
+    world.run()
+    assert world.metrics.rejections == {}
+    assert committed_everywhere(world, crowd.acknowledged) and len(crowd.acknowledged) == 16
+    assert len(final_state(world)) == 1 and world.hosts[2].node.round == 80  # type: ignore[union-attr]
+
+
+def test_a_curation_run_is_a_pure_function_of_scenario_and_seed() -> None:
+    def run() -> list[tuple[int, int, bytes, int]]:
+        world = SimWorld(scenario([{"kind": "partition", "at": 0.5, "duration": 0.5,
+                                    "groups": [[3, 5]]}], rounds=30))
+        crowd = Annotators(world, 4)
+        for i in range(4):
+            crowd.at(0.2 + 0.03 * i, i, ANNOTATION[i % 2], tasks=3)
+        world.run()
+        return [(m.node, m.round, m.root, m.records) for m in world.metrics.curation]
+
+    first = run()
+    assert first == run() and first[-1][3] == 12

@@ -171,9 +171,9 @@ def test_low_gold_accuracy_needs_min_gold_and_recovers_with_decay() -> None:
     assert faded.flags == ()
     harsh = ReputationPolicy(decay=1.0, min_gold_accuracy=0.6)
     assert reputation(rows, TASKS, policy=harsh)[key(0)].flags == ("low_gold_accuracy",)
-    before_enough_gold = [r for r in rows if r.seq < 3]  # three gold answers, all wrong
-    assert reputation(before_enough_gold, TASKS)[key(0)].flags == ("low_gold_accuracy",)
-    assert reputation(before_enough_gold, TASKS, policy=ReputationPolicy(min_gold=4)
+    wrong_gold = [r for r in rows if r.seq < 5]  # five gold answers, all wrong
+    assert reputation(wrong_gold, TASKS)[key(0)].flags == ("low_gold_accuracy",)
+    assert reputation(wrong_gold, TASKS, policy=ReputationPolicy(min_gold=6)
                       )[key(0)].flags == ()
 
 

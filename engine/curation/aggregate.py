@@ -83,8 +83,10 @@ def aggregate_labels(tasks: TaskSet, rows: Sequence[AnswerRow],
     return sorted(labels.values(), key=lambda row: row.task_id)
 
 
-def _row(task: Task, answer: Answer, confidence: float, answers: int, method: str) -> LabelRow:
-    return LabelRow(task.digest, task.id, task.kind, task.value_of(answer), answer,
+def _row(task: Task, digest: bytes, answer: Answer, confidence: float, answers: int,
+         method: str) -> LabelRow:
+    # the digest is passed in: hashing every task again would cost more than the labels
+    return LabelRow(digest, task.id, task.kind, task.value_of(answer), answer,
                     min(1.0, max(0.0, confidence)), answers, method)
 
 
@@ -109,7 +111,7 @@ def _single_choice(tasks: TaskSet, classes: int, group: list[bytes],
     for digest in group:
         shares = probas[digest.hex()]
         best = max(range(classes), key=lambda c: (shares[c], -c))  # ties: the lowest index
-        out[digest] = _row(tasks.tasks[digest], Answer((best,)), shares[best],
+        out[digest] = _row(tasks.tasks[digest], digest, Answer((best,)), shares[best],
                            len(by_task[digest]), method)
     return out
 
@@ -129,8 +131,8 @@ def _multi_label(task: Task, answers: list[AnswerRow], weight: Mapping[bytes, fl
         if share > 0.5:
             chosen.append(option)
         sure += max(share, 1.0 - share)
-    return _row(task, Answer(tuple(chosen)), sure / len(task.options), len(answers),
-                "majority_vote")
+    return _row(task, answers[0].task, Answer(tuple(chosen)), sure / len(task.options),
+                len(answers), "majority_vote")
 
 
 def _rating(task: Task, answers: list[AnswerRow], weight: Mapping[bytes, float]) -> LabelRow:
@@ -140,7 +142,7 @@ def _rating(task: Task, answers: list[AnswerRow], weight: Mapping[bytes, float])
     step = min(task.rating_steps(), max(0, round(mean_step)))
     share = sum(w for w, r in votes if r.answer.choice[0] == step) / total
     low, _, size = task.scale
-    row = _row(task, Answer((step,)), share, len(answers), "mean")
+    row = _row(task, answers[0].task, Answer((step,)), share, len(answers), "mean")
     return LabelRow(row.task, row.task_id, row.kind, low + mean_step * size, row.answer,
                     row.confidence, row.answers, row.method)
 
@@ -168,10 +170,10 @@ def _pairwise(tasks: TaskSet, group: list[bytes], by_task: Mapping[bytes, list[A
         answers = by_task[digest]
         if left not in scores or right not in scores or left == right:
             ties = sum(1 for r in answers if r.answer.choice[0] == 2)
-            out[digest] = _row(task, Answer((2,)), ties / len(answers), len(answers),
+            out[digest] = _row(task, digest, Answer((2,)), ties / len(answers), len(answers),
                                "bradley_terry")
             continue
         p_left = scores[left] / (scores[left] + scores[right])
         pick, sure = (0, p_left) if p_left >= 0.5 else (1, 1.0 - p_left)
-        out[digest] = _row(task, Answer((pick,)), sure, len(answers), "bradley_terry")
+        out[digest] = _row(task, digest, Answer((pick,)), sure, len(answers), "bradley_terry")
     return out

@@ -20,9 +20,11 @@ from __future__ import annotations
 
 import math
 from collections import Counter
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal, TypeVar
+
+from phalanx.net.crypto import verify_signature
 
 from .aggregate import LabelRow, aggregate_labels
 from .agreement import AgreementError, krippendorff_alpha
@@ -30,7 +32,13 @@ from .assignment import AssignmentPolicy, assign
 from .io import Label, label_rows, labels_jsonl, labels_parquet
 from .labels import Annotations
 from .log import AnswerRow, CurationLog, LogLimits, MergeReport, Verify
-from .records import GENESIS, RecordRefused, SignedAnnotation, decode_annotation
+from .records import (
+    GENESIS,
+    RecordRefused,
+    SignedAnnotation,
+    decode_annotation,
+    signed_message,
+)
 from .reputation import ReputationPolicy, Standing, reputation
 from .store import MemoryStore, RecordStore
 from .tasks import Task, TaskError, TaskSet
@@ -38,9 +46,11 @@ from .tasks import Task, TaskError, TaskSet
 __all__ = ["AnnotatorView", "CurationDesk", "LabelRow", "PlatformStats", "RoundPoint",
            "merge_tasks"]
 
+T = TypeVar("T")
 DEFAULT_POLICY = AssignmentPolicy()
 DEFAULT_LIMITS = LogLimits()
 HISTORY_POINTS = 1000  # rounds kept in `stats().history`: enough for a chart, bounded
+ALPHA_GROWTH = 1.05  # a history point gets alpha once the log grew 5% since the last one
 MAX_ORPHANS = 4096  # forwarded records held back until their predecessor arrives
 
 
@@ -107,10 +117,10 @@ class CurationDesk:
         self.tasks = tasks
         self.policy = policy
         self.reputation_policy = reputation  # None: off, every annotator weighs 1
-        extra = {} if verify is None else {"verify": verify}
+        self._verify = verify or verify_signature
         self._held = CurationLog(tasks, store if store is not None else MemoryStore(), limits,
-                                 **extra)
-        self._committed = CurationLog(tasks, MemoryStore(), limits, **extra)
+                                 self._verify)
+        self._committed = CurationLog(tasks, MemoryStore(), limits, self._verify_known)
         self.limits = limits
         self.round = -1  # the last committed round
         self.counts: Counter[str] = Counter()  # refusals by reason, and "equivocation"
@@ -118,9 +128,21 @@ class CurationDesk:
         self._answerers: dict[bytes, set[bytes]] = {}  # task -> annotators (held)
         self._history: list[RoundPoint] = []
         self._orphans: dict[bytes, SignedAnnotation] = {}  # digest -> record awaiting its prev
-        self._cache: dict[str, object] = {}  # derived from the committed log, per commit
+        self._pending: dict[bytes, SignedAnnotation] = {}  # held, not committed
+        self._uncertain: tuple[int, dict[bytes, float]] | None = None  # (round, by task)
+        self._cache: dict[str, Any] = {}  # derived from the committed log, per commit
         for digest in self._held.digests():
             self._note(digest)
+
+    def _verify_known(self, public_key: bytes, message: bytes, signature: bytes) -> bool:
+        """The committed log's signature check: a record this node verified when it took it
+        (same digest, key and signature) is not verified twice."""
+        digest = message[-32:]
+        held = self._held.get(digest) if message == signed_message(digest) else None
+        if held is not None and held.signature == signature and (
+                held.body.annotator == public_key):
+            return True
+        return self._verify(public_key, message, signature)
 
     # --- intake --------------------------------------------------------------------------
 
@@ -179,7 +201,12 @@ class CurationDesk:
         return fresh
 
     def _note(self, digest: bytes) -> None:
-        body = self._held.get(digest).body  # type: ignore[union-attr]
+        """A record newly held: pending unless committed, and who answered what."""
+        record = self._held.get(digest)
+        assert record is not None
+        if digest not in self._committed:
+            self._pending[digest] = record
+        body = record.body
         self._answered_by.setdefault(body.annotator, set()).add(body.task)
         self._answerers.setdefault(body.task, set()).add(body.annotator)
 
@@ -213,30 +240,45 @@ class CurationDesk:
             raise ValueError(f"count must be >= 0, got {count}")
         mine = self._answered_by.get(annotator, set())
         # the roster: every annotator this node has seen (pending records too: annotators
-        # at work here share the slots even before a round commits their first record)
-        roster = set(self._answered_by) | {annotator}
-        uncertainty = {row.task: 1.0 - (row.confidence or 0.0) for row in self.labels()
-                       if row.confidence is not None}
-        picks = assign(annotator, count + len(mine), tasks=self.tasks, answered=self._answerers,
+        # at work here share the slots even before a round commits their first record);
+        # a suspended one holds no lease (they are shown gold only, to earn their way back)
+        # and their answers fill no slot: the task goes to someone who counts
+        suspended = self._suspended()
+        roster = (set(self._answered_by) | {annotator}) - suspended
+        answered: Mapping[bytes, Collection[bytes]] = self._answerers if not suspended else {
+            t: group - suspended for t, group in self._answerers.items()}
+        picks = assign(annotator, count + len(mine), tasks=self.tasks, answered=answered,
                        roster=roster, committed_round=max(self.round, 0),
                        done=self._held.records_of(annotator), policy=self.policy,
-                       uncertainty=uncertainty)
+                       uncertainty=self._uncertainty())
         return [self.tasks.tasks[t] for t in picks if t not in mine][:count]
+
+    def _uncertainty(self) -> Mapping[bytes, float]:
+        """1 − confidence of each labelled task: the order in which tasks are offered. The
+        labels of the current snapshot when they were computed anyway, else those of a
+        snapshot at most `lease_rounds` rounds old (recomputing them for every assignment
+        after every commit would cost more than the assignment; the order only ranks tasks,
+        the leases still decide who may take which)."""
+        stale = self._uncertain is None or self.round - self._uncertain[0] >= (
+            self.policy.lease_rounds)
+        if stale or "labels" in self._cache:
+            self._uncertain = (self.round, {row.task: 1.0 - row.confidence
+                                            for row in self.labels()
+                                            if row.confidence is not None})
+        return self._uncertain[1]  # type: ignore[index]
 
     # --- the round -------------------------------------------------------------------------
 
     @property
     def pending(self) -> int:
-        return len(self._held) - len(self._committed)
+        return len(self._pending)
 
     def pending_records(self) -> list[bytes]:
         """Every pending record, encoded, chain order (annotator, seq, digest)."""
         return [r.encode() for _, r in self._pending_sorted()]
 
     def _pending_sorted(self) -> list[tuple[bytes, SignedAnnotation]]:
-        committed = self._committed
-        pending = [(d, self._held.get(d)) for d in self._held.digests() if d not in committed]
-        return sorted(((d, r) for d, r in pending if r is not None),
+        return sorted(self._pending.items(),
                       key=lambda p: (p[1].body.annotator, p[1].body.seq, p[0]))
 
     def proposal(self, max_records: int = 512, max_bytes: int = 256 * 1024) -> list[bytes]:
@@ -272,6 +314,8 @@ class CurationDesk:
         if not records:
             return
         report = self._committed.merge(records)
+        for digest in report.accepted:
+            self._pending.pop(digest, None)
         new = [d for d in report.accepted if d not in self._held]
         if new:
             for digest in self._held.merge(self._committed.encoded(new)).accepted:
@@ -279,8 +323,17 @@ class CurationDesk:
             if self._orphans:  # some may follow what just came
                 self.receive([])
         self._cache.clear()
-        self._history.append(RoundPoint(round, len(self._committed), self._alpha()))
+        self._history.append(RoundPoint(round, len(self._committed), self._history_alpha()))
         del self._history[:-HISTORY_POINTS]
+
+    def _history_alpha(self) -> float | None:
+        """Alpha for the history point of a commit: computed once the committed log grew by
+        ALPHA_GROWTH since the last point that has one (every node commits the same batches,
+        so every node skips the same points), None in between; a chart draws the others."""
+        last = next((p.records for p in reversed(self._history) if p.alpha is not None), 0)
+        if last and len(self._committed) < last * ALPHA_GROWTH:
+            return None
+        return self._alpha()
 
     # --- reads: the committed snapshot --------------------------------------------------
 
@@ -302,25 +355,32 @@ class CurationDesk:
         """The committed records (read-only use: proofs, audits)."""
         return self._committed
 
-    def _cached(self, key: str, make: object) -> object:
+    def _cached(self, key: str, make: Callable[[], T]) -> T:
+        """`make()`, computed once per committed snapshot (commits and task imports clear
+        the cache)."""
         if key not in self._cache:
-            self._cache[key] = make()  # type: ignore[operator]
-        return self._cache[key]
+            self._cache[key] = make()
+        return self._cache[key]  # type: ignore[no-any-return]
 
     def answers(self) -> list[AnswerRow]:
         """The committed answers (one per task and annotator; equivocators left out)."""
-        return self._cached("answers", self._committed.answers)  # type: ignore[return-value]
+        return self._cached("answers", self._committed.answers)
 
     def _committed_answered(self) -> Mapping[bytes, frozenset[bytes]]:
-        return self._cached("answered", self._committed.answered)  # type: ignore[return-value]
+        return self._cached("answered", self._committed.answered)
+
+    def _suspended(self) -> frozenset[bytes]:
+        """The annotators the committed snapshot's reputation suspends."""
+        return self._cached("suspended", lambda: frozenset(
+            a for a, s in self.standings().items() if s.suspended))
 
     def _committed_annotators(self) -> list[bytes]:
-        return self._cached("annotators", lambda: sorted(  # type: ignore[return-value]
+        return self._cached("annotators", lambda: sorted(
             {a for group in self._committed_answered().values() for a in group}))
 
     def standings(self) -> Mapping[bytes, Standing]:
         """Each annotator's standing over the committed answers."""
-        return self._cached("standings", self._standings)  # type: ignore[return-value]
+        return self._cached("standings", self._standings)
 
     def _standings(self) -> dict[bytes, Standing]:
         # The one place standings are computed: reputation.py over the committed answers
@@ -347,12 +407,12 @@ class CurationDesk:
         def make() -> list[LabelRow]:
             weights = {a: s.weight for a, s in self.standings().items()}
             return aggregate_labels(self.tasks, self.answers(), weights)
-        return self._cached("labels", make)  # type: ignore[return-value]
+        return self._cached("labels", make)
 
     def annotator(self, annotator: bytes) -> AnnotatorView:
         standing = self.standings().get(annotator)
         committed = self._committed.records_of(annotator)
-        pending = self._held.records_of(annotator) - committed
+        pending = max(0, self._held.records_of(annotator) - committed)
         if standing is None:
             return AnnotatorView(annotator, committed, pending, 0, 0, 1.0, 0.0, False, ())
         return AnnotatorView(annotator, committed, pending, standing.gold_seen,
@@ -383,7 +443,7 @@ class CurationDesk:
                 return krippendorff_alpha(Annotations.from_records(rows))
             except AgreementError:
                 return None
-        return self._cached("alpha", make)  # type: ignore[return-value]
+        return self._cached("alpha", make)
 
     def export_labels(self, fmt: Literal["jsonl", "parquet"]) -> bytes:
         """The labels with their confidence and provenance (io.py's formats)."""

@@ -34,8 +34,8 @@ Spam signals (flags)
   node saw between an annotator's submissions, see `submission_gaps`; never the client's own
   clock), below `min_seconds` once `min_answers` are timed;
 * ``constant``: one answer makes up at least `constant_share` of `min_answers` or more;
-* ``low_gold_accuracy``: decayed gold accuracy below `min_gold_accuracy` after `min_gold`
-  gold answers;
+* ``low_gold_accuracy``: decayed gold accuracy, shrunk towards a newcomer's like skill,
+  below `min_gold_accuracy` after `min_gold` gold answers;
 * ``equivocation``: the annotator signed two records at one seq (the log's evidence).
 
 An annotator is suspended when any flag in `suspend_on` is raised, or `suspend_flags` flags at
@@ -75,8 +75,8 @@ class ReputationPolicy:
     min_answers: int = 10  # answers before the too-fast and constant rules apply
     min_seconds: float = 2.0
     constant_share: float = 0.9
-    min_gold: int = 3
-    min_gold_accuracy: float = 0.5
+    min_gold: int = 5
+    min_gold_accuracy: float = 0.4
     suspend_on: tuple[str, ...] = ("low_gold_accuracy", "equivocation")
     suspend_flags: int = 2
     flag_penalty: float = 0.5  # weight multiplier per flag
@@ -221,13 +221,24 @@ def _flags(mine: list[_Scored], seconds: Mapping[bytes, float], equivocator: boo
             choices.most_common(1)[0][1] >= policy.constant_share * total):
         raised.add("constant")
     gold = [s for s in mine if s.gold is not None]
-    if len(gold) >= max(1, policy.min_gold):
-        right = sum(s.decay for s in gold if s.row.answer == s.gold)
-        if right < policy.min_gold_accuracy * sum(s.decay for s in gold):
-            raised.add("low_gold_accuracy")
+    if len(gold) >= max(1, policy.min_gold) and (
+            _gold_accuracy(gold, policy) < policy.min_gold_accuracy):
+        raised.add("low_gold_accuracy")
     if equivocator:
         raised.add("equivocation")
     return tuple(f for f in FLAGS if f in raised)
+
+
+def _gold_accuracy(gold: list[_Scored], policy: ReputationPolicy) -> float:
+    """Decayed share of right gold answers, shrunk like skill: `prior_strength` pseudo-answers
+    at a newcomer's accuracy (prior_skill of the way from chance to perfect), so a few unlucky
+    answers of an honest annotator do not read as spam, while an adversary who fails every
+    gold task falls below any sensible bound within a handful."""
+    right = sum(s.decay for s in gold if s.row.answer == s.gold)
+    mass = sum(s.decay for s in gold)
+    chance = sum(s.chance for s in gold) / len(gold)
+    prior = chance + policy.prior_skill * (1.0 - chance)
+    return (right + policy.prior_strength * prior) / (mass + policy.prior_strength)
 
 
 def _weight(skill: float, flags: tuple[str, ...], suspended: bool,

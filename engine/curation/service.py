@@ -25,6 +25,7 @@ forwarded twice, or ahead of its predecessor, is not an offence and is not count
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, ClassVar
@@ -57,6 +58,7 @@ if TYPE_CHECKING:
 __all__ = ["CurationService", "CurationSetup"]
 
 BENIGN = frozenset({"replay", "sequence_gap"})  # what honest forwarding causes too
+MAX_PENDING_IMPORTS = 16  # task imports held at once, waiting for a round
 
 
 @dataclass(frozen=True)
@@ -144,7 +146,8 @@ class CurationService(Service):
         for key in sorted(k for k in disk if k.startswith("curation/i/")):
             value = disk[key]
             if isinstance(value, bytes):
-                self._hold_import(value, persist=False)
+                with contextlib.suppress(TaskError):  # one a commit covered since, say
+                    self._hold_import(value, persist=False)
 
     def start(self) -> None:
         self.node.set_timer(self, "offer", self.setup.offer_interval)
@@ -182,6 +185,9 @@ class CurationService(Service):
         _, added = merge_tasks(self.desk.tasks, decode_import(data))
         digest = sha256(data)
         if added and digest not in self.imports:
+            if len(self.imports) >= MAX_PENDING_IMPORTS:
+                raise TaskError(f"{MAX_PENDING_IMPORTS} task imports already wait for a "
+                                f"round; try again in a moment")
             self.imports[digest] = data
             if persist:
                 self.persist(f"i/{digest.hex()}", data)
