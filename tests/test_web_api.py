@@ -5,6 +5,7 @@ repeats the input; refused records counted by reason)."""
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import polars as pl
@@ -321,3 +322,20 @@ def test_signup_can_be_closed_and_tasks_need_a_key(tmp_path: Path) -> None:
                                                   "password": PASSWORD}).status_code == 201
     assert keyless.get("/api/tasks").status_code == 409
     assert keyless.get("/api/stats").json()["me"] is None
+
+
+def test_sessions_expire_and_a_suspended_accounts_tokens_stop_working(tmp_path: Path) -> None:
+    settings = WebSettings(argon2_time_cost=1, argon2_memory_kib=1024, argon2_parallelism=1,
+                           rate=LOOSE, session_seconds=1.0)
+    app, _ = make_app(tmp_path, settings)
+    make_admin(tmp_path)
+    ada = Annotator.signup(app, "ada")
+    token = ada.post("/api/tokens").json()["token"]
+    time.sleep(1.2)
+    assert ada.get("/api/me").status_code == 401  # the cookie's session is over
+    bearer = TestClient(app, headers={"Authorization": f"Bearer {token}"})
+    assert bearer.get("/api/me").status_code == 200  # tokens live until revoked
+    admin, csrf = _login(app, "root")
+    admin.post("/api/admin/annotators/ada", json={"suspended": True},
+               headers={"X-CSRF-Token": csrf})
+    assert bearer.get("/api/me").status_code == 401

@@ -35,7 +35,8 @@ expect = pytest.importorskip("playwright.sync_api", reason="the playwright packa
 ADMIN, ADMIN_PASSWORD = "root", "admin password 19"
 PASSWORD = "a long enough password"
 TASKS = TaskSet([
-    Task.make(id="sentiment", kind="single_choice", text="The battery lasts all day.",
+    Task.make(id="sentiment", kind="single_choice",
+              text="The battery lasts all day. <img src=x onerror=alert(1)>",  # shown as text
               options=["negative", "positive", "neutral"]),
     Task.make(id="topics", kind="multi_label", text="Central bank raises rates as housing cools",
               options=["economy", "sport", "housing"]),
@@ -170,6 +171,9 @@ def test_an_annotator_signs_up_and_annotates_with_the_keyboard(site: Site, brows
         kind = card.get_attribute("data-kind")
         task_id = card.get_attribute("data-task")
         _shot(page, site, f"annotate-{kind}")
+        if task_id == "sentiment":  # markup in a task is text, never markup
+            expect(card.locator(".prompt")).to_contain_text("<img src=x onerror=alert(1)>")
+            expect(card.locator("img")).to_have_count(0)
         if kind == "free_text":
             page.keyboard.type(SUMMARY)  # the answer box has the focus
             answered[task_id] = ((), SUMMARY)
@@ -213,6 +217,9 @@ def test_an_annotator_signs_up_and_annotates_with_the_keyboard(site: Site, brows
     expect(page.locator("#board tr.me")).to_contain_text("alice")
     expect(page.locator("#board tr.me")).to_contain_text("6")
     _shot(page, site, "leaderboard")
+    page.goto(site.base + "/admin")  # an annotator sees no admin data
+    expect(page.locator("main")).to_contain_text("Admins only")
+    expect(page.locator("nav a[href='/admin']")).to_be_hidden()
     assert not errors, errors
 
 
@@ -269,6 +276,26 @@ def test_two_tabs_of_one_annotator_never_fork_their_chain(site: Site, browser: A
     assert not errors, errors
 
 
+def test_skipping_with_the_arrows_reaches_every_task(site: Site, browser: Any) -> None:
+    """The queue is fetched a batch at a time (5); skipping past it fetches more rather than
+    ending at the batch."""
+    errors: list[str] = []
+    page = _page(browser, errors)
+    _sign_up(page, site, "erin")
+    page.goto(site.base + "/annotate")
+    card = page.locator("#task")
+    expect(card).to_have_attribute("data-kind", ANY_KIND)
+    seen = [card.get_attribute("data-task")]
+    for _ in range(len(TASKS) - 1):
+        page.keyboard.press("ArrowRight")
+        expect(card).not_to_have_attribute("data-task", seen[-1])
+        seen.append(card.get_attribute("data-task"))
+    assert sorted(seen) == sorted(TASKS.by_id)
+    page.keyboard.press("ArrowRight")
+    expect(page.locator("#toast")).to_contain_text("last task in your queue")
+    assert not errors, errors
+
+
 def test_an_admin_imports_tasks_and_exports_labels(site: Site, browser: Any,
                                                    tmp_path: Path) -> None:
     errors: list[str] = []
@@ -285,6 +312,9 @@ def test_an_admin_imports_tasks_and_exports_labels(site: Site, browser: Any,
     expect(page.locator("#chart-quality svg")).to_be_visible()
     expect(page.locator("#chart-throughput svg rect").first).to_be_visible()
     _shot(page, site, "admin-overview")
+    page.emulate_media(color_scheme="dark")
+    _shot(page, site, "admin-overview-dark")
+    page.emulate_media(color_scheme="light")
 
     page.goto(site.base + "/admin/tasks")
     bad = tmp_path / "bad.jsonl"

@@ -54,19 +54,19 @@ def test_fifty_clients_for_three_seconds_lose_nothing(tmp_path: Path) -> None:
 
 def test_sigkill_mid_load_loses_no_acknowledged_record(tmp_path: Path) -> None:
     server = ServerProcess(tmp_path, synthetic_tasks(300), settings=_settings(),
-                           redundancy=20)
+                           redundancy=10)
     url = server.start()
 
     def kill_soon() -> None:  # kill -9 a second into the load, submissions in flight
         threading.Timer(1.0, server.kill).start()
 
-    result = asyncio.run(run_load(url, 20, 30.0, on_start=kill_soon))
+    result = asyncio.run(run_load(url, 10, 30.0, on_start=kill_soon))
     assert result.seconds < 10  # the clients stopped when the server died
     acked = _acked(result)
     assert acked and acked <= stored_digests(tmp_path)
     # restarted on the same folder: every acknowledged record is served, and an annotator
     # continues their chain from what the store holds
-    again = ServerProcess(tmp_path, settings=_settings(), redundancy=20)
+    again = ServerProcess(tmp_path, settings=_settings(), redundancy=11)
     url = again.start()
     try:
         async def resume() -> dict:  # type: ignore[type-arg]

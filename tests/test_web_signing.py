@@ -1,6 +1,6 @@
 """The browser's annotation records (apps/web/static/js/record.js) are byte for byte what the
 Python side encodes, and a record signed by a non-extractable WebCrypto key in real Chromium
-verifies and enters a curation log."""
+verifies and enters a curation log. The server here has the pages and no API."""
 
 from __future__ import annotations
 
@@ -26,6 +26,9 @@ from phalanx.engine.curation.records import (
 from phalanx.engine.curation.tasks import Task, TaskSet
 from phalanx.net.codec import encode_record
 from phalanx.net.crypto import sha256, verify_signature
+
+expect = pytest.importorskip("playwright.sync_api", reason="the playwright package is not "
+                             "installed (pip install playwright)").expect
 
 _rng = random.Random(19)
 
@@ -138,3 +141,13 @@ def test_a_record_signed_in_chromium_verifies_and_enters_a_log(page: Any) -> Non
     with pytest.raises(RecordRefused) as refused:
         CurationLog(TaskSet([TASK])).add(altered.encode())
     assert refused.value.reason == "bad_signature"
+
+
+def test_a_page_whose_api_fails_says_so_and_offers_a_retry(page: Any) -> None:
+    """This server has the pages but no API: the dashboard's first call fails, and the page
+    says so instead of staying half drawn."""
+    base = page.url.rsplit("/", 1)[0]
+    page.goto(base + "/dashboard")
+    alert = page.get_by_role("alert")
+    expect(alert).to_contain_text("This page could not load")
+    expect(alert.get_by_role("button", name="Try again")).to_be_visible()

@@ -53,7 +53,7 @@ class ServerProcess:
     """`serve_local` in a spawned process over `data` (its tasks written there first)."""
 
     def __init__(self, data: Path, tasks: TaskSet | None = None, *,
-                 settings: WebSettings | None = None, commit_seconds: float = 0.5,
+                 settings: WebSettings | None = None, commit_seconds: float = 1.0,
                  redundancy: int = 3) -> None:
         data.mkdir(parents=True, exist_ok=True)
         if tasks is not None:

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from phalanx.engine.curation.desk import CurationDesk, merge_tasks
+from phalanx.engine.curation.records import MAX_RECORD_BYTES
 from phalanx.engine.curation.tasks import TaskSet
 
 from .taskfile import save_tasks
@@ -75,11 +76,14 @@ class LocalPort:
         return self._desk.add_tasks(tasks)
 
     def commit_now(self) -> int:
-        """Commit what is pending as the next round, a proposal's worth at a time (each
-        checked as a voter would); how many records were committed."""
+        """Commit what is pending as the next round (each batch checked as a voter would);
+        how many records were committed. With no network between proposer and voters, a
+        round takes as many records as the log takes in one batch: each commit recomputes
+        the snapshot's agreement, so fewer, larger rounds cost less."""
         total = 0
         while self._desk.pending:
-            batch = self._desk.proposal()
+            batch = self._desk.proposal(max_records=self._desk.limits.max_batch,
+                                        max_bytes=self._desk.limits.max_batch * MAX_RECORD_BYTES)
             if not batch:
                 break
             problem = self._desk.batch_problem(batch)

@@ -78,3 +78,14 @@ export async function requireUser(role) {
   }
   return me;
 }
+
+/** Run a page's `start`; if it fails (the node unreachable, rate-limited, ...), say so in the
+ * page with a way to retry, instead of leaving it half drawn. */
+export function boot(start) {
+  start().catch((error) => {
+    fill($("main"), el("section", { class: "card empty", role: "alert" },
+      el("h1", { text: "This page could not load" }),
+      el("p", { class: "muted", text: error.message || "Something went wrong." }),
+      el("button", { class: "button primary", type: "button", onclick: () => location.reload(), text: "Try again" })));
+  });
+}

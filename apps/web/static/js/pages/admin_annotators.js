@@ -1,7 +1,7 @@
 // Annotator management (GET /api/admin/annotators, POST /api/admin/annotators/{username}):
 // every account on this node with its committed work, suspend or reinstate, make admin.
 import { api } from "../api.js";
-import { $, el, fill, fmt, requireUser, toast } from "../ui.js";
+import { $, boot, el, fill, fmt, requireUser, toast } from "../ui.js";
 
 let accounts = [];
 let me = null;
@@ -28,10 +28,11 @@ function row(account) {
   const self = account.username === me.username;
   return el("tr", { "data-username": account.username },
     el("td", {}, el("strong", { text: account.username }),
-      el("div", { class: "muted small", text: account.keys.length ? fmt.short(account.keys.at(-1)) : "no key yet" })),
+      el("div", { class: "muted small key", text: account.keys.length ? fmt.short(account.keys.at(-1)) : "no key yet" })),
     el("td", {}, el("span", { class: account.role === "admin" ? "badge accent" : "badge", text: account.role })),
     el("td", { class: "num", text: s ? `${fmt.int(s.committed)} (+${fmt.int(s.pending)})` : "0" }),
-    el("td", { class: "num", text: s && s.gold_seen ? `${fmt.pct(s.gold_correct / s.gold_seen)} of ${s.gold_seen}` : "—" }),
+    el("td", { class: "num", text: s && s.gold_seen ? `${fmt.pct(s.gold_correct / s.gold_seen)} of ${s.gold_seen}` : "—",
+      title: "gold accuracy, of how many gold tasks" }),
     weightCell(s),
     el("td", {}, account.suspended ? el("span", { class: "badge danger", text: "suspended" }) : null,
       (s ? s.flags : []).map((f) => el("span", { class: "badge warn", text: f.replaceAll("_", " ") }))),
@@ -67,4 +68,4 @@ async function start() {
   await load();
 }
 
-start();
+boot(start);

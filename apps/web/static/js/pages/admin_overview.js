@@ -2,7 +2,7 @@
 // charts from GET /api/admin/stats: agreement over rounds, throughput, per-annotator quality.
 import { api } from "../api.js";
 import { columnChart, lineChart, qualityBars } from "../charts.js";
-import { $, el, fill, fmt, requireUser } from "../ui.js";
+import { $, boot, el, fill, fmt, requireUser } from "../ui.js";
 
 const REFRESH_MS = 5000;
 const DOT = { ok: "ok", degraded: "warn", stalled: "bad" };
@@ -67,4 +67,4 @@ async function start() {
   setInterval(() => { if (document.visibilityState === "visible") refresh().catch(() => {}); }, REFRESH_MS);
 }
 
-start();
+boot(start);

@@ -1,7 +1,8 @@
 // Task import (POST /api/admin/tasks with the file's bytes) and label export
 // (GET /api/admin/labels?format=jsonl|parquet), with a preview of the current labels.
 import { api } from "../api.js";
-import { $, el, fill, fmt, requireUser, showError } from "../ui.js";
+import { KIND_LABELS } from "../taskview.js";
+import { $, boot, el, fill, fmt, requireUser, showError } from "../ui.js";
 
 const PREVIEW_ROWS = 20;
 const TYPES = { jsonl: "application/x-ndjson", csv: "text/csv" };
@@ -50,12 +51,12 @@ async function preview() {
     const response = await api("/api/admin/labels?format=jsonl", { raw: true });
     const rows = (await response.text()).split("\n").filter(Boolean).slice(0, PREVIEW_ROWS).map((line) => JSON.parse(line));
     fill(body, rows.length ? rows.map((r) => el("tr", {},
-      el("td", { text: r.task_id }), el("td", {}, el("span", { class: "badge", text: r.kind })),
+      el("td", {}, el("strong", { text: r.task_id }), el("div", { class: "muted small", text: KIND_LABELS[r.kind] || r.kind })),
       el("td", { text: labelText(r.label) }), el("td", { class: "num", text: fmt.pct(r.confidence) }),
       el("td", { class: "num", text: fmt.int(r.provenance.length) })))
-      : el("tr", {}, el("td", { colspan: "5", class: "muted", text: "No labels yet: they appear once rounds commit annotations." })));
+      : el("tr", {}, el("td", { colspan: "4", class: "muted", text: "No labels yet: they appear once rounds commit annotations." })));
   } catch (e) {
-    fill(body, el("tr", {}, el("td", { colspan: "5", class: "muted", text: e.message })));
+    fill(body, el("tr", {}, el("td", { colspan: "4", class: "muted", text: e.message })));
   }
 }
 
@@ -84,4 +85,4 @@ async function start() {
   await preview();
 }
 
-start();
+boot(start);

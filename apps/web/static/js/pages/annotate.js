@@ -10,10 +10,11 @@ import { AlreadyAnswered, Chain } from "../chain.js";
 import { signRecord } from "../record.js";
 import { readySigner, SignerProblem } from "../signer.js";
 import { choose, emptyAnswer, incomplete, KIND_LABELS, renderTask } from "../taskview.js";
-import { $, el, fill, fmt, requireUser, toast } from "../ui.js";
+import { $, boot, el, fill, fmt, requireUser, toast } from "../ui.js";
 
-const BATCH = 5; // tasks asked for at a time
+const BATCH = 5; // new tasks asked for at a time
 const AHEAD = 2; // fetch more when this few are left
+const MOST = 100; // the API's cap on one request
 
 const state = {
   key: null,
@@ -34,7 +35,9 @@ async function fetchTasks() {
   if (state.fetching) return state.fetching;
   state.fetching = (async () => {
     try {
-      const reply = await api(`/api/tasks?count=${BATCH}`);
+      // the node lists the queued (unanswered) tasks again first: ask past them
+      const count = Math.min(MOST, state.queue.length + BATCH);
+      const reply = await api(`/api/tasks?count=${count}`);
       if (!state.chain) state.chain = new Chain(state.key.publicHex, headOf(reply), nodeHead);
       const fresh = reply.tasks.filter((task) => !state.seen.has(task.digest));
       for (const task of fresh) {
@@ -288,4 +291,4 @@ async function start() {
   render();
 }
 
-start();
+boot(start);

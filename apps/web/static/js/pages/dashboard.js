@@ -4,7 +4,7 @@
 import { api } from "../api.js";
 import { readySigner, SignerProblem } from "../signer.js";
 import { KIND_LABELS } from "../taskview.js";
-import { $, el, fill, fmt, requireUser } from "../ui.js";
+import { $, boot, el, fill, fmt, requireUser } from "../ui.js";
 
 const REFRESH_MS = 5000;
 const PREVIEW = 20;
@@ -105,4 +105,4 @@ async function start() {
   setInterval(() => { if (document.visibilityState === "visible") refresh().catch(() => {}); }, REFRESH_MS);
 }
 
-start();
+boot(start);

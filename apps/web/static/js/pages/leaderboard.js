@@ -1,6 +1,6 @@
 // The leaderboard (GET /api/leaderboard): annotators by reward, the signed-in one marked.
 import { api } from "../api.js";
-import { $, el, fill, fmt, requireUser } from "../ui.js";
+import { $, boot, el, fill, fmt, requireUser } from "../ui.js";
 
 function weightCell(weight) {
   const bar = el("span", { class: "bar", "aria-hidden": "true" }, el("span"));
@@ -31,4 +31,4 @@ async function start() {
   }));
 }
 
-start();
+boot(start);
