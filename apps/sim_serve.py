@@ -33,7 +33,6 @@ from phalanx.engine.curation.records import REFUSALS, RecordRefused
 from phalanx.engine.curation.tasks import TaskError, TaskSet
 from phalanx.engine.events import LocalAnswer, LocalRequest, RoundCommitted, answer_of
 from phalanx.scenario.schema import Scenario, ScenarioError
-from phalanx.sim.crowd import SimulatedAnnotators
 from phalanx.sim.world import SimWorld
 
 __all__ = ["LiveWorld", "ServeOptions", "SimPort", "serve_simulation"]
@@ -42,8 +41,8 @@ SLICE = 0.05  # most simulated seconds advanced before the web app gets the loop
 
 
 class LiveWorld:
-    """A SimWorld whose clock follows the wall clock, and the door simulated annotators and
-    the web app share into its curation nodes."""
+    """A SimWorld whose clock follows the wall clock (its simulated annotators, if the
+    scenario has a crowd, at work in it), and the web app's door into its curation nodes."""
 
     def __init__(self, scenario: Scenario, speed: float = 1.0,
                  clock: Callable[[], float] = time.monotonic) -> None:
@@ -56,16 +55,12 @@ class LiveWorld:
         self.world = SimWorld(scenario, on_commit=self._committed)
         self.last_commit: float | None = None  # simulated time of the latest commit
         self._tokens = itertools.count(1)
-        self.crowd: SimulatedAnnotators | None = None
 
-    # --- what simulated annotators and the web app call ------------------------------------
+    # --- what the web app calls --------------------------------------------------------------
 
     @property
     def now(self) -> float:
         return self.world.now
-
-    def call_at(self, at: float, fn: Callable[..., None], *args: Any) -> None:
-        self.world.call_at(at, fn, *args)
 
     def desk(self, node: int) -> CurationDesk | None:
         return self.world.desk(node)
@@ -80,31 +75,11 @@ class LiveWorld:
         host.execute(actions)
         return answer_of(actions, request.token)
 
-    def submit(self, node: int, record: bytes) -> bytes:
-        """For simulated annotators (sim/crowd.py), who check `desk(node)` first."""
-        answer = self.ask(node, "submit", record)
-        if answer is None:
-            raise RuntimeError(f"a submission to node {node}, which is down")
-        if not answer.ok:
-            raise RecordRefused(answer.reason if answer.reason in REFUSALS else "malformed",
-                                answer.detail)
-        return answer.result
-
     # --- the clock ---------------------------------------------------------------------------
 
     def start(self) -> None:
-        """What SimWorld.run does before its clock runs: faults scheduled, nodes started, and
-        the scenario's simulated annotators (if it has a crowd) at work."""
-        s = self.scenario
-        self.world.faults.schedule(list(s.faults), s.nemesis)
-        for host in self.world.hosts:
-            host.start()
-        crowd = s.curation.simulated_crowd(s.seed)  # type: ignore[union-attr]
-        if crowd is not None and s.curation.crowd is not None:  # type: ignore[union-attr]
-            nodes = list(s.annotation_nodes) or list(s.members)
-            self.crowd = SimulatedAnnotators(self, crowd, s.curation.crowd,  # type: ignore[union-attr]
-                                             nodes, s.seed)
-            self.crowd.start()
+        """Faults scheduled, nodes started, the scenario's simulated annotators at work."""
+        self.world.start()
 
     async def run(self) -> None:
         """Advance the simulated clock with the wall clock until cancelled. When the machine

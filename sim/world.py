@@ -522,13 +522,18 @@ class SimWorld:
                         ) if self.scenario.faults else 0.0
         return fault_end + t.rounds * (4 * t.view_timeout + t.step_time) + 10 * t.view_timeout
 
-    def run(self) -> SimStats:
-        max_time = self.scenario.training.max_time or self.default_max_time()
+    def start(self) -> None:
+        """Schedule the faults, start the nodes and the simulated crowd: what `run` does
+        before the clock runs (a driver that runs the clock itself calls it once)."""
         self.faults.schedule(list(self.scenario.faults), self.scenario.nemesis)
         for host in self.hosts:
             host.start()
         if self.crowd is not None:
             self.crowd.start()
+
+    def run(self) -> SimStats:
+        max_time = self.scenario.training.max_time or self.default_max_time()
+        self.start()
         wall = time.perf_counter()
         with gc_paused():
             self.env.run(until=simpy.AnyOf(self.env, [self._done, self.env.timeout(max_time)]))

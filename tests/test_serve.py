@@ -54,7 +54,7 @@ async def _annotate(folder: Path) -> tuple[dict, int, int]:
                     break
                 await asyncio.sleep(0.1)
             stats = await me.stats()
-            crowd = sum(live.crowd.counts.values()) if live.crowd else 0
+            crowd = live.world.crowd.annotators.counts["submitted"] if live.world.crowd else 0
             return stats, crowd, live.world.hosts[0].node.round
     finally:
         stop.set()
