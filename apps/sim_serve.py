@@ -31,7 +31,7 @@ from phalanx.engine.curation.desk import CurationDesk
 from phalanx.engine.curation.messages import encode_import
 from phalanx.engine.curation.records import REFUSALS, RecordRefused
 from phalanx.engine.curation.tasks import TaskError, TaskSet
-from phalanx.engine.events import LocalAnswer, LocalRequest, RoundCommitted, answer_of
+from phalanx.engine.events import LocalAnswer, LocalRequest, RoundCommitted
 from phalanx.scenario.schema import Scenario, ScenarioError
 from phalanx.sim.world import SimWorld
 
@@ -67,13 +67,7 @@ class LiveWorld:
 
     def ask(self, node: int, op: str, data: bytes) -> LocalAnswer | None:
         """`node`'s curation service handles a request now; its answer (None: node down)."""
-        host = self.world.hosts[node]
-        if host.node is None:
-            return None
-        request = LocalRequest("curation", op, data, next(self._tokens))
-        actions = host.node.handle(request, self.world.now)
-        host.execute(actions)
-        return answer_of(actions, request.token)
+        return self.world.ask(node, LocalRequest("curation", op, data, next(self._tokens)))
 
     # --- the clock ---------------------------------------------------------------------------
 

@@ -434,13 +434,18 @@ class SimWorld:
     def submit(self, node_id: int, record: bytes, token: int = 0) -> LocalAnswer | None:
         """An annotator's signed record arriving at `node_id` now (call it from a callback
         scheduled with `call_at`); the node's answer, or None while the node is down."""
+        return self.ask(node_id, LocalRequest("curation", "submit", record, token))
+
+    def ask(self, node_id: int, request: LocalRequest) -> LocalAnswer | None:
+        """A request at `node_id`'s own door now (a submission, a task import); the node's
+        answer, or None while the node is down."""
         host = self.hosts[node_id]
         node = host.node
         if node is None:
             return None
-        actions = node.handle(LocalRequest("curation", "submit", record, token), self.now)
+        actions = node.handle(request, self.now)
         host.execute(actions)
-        return answer_of(actions, token)
+        return answer_of(actions, request.token)
 
     def desk(self, node_id: int) -> CurationDesk | None:
         """The curation desk of `node_id` (None while it is down, or without curation)."""

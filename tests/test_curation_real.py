@@ -1,7 +1,8 @@
 """Curation on real nodes over TCP: annotation nodes and full nodes take signed records over
 HTTP (the Python client), every record a node acknowledged is committed by the rounds, and
 every node ends on one snapshot root and one set of labels; forged, altered and replayed
-records are refused by every node and counted in its status; a partition between the two
+records are refused by every node and counted in its status; a task import at one node
+reaches every node; a partition between the two
 annotation nodes heals to the same records, labels and root as the simulation of the same
 submissions; a `kill -9` of an annotation node loses no acknowledged record."""
 
@@ -25,6 +26,7 @@ import pytest
 import yaml
 from curationkit import (
     PASSWORD,
+    SCENARIOS,
     Partition,
     annotator,
     crowd_records,
@@ -38,6 +40,7 @@ from realkit import free_ports
 
 from phalanx.apps.node import RealNode
 from phalanx.apps.node_settings import node_identity, write_members
+from phalanx.apps.web.accounts import Accounts
 from phalanx.apps.web.client import ApiError, WebClient
 from phalanx.apps.web.tls import self_signed
 from phalanx.engine.curation.records import (
@@ -180,6 +183,19 @@ async def _cluster_run(folder: Path) -> None:
             assert status["curation"]["refusals"] == {"bad_signature": 2, "replay": 1}
             assert status["curation"]["root"] == curation_of(nodes[0]).root.hex()
             assert status["health"]["status"] in ("ok", "degraded")
+        # an admin's task import at annotation node 4 reaches every node through a round
+        Accounts(folder / "node-4" / "web.sqlite").create("root", PASSWORD, "admin")
+        async with client(nodes[4], Identity.generate()) as admin:
+            await admin.login("root", PASSWORD)
+            reply = await admin.http.post(
+                "/api/admin/tasks", params={"format": "jsonl"},
+                content=(SCENARIOS / "annotation-demo.jsonl").read_bytes(),
+                headers={"X-CSRF-Token": admin.csrf or ""})
+            assert reply.status_code == 200, reply.text
+        added = reply.json()["added"]
+        assert added > 0
+        await until(lambda: {len(curation_of(n).tasks) for n in nodes} == {24 + added}, 30,
+                    "the imported tasks everywhere")
         # nothing refused reached a round: every node still holds the 16 genuine records
         assert {curation_of(n).committed for n in nodes} == {16}
         assert root != curation_of(nodes[0]).root.hex()

@@ -17,6 +17,7 @@ from typer.testing import CliRunner
 
 from phalanx.apps.cli import app
 from phalanx.apps.sim_serve import LiveWorld, ServeOptions, serve_simulation
+from phalanx.apps.web.accounts import Accounts
 from phalanx.apps.web.client import WebClient
 from phalanx.apps.web.settings import WebSettings
 from phalanx.net.crypto import Identity
@@ -54,8 +55,24 @@ async def _annotate(folder: Path) -> tuple[dict, int, int]:
                     break
                 await asyncio.sleep(0.1)
             stats = await me.stats()
-            crowd = live.world.crowd.annotators.counts["submitted"] if live.world.crowd else 0
-            return stats, crowd, live.world.hosts[0].node.round
+        # an admin's task import goes into the simulated node and a round commits it
+        Accounts(folder / "web.sqlite", hasher=CHEAP.hasher()).create("root", PASSWORD,
+                                                                      "admin")
+        async with WebClient(url, Identity.generate()) as admin:
+            await admin.login("root", PASSWORD)
+            before = len(live.desk(4).tasks)
+            reply = await admin.http.post(
+                "/api/admin/tasks", params={"format": "jsonl"},
+                content=(SCENARIOS / "annotation-demo.jsonl").read_bytes(),
+                headers={"X-CSRF-Token": admin.csrf or ""})
+            assert reply.status_code == 200 and reply.json()["added"] > 0, reply.text
+            for _ in range(100):
+                if len(live.desk(4).tasks) == before + reply.json()["added"]:
+                    break
+                await asyncio.sleep(0.1)
+            assert len(live.desk(4).tasks) == before + reply.json()["added"]
+        crowd = live.world.crowd.annotators.counts["submitted"] if live.world.crowd else 0
+        return stats, crowd, live.world.hosts[0].node.round
     finally:
         stop.set()
         await asyncio.wait_for(serving, 30)
