@@ -2,9 +2,9 @@
 HTTP (the Python client), every record a node acknowledged is committed by the rounds, and
 every node ends on one snapshot root and one set of labels; forged, altered and replayed
 records are refused by every node and counted in its status; a task import at one node
-reaches every node; a partition between the two
-annotation nodes heals to the same records, labels and root as the simulation of the same
-submissions; a `kill -9` of an annotation node loses no acknowledged record."""
+reaches every node; a partition between the two annotation nodes heals to the same records,
+labels and root as the simulation of the same submissions; a `kill -9` of an annotation node
+loses no acknowledged record."""
 
 from __future__ import annotations
 
