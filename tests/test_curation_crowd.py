@@ -11,9 +11,10 @@ from typing import Any
 import polars as pl
 import pytest
 import yaml
-from test_cli import cli, one_error_line
+from test_cli import cli, invoke, one_error_line
 
 from phalanx.apps.runner import run_scenario
+from phalanx.engine.byzantine.curation import annotation_attack
 from phalanx.engine.curation.crowd import AnnotatorGroup, CrowdError, CrowdSpec, SimulatedCrowd
 from phalanx.engine.curation.records import decode_annotation
 from phalanx.scenario.schema import Scenario, parse_scenario
@@ -162,13 +163,19 @@ def test_a_partition_between_the_annotation_nodes_heals_to_one_set_of_labels() -
     assert len(labels) == 36 and len(standings) == 8
 
 
-def test_a_crowd_run_is_a_pure_function_of_scenario_and_seed() -> None:
-    frames = []
-    for _ in range(2):
-        world = SimWorld(small("drop"))
-        world.run()
-        recorder = world.crowd.recorder  # type: ignore[union-attr]
-        frames.append((recorder.rounds_frame(), recorder.labels_frame(), settled(world)))
+@pytest.fixture(scope="module")
+def dropped() -> SimWorld:
+    """The small run with a dropping annotation node, run once for the tests that read it."""
+    world = SimWorld(small("drop"))
+    world.run()
+    return world
+
+
+def test_a_crowd_run_is_a_pure_function_of_scenario_and_seed(dropped: SimWorld) -> None:
+    again = SimWorld(small("drop"))
+    again.run()
+    frames = [(w.crowd.recorder.rounds_frame(), w.crowd.recorder.labels_frame(),  # type: ignore[union-attr]
+               settled(w)) for w in (dropped, again)]
     assert frames[0][0].equals(frames[1][0]) and frames[0][1].equals(frames[1][1])
     assert frames[0][2] == frames[1][2]
     other = SimWorld(parse_scenario({**small("drop").model_dump(mode="json"), "seed": 8}))
@@ -176,9 +183,8 @@ def test_a_crowd_run_is_a_pure_function_of_scenario_and_seed() -> None:
     assert not other.crowd.recorder.labels_frame().equals(frames[0][1])  # type: ignore[union-attr]
 
 
-def test_labels_outputs_score_the_final_labels_against_the_truth() -> None:
-    world = SimWorld(small("drop"))
-    world.run()
+def test_labels_outputs_score_the_final_labels_against_the_truth(dropped: SimWorld) -> None:
+    world = dropped
     recorder = world.crowd.recorder  # type: ignore[union-attr]
     tasks = recorder.labels_frame()
     assert tasks.columns == ["task", "gold", "truth", "label", "correct", "confidence",
@@ -223,8 +229,8 @@ def test_a_bad_crowd_section_is_refused_in_one_line(tmp_path: Path, curation: di
             "training": {"rounds": 2}, "curation": curation}
     path = tmp_path / "s.yaml"
     path.write_text(yaml.safe_dump(data))
-    done = cli("validate", path, cwd=tmp_path)
-    assert done.returncode == 2
+    done = invoke("validate", path)
+    assert done.exit_code == 2
     assert one_error_line(done.stderr) == f"error: {path}: {expected}"
 
 
@@ -260,3 +266,13 @@ def test_a_bad_annotator_group_is_refused_in_one_line(fields: dict[str, Any],
                                                      message: str) -> None:
     with pytest.raises(CrowdError, match=message):
         AnnotatorGroup(**{"kind": "honest", "count": 1, **fields})  # type: ignore[arg-type]
+
+
+def test_an_unknown_or_bad_annotation_attack_is_refused_in_one_line() -> None:
+    with pytest.raises(ValueError, match="unknown annotation node behaviour 'steal'; known: "
+                                         "drop, delay, forge, equivocate"):
+        annotation_attack("steal")
+    with pytest.raises(ValueError, match=r"delay: delay must be > 0 seconds \(got 0\)"):
+        annotation_attack("delay", delay=0)
+    attack = annotation_attack("drop", at=5.0, duration=10.0)
+    assert [attack.on(t) for t in (4.9, 5.0, 14.9, 15.0)] == [False, True, True, False]
