@@ -67,7 +67,12 @@ from phalanx.engine.rng import RngStreams
 from phalanx.net.crypto import Identity
 from phalanx.net.envelope import open_frame
 from phalanx.net.messages import RoundRecord
-from phalanx.scenario.build import curation_setup, node_config, workload_for
+from phalanx.scenario.build import (
+    annotation_attack_of,
+    curation_setup,
+    node_config,
+    workload_for,
+)
 from phalanx.scenario.schema import Scenario, ScenarioError
 
 TransportKind = Literal["tcp", "mpi"]
@@ -203,6 +208,12 @@ class RealNode:
                                     frozenset(s.byzantine_nodes()),
                                     RngStreams(s.seed).seed("byzantine"), **spec.params)
                      if spec else None)
+        attack = annotation_attack_of(s, plan.node_id)  # curation.byzantine: this node's
+        if attack is not None:  # its timeline in seconds from this process's start
+            origin = time.time()
+            attack.at += origin
+            attack.until = None if attack.until is None else attack.until + origin
+            behaviour = attack
         keyring = plan.keyring
         if plan.curation is not None:
             services = (*services, CurationService.configured(plan.curation))
@@ -213,7 +224,7 @@ class RealNode:
         self.node = Node(config, plan.identity, workload_for(s, RngStreams(s.seed)),
                          lambda frame: open_frame(frame, keyring, messages=messages), behaviour,
                          services)
-        self.byzantine = spec is not None
+        self.byzantine = spec is not None or attack is not None
         self.disk = NodeLog(plan.data_dir / "node.sqlite")
         self.story = NodeStory(plan.node_id, plan.settings.log_every,
                                base=lambda: self.node.history_base)

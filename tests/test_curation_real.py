@@ -398,3 +398,39 @@ def test_an_annotation_node_cut_off_from_the_start_catches_up_with_the_committed
     world.run()
     desks = [world.desk(i) for i in range(6)]
     assert {(d.committed, d.root) for d in desks if d is not None} == {(6, desks[0].root)}
+
+
+# ---- a Byzantine annotation node (curation.byzantine) on a real cluster -------------------
+
+async def _forging_run(folder: Path) -> tuple[dict[str, int], int, int]:
+    data = curation_data()
+    data["curation"]["byzantine"] = [{"nodes": [5], "behaviour": "forge"}]
+    scenario = parse_scenario(data)
+    nodes = curation_cluster(folder, scenario, web=(4, 5))
+    tasks = await started(nodes)
+    try:
+        chain = crowd_records(scenario, [1], per=3)[1]
+        async with client(nodes[5], annotator(1)) as web:
+            await web.signup("annotator1", PASSWORD)
+            acked = {bytes.fromhex((await web.submit(r)).digest) for r in chain}
+        # node 5 acknowledged them and forwarded forgeries instead: the members refuse them
+        await until(lambda: all(nodes[m].node.rejections.get("curation_bad_signature", 0) >= 6
+                                for m in scenario.members), 30, "the forgeries refused")
+        assert not any(acked & set(curation_of(n).committed_log.digests()) for n in nodes)
+        # the annotator (as the client does once its patience runs out) resubmits elsewhere
+        async with client(nodes[4], annotator(1)) as web:
+            await web.signup("annotator1", PASSWORD)
+            for record in chain:
+                await web.submit(record)
+        await until(lambda: committed_everywhere(nodes, acked), 30, "the genuine records")
+        status = await status_of(nodes[5])
+        refused = {k: v for k, v in nodes[0].node.rejections.items() if k.startswith("curation")}
+        return refused, curation_of(nodes[0]).committed, int(status["byzantine"])
+    finally:
+        await stopped(nodes, tasks)
+
+
+def test_a_forging_annotation_node_gets_nothing_forged_committed(tmp_path: Path) -> None:
+    refused, committed, byzantine = asyncio.run(asyncio.wait_for(_forging_run(tmp_path), 90))
+    assert committed == 3 and byzantine == 1
+    assert refused["curation_bad_signature"] >= 6  # an altered and a forged one per record
