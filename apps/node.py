@@ -170,8 +170,9 @@ def _curation_tls(settings: NodeFile, data_dir: Path) -> TlsFiles | None:
 
 
 def curation_plan(settings: NodeFile, scenario: Scenario) -> CurationSetup | None:
-    """The curation service this node runs: the scenario's `curation:` section on a full or
-    an annotation node, None elsewhere (`enable_curation` there is an error, not ignored)."""
+    """The curation service this node runs: the scenario's `curation:` section, on a full or
+    an annotation node; None without the section (where `enable_curation` or an annotation
+    node is an error, not ignored). A node of another type cannot follow a curation run."""
     kind = settings.node_type
     if scenario.curation is None:
         if kind == "annotation" or settings.enable_curation:
@@ -179,11 +180,10 @@ def curation_plan(settings: NodeFile, scenario: Scenario) -> CurationSetup | Non
             raise ScenarioError(f"{key}: scenario {scenario.name!r} has no curation: section "
                                 f"(its tasks and assignment); add one to curate on this run")
         return None
-    if kind not in CURATION_TYPES:
-        if settings.enable_curation:
-            raise ScenarioError(f"enable_curation: a {kind} node does not curate; full and "
-                                f"annotation nodes do")
-        return None
+    if kind not in CURATION_TYPES:  # it would refuse every round that carries records
+        raise ScenarioError(f"node_type {kind}: scenario {scenario.name!r} curates, and every "
+                            f"node of it checks the records its rounds commit; run this node "
+                            f"as a full or an annotation node")
     setup = curation_setup(scenario)
     # pending records are offered again at this pace until a round commits them (a cut-off
     # node's after the cut heals): the simulated round timeout means nothing on a wall clock

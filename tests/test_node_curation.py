@@ -37,15 +37,13 @@ def plan(folder: Path, node: int, **settings: Any) -> NodePlan:
                      scenario, (members, observers), "tcp", False, False, 0.5)
 
 
-def test_full_and_annotation_nodes_curate_training_and_lightweight_ones_do_not(
+def test_full_and_annotation_nodes_curate(
         tmp_path: Path) -> None:
     assert plan(tmp_path, 0).curation is not None
     annotation = plan(tmp_path, 4)
     assert annotation.curation is not None and set(annotation.curation.tasks.tasks) == set(
         SCENARIO.curation.task_set(SCENARIO.seed).tasks)  # type: ignore[union-attr]
     assert annotation.tls is None  # loopback: plain http (a secure context already)
-    assert plan(tmp_path, 1, node_type="training").curation is None
-    assert plan(tmp_path, 5, node_type="lightweight").curation is None
 
 
 def test_off_loopback_a_node_makes_a_self_signed_certificate_once(tmp_path: Path) -> None:
@@ -59,8 +57,13 @@ def test_off_loopback_a_node_makes_a_self_signed_certificate_once(tmp_path: Path
 
 
 @pytest.mark.parametrize(("node", "settings", "message"), [
-    (1, {"node_type": "training", "enable_curation": True},
-     "enable_curation: a training node does not curate; full and annotation nodes do"),
+    (1, {"node_type": "training"},
+     "node_type training: scenario 'curation-real' curates, and every node of it checks"),
+    (5, {"node_type": "lightweight"},
+     "node_type lightweight: scenario 'curation-real' curates"),
+    (1, {"node_type": "full", "scenario": load_scenario(SCENARIOS / "quickstart.yaml"),
+         "enable_curation": True},
+     "enable_curation: scenario 'quickstart' has no curation: section"),
     (4, {"tls_cert": Path("/nowhere/cert.pem")}, "--tls-cert and --tls-key go together"),
     (4, {"tls_cert": Path("/nowhere/c.pem"), "tls_key": Path("/nowhere/k.pem")},
      "/nowhere/c.pem: no such file"),
