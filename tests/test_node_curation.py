@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import io
+import json
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +17,7 @@ from curationkit import PASSWORD, annotator, crowd_records, curation_scenario
 from fastapi.testclient import TestClient
 from rich.console import Console
 
+from phalanx.apps.cluster import _lay_out, cluster_up
 from phalanx.apps.node import NodePlan, RealNode, plan_node
 from phalanx.apps.node_settings import NodeFile, node_identity
 from phalanx.apps.web.routes_auth import key_proof_message
@@ -104,3 +106,15 @@ async def _before_start(tmp_path: Path) -> None:
     assert early.status_code == 503 and "starting" in early.json()["detail"]
     assert node.curation is not None and node.curation.desk.pending == 0
     node.disk.close()
+
+
+def test_cluster_up_lays_out_annotation_nodes_and_refuses_lightweight_followers(
+        tmp_path: Path) -> None:
+    with pytest.raises(ScenarioError, match="lightweight followers cannot follow a curation"):
+        cluster_up(SCENARIO, tmp_path / "c", lightweight=1)
+    assert not (tmp_path / "c").exists()  # refused before anything was laid out
+    (tmp_path / "d").mkdir()  # what cluster up writes on a first start, without starting it
+    layout = _lay_out(SCENARIO, tmp_path / "d", [], None, 0, {})
+    kinds = [json.loads((tmp_path / "d" / f"node-{n['id']}" / "node.json").read_text())
+             ["node_type"] for n in layout["nodes"]]
+    assert kinds == ["full"] * 4 + ["annotation"] * 2
