@@ -18,6 +18,7 @@ from rich.table import Table
 from phalanx.apps.cli_help import Typer
 from phalanx.apps.node_command import node as node_command
 from phalanx.apps.outputs import output_file, output_folder
+from phalanx.apps.serve_command import serve as serve_command
 from phalanx.apps.tables import WholeNumbers
 from phalanx.apps.terminal import err, fail, out
 from phalanx.apps.web_command import web_app
@@ -741,6 +742,7 @@ def audit(run_dir: Annotated[Path, typer.Argument(help="a run's output folder")]
 
 
 app.command(name="node")(node_command)
+app.command(name="serve")(serve_command)
 
 
 @app.command()

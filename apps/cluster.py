@@ -145,6 +145,10 @@ def cluster_up(scenario: Scenario, folder: Path, encrypt: bool = False,
     (ids count, count + 1, ...). `settings`: node.json keys for every node on a first start
     (e.g. `log_every`, `log_json`); edit `node-<i>/node.json` to change them later."""
     check_runnable(scenario)
+    if lightweight and scenario.curation is not None:
+        raise ScenarioError(f"{scenario.name}: lightweight followers cannot follow a curation "
+                            f"run (its rounds carry records only curation nodes check); the "
+                            f"scenario's annotation nodes follow it")
     if lightweight and emulates(scenario):
         raise ScenarioError("real.network: emulate: lightweight followers are outside the "
                             "scenario's topology; use real.network: host to add them")
@@ -172,7 +176,7 @@ def _lay_out(scenario: Scenario, folder: Path, extra: list[str], placement: Plac
     """Keys, members.json and each node's node.json, for a first start."""
     n, host = scenario.nodes.count, scenario.real.host
     total = n + lightweight
-    members = set(scenario.members)
+    members, annotation = set(scenario.members), set(scenario.annotation_nodes)
     if placement is not None:  # a host each: the same ports everywhere
         hosts = [placement.hosts[i] for i in range(total)]
         p2p, web = [placement.p2p_port] * total, [placement.web_port] * total
@@ -191,7 +195,10 @@ def _lay_out(scenario: Scenario, folder: Path, extra: list[str], placement: Plac
     nodes = []
     for i in range(total):
         node_dir = folder / f"node-{i}"
-        kind = "full" if i in members else "training" if i < n else "lightweight"
+        # a curation run's nodes all curate: its observers that may join are full nodes
+        kind = ("annotation" if i in annotation else "full" if i in members
+                or (i < n and scenario.curation is not None)
+                else "training" if i < n else "lightweight")
         settings = {**common, "node_id": i, "node_type": kind,
                     "p2p_port": p2p[i], "web_port": web[i],
                     "host": hosts[i], "data_dir": str(node_dir),

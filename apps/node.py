@@ -43,27 +43,36 @@ from rich.console import Console
 from phalanx.apps.console import answer
 from phalanx.apps.http_guard import HttpLimits, raise_fd_limit
 from phalanx.apps.mpi_run import gather_ranks, run_folder
+from phalanx.apps.node_curation import NodePort, WebServer, serve_curation, web_tls
 from phalanx.apps.node_host import AsyncHost
 from phalanx.apps.node_log import NodeLog
 from phalanx.apps.node_logging import NodeStory, configure_logging, record_loss
 from phalanx.apps.node_network import FILE as NETWORK_FILE
 from phalanx.apps.node_network import NodeNetwork, read_network
 from phalanx.apps.node_settings import (
-    FOLLOWER_TYPE,
+    CURATION_TYPES,
+    FOLLOWER_TYPES,
     NodeFile,
     Roster,
     load_members,
     node_identity,
 )
 from phalanx.apps.status import health, status_server
+from phalanx.apps.web.tls import TlsError, TlsFiles
 from phalanx.engine.byzantine import make_behaviour
+from phalanx.engine.curation.service import CurationService, CurationSetup
 from phalanx.engine.events import PeerReachability, Received, RequestChange, Started
 from phalanx.engine.node import Node, Service, StoreError, message_set
 from phalanx.engine.rng import RngStreams
 from phalanx.net.crypto import Identity
 from phalanx.net.envelope import open_frame
 from phalanx.net.messages import RoundRecord
-from phalanx.scenario.build import node_config, workload_for
+from phalanx.scenario.build import (
+    annotation_attack_of,
+    curation_setup,
+    node_config,
+    workload_for,
+)
 from phalanx.scenario.schema import Scenario, ScenarioError
 
 TransportKind = Literal["tcp", "mpi"]
@@ -89,19 +98,19 @@ class NodePlan:
     console: bool
     members_file: Path | None = None  # read again on SIGHUP, for observers added at run time
     network: NodeNetwork | None = None  # the scenario's emulated network (real.network: emulate)
+    curation: CurationSetup | None = None  # the curation service, on full and annotation nodes
+    tls: TlsFiles | None = None  # the curation web app's certificate (off loopback)
 
 
 def plan_node(settings: NodeFile, scenario: Scenario, roster: tuple[Roster, Roster] | None,
               transport: TransportKind, encrypt: bool, exit_when_finished: bool,
               linger: float, comm: Any = None) -> NodePlan:
     """Check the settings against the scenario and the members file; one-line errors."""
-    if settings.node_type == "annotation":
-        raise ScenarioError("node_type 'annotation': annotation nodes serve the curation "
-                            "service, which this build does not have yet; run full, training "
-                            "or lightweight nodes")
-    follower = settings.node_type == FOLLOWER_TYPE
+    curation = curation_plan(settings, scenario)
+    follower = settings.node_type in FOLLOWER_TYPES
     if follower and comm is not None:
-        raise ScenarioError("lightweight nodes run over TCP (every MPI rank is a member)")
+        raise ScenarioError(f"{settings.node_type} nodes run over TCP (every MPI rank is a "
+                            f"member)")
     node_id = comm.Get_rank() if comm is not None else settings.node_id
     if node_id is None:
         raise ScenarioError("node_id is missing: give --node-id or node_id in the config")
@@ -126,8 +135,8 @@ def plan_node(settings: NodeFile, scenario: Scenario, roster: tuple[Roster, Rost
     if tuple(sorted(members)) != scenario.members:
         raise ScenarioError(f"members: the file lists members {sorted(members)}, the "
                             f"scenario's are {list(scenario.members)}")
-    # a lightweight node only follows; a full or training node listed as an observer starts
-    # following and may ask to join the members (`phalanx cluster join`, console `join`)
+    # a lightweight or annotation node only follows; a full or training node listed as an
+    # observer starts following and may ask to join the members (`phalanx cluster join`)
     seats = observers if follower else {**members, **observers}
     role = "observer" if follower else "member or observer"
     if node_id not in seats:
@@ -140,10 +149,45 @@ def plan_node(settings: NodeFile, scenario: Scenario, roster: tuple[Roster, Rost
     # the scenario's links, routes and trees, as the launcher wrote them (apps/emulate.py)
     network = (read_network(data_dir / NETWORK_FILE)
                if scenario.real.network == "emulate" and transport == "tcp" else None)
+    tls = _curation_tls(settings, data_dir) if curation is not None else None
     return NodePlan(settings, scenario, node_id, identity, tuple(sorted(members)),
                     tuple(sorted(observers)), {i: key for i, (key, _) in everyone.items()},
                     {i: address for i, (_, address) in everyone.items()}, data_dir, transport,
-                    encrypt, exit_when_finished, linger, sys.stdin.isatty(), network=network)
+                    encrypt, exit_when_finished, linger, sys.stdin.isatty(), network=network,
+                    curation=curation, tls=tls)
+
+
+def _curation_tls(settings: NodeFile, data_dir: Path) -> TlsFiles | None:
+    """The curation web app's certificate (made now if self-signed, so a bad one fails here,
+    in one line, before anything starts)."""
+    if not settings.enable_web_interface:
+        return None
+    try:
+        return web_tls(settings.web_host or settings.host, data_dir, settings.tls_cert,
+                       settings.tls_key)
+    except TlsError as e:
+        raise ScenarioError(str(e)) from None
+
+
+def curation_plan(settings: NodeFile, scenario: Scenario) -> CurationSetup | None:
+    """The curation service this node runs: the scenario's `curation:` section, on a full or
+    an annotation node; None without the section (where `enable_curation` or an annotation
+    node is an error, not ignored). A node of another type cannot follow a curation run."""
+    kind = settings.node_type
+    if scenario.curation is None:
+        if kind == "annotation" or settings.enable_curation:
+            key = "node_type annotation" if kind == "annotation" else "enable_curation"
+            raise ScenarioError(f"{key}: scenario {scenario.name!r} has no curation: section "
+                                f"(its tasks and assignment); add one to curate on this run")
+        return None
+    if kind not in CURATION_TYPES:  # it would refuse every round that carries records
+        raise ScenarioError(f"node_type {kind}: scenario {scenario.name!r} curates, and every "
+                            f"node of it checks the records its rounds commit; run this node "
+                            f"as a full or an annotation node")
+    setup = curation_setup(scenario)
+    # pending records are offered again at this pace until a round commits them (a cut-off
+    # node's after the cut heals): the simulated round timeout means nothing on a wall clock
+    return dataclasses.replace(setup, offer_interval=min(scenario.real.round_timeout, 1.0))
 
 
 def _rss_mb() -> float:
@@ -164,7 +208,15 @@ class RealNode:
                                     frozenset(s.byzantine_nodes()),
                                     RngStreams(s.seed).seed("byzantine"), **spec.params)
                      if spec else None)
+        attack = annotation_attack_of(s, plan.node_id)  # curation.byzantine: this node's
+        if attack is not None:  # its timeline in seconds from this process's start
+            origin = time.time()
+            attack.at += origin
+            attack.until = None if attack.until is None else attack.until + origin
+            behaviour = attack
         keyring = plan.keyring
+        if plan.curation is not None:
+            services = (*services, CurationService.configured(plan.curation))
         config = dataclasses.replace(
             node_config(s, plan.node_id, s.real.round_timeout, s.real.view_timeout),
             observers=plan.observers, patience_floor=s.real.patience_floor)
@@ -172,7 +224,7 @@ class RealNode:
         self.node = Node(config, plan.identity, workload_for(s, RngStreams(s.seed)),
                          lambda frame: open_frame(frame, keyring, messages=messages), behaviour,
                          services)
-        self.byzantine = spec is not None
+        self.byzantine = spec is not None or attack is not None
         self.disk = NodeLog(plan.data_dir / "node.sqlite")
         self.story = NodeStory(plan.node_id, plan.settings.log_every,
                                base=lambda: self.node.history_base)
@@ -188,6 +240,9 @@ class RealNode:
                               keep_model=lambda r: (r + 1) % every == 0 or r == last,
                               on_failure=self._job_failed, on_metric=self.story.metric)
         self.failure: str | None = None
+        self.curation = next((c for c in self.node.extra_services
+                              if isinstance(c, CurationService)), None)
+        self.web: WebServer | None = None  # the curation web app's server, once serving
 
     def _transport(self) -> Any:
         p = self.plan
@@ -231,7 +286,7 @@ class RealNode:
     def _on_peer_state(self, peer: int, up: bool) -> None:
         """The transport's word on a peer's link, for the failure detector (before the node
         started there is no round to speed up: silence in the first rounds tells it)."""
-        if self.early is None:
+        if self.early is None and not self.stop.is_set():  # links close after the log does
             self.host.feed(PeerReachability(peer, up))
 
     def _on_frame(self, frame: bytes) -> None:
@@ -291,7 +346,8 @@ class RealNode:
         states = getattr(self.transport, "peer_states", None)
         return dict(states()) if callable(states) else {p: True for p in self.peers}
 
-    def status(self) -> dict[str, Any]:
+    def health(self) -> dict[str, Any]:
+        """The node's verdict (apps/status.py's health) and the seconds since its last commit."""
         node, host, s = self.node, self.host, self.plan.scenario
         up = self.peer_states()
         since = time.time() - (host.last_commit or host.started)
@@ -304,6 +360,12 @@ class RealNode:
                 verdict["status"] = "degraded"
         if verdict["status"] == "ok" and not all(up.get(p, False) for p in self.peers):
             verdict = {"status": "degraded", "reasons": ["some peers are unreachable"]}
+        return {**verdict, "seconds_since_commit": since}
+
+    def status(self) -> dict[str, Any]:
+        node, host = self.node, self.host
+        up = self.peer_states()
+        verdict = {k: v for k, v in self.health().items() if k != "seconds_since_commit"}
         heard_ago = getattr(self.transport, "heard_ago", None)  # TCP only
         heard = heard_ago() if callable(heard_ago) else {}
         return {
@@ -321,11 +383,21 @@ class RealNode:
             "log_starts_at": node.history_base,  # above 0: joined from a peer's checkpoint
             "training": self._training(),
             "health": verdict, "uptime_seconds": time.time() - host.started,
+            **({"curation": self._curation()} if self.curation is not None else {}),
             "peak_memory_mb": _rss_mb(),
             "transport": {"kind": self.plan.transport,
                           "bytes_sent": getattr(self.transport, "bytes_sent", 0),
                           "refusals": dict(getattr(self.transport, "refusals", {}))},
         }
+
+    def _curation(self) -> dict[str, Any]:
+        """The committed curation snapshot and what the desk refused, by reason (records
+        forwarded by peers count in `rejections` too, as "curation_<reason>")."""
+        desk = self.curation.desk  # type: ignore[union-attr]
+        return {"round": desk.round, "root": desk.root.hex(), "committed": desk.committed,
+                "pending": desk.pending, "tasks": len(desk.tasks),
+                "refusals": dict(sorted(desk.counts.items())),
+                "web": self.web.url if self.web is not None else None}
 
     def _training(self) -> dict[str, Any]:
         """Training progress, counting the rounds this node restored from its store as well
@@ -348,6 +420,8 @@ class RealNode:
         loop.add_signal_handler(signal.SIGHUP, self.reload_members)
         server = self._status_server()
         serving = asyncio.create_task(server.serve()) if server is not None else None
+        announce = (loop.create_task(self._announce_web(self.web))
+                    if self.web is not None else None)
         self._check_bootstrap()
         await self.transport.start()
         await self._wait_for_peers()
@@ -357,7 +431,7 @@ class RealNode:
                            highlight=False)
         watchers = [asyncio.create_task(w) for w in self._watchers()]
         await self.stop.wait()
-        for watcher in watchers:
+        for watcher in [*watchers, *([announce] if announce else [])]:
             watcher.cancel()
         await self._shutdown(server)
         self.story.stopped(self.stop_reason, self.node.round, self.node.model_hash.hex())
@@ -371,10 +445,33 @@ class RealNode:
             self.out.print(f"open files limit raised from {before} to {after}", highlight=False)
         if not web.enable_web_interface:
             return None
+        if self.curation is not None:
+            return self._curation_server()
         return status_server(self.status, web.web_host or web.host, web.web_port,
                              self.request_change, HttpLimits(
                                  web.http_max_connections, web.http_header_timeout,
                                  web.http_body_timeout, web.http_max_body_bytes))
+
+    def _curation_server(self) -> Any:
+        web, plan = self.plan.settings, self.plan
+        port = NodePort(self.host, self.curation,  # type: ignore[arg-type]
+                        self.health, lambda: self.early is None)
+        self.web = serve_curation(
+            port, self.status, self.request_change, host=web.web_host or web.host,
+            web_port=web.web_port, data_dir=plan.data_dir, tls=plan.tls,
+            limits=HttpLimits(web.http_max_connections, web.http_header_timeout,
+                              web.http_body_timeout, web.http_max_body_bytes))
+        return self.web.server
+
+    async def _announce_web(self, web: WebServer) -> None:
+        """Say where the curation web app answers, once it listens (and which certificate a
+        browser will be shown, when the node made it)."""
+        while not web.server.started:
+            await asyncio.sleep(0.05)
+        line = f"node {self.node.id}: curation web app at {web.url}"
+        if web.tls is not None:
+            line += f" (TLS certificate SHA-256 {web.tls.fingerprint})"
+        self.out.print(line, highlight=False, soft_wrap=True, markup=False)
 
     def _check_bootstrap(self) -> None:
         listed = {f"{host}:{port}" for host, port in self.plan.addresses.values()}
@@ -510,7 +607,9 @@ class RealNode:
         self.write_results()
         self.disk.close()  # every write was its own transaction: nothing is pending
         await self.transport.close()
-        if server is not None:
+        if self.web is not None:
+            self.web.close()
+        elif server is not None:
             server.should_exit = True
 
 
@@ -531,10 +630,8 @@ def serve(plan: NodePlan, out: Console) -> str | None:
     """Run the node until it is stopped; why it failed (already printed), or None."""
     # one thread steadies shared machines (raise with max_cpu_threads); pinned numerics keep one
     torch.set_num_threads(threads(plan.settings.max_cpu_threads))
-    for flag in ("enable_curation", "enable_rlhf"):
-        if getattr(plan.settings, flag):
-            out.print(f"{flag}: this build has no curation or RLHF service yet; ignored",
-                      highlight=False)
+    if plan.settings.enable_rlhf:
+        out.print("enable_rlhf: this build has no RLHF service yet; ignored", highlight=False)
 
     _configure_logging(plan)
 

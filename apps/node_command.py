@@ -24,7 +24,9 @@ def node(
         help="full | training | annotation | lightweight")] = None,
     node_id: Annotated[int | None, typer.Option(help="this node's member id")] = None,
     p2p_port: Annotated[int | None, typer.Option(help="TCP port for peers")] = None,
-    web_port: Annotated[int | None, typer.Option(help="HTTP status port")] = None,
+    web_port: Annotated[int | None, typer.Option(
+        help="HTTP port: the node's status, and on full and annotation nodes of a scenario "
+             "with a curation: section the annotation web app too")] = None,
     bootstrap: Annotated[str | None, typer.Option(
         help="comma-separated host:port of peers to reach first")] = None,
     members: Annotated[Path | None, typer.Option(
@@ -33,7 +35,11 @@ def node(
         help="folder for the key, the SQLite log and results ({node_id} is replaced)")] = None,
     transport: Annotated[str, typer.Option(help="tcp | mpi (mpiexec -n N ...)")] = "tcp",
     encrypt: Annotated[bool, typer.Option(help="encrypt links (TCP)")] = False,
-    no_web: Annotated[bool, typer.Option("--no-web", help="no HTTP status endpoint")] = False,
+    no_web: Annotated[bool, typer.Option("--no-web", help="no HTTP endpoint")] = False,
+    tls_cert: Annotated[Path | None, typer.Option(
+        help="PEM certificate for the web app (with --tls-key); off loopback, without one, "
+             "the node makes a self-signed one in its data folder")] = None,
+    tls_key: Annotated[Path | None, typer.Option(help="PEM private key of --tls-cert")] = None,
     exit_when_finished: Annotated[bool, typer.Option(
         help="exit `linger` seconds after the last round instead of serving on")] = False,
     linger: Annotated[float, typer.Option(help="seconds to keep serving peers after the last "
@@ -67,6 +73,7 @@ def node(
             "web_port": web_port, "data_dir": data_dir,
             "bootstrap_peers": bootstrap.split(",") if bootstrap else None,
             "enable_web_interface": False if no_web else None,
+            "tls_cert": tls_cert, "tls_key": tls_key,
             "log_level": log_level, "log_json": log_json, "log_file": log_file,
             "log_every": log_every})
         if scenario is None:

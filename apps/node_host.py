@@ -35,11 +35,14 @@ from phalanx.engine.events import (
     Job,
     LinkConditions,
     Loaded,
+    LocalAnswer,
+    LocalRequest,
     Metric,
     Persist,
     RoundCommitted,
     Stored,
     TimerFired,
+    answer_of,
 )
 from phalanx.engine.metrics import MetricLog
 from phalanx.engine.node import Node
@@ -92,6 +95,17 @@ class AsyncHost:
 
     def feed(self, event: Event) -> None:
         self.execute(self.node.handle(event, time.time()))
+
+    def ask(self, request: LocalRequest) -> LocalAnswer:
+        """Hand the node a request from its own door (its web app) and carry out what it
+        returns: what the answer acknowledges is on disk before this returns."""
+        actions = self.node.handle(request, time.time())
+        self.execute(actions)
+        answer = answer_of(actions, request.token)
+        if answer is None:  # every service answers its requests: a bug, not a client's doing
+            raise RuntimeError(f"node {self.node.id} gave no answer to a {request.service} "
+                               f"request")
+        return answer
 
     def execute(self, actions: list[Action]) -> None:
         # one transaction for the batch's writes, before any of its sends: writing earlier

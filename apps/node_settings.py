@@ -25,8 +25,10 @@ LogLevel = Literal["debug", "info", "warning", "error"]
 NodeType = Literal["full", "training", "annotation", "lightweight"]
 # the node types that hold a consensus seat: they train, vote and keep the model
 MEMBER_TYPES: tuple[NodeType, ...] = ("full", "training")
-# follows the chain by verified records and checkpoints, without a seat
-FOLLOWER_TYPE: NodeType = "lightweight"
+# follow the chain by verified records and checkpoints, without a seat
+FOLLOWER_TYPES: tuple[NodeType, ...] = ("lightweight", "annotation")
+# run the scenario's curation service (and serve its web app on web_port)
+CURATION_TYPES: tuple[NodeType, ...] = ("full", "annotation")
 
 
 class NodeFile(Strict):
@@ -47,6 +49,10 @@ class NodeFile(Strict):
     data_dir: Path | None = None
     host: str = "127.0.0.1"  # the p2p listener's address
     web_host: str | None = None  # the status endpoint's (None: `host`)
+    # a curation node's web app is served over TLS off loopback: the operator's certificate
+    # and key, or (neither given) a self-signed pair the node keeps in its data folder
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
     # the node's log (apps/node_logging.py): lines at this level and above, as text or JSON
     # lines, to stderr, or to `log_file` ({node_id} replaced) rotated at `log_max_mb`
     log_level: LogLevel = "info"

@@ -20,7 +20,7 @@ import ipaddress
 from collections.abc import Callable
 from typing import Any, Literal
 
-from fastapi import FastAPI, Request
+from fastapi import APIRouter, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict
@@ -28,7 +28,7 @@ from pydantic import BaseModel, ConfigDict
 from phalanx.apps.http_guard import Guard, HttpLimits
 from phalanx.apps.http_serving import EmbeddedServer, guarded_server, invalid_handler
 
-__all__ = ["EmbeddedServer", "health", "make_status_app", "status_server"]
+__all__ = ["EmbeddedServer", "health", "make_status_app", "status_router", "status_server"]
 
 StatusFn = Callable[[], dict[str, Any]]
 ChangeFn = Callable[[str], str | None]  # "join" | "leave" -> why not, or None once asked
@@ -58,15 +58,23 @@ def make_status_app(status: StatusFn, change: ChangeFn | None = None,
     """`http_stats`: the guard's counts, shown under `http` in /status."""
     app = FastAPI(title="phalanx node", docs_url=None, redoc_url=None,
                   exception_handlers={RequestValidationError: invalid_handler})
+    app.include_router(status_router(status, change, http_stats))
+    return app
+
+
+def status_router(status: StatusFn, change: ChangeFn | None = None,
+                  http_stats: Callable[[], dict[str, Any]] | None = None) -> APIRouter:
+    """The status routes, for the status app or beside the curation web app on one port."""
+    router = APIRouter(tags=["node"])
 
     # async routes: they run on the node's own event loop, between two events the node handles,
     # so each answer is a consistent snapshot (a plain `def` would run in a worker thread and
     # read the node's attributes while the loop changes them)
-    @app.get("/status")
+    @router.get("/status")
     async def read_status() -> dict[str, Any]:
         return {**status(), "http": http_stats()} if http_stats else status()
 
-    @app.get("/health")
+    @router.get("/health")
     async def read_health() -> JSONResponse:
         verdict = status()["health"]
         return JSONResponse(verdict, status_code=503 if verdict["status"] == "stalled" else 200)
@@ -74,7 +82,7 @@ def make_status_app(status: StatusFn, change: ChangeFn | None = None,
     if change is not None:
         ask = change
 
-        @app.post("/membership", status_code=202)
+        @router.post("/membership", status_code=202)
         async def request_change(body: ChangeBody, request: Request) -> JSONResponse:
             if not _local(request):
                 return JSONResponse({"detail": "membership changes are accepted from the "
@@ -87,7 +95,7 @@ def make_status_app(status: StatusFn, change: ChangeFn | None = None,
             return JSONResponse({"requested": body.change, "epoch": status()["epoch"]},
                                 status_code=202)
 
-    return app
+    return router
 
 
 def _local(request: Request) -> bool:

@@ -18,7 +18,6 @@ from pydantic import Field, model_validator
 
 from phalanx.engine.curation.assignment import AssignmentPolicy
 from phalanx.engine.curation.crowd import SimulatedCrowd
-from phalanx.engine.curation.io import TaskImportError, tasks_from_csv, tasks_from_jsonl
 from phalanx.engine.curation.messages import MAX_BATCH_RECORDS
 from phalanx.engine.curation.synthetic import SCHEMAS, synthetic_tasks
 from phalanx.engine.curation.tasks import TaskSet
@@ -126,6 +125,10 @@ class CurationSection(CrowdFields):
         except OSError as e:
             raise ValueError(f"curation.tasks.path: cannot read {spec.path[:200]} "
                              f"({e.strerror})") from None
+        # here, not at the top: the task files' reader brings polars, which `phalanx validate`
+        # and `--help` must not pay for (tests/test_cli_startup.py)
+        from phalanx.engine.curation.io import TaskImportError, tasks_from_csv, tasks_from_jsonl
+
         parse = tasks_from_csv if spec.path.lower().endswith(".csv") else tasks_from_jsonl
         try:
             return parse(data)

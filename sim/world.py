@@ -436,13 +436,18 @@ class SimWorld:
     def submit(self, node_id: int, record: bytes, token: int = 0) -> LocalAnswer | None:
         """An annotator's signed record arriving at `node_id` now (call it from a callback
         scheduled with `call_at`); the node's answer, or None while the node is down."""
+        return self.ask(node_id, LocalRequest("curation", "submit", record, token))
+
+    def ask(self, node_id: int, request: LocalRequest) -> LocalAnswer | None:
+        """A request at `node_id`'s own door now (a submission, a task import); the node's
+        answer, or None while the node is down."""
         host = self.hosts[node_id]
         node = host.node
         if node is None:
             return None
-        actions = node.handle(LocalRequest("curation", "submit", record, token), self.now)
+        actions = node.handle(request, self.now)
         host.execute(actions)
-        return answer_of(actions, token)
+        return answer_of(actions, request.token)
 
     def desk(self, node_id: int) -> CurationDesk | None:
         """The curation desk of `node_id` (None while it is down, or without curation)."""
@@ -524,13 +529,18 @@ class SimWorld:
                         ) if self.scenario.faults else 0.0
         return fault_end + t.rounds * (4 * t.view_timeout + t.step_time) + 10 * t.view_timeout
 
-    def run(self) -> SimStats:
-        max_time = self.scenario.training.max_time or self.default_max_time()
+    def start(self) -> None:
+        """Schedule the faults, start the nodes and the simulated crowd: what `run` does
+        before the clock runs (a driver that runs the clock itself calls it once)."""
         self.faults.schedule(list(self.scenario.faults), self.scenario.nemesis)
         for host in self.hosts:
             host.start()
         if self.crowd is not None:
             self.crowd.start()
+
+    def run(self) -> SimStats:
+        max_time = self.scenario.training.max_time or self.default_max_time()
+        self.start()
         wall = time.perf_counter()
         with gc_paused():
             self.env.run(until=simpy.AnyOf(self.env, [self._done, self.env.timeout(max_time)]))

@@ -142,7 +142,7 @@ def test_node_refuses_bad_settings_in_one_line(tmp_path: Path) -> None:
         (["node", "--real", "--config", str(config)], "p2p_port"),
         (["node", "--real", "--node-type", "annotation", "--scenario",
           str(SCENARIOS / "quickstart.yaml"), "--data-dir", str(tmp_path / "d")],
-         "annotation nodes serve the curation service"),
+         "node_type annotation: scenario 'quickstart' has no curation: section"),
         (["node", "--real", "--node-id", "0", "--scenario", str(SCENARIOS / "quickstart.yaml"),
           "--data-dir", str(tmp_path / "d")], "--members is required"),
         (["cluster", "status", "--dir", str(tmp_path / "none")], "no cluster here"),

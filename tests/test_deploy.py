@@ -221,9 +221,10 @@ def test_member_configs_pass_the_nodes_own_checks(compose: dict[str, Any],
         assert plan.settings.node_type in MEMBER_TYPES
 
 
-def test_annotation_nodes_are_refused_in_this_build(compose: dict[str, Any]) -> None:
-    """What the compose comment promises: `phalanx node` turns an annotation node down with
-    one line (before it reads members.json or touches its data folder)."""
+def test_annotation_nodes_are_refused_without_a_curation_scenario(
+        compose: dict[str, Any]) -> None:
+    """What the compose comment promises: over quickstart.yaml (no `curation:` section)
+    `phalanx node` turns an annotation node down with one line."""
     service = compose["services"]["annotation-1"]
     config = resolve(service, option(service["command"], "--config"))[1]
     scenario = resolve(service, option(service["command"], "--scenario"))[1]
@@ -233,7 +234,7 @@ def test_annotation_nodes_are_refused_in_this_build(compose: dict[str, Any]) -> 
         capture_output=True, text=True, timeout=120, check=False)
     assert done.returncode == 2, done.stdout + done.stderr
     message = (done.stdout + done.stderr).strip()
-    assert "annotation" in message and "Traceback" not in message
+    assert "no curation: section" in message and "Traceback" not in message
 
 
 def compose_client() -> list[str] | None:
