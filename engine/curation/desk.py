@@ -370,9 +370,17 @@ class CurationDesk:
         return self._cached("answered", self._committed.answered)
 
     def _suspended(self) -> frozenset[bytes]:
-        """The annotators the committed snapshot's reputation suspends."""
+        """The annotators the committed snapshot's reputation suspends (none with reputation
+        off: no standings computed for that)."""
+        if self.reputation_policy is None:
+            return frozenset()
         return self._cached("suspended", lambda: frozenset(
             a for a, s in self.standings().items() if s.suspended))
+
+    def is_suspended(self, annotator: bytes) -> bool:
+        """Whether the committed snapshot's reputation suspends `annotator` (what an intake
+        checks: one set lookup, the standings computed at most once per commit)."""
+        return annotator in self._suspended()
 
     def _committed_annotators(self) -> list[bytes]:
         return self._cached("annotators", lambda: sorted(
