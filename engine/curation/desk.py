@@ -18,9 +18,10 @@ must never be handed a task they already answered, committed or not.
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections import Counter
-from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, TypeVar
 
@@ -28,7 +29,7 @@ from phalanx.net.crypto import verify_signature
 
 from .aggregate import LabelRow, aggregate_labels
 from .agreement import AgreementError, krippendorff_alpha
-from .assignment import AssignmentPolicy, assign
+from .assignment import AssignmentPolicy, CandidateOrder, LeaseRanks, assignments
 from .io import Label, label_rows, labels_jsonl, labels_parquet
 from .labels import Annotations
 from .log import AnswerRow, CurationLog, LogLimits, MergeReport, Verify
@@ -107,6 +108,23 @@ def merge_tasks(current: TaskSet, more: TaskSet) -> tuple[TaskSet, int]:
     return TaskSet([*current.tasks.values(), *fresh], gold), len(fresh)
 
 
+class _Without(Mapping[bytes, Collection[bytes]]):
+    """task -> answerers, leaving out `absent` (the suspended) as each task is read."""
+
+    def __init__(self, groups: Mapping[bytes, set[bytes]], absent: frozenset[bytes]) -> None:
+        self._groups = groups
+        self._absent = absent
+
+    def __getitem__(self, task: bytes) -> Collection[bytes]:
+        return self._groups[task] - self._absent
+
+    def __iter__(self) -> Iterator[bytes]:
+        return iter(self._groups)
+
+    def __len__(self) -> int:
+        return len(self._groups)
+
+
 class CurationDesk:
     def __init__(self, tasks: TaskSet, *, policy: AssignmentPolicy = DEFAULT_POLICY,
                  store: RecordStore | None = None, limits: LogLimits = DEFAULT_LIMITS,
@@ -131,6 +149,9 @@ class CurationDesk:
         self._pending: dict[bytes, SignedAnnotation] = {}  # held, not committed
         self._uncertain: tuple[int, dict[bytes, float]] | None = None  # (round, by task)
         self._cache: dict[str, Any] = {}  # derived from the committed log, per commit
+        self._ranks = LeaseRanks(policy)
+        self._order: CandidateOrder | None = None  # see _candidate_order
+        self._order_basis: tuple[Any, frozenset[bytes], TaskSet] = ({}, frozenset(), tasks)
         for digest in self._held.digests():
             self._note(digest)
 
@@ -208,7 +229,10 @@ class CurationDesk:
             self._pending[digest] = record
         body = record.body
         self._answered_by.setdefault(body.annotator, set()).add(body.task)
-        self._answerers.setdefault(body.task, set()).add(body.annotator)
+        group = self._answerers.setdefault(body.task, set())
+        group.add(body.annotator)
+        if self._order is not None:
+            self._order.count(body.task, len(group - self._order_basis[1]))
 
     def head(self, annotator: bytes) -> tuple[int, bytes]:
         """(next seq, prev digest) of the annotator's next record, pending ones included."""
@@ -245,13 +269,27 @@ class CurationDesk:
         # and their answers fill no slot: the task goes to someone who counts
         suspended = self._suspended()
         roster = (set(self._answered_by) | {annotator}) - suspended
-        answered: Mapping[bytes, Collection[bytes]] = self._answerers if not suspended else {
-            t: group - suspended for t, group in self._answerers.items()}
-        picks = assign(annotator, count + len(mine), tasks=self.tasks, answered=answered,
-                       roster=roster, committed_round=max(self.round, 0),
-                       done=self._held.records_of(annotator), policy=self.policy,
-                       uncertainty=self._uncertainty())
-        return [self.tasks.tasks[t] for t in picks if t not in mine][:count]
+        answered: Mapping[bytes, Collection[bytes]] = (
+            _Without(self._answerers, suspended) if suspended else self._answerers)
+        picks = assignments(annotator, tasks=self.tasks, answered=answered, roster=roster,
+                            committed_round=max(self.round, 0),
+                            done=self._held.records_of(annotator), policy=self.policy,
+                            order=self._candidate_order(suspended), ranks=self._ranks)
+        # a suspended annotator's own answers fill no slot, so picks may include them
+        fresh = (self.tasks.tasks[t] for t in picks if t not in mine)
+        return list(itertools.islice(fresh, count))
+
+    def _candidate_order(self, suspended: frozenset[bytes]) -> CandidateOrder:
+        """The regular tasks in the order they are offered, kept up to date by `_note`;
+        built again when the uncertainty, the suspended set or the tasks change."""
+        uncertainty = self._uncertainty()
+        ranked_by, left_out, over = self._order_basis
+        if self._order is None or uncertainty is not ranked_by or suspended != left_out or (
+                self.tasks is not over):
+            counts = {t: len(group - suspended) for t, group in self._answerers.items()}
+            self._order = CandidateOrder(self.tasks, counts, uncertainty)
+            self._order_basis = (uncertainty, suspended, self.tasks)
+        return self._order
 
     def _uncertainty(self) -> Mapping[bytes, float]:
         """1 − confidence of each labelled task: the order in which tasks are offered. The
@@ -261,7 +299,7 @@ class CurationDesk:
         the leases still decide who may take which)."""
         stale = self._uncertain is None or self.round - self._uncertain[0] >= (
             self.policy.lease_rounds)
-        if stale or "labels" in self._cache:
+        if stale or ("labels" in self._cache and self._uncertain[0] != self.round):  # type: ignore[index]
             self._uncertain = (self.round, {row.task: 1.0 - row.confidence
                                             for row in self.labels()
                                             if row.confidence is not None})
