@@ -28,10 +28,8 @@ from typing import Any, Literal, TypeVar
 from phalanx.net.crypto import verify_signature
 
 from .aggregate import LabelRow, aggregate_labels
-from .agreement import AgreementError, krippendorff_alpha
 from .assignment import AssignmentPolicy, CandidateOrder, LeaseRanks, assignments
 from .io import Label, label_rows, labels_jsonl, labels_parquet
-from .labels import Annotations
 from .log import AnswerRow, CurationLog, LogLimits, MergeReport, Verify
 from .records import (
     GENESIS,
@@ -42,6 +40,7 @@ from .records import (
 )
 from .reputation import ReputationPolicy, Standing, reputation
 from .store import MemoryStore, RecordStore
+from .tally import ChoiceTally
 from .tasks import Task, TaskError, TaskSet
 
 __all__ = ["AnnotatorView", "CurationDesk", "LabelRow", "PlatformStats", "RoundPoint",
@@ -150,6 +149,7 @@ class CurationDesk:
         self._uncertain: tuple[int, dict[bytes, float]] | None = None  # (round, by task)
         self._cache: dict[str, Any] = {}  # derived from the committed log, per commit
         self._ranks = LeaseRanks(policy)
+        self._tally = ChoiceTally()  # the committed single-choice answers, for alpha
         self._order: CandidateOrder | None = None  # see _candidate_order
         self._order_basis: tuple[Any, frozenset[bytes], TaskSet] = ({}, frozenset(), tasks)
         for digest in self._held.digests():
@@ -354,6 +354,7 @@ class CurationDesk:
         report = self._committed.merge(records)
         for digest in report.accepted:
             self._pending.pop(digest, None)
+        self._tally.update(self._committed, self._answer_keys(report.accepted))
         new = [d for d in report.accepted if d not in self._held]
         if new:
             for digest in self._held.merge(self._committed.encoded(new)).accepted:
@@ -363,6 +364,10 @@ class CurationDesk:
         self._cache.clear()
         self._history.append(RoundPoint(round, len(self._committed), self._history_alpha()))
         del self._history[:-HISTORY_POINTS]
+
+    def _answer_keys(self, digests: Iterable[bytes]) -> set[tuple[bytes, bytes]]:
+        bodies = (self._committed.get(d).body for d in digests)  # type: ignore[union-attr]
+        return {(body.task, body.annotator) for body in bodies}
 
     def _history_alpha(self) -> float | None:
         """Alpha for the history point of a commit: computed once the committed log grew by
@@ -480,16 +485,9 @@ class CurationDesk:
                              len(labelled), confidence, self._alpha(), tuple(self._history))
 
     def _alpha(self) -> float | None:
-        def make() -> float | None:
-            rows = [(r.task.hex(), r.annotator.hex(), r.answer.choice[0])
-                    for r in self.answers() if self.tasks.tasks[r.task].kind == "single_choice"]
-            if not rows:
-                return None
-            try:
-                return krippendorff_alpha(Annotations.from_records(rows))
-            except AgreementError:
-                return None
-        return self._cached("alpha", make)
+        """Krippendorff's alpha (nominal) over the committed single-choice answers (tally.py:
+        counted as rounds commit, so no pass over the log)."""
+        return self._cached("alpha", self._tally.alpha)
 
     def export_labels(self, fmt: Literal["jsonl", "parquet"]) -> bytes:
         """The labels with their confidence and provenance (io.py's formats)."""
