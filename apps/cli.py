@@ -60,7 +60,7 @@ def print_summary(result: object) -> None:
     table = Table(title=f"{s['scenario']} (seed {s['seed']}, {s['mode']})", show_header=False)
     shown = ["nodes", "f", "rounds_planned", "min_rounds_committed", "distinct_final_hashes",
              "lagging_nodes", "down_at_end",
-             "final_model_hash", "final_eval_loss", "final_eval_accuracy",
+             "final_model_hash", "final_eval_loss", "final_eval_accuracy", "label_accuracy",
              "synced_commits", "privacy", "exclusions", "membership_changes", "members_at_end",
              "reputation", "view_changes", "suspicions", "last_commit_seconds", "sim_seconds", "wall_seconds", "messages_delivered",
              "messages_dropped", "dropped_by_reason", "messages_per_round", "rejected_by_reason",
@@ -73,7 +73,8 @@ def print_summary(result: object) -> None:
         nodes = ("" if not (result.out / "nodes").exists() else
                  ", nodes/<id>.sqlite and .log, members.json" if s["mode"] == "real-tcp"
                  else ", nodes/<id>.sqlite, nodes/frames.sqlite")
-        out.print(f"outputs in {result.out}/ (rounds.parquet, events.parquet, "
+        tables = "".join(f", {name}" for name in result.tables)
+        out.print(f"outputs in {result.out}/ (rounds.parquet, events.parquet{tables}, "
                   f"scenario.resolved.yaml, summary.json, run.png{nodes})")
     for failure in result.failures:
         err.print(f"[bold red]expect failed:[/] {failure}", highlight=False, soft_wrap=True)

@@ -38,6 +38,8 @@ class RunResult:
     out: Path | None = None
     # each node's durable state at the end (what it persisted), written as nodes/<id>.sqlite
     disks: dict[int, dict[str, Any]] = field(default_factory=dict, repr=False)
+    # further Parquet outputs by file name (a simulated crowd's labels.parquet, ...)
+    tables: dict[str, pl.DataFrame] = field(default_factory=dict, repr=False)
 
     @property
     def ok(self) -> bool:
@@ -186,9 +188,22 @@ def _dropped_messages_at_least(exp: ExpectSpec, honest: pl.DataFrame,
                f"(< {exp.dropped_messages_at_least})")
 
 
+def _label_accuracy_above(exp: ExpectSpec, honest: pl.DataFrame,
+                          summary: dict[str, Any]) -> Iterator[str]:
+    if exp.label_accuracy_above is None:
+        return
+    got = summary.get("label_accuracy")
+    if got is None:
+        yield ("label_accuracy_above: no label to score (the scenario needs curation.crowd, "
+               "and a committed answer)")
+    elif not got > exp.label_accuracy_above:
+        yield (f"label_accuracy_above: {got:.4f} of the labelled tasks match their hidden "
+               f"truth (not above {exp.label_accuracy_above})")
+
+
 _CHECKS: tuple[_Check, ...] = (_honest_hashes_equal, _rounds_committed_at_least, _final_eval,
                                _excluded, _excluded_within_rounds, _members_at_end,
-                               _dropped_messages_at_least)
+                               _dropped_messages_at_least, _label_accuracy_above)
 
 
 def summarize(scenario: Scenario, rounds: pl.DataFrame, extra: dict[str, Any],
@@ -253,6 +268,8 @@ def write_outputs(out: Path, result: RunResult) -> None:
     (out / "scenario.resolved.yaml").write_text(result.scenario.resolved_yaml())
     result.events.write_parquet(out / "events.parquet")
     result.rounds.write_parquet(out / "rounds.parquet")
+    for name, table in result.tables.items():
+        table.write_parquet(out / name)
     summary = {**result.summary, "failures": result.failures}
     (out / "summary.json").write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n")
     plot_run(result, out / "run.png")

@@ -186,11 +186,18 @@ def run_sim(scenario: Scenario, printer: RoundPrinter,
         extra["cost_model"] = costs.source
     if scenario.curation is not None:
         extra["curation"] = curation(scenario, world)
+    tables = {}
+    if world.crowd is not None:  # the simulated crowd's labels against their hidden truth
+        extra["labels"] = world.crowd.summary()
+        extra["label_accuracy"] = extra["labels"]["label_accuracy"]
+        tables = {"labels.parquet": world.crowd.recorder.rounds_frame(),
+                  "task_labels.parquet": world.crowd.recorder.labels_frame()}
     summary = summarize(scenario, rounds, extra, {h.id for h in world.hosts if not h.up},
                         world.workload)
     events = log.frame({k: cls.__name__ for k, cls in world.opener.messages.kinds.items()})
     return RunResult(scenario, rounds, events, summary,
-                     disks={h.id: h.disk for h in world.hosts} if scenario.node_logs else {})
+                     disks={h.id: h.disk for h in world.hosts} if scenario.node_logs else {},
+                     tables=tables)
 
 
 def suspicions(metrics: MetricLog) -> dict[str, int]:

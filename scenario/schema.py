@@ -887,6 +887,9 @@ class ExpectSpec(Strict):
         ))] = None
     members_at_end: Annotated[list[NodeId] | None, Field(description=(
         "Every running honest node ends with exactly these members."))] = None
+    label_accuracy_above: Annotated[Probability | None, Field(description=(
+        "The share of labelled (non-gold) tasks whose final label is their hidden truth must "
+        "be above this, 0 to 1 (needs curation.crowd)."))] = None
 
 
 class RealSpec(Strict):

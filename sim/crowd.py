@@ -160,18 +160,18 @@ class SimulatedAnnotators:
             digest = self.port.submit(a.node, record)
         except RecordRefused as e:
             self.counts[f"refused/{e.reason}"] += 1
-            if e.reason == "replay":  # the node holds it already: wait for it as usual
-                digest = _digest(record)
-            elif e.reason == "sequence_gap" and not resubmit:
-                # the node lacks an earlier record of this chain: send the chain, then this
-                a.waiting[_digest(record)] = (record, now)
-                self._resubmit(a)
+            digest = _digest(record)
+            if e.reason == "sequence_gap":
+                # the node lacks an earlier record of this chain: send the chain (this one
+                # last), or, when that is what is being done, wait and try again later
+                a.waiting[digest] = (record, now)
+                if not resubmit:
+                    self._resubmit(a)
                 return
-            else:  # never takeable: forget it and continue the chain from what nodes hold
-                a.waiting.pop(_digest(record), None)
-                desk = self.port.desk(a.node)
-                if desk is not None:
-                    a.client.resume(*desk.head(a.client.public_key))
+            if e.reason != "replay":  # (replay: the node holds it already, wait as usual)
+                # never takeable (an honest client meets this only past a log's bounds): it
+                # is given up, and the chain is never rewound, which would fork it
+                a.waiting.pop(digest, None)
                 return
         self.counts["resubmitted" if resubmit else "submitted"] += 1
         a.waiting[digest] = (record, now)

@@ -191,8 +191,10 @@ class CurationDesk:
         for digest in report.accepted:
             self._orphans.pop(digest, None)
             self._note(digest)
-        for record in fresh:  # the gaps among the new: kept to retry, not refused
-            if record.body.prev not in self._held:
+        for record in fresh:  # the gaps among the new: kept to retry, not refused; only
+            # those that fail for the gap alone (a forged one would be retried forever)
+            if record.body.prev not in self._held and (
+                    self._held.batch_problem([record.encode()]) == "sequence_gap"):
                 self._orphans[record.digest] = record
         while len(self._orphans) > MAX_ORPHANS:
             del self._orphans[next(iter(self._orphans))]
