@@ -159,7 +159,7 @@ def test_next_tasks_match_the_assignment_spec_computed_from_scratch(seed: int) -
     reputation = ReputationPolicy(min_gold=1, min_gold_accuracy=0.7) if seed % 2 else None
     desk = CurationDesk(TASKS, policy=policy, reputation=reputation)
     annotators = [AnnotatorClient(Identity.derive(seed, n)) for n in range(rng.randint(2, 8))]
-    for step in range(120):
+    for _ in range(120):
         c = rng.choice(annotators)
         desk.labels()  # read: the offer order follows the snapshot's labels, as the spec's
         want = rng.randint(0, 6)
