@@ -5,13 +5,16 @@ and the load generator's lean connection (apps/web/wire.py) refuses what is not 
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
+from typer.testing import CliRunner
 from webkit import Annotator, make_app, task_set
 
+from phalanx.apps.cli import app as cli
 from phalanx.apps.web.durable import GroupCommit
 from phalanx.apps.web.port import LocalPort
 from phalanx.apps.web.wire import WireConnection, WireError
@@ -136,3 +139,14 @@ def test_the_lean_connection_refuses_what_is_not_http(tmp_path: Path) -> None:
         assert isinstance(result, WireError) and "\n" not in str(result)
     with pytest.raises(ValueError, match="http://host:port"):
         WireConnection("https://example.org", {})
+
+
+def test_bench_web_reports_throughput_and_loses_nothing(tmp_path: Path) -> None:
+    out = tmp_path / "web.json"
+    result = CliRunner().invoke(cli, ["bench", "web", "--clients", "4", "--seconds", "1.5",
+                                      "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    report = json.loads(out.read_text())
+    assert report["acknowledged"] > 0 and report["submissions_per_second"] > 0
+    assert report["found_in_store"] == report["acknowledged"] and report["lost"] == 0
+    assert report["errors"] == {} and "group commit" in report["store"]
