@@ -129,11 +129,16 @@ class LeaseRanks:
         self._epoch = -1
         self._roster: frozenset[bytes] = frozenset()
         self._ranked: dict[bytes, list[bytes]] = {}
+        self._last: Collection[bytes] | None = None  # the roster object last asked about
 
     def ranking(self, task: bytes, roster: Collection[bytes], epoch: int) -> list[bytes]:
-        if epoch != self._epoch or roster != self._roster:
+        """`task`'s roster ranked, highest weight first. A roster that changes must come as
+        a new collection (as each fetch builds one), not be changed in place."""
+        # one fetch asks with one roster object: compare its members once, not per task
+        if epoch != self._epoch or (roster is not self._last and roster != self._roster):
             self._epoch, self._roster = epoch, frozenset(roster)
             self._ranked.clear()
+        self._last = roster
         ranked = self._ranked.get(task)
         if ranked is None:
             if len(self._ranked) >= self.limit:
