@@ -4,6 +4,7 @@ the real node, so all of them run the node a scenario describes in exactly the s
 
 from __future__ import annotations
 
+from phalanx.engine.byzantine.curation import RecordAttack, annotation_attack
 from phalanx.engine.curation.log import Verify
 from phalanx.engine.curation.service import CurationSetup
 from phalanx.engine.node import NodeConfig
@@ -84,3 +85,13 @@ def curation_setup(scenario: Scenario, verify: Verify | None = None) -> Curation
                          max_bytes=c.batch.max_bytes,
                          offer_interval=scenario.training.round_timeout, verify=verify,
                          reputation=c.reputation.policy() if c.reputation else None)
+
+
+def annotation_attack_of(scenario: Scenario, node: int) -> RecordAttack | None:
+    """The misbehaviour `curation.byzantine` gives annotation node `node` (None: honest), as
+    the simulator and a real node both wrap it around the node."""
+    attack = scenario.curation.misbehaving().get(node) if scenario.curation else None
+    if attack is None:
+        return None
+    seed = RngStreams(scenario.seed).seed("annotation-attacks")
+    return annotation_attack(attack.behaviour, seed, **attack.params())

@@ -46,8 +46,9 @@ class CurationPort(Protocol):
 
     def desk(self, node: int) -> CurationDesk | None: ...
 
-    def submit(self, node: int, record: bytes) -> bytes:
-        """Hand `record` to `node`'s intake as its API would; RecordRefused when refused."""
+    def submit(self, node: int, record: bytes) -> bytes | None:
+        """Hand `record` to `node`'s intake as its API would: its digest, None while the
+        node is down, RecordRefused when refused."""
         ...
 
 
@@ -153,11 +154,8 @@ class SimulatedAnnotators:
 
     def _submit(self, a: _Annotator, record: bytes, resubmit: bool) -> None:
         now = self.port.now
-        if self.port.desk(a.node) is None:  # down since the visit: resubmitted later
-            a.waiting[_digest(record)] = (record, float("-inf"))
-            return
         try:
-            digest = self.port.submit(a.node, record)
+            taken = self.port.submit(a.node, record)
         except RecordRefused as e:
             self.counts[f"refused/{e.reason}"] += 1
             digest = _digest(record)
@@ -168,13 +166,17 @@ class SimulatedAnnotators:
                 if not resubmit:
                     self._resubmit(a)
                 return
-            if e.reason != "replay":  # (replay: the node holds it already, wait as usual)
+            if e.reason != "replay":
                 # never takeable (an honest client meets this only past a log's bounds): it
                 # is given up, and the chain is never rewound, which would fork it
                 a.waiting.pop(digest, None)
                 return
+            taken = digest  # the node holds it already: wait for it as usual
+        if taken is None:  # down since the visit: resubmitted elsewhere at the next one
+            a.waiting[_digest(record)] = (record, float("-inf"))
+            return
         self.counts["resubmitted" if resubmit else "submitted"] += 1
-        a.waiting[digest] = (record, now)
+        a.waiting[taken] = (record, now)
 
 
 def _digest(record: bytes) -> bytes:

@@ -22,7 +22,6 @@ import simpy
 from simpy.core import NORMAL
 
 from phalanx.engine.byzantine import make_behaviour
-from phalanx.engine.byzantine.curation import annotation_attack
 from phalanx.engine.curation.desk import CurationDesk
 from phalanx.engine.curation.service import CurationService
 from phalanx.engine.driver import dispatch
@@ -50,7 +49,13 @@ from phalanx.engine.events import (
 from phalanx.engine.metrics import MetricLog
 from phalanx.engine.node import Node, Service, message_set
 from phalanx.engine.rng import RngStreams
-from phalanx.scenario.build import curation_setup, member_keys, node_config, workload_for
+from phalanx.scenario.build import (
+    annotation_attack_of,
+    curation_setup,
+    member_keys,
+    node_config,
+    workload_for,
+)
 from phalanx.scenario.schema import Scenario
 from phalanx.sim.costs import CostModel, CpuPool
 from phalanx.sim.curation import SimulatedCuration
@@ -148,10 +153,8 @@ class Host:
         spec = w.byzantine.get(self.id)
         behaviour = make_behaviour(spec.behaviour, spec.from_round, w.colluders,
                                    w.rngs.seed("byzantine"), **spec.params) if spec else None
-        attack = w.annotation_attacks.get(self.id)
-        if attack is not None:  # a Byzantine annotation node (curation.byzantine)
-            behaviour = annotation_attack(attack.behaviour, w.rngs.seed("annotation-attacks"),
-                                          **attack.params())
+        attack = annotation_attack_of(w.scenario, self.id)  # an annotation node's (curation.byzantine)
+        behaviour = attack if attack is not None else behaviour
         self.node = Node(node_config(w.scenario, self.id), w.identities[self.id], w.workload,
                          w.opener, behaviour, w.services)
         self.up, self.finished = True, False
@@ -294,7 +297,6 @@ class SimWorld:
         self.workload = workload_for(scenario, self.rngs)
         self.byzantine = {node: b for b in scenario.byzantine for node in b.nodes}
         self.colluders = frozenset(self.byzantine)
-        self.annotation_attacks = scenario.curation.misbehaving() if scenario.curation else {}
         self.hosts = [Host(self, i) for i in range(n)] if costs is None else _costed(self, costs)
         self.faults = FaultInjector(self)
         self.on_commit = on_commit

@@ -84,7 +84,7 @@ def small(behaviour: str | None, **crowd: Any) -> Scenario:
     (5 and 6), node 6 misbehaving as `behaviour`."""
     data = shipped()
     data["nodes"]["count"] = 7
-    data["training"]["rounds"] = 40
+    data["training"]["rounds"] = 30
     c = data["curation"]
     c["annotation_nodes"] = 2
     c["tasks"] = {"kind": "synthetic", "count": 36, "classes": 3, "gold": 6}
@@ -161,6 +161,17 @@ def test_a_partition_between_the_annotation_nodes_heals_to_one_set_of_labels() -
     (_, committed, pending, labels, standings), = settled(world)
     assert pending == 0 and committed == world.crowd.annotators.counts["answered"]  # type: ignore[union-attr]
     assert len(labels) == 36 and len(standings) == 8
+
+
+def test_annotators_move_on_when_their_node_crashes() -> None:
+    data = small(None).model_dump(mode="json")
+    data["faults"] = [{"kind": "crash", "nodes": [5, 6], "at": 30.0, "duration": 60.0}]
+    world = SimWorld(parse_scenario(data))
+    world.run()
+    actions = world.crowd.annotators.counts  # type: ignore[union-attr]
+    assert actions["node_switches"] > 0
+    (_, committed, pending, _, _), = settled(world)
+    assert pending == 0 and committed == actions["answered"] == actions["committed"]
 
 
 @pytest.fixture(scope="module")
