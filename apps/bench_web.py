@@ -44,7 +44,8 @@ def run_bench(clients: int, seconds: float, out_file: Path, console: Console) ->
     summary = result.summary()
     summary.update(found_in_store=len(acked & stored), lost=len(acked - stored),
                    store_records=len(stored))
-    report = {"benchmark": "web", **stamp(), "store": "sqlite (WAL, synchronous=FULL)",
+    report = {"benchmark": "web", **stamp(),
+              "store": "sqlite (WAL, synchronous=FULL, group commit)",
               "tasks": len(tasks), **summary}
     save_report(report, out_file)
     console.print(results_table(

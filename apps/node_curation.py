@@ -63,7 +63,7 @@ class NodePort:
         answer = self.host.ask(LocalRequest("curation", op, data, next(self._tokens)))
         return answer.ok, answer.result, answer.reason, answer.detail
 
-    def submit(self, record: bytes) -> bytes:
+    async def submit(self, record: bytes) -> bytes:
         ok, digest, reason, detail = self._ask("submit", record)
         if ok:
             return digest

@@ -111,7 +111,7 @@ class SimPort:
                                      "try again shortly")
         return answer
 
-    def submit(self, record: bytes) -> bytes:
+    async def submit(self, record: bytes) -> bytes:
         answer = self._ask("submit", record)
         if answer.ok:
             return answer.result

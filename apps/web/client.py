@@ -135,7 +135,12 @@ class WebClient:
     async def tasks(self, count: int = 10) -> list[Task]:
         """The next tasks, checked against their digests; the signer resumes from the head
         the node reports (so a client that restarted links its next record right)."""
-        body = (await self._call("GET", "/api/tasks", params={"count": count})).json()
+        return self.take_tasks((await self._call("GET", "/api/tasks",
+                                                 params={"count": count})).json())
+
+    def take_tasks(self, body: dict[str, Any]) -> list[Task]:
+        """The tasks of a /api/tasks answer (`tasks` fetches it; a caller with its own
+        connection may too), the signer resumed from the head it reports."""
         head = body["head"]
         if head["seq"] >= self.signer.seq:
             self.signer.resume(head["seq"], bytes.fromhex(head["prev"]))

@@ -29,7 +29,9 @@ class WebContext:
         self.hashing = asyncio.Semaphore(self.settings.hashing_slots)
 
 
-def web(request: Request) -> WebContext:
+async def web(request: Request) -> WebContext:
+    # async: FastAPI runs a plain `def` dependency on its thread pool, a thread hop on
+    # every request for an attribute read
     context = request.app.state.web
     assert isinstance(context, WebContext)
     return context

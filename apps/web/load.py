@@ -2,14 +2,17 @@
 be killed like any node), N annotator clients submitting over loopback for D seconds, and a
 count of what the store holds afterwards. Used by `phalanx bench web` and the tests.
 
-Each client signs up with its own key, fetches tasks, and submits one signed record at a
-time, timing each submission from send to acknowledgement; an acknowledged digest is one the
-server said was durable (202). Clients that hit a dead server stop and keep what they had.
+Each client signs up with its own key (WebClient, the product's client), then over a lean
+keep-alive connection of its own (wire.py: httpx's client-side cost would be what the
+benchmark measures) fetches tasks and submits one signed record at a time, timing each
+submission from send to acknowledgement; an acknowledged digest is one the server said was
+durable (202). Clients that hit a dead server stop and keep what they had.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
 import multiprocessing
 import statistics
 import time
@@ -30,6 +33,7 @@ from .limits import RateLimits
 from .serve import RECORDS, LocalServe, serve_local
 from .settings import WebSettings
 from .taskfile import save_tasks
+from .wire import WireConnection, WireError
 
 __all__ = ["LoadResult", "ServerProcess", "run_load", "stored_digests", "synthetic_tasks"]
 
@@ -138,18 +142,26 @@ def _count(result: LoadResult, key: str) -> None:
 
 
 async def _one_client(url: str, n: int, window: _Window, result: LoadResult) -> None:
-    async with WebClient(url, Identity.generate(), timeout=60.0) as client:
-        try:
-            await client.signup(f"load{n:05d}", PASSWORD)
-        except (ApiError, httpx.HTTPError) as e:
-            _count(result, f"signup: {type(e).__name__}")
-            return
-        finally:
-            window.signed_up()
-        await window.go.wait()  # everyone starts submitting together
+    client = WebClient(url, Identity.generate(), timeout=60.0)
+    try:
+        await client.signup(f"load{n:05d}", PASSWORD)
+        token = await client.issue_token()
+    except (ApiError, httpx.HTTPError) as e:
+        _count(result, f"signup: {type(e).__name__}")
+        return
+    finally:
+        await client.close()
+        window.signed_up()
+    await window.go.wait()  # everyone starts submitting together
+    async with WireConnection(url, {"Authorization": f"Bearer {token}"}) as wire:
         while time.monotonic() < window.deadline:
             try:
-                tasks = await client.tasks(20)
+                status, body = await wire.request("GET", "/api/tasks?count=20")
+                if status != 200:
+                    _count(result, f"{status} tasks")
+                    await asyncio.sleep(0.2)
+                    continue
+                tasks = client.take_tasks(body)
                 if not tasks:
                     await asyncio.sleep(0.2)
                     continue
@@ -157,13 +169,15 @@ async def _one_client(url: str, n: int, window: _Window, result: LoadResult) -> 
                     if time.monotonic() >= window.deadline:
                         return
                     record = client.sign(task, task.options[n % len(task.options)])
+                    data = {"record": base64.b64encode(record.encode()).decode()}
                     sent = time.monotonic()
-                    receipt = await client.submit(record)
+                    status, body = await wire.request("POST", "/api/submit", data)
+                    if status != 202:
+                        _count(result, f"{status} {(body or {}).get('reason') or ''}".strip())
+                        break  # fetch again: the head tells where the chain stands
                     result.latencies.append(time.monotonic() - sent)
-                    result.acknowledged.append(receipt.digest)
-            except ApiError as e:
-                _count(result, f"{e.status} {e.reason or ''}".strip())
-            except httpx.HTTPError as e:  # the server went away (killed): stop here
+                    result.acknowledged.append(body["digest"])
+            except WireError as e:  # the server went away (killed): stop here
                 _count(result, type(e).__name__)
                 return
 

@@ -15,9 +15,10 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from phalanx.engine.curation.desk import CurationDesk, merge_tasks
-from phalanx.engine.curation.records import MAX_RECORD_BYTES
+from phalanx.engine.curation.records import MAX_RECORD_BYTES, RecordRefused
 from phalanx.engine.curation.tasks import TaskSet
 
+from .durable import GroupCommit
 from .taskfile import save_tasks
 
 __all__ = ["CurationPort", "LocalPort"]
@@ -29,9 +30,9 @@ class CurationPort(Protocol):
         """The node's desk: read it, never change it but through the calls below."""
         ...
 
-    def submit(self, record: bytes) -> bytes:
-        """Verify and hold a record as pending (durable before it returns) and pass it on to
-        the members; its digest, or RecordRefused."""
+    async def submit(self, record: bytes) -> bytes:
+        """Verify and hold a record as pending and pass it on to the members; its digest
+        once the record is durable, or RecordRefused."""
         ...
 
     def import_tasks(self, tasks: TaskSet) -> int:
@@ -51,9 +52,12 @@ class LocalPort:
 
     def __init__(self, desk: CurationDesk, commit_seconds: float = 1.0,
                  tasks_file: Path | None = None,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic,
+                 group: GroupCommit | None = None) -> None:
         """`tasks_file`: where imported tasks are kept (JSONL), written before an import is
-        acknowledged, so the records that answer them reload after a restart."""
+        acknowledged, so the records that answer them reload after a restart; `group`: the
+        desk's store when it is a GroupCommit (a submission then waits for its flush; with
+        any other store, the desk's own write is durable when `desk.submit` returns)."""
         if not commit_seconds > 0:
             raise ValueError(f"commit_seconds must be > 0, got {commit_seconds}")
         self._desk = desk
@@ -61,13 +65,22 @@ class LocalPort:
         self._clock = clock
         self._tasks_file = tasks_file
         self._last_commit = clock()
+        self._group = group
 
     @property
     def desk(self) -> CurationDesk:
         return self._desk
 
-    def submit(self, record: bytes) -> bytes:
-        return self._desk.submit(record)
+    async def submit(self, record: bytes) -> bytes:
+        try:
+            digest = self._desk.submit(record)
+        except RecordRefused as e:  # a "replay" may be a retry after a failed flush: held
+            if e.reason == "replay" and self._group is not None:  # already means durable
+                await self._group.durable()
+            raise
+        if self._group is not None:
+            await self._group.durable()
+        return digest
 
     def import_tasks(self, tasks: TaskSet) -> int:
         grown, added = merge_tasks(self._desk.tasks, tasks)  # TaskError: nothing changes
@@ -78,8 +91,7 @@ class LocalPort:
     def commit_now(self) -> int:
         """Commit what is pending as the next round (each batch checked as a voter would);
         how many records were committed. With no network between proposer and voters, a
-        round takes as many records as the log takes in one batch: each commit recomputes
-        the snapshot's agreement, so fewer, larger rounds cost less."""
+        round takes as many records as the log takes in one batch."""
         total = 0
         while self._desk.pending:
             batch = self._desk.proposal(max_records=self._desk.limits.max_batch,

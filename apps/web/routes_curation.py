@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import sqlite3
 from typing import Annotated
 
 from fastapi import APIRouter, HTTPException, Query
@@ -89,13 +90,15 @@ async def submit(body: Submission, who: CallerDep, context: WebDep) -> Accepted 
         if annotator not in who.account.keys:
             raise HTTPException(403, "the record is signed for a key not registered to this "
                                      "account")
-        if desk.annotator(annotator).suspended:
+        if desk.is_suspended(annotator):
             raise HTTPException(403, "this annotator is suspended by the platform's "
                                      "reputation rules")
     try:
-        digest = context.port.submit(raw)
+        digest = await context.port.submit(raw)
     except RecordRefused as e:
         return refused(e)
+    except (OSError, sqlite3.Error):  # held here, not durable: the client must not count it
+        raise HTTPException(503, "the record could not be stored; try again") from None
     status = "committed" if digest in desk.committed_log else "pending"
     return Accepted(digest=digest.hex(), status=status)
 

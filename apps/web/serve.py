@@ -23,6 +23,7 @@ from phalanx.engine.curation.store import SqliteStore
 from phalanx.engine.curation.tasks import TaskSet
 
 from .app import create_app
+from .durable import GroupCommit
 from .port import LocalPort
 from .settings import WebSettings
 from .taskfile import load_tasks, save_tasks
@@ -58,9 +59,9 @@ def open_local(data: Path, tasks_file: Path | None, commit_seconds: float,
         tasks, added = merge_tasks(tasks, read_task_file(tasks_file))
         if added:
             save_tasks(tasks, kept)
-    desk = CurationDesk(tasks, store=SqliteStore(data / RECORDS),
-                        policy=policy or AssignmentPolicy())
-    return LocalPort(desk, commit_seconds, tasks_file=kept)
+    group = GroupCommit(SqliteStore(data / RECORDS, any_thread=True))
+    desk = CurationDesk(tasks, store=group, policy=policy or AssignmentPolicy())
+    return LocalPort(desk, commit_seconds, tasks_file=kept, group=group)
 
 
 @dataclass(frozen=True, slots=True)

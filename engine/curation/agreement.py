@@ -38,14 +38,22 @@ def krippendorff_alpha(data: Annotations, level: Level = "nominal",
     Guidance (Krippendorff 2004): ≥ 0.8 reliable, ≥ 0.667 tentative.
     """
     _require(data, "krippendorff_alpha")
+    return alpha_from_counts(data.counts(), data.classes, level, order)
+
+
+def alpha_from_counts(counts: np.ndarray, values: tuple[Id, ...], level: Level = "nominal",
+                      order: Sequence[Id] | None = None) -> float:
+    """`krippendorff_alpha` from its one input, the (units × values) matrix of how many
+    coders gave each unit each value (`Annotations.counts()`: units in sorted order, values
+    in `values` order), for a caller that keeps those counts up to date itself."""
     if level not in LEVELS:
         raise LabelError(f"level must be one of {', '.join(LEVELS)}; got {level!r}")
-    if len(data.classes) > MAX_VALUES:
-        raise LabelError(f"krippendorff_alpha: {len(data.classes)} distinct values, "
+    if len(values) > MAX_VALUES:
+        raise LabelError(f"krippendorff_alpha: {len(values)} distinct values, "
                          f"at most {MAX_VALUES} allowed")
-    coincidence = coincidences(data)
+    coincidence = _coincidences(counts)
     marginals = np.cumsum(coincidence, axis=1)[:, -1]
-    delta = _distance(data.classes, marginals, level, order)
+    delta = _distance(values, marginals, level, order)
     n = math.fsum(marginals.tolist())
     observed = math.fsum((coincidence * delta).ravel().tolist())
     expected = math.fsum((np.outer(marginals, marginals) * delta).ravel().tolist())
@@ -58,7 +66,10 @@ def krippendorff_alpha(data: Annotations, level: Level = "nominal",
 def coincidences(data: Annotations) -> np.ndarray:
     """values × values matrix o[c, k] = Σ over units of (pairs of values c, k from different
     coders in the unit) / (values in the unit − 1)."""
-    counts = data.counts()
+    return _coincidences(data.counts())
+
+
+def _coincidences(counts: np.ndarray) -> np.ndarray:
     m = counts.sum(axis=1)  # whole numbers: exact in any order
     pairable = m >= 2
     counts, m = counts[pairable], m[pairable]

@@ -24,23 +24,34 @@ Gold tasks sit outside the leases (every annotator may be shown each once). The 
 n-th task (n = records they hold, then +1 per slot) is gold when
 SHA-256("phalanx/gold/v1" ‖ seed ‖ annotator ‖ n), read as a 64-bit fraction, is below
 gold_rate; which gold task is the unanswered one of smallest SHA-256(... ‖ n ‖ task).
+
+Cost: a fetch checks leases only until it has `count` tasks. `LeaseRanks` keeps each task's
+roster ranked by weight for the current epoch and roster (one SHA-256 per member per task
+per epoch instead of per fetch), `CandidateOrder` keeps the priority order up to date as
+answers arrive (instead of sorting every task per fetch), and a task with no more eligible
+annotators than open slots is held by all of them without a hash. Each gives the same
+tasks, in the same order, as the definitions above.
 """
 
 from __future__ import annotations
 
+import bisect
+import itertools
 import struct
-from collections.abc import Collection, Mapping
+from collections.abc import Collection, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 
 from phalanx.net.crypto import sha256
 
 from .tasks import TaskSet
 
-__all__ = ["AssignmentPolicy", "assign", "lease_holders"]
+__all__ = ["AssignmentPolicy", "CandidateOrder", "LeaseRanks", "assign", "assignments",
+           "lease_holders"]
 
 _LEASE = b"phalanx/lease/v1"
 _GOLD = b"phalanx/gold/v1"
 _INT = struct.Struct(">q")
+MAX_RANKED_TASKS = 16384  # tasks whose ranking LeaseRanks keeps (a reference per roster member)
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,14 +88,27 @@ def lease_holders(task: bytes, answered: Collection[bytes], roster: Collection[b
 
 
 def _holds(annotator: bytes, task: bytes, answered: Collection[bytes],
-           roster: Collection[bytes], epoch: int, policy: AssignmentPolicy) -> bool:
+           roster: Collection[bytes], epoch: int, policy: AssignmentPolicy,
+           ranks: LeaseRanks | None = None) -> bool:
     """Whether `annotator` is among `lease_holders(task, ...)`, stopping as soon as `open`
     others outrank it."""
     open_slots = policy.redundancy - len(answered)
     if open_slots <= 0 or annotator in answered or annotator not in roster:
         return False
-    mine = _weight(policy, epoch, task, annotator)
+    eligible = len(roster) - sum(1 for a in answered if a in roster)
+    if eligible <= open_slots:  # every eligible annotator holds a lease: no ranking needed
+        return True
     above = 0
+    if ranks is not None:
+        for other in ranks.ranking(task, roster, epoch):
+            if other == annotator:
+                return True
+            if other not in answered:
+                above += 1
+                if above >= open_slots:
+                    return False
+        raise AssertionError("a roster member is missing from its ranking")
+    mine = _weight(policy, epoch, task, annotator)
     for other in roster:
         if other != annotator and other not in answered and (
                 _weight(policy, epoch, task, other) > mine):
@@ -92,6 +116,63 @@ def _holds(annotator: bytes, task: bytes, answered: Collection[bytes],
             if above >= open_slots:
                 return False
     return True
+
+
+class LeaseRanks:
+    """Each task's roster ranked by lease weight, highest first, for one epoch and roster:
+    the weights are redrawn only per epoch, so a fetch need not hash them again. Keeps at
+    most `limit` tasks (the oldest dropped); another epoch or roster starts afresh."""
+
+    def __init__(self, policy: AssignmentPolicy, limit: int = MAX_RANKED_TASKS) -> None:
+        self.policy = policy
+        self.limit = limit
+        self._epoch = -1
+        self._roster: frozenset[bytes] = frozenset()
+        self._ranked: dict[bytes, list[bytes]] = {}
+        self._last: Collection[bytes] | None = None  # the roster object last asked about
+
+    def ranking(self, task: bytes, roster: Collection[bytes], epoch: int) -> list[bytes]:
+        """`task`'s roster ranked, highest weight first. A roster that changes must come as
+        a new collection (as each fetch builds one), not be changed in place."""
+        # one fetch asks with one roster object: compare its members once, not per task
+        if epoch != self._epoch or (roster is not self._last and roster != self._roster):
+            self._epoch, self._roster = epoch, frozenset(roster)
+            self._ranked.clear()
+        self._last = roster
+        ranked = self._ranked.get(task)
+        if ranked is None:
+            if len(self._ranked) >= self.limit:
+                del self._ranked[next(iter(self._ranked))]
+            ranked = sorted(self._roster, key=lambda a: _weight(self.policy, epoch, task, a),
+                            reverse=True)
+            self._ranked[task] = ranked
+        return ranked
+
+
+class CandidateOrder:
+    """The regular (non-gold) tasks in the order `assign` offers them: most uncertain first,
+    then fewest answers, then digest. Kept sorted as answer counts change (`count`), so a
+    fetch reads it from the front instead of sorting every task."""
+
+    def __init__(self, tasks: TaskSet, counts: Mapping[bytes, int],
+                 uncertainty: Mapping[bytes, float] | None = None) -> None:
+        scores = uncertainty or {}
+        self._key = {t: (-scores.get(t, 1.0), counts.get(t, 0), t)
+                     for t in tasks.tasks if not tasks.is_gold(t)}
+        self._sorted = sorted(self._key.values())
+
+    def count(self, task: bytes, answers: int) -> None:
+        """`task` now has `answers` answers (a gold or unknown task is ignored)."""
+        key = self._key.get(task)
+        if key is None or key[1] == answers:
+            return
+        del self._sorted[bisect.bisect_left(self._sorted, key)]
+        key = (key[0], answers, task)
+        self._key[task] = key
+        bisect.insort(self._sorted, key)
+
+    def __iter__(self) -> Iterator[bytes]:
+        return (key[2] for key in self._sorted)
 
 
 def _fraction(digest: bytes) -> float:
@@ -117,24 +198,40 @@ def assign(annotator: bytes, count: int, *, tasks: TaskSet,
 
     `answered`: task digest -> annotators with a record for it (CurationLog.answered());
     `done`: records the annotator holds (CurationLog.records_of); `roster`: the annotators
-    leases go to (an annotator
-    outside it holds none).
+    leases go to (an annotator outside it holds none).
     """
     if count < 0:
         raise ValueError(f"count must be >= 0, got {count}")
-    scores = uncertainty or {}
+    return list(itertools.islice(assignments(
+        annotator, tasks=tasks, answered=answered, roster=roster,
+        committed_round=committed_round, done=done, policy=policy,
+        uncertainty=uncertainty), count))
+
+
+def assignments(annotator: bytes, *, tasks: TaskSet,
+                answered: Mapping[bytes, Collection[bytes]], roster: Collection[bytes],
+                committed_round: int, done: int, policy: AssignmentPolicy,
+                uncertainty: Mapping[bytes, float] | None = None,
+                order: Iterable[bytes] | None = None, ranks: LeaseRanks | None = None
+                ) -> Iterator[bytes]:
+    """`assign`'s picks one at a time, for as long as the caller takes them (its first
+    `count` are `assign(..., count)`). `order`: the regular tasks in CandidateOrder's order
+    over the same `answered` and `uncertainty` (sorted here when None); `ranks`: a
+    LeaseRanks for `policy` (weights hashed here when None)."""
+    if order is None:
+        scores = uncertainty or {}
+        order = sorted((t for t in tasks.tasks if not tasks.is_gold(t)),
+                       key=lambda t: (-scores.get(t, 1.0), len(answered.get(t, ())), t))
     epoch = committed_round // policy.lease_rounds
-    candidates = sorted((t for t in tasks.tasks if not tasks.is_gold(t)),
-                        key=lambda t: (-scores.get(t, 1.0), len(answered.get(t, ())), t))
     # Lazily: only as many lease checks as it takes to fill the regular slots.
-    regular = (t for t in candidates
-               if _holds(annotator, t, answered.get(t, ()), roster, epoch, policy))
+    regular = (t for t in order
+               if _holds(annotator, t, answered.get(t, ()), roster, epoch, policy, ranks))
     out: list[bytes] = []
-    for n in range(done, done + count):
+    for n in itertools.count(done):
         pick = _gold_pick(tasks, annotator, n, policy, out, answered)
         if pick is None:
             pick = next(regular, None)
         if pick is None:
-            break
+            return
         out.append(pick)
-    return out
+        yield pick

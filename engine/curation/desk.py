@@ -18,19 +18,18 @@ must never be handed a task they already answered, committed or not.
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections import Counter
-from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, TypeVar
 
 from phalanx.net.crypto import verify_signature
 
 from .aggregate import LabelRow, aggregate_labels
-from .agreement import AgreementError, krippendorff_alpha
-from .assignment import AssignmentPolicy, assign
+from .assignment import AssignmentPolicy, CandidateOrder, LeaseRanks, assignments
 from .io import Label, label_rows, labels_jsonl, labels_parquet
-from .labels import Annotations
 from .log import AnswerRow, CurationLog, LogLimits, MergeReport, Verify
 from .records import (
     GENESIS,
@@ -41,6 +40,7 @@ from .records import (
 )
 from .reputation import ReputationPolicy, Standing, reputation
 from .store import MemoryStore, RecordStore
+from .tally import ChoiceTally
 from .tasks import Task, TaskError, TaskSet
 
 __all__ = ["AnnotatorView", "CurationDesk", "LabelRow", "PlatformStats", "RoundPoint",
@@ -107,6 +107,23 @@ def merge_tasks(current: TaskSet, more: TaskSet) -> tuple[TaskSet, int]:
     return TaskSet([*current.tasks.values(), *fresh], gold), len(fresh)
 
 
+class _Without(Mapping[bytes, Collection[bytes]]):
+    """task -> answerers, leaving out `absent` (the suspended) as each task is read."""
+
+    def __init__(self, groups: Mapping[bytes, set[bytes]], absent: frozenset[bytes]) -> None:
+        self._groups = groups
+        self._absent = absent
+
+    def __getitem__(self, task: bytes) -> Collection[bytes]:
+        return self._groups[task] - self._absent
+
+    def __iter__(self) -> Iterator[bytes]:
+        return iter(self._groups)
+
+    def __len__(self) -> int:
+        return len(self._groups)
+
+
 class CurationDesk:
     def __init__(self, tasks: TaskSet, *, policy: AssignmentPolicy = DEFAULT_POLICY,
                  store: RecordStore | None = None, limits: LogLimits = DEFAULT_LIMITS,
@@ -131,6 +148,10 @@ class CurationDesk:
         self._pending: dict[bytes, SignedAnnotation] = {}  # held, not committed
         self._uncertain: tuple[int, dict[bytes, float]] | None = None  # (round, by task)
         self._cache: dict[str, Any] = {}  # derived from the committed log, per commit
+        self._ranks = LeaseRanks(policy)
+        self._tally = ChoiceTally()  # the committed single-choice answers, for alpha
+        self._order: CandidateOrder | None = None  # see _candidate_order
+        self._order_basis: tuple[Any, frozenset[bytes], TaskSet] = ({}, frozenset(), tasks)
         for digest in self._held.digests():
             self._note(digest)
 
@@ -210,7 +231,10 @@ class CurationDesk:
             self._pending[digest] = record
         body = record.body
         self._answered_by.setdefault(body.annotator, set()).add(body.task)
-        self._answerers.setdefault(body.task, set()).add(body.annotator)
+        group = self._answerers.setdefault(body.task, set())
+        group.add(body.annotator)
+        if self._order is not None:
+            self._order.count(body.task, len(group - self._order_basis[1]))
 
     def head(self, annotator: bytes) -> tuple[int, bytes]:
         """(next seq, prev digest) of the annotator's next record, pending ones included."""
@@ -247,13 +271,27 @@ class CurationDesk:
         # and their answers fill no slot: the task goes to someone who counts
         suspended = self._suspended()
         roster = (set(self._answered_by) | {annotator}) - suspended
-        answered: Mapping[bytes, Collection[bytes]] = self._answerers if not suspended else {
-            t: group - suspended for t, group in self._answerers.items()}
-        picks = assign(annotator, count + len(mine), tasks=self.tasks, answered=answered,
-                       roster=roster, committed_round=max(self.round, 0),
-                       done=self._held.records_of(annotator), policy=self.policy,
-                       uncertainty=self._uncertainty())
-        return [self.tasks.tasks[t] for t in picks if t not in mine][:count]
+        answered: Mapping[bytes, Collection[bytes]] = (
+            _Without(self._answerers, suspended) if suspended else self._answerers)
+        picks = assignments(annotator, tasks=self.tasks, answered=answered, roster=roster,
+                            committed_round=max(self.round, 0),
+                            done=self._held.records_of(annotator), policy=self.policy,
+                            order=self._candidate_order(suspended), ranks=self._ranks)
+        # a suspended annotator's own answers fill no slot, so picks may include them
+        fresh = (self.tasks.tasks[t] for t in picks if t not in mine)
+        return list(itertools.islice(fresh, count))
+
+    def _candidate_order(self, suspended: frozenset[bytes]) -> CandidateOrder:
+        """The regular tasks in the order they are offered, kept up to date by `_note`;
+        built again when the uncertainty, the suspended set or the tasks change."""
+        uncertainty = self._uncertainty()
+        ranked_by, left_out, over = self._order_basis
+        if self._order is None or uncertainty is not ranked_by or suspended != left_out or (
+                self.tasks is not over):
+            counts = {t: len(group - suspended) for t, group in self._answerers.items()}
+            self._order = CandidateOrder(self.tasks, counts, uncertainty)
+            self._order_basis = (uncertainty, suspended, self.tasks)
+        return self._order
 
     def _uncertainty(self) -> Mapping[bytes, float]:
         """1 − confidence of each labelled task: the order in which tasks are offered. The
@@ -263,7 +301,7 @@ class CurationDesk:
         the leases still decide who may take which)."""
         stale = self._uncertain is None or self.round - self._uncertain[0] >= (
             self.policy.lease_rounds)
-        if stale or "labels" in self._cache:
+        if stale or ("labels" in self._cache and self._uncertain[0] != self.round):  # type: ignore[index]
             self._uncertain = (self.round, {row.task: 1.0 - row.confidence
                                             for row in self.labels()
                                             if row.confidence is not None})
@@ -318,6 +356,7 @@ class CurationDesk:
         report = self._committed.merge(records)
         for digest in report.accepted:
             self._pending.pop(digest, None)
+        self._tally.update(self._committed, self._answer_keys(report.accepted))
         new = [d for d in report.accepted if d not in self._held]
         if new:
             for digest in self._held.merge(self._committed.encoded(new)).accepted:
@@ -327,6 +366,10 @@ class CurationDesk:
         self._cache.clear()
         self._history.append(RoundPoint(round, len(self._committed), self._history_alpha()))
         del self._history[:-HISTORY_POINTS]
+
+    def _answer_keys(self, digests: Iterable[bytes]) -> set[tuple[bytes, bytes]]:
+        bodies = (self._committed.get(d).body for d in digests)  # type: ignore[union-attr]
+        return {(body.task, body.annotator) for body in bodies}
 
     def _history_alpha(self) -> float | None:
         """Alpha for the history point of a commit: computed once the committed log grew by
@@ -372,9 +415,17 @@ class CurationDesk:
         return self._cached("answered", self._committed.answered)
 
     def _suspended(self) -> frozenset[bytes]:
-        """The annotators the committed snapshot's reputation suspends."""
+        """The annotators the committed snapshot's reputation suspends (none with reputation
+        off: no standings computed for that)."""
+        if self.reputation_policy is None:
+            return frozenset()
         return self._cached("suspended", lambda: frozenset(
             a for a, s in self.standings().items() if s.suspended))
+
+    def is_suspended(self, annotator: bytes) -> bool:
+        """Whether the committed snapshot's reputation suspends `annotator` (what an intake
+        checks: one set lookup, the standings computed at most once per commit)."""
+        return annotator in self._suspended()
 
     def _committed_annotators(self) -> list[bytes]:
         return self._cached("annotators", lambda: sorted(
@@ -436,16 +487,9 @@ class CurationDesk:
                              len(labelled), confidence, self._alpha(), tuple(self._history))
 
     def _alpha(self) -> float | None:
-        def make() -> float | None:
-            rows = [(r.task.hex(), r.annotator.hex(), r.answer.choice[0])
-                    for r in self.answers() if self.tasks.tasks[r.task].kind == "single_choice"]
-            if not rows:
-                return None
-            try:
-                return krippendorff_alpha(Annotations.from_records(rows))
-            except AgreementError:
-                return None
-        return self._cached("alpha", make)
+        """Krippendorff's alpha (nominal) over the committed single-choice answers (tally.py:
+        counted as rounds commit, so no pass over the log)."""
+        return self._cached("alpha", self._tally.alpha)
 
     def export_labels(self, fmt: Literal["jsonl", "parquet"]) -> bytes:
         """The labels with their confidence and provenance (io.py's formats)."""

@@ -90,6 +90,8 @@ class CurationLog:
         self._per_annotator: Counter[bytes] = Counter()
         self._equivocators: set[bytes] = set()
         self._last: dict[bytes, tuple[int, bytes]] = {}  # annotator -> (seq, digest) of head
+        # (task, annotator) -> (seq, digest) of the latest answer: answers() without a scan
+        self._latest: dict[tuple[bytes, bytes], tuple[int, bytes]] = {}
         self._root: bytes | None = None
         self._apply(self._decode_batch(self._store.records(), None, self.counts), self.counts)
 
@@ -203,6 +205,10 @@ class CurationLog:
         last = self._last.get(body.annotator)
         if last is None or _later(body.seq, digest, *last):
             self._last[body.annotator] = (body.seq, digest)
+        key = (body.task, body.annotator)
+        best = self._latest.get(key)
+        if best is None or _later(body.seq, digest, *best):
+            self._latest[key] = (body.seq, digest)
         self._root = None
         return int(len(siblings) > 1)
 
@@ -320,17 +326,19 @@ class CurationLog:
     def answers(self, include_equivocators: bool = False) -> list[AnswerRow]:
         """One answer per (task, annotator) — the annotator's latest (highest seq; a fork's
         tie goes to the smaller digest) — sorted by task digest, then annotator key."""
-        latest: dict[tuple[bytes, bytes], tuple[int, bytes]] = {}
-        for digest, record in self._records.items():
-            body = record.body
-            if body.annotator in self._equivocators and not include_equivocators:
-                continue
-            key = (body.task, body.annotator)
-            best = latest.get(key)
-            if best is None or _later(body.seq, digest, *best):
-                latest[key] = (body.seq, digest)
+        skip = () if include_equivocators else self._equivocators
         return [AnswerRow(task, annotator, self._records[digest].body.answer, seq, digest)
-                for (task, annotator), (seq, digest) in sorted(latest.items())]
+                for (task, annotator), (seq, digest) in sorted(self._latest.items())
+                if annotator not in skip]
+
+    def latest(self, task: bytes, annotator: bytes) -> AnswerRow | None:
+        """The annotator's answer to `task` as `answers(include_equivocators=True)` has it,
+        or None."""
+        best = self._latest.get((task, annotator))
+        if best is None:
+            return None
+        seq, digest = best
+        return AnswerRow(task, annotator, self._records[digest].body.answer, seq, digest)
 
     def answered(self) -> dict[bytes, frozenset[bytes]]:
         """Task digest -> annotators holding a record for it (equivocators included: they

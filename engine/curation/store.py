@@ -50,8 +50,11 @@ class SqliteStore:
     between batches loses nothing `append` returned from; a kill inside one loses that batch
     only, never part of it)."""
 
-    def __init__(self, path: str | Path) -> None:
-        self._db = sqlite3.connect(str(path), isolation_level=None)  # transactions by hand
+    def __init__(self, path: str | Path, *, any_thread: bool = False) -> None:
+        """`any_thread`: the connection may be used from another thread than the one that
+        opened it (one at a time: the caller serializes, as GroupCommit does)."""
+        self._db = sqlite3.connect(str(path), isolation_level=None,  # transactions by hand
+                                   check_same_thread=not any_thread)
         self._db.execute("PRAGMA journal_mode=WAL")
         # FULL: an append that returned survives a power cut too, not just a killed process.
         self._db.execute("PRAGMA synchronous=FULL")
