@@ -216,7 +216,7 @@ def run_scenario(scenario: str | Path | Scenario, *, seed: int | None = None,
     elif seed is not None:
         scenario = with_seed(scenario, seed)
     torch.set_num_threads(1)  # bit-identical gradients in every process (and fair CI timing)
-    console = console or Console(stderr=True)
+    console = console or Console(stderr=True, emoji=False)
     printer = RoundPrinter(scenario, console, progress)
     if real:
         from phalanx.apps.real import run_real

@@ -253,7 +253,7 @@ def sweep(scenario_path: str | Path, seeds: range, workers: int | None = None,
     saves = Path(save_failures) if save_failures is not None else None
     if saves is not None:
         saves.mkdir(parents=True, exist_ok=True)
-    console = console or Console(stderr=True)
+    console = console or Console(stderr=True, emoji=False)
 
     start = time.perf_counter()
     outcomes = _run_all(str(path), seeds, workers, worker, progress, console)

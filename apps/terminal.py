@@ -5,8 +5,9 @@ from __future__ import annotations
 import typer
 from rich.console import Console
 
-err = Console(stderr=True)
-out = Console()
+# emoji=False: rich would turn ":ab:" in a fingerprint or a user's text into an emoji
+err = Console(stderr=True, emoji=False)
+out = Console(emoji=False)
 
 
 def fail(message: str) -> typer.Exit:
