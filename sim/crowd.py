@@ -142,6 +142,13 @@ class SimulatedAnnotators:
         self.port.call_at(at, self._visit, a)
 
     def _answer(self, a: _Annotator, task: Task) -> None:
+        # the lease may have passed on since the fetch (a new epoch, or others' answers
+        # reached the node): a careful client asks before answering, so a task gets k
+        # answers, not k plus everyone who fetched it in an earlier epoch
+        desk = self.port.desk(a.node)
+        if desk is not None and not desk.still_offered(a.client.public_key, task.digest):
+            self.counts["lease_lost"] += 1
+            return
         label = self.crowd.answer(task.id, a.sim).label
         record = a.client.sign(task, Answer((label,)),
                                client_time_ms=int(self.port.now * 1000)).encode()

@@ -46,7 +46,7 @@ from phalanx.net.crypto import sha256
 from .tasks import TaskSet
 
 __all__ = ["AssignmentPolicy", "CandidateOrder", "LeaseRanks", "assign", "assignments",
-           "lease_holders"]
+           "holds", "lease_holders"]
 
 _LEASE = b"phalanx/lease/v1"
 _GOLD = b"phalanx/gold/v1"
@@ -87,7 +87,7 @@ def lease_holders(task: bytes, answered: Collection[bytes], roster: Collection[b
     return eligible[:open_slots]
 
 
-def _holds(annotator: bytes, task: bytes, answered: Collection[bytes],
+def holds(annotator: bytes, task: bytes, answered: Collection[bytes],
            roster: Collection[bytes], epoch: int, policy: AssignmentPolicy,
            ranks: LeaseRanks | None = None) -> bool:
     """Whether `annotator` is among `lease_holders(task, ...)`, stopping as soon as `open`
@@ -225,7 +225,7 @@ def assignments(annotator: bytes, *, tasks: TaskSet,
     epoch = committed_round // policy.lease_rounds
     # Lazily: only as many lease checks as it takes to fill the regular slots.
     regular = (t for t in order
-               if _holds(annotator, t, answered.get(t, ()), roster, epoch, policy, ranks))
+               if holds(annotator, t, answered.get(t, ()), roster, epoch, policy, ranks))
     out: list[bytes] = []
     for n in itertools.count(done):
         pick = _gold_pick(tasks, annotator, n, policy, out, answered)

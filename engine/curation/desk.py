@@ -28,7 +28,7 @@ from typing import Any, Literal, TypeVar
 from phalanx.net.crypto import verify_signature
 
 from .aggregate import LabelRow, aggregate_labels
-from .assignment import AssignmentPolicy, CandidateOrder, LeaseRanks, assignments
+from .assignment import AssignmentPolicy, CandidateOrder, LeaseRanks, assignments, holds
 from .io import Label, label_rows, labels_jsonl, labels_parquet
 from .log import AnswerRow, CurationLog, LogLimits, MergeReport, Verify
 from .records import (
@@ -269,10 +269,7 @@ class CurationDesk:
         # at work here share the slots even before a round commits their first record);
         # a suspended one holds no lease (they are shown gold only, to earn their way back)
         # and their answers fill no slot: the task goes to someone who counts
-        suspended = self._suspended()
-        roster = (set(self._answered_by) | {annotator}) - suspended
-        answered: Mapping[bytes, Collection[bytes]] = (
-            _Without(self._answerers, suspended) if suspended else self._answerers)
+        suspended, roster, answered = self._lease_basis(annotator)
         picks = assignments(annotator, tasks=self.tasks, answered=answered, roster=roster,
                             committed_round=max(self.round, 0),
                             done=self._held.records_of(annotator), policy=self.policy,
@@ -280,6 +277,33 @@ class CurationDesk:
         # a suspended annotator's own answers fill no slot, so picks may include them
         fresh = (self.tasks.tasks[t] for t in picks if t not in mine)
         return list(itertools.islice(fresh, count))
+
+    def _lease_basis(self, annotator: bytes) -> tuple[
+            frozenset[bytes], set[bytes], Mapping[bytes, Collection[bytes]]]:
+        """The suspended set, the roster and who answered what, as leases read them: every
+        annotator this node has seen (pending records too: annotators at work here share the
+        slots even before a round commits their first record); a suspended one holds no
+        lease (they are shown gold only, to earn their way back) and their answers fill no
+        slot: the task goes to someone who counts."""
+        suspended = self._suspended()
+        roster = (set(self._answered_by) | {annotator}) - suspended
+        answered: Mapping[bytes, Collection[bytes]] = (
+            _Without(self._answerers, suspended) if suspended else self._answerers)
+        return suspended, roster, answered
+
+    def still_offered(self, annotator: bytes, task: bytes) -> bool:
+        """Whether `annotator` may still answer `task` here: a gold task they have not
+        answered, or a lease they hold now. A client that fetched tasks a while ago checks
+        this before answering: a lease held in an earlier epoch may have passed to someone
+        else, and answering it anyway gives the task more than k answers."""
+        if task in self._answered_by.get(annotator, set()) or task not in self.tasks:
+            return False
+        if self.tasks.is_gold(task):
+            return True
+        _, roster, answered = self._lease_basis(annotator)
+        epoch = max(self.round, 0) // self.policy.lease_rounds
+        return holds(annotator, task, answered.get(task, ()), roster, epoch, self.policy,
+                     self._ranks)
 
     def _candidate_order(self, suspended: frozenset[bytes]) -> CandidateOrder:
         """The regular tasks in the order they are offered, kept up to date by `_note`;
