@@ -237,3 +237,22 @@ def test_acknowledged_submissions_survive_a_reopen(tmp_path: Path) -> None:
     again.commit(again.proposal(), 0)
     assert again.committed == 10
     again.close()
+
+
+def test_a_task_fetched_earlier_is_no_longer_offered_once_its_slots_are_filled() -> None:
+    """A client that fetched a task asks `still_offered` before answering: once others filled
+    its k slots (or it answered it itself) the task is no longer theirs; gold stays offered
+    until they answer it."""
+    d = CurationDesk(TASKS, policy=AssignmentPolicy(redundancy=1, gold_rate=0.0))
+    late, others = client(0), [client(n) for n in range(1, 6)]
+    fetched = d.next_tasks(late.public_key, 20)
+    task = next(t for t in fetched if t.id.startswith("c"))
+    assert d.still_offered(late.public_key, task.digest)
+    gold = TASKS.get(next(t for t in TASKS.gold))
+    assert gold is not None and d.still_offered(late.public_key, gold.digest)
+    # someone else answers the task's one slot (a lease of theirs in another node's view)
+    d.submit(others[0].sign(task, Answer((0,))).encode())
+    assert not d.still_offered(late.public_key, task.digest)
+    d.submit(late.sign(gold, Answer((0,))).encode())
+    assert not d.still_offered(late.public_key, gold.digest)
+    assert not d.still_offered(late.public_key, bytes(32))  # no such task

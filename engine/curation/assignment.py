@@ -13,7 +13,8 @@ computes the same holders, so however many nodes an annotator asks, a task is he
 are stable (an answer removes its author and one slot together, the others keep their rank),
 and at the next epoch the weights are redrawn, so a lease held by someone who went away
 passes on. The one way past k: a holder who submits after their epoch ended while the new
-holder also does; the log keeps both (a label with k + 1 answers is no worse).
+holder also does; the log keeps both (a label with k + 1 answers is no worse). `holds` is
+the check a client makes before answering a task it fetched a while ago.
 
 Blind: the result is task digests; nothing in it depends on what anyone answered, only on
 how many did. Priority: among the tasks an annotator holds, the most uncertain first (the
