@@ -65,6 +65,8 @@ class _Annotator:
     at: int = 0  # which of them it uses now
     # digest -> (record, when last submitted): submitted, not yet seen committed; in seq order
     waiting: dict[bytes, tuple[bytes, float]] = field(default_factory=dict)
+    queue: list[Task] = field(default_factory=list)  # fetched, not yet started on
+    worked: bool = False  # answered one of the tasks of its latest fetch
 
     @property
     def node(self) -> int:
@@ -135,20 +137,34 @@ class SimulatedAnnotators:
         if not tasks:
             self.port.call_at(now + self.section.idle, self._visit, a)
             return
-        at = now
-        for task in tasks:
-            at += self.crowd.answer(task.id, a.sim).seconds
-            self.port.call_at(at, self._answer, a, task)
-        self.port.call_at(at, self._visit, a)
+        a.queue, a.worked = tasks[::-1], False
+        self._next(a)
+
+    def _next(self, a: _Annotator) -> None:
+        """Start on the next fetched task that is still this annotator's, or visit again.
+        The lease may have passed on since the fetch (a new epoch, or others' answers reached
+        the node): a careful client asks before starting, so a task gets k answers, not k
+        plus everyone who fetched it in an earlier epoch; a task given up costs no time."""
+        if self.port.closed:
+            return
+        desk = self.port.desk(a.node)
+        while a.queue:
+            task = a.queue.pop()
+            if desk is None or desk.still_offered(a.client.public_key, task.digest):
+                at = self.port.now + self.crowd.answer(task.id, a.sim).seconds
+                self.port.call_at(at, self._answer, a, task)
+                return
+            self.counts["lease_lost"] += 1
+        # back for more at once after some work; after none, only once idle (no busy loop)
+        self.port.call_at(self.port.now + (0.0 if a.worked else self.section.idle),
+                          self._visit, a)
 
     def _answer(self, a: _Annotator, task: Task) -> None:
-        # the lease may have passed on since the fetch (a new epoch, or others' answers
-        # reached the node): a careful client asks before answering, so a task gets k
-        # answers, not k plus everyone who fetched it in an earlier epoch
-        desk = self.port.desk(a.node)
-        if desk is not None and not desk.still_offered(a.client.public_key, task.digest):
-            self.counts["lease_lost"] += 1
-            return
+        a.worked = True
+        self._work(a, task)
+        self._next(a)
+
+    def _work(self, a: _Annotator, task: Task) -> None:
         label = self.crowd.answer(task.id, a.sim).label
         record = a.client.sign(task, Answer((label,)),
                                client_time_ms=int(self.port.now * 1000)).encode()
