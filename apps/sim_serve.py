@@ -24,7 +24,7 @@ from fastapi import HTTPException
 from phalanx.apps.http_guard import HttpLimits
 from phalanx.apps.node_curation import ACCOUNTS_FILE
 from phalanx.apps.web.app import create_app
-from phalanx.apps.web.serve import web_server
+from phalanx.apps.web.serve import listening_url, web_server
 from phalanx.apps.web.settings import WebSettings
 from phalanx.apps.web.tls import TlsFiles
 from phalanx.engine.curation.desk import CurationDesk
@@ -180,13 +180,9 @@ async def serve_simulation(live: LiveWorld, options: ServeOptions,
     clock = asyncio.create_task(live.run())
     serving = asyncio.create_task(server.serve())
     try:
-        while not server.started and not serving.done():
-            await asyncio.sleep(0.02)
-        if server.started:
-            bound = server.servers[0].sockets[0].getsockname()[1]
-            scheme = "https" if options.tls else "http"
-            host = "localhost" if options.host in ("127.0.0.1", "::1") else options.host
-            ready(f"{scheme}://{host}:{bound}/")
+        url = await listening_url(server, serving, options.host, options.tls)
+        if url is not None:
+            ready(url + "/")
             await asyncio.wait([serving, asyncio.create_task(stop.wait())],
                                return_when=asyncio.FIRST_COMPLETED)
             server.should_exit = True

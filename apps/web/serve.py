@@ -19,6 +19,7 @@ from phalanx.apps.http_serving import EmbeddedServer, guarded_server
 from phalanx.engine.curation.assignment import AssignmentPolicy
 from phalanx.engine.curation.desk import CurationDesk, merge_tasks
 from phalanx.engine.curation.io import tasks_from_csv, tasks_from_jsonl
+from phalanx.engine.curation.reputation import ReputationPolicy
 from phalanx.engine.curation.store import SqliteStore
 from phalanx.engine.curation.tasks import TaskSet
 
@@ -43,6 +44,19 @@ def web_server(app: object, host: str, port: int, settings: WebSettings,
                           certfile=tls.cert if tls else None, keyfile=tls.key if tls else None)
 
 
+async def listening_url(server: EmbeddedServer, serving: asyncio.Task[None], host: str,
+                        tls: TlsFiles | None) -> str | None:
+    """The URL `server` answers at once it listens (with the port bound when 0 was asked);
+    None when it stopped first (`serving` is its `serve()` task)."""
+    while not server.started and not serving.done():
+        await asyncio.sleep(0.02)
+    if not server.started:
+        return None
+    bound = server.servers[0].sockets[0].getsockname()[1]
+    shown = "localhost" if host in ("127.0.0.1", "::1") else host
+    return f"{'https' if tls else 'http'}://{shown}:{bound}"
+
+
 def read_task_file(path: Path) -> TaskSet:
     """A JSONL or CSV task file by its suffix (TaskImportError, OSError)."""
     data = path.read_bytes()
@@ -60,7 +74,9 @@ def open_local(data: Path, tasks_file: Path | None, commit_seconds: float,
         if added:
             save_tasks(tasks, kept)
     group = GroupCommit(SqliteStore(data / RECORDS, any_thread=True))
-    desk = CurationDesk(tasks, store=group, policy=policy or AssignmentPolicy())
+    # reputation on, as on a node: the dashboard's weight, rewards and rank mean something
+    desk = CurationDesk(tasks, store=group, policy=policy or AssignmentPolicy(),
+                        reputation=ReputationPolicy())
     return LocalPort(desk, commit_seconds, tasks_file=kept, group=group)
 
 
@@ -88,13 +104,9 @@ async def serve_local(options: LocalServe, ready: Callable[[str], None],
     committer = asyncio.create_task(local.run())
     serving = asyncio.create_task(server.serve())
     try:
-        while not server.started and not serving.done():
-            await asyncio.sleep(0.02)
-        if server.started:
-            bound = server.servers[0].sockets[0].getsockname()[1]
-            scheme = "https" if options.tls else "http"
-            host = "localhost" if options.host in ("127.0.0.1", "::1") else options.host
-            ready(f"{scheme}://{host}:{bound}")
+        url = await listening_url(server, serving, options.host, options.tls)
+        if url is not None:
+            ready(url)
         await serving
     finally:
         committer.cancel()
