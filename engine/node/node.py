@@ -240,6 +240,13 @@ class Node:
     def compute(self, job: Job) -> None:
         self.out.append(Compute(job))
 
+    def workload_inputs(self) -> dict[str, object]:
+        """What the services give the workload for this round's gradient (GradientJob.context)."""
+        inputs: dict[str, object] = {}
+        for service in self.services:
+            inputs.update(service.workload_inputs())
+        return inputs
+
     def persist(self, key: str, value: Stored) -> None:
         self.out.append(Persist(key, value))
 

@@ -165,7 +165,8 @@ class RoundProtocol(Service):
         self._judge_early_proposals(r)
         node.accountability.forget_before(r)
         node.detector.round_started()
-        node.compute(GradientJob(node.workload, node.id, r, node.params))
+        node.compute(GradientJob(node.workload, node.id, r, node.params,
+                                 context=node.workload_inputs()))
         node.views.arm_timer()
         if node.leader(r, node.view) == node.id:
             node.set_timer(self, f"gather:{r}", node.config.round_timeout)

@@ -108,6 +108,12 @@ class Service:
         service must not be voted for; None if it may."""
         return None
 
+    def workload_inputs(self) -> Mapping[str, object]:
+        """Committed state of this service the workload reads when it computes a gradient
+        (an RLHF run's preference set): a pure function of committed data, never of what
+        this node alone holds."""
+        return {}
+
     def on_commit(self, data: bytes) -> None:
         """The round before `node.round` committed with `data` for this service (b"" for
         nothing)."""
