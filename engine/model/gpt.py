@@ -30,6 +30,7 @@ class Output:
     lm_loss: torch.Tensor | None  # mean next-token cross-entropy, nats
     aux_loss: torch.Tensor  # MoE load-balancing (+ z) losses, 0 for a dense model
     dropped_fraction: float  # MoE assignments over capacity, averaged over layers
+    hidden: torch.Tensor | None = None  # (B, T, n_embd) the final norm's output: what heads read
 
 
 class Block(nn.Module):
@@ -114,12 +115,13 @@ class GPT(nn.Module):
                 x = block(x, positions, cache, layer)
         if cache is not None:
             cache.length += t
-        logits = self.head(self.norm(x))
+        hidden = self.norm(x)
+        logits = self.head(hidden)
         moe = [b.ffn for b in self.blocks if isinstance(b.ffn, MoE)]
         aux = sum((m.aux_loss for m in moe), torch.zeros((), device=idx.device))
         dropped = sum(m.dropped_fraction for m in moe) / len(moe) if moe else 0.0
         if targets is None:
-            return Output(logits, None, None, aux, dropped)
+            return Output(logits, None, None, aux, dropped, hidden)
         lm = F.cross_entropy(logits.view(-1, logits.size(-1)).float(), targets.reshape(-1),
                              ignore_index=-1)
-        return Output(logits, lm + aux, lm, aux, dropped)
+        return Output(logits, lm + aux, lm, aux, dropped, hidden)
