@@ -14,4 +14,5 @@ def commit_row(metric: RoundCommitted, time: float, order: int, bytes_sent: int,
             "view": metric.view,
             "contributors": metric.contributors, "train_loss": metric.train_loss,
             "model_hash": metric.model_hash.hex(), "via_sync": metric.via_sync,
-            "bytes_sent": bytes_sent, "byzantine": byzantine, "ratio": metric.ratio}
+            "bytes_sent": bytes_sent, "byzantine": byzantine, "ratio": metric.ratio,
+            **{f"metric_{k}": float(v) for k, v in sorted(metric.metrics.items())}}

@@ -55,8 +55,11 @@ class RunResult:
 def rounds_table(rows: list[dict[str, Any]], workload: Workload, params: dict[str, np.ndarray],
                  eval_every: int, last_round: int) -> pl.DataFrame:
     """Commit rows plus held-out metrics, evaluated once per distinct model hash."""
-    df = pl.DataFrame(rows, schema=ROUND_SCHEMA, orient="row") if rows else pl.DataFrame(
-        schema=ROUND_SCHEMA)
+    # a workload's own figures (GradientResult.metrics) follow the fixed columns, one each
+    extra = sorted({k for row in rows for k in row if k.startswith("metric_")})
+    schema = {**ROUND_SCHEMA, **dict.fromkeys(extra, pl.Float64)}
+    df = pl.DataFrame([{k: row.get(k) for k in schema} for row in rows], schema=schema,
+                      orient="row") if rows else pl.DataFrame(schema=ROUND_SCHEMA)
     df = df.sort(["round", "node", "order"])
     cache: dict[str, dict[str, float]] = {}
     evals: list[dict[str, float]] = []

@@ -194,6 +194,9 @@ class RoundCommitted:
     via_sync: bool
     params: Any = field(repr=False, compare=False)  # the model after the round (never mutated)
     ratio: float | None = None  # the top-k ratio of the node's own gradient, when adaptive
+    # figures of the node's own gradient of the round (GradientResult.metrics: an RLHF policy
+    # step's reward, KL, ...); empty when it sent none or its workload reports none
+    metrics: Mapping[str, float] = field(default_factory=dict, compare=False)
 
 
 @dataclass(frozen=True, slots=True)

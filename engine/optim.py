@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from phalanx.engine.workloads.base import ParameterGroup
+
 
 class MomentumSGD:
     """Heavy-ball SGD: v ← μ·v + g; p ← p − lr·v. State: v."""
@@ -101,6 +103,46 @@ class SenderAdam:
         self.steps = int.from_bytes(blob[:8], "little")
         self.state = np.frombuffer(blob[8:], dtype=np.float32).copy()
         self._pending = None
+
+
+class GroupedOptimizer:
+    """One optimizer per parameter group (engine/workloads/base.py, ParameterGroup), each at its
+    group's learning rate and only in the group's rounds: a group outside them keeps its
+    parameters and its state bit for bit, whatever the aggregate holds on its slice (so a
+    Byzantine sender cannot move a frozen reward model). A group's step count starts at 1 in
+    its first round, so Adam's bias correction treats a late group as fresh. State: each
+    group's state, in group order."""
+
+    def __init__(self, kind: str, lr: float, momentum: float,
+                 groups: tuple[ParameterGroup, ...]) -> None:
+        self.groups = groups
+        self.parts = [make_optimizer(kind, lr if g.lr is None else g.lr, momentum)
+                      for g in groups]
+        self._state_slices: list[slice] = []
+
+    def init_state(self, params: np.ndarray) -> np.ndarray:
+        states, start = [], 0
+        self._state_slices = []
+        for g, opt in zip(self.groups, self.parts, strict=True):
+            state = opt.init_state(params[g.start:g.stop])
+            self._state_slices.append(slice(start, start + state.size))
+            start += state.size
+            states.append(state)
+        return np.concatenate(states).astype(np.float32)
+
+    def step(self, params: np.ndarray, state: np.ndarray, update: np.ndarray,
+             t: int = 1) -> tuple[np.ndarray, np.ndarray]:
+        if not self._state_slices:
+            self.init_state(params)
+        params, state = params.copy(), state.copy()
+        round = t - 1  # the node steps round r with t = r + 1
+        for g, opt, at in zip(self.groups, self.parts, self._state_slices, strict=True):
+            if not g.active(round):
+                continue
+            part = slice(g.start, g.stop)
+            params[part], state[at] = opt.step(params[part], state[at], update[part],
+                                               round - g.first_round + 1)
+        return params, state
 
 
 def make_optimizer(kind: str, lr: float, momentum: float) -> Optimizer:

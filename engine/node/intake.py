@@ -33,6 +33,7 @@ Handler = Callable[[Envelope], None]
 class Intake:
     def __init__(self, node: Node, services: Iterable[Service]) -> None:
         self.node = node
+        self.groups = tuple(g for g in node.workload.parameter_groups() if g.max_norm is not None)
         self.guard = ReplayGuard()
         self.handlers: dict[type, Handler] = {}
         self.from_observers: set[type] = set()  # kinds members accept from observers
@@ -107,8 +108,11 @@ class Intake:
                 samples <= 0):
             return "bad_gradient_values"
         bound = self.node.config.max_gradient_norm
-        if bound is not None and math.sqrt(float(np.square(v, dtype=np.float64).sum())) > bound:
+        if bound is not None and _norm(v) > bound:
             return "gradient_norm_too_large"
+        for g in self.groups:  # a group's own bound (a reward model's, a policy's)
+            if g.max_norm is not None and _norm(v[g.start:g.stop]) > g.max_norm:
+                return "gradient_norm_too_large"
         return None
 
     # ---- proposals ---------------------------------------------------------------------------
@@ -153,3 +157,7 @@ class Intake:
                 if problem:
                     return problem
         return "unknown_service" if given else None
+
+
+def _norm(v: np.ndarray) -> float:
+    return math.sqrt(float(np.square(v, dtype=np.float64).sum()))

@@ -61,7 +61,7 @@ from phalanx.engine.node.sender import Sender
 from phalanx.engine.node.service import Disk, ProtocolError, Service
 from phalanx.engine.node.sync import RecordSync
 from phalanx.engine.node.views import Views
-from phalanx.engine.optim import make_optimizer
+from phalanx.engine.optim import GroupedOptimizer, Optimizer, make_optimizer
 from phalanx.engine.workloads import Workload
 from phalanx.net.codec import CORE, MessageSet
 from phalanx.net.crypto import Identity, sha256
@@ -95,8 +95,11 @@ class Node:
         self.behaviour = behaviour or Behaviour()
         self._rewrites = behaviour is not None  # an honest node's actions go out untouched
         sender_adam = config.worker_optimizer == "adam"  # `momentum` is then its beta1
-        self.optimizer = make_optimizer(config.optimizer, config.lr,
-                                        0.0 if sender_adam else config.momentum)
+        momentum = 0.0 if sender_adam else config.momentum
+        groups = workload.parameter_groups()
+        self.optimizer: Optimizer | GroupedOptimizer = (
+            GroupedOptimizer(config.optimizer, config.lr, momentum, groups) if groups
+            else make_optimizer(config.optimizer, config.lr, momentum))
         self.rejections: Counter[str] = Counter()
         self.reputation: dict[int, float] = {}
         # the head of the chain: what every part reads

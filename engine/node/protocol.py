@@ -478,8 +478,10 @@ class RoundProtocol(Service):
         node.set_last_set(p.senders)
         node.persist(f"log/{node.round}", record)
         loss = float(np.mean([g.loss for g in grads]))
+        own = self.state.own_result
         node.emit(RoundCommitted(node.id, node.round, cert.view, len(grads), loss,
-                                 node.model_hash, via_sync, node.params, self.state.sent_ratio))
+                                 node.model_hash, via_sync, node.params, self.state.sent_ratio,
+                                 dict(own.metrics) if own is not None else {}))
         included = {e.sender for e in envs}
         for peer in node.reputation:
             if peer not in self.excluded:  # moving average of "its gradient made the round"

@@ -12,6 +12,7 @@ carried into the next round's momentum or Adam moments once the round commits.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -65,17 +66,16 @@ class Sender:
         node, config = self.node, self.node.config
         if config.privacy is not None:  # first: all that follows is post-processing
             clip, noise = config.privacy
-            result = GradientResult(clip_and_noise(result.values, clip, noise,
-                                                   node.identity.seed, node.round,
-                                                   node.model_hash), result.loss, result.samples)
+            result = replace(result, values=clip_and_noise(result.values, clip, noise,
+                                                           node.identity.seed, node.round,
+                                                           node.model_hash))
         beta = config.worker_momentum
         if beta > 0.0:
             mixed = (beta * self.worker_momentum.astype(np.float64)
                      + (1.0 - beta) * result.values.astype(np.float64))
-            result = GradientResult(mixed.astype(np.float32), result.loss, result.samples)
+            result = replace(result, values=mixed.astype(np.float32))
         if self.adam is not None:
-            result = GradientResult(self.adam.direction(result.values), result.loss,
-                                    result.samples)
+            result = replace(result, values=self.adam.direction(result.values))
         return result
 
     def committed(self, sent: GradientResult | None) -> None:
