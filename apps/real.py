@@ -27,6 +27,7 @@ from phalanx.apps.cluster import NodeProc, alive, cluster_down, cluster_up
 from phalanx.apps.emulate import describe, emulates, for_run
 from phalanx.apps.numerics import node_numerics
 from phalanx.apps.results import RunResult, rounds_table, summarize
+from phalanx.apps.rlhf_report import staged_outputs
 from phalanx.engine.rng import RngStreams
 from phalanx.scenario.build import workload_for
 from phalanx.scenario.schema import Scenario
@@ -85,8 +86,11 @@ def run_real(scenario: Scenario, printer: Any, out: Path | None = None) -> RunRe
              "members_at_end": [list(m) for m in sorted(
                  {tuple(r["members"]) for r in results.values()})],
              "network": network_summary(scenario, results)}
+    staged, figures = staged_outputs(workload, rounds, params, scenario.training.rounds,
+                                     f"{scenario.name}: {scenario.nodes.count} real nodes")
+    extra.update(staged)
     return RunResult(scenario, rounds, pl.DataFrame(),
-                     summarize(scenario, rounds, extra, workload=workload))
+                     summarize(scenario, rounds, extra, workload=workload), figures=figures)
 
 
 def keep_nodes(folder: Path, nodes: list[NodeProc], out: Path) -> None:

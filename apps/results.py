@@ -40,6 +40,8 @@ class RunResult:
     disks: dict[int, dict[str, Any]] = field(default_factory=dict, repr=False)
     # further Parquet outputs by file name (a simulated crowd's labels.parquet, ...)
     tables: dict[str, pl.DataFrame] = field(default_factory=dict, repr=False)
+    # further figures by file name, each written by its function (an RLHF run's rlhf.png)
+    figures: dict[str, Callable[[Path], None]] = field(default_factory=dict, repr=False)
 
     @property
     def ok(self) -> bool:
@@ -276,6 +278,8 @@ def write_outputs(out: Path, result: RunResult) -> None:
     summary = {**result.summary, "failures": result.failures}
     (out / "summary.json").write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n")
     plot_run(result, out / "run.png")
+    for name, write in result.figures.items():
+        write(out / name)
     if result.disks:
         from phalanx.apps.node_log import NodeLog
 

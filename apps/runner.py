@@ -19,6 +19,7 @@ from phalanx.apps.results import (
     summarize,
     write_outputs,
 )
+from phalanx.apps.rlhf_report import staged_outputs
 from phalanx.engine.events import RoundCommitted
 from phalanx.engine.metrics import MetricLog
 from phalanx.scenario.schema import Scenario, load_scenario, with_seed
@@ -192,12 +193,19 @@ def run_sim(scenario: Scenario, printer: RoundPrinter,
         extra["label_accuracy"] = extra["labels"]["label_accuracy"]
         tables = {"labels.parquet": world.crowd.recorder.rounds_frame(),
                   "task_labels.parquet": world.crowd.recorder.labels_frame()}
+    staged, figures = staged_outputs(world.workload, rounds, params, scenario.training.rounds,
+                                     _title(scenario))
+    extra.update(staged)
     summary = summarize(scenario, rounds, extra, {h.id for h in world.hosts if not h.up},
                         world.workload)
     events = log.frame({k: cls.__name__ for k, cls in world.opener.messages.kinds.items()})
     return RunResult(scenario, rounds, events, summary,
                      disks={h.id: h.disk for h in world.hosts} if scenario.node_logs else {},
-                     tables=tables)
+                     tables=tables, figures=figures)
+
+
+def _title(scenario: Scenario) -> str:
+    return f"{scenario.name}: {scenario.nodes.count} nodes, seed {scenario.seed}"
 
 
 def suspicions(metrics: MetricLog) -> dict[str, int]:

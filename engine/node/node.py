@@ -243,6 +243,10 @@ class Node:
     def compute(self, job: Job) -> None:
         self.out.append(Compute(job))
 
+    def service(self, name: str) -> Service | None:
+        """The node's service called `name` (None: the node does not run it)."""
+        return self._by_name.get(name)
+
     def workload_inputs(self) -> dict[str, object]:
         """What the services give the workload for this round's gradient (GradientJob.context)."""
         inputs: dict[str, object] = {}
