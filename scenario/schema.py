@@ -24,6 +24,7 @@ from pydantic import (
 
 from phalanx.engine.model.config import FFN, GPTConfig
 from phalanx.scenario.curation import CurationSection
+from phalanx.scenario.rlhf import RlhfWorkload
 from phalanx.scenario.errors import InputsRefused, ScenarioError
 from phalanx.scenario.errors import ScenarioRefused as ScenarioRefused  # (re-exported)
 from phalanx.scenario.explain import describe_error, flagged, invalid
@@ -358,7 +359,7 @@ class UserWorkload(BaseModel):
         return self
 
 
-_BUILTIN_WORKLOADS = ("linear", "mlp", "digits", "transformer")
+_BUILTIN_WORKLOADS = ("linear", "mlp", "digits", "transformer", "rlhf")
 
 
 def _workload_tag(value: Any) -> str:
@@ -369,6 +370,7 @@ def _workload_tag(value: Any) -> str:
 Workload = Annotated[
     Annotated[LinearWorkload, Tag("linear")] | Annotated[MlpWorkload, Tag("mlp")]
     | Annotated[DigitsWorkload, Tag("digits")] | Annotated[TransformerWorkload, Tag("transformer")]
+    | Annotated[RlhfWorkload, Tag("rlhf")]
     | Annotated[UserWorkload, Tag("kind")],
     Discriminator(_workload_tag)]
 
@@ -1014,6 +1016,20 @@ class Scenario(Strict):
         if problem is not None:
             raise InputsRefused(problem)
 
+    def _rlhf_fits(self) -> None:
+        """An RLHF run labels preference tasks first and lasts its three stages."""
+        w = self.workload
+        if not isinstance(w, RlhfWorkload):
+            return
+        kind = getattr(getattr(self.curation, "tasks", None), "kind", None)
+        if kind != "preferences":
+            raise ValueError("workload rlhf takes its preferences from the curation platform: "
+                             "give curation.tasks {kind: preferences, ...}")
+        if self.training.rounds != w.total_rounds:
+            raise ValueError(f"training.rounds: {self.training.rounds}, but the RLHF stages "
+                             f"last collect {w.collect_rounds} + reward {w.reward_rounds} + "
+                             f"policy {w.policy_rounds} = {w.total_rounds} rounds")
+
     def _annotation_nodes_fit(self) -> None:
         annotation = set(self.annotation_nodes)
         attacked = sorted(set(self.curation.misbehaving()) - annotation) if self.curation else []
@@ -1045,6 +1061,7 @@ class Scenario(Strict):
         check_ids("nodes.speeds", set(self.nodes.speeds))
         check_ids("nodes.observers", set(self.nodes.observers))
         self._annotation_nodes_fit()
+        self._rlhf_fits()
         if not self.members:
             raise ValueError("nodes.observers: every node is an observer; a run needs members")
         for i, fault in enumerate(self.faults):
