@@ -124,8 +124,9 @@ def reputation(scenario: Scenario, world: SimWorld) -> dict[str, float]:
 
 def curation(scenario: Scenario, world: SimWorld) -> dict[str, Any]:
     """Each curation node's log at the end (round, snapshot root, committed and pending
-    records, refusals by reason), and the rounds at which honest nodes held different roots
-    (none, unless something is wrong: the `curation` invariant reads them)."""
+    records, refusals by reason), the rounds at which honest nodes held different roots
+    (none, unless something is wrong: the `curation` invariant reads them), and with
+    `curation.safety` how many tasks the safety filter withheld from annotators."""
     nodes: dict[str, Any] = {}
     for host in world.hosts:
         desk = world.desk(host.id)
@@ -140,8 +141,10 @@ def curation(scenario: Scenario, world: SimWorld) -> dict[str, Any]:
             roots.setdefault(m.round, {}).setdefault(m.root.hex(), set()).add(m.node)
     splits = [{"round": r, "roots": {root: sorted(ids) for root, ids in sorted(held.items())}}
               for r, held in sorted(roots.items()) if len(held) > 1]
-    return {"nodes": nodes, "root_splits": splits[:SPLITS_SHOWN],
-            "rounds_split": len(splits)}
+    out = {"nodes": nodes, "root_splits": splits[:SPLITS_SHOWN], "rounds_split": len(splits)}
+    if scenario.curation is not None and scenario.curation.safety is not None:
+        out["tasks_withheld"] = scenario.curation.withheld(scenario.seed)  # by the filter
+    return out
 
 
 SPLITS_SHOWN = 10

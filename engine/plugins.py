@@ -28,7 +28,7 @@ is built, and the class is cached.
 from __future__ import annotations
 
 import importlib
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from functools import cache
 from importlib.metadata import entry_points
 from typing import TypeVar
@@ -71,9 +71,29 @@ def load_class(group: str, name: str, base: type | tuple[type, ...],
         if not target:
             return None
         what += f" (entry point phalanx.{group} → {target})"
+    obj = _import(target, what, "module:Class")
+    if not (isinstance(obj, type) and issubclass(obj, base)):
+        bases = base if isinstance(base, tuple) else (base,)
+        raise PluginError(f"{what}: {target} is not a subclass of " + " or ".join(
+            f"{b.__module__}.{b.__qualname__}" for b in bases))
+    return obj
+
+
+@cache
+def load_function(target: str, what: str) -> Callable[..., object]:
+    """The callable `target` (`module:function`) names, for hooks such as the safety
+    filter's scorer; PluginError (one line, starting with `what`) when it cannot be used."""
+    obj = _import(target, what, "module:function")
+    if not callable(obj) or isinstance(obj, type):
+        raise PluginError(f"{what}: {target[:200]} is not a function")
+    return obj  # type: ignore[no-any-return]
+
+
+def _import(target: str, what: str, form: str) -> object:
+    """The object at `target` (`module:attr.attr`), imported once; PluginError otherwise."""
     module_name, _, attr = target.partition(":")
     if not module_name or not attr:
-        raise PluginError(f"{what}: expected 'module:Class'")
+        raise PluginError(f"{what}: expected '{form}'")
     try:
         obj: object = importlib.import_module(module_name)
         for part in attr.split("."):
@@ -85,10 +105,6 @@ def load_class(group: str, name: str, base: type | tuple[type, ...],
     except Exception as err:  # the user's module failed while importing
         raise PluginError(f"{what}: importing {module_name} raised "
                           f"{type(err).__name__}: {err}") from None
-    if not (isinstance(obj, type) and issubclass(obj, base)):
-        bases = base if isinstance(base, tuple) else (base,)
-        raise PluginError(f"{what}: {target} is not a subclass of " + " or ".join(
-            f"{b.__module__}.{b.__qualname__}" for b in bases))
     return obj
 
 
@@ -137,5 +153,5 @@ def known_names(group: str, builtins: frozenset[str]) -> str:
         "; or 'module:Class'"
 
 
-__all__ = ["GROUPS", "LazyClasses", "PluginError", "is_path", "known_names", "load_class", "registered",
-           "resolve", "shadowed"]
+__all__ = ["GROUPS", "LazyClasses", "PluginError", "is_path", "known_names", "load_class",
+           "load_function", "registered", "resolve", "shadowed"]

@@ -12,7 +12,7 @@ for a number) but live beside it, so sections others add (scenario/crowd.py) sta
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, ClassVar, Literal
 
 from pydantic import Field, model_validator
 
@@ -21,7 +21,10 @@ from phalanx.engine.curation.crowd import SimulatedCrowd
 from phalanx.engine.curation.messages import MAX_BATCH_RECORDS
 from phalanx.engine.curation.synthetic import SCHEMAS, synthetic_tasks
 from phalanx.engine.curation.tasks import TaskSet
+from phalanx.engine.rlhf.safety import filter_tasks
+from phalanx.engine.rlhf.toy import ToyTask, preference_tasks
 from phalanx.scenario.crowd import CrowdFields
+from phalanx.scenario.safety import SafetySection
 from phalanx.scenario.section import Section
 
 Count = Annotated[int, Field(strict=True)]
@@ -53,6 +56,48 @@ class SyntheticTasks(Section):
         return self
 
 
+_TOY = ToyTask()  # the defaults of the preference task fields
+
+
+class PreferenceTasks(Section):
+    """Pairwise tasks on the RLHF toy (engine/rlhf/toy.py): a prompt and two completions of
+    letter tokens; the hidden truth prefers the completion with the larger share of the
+    `target` token (drawn from the seed, the first `gold` tasks carry it as gold answer)."""
+
+    kind: Annotated[Literal["preferences"], Field(description="`preferences`.")]
+    count: Annotated[Count, Field(ge=1, le=100_000, description="How many tasks.")] = 100
+    gold: Annotated[Count, Field(ge=0, description=(
+        "How many tasks are gold (honeypots with a known answer)."))] = 10
+    vocab: Annotated[Count, Field(ge=2, le=26, description=(
+        "Tokens in the vocabulary, written a, b, c, ..."))] = _TOY.vocab
+    prompt_length: Annotated[Count, Field(ge=1, le=256, description=(
+        "Tokens in a prompt."))] = _TOY.prompt_length
+    completion_length: Annotated[Count, Field(ge=2, le=256, description=(
+        "Tokens in a completion."))] = _TOY.completion_length
+    target: Annotated[Count, Field(ge=0, le=25, description=(
+        "The token whose share in a completion the hidden preference rewards (below "
+        "vocab)."))] = _TOY.target
+    # the floor keeps drawing two completions of different scores quick: below it nearly
+    # every completion holds no target token and the draw would retry for a long time
+    max_target_share: Annotated[float, Field(ge=0.05, le=1, description=(
+        "A completion draws the target token with a probability uniform in [0, this]."
+        ))] = _TOY.max_target_share
+
+    answers: ClassVar[int] = 2  # left or right (a simulated annotator never answers a tie)
+
+    @model_validator(mode="after")
+    def _fits(self) -> PreferenceTasks:
+        if self.gold > self.count:
+            raise ValueError(f"gold: {self.gold} gold tasks but only {self.count} tasks")
+        if self.target >= self.vocab:
+            raise ValueError(f"target: token {self.target} is not below vocab {self.vocab}")
+        return self
+
+    def toy(self) -> ToyTask:
+        return ToyTask(self.vocab, self.prompt_length, self.completion_length, self.target,
+                       self.max_target_share)
+
+
 class TaskFile(Section):
     """Tasks from a JSONL or CSV file (engine/curation/io.py's columns), by its suffix."""
 
@@ -82,8 +127,9 @@ class CurationSection(CrowdFields):
     annotation_nodes: Annotated[Count, Field(ge=0, le=1000, description=(
         "How many of the last node ids are annotation nodes: outside the membership, they "
         "follow the chain, take submissions and forward them to the members."))] = 0
-    tasks: Annotated[SyntheticTasks | TaskFile, Field(discriminator="kind", description=(
-        "The tasks every curation node starts with, chosen by `kind`."))] = SyntheticTasks()
+    tasks: Annotated[SyntheticTasks | PreferenceTasks | TaskFile, Field(
+        discriminator="kind", description=(
+            "The tasks every curation node starts with, chosen by `kind`."))] = SyntheticTasks()
     redundancy: Annotated[Count, Field(ge=1, le=100, description=(
         "Answers wanted per task (k)."))] = 3
     gold_rate: Annotated[float, Field(ge=0, le=1, description=(
@@ -92,22 +138,27 @@ class CurationSection(CrowdFields):
         "Committed rounds a task assignment (lease) lasts."))] = 20
     batch: Annotated[BatchBounds, Field(description=(
         "What one round may commit."))] = BatchBounds()
+    safety: Annotated[SafetySection | None, Field(description=(
+        "The safety filter: tasks with refused text are withheld from annotators; null: "
+        "none."))] = None
 
     @model_validator(mode="after")
     def _crowd_fits(self) -> CurationSection:
         if self.crowd is None:
             return self
-        if not isinstance(self.tasks, SyntheticTasks):
-            raise ValueError("crowd: simulated annotators answer synthetic tasks (tasks: "
-                             "{kind: synthetic}); a task file has no hidden truth")
+        if isinstance(self.tasks, TaskFile):
+            raise ValueError("crowd: simulated annotators answer synthetic or preference "
+                             "tasks (tasks: {kind: synthetic} or {kind: preferences}); a task "
+                             "file has no hidden truth")
         problem = self.crowd.classes_problem(self.tasks.answers)
         if problem is not None:
             raise ValueError(problem)
         return self
 
     def simulated_crowd(self, seed: int) -> SimulatedCrowd | None:
-        """The simulated annotators on the synthetic tasks (None without a crowd)."""
-        if self.crowd is None or not isinstance(self.tasks, SyntheticTasks):
+        """The simulated annotators on the synthetic or preference tasks (None without a
+        crowd): both draw their hidden truth as the crowd does, from the seed's "truth"."""
+        if self.crowd is None or isinstance(self.tasks, TaskFile):
             return None
         return self.crowd.simulated(self.tasks.count, self.tasks.answers, seed)
 
@@ -115,11 +166,26 @@ class CurationSection(CrowdFields):
         return AssignmentPolicy(self.redundancy, self.gold_rate, self.lease_rounds, seed)
 
     def task_set(self, seed: int) -> TaskSet:
-        """The tasks; ValueError (one line: the file's bad rows, `;`-separated) otherwise."""
+        """The tasks annotators are offered: those the safety filter leaves; ValueError (one
+        line: the file's bad rows, `;`-separated, or the safety hook's failure) otherwise."""
+        return self.screened_tasks(seed)[0]
+
+    def withheld(self, seed: int) -> int:
+        """How many tasks the safety filter withholds (0 without `safety`)."""
+        return self.screened_tasks(seed)[1] if self.safety is not None else 0
+
+    def screened_tasks(self, seed: int) -> tuple[TaskSet, int]:
+        """The tasks after the safety filter, and how many it withheld."""
+        tasks = self._all_tasks(seed)
+        return (tasks, 0) if self.safety is None else filter_tasks(tasks, self.safety.filter())
+
+    def _all_tasks(self, seed: int) -> TaskSet:
         spec = self.tasks
         if isinstance(spec, SyntheticTasks):
             return synthetic_tasks(spec.count, spec.classes, spec.schema_kind, spec.gold,
                                    seed).tasks
+        if isinstance(spec, PreferenceTasks):
+            return preference_tasks(spec.toy(), spec.count, spec.gold, seed).tasks
         try:
             data = Path(spec.path).read_bytes()
         except OSError as e:

@@ -96,7 +96,8 @@ class CurationRecorder:
 
     def _regular(self, desk: CurationDesk) -> set[str]:
         gold = {desk.tasks.tasks[d].id for d in desk.tasks.gold}
-        return {t for t in self.crowd.tasks if t not in gold}
+        # the tasks offered: none the safety filter withheld (curation.safety)
+        return {t for t in self.crowd.tasks if t in desk.tasks.by_id and t not in gold}
 
     def _point(self, desk: CurationDesk, round: int, time: float) -> LabelPoint:
         regular = self._regular(desk)
