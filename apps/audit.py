@@ -25,14 +25,13 @@ from phalanx.apps.mpi_run import MPI_FILE, load_ranks
 from phalanx.apps.node_log import NodeLog
 from phalanx.apps.node_settings import load_members
 from phalanx.engine.consensus import equivocations, signed_in
-from phalanx.engine.curation.service import CurationService
 from phalanx.engine.events import Started
 from phalanx.engine.node import Node
 from phalanx.engine.node.persisted import StoreError
 from phalanx.net.crypto import Identity
 from phalanx.net.envelope import FrameOpener
 from phalanx.net.messages import RoundRecord
-from phalanx.scenario.build import curation_setup, member_keys, node_config, workload_for
+from phalanx.scenario.build import member_keys, node_config, node_services, workload_for
 from phalanx.scenario.schema import Scenario, ScenarioError, load_scenario
 
 
@@ -111,8 +110,8 @@ def audit_run(run_dir: Path) -> tuple[list[NodeAudit], list[str]]:
     from phalanx.engine.rng import RngStreams
 
     workload = workload_for(scenario, RngStreams(scenario.seed))
-    setup = curation_setup(scenario)  # its batches are checked and replayed as nodes do
-    services = [CurationService.configured(setup)] if setup is not None else []
+    # curation batches and RLHF lineages are checked and replayed as nodes do
+    services = node_services(scenario)
     audits, hashes = [], {}
     frames: dict[bytes, bytes] = {}
     for node_id, path in sorted(logs.items()):

@@ -71,6 +71,7 @@ from phalanx.scenario.build import (
     annotation_attack_of,
     curation_setup,
     node_config,
+    rlhf_setup,
     workload_for,
 )
 from phalanx.scenario.schema import Scenario, ScenarioError
@@ -217,6 +218,11 @@ class RealNode:
         keyring = plan.keyring
         if plan.curation is not None:
             services = (*services, CurationService.configured(plan.curation))
+        rlhf = rlhf_setup(s)  # after curation: it reads the curation log
+        if rlhf is not None:
+            from phalanx.engine.rlhf.service import RlhfService
+
+            services = (*services, RlhfService.configured(rlhf))
         config = dataclasses.replace(
             node_config(s, plan.node_id, s.real.round_timeout, s.real.view_timeout),
             observers=plan.observers, patience_floor=s.real.patience_floor)

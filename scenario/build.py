@@ -4,16 +4,24 @@ the real node, so all of them run the node a scenario describes in exactly the s
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
 from phalanx.engine.byzantine.curation import RecordAttack, annotation_attack
 from phalanx.engine.curation.log import Verify
-from phalanx.engine.curation.service import CurationSetup
+from phalanx.engine.curation.service import CurationService, CurationSetup
 from phalanx.engine.node import NodeConfig
+from phalanx.engine.node.service import Service
 from phalanx.engine.rng import RngStreams
 from phalanx.engine.workloads import Workload, make_workload
 from phalanx.net.codec import CORE, MessageSet
 from phalanx.net.crypto import Identity, VerifyCache
 from phalanx.net.envelope import FrameOpener
+from phalanx.scenario.curation import PreferenceTasks
+from phalanx.scenario.rlhf import RlhfWorkload
 from phalanx.scenario.schema import Scenario, ScenarioError
+
+if TYPE_CHECKING:
+    from phalanx.engine.rlhf.service import RlhfSetup
 
 
 def workload_for(scenario: Scenario, rngs: RngStreams) -> Workload:
@@ -21,6 +29,8 @@ def workload_for(scenario: Scenario, rngs: RngStreams) -> Workload:
     the digits' training images shared among more nodes than there are images)."""
     params = scenario.workload.model_dump(exclude={"kind"})
     params["batch"] = scenario.training.batch
+    if isinstance(scenario.workload, RlhfWorkload):  # the toy and the filter: curation's
+        params.update(_rlhf_params(scenario))
     try:
         return make_workload(scenario.workload.kind, params, scenario.nodes.count, rngs)
     except ValueError as e:
@@ -85,6 +95,44 @@ def curation_setup(scenario: Scenario, verify: Verify | None = None) -> Curation
                          max_bytes=c.batch.max_bytes,
                          offer_interval=scenario.training.round_timeout, verify=verify,
                          reputation=c.reputation.policy() if c.reputation else None)
+
+
+def _rlhf_params(scenario: Scenario) -> dict[str, Any]:
+    c = scenario.curation
+    assert c is not None and isinstance(c.tasks, PreferenceTasks)  # Scenario._rlhf_fits
+    toy = c.tasks.toy()
+    return {"vocab": toy.vocab, "prompt_length": toy.prompt_length,
+            "completion_length": toy.completion_length, "target": toy.target,
+            "max_target_share": toy.max_target_share,
+            "completion_filter": c.safety.filter() if c.safety is not None else None}
+
+
+def rlhf_setup(scenario: Scenario) -> RlhfSetup | None:
+    """What the nodes of an RLHF run share (None for any other workload)."""
+    w, c = scenario.workload, scenario.curation
+    if not isinstance(w, RlhfWorkload):
+        return None
+    assert c is not None and isinstance(c.tasks, PreferenceTasks)  # Scenario._rlhf_fits
+    from phalanx.engine.rlhf.service import RlhfSetup  # here: it loads the RLHF code
+
+    return RlhfSetup(c.tasks.toy(), w.collect_rounds, w.collect_rounds + w.reward_rounds,
+                     w.kl_coef, w.kl_target, w.kl_horizon)
+
+
+def node_services(scenario: Scenario, verify: Verify | None = None
+                  ) -> tuple[type[Service], ...]:
+    """The services every node of the run adds to the built-in ones: curation with a
+    `curation:` section, RLHF (after it: it reads the curation log) for workload rlhf."""
+    services: list[type[Service]] = []
+    setup = curation_setup(scenario, verify)
+    if setup is not None:
+        services.append(CurationService.configured(setup))
+    rlhf = rlhf_setup(scenario)
+    if rlhf is not None:
+        from phalanx.engine.rlhf.service import RlhfService
+
+        services.append(RlhfService.configured(rlhf))
+    return tuple(services)
 
 
 def annotation_attack_of(scenario: Scenario, node: int) -> RecordAttack | None:

@@ -24,10 +24,10 @@ from pydantic import (
 
 from phalanx.engine.model.config import FFN, GPTConfig
 from phalanx.scenario.curation import CurationSection
-from phalanx.scenario.rlhf import RlhfWorkload
 from phalanx.scenario.errors import InputsRefused, ScenarioError
 from phalanx.scenario.errors import ScenarioRefused as ScenarioRefused  # (re-exported)
 from phalanx.scenario.explain import describe_error, flagged, invalid
+from phalanx.scenario.rlhf import RlhfWorkload
 
 if TYPE_CHECKING:
     from phalanx.engine.aggregate import Need

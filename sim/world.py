@@ -51,9 +51,9 @@ from phalanx.engine.node import Node, Service, message_set
 from phalanx.engine.rng import RngStreams
 from phalanx.scenario.build import (
     annotation_attack_of,
-    curation_setup,
     member_keys,
     node_config,
+    node_services,
     workload_for,
 )
 from phalanx.scenario.schema import Scenario
@@ -291,9 +291,8 @@ class SimWorld:
         self.members = range(n)
         self.identities, self.opener, self.verify_cache = member_keys(
             scenario, message_set(self.services))
-        setup = curation_setup(scenario, self.verify_cache.verify)
-        if setup is not None:  # configured now: it verifies records through the shared cache
-            self.services = (*services, CurationService.configured(setup))
+        # configured now: curation verifies records through the shared cache
+        self.services = (*services, *node_services(scenario, self.verify_cache.verify))
         self.workload = workload_for(scenario, self.rngs)
         self.byzantine = {node: b for b in scenario.byzantine for node in b.nodes}
         self.colluders = frozenset(self.byzantine)

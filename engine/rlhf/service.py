@@ -33,7 +33,7 @@ from phalanx.net.errors import DecodeError
 
 from .data import PreferenceSet
 from .kl import AdaptiveKL, FixedKL
-from .preferences import preference_set
+from .preferences import PreferenceReport, collect_preferences
 from .toy import ToyTask
 
 if TYPE_CHECKING:
@@ -93,7 +93,7 @@ class RlhfService(Service):
     def __init__(self, node: Node) -> None:
         super().__init__(node)
         self.preferences: PreferenceSet | None = None
-        self.skipped: dict[str, int] = {}
+        self.report: PreferenceReport | None = None  # of the snapshot this process took
         self.kl = self._controller()
         self.kl_log: list[KlEntry] = []
 
@@ -168,5 +168,5 @@ class RlhfService(Service):
         curation: CurationService | None = self.node.service("curation")  # type: ignore[assignment]
         if curation is None:
             raise ProtocolError("an RLHF run takes its preferences from the curation service")
-        self.preferences, self.skipped = preference_set(curation.desk, self.setup.toy)
+        self.preferences, self.report = collect_preferences(curation.desk, self.setup.toy)
         self.persist("preferences", encode_record(self.preferences))
