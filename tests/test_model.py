@@ -248,13 +248,14 @@ def test_routing_gives_k_distinct_experts_with_weights_summing_to_one() -> None:
     assert r.kept.all()  # ample capacity
 
 
-def test_capacity_drops_later_choices_first() -> None:
+def test_capacity_grows_with_position_and_counts_only_earlier_kept_tokens() -> None:
     # every token's first choice is expert 0, second choice expert 1
     logits = torch.tensor([[3.0, 2.0, 0.0, 0.0]] * 8)
-    r = route(logits, k=2, capacity_factor=1.0)  # capacity ceil(1 * 2 * 8 / 4) = 4
-    assert r.capacity == 4
-    assert r.kept[:, 0].tolist() == [True] * 4 + [False] * 4  # first come, first seated
-    assert r.kept[:, 1].tolist() == [True] * 4 + [False] * 4
+    r = route(logits, k=2, capacity_factor=1.0)  # capacity at t: ceil(1 * 2 * (t + 1) / 4)
+    assert r.capacity.tolist() == [1, 1, 2, 2, 3, 3, 4, 4]
+    alternate = [True, False] * 4  # each expert is full after every kept token, then grows
+    assert r.kept[:, 0].tolist() == alternate and r.kept[:, 1].tolist() == alternate
+    assert r.counts.tolist() == [[4, 4, 0, 0]]
     moe = MoE(small(ffn="moe", n_experts=4, top_k=2, capacity_factor=1.0))
     with torch.no_grad():
         moe.router.weight.zero_()
@@ -263,7 +264,20 @@ def test_capacity_drops_later_choices_first() -> None:
     x[:, 0] = 1.0
     out = moe(x)
     assert moe.dropped_fraction == pytest.approx(0.5)
-    assert (out[4:] == 0).all() and out[:4].abs().sum() > 0  # dropped tokens: residual only
+    assert (out[1::2] == 0).all() and out[::2].abs().sum() > 0  # dropped tokens: residual only
+
+
+def test_capacity_is_per_sequence_and_resumes_from_counts() -> None:
+    logits = torch.randn(3, 12, 4, generator=torch.Generator().manual_seed(5)) * 3
+    whole = route(logits, k=2, capacity_factor=1.0)
+    assert not whole.kept.all()  # tight enough that some assignments drop
+    alone = [route(logits[b], k=2, capacity_factor=1.0) for b in range(3)]
+    assert torch.equal(whole.kept, torch.cat([a.kept for a in alone]))
+    head = route(logits[:, :5], k=2, capacity_factor=1.0)
+    tail = route(logits[:, 5:], k=2, capacity_factor=1.0, start=5, counts=head.counts)
+    assert torch.equal(torch.cat([head.kept.view(3, 5, 2), tail.kept.view(3, 7, 2)], dim=1),
+                       whole.kept.view(3, 12, 2))
+    assert torch.equal(tail.counts, whole.counts)
 
 
 def test_load_balancing_loss_is_alpha_when_balanced_and_grows_when_not() -> None:

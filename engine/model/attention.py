@@ -14,7 +14,9 @@ from phalanx.kernels.dispatch import choose
 
 
 class KVCache:
-    """Keys and values of every layer for the positions decoded so far, preallocated.
+    """Keys and values of every layer for the positions decoded so far, preallocated, and for
+    a mixture of experts each layer's kept assignments per expert in each sequence (the causal
+    capacity of engine/model/moe.py reads them).
 
     `length` positions are filled; a forward pass writes its T new positions after them and the
     model then advances `length`. Beam search reorders the batch rows with `reorder`."""
@@ -24,12 +26,16 @@ class KVCache:
         shape = (batch, config.kv_heads, max_len, config.head_dim)
         self.keys = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(config.n_layer)]
         self.values = [torch.zeros_like(k) for k in self.keys]
+        experts = config.n_experts if config.ffn == "moe" else 0
+        self.expert_counts = [torch.zeros(batch, experts, dtype=torch.long, device=device)
+                              for _ in range(config.n_layer)]
         self.max_len = max_len
         self.length = 0
 
     def reorder(self, rows: torch.Tensor) -> None:
         self.keys = [k.index_select(0, rows) for k in self.keys]
         self.values = [v.index_select(0, rows) for v in self.values]
+        self.expert_counts = [c.index_select(0, rows) for c in self.expert_counts]
 
 
 def attention_mask(query_pos: torch.Tensor, key_len: int,

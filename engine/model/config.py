@@ -38,7 +38,7 @@ class GPTConfig:
     ffn_hidden: int | None = None
     n_experts: int = 4
     top_k: int = 2
-    capacity_factor: float = 1.25  # expert capacity = factor * top_k * tokens / n_experts
+    capacity_factor: float = 1.25  # an expert keeps ceil(factor*top_k*(t+1)/E) of positions 0..t
     aux_loss_coef: float = 0.01  # Switch load-balancing loss weight
     z_loss_coef: float = 0.0  # router z-loss weight (ST-MoE)
     tie_weights: bool = True  # the LM head shares the token embedding

@@ -60,13 +60,14 @@ def filter_logits(logits: torch.Tensor, sampling: Sampling) -> torch.Tensor:
     return logits
 
 
-@torch.no_grad()
-def generate(model: GPT, prompt: torch.Tensor, max_new_tokens: int,
-             sampling: Sampling = Sampling(), generator: torch.Generator | None = None,
-             use_cache: bool = True) -> torch.Tensor:
-    """`prompt` (B, T) followed by `max_new_tokens` generated tokens."""
+def _decode(model: GPT, prompt: torch.Tensor, max_new_tokens: int, sampling: Sampling,
+            generator: torch.Generator | None, use_cache: bool
+            ) -> tuple[torch.Tensor, torch.Tensor]:
+    """The decoding loop of `generate` and `sample_with_logprobs`: the sequences and each new
+    token's log-probability under the model (temperature 1, unfiltered)."""
     seq = prompt
     cache = model.new_cache(seq.size(0), model.config.block_size) if use_cache else None
+    logprobs = []
     for _ in range(max_new_tokens):
         logits = next_logits(model, seq, cache)
         if sampling.greedy:
@@ -74,8 +75,49 @@ def generate(model: GPT, prompt: torch.Tensor, max_new_tokens: int,
         else:
             probs = filter_logits(logits, sampling).softmax(dim=-1)
             token = torch.multinomial(probs, 1, generator=generator)
+        logprobs.append(logits.float().log_softmax(dim=-1).gather(1, token))
         seq = torch.cat([seq, token], dim=1)
-    return seq
+    empty = torch.zeros(seq.size(0), 0, device=seq.device)
+    return seq, torch.cat(logprobs, dim=1) if logprobs else empty
+
+
+@torch.no_grad()
+def generate(model: GPT, prompt: torch.Tensor, max_new_tokens: int,
+             sampling: Sampling = Sampling(), generator: torch.Generator | None = None,
+             use_cache: bool = True) -> torch.Tensor:
+    """`prompt` (B, T) followed by `max_new_tokens` generated tokens."""
+    return _decode(model, prompt, max_new_tokens, sampling, generator, use_cache)[0]
+
+
+@torch.no_grad()
+def sample_with_logprobs(model: GPT, prompt: torch.Tensor, max_new_tokens: int,
+                         sampling: Sampling, generator: torch.Generator | None
+                         ) -> tuple[torch.Tensor, torch.Tensor]:
+    """What an RLHF rollout needs: `prompt` (B, T) followed by `max_new_tokens` tokens decoded
+    through the KV cache (greedy, or drawn with `generator` at the sampling's temperature,
+    top-k and top-p), and each new token's log-probability (B, max_new_tokens) under the
+    model's own distribution: log_softmax of the logits at temperature 1, unfiltered, the log
+    pi of PPO's ratio and KL penalty. The sampling settings only choose the tokens.
+
+    While prompt and continuation fit the block size these equal `token_logprobs` of the
+    returned sequence from one full forward pass (to float rounding), for every model option,
+    mixtures of experts included (their capacity is causal)."""
+    if prompt.dim() != 2 or prompt.size(1) == 0:
+        raise ValueError(f"prompt must be (batch, length >= 1) token ids, got shape "
+                         f"{tuple(prompt.shape)}")
+    if max_new_tokens < 0:
+        raise ValueError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
+    return _decode(model, prompt, max_new_tokens, sampling, generator, use_cache=True)
+
+
+def token_logprobs(model: GPT, seq: torch.Tensor, start: int) -> torch.Tensor:
+    """log p(seq[:, t] | seq[:, :t]) for t = start .. L-1 (B, L - start) from one full forward
+    pass over `seq` (B, L), which must fit the block size: the full-pass side of PPO's ratio
+    (differentiable, for the policy's update)."""
+    if not 1 <= start <= seq.size(1):
+        raise ValueError(f"start must be in [1, {seq.size(1)}], got {start}")
+    logp = model(seq).logits[:, start - 1:-1].float().log_softmax(dim=-1)
+    return logp.gather(2, seq[:, start:, None]).squeeze(2)
 
 
 @torch.no_grad()

@@ -48,7 +48,9 @@ class Block(nn.Module):
     def forward(self, x: torch.Tensor, positions: torch.Tensor, cache: KVCache | None,
                 layer: int) -> torch.Tensor:
         x = x + self.attn(self.norm1(x), positions, cache, layer)
-        return x + self.ffn(self.norm2(x))
+        h = self.norm2(x)
+        # experts read the cache too: their capacity counts what earlier positions kept
+        return x + (self.ffn(h, cache, layer) if isinstance(self.ffn, MoE) else self.ffn(h))
 
 
 class GPT(nn.Module):
