@@ -41,6 +41,7 @@ def test_masked_mean_over_all_entries_rows_and_an_empty_mask() -> None:
     x = t([1.0, 2.0, 3.0], [4.0, 5.0, 6.0])
     mask = t([1.0, 1.0, 0.0], [0.0, 1.0, 0.0])
     close(masked_mean(x, mask), 8 / 3)  # (1 + 2 + 5) / 3
+    close(masked_mean(x, mask.bool()), 8 / 3)
     close(masked_mean(x, mask, dim=1), [1.5, 5.0])  # (1 + 2) / 2, 5 / 1
     close(masked_mean(x, torch.zeros_like(mask)), 0.0)  # no tokens, no loss, no NaN
     close(masked_mean(x, t([1.0, 1.0, 1.0], [0.0, 0.0, 0.0]), dim=1), [2.0, 0.0])
@@ -108,6 +109,14 @@ def test_gae_skips_padding_and_prompt_positions() -> None:
     advantages, returns = gae(rewards, values, mask)
     close(advantages, [[0.0, 0.46575, 0.385, 0.3, 0.0]])
     close(returns, [[0.0, 0.96575, 0.985, 1.0, 0.0]])
+
+
+def test_gae_steps_over_a_gap_in_the_mask() -> None:
+    # a masked-out token inside the completion (e.g. a tool's output) is skipped, not a step
+    rewards, values = t([[0.0, 9.0, 1.0]]), t([[0.5, 9.0, 0.7]])
+    advantages, _ = gae(rewards, values, t([[1.0, 0.0, 1.0]]), gamma=1.0, lam=0.95)
+    # A2 = 1 − 0.7 = 0.3; δ0 = 0 + V2 − V0 = 0.2, A0 = 0.2 + 0.95·0.3 = 0.485
+    close(advantages, [[0.485, 0.0, 0.3]])
 
 
 def test_gae_lambda_one_is_returns_to_go_and_lambda_zero_is_td() -> None:
