@@ -349,7 +349,7 @@ M23, M24 = torch.ones(2, 3), torch.ones(2, 4)
     (lambda: gae(M23, M23, M23, lam=float("nan")), "lam must be a finite number"),
     (lambda: gae(S2, S2, S2), r"must be \(batch, tokens\)"),
     (lambda: whiten(M23, M24), "mask has shape"),
-    (lambda: ppo_policy_loss(M23, M23, M23, M23, clip=0.0), r"clip must be in \(0, 1\)"),
+    (lambda: ppo_policy_loss(M23, M23, M23, M23, clip=0.0), "clip must be > 0"),
     (lambda: ppo_policy_loss(M23, M23, M24, M23), "advantages has shape"),
     (lambda: ppo_value_loss(M23, M23, M23, M23, clip=-0.2), "clip must be > 0"),
     (lambda: entropy(M23, torch.ones(2)), "logits must be"),

@@ -191,7 +191,7 @@ def ppo_policy_loss(logprobs: Tensor, old_logprobs: Tensor, advantages: Tensor, 
     """
     _same_shape(logprobs=logprobs, old_logprobs=old_logprobs, advantages=advantages, mask=mask)
     clip = _finite("clip", clip)
-    _check(0 < clip < 1, "clip must be in (0, 1)")
+    _check(clip > 0, "clip must be > 0")  # from 1 up, ρ is only clipped from above
     log_ratio = logprobs - old_logprobs
     ratio = torch.exp(log_ratio)
     unclipped = -advantages * ratio
