@@ -320,7 +320,8 @@ def test_kl_controllers_restore_from_their_state() -> None:
     (lambda: AdaptiveKL(0.1, 6.0, 100).update(1.0, 101), "steps must be <= horizon"),
     (lambda: AdaptiveKL(0.1, 6.0, 100).update(1.0, -1), "steps must be an integer >= 0"),
     (lambda: FixedKL(-0.1), "coef must be >= 0"),
-    (lambda: FixedKL(0.1).update(torch.tensor(1.0), 1), "kl must be a finite number"),  # type: ignore[arg-type]
+    (lambda: FixedKL(0.1).update(torch.tensor(1.0), 1),  # type: ignore[arg-type]
+     "kl must be a finite number"),  # a tensor: the caller converts, on every node alike
 ])
 def test_kl_controllers_reject_bad_arguments(make: object, message: str) -> None:
     with pytest.raises(ValueError, match=message):
@@ -358,7 +359,7 @@ M23, M24 = torch.ones(2, 3), torch.ones(2, 4)
                                M23), r"tokens must be in \[0, 4\)"),
     (lambda: sequence_logprobs(torch.zeros(2, 3, 4), M23, M23), "integer tensor"),
     (lambda: sequence_logprobs(torch.zeros(2, 3, 4), torch.zeros(2, 4, dtype=torch.long), M24),
-     "tokens have shape"),
+     "tokens has shape"),
     (lambda: dpo_loss(S2, S2, S2, S3), "ref_rejected has shape"),
     (lambda: dpo_loss(S2, S2, S2, S2, beta=0.0), "beta must be > 0"),
     (lambda: dpo_loss(S2, S2, S2, S2, variant="hinge"),
