@@ -41,6 +41,7 @@ def test_masked_mean_over_all_entries_rows_and_an_empty_mask() -> None:
     x = t([1.0, 2.0, 3.0], [4.0, 5.0, 6.0])
     mask = t([1.0, 1.0, 0.0], [0.0, 1.0, 0.0])
     close(masked_mean(x, mask), 8 / 3)  # (1 + 2 + 5) / 3
+    close(masked_mean(x, mask.bool()), 8 / 3)
     close(masked_mean(x, mask, dim=1), [1.5, 5.0])  # (1 + 2) / 2, 5 / 1
     close(masked_mean(x, torch.zeros_like(mask)), 0.0)  # no tokens, no loss, no NaN
     close(masked_mean(x, t([1.0, 1.0, 1.0], [0.0, 0.0, 0.0]), dim=1), [2.0, 0.0])
@@ -108,6 +109,14 @@ def test_gae_skips_padding_and_prompt_positions() -> None:
     advantages, returns = gae(rewards, values, mask)
     close(advantages, [[0.0, 0.46575, 0.385, 0.3, 0.0]])
     close(returns, [[0.0, 0.96575, 0.985, 1.0, 0.0]])
+
+
+def test_gae_steps_over_a_gap_in_the_mask() -> None:
+    # a masked-out token inside the completion (e.g. a tool's output) is skipped, not a step
+    rewards, values = t([[0.0, 9.0, 1.0]]), t([[0.5, 9.0, 0.7]])
+    advantages, _ = gae(rewards, values, t([[1.0, 0.0, 1.0]]), gamma=1.0, lam=0.95)
+    # A2 = 1 − 0.7 = 0.3; δ0 = 0 + V2 − V0 = 0.2, A0 = 0.2 + 0.95·0.3 = 0.485
+    close(advantages, [[0.485, 0.0, 0.3]])
 
 
 def test_gae_lambda_one_is_returns_to_go_and_lambda_zero_is_td() -> None:
@@ -311,7 +320,8 @@ def test_kl_controllers_restore_from_their_state() -> None:
     (lambda: AdaptiveKL(0.1, 6.0, 100).update(1.0, 101), "steps must be <= horizon"),
     (lambda: AdaptiveKL(0.1, 6.0, 100).update(1.0, -1), "steps must be an integer >= 0"),
     (lambda: FixedKL(-0.1), "coef must be >= 0"),
-    (lambda: FixedKL(0.1).update(torch.tensor(1.0), 1), "kl must be a finite number"),  # type: ignore[arg-type]
+    (lambda: FixedKL(0.1).update(torch.tensor(1.0), 1),  # type: ignore[arg-type]
+     "kl must be a finite number"),  # a tensor: the caller converts, on every node alike
 ])
 def test_kl_controllers_reject_bad_arguments(make: object, message: str) -> None:
     with pytest.raises(ValueError, match=message):
@@ -340,7 +350,7 @@ M23, M24 = torch.ones(2, 3), torch.ones(2, 4)
     (lambda: gae(M23, M23, M23, lam=float("nan")), "lam must be a finite number"),
     (lambda: gae(S2, S2, S2), r"must be \(batch, tokens\)"),
     (lambda: whiten(M23, M24), "mask has shape"),
-    (lambda: ppo_policy_loss(M23, M23, M23, M23, clip=0.0), r"clip must be in \(0, 1\)"),
+    (lambda: ppo_policy_loss(M23, M23, M23, M23, clip=0.0), "clip must be > 0"),
     (lambda: ppo_policy_loss(M23, M23, M24, M23), "advantages has shape"),
     (lambda: ppo_value_loss(M23, M23, M23, M23, clip=-0.2), "clip must be > 0"),
     (lambda: entropy(M23, torch.ones(2)), "logits must be"),
@@ -349,7 +359,7 @@ M23, M24 = torch.ones(2, 3), torch.ones(2, 4)
                                M23), r"tokens must be in \[0, 4\)"),
     (lambda: sequence_logprobs(torch.zeros(2, 3, 4), M23, M23), "integer tensor"),
     (lambda: sequence_logprobs(torch.zeros(2, 3, 4), torch.zeros(2, 4, dtype=torch.long), M24),
-     "tokens have shape"),
+     "tokens has shape"),
     (lambda: dpo_loss(S2, S2, S2, S3), "ref_rejected has shape"),
     (lambda: dpo_loss(S2, S2, S2, S2, beta=0.0), "beta must be > 0"),
     (lambda: dpo_loss(S2, S2, S2, S2, variant="hinge"),

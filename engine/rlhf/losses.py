@@ -60,6 +60,15 @@ def _check(ok: bool, message: str) -> None:
         raise ValueError(message)
 
 
+def _per_token(logits: Tensor, **sequences: Tensor) -> None:
+    """ValueError unless `logits` is (B, T, V) and each named tensor is its (B, T)."""
+    _check(logits.dim() == 3,
+           f"logits must be (batch, tokens, vocab), got {logits.dim()} dimensions")
+    for name, t in sequences.items():
+        _check(t.shape == logits.shape[:2], f"{name} has shape {tuple(t.shape)}, logits need "
+               f"{tuple(logits.shape[:2])}")
+
+
 def _finite(name: str, value: float) -> float:
     _check(isinstance(value, Real) and math.isfinite(value),
            f"{name} must be a finite number")
@@ -191,7 +200,7 @@ def ppo_policy_loss(logprobs: Tensor, old_logprobs: Tensor, advantages: Tensor, 
     """
     _same_shape(logprobs=logprobs, old_logprobs=old_logprobs, advantages=advantages, mask=mask)
     clip = _finite("clip", clip)
-    _check(0 < clip < 1, "clip must be in (0, 1)")
+    _check(clip > 0, "clip must be > 0")  # from 1 up, ρ is only clipped from above
     log_ratio = logprobs - old_logprobs
     ratio = torch.exp(log_ratio)
     unclipped = -advantages * ratio
@@ -226,10 +235,7 @@ def ppo_value_loss(values: Tensor, old_values: Tensor, returns: Tensor, mask: Te
 def entropy(logits: Tensor, mask: Tensor) -> Tensor:
     """Masked mean over tokens of the entropy H = −Σ_v p_v log p_v of softmax(`logits`)
     (B, T, V), an exploration bonus or a collapse alarm; uniform logits give log V."""
-    _check(logits.dim() == 3, f"logits must be (batch, tokens, vocab), got {logits.dim()} "
-           "dimensions")
-    _check(mask.shape == logits.shape[:2], f"mask has shape {tuple(mask.shape)}, logits need "
-           f"{tuple(logits.shape[:2])}")
+    _per_token(logits, mask=mask)
     logp = F.log_softmax(logits, dim=-1)
     p = logp.exp()
     # p log p → 0 as p → 0; `where` also keeps a −inf logit from making 0·(−inf) = NaN
@@ -244,13 +250,9 @@ def sequence_logprobs(logits: Tensor, tokens: Tensor, mask: Tensor) -> Tensor:
     before the call. Masked-out tokens may hold anything (padding ids); masked-in ones must be
     in [0, vocab).
     """
-    _check(logits.dim() == 3, f"logits must be (batch, tokens, vocab), got {logits.dim()} "
-           "dimensions")
-    _sequences(tokens=tokens, mask=mask)
-    _check(tokens.shape == logits.shape[:2], f"tokens have shape {tuple(tokens.shape)}, logits "
-           f"need {tuple(logits.shape[:2])}")
-    _check(not tokens.is_floating_point() and not tokens.is_complex() and tokens.dtype != torch.bool,
-           "tokens must be an integer tensor")
+    _per_token(logits, tokens=tokens, mask=mask)
+    integer = not (tokens.is_floating_point() or tokens.is_complex() or tokens.dtype == torch.bool)
+    _check(integer, "tokens must be an integer tensor")
     keep = mask != 0
     ids = torch.where(keep, tokens, torch.zeros_like(tokens))
     vocab = logits.shape[-1]
