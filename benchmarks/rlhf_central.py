@@ -82,11 +82,16 @@ def main() -> None:
     parser.add_argument("--policy-rounds", type=int)
     parser.add_argument("--kl-target", type=float)
     parser.add_argument("--every", type=int, default=10, help="evaluate every this many rounds")
+    parser.add_argument("--set", action="append", default=[], metavar="FIELD=JSON",
+                        help="override a workload argument, e.g. --set kl_coef=0.2")
     args = parser.parse_args()
     torch.set_num_threads(1)
     overrides = {k: v for k, v in (("reward_rounds", args.reward_rounds),
                                    ("policy_rounds", args.policy_rounds),
                                    ("kl_target", args.kl_target)) if v is not None}
+    for item in args.set:
+        field, _, value = item.partition("=")
+        overrides[field] = json.loads(value)
     methods = ("ppo", "dpo") if args.method == "both" else (args.method,)
     for method in methods:
         rngs = RngStreams(args.seed)

@@ -70,18 +70,18 @@ DPO_VARIANTS = ("sigmoid", "ipo", "reference_free")
 class RlhfWorkload(Workload):
     name = "rlhf"
 
-    def __init__(self, *, n_nodes: int, rngs: RngStreams, batch: int = 16,
+    def __init__(self, *, n_nodes: int, rngs: RngStreams, batch: int = 32,
                  vocab: int = 8, prompt_length: int = 4, completion_length: int = 8,
                  target: int = 0, max_target_share: float = 0.6,
                  n_layer: int = 1, n_head: int = 2, n_embd: int = 32,
                  collect_rounds: int = 0, reward_rounds: int = 60, policy_rounds: int = 100,
                  method: Method = "ppo",
-                 reward_lr: float | None = 3e-3, policy_lr: float | None = 3e-3,
+                 reward_lr: float | None = 3e-4, policy_lr: float | None = 1e-3,
                  reward_margin: bool = False, reward_center: float = 0.01,
-                 kl_coef: float = 0.05, kl_target: float | None = None,
+                 kl_coef: float = 0.2, kl_target: float | None = None,
                  kl_horizon: float = 10_000.0, clip: float = 0.2, value_clip: float = 0.2,
                  value_coef: float = 0.1, entropy_coef: float = 0.0, gamma: float = 1.0,
-                 lam: float = 0.95, ppo_epochs: int = 1, ppo_local_lr: float = 3e-3,
+                 lam: float = 0.95, ppo_epochs: int = 1, ppo_local_lr: float = 1e-3,
                  temperature: float = 1.0,
                  dpo_beta: float = 0.1, dpo_variant: str = "sigmoid",
                  label_smoothing: float = 0.0,
