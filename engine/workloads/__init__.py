@@ -14,6 +14,7 @@ WORKLOADS: Mapping[str, type[Workload]] = LazyClasses({
     "digits": "phalanx.engine.workloads.digits:DigitsClassifier",
     "linear": "phalanx.engine.workloads.linear:LinearRegression",
     "mlp": "phalanx.engine.workloads.mlp:MlpClassifier",
+    "rlhf": "phalanx.engine.rlhf.workload:RlhfWorkload",
     "transformer": "phalanx.engine.workloads.transformer:TransformerLM",
 })
 
