@@ -152,6 +152,24 @@ def _final_eval(exp: ExpectSpec, honest: pl.DataFrame,
                    f"{'<' if worse == 'loss' else '>'} {limit})")
 
 
+def _final_eval_bounds(exp: ExpectSpec, honest: pl.DataFrame,
+                       summary: dict[str, Any]) -> Iterator[str]:
+    for key, bounds, above in (("final_eval_above", exp.final_eval_above, True),
+                               ("final_eval_below", exp.final_eval_below, False)):
+        for name, limit in sorted((bounds or {}).items()):
+            col = f"eval_{name}"
+            if col not in honest.columns:
+                yield f"{key}: the run reports no held-out {name[:40]!r}"
+                continue
+            last = honest.filter(pl.col(col).is_not_null()).sort("round", "order").group_by(
+                "node", maintain_order=True).last()
+            values = last[col].to_list()
+            worst = (min(values) if above else max(values)) if values else None
+            if worst is None or (worst <= limit if above else worst >= limit):
+                yield (f"{key}: final held-out {name} {worst} at the worst honest node "
+                       f"(wanted {'>' if above else '<'} {limit})")
+
+
 def _excluded(exp: ExpectSpec, honest: pl.DataFrame, summary: dict[str, Any]) -> Iterator[str]:
     if exp.excluded is None:
         return
@@ -207,6 +225,7 @@ def _label_accuracy_above(exp: ExpectSpec, honest: pl.DataFrame,
 
 
 _CHECKS: tuple[_Check, ...] = (_honest_hashes_equal, _rounds_committed_at_least, _final_eval,
+                               _final_eval_bounds,
                                _excluded, _excluded_within_rounds, _members_at_end,
                                _dropped_messages_at_least, _label_accuracy_above)
 

@@ -95,10 +95,10 @@ def plot_rlhf(workload: Workload, rounds: pl.DataFrame, total_rounds: int, title
     for i, (stage, first, last) in enumerate(stage_spans(workload, total_rounds)):
         for ax in axes:
             ax.axvspan(first - 0.5, last + 0.5, color=shades[i % len(shades)], zorder=0)
-        axes[0].text((first + last) / 2, 1.0, stage, transform=axes[0].get_xaxis_transform(),
+        axes[0].text((first + last) / 2, 1.01, stage, transform=axes[0].get_xaxis_transform(),
                      ha="center", va="bottom", fontsize="small")
     axes[-1].set_xlabel("round")
-    axes[0].set_title(title, loc="left", pad=14)
+    axes[0].set_title(title, loc="left", pad=16)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import resource
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -46,13 +47,15 @@ class RoundPrinter:
                                  MofNCompleteColumn(),
                                  TextColumn("committed at t={task.fields[t]:.2f}s"),
                                  TimeElapsedColumn(), console=console, disable=not enabled)
+        # a staged workload (RLHF) names each round's stage in the bar and the table
+        self.stage: Callable[[int], str] | None = getattr(scenario.workload, "stage", None)
         self.task = self.progress.add_task("rounds", total=self.total, t=0.0)
 
     def __enter__(self) -> RoundPrinter:
         self.progress.__enter__()
         if self.enabled:
             self.console.print(f"{'round':>5}  {'sim time':>9}  {'nodes':>5}  {'train loss':>10}"
-                               f"  {'models':>6}")
+                               f"  {'models':>6}" + ("  stage" if self.stage else ""))
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -76,9 +79,11 @@ class RoundPrinter:
                 self.console.print(
                     f"{self._printed:>5}  {max(t for t, *_ in rows):>9.3f}  {len(rows):>5}  "
                     f"{sum(loss for _, loss, _ in rows) / len(rows):>10.4f}  "
-                    f"{len(hashes):>6}" + ("  [red]differ[/]" if len(hashes) > 1 else ""))
+                    f"{len(hashes):>6}" + ("  [red]differ[/]" if len(hashes) > 1 else "")
+                    + (f"  {self.stage(self._printed)}" if self.stage else ""))
             self.progress.update(self.task, completed=self._printed + 1,
-                                 t=max(t for t, *_ in rows))
+                                 t=max(t for t, *_ in rows), description=(
+                                     self.stage(self._printed) if self.stage else "rounds"))
 
 
 def exclusions(scenario: Scenario, metrics: MetricLog, running: set[int]) -> dict[str, Any]:

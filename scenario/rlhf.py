@@ -88,6 +88,12 @@ class RlhfWorkload(Section):
                              "DPO needs none")
         return self
 
+    def stage(self, round: int) -> str:
+        """What `round` trains: collect, reward, then the method (as the workload says)."""
+        if round < self.collect_rounds:
+            return "collect"
+        return "reward" if round < self.collect_rounds + self.reward_rounds else self.method
+
     @property
     def total_rounds(self) -> int:
         return self.collect_rounds + self.reward_rounds + self.policy_rounds

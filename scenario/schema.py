@@ -892,6 +892,13 @@ class ExpectSpec(Strict):
     label_accuracy_above: Annotated[Probability | None, Field(description=(
         "The share of labelled (non-gold) tasks whose final label is their hidden truth must "
         "be above this, 0 to 1 (needs curation.crowd)."))] = None
+    final_eval_above: Annotated[dict[str, float] | None, Field(description=(
+        "Held-out figure name -> bound: each honest node's final `eval_<name>` in "
+        "rounds.parquet must be above it (e.g. `{true_score: 0.37, reward_accuracy: 0.93}` "
+        "for an RLHF run)."))] = None
+    final_eval_below: Annotated[dict[str, float] | None, Field(description=(
+        "Held-out figure name -> bound: each honest node's final `eval_<name>` must be "
+        "below it (e.g. `{kl: 4.0}`)."))] = None
 
 
 class RealSpec(Strict):
