@@ -15,7 +15,9 @@ run's named streams, (seed, node, round) → the same bytes on every machine: th
 generator of ("rollout", node, round).
 
 Committed inputs arrive in `job.context`: "preferences" (a PreferenceSet) in reward and DPO
-rounds, and optionally "kl_coef" in PPO rounds, the adaptive KL controller's value, which the
+rounds (without one, e.g. in a run with no curation service, the toy's `synthetic_pairs`
+pairs of the run's seed, labels right with probability 0.9; synthetic_pairs = 0 makes a
+missing set an error), and optionally "kl_coef" in PPO rounds, the adaptive KL controller's value, which the
 node's RLHF service advances at each commit from `kl_value(committed params)` — the same
 number on every node, as the controller's state must be.
 
@@ -48,7 +50,7 @@ from phalanx.engine.rlhf.losses import (
     token_rewards,
     whiten,
 )
-from phalanx.engine.rlhf.models import FlatModel, Policy, RewardModel, build
+from phalanx.engine.rlhf.models import Policy, RewardModel, build
 from phalanx.engine.rlhf.rollout import (
     CompletionFilter,
     Rollouts,
@@ -65,6 +67,7 @@ __all__ = ["RlhfWorkload", "noisy_toy_preferences"]
 
 Method = Literal["ppo", "dpo"]
 DPO_VARIANTS = ("sigmoid", "ipo", "reference_free")
+SYNTHETIC_ACCURACY = 0.9  # how often a synthetic preference's label is right
 
 
 class RlhfWorkload(Workload):
@@ -86,7 +89,8 @@ class RlhfWorkload(Workload):
                  dpo_beta: float = 0.1, dpo_variant: str = "sigmoid",
                  label_smoothing: float = 0.0,
                  completion_filter: CompletionFilter | None = None, blocked_score: float = -2.0,
-                 eval_pairs: int = 256, eval_rollouts: int = 64) -> None:
+                 eval_pairs: int = 256, eval_rollouts: int = 64,
+                 synthetic_pairs: int = 1000) -> None:
         _validate(locals())
         self.n_nodes, self.rngs, self.batch = n_nodes, rngs, batch
         self.toy = ToyTask(vocab, prompt_length, completion_length, target, max_target_share)
@@ -102,6 +106,8 @@ class RlhfWorkload(Workload):
         self.dpo_beta, self.dpo_variant, self.label_smoothing = dpo_beta, dpo_variant, \
             label_smoothing
         self.completion_filter, self.blocked_score = completion_filter, blocked_score
+        self.synthetic_pairs = synthetic_pairs
+        self._synthetic: PreferenceSet | None = None
 
         config = GPTConfig(vocab_size=vocab, block_size=prompt_length + completion_length,
                            n_layer=n_layer, n_head=n_head, n_embd=n_embd)
@@ -182,9 +188,11 @@ class RlhfWorkload(Workload):
         stream ("batch", node, round): chosen (B, P + C), rejected (B, P + C), confidence (B,)
         — chosen and rejected swapped for a poisoned job."""
         prefs = job.context.get("preferences")
+        if prefs is None:
+            prefs = self._synthetic_preferences()
         if not isinstance(prefs, PreferenceSet) or len(prefs) == 0:
             raise ValueError(f"{self.stage(job.round)} rounds need a non-empty PreferenceSet "
-                             "in job.context['preferences']")
+                             "in job.context['preferences'] (or synthetic_pairs > 0)")
         picks = self.rngs.stream("batch", job.node, job.round).integers(0, len(prefs), self.batch)
         drawn = [prefs.pairs[int(i)] for i in picks]
         for pref in drawn:
@@ -195,6 +203,14 @@ class RlhfWorkload(Workload):
         if job.poisoned:
             chosen, rejected = rejected, chosen
         return chosen, rejected, confidence
+
+    def _synthetic_preferences(self) -> PreferenceSet | None:
+        """The fallback of a run without committed preferences (no curation service): the
+        toy's pairs of the run's seed with labels right with probability 0.9."""
+        if self.synthetic_pairs and self._synthetic is None:
+            self._synthetic = noisy_toy_preferences(self.toy, self.synthetic_pairs,
+                                                    self.rngs.root_seed, SYNTHETIC_ACCURACY)
+        return self._synthetic
 
     def _check_pair(self, pref: Preference) -> None:
         toy = self.toy
@@ -368,7 +384,8 @@ def noisy_toy_preferences(toy: ToyTask, count: int, seed: int,
     synthetic = preference_tasks(toy, count, 0, seed)
     wrong = RngStreams(seed).stream("rlhf", "label-noise").random(count) >= label_accuracy
     pairs = []
-    for i, task_id in enumerate(sorted(synthetic.truth)):
+    for i in range(count):
+        task_id = f"t{i:04d}"
         task = synthetic.tasks.by_id[task_id]
         left, right = (toy.parse(text) for text in task.completions)
         better = synthetic.truth[task_id].choice[0] ^ int(wrong[i])
@@ -416,10 +433,12 @@ _CHECKS: tuple[_Check, ...] = (
     ("blocked_score", lambda a: not np.isfinite(a["blocked_score"]), "a finite number"),
     ("eval_pairs", lambda a: a["eval_pairs"] < 1, "an integer >= 1"),
     ("eval_rollouts", lambda a: a["eval_rollouts"] < 1, "an integer >= 1"),
+    ("synthetic_pairs", lambda a: not 0 <= a["synthetic_pairs"] <= 9999,
+     "an integer in 0..9999 (0: committed preferences only)"),
 )
 
 _INTEGERS = ("n_nodes", "batch", "collect_rounds", "reward_rounds", "policy_rounds",
-             "ppo_epochs", "eval_pairs", "eval_rollouts", "vocab", "prompt_length",
+             "ppo_epochs", "eval_pairs", "eval_rollouts", "synthetic_pairs", "vocab", "prompt_length",
              "completion_length", "target", "n_layer", "n_head", "n_embd")
 _NUMBERS = ("reward_lr", "policy_lr", "reward_center", "kl_coef", "kl_target", "kl_horizon",
             "clip", "value_clip", "value_coef", "entropy_coef", "gamma", "lam", "ppo_local_lr",
