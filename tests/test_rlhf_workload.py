@@ -168,7 +168,7 @@ def test_committed_kl_coef_overrides_the_default(prefs: PreferenceSet) -> None:
 
 @pytest.mark.parametrize(("field", "value"), [
     ("batch", 0), ("method", "sft<script>"), ("reward_lr", -1.0), ("kl_target", 0.0),
-    ("clip", 1.5), ("gamma", 0.0), ("ppo_epochs", 0), ("dpo_variant", "hinge"),
+    ("clip", 0.0), ("kl_horizon", 10.5), ("gamma", 0.0), ("ppo_epochs", 0), ("dpo_variant", "hinge"),
     ("label_smoothing", 0.5), ("temperature", 0.0), ("completion_filter", "no filter"),
     ("blocked_score", float("nan")), ("synthetic_pairs", -1), ("n_embd", 15),
     ("vocab", 1), ("batch", 2.5), ("reward_margin", "yes"), ("kl_coef", "0.1"),
@@ -179,6 +179,13 @@ def test_bad_arguments_are_one_line_errors_naming_the_field(field: str, value: A
     message = str(err.value)
     assert "\n" not in message and "<script>" not in message and "hinge" not in message
     assert field in message or (field == "n_embd" and "n_head" in message)
+
+
+def test_arguments_that_only_clash_together_are_refused() -> None:
+    with pytest.raises(ValueError, match="kl_horizon must be at least batch"):
+        workload(kl_target=3.0, kl_horizon=10)  # 8 rollouts x 3 nodes per update
+    with pytest.raises(ValueError, match="label_smoothing must be 0 with dpo_variant ipo"):
+        workload(dpo_variant="ipo", label_smoothing=0.1)
 
 
 def test_bad_committed_inputs_are_clear_errors(prefs: PreferenceSet) -> None:

@@ -82,7 +82,7 @@ class RlhfWorkload(Workload):
                  reward_lr: float | None = 3e-4, policy_lr: float | None = 1e-3,
                  reward_margin: bool = False, reward_center: float = 0.01,
                  kl_coef: float = 0.2, kl_target: float | None = None,
-                 kl_horizon: float = 10_000.0, clip: float = 0.2, value_clip: float = 0.2,
+                 kl_horizon: int = 10_000, clip: float = 0.2, value_clip: float = 0.2,
                  value_coef: float = 0.1, entropy_coef: float = 0.0, gamma: float = 1.0,
                  lam: float = 0.95, ppo_epochs: int = 1, ppo_local_lr: float = 1e-3,
                  temperature: float = 1.0,
@@ -414,8 +414,11 @@ _CHECKS: tuple[_Check, ...] = (
      "a number > 0, or null for a fixed kl_coef"),
     ("kl_target", lambda a: a["kl_target"] is not None and not a["kl_coef"] > 0,
      "set only with kl_coef > 0 (the adaptive controller scales it)"),
-    ("kl_horizon", lambda a: not a["kl_horizon"] > 0, "a number > 0"),
-    ("clip", lambda a: not 0 < a["clip"] < 1, "a number in (0, 1)"),
+    ("kl_horizon", lambda a: a["kl_horizon"] < 1, "an integer >= 1"),
+    ("kl_horizon", lambda a: a["kl_target"] is not None
+     and a["kl_horizon"] < a["batch"] * a["n_nodes"],
+     "at least batch * n_nodes (the rollouts one update of the KL controller counts)"),
+    ("clip", lambda a: not a["clip"] > 0, "a number > 0"),
     ("value_clip", lambda a: not a["value_clip"] > 0, "a number > 0"),
     ("value_coef", lambda a: not a["value_coef"] >= 0, "a number >= 0"),
     ("entropy_coef", lambda a: not a["entropy_coef"] >= 0, "a number >= 0"),
@@ -427,6 +430,8 @@ _CHECKS: tuple[_Check, ...] = (
     ("dpo_beta", lambda a: not a["dpo_beta"] > 0, "a number > 0"),
     ("dpo_variant", lambda a: a["dpo_variant"] not in DPO_VARIANTS, ", ".join(DPO_VARIANTS)),
     ("label_smoothing", lambda a: not 0 <= a["label_smoothing"] < 0.5, "a number in [0, 0.5)"),
+    ("label_smoothing", lambda a: a["dpo_variant"] == "ipo" and a["label_smoothing"] != 0,
+     "0 with dpo_variant ipo (it smooths the sigmoid variants only)"),
     ("completion_filter", lambda a: a["completion_filter"] is not None
      and not callable(getattr(a["completion_filter"], "allows", None)),
      "null or an object with allows(text) -> bool"),
@@ -438,9 +443,9 @@ _CHECKS: tuple[_Check, ...] = (
 )
 
 _INTEGERS = ("n_nodes", "batch", "collect_rounds", "reward_rounds", "policy_rounds",
-             "ppo_epochs", "eval_pairs", "eval_rollouts", "synthetic_pairs", "vocab", "prompt_length",
+             "ppo_epochs", "kl_horizon", "eval_pairs", "eval_rollouts", "synthetic_pairs", "vocab", "prompt_length",
              "completion_length", "target", "n_layer", "n_head", "n_embd")
-_NUMBERS = ("reward_lr", "policy_lr", "reward_center", "kl_coef", "kl_target", "kl_horizon",
+_NUMBERS = ("reward_lr", "policy_lr", "reward_center", "kl_coef", "kl_target",
             "clip", "value_clip", "value_coef", "entropy_coef", "gamma", "lam", "ppo_local_lr",
             "temperature", "dpo_beta", "label_smoothing", "blocked_score", "max_target_share")
 
