@@ -100,6 +100,15 @@ def test_poisoned_reward_and_dpo_jobs_train_on_swapped_pairs(prefs: PreferenceSe
         assert poisoned.values.tobytes() != run(w, round, prefs).values.tobytes()
 
 
+def test_label_confidence_sets_the_margin_only_when_asked(prefs: PreferenceSet) -> None:
+    plain = run(workload(), 2, prefs)
+    margin = run(workload(reward_margin=True), 2, prefs)
+    assert margin.loss > plain.loss  # confidence 0.9 asks each pair for a gap of 0.8
+    unsure = PreferenceSet(prefs.root, 0, tuple(replace(p, confidence=0.5) for p in prefs.pairs))
+    assert run(workload(reward_margin=True), 2, unsure).values.tobytes() == \
+        run(workload(), 2, unsure).values.tobytes()  # a coin-flip label asks for no gap
+
+
 def test_poisoned_ppo_job_negates_the_score() -> None:
     # at the initial policy the value head reads 0 and, without a KL penalty, the advantages
     # are the whitened scores: negating the score negates the whole gradient

@@ -103,8 +103,8 @@ class RlhfWorkload(Workload):
         self.value_coef, self.entropy_coef = value_coef, entropy_coef
         self.gamma, self.lam, self.temperature = gamma, lam, temperature
         self.ppo_epochs, self.ppo_local_lr = ppo_epochs, ppo_local_lr
-        self.dpo_beta, self.dpo_variant, self.label_smoothing = dpo_beta, dpo_variant, \
-            label_smoothing
+        self.dpo_beta, self.dpo_variant = dpo_beta, dpo_variant
+        self.label_smoothing = label_smoothing
         self.completion_filter, self.blocked_score = completion_filter, blocked_score
         self.synthetic_pairs = synthetic_pairs
         self._synthetic: PreferenceSet | None = None
