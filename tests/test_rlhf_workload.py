@@ -109,6 +109,16 @@ def test_label_confidence_sets_the_margin_only_when_asked(prefs: PreferenceSet) 
         run(workload(), 2, unsure).values.tobytes()  # a coin-flip label asks for no gap
 
 
+def test_pairs_are_drawn_by_confidence(prefs: PreferenceSet) -> None:
+    sure = Preference((1, 2, 3, 4), (0,) * 8, (1,) * 8, 1.0)
+    never = Preference((1, 2, 3, 4), (1,) * 8, (0,) * 8, 0.0)
+    only_sure = run(workload(), 2, PreferenceSet(b"", 0, (sure,)))
+    assert run(workload(), 2, PreferenceSet(b"", 0, (sure, never))).values.tobytes() == \
+        only_sure.values.tobytes()
+    with pytest.raises(ValueError, match="confidences must be in"):
+        run(workload(), 2, PreferenceSet(b"", 0, (never,)))
+
+
 def test_poisoned_ppo_job_negates_the_score() -> None:
     # at the initial policy the value head reads 0 and, without a KL penalty, the advantages
     # are the whitened scores: negating the score negates the whole gradient

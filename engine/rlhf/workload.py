@@ -21,10 +21,11 @@ missing set an error), and optionally "kl_coef" in PPO rounds, the adaptive KL c
 node's RLHF service advances at each commit from `kl_value(committed params)` — the same
 number on every node, as the controller's state must be.
 
-A label's confidence sets the reward model's margin when `reward_margin` is on (Llama 2's
-margin loss): a pair labelled with confidence c asks for a score gap of max(0, 2c − 1), so a
-coin-flip label asks for none and a certain one for 1. Otherwise pairs are unweighted, as they
-are in DPO.
+A label's confidence c weights its pair, in reward and DPO rounds alike: pairs are drawn with
+probability proportional to c, so an unsure label trains less often but at full strength
+(the losses take plain means). With `reward_margin` on, c also sets the reward model's margin
+(Llama 2's margin loss): a gap of max(0, 2c − 1), none for a coin-flip label, 1 for a certain
+one.
 """
 
 from __future__ import annotations
@@ -184,16 +185,22 @@ class RlhfWorkload(Workload):
         return grad
 
     def _pairs(self, job: GradientJob) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """`batch` pairs of the committed preference set, drawn with replacement from the
-        stream ("batch", node, round): chosen (B, P + C), rejected (B, P + C), confidence (B,)
-        — chosen and rejected swapped for a poisoned job."""
+        """`batch` pairs of the committed preference set, drawn with replacement and with
+        probability proportional to their label's confidence from the stream ("batch", node,
+        round): chosen (B, P + C), rejected (B, P + C), confidence (B,) — chosen and rejected
+        swapped for a poisoned job."""
         prefs = job.context.get("preferences")
         if prefs is None:
             prefs = self._synthetic_preferences()
         if not isinstance(prefs, PreferenceSet) or len(prefs) == 0:
             raise ValueError(f"{self.stage(job.round)} rounds need a non-empty PreferenceSet "
                              "in job.context['preferences'] (or synthetic_pairs > 0)")
-        picks = self.rngs.stream("batch", job.node, job.round).integers(0, len(prefs), self.batch)
+        weights = np.array([p.confidence for p in prefs.pairs], np.float64)
+        if not (np.isfinite(weights).all() and (weights >= 0).all() and (weights <= 1).all()
+                and weights.sum() > 0):
+            raise ValueError("preference confidences must be in [0, 1], not all 0")
+        picks = self.rngs.stream("batch", job.node, job.round).choice(
+            len(prefs), size=self.batch, p=weights / weights.sum())
         drawn = [prefs.pairs[int(i)] for i in picks]
         for pref in drawn:
             self._check_pair(pref)
