@@ -55,7 +55,7 @@ def train(workload: RlhfWorkload, context: dict[str, Any], lr: float, every: int
             controller.update(workload.kl_value(params), workload.batch * workload.n_nodes)
         seconds = time.perf_counter() - started
         if (round + 1) % every == 0 or round + 1 == last:
-            figures = {k: v for k, v in workload.evaluate(params).items()}
+            figures = workload.evaluate(params)
             metrics = {k: float(np.mean([r.metrics[k] for r in results]))
                        for k in results[0].metrics}
             row = {"round": round + 1, "stage": stage, "seconds": round_to(seconds),

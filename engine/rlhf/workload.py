@@ -15,14 +15,17 @@ run's named streams, (seed, node, round) → the same bytes on every machine: th
 generator of ("rollout", node, round).
 
 Committed inputs arrive in `job.context`: "preferences" (a PreferenceSet) in reward and DPO
-rounds, and optionally "kl_coef" in PPO rounds, the adaptive KL controller's value, which the
+rounds (without one, e.g. in a run with no curation service, the toy's `synthetic_pairs`
+pairs of the run's seed, labels right with probability 0.9; synthetic_pairs = 0 makes a
+missing set an error), and optionally "kl_coef" in PPO rounds, the adaptive KL controller's value, which the
 node's RLHF service advances at each commit from `kl_value(committed params)` — the same
 number on every node, as the controller's state must be.
 
-A label's confidence sets the reward model's margin when `reward_margin` is on (Llama 2's
-margin loss): a pair labelled with confidence c asks for a score gap of max(0, 2c − 1), so a
-coin-flip label asks for none and a certain one for 1. Otherwise pairs are unweighted, as they
-are in DPO.
+A label's confidence c weights its pair, in reward and DPO rounds alike: pairs are drawn with
+probability proportional to c, so an unsure label trains less often but at full strength
+(the losses take plain means). With `reward_margin` on, c also sets the reward model's margin
+(Llama 2's margin loss): a gap of max(0, 2c − 1), none for a coin-flip label, 1 for a certain
+one.
 """
 
 from __future__ import annotations
@@ -48,7 +51,7 @@ from phalanx.engine.rlhf.losses import (
     token_rewards,
     whiten,
 )
-from phalanx.engine.rlhf.models import FlatModel, Policy, RewardModel, build
+from phalanx.engine.rlhf.models import Policy, RewardModel, build
 from phalanx.engine.rlhf.rollout import (
     CompletionFilter,
     Rollouts,
@@ -65,6 +68,7 @@ __all__ = ["RlhfWorkload", "noisy_toy_preferences"]
 
 Method = Literal["ppo", "dpo"]
 DPO_VARIANTS = ("sigmoid", "ipo", "reference_free")
+SYNTHETIC_ACCURACY = 0.9  # how often a synthetic preference's label is right
 
 
 class RlhfWorkload(Workload):
@@ -79,14 +83,15 @@ class RlhfWorkload(Workload):
                  reward_lr: float | None = 3e-4, policy_lr: float | None = 1e-3,
                  reward_margin: bool = False, reward_center: float = 0.01,
                  kl_coef: float = 0.2, kl_target: float | None = None,
-                 kl_horizon: float = 10_000.0, clip: float = 0.2, value_clip: float = 0.2,
+                 kl_horizon: int = 10_000, clip: float = 0.2, value_clip: float = 0.2,
                  value_coef: float = 0.1, entropy_coef: float = 0.0, gamma: float = 1.0,
                  lam: float = 0.95, ppo_epochs: int = 1, ppo_local_lr: float = 1e-3,
                  temperature: float = 1.0,
                  dpo_beta: float = 0.1, dpo_variant: str = "sigmoid",
                  label_smoothing: float = 0.0,
                  completion_filter: CompletionFilter | None = None, blocked_score: float = -2.0,
-                 eval_pairs: int = 256, eval_rollouts: int = 64) -> None:
+                 eval_pairs: int = 256, eval_rollouts: int = 64,
+                 synthetic_pairs: int = 1000) -> None:
         _validate(locals())
         self.n_nodes, self.rngs, self.batch = n_nodes, rngs, batch
         self.toy = ToyTask(vocab, prompt_length, completion_length, target, max_target_share)
@@ -99,9 +104,11 @@ class RlhfWorkload(Workload):
         self.value_coef, self.entropy_coef = value_coef, entropy_coef
         self.gamma, self.lam, self.temperature = gamma, lam, temperature
         self.ppo_epochs, self.ppo_local_lr = ppo_epochs, ppo_local_lr
-        self.dpo_beta, self.dpo_variant, self.label_smoothing = dpo_beta, dpo_variant, \
-            label_smoothing
+        self.dpo_beta, self.dpo_variant = dpo_beta, dpo_variant
+        self.label_smoothing = label_smoothing
         self.completion_filter, self.blocked_score = completion_filter, blocked_score
+        self.synthetic_pairs = synthetic_pairs
+        self._synthetic: PreferenceSet | None = None
 
         config = GPTConfig(vocab_size=vocab, block_size=prompt_length + completion_length,
                            n_layer=n_layer, n_head=n_head, n_embd=n_embd)
@@ -178,14 +185,22 @@ class RlhfWorkload(Workload):
         return grad
 
     def _pairs(self, job: GradientJob) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """`batch` pairs of the committed preference set, drawn with replacement from the
-        stream ("batch", node, round): chosen (B, P + C), rejected (B, P + C), confidence (B,)
-        — chosen and rejected swapped for a poisoned job."""
+        """`batch` pairs of the committed preference set, drawn with replacement and with
+        probability proportional to their label's confidence from the stream ("batch", node,
+        round): chosen (B, P + C), rejected (B, P + C), confidence (B,) — chosen and rejected
+        swapped for a poisoned job."""
         prefs = job.context.get("preferences")
+        if prefs is None:
+            prefs = self._synthetic_preferences()
         if not isinstance(prefs, PreferenceSet) or len(prefs) == 0:
             raise ValueError(f"{self.stage(job.round)} rounds need a non-empty PreferenceSet "
-                             "in job.context['preferences']")
-        picks = self.rngs.stream("batch", job.node, job.round).integers(0, len(prefs), self.batch)
+                             "in job.context['preferences'] (or synthetic_pairs > 0)")
+        weights = np.array([p.confidence for p in prefs.pairs], np.float64)
+        if not (np.isfinite(weights).all() and (weights >= 0).all() and (weights <= 1).all()
+                and weights.sum() > 0):
+            raise ValueError("preference confidences must be in [0, 1], not all 0")
+        picks = self.rngs.stream("batch", job.node, job.round).choice(
+            len(prefs), size=self.batch, p=weights / weights.sum())
         drawn = [prefs.pairs[int(i)] for i in picks]
         for pref in drawn:
             self._check_pair(pref)
@@ -195,6 +210,14 @@ class RlhfWorkload(Workload):
         if job.poisoned:
             chosen, rejected = rejected, chosen
         return chosen, rejected, confidence
+
+    def _synthetic_preferences(self) -> PreferenceSet | None:
+        """The fallback of a run without committed preferences (no curation service): the
+        toy's pairs of the run's seed with labels right with probability 0.9."""
+        if self.synthetic_pairs and self._synthetic is None:
+            self._synthetic = noisy_toy_preferences(self.toy, self.synthetic_pairs,
+                                                    self.rngs.root_seed, SYNTHETIC_ACCURACY)
+        return self._synthetic
 
     def _check_pair(self, pref: Preference) -> None:
         toy = self.toy
@@ -368,7 +391,8 @@ def noisy_toy_preferences(toy: ToyTask, count: int, seed: int,
     synthetic = preference_tasks(toy, count, 0, seed)
     wrong = RngStreams(seed).stream("rlhf", "label-noise").random(count) >= label_accuracy
     pairs = []
-    for i, task_id in enumerate(sorted(synthetic.truth)):
+    for i in range(count):
+        task_id = f"t{i:04d}"
         task = synthetic.tasks.by_id[task_id]
         left, right = (toy.parse(text) for text in task.completions)
         better = synthetic.truth[task_id].choice[0] ^ int(wrong[i])
@@ -397,8 +421,11 @@ _CHECKS: tuple[_Check, ...] = (
      "a number > 0, or null for a fixed kl_coef"),
     ("kl_target", lambda a: a["kl_target"] is not None and not a["kl_coef"] > 0,
      "set only with kl_coef > 0 (the adaptive controller scales it)"),
-    ("kl_horizon", lambda a: not a["kl_horizon"] > 0, "a number > 0"),
-    ("clip", lambda a: not 0 < a["clip"] < 1, "a number in (0, 1)"),
+    ("kl_horizon", lambda a: a["kl_horizon"] < 1, "an integer >= 1"),
+    ("kl_horizon", lambda a: a["kl_target"] is not None
+     and a["kl_horizon"] < a["batch"] * a["n_nodes"],
+     "at least batch * n_nodes (the rollouts one update of the KL controller counts)"),
+    ("clip", lambda a: not a["clip"] > 0, "a number > 0"),
     ("value_clip", lambda a: not a["value_clip"] > 0, "a number > 0"),
     ("value_coef", lambda a: not a["value_coef"] >= 0, "a number >= 0"),
     ("entropy_coef", lambda a: not a["entropy_coef"] >= 0, "a number >= 0"),
@@ -410,18 +437,22 @@ _CHECKS: tuple[_Check, ...] = (
     ("dpo_beta", lambda a: not a["dpo_beta"] > 0, "a number > 0"),
     ("dpo_variant", lambda a: a["dpo_variant"] not in DPO_VARIANTS, ", ".join(DPO_VARIANTS)),
     ("label_smoothing", lambda a: not 0 <= a["label_smoothing"] < 0.5, "a number in [0, 0.5)"),
+    ("label_smoothing", lambda a: a["dpo_variant"] == "ipo" and a["label_smoothing"] != 0,
+     "0 with dpo_variant ipo (it smooths the sigmoid variants only)"),
     ("completion_filter", lambda a: a["completion_filter"] is not None
      and not callable(getattr(a["completion_filter"], "allows", None)),
      "null or an object with allows(text) -> bool"),
     ("blocked_score", lambda a: not np.isfinite(a["blocked_score"]), "a finite number"),
     ("eval_pairs", lambda a: a["eval_pairs"] < 1, "an integer >= 1"),
     ("eval_rollouts", lambda a: a["eval_rollouts"] < 1, "an integer >= 1"),
+    ("synthetic_pairs", lambda a: not 0 <= a["synthetic_pairs"] <= 9999,
+     "an integer in 0..9999 (0: committed preferences only)"),
 )
 
 _INTEGERS = ("n_nodes", "batch", "collect_rounds", "reward_rounds", "policy_rounds",
-             "ppo_epochs", "eval_pairs", "eval_rollouts", "vocab", "prompt_length",
+             "ppo_epochs", "kl_horizon", "eval_pairs", "eval_rollouts", "synthetic_pairs", "vocab", "prompt_length",
              "completion_length", "target", "n_layer", "n_head", "n_embd")
-_NUMBERS = ("reward_lr", "policy_lr", "reward_center", "kl_coef", "kl_target", "kl_horizon",
+_NUMBERS = ("reward_lr", "policy_lr", "reward_center", "kl_coef", "kl_target",
             "clip", "value_clip", "value_coef", "entropy_coef", "gamma", "lam", "ppo_local_lr",
             "temperature", "dpo_beta", "label_smoothing", "blocked_score", "max_target_share")
 
