@@ -513,6 +513,33 @@ def bench_real(
         raise fail(f"bench real: {e.strerror or e}") from None
 
 
+@bench_app.command("rlhf")
+def bench_rlhf(
+    scenario: Annotated[Path, typer.Option(help="the RLHF scenario every cell varies")] = Path(
+        "scenarios/rlhf.yaml"),
+    seeds: Annotated[int, typer.Option(help="seeds per cell (0..N-1)")] = 1,
+    cell: Annotated[list[str] | None, typer.Option(help="run only these cells (repeat the "
+                                                  "option); default: all")] = None,
+    out_file: Annotated[Path, typer.Option("--out", help="JSON result file")] = Path(
+        "benchmarks/out/rlhf.json"),
+) -> None:
+    """The RLHF pipeline: reward-model accuracy with honest and inverting annotators
+    (reputation on/off), PPO and DPO true score and KL, ALIE against robust and mean."""
+    output_file(out_file)
+    from phalanx.apps.bench_rlhf import CELLS, run_bench
+
+    known = [c.name for c in CELLS]
+    for name in cell or []:
+        if name not in known:
+            raise fail(f"--cell: unknown cell; known: {', '.join(known)}")
+    if seeds < 1:
+        raise fail(f"--seeds: at least 1 (got {seeds})")
+    try:
+        run_bench(scenario, seeds, list(cell or []), out_file, out)
+    except ScenarioError as e:
+        raise fail(str(e)) from None
+
+
 @bench_app.command("crowd")
 def bench_crowd(
     seeds: Annotated[int, typer.Option(help="simulated crowds (seeds 0..N-1)")] = 5,

@@ -104,7 +104,9 @@ def _rlhf_params(scenario: Scenario) -> dict[str, Any]:
     return {"vocab": toy.vocab, "prompt_length": toy.prompt_length,
             "completion_length": toy.completion_length, "target": toy.target,
             "max_target_share": toy.max_target_share,
-            "completion_filter": c.safety.filter() if c.safety is not None else None}
+            "completion_filter": c.safety.filter() if c.safety is not None else None,
+            # a run's preferences are what its curation committed, never stand-ins
+            "synthetic_pairs": 0}
 
 
 def rlhf_setup(scenario: Scenario) -> RlhfSetup | None:
@@ -116,7 +118,8 @@ def rlhf_setup(scenario: Scenario) -> RlhfSetup | None:
     from phalanx.engine.rlhf.service import RlhfSetup  # here: it loads the RLHF code
 
     return RlhfSetup(c.tasks.toy(), w.collect_rounds, w.collect_rounds + w.reward_rounds,
-                     w.kl_coef, w.kl_target, w.kl_horizon)
+                     w.kl_coef, w.kl_target, w.kl_horizon,
+                     kl_steps=scenario.training.batch * len(scenario.members))
 
 
 def node_services(scenario: Scenario, verify: Verify | None = None

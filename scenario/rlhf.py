@@ -44,31 +44,35 @@ class RlhfWorkload(Section):
     n_embd: Annotated[int, Field(ge=2, le=1024, strict=True, description=(
         "Embedding width; a multiple of n_head."))] = 32
     reward_lr: Annotated[Positive | None, Field(description=(
-        "The reward model's learning rate (null: training.lr)."))] = None
+        "The reward model's learning rate (null: training.lr)."))] = 3e-4
     policy_lr: Annotated[Positive | None, Field(description=(
-        "The policy's learning rate (null: training.lr)."))] = None
+        "The policy's learning rate (null: training.lr)."))] = 1e-3
     reward_margin: Annotated[bool, Field(description=(
         "Bradley–Terry with a margin from each label's confidence (Llama 2)."))] = False
     reward_center: Annotated[Annotated[float, Field(ge=0)], Field(description=(
-        "Weight of the penalty on the mean reward's square (reward centering)."))] = 0.0
+        "Weight of the penalty on the mean reward's square (reward centering)."))] = 0.01
     kl_coef: Annotated[Annotated[float, Field(ge=0)], Field(description=(
-        "PPO's per-token KL penalty against the reference policy (the initial one)."))] = 0.05
+        "PPO's per-token KL penalty against the reference policy (the initial one)."))] = 0.2
     kl_target: Annotated[Positive | None, Field(description=(
         "A KL per sequence for the adaptive controller to hold (Ziegler et al. 2019); null: "
         "the coefficient stays fixed."))] = None
     kl_horizon: Annotated[int, Field(ge=1, strict=True, description=(
-        "The adaptive controller's horizon, in rounds."))] = 100
+        "The adaptive controller's horizon, in rollouts (each PPO round counts the "
+        "training.batch rollouts of every member); at least that many."))] = 10_000
     clip: Annotated[Positive, Field(description="PPO's ratio clip ε.")] = 0.2
     value_clip: Annotated[Positive, Field(description="PPO's value clip.")] = 0.2
     value_coef: Annotated[Annotated[float, Field(ge=0)], Field(description=(
-        "Weight of the value loss."))] = 0.5
+        "Weight of the value loss."))] = 0.1
     entropy_coef: Annotated[Annotated[float, Field(ge=0)], Field(description=(
         "Weight of the entropy bonus."))] = 0.0
     gamma: Annotated[Unit, Field(description="GAE's discount γ.")] = 1.0
     lam: Annotated[Unit, Field(description="GAE's λ.")] = 0.95
     ppo_epochs: Annotated[int, Field(ge=1, le=16, strict=True, description=(
         "Local epochs over a round's rollouts (1: the plain gradient at the committed "
-        "policy, ratio 1)."))] = 1
+        "policy, ratio 1; more: that many local epochs and the step sent as a "
+        "pseudo-gradient, so the ratio and its clipping are real)."))] = 1
+    ppo_local_lr: Annotated[Positive, Field(description=(
+        "The local Adam's learning rate of ppo_epochs > 1."))] = 1e-3
     temperature: Annotated[Positive, Field(description="Sampling temperature of rollouts.")] = 1.0
     dpo_beta: Annotated[Positive, Field(description="DPO's β.")] = 0.1
     dpo_variant: Annotated[Literal[DPO_VARIANTS], Field(description=(  # type: ignore[valid-type]
@@ -77,7 +81,12 @@ class RlhfWorkload(Section):
         "Conservative DPO's ε: the share of labels assumed flipped."))] = 0.0
     blocked_score: Annotated[float, Field(description=(
         "The score a completion the safety filter refuses gets instead of the reward "
-        "model's."))] = -1.0
+        "model's."))] = -2.0
+    eval_pairs: Annotated[int, Field(ge=1, le=100_000, strict=True, description=(
+        "Held-out comparisons that score the reward model's accuracy."))] = 256
+    eval_rollouts: Annotated[int, Field(ge=1, le=100_000, strict=True, description=(
+        "Completions of fixed prompts that score the policy (true score, KL, reward)."
+        ))] = 64
 
     @model_validator(mode="after")
     def _heads_divide(self) -> RlhfWorkload:

@@ -1036,6 +1036,10 @@ class Scenario(Strict):
             raise ValueError(f"training.rounds: {self.training.rounds}, but the RLHF stages "
                              f"last collect {w.collect_rounds} + reward {w.reward_rounds} + "
                              f"policy {w.policy_rounds} = {w.total_rounds} rounds")
+        per_round = self.training.batch * len(self.members)
+        if w.kl_target is not None and w.kl_horizon < per_round:
+            raise ValueError(f"workload.kl_horizon: {w.kl_horizon} rollouts is less than one "
+                             f"PPO round's {per_round} (training.batch × members)")
 
     def _annotation_nodes_fit(self) -> None:
         annotation = set(self.annotation_nodes)
