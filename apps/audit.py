@@ -42,6 +42,10 @@ class NodeAudit:
     rounds: int
     model_hash: str | None  # after the last verified round
     problem: str | None  # why replaying the log stopped, None if every record verified
+    # an RLHF run's lineage after the last verified round ("preferences <root> (<n> pairs) ->
+    # reward model <hash> -> policy <hash>"): every replayed proposal certified it, and the
+    # replay recomputed each hash from the signed gradients
+    lineage: str | None = None
 
 
 Found = tuple[Scenario, FrameOpener, dict[int, Path], tuple[int, ...]]  # ... and observers
@@ -139,7 +143,8 @@ def audit_run(run_dir: Path) -> tuple[list[NodeAudit], list[str]]:
         for record in node.history:
             hashes.setdefault(record.round, {})[node_id] = record
         since = node.history[0].round if node.history else 0
-        audits.append(NodeAudit(node_id, since, len(node.history), node.model_hash.hex(), problem))
+        audits.append(NodeAudit(node_id, since, len(node.history), node.model_hash.hex(),
+                                problem, _lineage(node)))
     split = []
     for r, logged in sorted(hashes.items()):
         outcomes = {_outcome(opener, rec.certificate): rec for rec in logged.values()}
@@ -148,6 +153,15 @@ def audit_run(run_dir: Path) -> tuple[list[NodeAudit], list[str]]:
             split.append(f"round {r}: nodes name {len(outcomes)} different outcomes; members "
                          f"proven to equivocate: {culprits or 'none in this round'}")
     return audits, split
+
+
+def _lineage(node: Node) -> str | None:
+    service = node.service("rlhf")
+    if service is None:
+        return None
+    line = service.lineage()  # type: ignore[attr-defined]
+    return (f"preferences {line.preferences_root.hex()[:16]} ({line.preferences} pairs) -> "
+            f"reward model {line.reward_hash.hex()[:16]} -> policy {line.policy_hash.hex()[:16]}")
 
 
 def _culprits(opener: FrameOpener, records: list[RoundRecord]) -> list[int]:

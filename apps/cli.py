@@ -761,6 +761,8 @@ def audit(run_dir: Annotated[Path, typer.Argument(help="a run's output folder")]
     out.print(WholeNumbers(table))
     for line in split:
         err.print(f"[bold red]logs disagree:[/] {line}", highlight=False)
+    for lineage in sorted({a.lineage for a in audits if a.lineage}):
+        out.print(f"lineage, certified by every replayed round: {lineage}", highlight=False)
     bad = [a for a in audits if a.problem]
     out.print(f"audit: {len(audits)} node logs, {sum(a.rounds for a in audits)} rounds verified, "
               f"{len(bad)} logs with a bad record, {len(split)} rounds where logs disagree")
