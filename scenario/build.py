@@ -7,8 +7,10 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from phalanx.engine.byzantine.curation import RecordAttack, annotation_attack
+from phalanx.engine.curation.crowd_records import crowd_records
 from phalanx.engine.curation.log import Verify
 from phalanx.engine.curation.service import CurationService, CurationSetup
+from phalanx.engine.curation.tasks import TaskSet
 from phalanx.engine.node import NodeConfig
 from phalanx.engine.node.service import Service
 from phalanx.engine.rng import RngStreams
@@ -94,7 +96,19 @@ def curation_setup(scenario: Scenario, verify: Verify | None = None) -> Curation
     return CurationSetup(tasks, c.policy(scenario.seed), max_records=c.batch.max_records,
                          max_bytes=c.batch.max_bytes,
                          offer_interval=scenario.training.round_timeout, verify=verify,
-                         reputation=c.reputation.policy() if c.reputation else None)
+                         reputation=c.reputation.policy() if c.reputation else None,
+                         crowd_records=batch_crowd_records(scenario, tasks),
+                         crowd_node=min(scenario.members))
+
+
+def batch_crowd_records(scenario: Scenario, tasks: TaskSet) -> tuple[bytes, ...]:
+    """The signed records of the scenario's batch crowd on `tasks` (the screened task set);
+    none for a live crowd or without one."""
+    c = scenario.curation
+    crowd = c.simulated_crowd(scenario.seed) if c is not None else None
+    if c is None or c.crowd is None or c.crowd.delivery != "batch" or crowd is None:
+        return ()
+    return crowd_records(crowd, tasks, c.redundancy, scenario.seed)
 
 
 def _rlhf_params(scenario: Scenario) -> dict[str, Any]:

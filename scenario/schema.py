@@ -1036,6 +1036,13 @@ class Scenario(Strict):
             raise ValueError(f"training.rounds: {self.training.rounds}, but the RLHF stages "
                              f"last collect {w.collect_rounds} + reward {w.reward_rounds} + "
                              f"policy {w.policy_rounds} = {w.total_rounds} rounds")
+        records = self.curation.batch_records()  # type: ignore[union-attr]
+        per_round = self.curation.batch.max_records  # type: ignore[union-attr]
+        if records > w.collect_rounds * per_round:
+            raise ValueError(f"workload.collect_rounds: the batch crowd's {records} records "
+                             f"need at least {-(-records // per_round)} rounds at "
+                             f"curation.batch.max_records {per_round}; collect_rounds is "
+                             f"{w.collect_rounds}")
 
     def _annotation_nodes_fit(self) -> None:
         annotation = set(self.annotation_nodes)
