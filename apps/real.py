@@ -87,7 +87,9 @@ def run_real(scenario: Scenario, printer: Any, out: Path | None = None) -> RunRe
                  {tuple(r["members"]) for r in results.values()})],
              "network": network_summary(scenario, results)}
     staged, figures = staged_outputs(workload, rounds, params, scenario.training.rounds,
-                                     f"{scenario.name}: {scenario.nodes.count} real nodes")
+                                     f"{scenario.name}: {scenario.nodes.count} real nodes",
+                                     [r["preferences"] for r in results.values()
+                                      if "preferences" in r])
     extra.update(staged)
     return RunResult(scenario, rounds, pl.DataFrame(),
                      summarize(scenario, rounds, extra, workload=workload), figures=figures)
