@@ -185,3 +185,14 @@ def test_a_live_crowd_builds_no_records_and_a_batch_one_goes_to_the_first_member
     assert batch is not None and len(batch.crowd_records) == 240 and batch.crowd_node == 0
     live = curation_setup(load_scenario(short(tmp_path, curation__crowd__delivery="live")))
     assert live is not None and live.crowd_records == ()
+
+
+def test_a_real_rlhf_run_with_a_live_crowd_is_refused_before_any_node_starts(
+        tmp_path: Path) -> None:
+    live = short(tmp_path, curation__crowd__delivery="live")
+    done = invoke("run", live, "--real", "--out", tmp_path / "out", "-q")
+    assert done.exit_code == 2, done.output
+    line = one_error_line(done.stderr)
+    assert "--real: curation.crowd.delivery live: simulated annotators work only in the " \
+           "simulator" in line and "delivery: batch" in line
+    assert not (tmp_path / "out" / "nodes").exists()
