@@ -79,6 +79,21 @@ def test_the_short_rlhf_run_ends_on_the_same_hashes_in_simulation_and_over_tcp(
         " ".join(audit.output.split()))
 
 
+def test_a_member_restarted_after_the_snapshot_takes_its_preference_set_from_its_disk(
+        tmp_path: Path) -> None:
+    # node 2 is down in the reward stage (round 5, the snapshot, commits at t ~ 6): it comes
+    # back with its store, not the curation rounds that built the set, and must agree
+    crashed = short(tmp_path, faults=[{"kind": "crash", "nodes": [2], "at": 8.0,
+                                       "duration": 3.0}])
+    result = phalanx.run(crashed)
+    s = result.summary
+    assert result.ok, result.failures
+    assert s["min_rounds_committed"] == 22 and s["distinct_final_hashes"] == 1
+    assert [p["pairs"] for p in s["rlhf"]["preferences"]] == [80]
+    times = result.rounds.filter(pl.col("node") == 2)["time"].to_list()
+    assert not any(8.0 < t < 11.0 for t in times) and max(times) > 11.0  # down, then back
+
+
 def crowd(tasks: int = 12, seed: int = 4) -> tuple[SimulatedCrowd, CrowdSpec]:
     spec = CrowdSpec(tasks=tasks, classes=2, honest=3, random=1, constant=0, permuters=0,
                      colluders=1, seed=seed)
