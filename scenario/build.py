@@ -127,10 +127,18 @@ def rlhf_setup(scenario: Scenario) -> RlhfSetup | None:
     if not isinstance(w, RlhfWorkload):
         return None
     assert c is not None and isinstance(c.tasks, PreferenceTasks)  # Scenario._rlhf_fits
-    from phalanx.engine.rlhf.service import RlhfSetup  # here: it loads the RLHF code
+    # here: it loads the RLHF code
+    from phalanx.engine.rlhf.service import RlhfSetup
+    from phalanx.engine.rlhf.workload import RlhfWorkload as EngineRlhfWorkload
+
+    def probe() -> EngineRlhfWorkload:
+        workload = workload_for(scenario, RngStreams(scenario.seed))
+        assert isinstance(workload, EngineRlhfWorkload)  # workload kind rlhf
+        return workload
 
     return RlhfSetup(c.tasks.toy(), w.collect_rounds, w.collect_rounds + w.reward_rounds,
-                     w.kl_coef, w.kl_target, w.kl_horizon)
+                     w.kl_coef, w.kl_target, w.kl_horizon,
+                     kl_probe=probe if w.kl_target is not None else None)
 
 
 def node_services(scenario: Scenario, verify: Verify | None = None

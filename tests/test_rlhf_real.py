@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import json
 import re
+import threading
 from collections import Counter
 from pathlib import Path
 
+import numpy as np
 import polars as pl
 import pytest
 import yaml
@@ -28,8 +30,9 @@ from phalanx.engine.curation.records import decode_annotation
 from phalanx.engine.curation.service import CurationService, CurationSetup
 from phalanx.engine.curation.synthetic import synthetic_tasks
 from phalanx.engine.node import Node, message_set
+from phalanx.engine.rng import RngStreams
 from phalanx.net.envelope import FrameOpener
-from phalanx.scenario.build import curation_setup
+from phalanx.scenario.build import curation_setup, rlhf_setup, workload_for
 from phalanx.scenario.schema import load_scenario
 
 SHORT = Path(phalanx.__file__).resolve().parent / "scenarios" / "rlhf_short.yaml"
@@ -92,6 +95,38 @@ def test_a_member_restarted_after_the_snapshot_takes_its_preference_set_from_its
     assert [p["pairs"] for p in s["rlhf"]["preferences"]] == [80]
     times = result.rounds.filter(pl.col("node") == 2)["time"].to_list()
     assert not any(8.0 < t < 11.0 for t in times) and max(times) > 11.0  # down, then back
+
+
+def test_the_adaptive_kl_is_measured_on_a_workload_no_compute_thread_touches(
+        tmp_path: Path) -> None:
+    """A real node runs gradient jobs on a thread beside its event loop; the KL the RLHF
+    service feeds its controller at a commit is measured on the setup's probe, a workload of
+    its own that gives the very numbers of the node's (a fresh one from the same seed)."""
+    scenario = load_scenario(short(tmp_path, workload__kl_target=0.5))
+    setup = rlhf_setup(scenario)
+    assert setup is not None and setup.kl_probe is not None
+    assert rlhf_setup(load_scenario(SHORT)).kl_probe is None  # type: ignore[union-attr]
+    busy = workload_for(scenario, RngStreams(scenario.seed))
+    probe = setup.kl_probe()
+    assert probe is not busy
+    # two models, asked in turn: each time measured anew (the figures are cached per model)
+    models = [busy.init_params() + np.float32(shift) for shift in (0.01, 0.02)]
+    expected = [busy.kl_value(p) for p in models]
+    policy_round = setup.policy_first
+    stop = threading.Event()
+
+    def train() -> None:  # what the compute thread does meanwhile, at other params
+        while not stop.is_set():
+            busy.gradient(busy.init_params(), 1, policy_round)
+
+    worker = threading.Thread(target=train)
+    worker.start()
+    try:
+        seen = [probe.kl_value(models[i % 2]) for i in range(6)]
+    finally:
+        stop.set()
+        worker.join()
+    assert seen == expected * 3 and expected[0] != expected[1]
 
 
 def crowd(tasks: int = 12, seed: int = 4) -> tuple[SimulatedCrowd, CrowdSpec]:
