@@ -108,7 +108,7 @@ def unlabelled_rlhf(scenario: Scenario) -> str | None:
     if c.crowd.delivery == "live":
         return ("curation.crowd.delivery live: simulated annotators work only in the "
                 "simulator, so no preference would be labelled; set curation.crowd.delivery: "
-                "batch to submit their answers from the first member")
+                "batch to submit their answers from the first honest member")
     return None
 
 

@@ -98,7 +98,13 @@ def curation_setup(scenario: Scenario, verify: Verify | None = None) -> Curation
                          offer_interval=scenario.training.round_timeout, verify=verify,
                          reputation=c.reputation.policy() if c.reputation else None,
                          crowd_records=batch_crowd_records(scenario, tasks),
-                         crowd_node=min(scenario.members))
+                         crowd_node=crowd_node(scenario))
+
+
+def crowd_node(scenario: Scenario) -> int:
+    """The node that submits a batch crowd's records: the first member that is not one of
+    the scenario's Byzantine members (one of those could drop them all)."""
+    return min(set(scenario.members) - scenario.byzantine_nodes(), default=scenario.members[0])
 
 
 def batch_crowd_records(scenario: Scenario, tasks: TaskSet) -> tuple[bytes, ...]:

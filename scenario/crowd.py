@@ -137,8 +137,8 @@ class CrowdSection(Section):
         "live: annotators work through the nodes while the run goes on (who answers what "
         "depends on timing; simulation only). batch: the answers are fixed in advance by the "
         "seed (each task, gold included, by `redundancy` distinct annotators, each "
-        "annotator's records signed as one chain) and the first member submits them all when "
-        "it starts, so a --real run commits the same records as the simulation."))] = "live"
+        "annotator's records signed as one chain) and the first honest member submits them "
+        "all when it starts, so a --real run commits the same records as the simulation."))] = "live"
 
     @model_validator(mode="after")
     def _sizes(self) -> CrowdSection:

@@ -4,7 +4,7 @@ through the curation nodes, and the report of what the committed labels are wort
 `SimWorld` builds one when the scenario has `curation.crowd`, starts it with the run and
 hands it every `CurationCommitted` metric; a live crowd's annotators submit through
 `SimWorld.submit` as a web or API client would through a node's door, a batch crowd's records
-are submitted by the first member's curation service itself (engine/curation/crowd_records.py),
+are submitted by the first honest member's curation service itself (engine/curation/crowd_records.py),
 as on a real node.
 """
 

@@ -1,7 +1,7 @@
 """The same RLHF run in simulation and over real TCP: a batch crowd (`curation.crowd.delivery:
-batch`) fixes the signed records in advance, the first member submits them when it starts, and
-so both worlds commit the same curation log, take the same preference set and train the same
-reward model and policy (scenarios/rlhf_short.yaml). Also: the batch crowd's records, the
+batch`) fixes the signed records in advance, the first honest member submits them when it
+starts, and so both worlds commit the same curation log, take the same preference set and
+train the same reward model and policy (scenarios/rlhf_short.yaml). Also: the batch crowd's records, the
 curation service taking them (a restart skips them quietly), and the scenario's checks."""
 
 from __future__ import annotations
@@ -235,6 +235,9 @@ def test_a_live_crowd_builds_no_records_and_a_batch_one_goes_to_the_first_member
     assert batch is not None and len(batch.crowd_records) == 240 and batch.crowd_node == 0
     live = curation_setup(load_scenario(short(tmp_path, curation__crowd__delivery="live")))
     assert live is not None and live.crowd_records == ()
+    # a Byzantine first member could drop them all: the first honest one submits them
+    attacked = short(tmp_path, byzantine=[{"nodes": [0], "behaviour": "silent"}])
+    assert curation_setup(load_scenario(attacked)).crowd_node == 1  # type: ignore[union-attr]
 
 
 def test_a_real_rlhf_run_with_a_live_crowd_is_refused_before_any_node_starts(

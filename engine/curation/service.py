@@ -77,7 +77,7 @@ class CurationSetup:
     verify: Verify | None = None  # a shared signature cache (the simulator)
     reputation: ReputationPolicy | None = field(default_factory=ReputationPolicy)  # None: off
     # a batch crowd's signed records (engine/curation/crowd_records.py), collected before
-    # the run: node `crowd_node` (the first member) submits them all when it starts
+    # the run: node `crowd_node` (the first honest member) submits them all when it starts
     crowd_records: tuple[bytes, ...] = ()
     crowd_node: int = 0
 
