@@ -34,7 +34,7 @@ import time
 from collections.abc import Coroutine, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, cast
 
 import numpy as np
 import torch
@@ -252,8 +252,7 @@ class RealNode:
         self.curation = next((c for c in self.node.extra_services
                               if isinstance(c, CurationService)), None)
         self.web: WebServer | None = None  # the curation web app's server, once serving
-        self.rlhf: RlhfService | None = next(
-            (c for c in self.node.extra_services if c.name == "rlhf"), None)  # type: ignore[misc]
+        self.rlhf = cast("RlhfService | None", self.node.service("rlhf"))  # an RLHF run's
 
     def _transport(self) -> Any:
         p = self.plan

@@ -102,10 +102,9 @@ def run_real(scenario: Scenario, printer: Any, out: Path | None = None) -> RunRe
 def unlabelled_rlhf(scenario: Scenario) -> str | None:
     """Why an RLHF run cannot get its preferences over TCP (its crowd works only in the
     simulator, so its reward rounds would find nothing to train on), or None."""
-    c = scenario.curation
-    if not isinstance(scenario.workload, RlhfWorkload) or c is None or c.crowd is None:
-        return None
-    if c.crowd.delivery == "live":
+    crowd = scenario.curation.crowd if scenario.curation is not None else None
+    if isinstance(scenario.workload, RlhfWorkload) and crowd is not None and (
+            crowd.delivery == "live"):
         return ("curation.crowd.delivery live: simulated annotators work only in the "
                 "simulator, so no preference would be labelled; set curation.crowd.delivery: "
                 "batch to submit their answers from the first honest member")
