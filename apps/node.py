@@ -34,7 +34,7 @@ import time
 from collections.abc import Coroutine, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, cast
 
 import numpy as np
 import torch
@@ -75,6 +75,9 @@ from phalanx.scenario.build import (
     workload_for,
 )
 from phalanx.scenario.schema import Scenario, ScenarioError
+
+if TYPE_CHECKING:
+    from phalanx.engine.rlhf.service import RlhfService
 
 TransportKind = Literal["tcp", "mpi"]
 
@@ -249,6 +252,7 @@ class RealNode:
         self.curation = next((c for c in self.node.extra_services
                               if isinstance(c, CurationService)), None)
         self.web: WebServer | None = None  # the curation web app's server, once serving
+        self.rlhf = cast("RlhfService | None", self.node.service("rlhf"))  # an RLHF run's
 
     def _transport(self) -> Any:
         p = self.plan
@@ -601,6 +605,9 @@ class RealNode:
             "queue_drops": getattr(self.transport, "dropped_full", 0),
             "refusals": dict(getattr(self.transport, "refusals", {})),
             "numerics": numerics_report(),
+            # an RLHF run: the preference set the node trains on (apps/rlhf_report.py)
+            **({"preferences": self.rlhf.preferences.identity()}
+               if self.rlhf is not None and self.rlhf.preferences is not None else {}),
             # an emulated network: what it did
             **({"emulation": self.transport.stats()}
                if hasattr(self.transport, "next_hop") else {})})
@@ -637,7 +644,8 @@ def serve(plan: NodePlan, out: Console) -> str | None:
     # one thread steadies shared machines (raise with max_cpu_threads); pinned numerics keep one
     torch.set_num_threads(threads(plan.settings.max_cpu_threads))
     if plan.settings.enable_rlhf:
-        out.print("enable_rlhf: this build has no RLHF service yet; ignored", highlight=False)
+        out.print("enable_rlhf: ignored; a node runs the RLHF service when the scenario's "
+                  "workload is rlhf", highlight=False)
 
     _configure_logging(plan)
 

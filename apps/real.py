@@ -30,6 +30,7 @@ from phalanx.apps.results import RunResult, rounds_table, summarize
 from phalanx.apps.rlhf_report import staged_outputs
 from phalanx.engine.rng import RngStreams
 from phalanx.scenario.build import workload_for
+from phalanx.scenario.rlhf import RlhfWorkload
 from phalanx.scenario.schema import Scenario
 
 
@@ -39,6 +40,9 @@ class RealRunError(RuntimeError):
 
 def run_real(scenario: Scenario, printer: Any, out: Path | None = None) -> RunResult:
     """Run the scenario's nodes as processes; keep their logs under `out` when given."""
+    problem = unlabelled_rlhf(scenario)
+    if problem is not None:
+        raise RealRunError(problem)
     scenario = for_run(scenario)  # the nodes emulate the scenario's network unless it says host
     honest = set(range(scenario.nodes.count)) - scenario.byzantine_nodes()
     with tempfile.TemporaryDirectory(prefix="phalanx-real-") as tmp:
@@ -87,10 +91,24 @@ def run_real(scenario: Scenario, printer: Any, out: Path | None = None) -> RunRe
                  {tuple(r["members"]) for r in results.values()})],
              "network": network_summary(scenario, results)}
     staged, figures = staged_outputs(workload, rounds, params, scenario.training.rounds,
-                                     f"{scenario.name}: {scenario.nodes.count} real nodes")
+                                     f"{scenario.name}: {scenario.nodes.count} real nodes",
+                                     [r["preferences"] for r in results.values()
+                                      if "preferences" in r])
     extra.update(staged)
     return RunResult(scenario, rounds, pl.DataFrame(),
                      summarize(scenario, rounds, extra, workload=workload), figures=figures)
+
+
+def unlabelled_rlhf(scenario: Scenario) -> str | None:
+    """Why an RLHF run cannot get its preferences over TCP (its crowd works only in the
+    simulator, so its reward rounds would find nothing to train on), or None."""
+    crowd = scenario.curation.crowd if scenario.curation is not None else None
+    if isinstance(scenario.workload, RlhfWorkload) and crowd is not None and (
+            crowd.delivery == "live"):
+        return ("curation.crowd.delivery live: simulated annotators work only in the "
+                "simulator, so no preference would be labelled; set curation.crowd.delivery: "
+                "batch to submit their answers from the first honest member")
+    return None
 
 
 def keep_nodes(folder: Path, nodes: list[NodeProc], out: Path) -> None:

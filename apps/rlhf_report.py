@@ -2,11 +2,14 @@
 models, the reward model's and the policy's figures (summary.json's `rlhf`), and rlhf.png,
 the curves of reward, KL and true score per round with the stages marked.
 
-Both read only the rounds table and the committed models it names, so a simulated run and a
-`--real` run report alike."""
+Both read only the rounds table, the committed models it names and the preference sets the
+honest nodes took (from their RLHF service, or a real node's result.json), so a simulated run
+and a `--real` run report alike."""
 
 from __future__ import annotations
 
+import json
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -49,9 +52,11 @@ def group_hashes(workload: Workload, params: np.ndarray) -> dict[str, str]:
 
 
 def rlhf_summary(workload: Workload, rounds: pl.DataFrame, params: dict[str, np.ndarray],
-                 total_rounds: int) -> dict[str, Any]:
+                 total_rounds: int, preferences: Iterable[Mapping[str, Any]] = ()
+                 ) -> dict[str, Any]:
     """summary.json's `rlhf`: stages, each evaluated figure at its first and last evaluation,
-    and the hashes of the final models of the honest nodes (one of each when they agree)."""
+    the preference sets the honest nodes trained on (`PreferenceSet.identity()`, one when
+    they agree) and the hashes of their final models (one of each when they agree)."""
     honest = standing(rounds).sort("round", "order")
     report: dict[str, Any] = {"stages": [{"stage": s, "first_round": a, "last_round": b}
                                          for s, a, b in stage_spans(workload, total_rounds)]}
@@ -64,6 +69,8 @@ def rlhf_summary(workload: Workload, rounds: pl.DataFrame, params: dict[str, np.
             report.setdefault(kind, {})[name] = {
                 "first": values[col][0], "last": values[col][-1],
                 "first_round": values["round"][0], "last_round": values["round"][-1]}
+    distinct = {json.dumps(dict(p), sort_keys=True) for p in preferences}
+    report["preferences"] = [json.loads(p) for p in sorted(distinct)]
     last = honest.group_by("node", maintain_order=True).last()
     finals = {h for h in last["model_hash"].to_list() if h in params}
     report["final_models"] = [group_hashes(workload, params[h]) for h in sorted(finals)]
@@ -105,11 +112,14 @@ def plot_rlhf(workload: Workload, rounds: pl.DataFrame, total_rounds: int, title
 
 
 def staged_outputs(workload: Workload, rounds: pl.DataFrame, params: dict[str, np.ndarray],
-                   total_rounds: int, title: str) -> tuple[dict[str, Any], dict[str, Any]]:
+                   total_rounds: int, title: str,
+                   preferences: Iterable[Mapping[str, Any]] = ()
+                   ) -> tuple[dict[str, Any], dict[str, Any]]:
     """For a staged workload (an RLHF run): summary entries ({"rlhf": ...}) and the extra
-    figures ({"rlhf.png": writer}); both empty for any other workload."""
+    figures ({"rlhf.png": writer}); both empty for any other workload. `preferences`: the
+    honest nodes' preference sets, as `PreferenceSet.identity()` gives them."""
     if not is_staged(workload):
         return {}, {}
-    summary = {"rlhf": rlhf_summary(workload, rounds, params, total_rounds)}
+    summary = {"rlhf": rlhf_summary(workload, rounds, params, total_rounds, preferences)}
     return summary, {"rlhf.png": lambda path: plot_rlhf(workload, rounds, total_rounds,
                                                         title, path)}

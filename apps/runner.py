@@ -23,6 +23,7 @@ from phalanx.apps.results import (
 from phalanx.apps.rlhf_report import staged_outputs
 from phalanx.engine.events import RoundCommitted
 from phalanx.engine.metrics import MetricLog
+from phalanx.engine.rlhf.service import RlhfService
 from phalanx.scenario.schema import Scenario, load_scenario, with_seed
 from phalanx.sim.costs import CostModel
 from phalanx.sim.world import SimWorld
@@ -155,6 +156,18 @@ def curation(scenario: Scenario, world: SimWorld) -> dict[str, Any]:
 SPLITS_SHOWN = 10
 
 
+def preference_sets(scenario: Scenario, world: SimWorld) -> list[dict[str, Any]]:
+    """The preference sets the running honest nodes' RLHF services took (none before the
+    snapshot, or without the service)."""
+    sets = []
+    for host in world.hosts:
+        service = host.node.service("rlhf") if host.node is not None else None
+        if (isinstance(service, RlhfService) and service.preferences is not None
+                and host.id not in scenario.byzantine_nodes()):
+            sets.append(service.preferences.identity())
+    return sets
+
+
 def run_sim(scenario: Scenario, printer: RoundPrinter,
             costs: CostModel | None = None) -> RunResult:
     world = SimWorld(scenario, on_commit=printer.commit, costs=costs)
@@ -202,7 +215,7 @@ def run_sim(scenario: Scenario, printer: RoundPrinter,
         tables = {"labels.parquet": world.crowd.recorder.rounds_frame(),
                   "task_labels.parquet": world.crowd.recorder.labels_frame()}
     staged, figures = staged_outputs(world.workload, rounds, params, scenario.training.rounds,
-                                     _title(scenario))
+                                     _title(scenario), preference_sets(scenario, world))
     extra.update(staged)
     summary = summarize(scenario, rounds, extra, {h.id for h in world.hosts if not h.up},
                         world.workload)

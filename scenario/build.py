@@ -7,8 +7,10 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from phalanx.engine.byzantine.curation import RecordAttack, annotation_attack
+from phalanx.engine.curation.crowd_records import crowd_records
 from phalanx.engine.curation.log import Verify
 from phalanx.engine.curation.service import CurationService, CurationSetup
+from phalanx.engine.curation.tasks import TaskSet
 from phalanx.engine.node import NodeConfig
 from phalanx.engine.node.service import Service
 from phalanx.engine.rng import RngStreams
@@ -94,7 +96,25 @@ def curation_setup(scenario: Scenario, verify: Verify | None = None) -> Curation
     return CurationSetup(tasks, c.policy(scenario.seed), max_records=c.batch.max_records,
                          max_bytes=c.batch.max_bytes,
                          offer_interval=scenario.training.round_timeout, verify=verify,
-                         reputation=c.reputation.policy() if c.reputation else None)
+                         reputation=c.reputation.policy() if c.reputation else None,
+                         crowd_records=batch_crowd_records(scenario, tasks),
+                         crowd_node=crowd_node(scenario))
+
+
+def crowd_node(scenario: Scenario) -> int:
+    """The node that submits a batch crowd's records: the first member that is not one of
+    the scenario's Byzantine members (one of those could drop them all)."""
+    return min(set(scenario.members) - scenario.byzantine_nodes(), default=scenario.members[0])
+
+
+def batch_crowd_records(scenario: Scenario, tasks: TaskSet) -> tuple[bytes, ...]:
+    """The signed records of the scenario's batch crowd on `tasks` (the screened task set);
+    none for a live crowd or without one."""
+    c = scenario.curation
+    crowd = c.simulated_crowd(scenario.seed) if c is not None else None
+    if c is None or c.crowd is None or c.crowd.delivery != "batch" or crowd is None:
+        return ()
+    return crowd_records(crowd, tasks, c.redundancy, scenario.seed)
 
 
 def _rlhf_params(scenario: Scenario) -> dict[str, Any]:
@@ -115,11 +135,19 @@ def rlhf_setup(scenario: Scenario) -> RlhfSetup | None:
     if not isinstance(w, RlhfWorkload):
         return None
     assert c is not None and isinstance(c.tasks, PreferenceTasks)  # Scenario._rlhf_fits
-    from phalanx.engine.rlhf.service import RlhfSetup  # here: it loads the RLHF code
+    # here: it loads the RLHF code
+    from phalanx.engine.rlhf.service import RlhfSetup
+    from phalanx.engine.rlhf.workload import RlhfWorkload as EngineRlhfWorkload
+
+    def probe() -> EngineRlhfWorkload:
+        workload = workload_for(scenario, RngStreams(scenario.seed))
+        assert isinstance(workload, EngineRlhfWorkload)  # workload kind rlhf
+        return workload
 
     return RlhfSetup(c.tasks.toy(), w.collect_rounds, w.collect_rounds + w.reward_rounds,
                      w.kl_coef, w.kl_target, w.kl_horizon,
-                     kl_steps=scenario.training.batch * len(scenario.members))
+                     kl_steps=scenario.training.batch * len(scenario.members),
+                     kl_probe=probe if w.kl_target is not None else None)
 
 
 def node_services(scenario: Scenario, verify: Verify | None = None

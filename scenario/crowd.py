@@ -133,6 +133,12 @@ class CrowdSection(Section):
     idle: Annotated[Positive, Field(description=(
         "Seconds an annotator waits before asking again when a node has no task for them."
         ))] = 10.0
+    delivery: Annotated[Literal["live", "batch"], Field(description=(
+        "live: annotators work through the nodes while the run goes on (who answers what "
+        "depends on timing; simulation only). batch: the answers are fixed in advance by the "
+        "seed (each task, gold included, by `redundancy` distinct annotators, each "
+        "annotator's records signed as one chain) and the first honest member submits them "
+        "all when it starts, so a --real run commits the same records as the simulation."))] = "live"
 
     @model_validator(mode="after")
     def _sizes(self) -> CrowdSection:

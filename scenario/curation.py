@@ -153,7 +153,19 @@ class CurationSection(CrowdFields):
         problem = self.crowd.classes_problem(self.tasks.answers)
         if problem is not None:
             raise ValueError(problem)
+        annotators = sum(self.crowd.counts())
+        if self.crowd.delivery == "batch" and self.redundancy > annotators:
+            raise ValueError(f"redundancy: {self.redundancy} answers per task, but a batch "
+                             f"crowd has only {annotators} annotators to give them")
         return self
+
+    def batch_records(self) -> int:
+        """How many records a batch crowd delivers at most (every task times redundancy;
+        0 without one)."""
+        if self.crowd is None or self.crowd.delivery != "batch" or isinstance(
+                self.tasks, TaskFile):
+            return 0
+        return self.tasks.count * self.redundancy
 
     def simulated_crowd(self, seed: int) -> SimulatedCrowd | None:
         """The simulated annotators on the synthetic or preference tasks (None without a

@@ -1040,6 +1040,13 @@ class Scenario(Strict):
         if w.kl_target is not None and w.kl_horizon < per_round:
             raise ValueError(f"workload.kl_horizon: {w.kl_horizon} rollouts is less than one "
                              f"PPO round's {per_round} (training.batch × members)")
+        records = self.curation.batch_records()  # type: ignore[union-attr]
+        per_batch = self.curation.batch.max_records  # type: ignore[union-attr]
+        if records > w.collect_rounds * per_batch:
+            raise ValueError(f"workload.collect_rounds: the batch crowd's {records} records "
+                             f"need at least {-(-records // per_batch)} rounds at "
+                             f"curation.batch.max_records {per_batch}; collect_rounds is "
+                             f"{w.collect_rounds}")
 
     def _annotation_nodes_fit(self) -> None:
         annotation = set(self.annotation_nodes)

@@ -20,11 +20,11 @@ from typing import Any, Protocol
 
 from phalanx.engine.curation.client import AnnotatorClient
 from phalanx.engine.curation.crowd import SimulatedAnnotator, SimulatedCrowd
+from phalanx.engine.curation.crowd_records import annotator_identity
 from phalanx.engine.curation.desk import CurationDesk
 from phalanx.engine.curation.records import RecordRefused, decode_annotation
 from phalanx.engine.curation.tasks import Answer, Task
 from phalanx.engine.rng import RngStreams
-from phalanx.net.crypto import Identity
 from phalanx.scenario.crowd import CrowdSection
 
 __all__ = ["CurationPort", "SimulatedAnnotators", "annotator_identity"]
@@ -50,11 +50,6 @@ class CurationPort(Protocol):
         """Hand `record` to `node`'s intake as its API would: its digest, None while the
         node is down, RecordRefused when refused."""
         ...
-
-
-def annotator_identity(seed: int, index: int) -> Identity:
-    """The key of the scenario's `index`-th simulated annotator."""
-    return Identity.derive(RngStreams(seed).seed("curation", "annotator-keys"), index)
 
 
 @dataclass(eq=False)

@@ -2,8 +2,10 @@
 through the curation nodes, and the report of what the committed labels are worth.
 
 `SimWorld` builds one when the scenario has `curation.crowd`, starts it with the run and
-hands it every `CurationCommitted` metric; the annotators submit through `SimWorld.submit`
-as a web or API client would through a node's door.
+hands it every `CurationCommitted` metric; a live crowd's annotators submit through
+`SimWorld.submit` as a web or API client would through a node's door, a batch crowd's records
+are submitted by the first honest member's curation service itself (engine/curation/crowd_records.py),
+as on a real node.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from phalanx.engine.curation.crowd_records import annotator_kinds
 from phalanx.engine.curation.desk import CurationDesk
 from phalanx.engine.curation.records import RecordRefused
 from phalanx.engine.events import CurationCommitted
@@ -61,21 +64,26 @@ class SimulatedCuration:
         crowd = section.simulated_crowd(scenario.seed) if section is not None else None
         if section is None or section.crowd is None or crowd is None:
             raise ValueError("a simulated crowd needs curation.crowd in the scenario")
-        # annotators start at an annotation node (the platform's doors; any member when the
-        # run has none) and move on through the others, then the members
-        doors = [*scenario.annotation_nodes, *scenario.members]
-        self.annotators = SimulatedAnnotators(_Door(world), crowd, section.crowd, doors,
-                                              scenario.seed,
-                                              doors=len(scenario.annotation_nodes) or None)
+        self.annotators: SimulatedAnnotators | None = None  # a live crowd's
+        if section.crowd.delivery == "live":
+            # annotators start at an annotation node (the platform's doors; any member when
+            # the run has none) and move on through the others, then the members
+            doors = [*scenario.annotation_nodes, *scenario.members]
+            self.annotators = SimulatedAnnotators(_Door(world), crowd, section.crowd, doors,
+                                                  scenario.seed,
+                                                  doors=len(scenario.annotation_nodes) or None)
+        # a batch crowd's records are the curation service's to submit (crowd_records.py)
+        kinds = (self.annotators.kinds if self.annotators is not None
+                 else annotator_kinds(crowd, scenario.seed))
         honest = [m for m in scenario.members if m not in scenario.byzantine_nodes()]
         self.reference = honest[0] if honest else scenario.members[0]
-        self.recorder = CurationRecorder(crowd, self.annotators.kinds,
-                                         lambda: world.desk(self.reference),
+        self.recorder = CurationRecorder(crowd, kinds, lambda: world.desk(self.reference),
                                          section.crowd.report_every)
         self.world = world
 
     def start(self) -> None:
-        self.annotators.start()
+        if self.annotators is not None:
+            self.annotators.start()
 
     def on_commit(self, metric: CurationCommitted) -> None:
         if metric.node == self.reference:
@@ -98,5 +106,6 @@ class SimulatedCuration:
         self.recorder.close(self.world.now)
 
     def summary(self) -> dict[str, Any]:
+        actions = self.annotators.counts if self.annotators is not None else {}
         return {**self.recorder.summary(), "refused_by_honest_nodes": self.refusals(),
-                "annotator_actions": dict(sorted(self.annotators.counts.items()))}
+                "annotator_actions": dict(sorted(actions.items()))}

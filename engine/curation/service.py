@@ -4,6 +4,8 @@ annotation records themselves.
 - **Intake** (`on_local`, op "submit"): an annotator's signed record is verified by the
   node's desk, persisted, acknowledged with its digest and forwarded to the members
   (`CurationRecords`); op "import" does the same for a task import (`CurationTasks`).
+- **Collected** records (a batch crowd's, `CurationSetup.crowd_records`): the setup's
+  `crowd_node` takes them when it starts, each verified as a submission, and forwards them.
 - **Pending** records and imports are forwarded again every `offer_interval` until a round
   commits them, so a Byzantine leader that leaves one out only delays it, and a node cut
   off by a partition offers what it took once the cut heals.
@@ -48,7 +50,7 @@ from .messages import (
     decode_import,
     encode_batch,
 )
-from .records import RecordRefused
+from .records import RecordRefused, decode_annotation
 from .reputation import ReputationPolicy
 from .tasks import TaskError, TaskSet
 
@@ -74,6 +76,10 @@ class CurationSetup:
     offer_interval: float = 1.0  # seconds between offers of what is still pending
     verify: Verify | None = None  # a shared signature cache (the simulator)
     reputation: ReputationPolicy | None = field(default_factory=ReputationPolicy)  # None: off
+    # a batch crowd's signed records (engine/curation/crowd_records.py), collected before
+    # the run: node `crowd_node` (the first honest member) submits them all when it starts
+    crowd_records: tuple[bytes, ...] = ()
+    crowd_node: int = 0
 
     def __post_init__(self) -> None:
         if not 1 <= self.max_records <= MAX_BATCH_RECORDS:
@@ -150,7 +156,24 @@ class CurationService(Service):
                     self._hold_import(value, persist=False)
 
     def start(self) -> None:
+        if self.setup.crowd_records and self.node.id == self.setup.crowd_node:
+            self._take_collected(self.setup.crowd_records)
         self.node.set_timer(self, "offer", self.setup.offer_interval)
+
+    def _take_collected(self, records: Sequence[bytes]) -> None:
+        """Records collected elsewhere, in chain order: each verified and held exactly as a
+        submission is, then forwarded. Those the node holds already (a restart: its store
+        has them) are skipped without a word; a refused one is counted in `desk.counts`."""
+        taken = []
+        for data in records:
+            try:
+                if decode_annotation(data).digest in self.desk.held:
+                    continue
+                self.desk.submit(data)
+            except RecordRefused:
+                continue
+            taken.append(data)
+        self._forward(taken)
 
     # --- intake ----------------------------------------------------------------------------
 

@@ -37,3 +37,9 @@ class PreferenceSet:
 
     def __len__(self) -> int:
         return len(self.pairs)
+
+    def identity(self) -> dict[str, str | int]:
+        """What names the set in a run's report: the snapshot's root and round, the set's
+        digest and its size (equal on every node that committed the same curation log)."""
+        return {"root": self.root.hex(), "digest": self.digest().hex(), "pairs": len(self),
+                "round": self.round}

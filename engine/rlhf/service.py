@@ -8,7 +8,9 @@ the KL coefficient, and the lineage every round certifies.
 - **The KL coefficient** a PPO round uses: fixed, or the adaptive controller of Ziegler et
   al. (2019) fed, at each policy round's commit, the KL of the committed policy measured on
   the workload's fixed evaluation rollouts: a pure function of committed parameters, so
-  every node holds the same coefficient without exchanging it.
+  every node holds the same coefficient without exchanging it. It is measured on the
+  setup's `kl_probe`, a workload of its own: a real node's compute thread may be running a
+  job on the node's workload (loading other parameters into its models) at that moment.
 - **Lineage**: a leader's proposal of round r carries the state after round r - 1 — the
   preferences' root and digest, the reward model's hash, the policy's hash and the KL
   coefficient — and a voter refuses a proposal whose lineage differs from its own
@@ -21,6 +23,7 @@ the KL coefficient, and the lineage every round certifies.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, ClassVar
 
@@ -80,11 +83,15 @@ class RlhfSetup:
     kl_target: float | None = None  # adaptive when set
     kl_horizon: int = 10_000
     kl_steps: int = 1  # what one round counts as in the controller's horizon
+    # a fresh workload of the run: the KL at each commit is measured on its models, never on
+    # those a real node's compute thread may be running a job with at that moment
+    kl_probe: Callable[[], RlhfWorkload] | None = None
 
 
 class RlhfService(Service):
     name = "rlhf"
     setup: ClassVar[RlhfSetup]
+    _probe: ClassVar[RlhfWorkload | None] = None  # built at first need, shared by the run's nodes
 
     @classmethod
     def configured(cls, setup: RlhfSetup) -> type[RlhfService]:
@@ -159,10 +166,21 @@ class RlhfService(Service):
         if round == s.collect_rounds - 1:
             self._take_snapshot()
         if round >= s.policy_first and s.kl_target is not None:
-            kl = self.workload.kl_value(self.node.params)
+            kl = self._kl_workload().kl_value(self.node.params)
             self.kl.update(float(np.float64(kl)), s.kl_steps)
             self.kl_log = [*self.kl_log[-1:], KlEntry(self.node.round, float(self.kl.value))]
             self.persist("kl", encode_record(KlLog(tuple(self.kl_log))))
+
+    def _kl_workload(self) -> RlhfWorkload:
+        """Where the KL is measured: the setup's probe (a workload of its own), else the
+        node's workload (a driver that runs no compute beside the node, e.g. a test's)."""
+        make = self.setup.kl_probe
+        if make is None:
+            return self.workload
+        cls = type(self)
+        if cls._probe is None:
+            cls._probe = make()
+        return cls._probe
 
     def _take_snapshot(self) -> None:
         curation: CurationService | None = self.node.service("curation")  # type: ignore[assignment]
