@@ -82,7 +82,8 @@ def test_audit_replays_the_run_and_prints_the_certified_lineage(run: Path) -> No
     assert code == 0, output
     summary = json.loads((run / "summary.json").read_text())
     final = summary["rlhf"]["final_models"][0]
-    line = next(x for x in output.splitlines() if x.startswith("lineage"))
+    flat = " ".join(output.split())  # the console may wrap the long line
+    line = flat[flat.index("lineage"):]
     assert final["reward_hash"][:16] in line and final["policy_hash"][:16] in output
     pairs = int(re.search(r"\((\d+) pairs\)", line).group(1))  # type: ignore[union-attr]
     assert pairs >= 30  # most of the 60 tasks were labelled and committed by round 11
