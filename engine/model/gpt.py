@@ -30,7 +30,9 @@ class Output:
     lm_loss: torch.Tensor | None  # mean next-token cross-entropy, nats
     aux_loss: torch.Tensor  # MoE load-balancing (+ z) losses, 0 for a dense model
     dropped_fraction: float  # MoE assignments over capacity, averaged over layers
-    hidden: torch.Tensor | None = None  # (B, T, n_embd) the final norm's output: what heads read
+    # (B, T, n_embd) the final norm's output, what heads read: only when asked for, since
+    # holding it keeps the tensor alive through backward (a step's peak memory)
+    hidden: torch.Tensor | None = None
 
 
 class Block(nn.Module):
@@ -92,10 +94,10 @@ class GPT(nn.Module):
         return KVCache(self.config, batch, max_len, p.dtype, p.device)
 
     def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None,
-                cache: KVCache | None = None) -> Output:
+                cache: KVCache | None = None, with_hidden: bool = False) -> Output:
         """Logits for the tokens `idx` (B, T); with `cache`, they continue the sequence held in
         it (which advances by T). `targets` (B, T), with -1 where no loss is wanted, give the
-        losses."""
+        losses; `with_hidden` returns the final hidden states too (Output.hidden)."""
         _, t = idx.shape
         start = cache.length if cache is not None else 0
         if cache is not None and start + t > cache.max_len:
@@ -123,7 +125,7 @@ class GPT(nn.Module):
         aux = sum((m.aux_loss for m in moe), torch.zeros((), device=idx.device))
         dropped = sum(m.dropped_fraction for m in moe) / len(moe) if moe else 0.0
         if targets is None:
-            return Output(logits, None, None, aux, dropped, hidden)
+            return Output(logits, None, None, aux, dropped, hidden if with_hidden else None)
         lm = F.cross_entropy(logits.view(-1, logits.size(-1)).float(), targets.reshape(-1),
                              ignore_index=-1)
-        return Output(logits, lm + aux, lm, aux, dropped, hidden)
+        return Output(logits, lm + aux, lm, aux, dropped, hidden if with_hidden else None)

@@ -32,7 +32,7 @@ class RewardModel(nn.Module):
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
         """Scores (B,) of the sequences `tokens` (B, T)."""
-        hidden = self.gpt(tokens).hidden
+        hidden = self.gpt(tokens, with_hidden=True).hidden
         return self.head(hidden[:, -1]).squeeze(-1)  # type: ignore[index]
 
 
@@ -49,7 +49,7 @@ class Policy(nn.Module):
 
     def forward(self, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Next-token logits (B, T, V) and values (B, T) at every position of `tokens`."""
-        out = self.gpt(tokens)
+        out = self.gpt(tokens, with_hidden=True)
         return out.logits, self.value_head(out.hidden).squeeze(-1)
 
 
