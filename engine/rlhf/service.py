@@ -27,8 +27,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, ClassVar
 
-import numpy as np
-
 from phalanx.engine.node.service import Disk, ProtocolError, Service
 from phalanx.net.codec import decode_record, encode_record
 from phalanx.net.crypto import sha256
@@ -167,7 +165,7 @@ class RlhfService(Service):
             self._take_snapshot()
         if round >= s.policy_first and s.kl_target is not None:
             kl = self._kl_workload().kl_value(self.node.params)
-            self.kl.update(float(np.float64(kl)), s.kl_steps)
+            self.kl.update(float(kl), s.kl_steps)
             self.kl_log = [*self.kl_log[-1:], KlEntry(self.node.round, float(self.kl.value))]
             self.persist("kl", encode_record(KlLog(tuple(self.kl_log))))
 
